@@ -1,0 +1,9 @@
+.PHONY: test demo lint bench
+test:
+	bash scripts/test.sh
+demo:
+	bash scripts/demo.sh
+lint:
+	.venv/bin/ruff check gateway plugins tests bench && .venv/bin/ruff format --check gateway plugins tests bench && .venv/bin/mypy
+bench:
+	.venv/bin/python bench/proxy_bench.py

@@ -1,0 +1,85 @@
+"""The application factory: ``create_app(config)`` builds one self-contained gateway.
+
+Everything an app needs (config, plugin host, upstream session, loggers) hangs off typed
+app keys; there is no module-level state, so tests can run several apps side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway import __version__
+from gateway.config import GatewayConfig
+from gateway.host import PluginHost
+from gateway.logs import make_error_logger
+from gateway.proxy import Proxy
+
+__all__ = ["CONFIG", "HOST", "PROXY", "SESSION", "create_app"]
+
+CONFIG = web.AppKey("config", GatewayConfig)
+HOST = web.AppKey("host", PluginHost)
+PROXY = web.AppKey("proxy", Proxy)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+_HEALTH = orjson.dumps({"status": "ok", "version": __version__})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(body=_HEALTH, content_type="application/json")
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    host = app[HOST]
+    connector = aiohttp.TCPConnector(
+        limit=config.upstream.max_connections,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=False,
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent",),
+        raise_for_status=False,
+    )
+    app[SESSION] = session
+    app[PROXY].session = session
+    try:
+        await host.each("gateway_startup", fail_closed=True, app=app)
+        host.log.info(
+            "gateway_started",
+            plugins=host.plugin_names(),
+            teams=[t.name for t in config.teams],
+            upstream_api=config.upstream.api,
+        )
+        yield
+    finally:
+        await host.each("gateway_shutdown", fail_closed=False, app=app)
+        await session.close()
+
+
+def create_app(config: GatewayConfig, *, host: PluginHost | None = None) -> web.Application:
+    """Build the gateway app for ``config`` (plugins are loaded and configured here)."""
+    host = host or PluginHost(config)
+    host.log = make_error_logger()
+    app = web.Application(
+        handler_args={
+            "max_field_size": config.server.max_header_bytes,
+            "max_line_size": config.server.max_header_bytes,
+        },
+        client_max_size=config.server.max_body_bytes,
+    )
+    proxy = Proxy(config=config, host=host)
+    app[CONFIG] = config
+    app[HOST] = host
+    app[PROXY] = proxy
+    app.router.add_get("/healthz", _healthz, allow_head=True)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.cleanup_ctx.append(_upstream_session)
+    return app

@@ -1,0 +1,115 @@
+"""Per-request state shared by the core and the plugins.
+
+One :class:`RequestContext` is made for every request before the first hook runs and is
+passed to every request hook. Plugins read what the core filled in and write what they
+decide (the team, the upstream key, a cache status); the audit plugin turns it into the
+request's one log line when the request is done.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import TeamConfig
+
+__all__ = ["RequestContext", "new_request_id", "object_id_of"]
+
+# Stripe object ids: a lowercase prefix, an underscore, then base62 (e.g. sqr_1Nx..., taxcalc_...).
+_OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_[A-Za-z0-9]{8,}$")
+
+
+def new_request_id() -> str:
+    """The gateway's own request id (``gwreq_`` + 24 random base62-ish characters)."""
+    return "gwreq_" + secrets.token_urlsafe(18).replace("-", "x").replace("_", "y")
+
+
+def object_id_of(path: str) -> str | None:
+    """The last Stripe object id in ``path``, if it has one (``/v1/customers/cus_123/...``)."""
+    for segment in reversed(path.split("/")):
+        if _OBJECT_ID.match(segment):
+            return segment
+    return None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything known about one request on its way through the gateway."""
+
+    request: web.Request
+    request_id: str
+    #: ``api``, ``files``, ``connect`` or ``meter_events``
+    upstream_name: str
+    #: base URL of the chosen upstream (scheme://host[:port])
+    upstream_url: str
+    #: time.perf_counter() when the request arrived
+    started: float = field(default_factory=time.perf_counter)
+    #: the authenticated team (set by the auth plugin)
+    team: TeamConfig | None = None
+    #: the key sent upstream as ``Authorization: Bearer``; None forwards the client's header
+    upstream_key: str | None = None
+    #: response status sent to the client (0 until known)
+    status: int = 0
+    #: Stripe's ``Request-Id`` from the upstream response
+    upstream_request_id: str | None = None
+    #: seconds from sending upstream to the end of the upstream body (None: never sent)
+    upstream_seconds: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: ``Idempotency-Key`` sent upstream, when there is one
+    idempotency_key: str | None = None
+    #: why the gateway answered itself or broke the response, e.g. ``upstream_timeout``
+    error: str | None = None
+    #: set by the cache plugin: HIT, MISS, BYPASS, COALESCED, STALE
+    cache_status: str | None = None
+    #: set by the rate-limit plugin: e.g. ``allow``, ``deny``, ``shadow_deny``
+    rate_limit: str | None = None
+    #: further fields plugins want in the audit line
+    audit: dict[str, Any] = field(default_factory=dict)
+    #: scratch space for plugins, keyed by plugin name
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def path(self) -> str:
+        return self.request.path
+
+    @property
+    def object_id(self) -> str | None:
+        return object_id_of(self.request.path)
+
+    @property
+    def stripe_account(self) -> str | None:
+        return self.request.headers.get("Stripe-Account")
+
+    @property
+    def livemode(self) -> bool | None:
+        """True/False from the upstream key's prefix; None when it is not a Stripe key."""
+        key = self.upstream_key
+        if key is None:
+            key = _bearer_of(self.request.headers.get("Authorization", ""))
+        if key is None:
+            return None
+        if key.startswith(("sk_live_", "rk_live_")):
+            return True
+        if key.startswith(("sk_test_", "rk_test_")):
+            return False
+        return None
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000.0, 3)
+
+
+def _bearer_of(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return None

@@ -1,0 +1,168 @@
+"""The plugin contract: every hook a stripe-gateway plugin can implement.
+
+Specs are listed in the order the gateway meets them: start-up, then the life of one
+request, then shutdown. A plugin is any object (module or class instance) with functions
+marked ``@hookimpl`` whose names match these specs; a misspelt hook name stops start-up.
+
+**Async.** Any request hook may be ``async def``; the host awaits it. pluggy itself is
+synchronous, so the gateway never lets pluggy combine results: it walks the
+implementations in hook order (``tryfirst`` first, then the most recently registered
+first, ``trylast`` last) through :mod:`gateway.host`, awaiting each one before calling
+the next. Hook wrappers (``wrapper=True``/``hookwrapper=True``) are not supported on
+request hooks; measure time in the core, not in wrappers.
+
+**Early answers.** Hooks marked *early answer* may return an ``aiohttp.web.StreamResponse``
+to answer the request without going upstream; the first non-``None`` answer wins and no
+later implementation of that hook runs.
+
+**Failures.** Each spec says whether an exception in a plugin *fails closed* (the request is
+answered with a Stripe-shaped 500 ``api_error`` and nothing goes upstream) or is *logged
+and skipped* (logged with the plugin's name; the request goes on as if the hook had
+returned ``None``). :class:`gateway.errors.StripeErrorResponse` raised from any request
+hook is never a failure: it is the plugin's chosen answer, sent to the client as is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from multidict import CIMultiDict
+
+    from gateway.config import GatewayConfig
+    from gateway.context import RequestContext
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "stripe_gateway"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+MaybeAwaitable = Any  # T | Awaitable[T]; pluggy cannot express it, the host resolves it
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+@hookspec
+def gateway_configure(config: GatewayConfig, settings: dict[str, Any]) -> None:
+    """Validate this plugin's settings and prepare its state. Fires once, at start-up and
+    for ``stripe-gateway check-config``, before any socket is opened.
+
+    :param config: the whole validated gateway config (teams, upstreams, server).
+    :param settings: this plugin's own ``[plugins.<name>]`` table (``{}`` when absent);
+        the plugin must reject keys it does not know.
+
+    Return value: ignored. Must be synchronous.
+
+    Failure: raise :class:`gateway.errors.ConfigError` with the key path below the table
+    (``"ttl"``, not ``"plugins.cache.ttl"``); the host prefixes the table's path. Start-up
+    stops with exit code 2. Any other exception also stops start-up.
+    """
+
+
+@hookspec
+def gateway_startup(app: web.Application) -> MaybeAwaitable:
+    """Open resources (connections, files, background tasks). Fires once, when the
+    aiohttp application starts, after the upstream client session is open.
+
+    :param app: the aiohttp application; ``app[gateway.app.CONFIG]`` holds the config.
+
+    Return value: ignored; may be a coroutine, which is awaited.
+
+    Failure: start-up stops (fails closed).
+    """
+
+
+# --------------------------------------------------------------------------- a request
+
+
+@hookspec
+def gateway_authenticate(ctx: RequestContext) -> MaybeAwaitable:
+    """Identify the caller and decide whether it may make this request. *Early answer.*
+    Fires first for every proxied request (not for ``/healthz``).
+
+    :param ctx: the request context; set ``ctx.team`` and ``ctx.upstream_key`` here.
+
+    Return value: ``None`` lets the request go on to the next implementation and then
+    to :func:`gateway_request`; a ``StreamResponse`` (or a raised
+    :class:`~gateway.errors.StripeErrorResponse`) refuses it.
+
+    Failure: fails closed (500 ``api_error``); a broken authenticator never lets a request
+    through.
+    """
+
+
+@hookspec
+def gateway_request(ctx: RequestContext) -> MaybeAwaitable:
+    """Look at an authenticated request before it goes upstream. *Early answer.*
+    Fires after :func:`gateway_authenticate` accepted the request. Rate limits, cache
+    lookups and short-circuiting plugins live here.
+
+    :param ctx: the request context (``ctx.team`` is set when the auth plugin is on).
+
+    Return value: ``None`` continues; a ``StreamResponse`` answers the request without
+    going upstream (the host still runs :func:`gateway_response_headers` for it unless it
+    was already prepared, and always :func:`gateway_request_finished`).
+
+    Failure: logged and skipped.
+    """
+
+
+@hookspec
+def gateway_upstream_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> MaybeAwaitable:
+    """Change the headers about to be sent upstream, in place (e.g. inject an
+    ``Idempotency-Key``). Fires once per upstream attempt, after hop-by-hop headers were
+    removed and ``Authorization`` was set from ``ctx.upstream_key``.
+
+    Return value: ignored.
+
+    Failure: fails closed (500 ``api_error``, nothing sent upstream).
+    """
+
+
+@hookspec
+def gateway_response_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> MaybeAwaitable:
+    """Change the headers of the response about to go to the client, in place. Fires once,
+    before the first byte of the response is written, for upstream responses and for
+    early answers alike (not for responses already prepared by the plugin that made them).
+
+    :param ctx: ``ctx.status`` holds the status about to be sent.
+
+    Return value: ignored.
+
+    Failure: logged and skipped.
+    """
+
+
+@hookspec
+def gateway_request_finished(ctx: RequestContext) -> MaybeAwaitable:
+    """The request is over: its response was sent in full, or broken off. Fires exactly
+    once per request that reached the plugin host, including refused and failed ones.
+
+    :param ctx: complete: status, bytes, latencies, upstream ``Request-Id``, ``error``.
+
+    Return value: ignored.
+
+    Failure: logged and skipped (the response is already gone). The audit plugin guards
+    its own sink: see :mod:`plugins.audit`.
+    """
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+@hookspec
+def gateway_shutdown(app: web.Application) -> MaybeAwaitable:
+    """Flush and close what :func:`gateway_startup` opened. Fires once, after in-flight
+    requests have drained (or the drain timeout passed), before the upstream session closes.
+
+    Return value: ignored; may be a coroutine, which is awaited.
+
+    Failure: logged and skipped, so every plugin gets its turn.
+    """
+

@@ -1,0 +1,207 @@
+"""The plugin host: builds an app's plugin manager and calls request hooks the async way.
+
+pluggy calls implementations synchronously and would take an un-awaited coroutine as an
+answer, so request hooks never go through ``pm.hook.<name>(...)``. Instead
+:meth:`PluginHost.first` and :meth:`PluginHost.each` walk the implementations in pluggy's
+own call order, await what needs awaiting, and apply each hook's failure policy (see
+:mod:`gateway.hookspecs`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+import structlog
+from aiohttp import web
+
+from gateway import hookspecs
+from gateway.config import GatewayConfig
+from gateway.errors import ConfigError, StripeErrorResponse
+
+__all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginFailure", "PluginHost", "load_object"]
+
+#: Built-in plugins, in registration order: name -> "module:attribute".
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("audit", "plugins.audit:AuditPlugin"),
+    ("auth", "plugins.auth:AuthPlugin"),
+)
+
+ENTRY_POINT_GROUP = "stripe_gateway"
+
+REQUEST_HOOKS = (
+    "gateway_authenticate",
+    "gateway_request",
+    "gateway_upstream_headers",
+    "gateway_response_headers",
+    "gateway_request_finished",
+)
+
+
+class PluginFailure(Exception):
+    """A plugin raised in a hook that fails closed."""
+
+    def __init__(self, plugin: str, hook: str) -> None:
+        super().__init__(f"plugin {plugin!r} failed in {hook}")
+        self.plugin = plugin
+        self.hook = hook
+
+
+@dataclass(frozen=True, slots=True)
+class _Impl:
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+
+
+def load_object(spec: str) -> object:
+    """Import ``"package.module"`` or ``"package.module:attribute"``."""
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    obj: object = module
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _instantiate(obj: object) -> object:
+    """Classes are instantiated with no arguments; modules and instances are used as is."""
+    return obj() if inspect.isclass(obj) else obj
+
+
+class PluginHost:
+    """One app's plugin manager and the helpers that call its request hooks."""
+
+    def __init__(self, config: GatewayConfig, *, entry_points_enabled: bool = True) -> None:
+        self.config = config
+        self.log = structlog.get_logger("gateway")  # replaced by the app's logger
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._impls: dict[str, tuple[_Impl, ...]] = {}
+        self._register_all(entry_points_enabled)
+        self._configure()
+        self.freeze()
+
+    # ----------------------------------------------------------------- building
+
+    def _register(self, name: str, loader: Callable[[], object], where: str) -> None:
+        if name in self.config.plugins.disable:
+            return
+        if self.pm.has_plugin(name):
+            raise ConfigError(where, f"a plugin named {name!r} is already registered")
+        try:
+            plugin = _instantiate(loader())
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(where, f"cannot load plugin {name!r}: {exc!r}") from None
+        self.pm.register(plugin, name=name)
+
+    def _register_all(self, entry_points_enabled: bool) -> None:
+        for name, spec in DEFAULT_PLUGINS:
+            self._register(name, lambda spec=spec: load_object(spec), "plugins")
+        if entry_points_enabled:
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                self._register(ep.name, ep.load, f"entry point {ep.value}")
+        for i, spec in enumerate(self.config.plugins.load):
+            where = f"plugins.load[{i}]"
+            try:
+                obj = load_object(spec)
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(where, f"cannot import {spec!r}: {exc}") from None
+            name = str(getattr(obj, "name", None) or spec.partition(":")[0])
+            self._register(name, lambda obj=obj: obj, where)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError("plugins", f"plugin {exc.plugin!r}: {exc}") from None
+        known = {name for name, _ in self.pm.list_name_plugin()}
+        for i, name in enumerate(self.config.plugins.disable):
+            if name not in known and not self._is_loadable_name(name):
+                raise ConfigError(f"plugins.disable[{i}]", f"no plugin named {name!r}")
+        for name in self.config.plugins.tables():
+            if name not in known:
+                state = "is disabled" if name in self.config.plugins.disable else "is not loaded"
+                raise ConfigError(f"plugins.{name}", f"plugin {name!r} {state}")
+
+    def _is_loadable_name(self, name: str) -> bool:
+        builtin = {n for n, _ in DEFAULT_PLUGINS}
+        eps = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        return name in builtin or name in eps
+
+    def _configure(self) -> None:
+        tables = self.config.plugins.tables()
+        for impl in reversed(self.pm.hook.gateway_configure.get_hookimpls()):
+            settings = tables.get(impl.plugin_name, {})
+            kwargs = {"config": self.config, "settings": settings}
+            try:
+                impl.function(*(kwargs[a] for a in impl.argnames))
+            except ConfigError as exc:
+                prefix = f"plugins.{impl.plugin_name}"
+                raise ConfigError(f"{prefix}.{exc.path}" if exc.path else prefix, exc.reason) from None
+
+    def freeze(self) -> None:
+        """Snapshot every request hook's implementations in call order."""
+        for hook in (*REQUEST_HOOKS, "gateway_startup", "gateway_shutdown"):
+            caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
+            self._impls[hook] = tuple(
+                _Impl(i.plugin_name, i.function, tuple(i.argnames))
+                for i in reversed(caller.get_hookimpls())
+            )
+
+    def plugin_names(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin()]
+
+    # ----------------------------------------------------------------- calling
+
+    async def first(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> web.StreamResponse | None:
+        """Call ``hook`` in order until an implementation answers (non-``None``)."""
+        for impl in self._impls[hook]:
+            try:
+                result = impl.function(*(kwargs[a] for a in impl.argnames))
+                if inspect.isawaitable(result):
+                    result = await result
+            except StripeErrorResponse:
+                raise
+            except Exception as exc:
+                if fail_closed:
+                    raise PluginFailure(impl.plugin, hook) from exc
+                self.log.exception("plugin_failed", plugin=impl.plugin, hook=hook)
+                continue
+            if result is not None:
+                if not isinstance(result, web.StreamResponse):
+                    self.log.error(
+                        "plugin_bad_answer", plugin=impl.plugin, hook=hook, answer=type(result).__name__
+                    )
+                    if fail_closed:
+                        raise PluginFailure(impl.plugin, hook)
+                    continue
+                return result
+        return None
+
+    async def each(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> None:
+        """Call every implementation of ``hook`` in order, awaiting each."""
+        for impl in self._impls[hook]:
+            try:
+                result = impl.function(*(kwargs[a] for a in impl.argnames))
+                if inspect.isawaitable(result):
+                    await result
+            except StripeErrorResponse:
+                if fail_closed:
+                    raise
+                self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
+            except Exception as exc:
+                if fail_closed:
+                    raise PluginFailure(impl.plugin, hook) from exc
+                self.log.exception("plugin_failed", plugin=impl.plugin, hook=hook)
+
+    def has(self, hook: str) -> bool:
+        return bool(self._impls[hook])
+
+    def impls(self, hook: str) -> Iterable[_Impl]:
+        return self._impls[hook]

@@ -1,0 +1,276 @@
+"""The forwarding path: one request in, hooks around it, one streamed request upstream.
+
+Bodies are relayed chunk by chunk in both directions; nothing is buffered whole. What the
+client sent in its query string and body reaches Stripe byte for byte, and what Stripe
+answers reaches the client byte for byte (compressed bodies stay compressed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import GatewayConfig
+from gateway.context import RequestContext, new_request_id
+from gateway.errors import StripeErrorResponse, error_response
+from gateway.headers import relay_headers
+from gateway.host import PluginFailure, PluginHost
+from gateway.routing import upstream_for
+
+__all__ = ["Proxy"]
+
+CHUNK = 64 * 1024
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class Proxy:
+    """The request handler of one app; holds what it needs, prepared at start-up."""
+
+    def __init__(self, config: GatewayConfig, host: PluginHost) -> None:
+        self.config = config
+        self.host = host
+        #: the pooled upstream session, opened when the app starts
+        self.session: aiohttp.ClientSession | None = None
+        up = config.upstream
+        self._upstreams = {
+            "api": up.api,
+            "files": up.files,
+            "connect": up.connect,
+            "meter_events": up.meter_events,
+        }
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
+        )
+        self._max_body = self.config.server.max_body_bytes
+
+    # ----------------------------------------------------------------- entry point
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = upstream_for(request.method, request.path)
+        if name is None:
+            return error_response(
+                404,
+                f"Unrecognized request URL ({request.method}: {request.path}). "
+                "The gateway forwards /v1/, /v2/ and /oauth/ paths to Stripe.",
+                request_id=new_request_id(),
+            )
+        ctx = RequestContext(
+            request=request,
+            request_id=new_request_id(),
+            upstream_name=name,
+            upstream_url=self._upstreams[name],
+        )
+        try:
+            return await self._serve(ctx)
+        except StripeErrorResponse as exc:
+            return await self._answer(ctx, exc.to_response(ctx.request_id), exc.code or "refused")
+        except PluginFailure as exc:
+            self.host.log.error(
+                "plugin_failed_closed",
+                plugin=exc.plugin,
+                hook=exc.hook,
+                request_id=ctx.request_id,
+                exc_info=exc.__cause__ or exc,
+            )
+            return await self._answer(
+                ctx,
+                error_response(
+                    500,
+                    "The gateway could not process this request (plugin failure). "
+                    "Nothing was sent to Stripe.",
+                    request_id=ctx.request_id,
+                    type="api_error",
+                    should_retry=False,
+                ),
+                "plugin_failure",
+            )
+        finally:
+            await self.host.each("gateway_request_finished", fail_closed=False, ctx=ctx)
+
+    async def _answer(
+        self, ctx: RequestContext, response: web.StreamResponse, error: str | None = None
+    ) -> web.StreamResponse:
+        """Send a response the gateway or a plugin made (not an upstream one)."""
+        if error is not None and ctx.error is None:
+            ctx.error = error
+        ctx.status = response.status
+        if not response.prepared:
+            response.headers.setdefault("X-Gateway-Request-Id", ctx.request_id)
+            await self.host.each(
+                "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
+            )
+        if isinstance(response, web.Response) and response.body is not None:
+            body = response.body
+            ctx.bytes_out = len(body) if isinstance(body, bytes | bytearray) else 0
+        return response
+
+    # ----------------------------------------------------------------- the phases
+
+    async def _serve(self, ctx: RequestContext) -> web.StreamResponse:
+        request = ctx.request
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise StripeErrorResponse(
+                413,
+                f"Request body of {length} bytes is over the gateway's limit of "
+                f"{self._max_body} bytes.",
+                code="request_too_large",
+                should_retry=False,
+            )
+        answer = await self.host.first("gateway_authenticate", fail_closed=True, ctx=ctx)
+        if answer is not None:
+            return await self._answer(ctx, answer, "refused")
+        answer = await self.host.first("gateway_request", fail_closed=False, ctx=ctx)
+        if answer is not None:
+            return await self._answer(ctx, answer)
+        return await self._forward(ctx)
+
+    def _upstream_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
+        request = ctx.request
+        headers = relay_headers(request.headers)
+        if ctx.upstream_key is not None:
+            headers["Authorization"] = f"Bearer {ctx.upstream_key}"
+        peer = request.remote or "unknown"
+        prior = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        return headers
+
+    async def _body(self, ctx: RequestContext) -> AsyncIterator[bytes]:
+        content = ctx.request.content
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return
+            ctx.bytes_in += len(chunk)
+            if ctx.bytes_in > self._max_body:
+                raise _BodyTooLarge()
+            yield chunk
+
+    def _should_retry(self, ctx: RequestContext) -> bool:
+        return ctx.method in _SAFE_METHODS or "Idempotency-Key" in ctx.request.headers
+
+    def _upstream_error(self, ctx: RequestContext, status: int, kind: str, message: str) -> web.Response:
+        ctx.error = kind
+        self.host.log.warning(
+            "upstream_error",
+            kind=kind,
+            upstream=ctx.upstream_name,
+            method=ctx.method,
+            path=ctx.path,
+            request_id=ctx.request_id,
+        )
+        return error_response(
+            status,
+            message,
+            request_id=ctx.request_id,
+            type="api_error",
+            should_retry=self._should_retry(ctx),
+        )
+
+    async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
+        assert self.session is not None, "the upstream session opens at start-up"
+        request = ctx.request
+        headers = self._upstream_headers(ctx)
+        await self.host.each("gateway_upstream_headers", fail_closed=True, ctx=ctx, headers=headers)
+        ctx.idempotency_key = headers.get("Idempotency-Key")
+        data = self._body(ctx) if request.body_exists else None
+        url = URL(ctx.upstream_url + request.raw_path, encoded=True)
+        sent = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._timeout,
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        except _BodyTooLarge:
+            raise StripeErrorResponse(
+                413,
+                f"Request body is over the gateway's limit of {self._max_body} bytes.",
+                code="request_too_large",
+                should_retry=False,
+            ) from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return await self._answer(
+                ctx,
+                self._upstream_error(
+                    ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
+                ),
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            return await self._answer(
+                ctx,
+                self._upstream_error(
+                    ctx,
+                    502,
+                    "upstream_unreachable",
+                    f"The gateway could not reach Stripe ({type(exc).__name__}).",
+                ),
+            )
+        try:
+            return await self._relay(ctx, upstream, sent)
+        finally:
+            upstream.release()
+
+    async def _relay(
+        self, ctx: RequestContext, upstream: aiohttp.ClientResponse, sent: float
+    ) -> web.StreamResponse:
+        request = ctx.request
+        ctx.status = upstream.status
+        ctx.upstream_request_id = upstream.headers.get("Request-Id")
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(relay_headers(upstream.headers))
+        response.headers["X-Gateway-Request-Id"] = ctx.request_id
+        await self.host.each(
+            "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
+        )
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                try:
+                    await response.write(chunk)
+                except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+                    raise _ClientGone() from exc
+                ctx.bytes_out += len(chunk)
+        except _ClientGone:
+            ctx.error = "client_disconnected"
+            upstream.close()
+            ctx.upstream_seconds = time.perf_counter() - sent
+            return response
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # The upstream broke off mid-body: break the client's response too, so it sees
+            # a short or broken body rather than a silently complete one.
+            ctx.error = "upstream_timeout_mid_body" if isinstance(exc, TimeoutError) else "upstream_broken_body"
+            self.host.log.warning(
+                "upstream_broken_body",
+                kind=ctx.error,
+                upstream=ctx.upstream_name,
+                path=ctx.path,
+                request_id=ctx.request_id,
+                bytes_out=ctx.bytes_out,
+            )
+            upstream.close()
+            ctx.upstream_seconds = time.perf_counter() - sent
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError() from None
+        ctx.upstream_seconds = time.perf_counter() - sent
+        await response.write_eof()
+        return response

@@ -1,0 +1,131 @@
+"""Teams and keys: who is calling, may they make this call, and which Stripe key goes up.
+
+A service presents a gateway-issued key as its Stripe API key (``Authorization: Bearer
+KEY``, or Basic with the key as user name, as some SDKs send it). The key's SHA-256 digest
+is compared, in constant time, with every team's registered digests. A team with
+``upstream_key_env``/``upstream_key_file`` has its requests sent to Stripe with that key;
+a team without one registered Stripe keys themselves, which are forwarded unchanged.
+
+Refusals are Stripe-shaped so the SDKs raise the usual classes: 401 for a missing, malformed
+or unknown key (``AuthenticationError``), 403 for a route or ``Stripe-Account`` the team
+may not use (``PermissionError``). A refusal message shows at most a key's last four
+characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import GatewayConfig, TeamConfig
+from gateway.context import RequestContext
+from gateway.errors import ConfigError, StripeErrorResponse
+from gateway.globs import RouteRule, parse_rule
+from gateway.hookspecs import hookimpl
+
+__all__ = ["AuthPlugin", "presented_key"]
+
+_NO_KEY = (
+    "You did not provide an API key. Send your gateway key the way you would send a Stripe "
+    "key: in the Authorization header, using Bearer auth (e.g. 'Authorization: Bearer KEY')."
+)
+
+
+def presented_key(header: str | None) -> str:
+    """The key in an ``Authorization`` header; raises a 401 StripeErrorResponse otherwise."""
+    if not header:
+        raise StripeErrorResponse(401, _NO_KEY)
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        key = value
+    elif scheme == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise StripeErrorResponse(
+                401, "Invalid Basic authorization header: it is not base64 of 'KEY:'."
+            ) from None
+        key = decoded.partition(":")[0]
+    else:
+        raise StripeErrorResponse(
+            401,
+            "Invalid Authorization header: use 'Bearer KEY' (or Basic with the key as "
+            "user name).",
+        )
+    if not key or any(c.isspace() for c in key):
+        raise StripeErrorResponse(401, _NO_KEY if not key else "Invalid API key: it contains white space.")
+    return key
+
+
+def _tail(key: str) -> str:
+    return "…" + key[-4:] if len(key) >= 12 else "…"
+
+
+@dataclass(frozen=True, slots=True)
+class _Team:
+    config: TeamConfig
+    rules: tuple[RouteRule, ...]
+    accounts: frozenset[str] | None
+    upstream_key: str | None
+
+
+class AuthPlugin:
+    """Built-in plugin ``auth``: authenticate teams, apply allow rules, swap keys."""
+
+    name = "auth"
+
+    def __init__(self) -> None:
+        self._digests: tuple[tuple[bytes, _Team], ...] = ()
+
+    @hookimpl
+    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
+        for key in settings:
+            raise ConfigError(key, "unknown key (auth is configured through [[teams]])")
+        digests: list[tuple[bytes, _Team]] = []
+        for team in config.teams:
+            prepared = _Team(
+                config=team,
+                rules=tuple(parse_rule(rule) for rule in team.allow),
+                accounts=frozenset(team.stripe_accounts) if team.stripe_accounts is not None else None,
+                upstream_key=team.upstream_key.get_secret_value() if team.upstream_key else None,
+            )
+            digests.extend((bytes.fromhex(d), prepared) for d in team.key_sha256)
+        self._digests = tuple(digests)
+
+    def _team_for(self, key: str) -> _Team | None:
+        digest = hashlib.sha256(key.encode()).digest()
+        found: _Team | None = None
+        for registered, team in self._digests:  # no early exit: constant time in the key
+            if hmac.compare_digest(registered, digest):
+                found = team
+        return found
+
+    @hookimpl(tryfirst=True)
+    def gateway_authenticate(self, ctx: RequestContext) -> None:
+        key = presented_key(ctx.request.headers.get("Authorization"))
+        team = self._team_for(key)
+        if team is None:
+            raise StripeErrorResponse(401, f"Invalid API Key provided: {_tail(key)}")
+        ctx.team = team.config
+        ctx.upstream_key = team.upstream_key or key
+        method, path = ctx.method, ctx.path
+        if not any(rule.matches(method, path) for rule in team.rules):
+            raise StripeErrorResponse(
+                403,
+                f"Team {team.config.name!r} may not call {method} {path} through the gateway "
+                "(no allow rule matches).",
+                code="route_not_allowed",
+            )
+        account = ctx.stripe_account
+        if team.accounts is not None and account is not None and account not in team.accounts:
+            raise StripeErrorResponse(
+                403,
+                f"Team {team.config.name!r} may not act on Stripe-Account {account}.",
+                code="account_not_allowed",
+            )

@@ -1,0 +1,168 @@
+"""Test helpers: real servers on real loopback sockets, run in a background event loop.
+
+The official ``stripe`` SDK is synchronous, so the servers (fake Stripe upstreams and the
+gateway) run in an event loop on a separate thread and the tests call them like any
+service would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+from gateway.server import GatewayRunner
+from tests.fake_stripe import FakeStripe
+
+T = TypeVar("T")
+
+#: fake keys: gateway keys per team, and the Stripe keys the gateway swaps in
+BILLING_KEY = "gw_test_billing_0000000000000001"
+ANALYTICS_KEY = "gw_test_analytics_00000000000001"
+PASSTHROUGH_KEY = "sk_test_passthrough00000000000001"
+BILLING_UPSTREAM_KEY = "sk_test_billingupstream000000001"
+ANALYTICS_UPSTREAM_KEY = "sk_test_analyticsupstream0000001"
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class LoopThread:
+    """An asyncio event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def wrapper() -> T:
+            return fn()
+
+        return self.run(wrapper())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+@dataclass
+class Served:
+    runner: web.BaseRunner
+    url: str
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+async def start_app(app: web.Application, *, gateway: bool = False, **kwargs: Any) -> Served:
+    runner_cls = GatewayRunner if gateway else web.AppRunner
+    runner = runner_cls(app, access_log=None, **kwargs)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return Served(runner=runner, url=f"http://{host}:{port}")
+
+
+def team(
+    name: str,
+    key: str,
+    *,
+    upstream_env: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "key_sha256": [digest(key)], **extra}
+    if upstream_env:
+        out["upstream_key_env"] = upstream_env
+    return out
+
+
+def default_teams() -> list[dict[str, Any]]:
+    return [
+        team("billing", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY"),
+        team(
+            "analytics",
+            ANALYTICS_KEY,
+            upstream_env="ANALYTICS_STRIPE_KEY",
+            allow=["GET /v1/sigma/**", "GET /v1/reporting/**", "POST /v1/reporting/report_runs"],
+            stripe_accounts=["acct_allowed000001"],
+        ),
+        team("direct", PASSTHROUGH_KEY),
+    ]
+
+
+ENVIRON = {
+    "BILLING_STRIPE_KEY": BILLING_UPSTREAM_KEY,
+    "ANALYTICS_STRIPE_KEY": ANALYTICS_UPSTREAM_KEY,
+}
+
+
+@dataclass
+class Stack:
+    """A gateway in front of fake Stripe hosts, all on loopback sockets."""
+
+    loop: LoopThread
+    tmp: Path
+    upstreams: dict[str, FakeStripe] = field(default_factory=dict)
+    upstream_urls: dict[str, str] = field(default_factory=dict)
+    _runners: list[web.BaseRunner] = field(default_factory=list)
+    gateway_url: str = ""
+    config: GatewayConfig | None = None
+
+    def start_upstreams(self) -> None:
+        for name in ("api", "files", "connect", "meter_events"):
+            fake = FakeStripe(name=name)
+            served = self.loop.run(start_app(fake.app()))
+            self._runners.append(served.runner)
+            self.upstreams[name] = fake
+            self.upstream_urls[name] = served.url
+
+    def start_gateway(self, **overrides: Any) -> str:
+        data: dict[str, Any] = {
+            "upstream": {**self.upstream_urls, "read_timeout": 2.0, "connect_timeout": 2.0},
+            "teams": default_teams(),
+            "plugins": {"audit": {"path": str(self.audit_path)}},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        self.config = parse_config(data, environ=ENVIRON)
+        app = create_app(self.config)
+        served = self.loop.run(start_app(app, gateway=True, shutdown_timeout=5))
+        self._runners.append(served.runner)
+        self.gateway_url = served.url
+        return served.url
+
+    @property
+    def audit_path(self) -> Path:
+        return self.tmp / "audit.jsonl"
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    def close(self) -> None:
+        for runner in reversed(self._runners):
+            self.loop.run(runner.cleanup())
+        self._runners.clear()
