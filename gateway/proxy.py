@@ -124,13 +124,7 @@ class Proxy:
         request = ctx.request
         length = request.content_length
         if length is not None and length > self._max_body:
-            raise StripeErrorResponse(
-                413,
-                f"Request body of {length} bytes is over the gateway's limit of "
-                f"{self._max_body} bytes.",
-                code="request_too_large",
-                should_retry=False,
-            )
+            raise self._too_large(length)
         answer = await self.host.first("gateway_authenticate", fail_closed=True, ctx=ctx)
         if answer is not None:
             return await self._answer(ctx, answer, "refused")
@@ -138,6 +132,15 @@ class Proxy:
         if answer is not None:
             return await self._answer(ctx, answer)
         return await self._forward(ctx)
+
+    def _too_large(self, length: int | None = None) -> StripeErrorResponse:
+        size = f"of {length} bytes " if length is not None else ""
+        return StripeErrorResponse(
+            413,
+            f"Request body {size}is over the gateway's limit of {self._max_body} bytes.",
+            code="request_too_large",
+            should_retry=False,
+        )
 
     def _upstream_headers(self, ctx: RequestContext) -> CIMultiDict[str]:
         request = ctx.request
@@ -201,12 +204,7 @@ class Proxy:
                 skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             )
         except _BodyTooLarge:
-            raise StripeErrorResponse(
-                413,
-                f"Request body is over the gateway's limit of {self._max_body} bytes.",
-                code="request_too_large",
-                should_retry=False,
-            ) from None
+            raise self._too_large() from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return await self._answer(
                 ctx,
@@ -215,6 +213,8 @@ class Proxy:
                 ),
             )
         except (aiohttp.ClientError, OSError) as exc:
+            if ctx.bytes_in > self._max_body:  # aiohttp wraps the body generator's error
+                raise self._too_large() from None
             return await self._answer(
                 ctx,
                 self._upstream_error(

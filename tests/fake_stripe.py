@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
+
+_OBJECT_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$")
 
 
 @dataclass
@@ -90,7 +93,7 @@ class FakeStripe:
             "query": request.query_string,
             "body": body.decode("latin-1"),
         }
-        if request.method == "GET" and len(parts) >= 3 and "_" in parts[-1] and parts[1] != "test_faults":
+        if request.method == "GET" and _OBJECT_ID.match(parts[-1]):
             return {"id": parts[-1], "object": parts[-2].rstrip("s"), "livemode": False, "echo": echo}
         if request.method == "GET":
             return {
@@ -145,7 +148,6 @@ class FakeStripe:
                 response.content_length = 100_000
             await response.prepare(request)
             await response.write(b'{"id": "partial", "data": "' + b"x" * 1000)
-            await response.drain()
             if kind == "stall_mid_body":
                 await asyncio.sleep(float(request.query.get("seconds", "30")))
             assert transport is not None

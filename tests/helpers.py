@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class Served:
 
 async def start_app(app: web.Application, *, gateway: bool = False, **kwargs: Any) -> Served:
     runner_cls = GatewayRunner if gateway else web.AppRunner
+    kwargs.setdefault("shutdown_timeout", 0.5)
     runner = runner_cls(app, access_log=None, **kwargs)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -157,10 +159,21 @@ class Stack:
     def audit_path(self) -> Path:
         return self.tmp / "audit.jsonl"
 
-    def audit_lines(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+    def audit_lines(self, at_least: int = 1, timeout: float = 3.0) -> list[dict[str, Any]]:
+        """The audit file's lines, waiting up to ``timeout`` for ``at_least`` of them.
+
+        A request's line is written just after its response ends, so a client can finish
+        reading before the line exists.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = []
+            if self.audit_path.exists():
+                text = self.audit_path.read_text()
+                lines = [json.loads(line) for line in text.splitlines() if line]
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def close(self) -> None:
         for runner in reversed(self._runners):

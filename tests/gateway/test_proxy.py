@@ -1,0 +1,358 @@
+"""Forwarding through the gateway with the official stripe SDK, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import io
+import socket
+import time
+from typing import Any
+
+import pytest
+import requests
+import stripe
+
+from tests.helpers import (
+    BILLING_KEY,
+    BILLING_UPSTREAM_KEY,
+    PASSTHROUGH_KEY,
+    Stack,
+)
+
+
+def client_for(stack: Stack, key: str = BILLING_KEY, **kwargs: Any) -> stripe.StripeClient:
+    url = stack.gateway_url
+    return stripe.StripeClient(
+        key,
+        base_addresses={"api": url, "files": url, "connect": url, "meter_events": url},
+        max_network_retries=0,
+        **kwargs,
+    )
+
+
+def test_sdk_with_global_api_base_retrieves_lists_and_creates(
+    gateway: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stripe, "api_base", gateway.gateway_url)
+    monkeypatch.setattr(stripe, "api_key", BILLING_KEY)
+    monkeypatch.setattr(stripe, "max_network_retries", 0)
+    api = gateway.upstreams["api"]
+
+    run = stripe.sigma.ScheduledQueryRun.retrieve("sqr_1Nabcdefghijk", expand=["file"])
+    assert run.id == "sqr_1Nabcdefghijk"
+    got = api.last()
+    assert got.method == "GET"
+    assert got.path == "/v1/sigma/scheduled_query_runs/sqr_1Nabcdefghijk"
+    assert got.query_string == "expand[0]=file"
+    assert got.headers["Authorization"] == f"Bearer {BILLING_UPSTREAM_KEY}"
+
+    runs = stripe.reporting.ReportRun.list(limit=3)
+    assert runs.object == "list"
+    assert api.last().query_string == "limit=3"
+
+    calc = stripe.tax.Calculation.create(
+        currency="usd",
+        line_items=[{"amount": 1000, "reference": "L1"}, {"amount": 250, "reference": "L2"}],
+        customer_details={"address": {"country": "US", "postal_code": "94103"}},
+        expand=["line_items"],
+    )
+    assert calc.id == "obj_created00001"
+    got = api.last()
+    assert got.method == "POST"
+    assert got.path == "/v1/tax/calculations"
+    assert got.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    body = got.body.decode()
+    assert "line_items[0][amount]=1000" in body.replace("%5B", "[").replace("%5D", "]")
+    assert "customer_details[address][country]=US" in body.replace("%5B", "[").replace("%5D", "]")
+    assert got.headers["Content-Length"] == str(len(got.body))
+
+
+def test_stripe_client_base_addresses_reach_the_right_hosts(gateway: Stack) -> None:
+    client = client_for(gateway)
+    client.v1.customers.retrieve("cus_1Nabcdefghijk")
+    assert gateway.upstreams["api"].last().path == "/v1/customers/cus_1Nabcdefghijk"
+
+    uploaded = client.v1.files.create(
+        {"purpose": "dispute_evidence", "file": io.BytesIO(b"a,b\n1,2\n")}
+    )
+    assert uploaded.id == "file_fake0000001"
+    files = gateway.upstreams["files"].last()
+    assert files.method == "POST" and files.path == "/v1/files"
+    assert files.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert b'name="purpose"' in files.body and b"a,b\n1,2\n" in files.body
+    assert files.headers["Authorization"] == f"Bearer {BILLING_UPSTREAM_KEY}"
+
+    pdf = client.v1.quotes.pdf("qt_1Nabcdefghijk")
+    assert b"qt_1Nabcdefghijk" in pdf.io.read()
+    assert gateway.upstreams["files"].last().path == "/v1/quotes/qt_1Nabcdefghijk/pdf"
+
+    client.raw_request("post", "/v2/billing/meter_event_stream", base="meter_events")
+    assert gateway.upstreams["meter_events"].last().path == "/v2/billing/meter_event_stream"
+
+    client.v1.files.retrieve("file_1Nabcdefghijk")
+    assert gateway.upstreams["api"].last().path == "/v1/files/file_1Nabcdefghijk"
+
+    client.oauth.deauthorize({"client_id": "ca_1234567890", "stripe_user_id": "acct_1234567890"})
+    assert gateway.upstreams["connect"].last().path == "/oauth/deauthorize"
+
+
+def test_query_and_body_are_forwarded_byte_for_byte(gateway: Stack) -> None:
+    # http.client sends the request target exactly as given (requests would re-encode it)
+    raw_query = "expand%5B%5D=b&expand[]=a&q=%20x+y&empty=&utf=%C3%A9"
+    body = b"metadata%5Bk%5D=v+w&items[0][price]=price_1&amount=%2B1&raw=%00%FF"
+    conn = http.client.HTTPConnection(gateway.gateway_url.removeprefix("http://"), timeout=5)
+    try:
+        conn.request(
+            "POST",
+            f"/v1/customers/cus_1Nabcdefghijk?{raw_query}",
+            body=body,
+            headers={
+                "Authorization": f"Bearer {BILLING_KEY}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    assert response.status == 200
+    got = gateway.upstreams["api"].last()
+    assert got.raw_path == f"/v1/customers/cus_1Nabcdefghijk?{raw_query}"
+    assert got.body == body
+    assert got.headers["Content-Length"] == str(len(body))
+
+
+def test_headers_hop_by_hop_dropped_stripe_headers_kept_both_ways(gateway: Stack) -> None:
+    stripe_headers = {
+        "Stripe-Version": "2024-06-20",
+        "Stripe-Account": "acct_1Nabcdefghijk",
+        "Stripe-Context": "ctx_123",
+        "Idempotency-Key": "key-123",
+        "User-Agent": "Stripe/v1 PythonBindings/9.9.9",
+        "X-Stripe-Client-User-Agent": '{"lang": "python"}',
+    }
+    response = requests.post(
+        f"{gateway.gateway_url}/v1/customers",
+        data=b"name=x",
+        headers={
+            "Authorization": f"Bearer {BILLING_KEY}",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Connection": "keep-alive, X-Private-Hop",
+            "X-Private-Hop": "secret",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+            "TE": "trailers",
+            "X-Forwarded-For": "10.1.2.3",
+            **stripe_headers,
+        },
+        timeout=5,
+    )
+    assert response.status_code == 200
+    got = gateway.upstreams["api"].last()
+    for name, value in stripe_headers.items():
+        assert got.headers[name] == value
+    for name in ("X-Private-Hop", "Keep-Alive", "Proxy-Authorization", "TE"):
+        assert name not in got.headers
+    assert got.headers["X-Forwarded-For"] == "10.1.2.3, 127.0.0.1"
+    host = gateway.upstream_urls["api"].removeprefix("http://")
+    assert got.headers["Host"] == host
+    # and on the way back
+    assert response.headers["Request-Id"].startswith("req_fake")
+    assert response.headers["Stripe-Version"] == "2024-06-20"
+    assert response.headers["Idempotent-Replayed"] == "false"
+    assert response.headers["X-Gateway-Request-Id"].startswith("gwreq_")
+
+
+def test_passthrough_team_forwards_its_own_stripe_key(gateway: Stack) -> None:
+    client_for(gateway, PASSTHROUGH_KEY).v1.customers.retrieve("cus_1Nabcdefghijk")
+    assert gateway.upstreams["api"].last().headers["Authorization"] == f"Bearer {PASSTHROUGH_KEY}"
+
+
+def test_basic_auth_with_key_as_username_is_accepted(gateway: Stack) -> None:
+    response = requests.get(
+        f"{gateway.gateway_url}/v1/customers/cus_1Nabcdefghijk", auth=(BILLING_KEY, ""), timeout=5
+    )
+    assert response.status_code == 200
+    assert gateway.upstreams["api"].last().headers["Authorization"] == f"Bearer {BILLING_UPSTREAM_KEY}"
+
+
+def test_large_download_streams_before_upstream_finishes(gateway: Stack) -> None:
+    files = gateway.upstreams["files"]
+    release = gateway.loop.call(asyncio.Event)
+    files.release_download = release
+    size = 8 * 1024 * 1024
+    url = f"{gateway.gateway_url}/v1/files/file_1Nabcdefghijk/contents?size={size}"
+    with requests.get(url, auth=(BILLING_KEY, ""), stream=True, timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Length"] == str(size)
+        received = 0
+        chunks = response.iter_content(64 * 1024)
+        # the upstream holds the second half back until we let it go: the first half
+        # must arrive through the gateway while the upstream is still mid-body
+        while received < size // 2:
+            received += len(next(chunks))
+        assert files.download_progress, "the upstream should be paused mid-body"
+        gateway.loop.call(release.set)
+        for chunk in chunks:
+            received += len(chunk)
+    assert received == size
+    line = gateway.audit_lines()[-1]
+    assert line["bytes_out"] == size and line["status"] == 200 and line["upstream"] == "files"
+
+
+def test_unknown_key_raises_authentication_error(gateway: Stack) -> None:
+    with pytest.raises(stripe.AuthenticationError) as info:
+        client_for(gateway, "gw_test_unknown_key_000000009876").v1.customers.retrieve("cus_1Nabcdefghijk")
+    assert info.value.http_status == 401
+    assert "9876" in str(info.value) and "gw_test_unknown" not in str(info.value)
+    assert info.value.request_id is not None and info.value.request_id.startswith("gwreq_")
+    assert gateway.upstreams["api"].received == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["", "Bearer", "Bearer ", "Token abc", "Basic !!!notbase64", "Bearer a b", "Basic " + "A" * 3],
+)
+def test_malformed_authorization_is_a_stripe_shaped_401(gateway: Stack, header: str) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = requests.get(f"{gateway.gateway_url}/v1/customers", headers=headers, timeout=5)
+    assert response.status_code == 401
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert gateway.upstreams["api"].received == []
+
+
+def test_route_not_allowed_raises_permission_error(gateway: Stack) -> None:
+    from tests.helpers import ANALYTICS_KEY
+
+    client = client_for(gateway, ANALYTICS_KEY)
+    client.v1.sigma.scheduled_query_runs.list()
+    with pytest.raises(stripe.PermissionError) as info:
+        client.v1.customers.create({"email": "a@example.com"})
+    assert info.value.http_status == 403
+    assert "analytics" in str(info.value)
+    assert gateway.upstreams["api"].last().path == "/v1/sigma/scheduled_query_runs"
+
+
+def test_stripe_account_outside_allow_list_is_refused(gateway: Stack) -> None:
+    from tests.helpers import ANALYTICS_KEY
+
+    client = client_for(gateway, ANALYTICS_KEY)
+    client.v1.reporting.report_runs.list(options={"stripe_account": "acct_allowed000001"})
+    assert gateway.upstreams["api"].last().headers["Stripe-Account"] == "acct_allowed000001"
+    with pytest.raises(stripe.PermissionError):
+        client.v1.reporting.report_runs.list(options={"stripe_account": "acct_other00000001"})
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_upstream_refused_is_502_api_error_retryable_only_when_safe(stack: Stack) -> None:
+    stack.start_gateway(upstream={"api": f"http://127.0.0.1:{_closed_port()}"})
+    client = client_for(stack)
+    with pytest.raises(stripe.APIError) as info:
+        client.v1.customers.retrieve("cus_1Nabcdefghijk")
+    assert info.value.http_status == 502
+    assert info.value.headers["Stripe-Should-Retry"] == "true"
+    with pytest.raises(stripe.APIError) as info:
+        client.v1.customers.create({"email": "a@example.com"}, options={"idempotency_key": None})
+    assert info.value.http_status == 502
+    # the SDK adds an Idempotency-Key to every POST, so a retry is safe
+    assert info.value.headers["Stripe-Should-Retry"] == "true"
+    raw = requests.post(
+        f"{stack.gateway_url}/v1/customers", auth=(BILLING_KEY, ""), data={"a": "b"}, timeout=5
+    )
+    assert raw.status_code == 502
+    assert raw.headers["Stripe-Should-Retry"] == "false"
+    assert raw.json()["error"]["type"] == "api_error"
+    assert stack.audit_lines()[-1]["error"] == "upstream_unreachable"
+
+
+def test_upstream_reset_before_response_is_502(gateway: Stack) -> None:
+    with pytest.raises(stripe.APIError) as info:
+        client_for(gateway).raw_request("get", "/v1/test_faults/reset_before")
+    assert info.value.http_status == 502
+
+
+def test_upstream_timeout_is_504_within_read_timeout(gateway: Stack) -> None:
+    started = time.monotonic()
+    with pytest.raises(stripe.APIError) as info:
+        client_for(gateway).raw_request("get", "/v1/test_faults/stall", seconds=10)
+    assert info.value.http_status == 504
+    assert info.value.headers["Stripe-Should-Retry"] == "true"
+    assert time.monotonic() - started < 5  # read_timeout is 2 s in the test stack
+    assert gateway.audit_lines()[-1]["error"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    ("fault", "query"),
+    [
+        ("reset_mid_body", ""),  # chunked upstream body, reset
+        ("reset_mid_body", "?length=1"),  # Content-Length body, reset
+        ("truncated", ""),  # Content-Length body, clean close too early
+        ("stall_mid_body", "?seconds=10"),  # stalls after the first bytes
+    ],
+)
+def test_broken_upstream_body_gives_the_client_a_broken_body(
+    gateway: Stack, fault: str, query: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.RequestException):
+        response = requests.get(
+            f"{gateway.gateway_url}/v1/test_faults/{fault}{query}", auth=(BILLING_KEY, ""), timeout=8
+        )
+        response.raise_for_status()
+        response.json()  # a short body is never a complete JSON document
+        pytest.fail("a broken upstream body must not look complete")
+    assert time.monotonic() - started < 6
+    assert gateway.audit_lines()[-1]["error"] in ("upstream_broken_body", "upstream_timeout_mid_body")
+
+
+def test_body_over_limit_is_413(stack: Stack) -> None:
+    stack.start_gateway(server={"max_body_bytes": 1024})
+    url = f"{stack.gateway_url}/v1/customers"
+    response = requests.post(url, auth=(BILLING_KEY, ""), data=b"x" * 2048, timeout=5)
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+    def chunks() -> Any:
+        for _ in range(4):
+            yield b"y" * 512
+
+    response = requests.post(url, auth=(BILLING_KEY, ""), data=chunks(), timeout=5)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert stack.upstreams["api"].received == []
+    with pytest.raises(stripe.APIError) as info:
+        client_for(stack).v1.customers.create({"description": "z" * 2000})
+    assert info.value.http_status == 413
+
+
+def test_oversized_headers_get_a_stripe_shaped_error(gateway: Stack) -> None:
+    response = requests.get(
+        f"{gateway.gateway_url}/v1/customers",
+        headers={"Authorization": f"Bearer {BILLING_KEY}", "X-Big": "a" * 20000},
+        timeout=5,
+    )
+    assert 400 <= response.status_code < 500
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert gateway.upstreams["api"].received == []
+
+
+def test_unknown_path_is_a_stripe_shaped_404(gateway: Stack) -> None:
+    response = requests.get(f"{gateway.gateway_url}/admin.php", timeout=5)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "Unrecognized request URL" in response.json()["error"]["message"]
+
+
+def test_healthz_needs_no_key(gateway: Stack) -> None:
+    response = requests.get(f"{gateway.gateway_url}/healthz", timeout=5)
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
