@@ -100,8 +100,11 @@ def _serve(args: argparse.Namespace) -> int:
             )
         )
     except OSError as exc:
-        print(f"stripe-gateway: cannot listen on {config.server.host}:{config.server.port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"stripe-gateway: cannot listen on {config.server.host}:{config.server.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         loop.close()

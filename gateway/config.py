@@ -180,7 +180,9 @@ class PluginsConfig(BaseModel):
     def _tables_are_tables(self) -> PluginsConfig:
         for name, value in (self.model_extra or {}).items():
             if not isinstance(value, dict):
-                raise ValueError(f"{name}: unknown key (plugin settings go in a [plugins.{name}] table)")
+                raise ValueError(
+                    f"{name}: unknown key (plugin settings go in a [plugins.{name}] table)"
+                )
         return self
 
 
@@ -270,4 +272,3 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> G
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), f"invalid TOML: {exc}") from None
     return parse_config(data, source=str(p), environ=environ)
-

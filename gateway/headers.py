@@ -34,9 +34,7 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     return tokens
 
 
-def relay_headers(
-    headers: CIMultiDictProxy[str], *, drop: Iterable[str] = ()
-) -> CIMultiDict[str]:
+def relay_headers(headers: CIMultiDictProxy[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy of ``headers`` without hop-by-hop, ``Proxy-*`` and ``drop`` headers.
 
     ``Host`` is dropped too: the upstream request gets the upstream's own host.

@@ -165,4 +165,3 @@ def gateway_shutdown(app: web.Application) -> MaybeAwaitable:
 
     Failure: logged and skipped, so every plugin gets its turn.
     """
-

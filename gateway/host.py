@@ -13,6 +13,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -69,6 +70,10 @@ def load_object(spec: str) -> object:
     return obj
 
 
+def _identity(obj: object) -> object:
+    return obj
+
+
 def _instantiate(obj: object) -> object:
     """Classes are instantiated with no arguments; modules and instances are used as is."""
     return obj() if inspect.isclass(obj) else obj
@@ -104,7 +109,7 @@ class PluginHost:
 
     def _register_all(self, entry_points_enabled: bool) -> None:
         for name, spec in DEFAULT_PLUGINS:
-            self._register(name, lambda spec=spec: load_object(spec), "plugins")
+            self._register(name, partial(load_object, spec), "plugins")
         if entry_points_enabled:
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 self._register(ep.name, ep.load, f"entry point {ep.value}")
@@ -115,7 +120,7 @@ class PluginHost:
             except (ImportError, AttributeError) as exc:
                 raise ConfigError(where, f"cannot import {spec!r}: {exc}") from None
             name = str(getattr(obj, "name", None) or spec.partition(":")[0])
-            self._register(name, lambda obj=obj: obj, where)
+            self._register(name, partial(_identity, obj), where)
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -143,7 +148,9 @@ class PluginHost:
                 impl.function(*(kwargs[a] for a in impl.argnames))
             except ConfigError as exc:
                 prefix = f"plugins.{impl.plugin_name}"
-                raise ConfigError(f"{prefix}.{exc.path}" if exc.path else prefix, exc.reason) from None
+                raise ConfigError(
+                    f"{prefix}.{exc.path}" if exc.path else prefix, exc.reason
+                ) from None
 
     def freeze(self) -> None:
         """Snapshot every request hook's implementations in call order."""
@@ -159,7 +166,9 @@ class PluginHost:
 
     # ----------------------------------------------------------------- calling
 
-    async def first(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> web.StreamResponse | None:
+    async def first(
+        self, hook: str, *, fail_closed: bool, **kwargs: Any
+    ) -> web.StreamResponse | None:
         """Call ``hook`` in order until an implementation answers (non-``None``)."""
         for impl in self._impls[hook]:
             try:
@@ -176,7 +185,10 @@ class PluginHost:
             if result is not None:
                 if not isinstance(result, web.StreamResponse):
                     self.log.error(
-                        "plugin_bad_answer", plugin=impl.plugin, hook=hook, answer=type(result).__name__
+                        "plugin_bad_answer",
+                        plugin=impl.plugin,
+                        hook=hook,
+                        answer=type(result).__name__,
                     )
                     if fail_closed:
                         raise PluginFailure(impl.plugin, hook)

@@ -7,7 +7,7 @@ apps (and tests) can live in one process without stepping on each other.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -21,7 +21,7 @@ def _dumps(obj: Any, **_: Any) -> bytes:
 
 
 def json_line_logger(
-    stream: IO[bytes], extra_processors: list[Processor] | None = None
+    stream: BinaryIO, extra_processors: list[Processor] | None = None
 ) -> structlog.typing.FilteringBoundLogger:
     """A logger writing one JSON object per line to a binary stream.
 
@@ -43,6 +43,6 @@ def json_line_logger(
     )
 
 
-def make_error_logger(stream: IO[bytes] | None = None) -> structlog.typing.FilteringBoundLogger:
+def make_error_logger(stream: BinaryIO | None = None) -> structlog.typing.FilteringBoundLogger:
     """The gateway's own log (start-up, plugin failures, upstream trouble) on stderr."""
     return json_line_logger(stream or sys.stderr.buffer).bind(logger="gateway")

@@ -166,7 +166,9 @@ class Proxy:
     def _should_retry(self, ctx: RequestContext) -> bool:
         return ctx.method in _SAFE_METHODS or "Idempotency-Key" in ctx.request.headers
 
-    def _upstream_error(self, ctx: RequestContext, status: int, kind: str, message: str) -> web.Response:
+    def _upstream_error(
+        self, ctx: RequestContext, status: int, kind: str, message: str
+    ) -> web.Response:
         ctx.error = kind
         self.host.log.warning(
             "upstream_error",
@@ -257,7 +259,11 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # The upstream broke off mid-body: break the client's response too, so it sees
             # a short or broken body rather than a silently complete one.
-            ctx.error = "upstream_timeout_mid_body" if isinstance(exc, TimeoutError) else "upstream_broken_body"
+            ctx.error = (
+                "upstream_timeout_mid_body"
+                if isinstance(exc, TimeoutError)
+                else "upstream_broken_body"
+            )
             self.host.log.warning(
                 "upstream_broken_body",
                 kind=ctx.error,

@@ -32,4 +32,3 @@ def upstream_for(method: str, path: str) -> str | None:
     if path.startswith("/oauth/"):
         return "connect"
     return None
-

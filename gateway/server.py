@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from http import HTTPStatus
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +24,7 @@ from gateway.errors import error_response
 __all__ = ["GatewayRunner", "serve"]
 
 
-class _GatewayRequestHandler(RequestHandler):  # type: ignore[type-arg]
+class _GatewayRequestHandler(RequestHandler):
     def handle_error(
         self,
         request: BaseRequest,
@@ -38,7 +38,9 @@ class _GatewayRequestHandler(RequestHandler):  # type: ignore[type-arg]
             self.log_exception("Error handling request", exc_info=exc)
             text = "The gateway hit an unexpected error. Nothing more is known about it here."
         else:
-            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+            phrase = (
+                HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+            )
             text = f"The gateway could not read this request: {phrase}."
             if exc is not None and status in (400, 413, 431):
                 detail = str(getattr(exc, "message", "") or "").strip()
@@ -55,15 +57,15 @@ class _GatewayRequestHandler(RequestHandler):  # type: ignore[type-arg]
         return response
 
 
-class _GatewayServer(Server):  # type: ignore[type-arg]
-    def __call__(self) -> RequestHandler:  # type: ignore[type-arg]
+class _GatewayServer(Server):
+    def __call__(self) -> RequestHandler:
         return _GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class GatewayRunner(web.AppRunner):
     """An ``AppRunner`` whose protocol-level errors are Stripe-shaped JSON."""
 
-    async def _make_server(self) -> Server:  # type: ignore[type-arg]
+    async def _make_server(self) -> Server:
         server = await super()._make_server()
         server.__class__ = _GatewayServer
         return server

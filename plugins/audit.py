@@ -12,9 +12,10 @@ cache status and rate-limit decision (when those plugins set them), client addre
 the error kind when the gateway answered itself. Never the ``Authorization`` header, a
 key or a query string.
 
-Failing closed: if a line cannot be written (disk full, file gone), the plugin refuses
-every further request with 503 until a line can be written again; each refused request's
-own line is the probe, so the gateway recovers by itself.
+Failing closed: if a line cannot be written (disk full, file gone), that record goes to
+the gateway's error log (stderr) with the reason, and the plugin refuses every further
+request with 503 until a line can be written again; each refused request's own line is
+the probe, so the gateway recovers by itself.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
+from gateway.app import HOST
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
@@ -42,10 +44,11 @@ class AuditPlugin:
 
     def __init__(self) -> None:
         self._path: Path | None = None
-        self._stream: IO[bytes] | None = None
+        self._stream: BinaryIO | None = None
         self._own_stream = False
         self._log: Any = None
         self._broken = False
+        self._fallback: Any = None
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
@@ -71,6 +74,7 @@ class AuditPlugin:
             self._stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
             self._own_stream = True
         self._log = json_line_logger(self._stream)
+        self._fallback = app[HOST].log
 
     @hookimpl(tryfirst=True)
     def gateway_request(self, ctx: RequestContext) -> None:
@@ -101,7 +105,9 @@ class AuditPlugin:
             "upstream_request_id": ctx.upstream_request_id,
             "duration_ms": ctx.elapsed_ms(),
             "upstream_ms": (
-                round(ctx.upstream_seconds * 1000.0, 3) if ctx.upstream_seconds is not None else None
+                round(ctx.upstream_seconds * 1000.0, 3)
+                if ctx.upstream_seconds is not None
+                else None
             ),
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
@@ -116,9 +122,9 @@ class AuditPlugin:
         try:
             self._log.info("request", **fields)
         except (OSError, ValueError) as exc:
-            if not self._broken:
-                print(f"stripe-gateway: audit log write failed: {exc}", file=sys.stderr)
+            # Keep the record: it goes to the error log instead, with the reason.
             self._broken = True
+            self._fallback.error("audit_write_failed", reason=str(exc), **fields)
             return
         self._broken = False
 

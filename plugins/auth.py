@@ -55,11 +55,12 @@ def presented_key(header: str | None) -> str:
     else:
         raise StripeErrorResponse(
             401,
-            "Invalid Authorization header: use 'Bearer KEY' (or Basic with the key as "
-            "user name).",
+            "Invalid Authorization header: use 'Bearer KEY' (or Basic with the key as user name).",
         )
     if not key or any(c.isspace() for c in key):
-        raise StripeErrorResponse(401, _NO_KEY if not key else "Invalid API key: it contains white space.")
+        raise StripeErrorResponse(
+            401, _NO_KEY if not key else "Invalid API key: it contains white space."
+        )
     return key
 
 
@@ -92,7 +93,9 @@ class AuthPlugin:
             prepared = _Team(
                 config=team,
                 rules=tuple(parse_rule(rule) for rule in team.allow),
-                accounts=frozenset(team.stripe_accounts) if team.stripe_accounts is not None else None,
+                accounts=frozenset(team.stripe_accounts)
+                if team.stripe_accounts is not None
+                else None,
                 upstream_key=team.upstream_key.get_secret_value() if team.upstream_key else None,
             )
             digests.extend((bytes.fromhex(d), prepared) for d in team.key_sha256)

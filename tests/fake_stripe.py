@@ -94,7 +94,12 @@ class FakeStripe:
             "body": body.decode("latin-1"),
         }
         if request.method == "GET" and _OBJECT_ID.match(parts[-1]):
-            return {"id": parts[-1], "object": parts[-2].rstrip("s"), "livemode": False, "echo": echo}
+            return {
+                "id": parts[-1],
+                "object": parts[-2].rstrip("s"),
+                "livemode": False,
+                "echo": echo,
+            }
         if request.method == "GET":
             return {
                 "object": "list",
@@ -126,7 +131,11 @@ class FakeStripe:
             await response.write(part)
             sent += len(part)
             n += 1
-            if self.release_download is not None and sent >= size // 2 and not self.release_download.is_set():
+            if (
+                self.release_download is not None
+                and sent >= size // 2
+                and not self.release_download.is_set()
+            ):
                 self.download_progress.append(n)
                 await self.release_download.wait()
         await response.write_eof()
@@ -159,4 +168,6 @@ class FakeStripe:
         if kind == "slow":
             await asyncio.sleep(float(request.query.get("seconds", "1")))
             return self._json({"id": "slow", "object": "thing", "t": time.time()})
-        return self._json({"error": {"type": "invalid_request_error", "message": json.dumps(kind)}}, 404)
+        return self._json(
+            {"error": {"type": "invalid_request_error", "message": json.dumps(kind)}}, 404
+        )

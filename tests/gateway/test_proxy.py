@@ -174,7 +174,9 @@ def test_basic_auth_with_key_as_username_is_accepted(gateway: Stack) -> None:
         f"{gateway.gateway_url}/v1/customers/cus_1Nabcdefghijk", auth=(BILLING_KEY, ""), timeout=5
     )
     assert response.status_code == 200
-    assert gateway.upstreams["api"].last().headers["Authorization"] == f"Bearer {BILLING_UPSTREAM_KEY}"
+    assert (
+        gateway.upstreams["api"].last().headers["Authorization"] == f"Bearer {BILLING_UPSTREAM_KEY}"
+    )
 
 
 def test_large_download_streams_before_upstream_finishes(gateway: Stack) -> None:
@@ -203,7 +205,9 @@ def test_large_download_streams_before_upstream_finishes(gateway: Stack) -> None
 
 def test_unknown_key_raises_authentication_error(gateway: Stack) -> None:
     with pytest.raises(stripe.AuthenticationError) as info:
-        client_for(gateway, "gw_test_unknown_key_000000009876").v1.customers.retrieve("cus_1Nabcdefghijk")
+        client_for(gateway, "gw_test_unknown_key_000000009876").v1.customers.retrieve(
+            "cus_1Nabcdefghijk"
+        )
     assert info.value.http_status == 401
     assert "9876" in str(info.value) and "gw_test_unknown" not in str(info.value)
     assert info.value.request_id is not None and info.value.request_id.startswith("gwreq_")
@@ -304,13 +308,18 @@ def test_broken_upstream_body_gives_the_client_a_broken_body(
     started = time.monotonic()
     with pytest.raises(requests.exceptions.RequestException):
         response = requests.get(
-            f"{gateway.gateway_url}/v1/test_faults/{fault}{query}", auth=(BILLING_KEY, ""), timeout=8
+            f"{gateway.gateway_url}/v1/test_faults/{fault}{query}",
+            auth=(BILLING_KEY, ""),
+            timeout=8,
         )
         response.raise_for_status()
         response.json()  # a short body is never a complete JSON document
         pytest.fail("a broken upstream body must not look complete")
     assert time.monotonic() - started < 6
-    assert gateway.audit_lines()[-1]["error"] in ("upstream_broken_body", "upstream_timeout_mid_body")
+    assert gateway.audit_lines()[-1]["error"] in (
+        "upstream_broken_body",
+        "upstream_timeout_mid_body",
+    )
 
 
 def test_body_over_limit_is_413(stack: Stack) -> None:

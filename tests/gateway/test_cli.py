@@ -1,0 +1,431 @@
+"""The ``stripe-gateway`` command, run as a real subprocess against real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+import gateway
+from tests.fake_stripe import FakeStripe
+from tests.helpers import (
+    BILLING_KEY,
+    BILLING_UPSTREAM_KEY,
+    PASSTHROUGH_KEY,
+    LoopThread,
+    Served,
+    digest,
+    start_app,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+_SCRIPT = Path(sys.executable).parent / "stripe-gateway"
+GATEWAY = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "gateway"]
+
+#: how long a subprocess may take to start and answer (imports included)
+STARTUP_TIMEOUT = 20.0
+DRAIN_TIMEOUT = 5.0
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The test process environment without gateway overrides, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_GATEWAY_")}
+    env.pop("STRIPE_SECRET_KEY", None)
+    env.pop("BILLING_STRIPE_KEY", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, input: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GATEWAY, *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=subprocess_env() if env is None else env,
+        cwd=REPO,
+        timeout=STARTUP_TIMEOUT,
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def good_config(tmp_path: Path, *, api: str = "http://127.0.0.1:9", port: int = 0) -> Path:
+    audit = tmp_path / "audit.jsonl"
+    return write_config(
+        tmp_path,
+        f"""\
+        [server]
+        host = "127.0.0.1"
+        port = {port}
+        drain_timeout = {DRAIN_TIMEOUT}
+
+        [upstream]
+        api = "{api}"
+        connect_timeout = 2.0
+        read_timeout = 10.0
+
+        [plugins.audit]
+        path = "{audit}"
+
+        [[teams]]
+        name = "billing"
+        key_sha256 = ["{digest(BILLING_KEY)}"]
+        upstream_key_env = "BILLING_STRIPE_KEY"
+        allow = ["GET /v1/**"]
+
+        [[teams]]
+        name = "direct"
+        key_sha256 = ["{digest(PASSTHROUGH_KEY)}"]
+        """,
+    )
+
+
+def assert_one_line_config_error(result: subprocess.CompletedProcess[str], *parts: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stripe-gateway: config error: ")
+    for part in parts:
+        assert part in lines[0]
+
+
+BAD_CONFIGS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("invalid-toml", "[server\nport = 1\n", ("gateway.toml", "invalid TOML")),
+    ("unknown-server-key", "[server]\nprot = 8080\n", ("server.prot: unknown key",)),
+    (
+        "unknown-team-key",
+        f'[[teams]]\nname = "b"\nkey_sha256 = ["{digest(BILLING_KEY)}"]\nalow = []\n',
+        ("teams[0].alow: unknown key",),
+    ),
+    (
+        "missing-env-var",
+        f'[[teams]]\nname = "b"\nkey_sha256 = ["{digest(BILLING_KEY)}"]\n'
+        'upstream_key_env = "BILLING_STRIPE_KEY"\n',
+        ("teams[0].upstream_key_env:", "BILLING_STRIPE_KEY", "not set"),
+    ),
+    ("bad-port", "[server]\nport = 70000\n", ("server.port:", "65535")),
+    ("unknown-plugin", "[plugins.nosuch]\nx = 1\n", ("plugins.nosuch:", "'nosuch'")),
+    ("plugin-unknown-key", "[plugins.audit]\nbogus = 1\n", ("plugins.audit.bogus: unknown key",)),
+]
+
+
+# --------------------------------------------------------------------------- one-shot commands
+
+
+def test_version_prints_the_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"stripe-gateway {gateway.__version__}"
+
+
+def test_module_entry_point_runs_the_same_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--version"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=STARTUP_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"stripe-gateway {gateway.__version__}"
+
+
+@pytest.mark.parametrize("stdin", ["KEY\n", "KEY", "  KEY  \n"], ids=["newline", "bare", "spaces"])
+def test_hash_key_prints_sha256_hex_of_the_key_on_stdin(stdin: str) -> None:
+    result = run_cli("hash-key", input=stdin.replace("KEY", BILLING_KEY))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == hashlib.sha256(BILLING_KEY.encode()).hexdigest() + "\n"
+    assert result.stdout.strip() == digest(BILLING_KEY)
+
+
+def test_hash_key_with_empty_stdin_exits_2() -> None:
+    result = run_cli("hash-key", input="")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "no key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    path = good_config(tmp_path)
+    result = run_cli("check-config", str(path), env=subprocess_env(BILLING_STRIPE_KEY="sk_test_x"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: OK (2 teams; plugins: audit, auth)"
+    assert BILLING_UPSTREAM_KEY not in result.stdout + result.stderr
+
+
+def test_check_config_accepts_the_example_config() -> None:
+    env = subprocess_env(STRIPE_SECRET_KEY="sk_test_example0000000000000001")
+    result = run_cli("check-config", "config.example.toml", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "OK (2 teams" in result.stdout
+    assert "sk_test_example" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"), [(t, p) for _, t, p in BAD_CONFIGS], ids=[i for i, _, _ in BAD_CONFIGS]
+)
+def test_check_config_reports_a_bad_file_in_one_line_with_exit_2(
+    tmp_path: Path, text: str, parts: tuple[str, ...]
+) -> None:
+    result = run_cli("check-config", str(write_config(tmp_path, text)))
+    assert_one_line_config_error(result, *parts)
+    assert result.stdout == ""
+
+
+def test_check_config_reports_a_missing_file_with_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    result = run_cli("check-config", str(missing))
+    assert_one_line_config_error(result, str(missing), "cannot read config file")
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"), [(t, p) for _, t, p in BAD_CONFIGS], ids=[i for i, _, _ in BAD_CONFIGS]
+)
+def test_serve_with_a_bad_config_exits_2_with_one_line(
+    tmp_path: Path, text: str, parts: tuple[str, ...]
+) -> None:
+    result = run_cli("serve", "--config", str(write_config(tmp_path, text)), "--port", "0")
+    assert_one_line_config_error(result, *parts)
+
+
+def test_serve_with_a_bad_port_override_exits_2(tmp_path: Path) -> None:
+    path = good_config(tmp_path)
+    env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY, STRIPE_GATEWAY_PORT="eighty")
+    result = run_cli("serve", "--config", str(path), env=env)
+    assert_one_line_config_error(result, "server.port:", "valid integer")
+
+
+def test_serve_on_a_port_in_use_exits_1_without_traceback(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY)
+        result = run_cli("serve", "--config", str(good_config(tmp_path, port=port)), env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+# --------------------------------------------------------------------------- a running gateway
+
+
+@dataclass
+class GatewayProcess:
+    """``stripe-gateway serve`` in a subprocess, its output collected by reader threads."""
+
+    proc: subprocess.Popen[str]
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    _stderr_lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    url: str = ""
+
+    def start_readers(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        for stream, sink, q in (
+            (self.proc.stdout, self.stdout, None),
+            (self.proc.stderr, self.stderr, self._stderr_lines),
+        ):
+            thread = threading.Thread(target=self._pump, args=(stream, sink, q), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @staticmethod
+    def _pump(stream: IO[str], sink: list[str], q: queue.Queue[str | None] | None) -> None:
+        for line in stream:
+            sink.append(line)
+            if q is not None:
+                q.put(line)
+        if q is not None:
+            q.put(None)
+
+    def wait_listening(self) -> str:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"gateway did not start listening: {self.stderr}"
+            try:
+                line = self._stderr_lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            assert line is not None, f"gateway exited before listening: {self.stderr}"
+            m = re.search(r"listening on (http://[\d.]+:\d+)", line)
+            if m:
+                self.url = m[1]
+                return self.url
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    def output(self) -> str:
+        return "".join(self.stdout) + "".join(self.stderr)
+
+    def finish(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for thread in self._threads:
+            thread.join(10)
+
+
+@contextmanager
+def serving(config: Path, *args: str, env: dict[str, str]) -> Iterator[GatewayProcess]:
+    with subprocess.Popen(
+        [*GATEWAY, "serve", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    ) as proc:
+        gw = GatewayProcess(proc)
+        gw.start_readers()
+        try:
+            gw.wait_listening()
+            yield gw
+        finally:
+            gw.finish()
+
+
+@pytest.fixture
+def fake_api(loop_thread: LoopThread) -> Iterator[tuple[FakeStripe, Served]]:
+    fake = FakeStripe(name="api")
+    served = loop_thread.run(start_app(fake.app()))
+    yield fake, served
+    loop_thread.run(served.runner.cleanup())
+
+
+def http_get(
+    host_port: tuple[str, int], path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(*host_port, timeout=15)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def wait_until(predicate: Any, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
+def test_healthz_answers_200_json_without_authorization_and_sigint_stops(tmp_path: Path) -> None:
+    env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY)
+    # the --port flag overrides [server] port
+    with serving(good_config(tmp_path, port=1), "--port", "0", env=env) as gw:
+        assert gw.host_port[1] not in (0, 1)
+        status, headers, body = http_get(gw.host_port, "/healthz")
+        assert status == 200
+        assert headers["Content-Type"].startswith("application/json")
+        assert json.loads(body) == {"status": "ok", "version": gateway.__version__}
+        gw.proc.send_signal(signal.SIGINT)
+        assert gw.proc.wait(DRAIN_TIMEOUT + 2) == 0
+    assert "Traceback" not in gw.output()
+    assert BILLING_UPSTREAM_KEY not in gw.output()
+
+
+def test_sigterm_drains_in_flight_request_refuses_new_ones_and_exits_0(
+    tmp_path: Path, fake_api: tuple[FakeStripe, Served]
+) -> None:
+    fake, upstream = fake_api
+    config = good_config(tmp_path, api=upstream.url)
+    env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY)
+    with serving(config, env=env) as gw:
+        result: dict[str, Any] = {}
+
+        def slow_request() -> None:
+            try:
+                result["response"] = http_get(
+                    gw.host_port,
+                    "/v1/test_faults/slow?seconds=1.5",
+                    {"Authorization": f"Bearer {BILLING_KEY}"},
+                )
+            except BaseException as exc:  # reported by the main thread
+                result["error"] = exc
+
+        client = threading.Thread(target=slow_request)
+        client.start()
+        try:
+            wait_until(lambda: fake.received, 10, "the slow request never reached the upstream")
+            signalled = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+
+            # the listener closes at once, while the slow request is still in flight
+            refused = False
+            while not refused and time.monotonic() - signalled < 1.0:
+                try:
+                    probe = socket.create_connection(gw.host_port, timeout=1)
+                except ConnectionRefusedError:
+                    refused = True
+                else:
+                    probe.close()
+                    time.sleep(0.02)
+            assert refused, "new connections were still accepted 1 s after SIGTERM"
+            assert client.is_alive(), "the slow request finished before the refusal was seen"
+            assert gw.proc.poll() is None, "the gateway exited without draining"
+        finally:
+            client.join(15)
+
+        assert "error" not in result, result.get("error")
+        status, headers, body = result["response"]
+        assert status == 200
+        assert json.loads(body)["id"] == "slow"
+        assert headers["Request-Id"].startswith("req_fake")
+
+        assert gw.proc.wait(DRAIN_TIMEOUT + 2) == 0
+        assert time.monotonic() - signalled < DRAIN_TIMEOUT
+
+    assert "Traceback" not in gw.output()
+    assert BILLING_UPSTREAM_KEY not in gw.output()
+    # the key swap happened on the way up
+    assert fake.received[0].headers["Authorization"] == f"Bearer {BILLING_UPSTREAM_KEY}"
+    # and the drained request was written to the audit log before exit
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    slow = [line for line in lines if line["path"] == "/v1/test_faults/slow"]
+    assert len(slow) == 1, lines
+    assert slow[0]["status"] == 200
+    assert slow[0]["team"] == "billing"
+    assert slow[0]["method"] == "GET"
+    assert slow[0]["upstream_request_id"] == headers["Request-Id"]
+    audit_text = (tmp_path / "audit.jsonl").read_text()
+    assert BILLING_KEY not in audit_text
+    assert BILLING_UPSTREAM_KEY not in audit_text
+    assert "seconds=1.5" not in audit_text

@@ -1,0 +1,153 @@
+"""The auth plugin: team keys, key swap, allow rules, Stripe-Account allow-lists."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import requests
+import stripe
+
+from gateway.errors import StripeErrorResponse
+from plugins.auth import presented_key
+from tests.helpers import (
+    ANALYTICS_KEY,
+    ANALYTICS_UPSTREAM_KEY,
+    BILLING_KEY,
+    BILLING_UPSTREAM_KEY,
+    Stack,
+    team,
+)
+
+
+def _get(stack: Stack, path: str, key: str, **headers: str) -> requests.Response:
+    return requests.get(
+        f"{stack.gateway_url}{path}",
+        headers={"Authorization": f"Bearer {key}", **headers},
+        timeout=5,
+    )
+
+
+def test_bearer_and_basic_keys_are_read_as_the_sdks_send_them() -> None:
+    assert presented_key("Bearer sk_test_abc") == "sk_test_abc"
+    assert presented_key("bearer   sk_test_abc  ") == "sk_test_abc"
+    basic = base64.b64encode(b"gw_key_123:").decode()
+    assert presented_key(f"Basic {basic}") == "gw_key_123"
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Digest x", "Basic %%%", "Bearer a\tb"])
+def test_malformed_authorization_is_refused_with_401(header: str | None) -> None:
+    with pytest.raises(StripeErrorResponse) as info:
+        presented_key(header)
+    assert info.value.status == 401
+
+
+def test_each_team_gets_its_own_upstream_key(gateway: Stack) -> None:
+    assert _get(gateway, "/v1/customers/cus_1Nabcdefghijk", BILLING_KEY).status_code == 200
+    assert (
+        gateway.upstreams["api"].last().headers["Authorization"] == f"Bearer {BILLING_UPSTREAM_KEY}"
+    )
+    assert _get(gateway, "/v1/sigma/scheduled_query_runs", ANALYTICS_KEY).status_code == 200
+    assert (
+        gateway.upstreams["api"].last().headers["Authorization"]
+        == f"Bearer {ANALYTICS_UPSTREAM_KEY}"
+    )
+    teams = [line["team"] for line in gateway.audit_lines(2)]
+    assert teams == ["billing", "analytics"]
+
+
+def test_upstream_key_never_reaches_the_client_or_the_logs(
+    gateway: Stack, capfd: pytest.CaptureFixture[str]
+) -> None:
+    responses = [
+        _get(gateway, "/v1/customers/cus_1Nabcdefghijk", BILLING_KEY),
+        _get(gateway, "/v1/customers", ANALYTICS_KEY),  # refused by allow rules
+        _get(gateway, "/v1/test_faults/stall", BILLING_KEY),  # 504
+        _get(gateway, "/v1/customers", "gw_wrong_key_000000000000000000"),
+    ]
+    assert [r.status_code for r in responses] == [200, 403, 504, 401]
+    gateway.audit_lines(4)
+    out, err = capfd.readouterr()
+    audit = gateway.audit_path.read_text()
+    for text in [out, err, audit, *(r.text + str(r.headers) for r in responses)]:
+        for secret in (BILLING_UPSTREAM_KEY, ANALYTICS_UPSTREAM_KEY, BILLING_KEY, ANALYTICS_KEY):
+            assert secret not in text
+
+
+def test_refusal_message_shows_at_most_the_last_four_characters(gateway: Stack) -> None:
+    response = _get(gateway, "/v1/customers", "gw_secret_prefix_material_WXYZ")
+    message = response.json()["error"]["message"]
+    assert "WXYZ" in message
+    assert "gw_secret" not in message and "material" not in message
+    short = _get(gateway, "/v1/customers", "abc").json()["error"]["message"]
+    assert "abc" not in short
+
+
+def test_allow_rules_use_method_and_path_globs(stack: Stack) -> None:
+    stack.start_gateway(
+        teams=[
+            team(
+                "reports",
+                BILLING_KEY,
+                upstream_env="BILLING_STRIPE_KEY",
+                allow=["GET /v1/reporting/**", "POST /v1/reporting/report_runs", "* /v1/tax/*"],
+            )
+        ]
+    )
+    cases = [
+        ("GET", "/v1/reporting/report_runs/frr_1Nabcdefghijk", 200),
+        ("GET", "/v1/reporting/report_types", 200),
+        ("POST", "/v1/reporting/report_runs", 200),
+        ("POST", "/v1/reporting/report_runs/frr_1Nabcdefghijk", 403),
+        ("DELETE", "/v1/tax/registrations", 200),
+        ("GET", "/v1/tax/registrations/taxreg_1Nabcdefghijk", 403),  # `*` is one segment
+        ("GET", "/v1/reportingx", 403),
+        ("GET", "/v1/customers", 403),
+    ]
+    for method, path, status in cases:
+        response = requests.request(
+            method, f"{stack.gateway_url}{path}", auth=(BILLING_KEY, ""), timeout=5
+        )
+        assert response.status_code == status, (method, path)
+        if status == 403:
+            assert response.json()["error"]["code"] == "route_not_allowed"
+
+
+def test_stripe_account_allow_list(gateway: Stack) -> None:
+    client = stripe.StripeClient(
+        ANALYTICS_KEY, base_addresses={"api": gateway.gateway_url}, max_network_retries=0
+    )
+    client.v1.sigma.scheduled_query_runs.list()  # no Stripe-Account: the platform account
+    client.v1.sigma.scheduled_query_runs.list(options={"stripe_account": "acct_allowed000001"})
+    with pytest.raises(stripe.PermissionError) as info:
+        client.v1.sigma.scheduled_query_runs.list(options={"stripe_account": "acct_nope00000001"})
+    assert "acct_nope00000001" in str(info.value)
+    assert len(gateway.upstreams["api"].received) == 2
+
+
+def test_upstream_key_from_a_file(stack: Stack) -> None:
+    key_file = stack.tmp / "stripe.key"
+    key_file.write_text("sk_test_fromfile0000000000001\n")
+    stack.start_gateway(teams=[team("filed", BILLING_KEY, upstream_key_file=str(key_file))])
+    assert _get(stack, "/v1/customers", BILLING_KEY).status_code == 200
+    assert (
+        stack.upstreams["api"].last().headers["Authorization"]
+        == "Bearer sk_test_fromfile0000000000001"
+    )
+
+
+def test_auth_rejects_settings_it_does_not_know(stack: Stack) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        stack.start_gateway(plugins={"audit": {}, "auth": {"mode": "open"}})
+    assert info.value.path == "plugins.auth.mode"
+
+
+def test_without_the_auth_plugin_the_client_key_passes_unchanged(stack: Stack) -> None:
+    stack.start_gateway(plugins={"disable": ["auth"], "audit": {"path": str(stack.audit_path)}})
+    response = _get(stack, "/v1/customers", "sk_test_clientown00000000000001")
+    assert response.status_code == 200
+    assert stack.upstreams["api"].last().headers["Authorization"] == (
+        "Bearer sk_test_clientown00000000000001"
+    )
