@@ -55,15 +55,26 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 
 _URL = re.compile(r"^https?://[^/\s?#]+$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_ENTRY = re.compile(r"^entry (\d+): (.*)$", re.S)
 _PREFIXED = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.S)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        # pydantic's lax mode reads `port = true` as 1; a config file means no such thing
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and info.annotation in (int, float):
+                    raise ValueError(f"{name}: must be a number, not {str(data[name]).lower()}")
+        return data
+
 
 class ServerConfig(_Strict):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8080, ge=0, le=65535)
     #: seconds in-flight requests get to finish after SIGTERM/SIGINT
     drain_timeout: float = Field(30.0, gt=0)
@@ -116,7 +127,7 @@ class TeamConfig(_Strict):
         for i, digest in enumerate(value):
             if not _DIGEST.match(digest):
                 raise ValueError(
-                    f"entry {i} must be 64 lowercase hex characters "
+                    f"entry {i}: must be 64 lowercase hex characters "
                     "(the output of `stripe-gateway hash-key`), not a key"
                 )
         return value
@@ -251,6 +262,10 @@ def parse_config(
         msg = str(first["msg"]).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif (m := _ENTRY.match(msg)) is not None:
+            # a list validator names the bad entry's index
+            path = f"{path}[{m[1]}]"
+            msg = m[2]
         elif (m := _PREFIXED.match(msg)) is not None:
             # a model validator names the key below its own location
             path = f"{path}.{m[1]}" if path else m[1]

@@ -43,8 +43,8 @@ class RequestContext:
 
     request: web.Request
     request_id: str
-    #: ``api``, ``files``, ``connect`` or ``meter_events``
-    upstream_name: str
+    #: ``api``, ``files``, ``connect`` or ``meter_events``; None for paths no Stripe host serves
+    upstream_name: str | None
     #: base URL of the chosen upstream (scheme://host[:port])
     upstream_url: str
     #: time.perf_counter() when the request arrived

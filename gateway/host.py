@@ -88,6 +88,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._impls: dict[str, tuple[_Impl, ...]] = {}
+        self._configured_names: set[str] = set()
         self._register_all(entry_points_enabled)
         self._configure()
         self.freeze()
@@ -105,7 +106,20 @@ class PluginHost:
             raise
         except Exception as exc:
             raise ConfigError(where, f"cannot load plugin {name!r}: {exc!r}") from None
-        self.pm.register(plugin, name=name)
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError(where, f"plugin {name!r}: {exc}") from None
+        except ValueError as exc:  # the same object under a second name
+            raise ConfigError(where, f"plugin {name!r}: {exc}") from None
+        for hook in REQUEST_HOOKS:
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                if impl.plugin_name == name and (impl.wrapper or impl.hookwrapper):
+                    raise ConfigError(
+                        where,
+                        f"plugin {name!r}: {hook} is a hook wrapper; request hooks do not "
+                        "support wrappers (see gateway/hookspecs.py)",
+                    )
 
     def _register_all(self, entry_points_enabled: bool) -> None:
         for name, spec in DEFAULT_PLUGINS:
@@ -120,11 +134,13 @@ class PluginHost:
             except (ImportError, AttributeError) as exc:
                 raise ConfigError(where, f"cannot import {spec!r}: {exc}") from None
             name = str(getattr(obj, "name", None) or spec.partition(":")[0])
+            self._configured_names.add(name)
             self._register(name, partial(_identity, obj), where)
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise ConfigError("plugins", f"plugin {exc.plugin!r}: {exc}") from None
+            name = self.pm.get_name(exc.plugin) or repr(exc.plugin)
+            raise ConfigError("plugins", f"plugin {name!r}: {exc}") from None
         known = {name for name, _ in self.pm.list_name_plugin()}
         for i, name in enumerate(self.config.plugins.disable):
             if name not in known and not self._is_loadable_name(name):
@@ -137,7 +153,7 @@ class PluginHost:
     def _is_loadable_name(self, name: str) -> bool:
         builtin = {n for n, _ in DEFAULT_PLUGINS}
         eps = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
-        return name in builtin or name in eps
+        return name in builtin or name in eps or name in self._configured_names
 
     def _configure(self) -> None:
         tables = self.config.plugins.tables()

@@ -61,23 +61,24 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = upstream_for(request.method, request.path)
-        if name is None:
-            return error_response(
-                404,
-                f"Unrecognized request URL ({request.method}: {request.path}). "
-                "The gateway forwards /v1/, /v2/ and /oauth/ paths to Stripe.",
-                request_id=new_request_id(),
-            )
         ctx = RequestContext(
             request=request,
             request_id=new_request_id(),
             upstream_name=name,
-            upstream_url=self._upstreams[name],
+            upstream_url=self._upstreams[name] if name is not None else "",
         )
         try:
+            if name is None:
+                raise StripeErrorResponse(
+                    404,
+                    f"Unrecognized request URL ({request.method}: {request.path}). "
+                    "The gateway forwards /v1/, /v2/ and /oauth/ paths to Stripe.",
+                    code="unrecognized_url",
+                )
             return await self._serve(ctx)
         except StripeErrorResponse as exc:
-            return await self._answer(ctx, exc.to_response(ctx.request_id), exc.code or "refused")
+            error = exc.code or ("refused" if exc.status in (401, 403) else f"http_{exc.status}")
+            return await self._answer(ctx, exc.to_response(ctx.request_id), error)
         except PluginFailure as exc:
             self.host.log.error(
                 "plugin_failed_closed",

@@ -103,7 +103,11 @@ async def serve(
     try:
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
-        listening = [f"http://{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
+        listening = [
+            f"http://[{a[0]}]:{a[1]}" if ":" in a[0] else f"http://{a[0]}:{a[1]}"
+            for a in runner.addresses
+            if isinstance(a, tuple)
+        ]
         on_listening(listening)
         if ready is not None:
             ready.set()

@@ -38,9 +38,7 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Ga
     return load_config(write(tmp_path, text), environ=ENVIRON if environ is None else environ)
 
 
-def config_error(
-    tmp_path: Path, text: str, environ: dict[str, str] | None = None
-) -> ConfigError:
+def config_error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, text, environ)
     return info.value
@@ -160,7 +158,10 @@ def test_non_utf8_config_file_is_a_config_error(tmp_path: Path) -> None:
         ("[server]\nprot = 8080\n", "server.prot"),
         ("[upstream]\nx = 1\n", "upstream.x"),
         (team_toml(extra="x = 1"), "teams[0].x"),
-        (team_toml() + team_toml("other", ANALYTICS_DIGEST, 'alow = ["GET /v1/**"]'), "teams[1].alow"),
+        (
+            team_toml() + team_toml("other", ANALYTICS_DIGEST, 'alow = ["GET /v1/**"]'),
+            "teams[1].alow",
+        ),
         ("[plugins]\nx = 1\n", "plugins.x"),
     ],
     ids=["top-level", "source", "server", "server-typo", "upstream", "team0", "team1", "plugins"],
@@ -187,7 +188,11 @@ def test_unknown_key_is_reported_with_its_exact_path(tmp_path: Path, text: str, 
         ('[server]\nuvloop = "maybe"\n', "server.uvloop", "valid boolean"),
         ('[upstream]\napi = "api.stripe.com"\n', "upstream.api", "http(s) URL"),
         ('[upstream]\nfiles = "ftp://files.stripe.com"\n', "upstream.files", "http(s) URL"),
-        ('[upstream]\nconnect = "https://connect.stripe.com/oauth"\n', "upstream.connect", "no path"),
+        (
+            '[upstream]\nconnect = "https://connect.stripe.com/oauth"\n',
+            "upstream.connect",
+            "no path",
+        ),
         ('[upstream]\nmeter_events = "https://x?y=1"\n', "upstream.meter_events", "http(s) URL"),
         ("[upstream]\nread_timeout = -1\n", "upstream.read_timeout", "greater than 0"),
         ("[upstream]\nmax_connections = -1\n", "upstream.max_connections", "greater than or equal"),
@@ -197,15 +202,19 @@ def test_unknown_key_is_reported_with_its_exact_path(tmp_path: Path, text: str, 
         ('[[teams]]\nkey_sha256 = ["' + BILLING_DIGEST + '"]\n', "teams[0].name", "Field required"),
         ('[[teams]]\nname = "billing"\n', "teams[0].key_sha256", "Field required"),
         ('[[teams]]\nname = "b"\nkey_sha256 = []\n', "teams[0].key_sha256", "at least 1 item"),
-        (team_toml(key_digest="abc123"), "teams[0].key_sha256", "64 lowercase hex"),
-        (team_toml(key_digest=BILLING_DIGEST.upper()), "teams[0].key_sha256", "64 lowercase hex"),
-        (team_toml(key_digest=BILLING_KEY), "teams[0].key_sha256", "not a key"),
-        (team_toml(key_digest=BILLING_DIGEST[:-1] + "g"), "teams[0].key_sha256", "entry 0"),
-        (team_toml(extra='allow = ["FETCH /x"]'), "teams[0].allow", "unknown method 'FETCH'"),
-        (team_toml(extra='allow = ["GET /v1/**", "GET x"]'), "teams[0].allow", "entry 1"),
-        (team_toml(extra='allow = ["GET x"]'), "teams[0].allow", "must start with '/'"),
-        (team_toml(extra='allow = ["GET"]'), "teams[0].allow", "'METHOD /path/glob'"),
-        (team_toml(extra='allow = ["GET /a /b"]'), "teams[0].allow", "'METHOD /path/glob'"),
+        (team_toml(key_digest="abc123"), "teams[0].key_sha256[0]", "64 lowercase hex"),
+        (
+            team_toml(key_digest=BILLING_DIGEST.upper()),
+            "teams[0].key_sha256[0]",
+            "64 lowercase hex",
+        ),
+        (team_toml(key_digest=BILLING_KEY), "teams[0].key_sha256[0]", "not a key"),
+        (team_toml(key_digest=BILLING_DIGEST[:-1] + "g"), "teams[0].key_sha256[0]", "hex"),
+        (team_toml(extra='allow = ["FETCH /x"]'), "teams[0].allow[0]", "unknown method 'FETCH'"),
+        (team_toml(extra='allow = ["GET /v1/**", "GET x"]'), "teams[0].allow[1]", "start with '/'"),
+        (team_toml(extra='allow = ["GET x"]'), "teams[0].allow[0]", "must start with '/'"),
+        (team_toml(extra='allow = ["GET"]'), "teams[0].allow[0]", "'METHOD /path/glob'"),
+        (team_toml(extra='allow = ["GET /a /b"]'), "teams[0].allow[0]", "'METHOD /path/glob'"),
         (team_toml(extra='stripe_accounts = "acct_1"'), "teams[0].stripe_accounts", "valid list"),
         ('[plugins]\nload = "mod"\n', "plugins.load", "valid list"),
     ],
@@ -413,7 +422,9 @@ def test_unknown_plugin_table_names_the_plugin(tmp_path: Path) -> None:
 
 
 def test_table_for_a_disabled_plugin_is_rejected(tmp_path: Path) -> None:
-    error = plugin_host_error(tmp_path, '[plugins]\ndisable = ["audit"]\n[plugins.audit]\npath = "-"\n')
+    error = plugin_host_error(
+        tmp_path, '[plugins]\ndisable = ["audit"]\n[plugins.audit]\npath = "-"\n'
+    )
     assert error.path == "plugins.audit"
     assert "disabled" in error.reason
 

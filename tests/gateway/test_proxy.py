@@ -274,7 +274,7 @@ def test_upstream_refused_is_502_api_error_retryable_only_when_safe(stack: Stack
     assert raw.status_code == 502
     assert raw.headers["Stripe-Should-Retry"] == "false"
     assert raw.json()["error"]["type"] == "api_error"
-    assert stack.audit_lines()[-1]["error"] == "upstream_unreachable"
+    assert stack.audit_lines(3)[-1]["error"] == "upstream_unreachable"
 
 
 def test_upstream_reset_before_response_is_502(gateway: Stack) -> None:
