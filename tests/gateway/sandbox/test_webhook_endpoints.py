@@ -6,6 +6,7 @@ import pytest
 import stripe
 
 from tests.gateway.sandbox.conftest import SandboxStack
+from tests.gateway.sandbox.fidelity import assert_stripe_fields
 
 
 def test_create_shows_the_secret_once_then_crud(sandbox_stack: SandboxStack) -> None:
@@ -45,3 +46,12 @@ def test_missing_and_unknown_parameters(sandbox_stack: SandboxStack) -> None:
             {"url": "https://x.example", "enabled_events": ["*"], "bogus": "1"}  # type: ignore[typeddict-unknown-key]
         )
     assert info.value.code == "parameter_unknown" and info.value.param == "bogus"
+
+
+def test_webhook_endpoint_has_stripes_fields(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk()
+    created = client.v1.webhook_endpoints.create(
+        {"url": "https://example.com/hook", "enabled_events": ["*"]}
+    )
+    assert_stripe_fields(created)
+    assert_stripe_fields(client.v1.webhook_endpoints.retrieve(created.id))
