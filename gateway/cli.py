@@ -12,11 +12,15 @@ import hashlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
-from gateway.host import PluginHost
+from gateway.host import PluginFailure, PluginHost
+
+if TYPE_CHECKING:
+    from gateway.sandbox.run import SandboxOptions
 
 __all__ = ["main"]
 
@@ -39,11 +43,106 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", metavar="FILE")
 
+    sandbox = sub.add_parser("sandbox", help="run the built-in Stripe sandbox alone")
+    _sandbox_flags(sandbox, port=12111)
+
+    demo = sub.add_parser("demo", help="run the gateway in front of the built-in Stripe sandbox")
+    demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    _sandbox_flags(demo, port=12111, prefix="sandbox-")
+
     sub.add_parser(
         "hash-key",
         help="print the SHA-256 digest of a key read from stdin (for teams[].key_sha256)",
     )
     return parser
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _sandbox_flags(parser: argparse.ArgumentParser, *, port: int, prefix: str = "") -> None:
+    if not prefix:
+        parser.add_argument("--host", default="127.0.0.1", help="listen address")
+    parser.add_argument(
+        f"--{prefix}port",
+        dest="sandbox_port",
+        type=int,
+        default=port,
+        help=f"sandbox API port (default {port})",
+    )
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        default=port + 1,
+        help=f"fault control port (default {port + 1})",
+    )
+    faults = parser.add_argument_group("faults (also changeable at run time: POST /faults)")
+    faults.add_argument(
+        "--latency-ms", type=_non_negative, default=0.0, help="added latency per request"
+    )
+    faults.add_argument(
+        "--latency-max-ms",
+        type=_non_negative,
+        default=0.0,
+        help="if set, latency is random in [latency-ms, latency-max-ms]",
+    )
+    faults.add_argument(
+        "--error-rate",
+        type=_rate,
+        default=0.0,
+        help="fraction answered 500 api_error (Stripe-Should-Retry: true)",
+    )
+    faults.add_argument(
+        "--rate-limit-rate", type=_rate, default=0.0, help="fraction answered 429 rate_limit"
+    )
+    faults.add_argument(
+        "--reset-rate",
+        type=_rate,
+        default=0.0,
+        help="fraction whose connection is reset before answering",
+    )
+    faults.add_argument(
+        "--truncate-rate", type=_rate, default=0.0, help="fraction whose body is cut short"
+    )
+    parser.add_argument(
+        "--report-delay",
+        type=_non_negative,
+        default=2.0,
+        help="seconds a report run stays pending (default 2)",
+    )
+
+
+def _sandbox_options(args: argparse.Namespace) -> SandboxOptions:
+    from gateway.sandbox.core import SandboxSettings
+    from gateway.sandbox.faults import Faults
+    from gateway.sandbox.run import SandboxOptions
+
+    return SandboxOptions(
+        host=args.host,
+        port=args.sandbox_port,
+        control_port=args.control_port,
+        settings=SandboxSettings(report_delay=args.report_delay),
+        faults=Faults(
+            latency_ms=args.latency_ms,
+            latency_max_ms=args.latency_max_ms,
+            error_rate=args.error_rate,
+            rate_limit_rate=args.rate_limit_rate,
+            reset_rate=args.reset_rate,
+            truncate_rate=args.truncate_rate,
+        ),
+    )
 
 
 def _load(path: str) -> tuple[GatewayConfig, PluginHost]:
@@ -106,6 +205,16 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    except PluginFailure as exc:
+        cause = exc.__cause__
+        print(
+            f"stripe-gateway: plugin {exc.plugin!r} failed at start-up: "
+            f"{type(cause).__name__}: {cause}"
+            if cause
+            else f"stripe-gateway: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         loop.close()
     return 0
@@ -125,6 +234,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "serve":
             return _serve(args)
+        if args.command in ("sandbox", "demo"):
+            from gateway.sandbox.run import DemoOptions, run_demo, run_sandbox
+
+            options = _sandbox_options(args)
+            try:
+                if args.command == "sandbox":
+                    run_sandbox(options)
+                else:
+                    run_demo(DemoOptions(host=args.host, port=args.port, sandbox=options))
+            except OSError as exc:
+                print(f"stripe-gateway: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            return 0
     except ConfigError as exc:
         print(f"stripe-gateway: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -80,7 +80,7 @@ class ServerConfig(_Strict):
     drain_timeout: float = Field(30.0, gt=0)
     #: largest request body accepted (413 above it)
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
-    #: largest single request header line accepted (431 above it)
+    #: largest request line or single header accepted (a Stripe-shaped 400 above it)
     max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
     #: use uvloop when it is installed
     uvloop: bool = True

@@ -20,8 +20,10 @@ from gateway.config import TeamConfig
 
 __all__ = ["RequestContext", "new_request_id", "object_id_of"]
 
-# Stripe object ids: a lowercase prefix, an underscore, then base62 (e.g. sqr_1Nx..., taxcalc_...).
-_OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_[A-Za-z0-9]{8,}$")
+# Stripe object ids: a lowercase prefix, an underscore, then at least 8 base62 characters
+# of which one is a digit or a capital (sqr_1Nx..., taxcalc_...); collection names such as
+# "webhook_endpoints" or "line_items" are all lowercase letters and never match.
+_OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?=[a-z]*[A-Z0-9])[A-Za-z0-9]{8,}$")
 
 
 def new_request_id() -> str:

@@ -18,8 +18,11 @@ later implementation of that hook runs.
 **Failures.** Each spec says whether an exception in a plugin *fails closed* (the request is
 answered with a Stripe-shaped 500 ``api_error`` and nothing goes upstream) or is *logged
 and skipped* (logged with the plugin's name; the request goes on as if the hook had
-returned ``None``). :class:`gateway.errors.StripeErrorResponse` raised from any request
-hook is never a failure: it is the plugin's chosen answer, sent to the client as is.
+returned ``None``). :class:`gateway.errors.StripeErrorResponse` raised from
+``gateway_authenticate``, ``gateway_request`` or ``gateway_upstream_headers`` is not a
+failure: it is the plugin's chosen answer, sent to the client as is. Raised from
+``gateway_response_headers`` or ``gateway_request_finished`` (when the response is already
+decided) it is logged and ignored.
 """
 
 from __future__ import annotations

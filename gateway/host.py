@@ -160,12 +160,16 @@ class PluginHost:
         for impl in reversed(self.pm.hook.gateway_configure.get_hookimpls()):
             settings = tables.get(impl.plugin_name, {})
             kwargs = {"config": self.config, "settings": settings}
+            prefix = f"plugins.{impl.plugin_name}"
             try:
                 impl.function(*(kwargs[a] for a in impl.argnames))
             except ConfigError as exc:
-                prefix = f"plugins.{impl.plugin_name}"
                 raise ConfigError(
                     f"{prefix}.{exc.path}" if exc.path else prefix, exc.reason
+                ) from None
+            except Exception as exc:
+                raise ConfigError(
+                    prefix, f"plugin failed to configure: {type(exc).__name__}: {exc}"
                 ) from None
 
     def freeze(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,15 @@ __all__ = ["Proxy"]
 
 CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _unsafe_path(request: web.Request) -> bool:
+    """Paths whose meaning could change between the allow rules and Stripe (``..``,
+    ``%2F``): allow rules see the decoded path, Stripe the raw one, so both must agree."""
+    raw = request.raw_path.partition("?")[0]
+    if "%2f" in raw.lower() or "%5c" in raw.lower() or "\\" in raw:
+        return True
+    return any(segment in (".", "..") for segment in unquote(raw).split("/"))
 
 
 class _BodyTooLarge(Exception):
@@ -123,6 +133,14 @@ class Proxy:
 
     async def _serve(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
+        if _unsafe_path(request):
+            raise StripeErrorResponse(
+                400,
+                "Invalid request path: '.' and '..' segments, encoded slashes and backslashes "
+                "are not accepted.",
+                code="invalid_path",
+                should_retry=False,
+            )
         length = request.content_length
         if length is not None and length > self._max_body:
             raise self._too_large(length)
@@ -165,7 +183,8 @@ class Proxy:
             yield chunk
 
     def _should_retry(self, ctx: RequestContext) -> bool:
-        return ctx.method in _SAFE_METHODS or "Idempotency-Key" in ctx.request.headers
+        # ctx.idempotency_key is what went upstream, including a key a plugin added
+        return ctx.method in _SAFE_METHODS or ctx.idempotency_key is not None
 
     def _upstream_error(
         self, ctx: RequestContext, status: int, kind: str, message: str

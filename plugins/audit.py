@@ -117,8 +117,8 @@ class AuditPlugin:
             "client": request.remote,
             "error": ctx.error,
         }
-        if ctx.audit:
-            fields.update(ctx.audit)
+        if ctx.audit:  # plugins add fields; they never replace the core ones
+            fields = {**ctx.audit, **fields}
         try:
             self._log.info("request", **fields)
         except (OSError, ValueError) as exc:

@@ -125,10 +125,27 @@ class AuthPlugin:
                 "(no allow rule matches).",
                 code="route_not_allowed",
             )
-        account = ctx.stripe_account
-        if team.accounts is not None and account is not None and account not in team.accounts:
-            raise StripeErrorResponse(
-                403,
-                f"Team {team.config.name!r} may not act on Stripe-Account {account}.",
-                code="account_not_allowed",
-            )
+        if team.accounts is not None:
+            self._check_accounts(team, ctx)
+
+    @staticmethod
+    def _check_accounts(team: _Team, ctx: RequestContext) -> None:
+        """Every account named by ``Stripe-Account`` or ``Stripe-Context`` must be allowed.
+
+        Without either header the request acts on the platform account itself, which a
+        team with an allow-list may still do."""
+        assert team.accounts is not None
+        headers = ctx.request.headers
+        named: list[tuple[str, str]] = []
+        if "Stripe-Account" in headers:
+            named.append(("Stripe-Account", headers["Stripe-Account"]))
+        if "Stripe-Context" in headers:
+            # a context is an account id or a path of them: acct_parent/acct_child
+            named.extend(("Stripe-Context", part) for part in headers["Stripe-Context"].split("/"))
+        for header, account in named:
+            if account.strip() not in team.accounts:
+                raise StripeErrorResponse(
+                    403,
+                    f"Team {team.config.name!r} may not act on {header} {account.strip()}.",
+                    code="account_not_allowed",
+                )

@@ -365,3 +365,42 @@ def test_healthz_needs_no_key(gateway: Stack) -> None:
     response = requests.get(f"{gateway.gateway_url}/healthz", timeout=5)
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/sigma/../customers",
+        "/v1/sigma/%2e%2e/customers",
+        "/v1/sigma/scheduled_query_runs%2F..%2Fcustomers",
+        "/v1/./customers",
+        "/v1/sigma\\..\\customers",
+    ],
+)
+def test_dot_segments_and_encoded_slashes_are_refused(gateway: Stack, path: str) -> None:
+    # a team allowed only GET /v1/sigma/** must not reach /v1/customers by path tricks
+    from tests.helpers import ANALYTICS_KEY
+
+    conn = http.client.HTTPConnection(gateway.gateway_url.removeprefix("http://"), timeout=5)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {ANALYTICS_KEY}"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == 400
+    assert b'"invalid_path"' in body
+    assert gateway.upstreams["api"].received == []
+
+
+def test_retry_hint_counts_an_idempotency_key_added_by_a_plugin(stack: Stack) -> None:
+    # the SDK always sends Idempotency-Key on POST; a bare POST without one is unsafe
+    stack.start_gateway(upstream={"api": f"http://127.0.0.1:{_closed_port()}"})
+    raw = requests.post(
+        f"{stack.gateway_url}/v1/customers",
+        auth=(BILLING_KEY, ""),
+        data={"a": "b"},
+        headers={"Idempotency-Key": "k-1"},
+        timeout=5,
+    )
+    assert raw.status_code == 502 and raw.headers["Stripe-Should-Retry"] == "true"

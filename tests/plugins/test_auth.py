@@ -151,3 +151,21 @@ def test_without_the_auth_plugin_the_client_key_passes_unchanged(stack: Stack) -
     assert stack.upstreams["api"].last().headers["Authorization"] == (
         "Bearer sk_test_clientown00000000000001"
     )
+
+
+def test_stripe_context_is_checked_against_the_account_allow_list(gateway: Stack) -> None:
+    ok = _get(
+        gateway,
+        "/v1/sigma/scheduled_query_runs",
+        ANALYTICS_KEY,
+        **{"Stripe-Context": "acct_allowed000001"},
+    )
+    assert ok.status_code == 200
+    refused = _get(
+        gateway,
+        "/v1/sigma/scheduled_query_runs",
+        ANALYTICS_KEY,
+        **{"Stripe-Context": "acct_allowed000001/acct_other00000001"},
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "account_not_allowed"
