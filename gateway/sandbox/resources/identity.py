@@ -1,0 +1,599 @@
+"""Identity: verification sessions and verification reports.
+
+A session starts ``requires_input`` with a ``client_secret`` and a ``url`` (shown only while
+it needs input). The API cannot submit a session, so the sandbox offers two deterministic
+ways to get verified sessions and their reports:
+
+* every new account is seeded with sessions already ``verified`` (a document check and an
+  ID number check, each with its report), one back in ``requires_input`` after a failed
+  check (with ``last_error`` and an unverified report) and one ``canceled``;
+* :func:`submit` moves a ``requires_input`` session to ``processing``; it is ``verified``
+  (or back in ``requires_input`` for ``outcome="unverified"``) with a new report
+  ``settings.report_delay`` seconds later, computed when the session is next read.
+
+``redact`` blanks the personal data at once and shows ``redaction.status`` ``processing``,
+then ``redacted`` after ``settings.report_delay`` seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.sandbox.core import Account, Call, SandboxError, expand_fields, make_object, page
+from gateway.sandbox.resources import REGISTRY as api
+
+__all__ = ["submit"]
+
+SESSION = "identity.verification_session"
+REPORT = "identity.verification_report"
+SESSION_RESOURCE = "verification session"
+REPORT_RESOURCE = "verification report"
+
+_TYPES = ("document", "id_number")
+_STATUSES = ("canceled", "processing", "requires_input", "verified")
+_DOCUMENT_TYPES = ("driving_license", "id_card", "passport")
+_DOCUMENT_FLAGS = ("require_id_number", "require_live_capture", "require_matching_selfie")
+_REDACTED = "[redacted]"
+_ERRORS = {
+    "document": ("document_expired", "The document is expired."),
+    "id_number": ("id_number_mismatch", "The information provided could not be verified."),
+    "verification_flow": ("document_expired", "The document is expired."),
+}
+
+
+@dataclass
+class _State:
+    #: session id -> (when it was submitted, "verified" or "unverified")
+    processing: dict[str, tuple[float, str]] = field(default_factory=dict)
+    #: session id -> when its redaction started
+    redacting: dict[str, float] = field(default_factory=dict)
+
+
+def _state(account: Account) -> _State:
+    state = account.private.get("identity")
+    if not isinstance(state, _State):
+        state = _State()
+        account.private["identity"] = state
+    return state
+
+
+def _invalid(param: str, allowed: tuple[str, ...]) -> SandboxError:
+    choices = (
+        ", ".join(allowed[:-1]) + f", or {allowed[-1]}"
+        if len(allowed) > 2
+        else " or ".join(allowed)
+    )
+    return SandboxError(400, f"Invalid {param}: must be one of {choices}", param=param)
+
+
+# --------------------------------------------------------------------------- state machine
+
+
+def _open(obj: dict[str, Any]) -> None:
+    """Back in ``requires_input``: a fresh client secret and URL."""
+    token = secrets.token_urlsafe(24)
+    obj["status"] = "requires_input"
+    obj["client_secret"] = f"{obj['id']}_secret_{token[:24]}"
+    obj["url"] = f"https://verify.stripe.com/start/test_{token}"
+
+
+def _close(obj: dict[str, Any], status: str) -> None:
+    obj["status"] = status
+    obj["client_secret"] = None
+    obj["url"] = None
+
+
+def _document(account: Account, verified: bool) -> dict[str, Any]:
+    code, reason = _ERRORS["document"]
+    return {
+        "address": {
+            "city": "San Francisco",
+            "country": "US",
+            "line1": "1234 Main St.",
+            "line2": None,
+            "postal_code": "94111",
+            "state": "CA",
+        },
+        "error": {"code": None, "reason": None} if verified else {"code": code, "reason": reason},
+        "expiration_date": {"day": 1, "month": 12, "year": 2030 if verified else 2020},
+        "files": [account.ids.new("file"), account.ids.new("file")],
+        "first_name": "Jenny",
+        "issued_date": {"day": 1, "month": 12, "year": 2020 if verified else 2010},
+        "issuing_country": "US",
+        "last_name": "Rosen",
+        "status": "verified" if verified else "unverified",
+        "type": "driving_license",
+    }
+
+
+def _report(account: Account, session: dict[str, Any], verified: bool, at: int) -> dict[str, Any]:
+    kind = "id_number" if session["type"] == "id_number" else "document"
+    options = (
+        {"id_number": {}}
+        if kind == "id_number"
+        else {"document": copy.deepcopy(session["options"].get("document", {}))}
+    )
+    report = make_object(
+        REPORT,
+        account.ids.new("vr"),
+        created=at,
+        client_reference_id=session["client_reference_id"],
+        document=_document(account, verified) if kind == "document" else None,
+        options=options,
+        type=kind,
+        verification_session=session["id"],
+    )
+    account.add(report, REPORT)
+    session["last_verification_report"] = report["id"]
+    if verified:
+        session["last_error"] = None
+        _close(session, "verified")
+    else:
+        code, reason = _ERRORS[session["type"]]
+        session["last_error"] = {"code": code, "reason": reason}
+        _open(session)
+    return report
+
+
+def _redact_report(report: dict[str, Any]) -> None:
+    document = report.get("document")
+    if document:
+        for key in ("first_name", "last_name", "issuing_country"):
+            document[key] = _REDACTED
+        document["address"] = {k: _REDACTED for k in document["address"]}
+        for key in ("expiration_date", "issued_date"):
+            if document.get(key) is not None:
+                document[key] = {"day": 1, "month": 1, "year": 1970}
+        document["files"] = []
+
+
+def _settle(account: Account, obj: dict[str, Any]) -> dict[str, Any]:
+    """Finish a submitted session's checks, and a redaction, once they have taken long enough."""
+    state = _state(account)
+    now = time.time()
+    delay = account.settings.report_delay
+    submitted = state.processing.get(obj["id"])
+    if submitted is not None and now - submitted[0] >= delay:
+        del state.processing[obj["id"]]
+        _report(account, obj, submitted[1] == "verified", int(submitted[0] + delay))
+    started = state.redacting.get(obj["id"])
+    if started is not None and now - started >= delay:
+        del state.redacting[obj["id"]]
+        obj["redaction"] = {"status": "redacted"}
+    return obj
+
+
+def _settle_all(account: Account) -> None:
+    state = _state(account)
+    for session_id in [*state.processing, *state.redacting]:
+        obj = account.table(SESSION).get(session_id)
+        if obj is not None:
+            _settle(account, obj)
+
+
+def submit(account: Account, session_id: str, outcome: str = "verified") -> dict[str, Any]:
+    """Submit a ``requires_input`` session as its user would (a sandbox test hook).
+
+    It is ``processing`` until ``settings.report_delay`` seconds have passed, then
+    ``verified`` (``outcome="verified"``) or back in ``requires_input`` with ``last_error``
+    (``outcome="unverified"``), with a new verification report either way.
+    """
+    if outcome not in ("verified", "unverified"):
+        raise ValueError(f"outcome must be 'verified' or 'unverified', not {outcome!r}")
+    obj = _settle(account, account.get(SESSION, session_id, SESSION_RESOURCE))
+    if obj["status"] != "requires_input" or obj["redaction"] is not None:
+        raise SandboxError(
+            400,
+            f"This VerificationSession cannot be submitted because it has status "
+            f"`{obj['status']}`.",
+        )
+    _close(obj, "processing")
+    _state(account).processing[session_id] = (time.time(), outcome)
+    return obj
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _options(call: Call, kind: str, current: dict[str, Any] | None) -> dict[str, Any]:
+    given = call.mapping("options")
+    if kind == "id_number":
+        base: dict[str, Any] = {"id_number": {}}
+    elif kind == "verification_flow":
+        base = {}
+    else:
+        base = {"document": copy.deepcopy((current or {}).get("document", {}))}
+    if given is None:
+        return base
+    for key in given:
+        if key != "document":
+            param = f"options[{key}]"
+            raise SandboxError(
+                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
+            )
+    document = given.get("document")
+    if document is None:
+        return base
+    if kind != "document":
+        raise SandboxError(
+            400,
+            "options[document] can only be set when the VerificationSession's type is `document`.",
+            param="options[document]",
+        )
+    if document == "":
+        return {"document": {}}
+    if not isinstance(document, dict):
+        raise SandboxError(
+            400,
+            "Invalid object: options[document] must be a hash.",
+            code="parameter_invalid_object",
+            param="options[document]",
+        )
+    out: dict[str, Any] = base["document"]
+    for key, value in document.items():
+        param = f"options[document][{key}]"
+        if key == "allowed_types":
+            types = [] if value == {} else value
+            if not isinstance(types, list):
+                raise SandboxError(
+                    400,
+                    f"Invalid array: {param} must be an array.",
+                    code="parameter_invalid_array",
+                    param=param,
+                )
+            for i, item in enumerate(types):
+                if item not in _DOCUMENT_TYPES:
+                    raise _invalid(f"{param}[{i}]", _DOCUMENT_TYPES)
+            out["allowed_types"] = list(dict.fromkeys(types))
+        elif key in _DOCUMENT_FLAGS:
+            if value not in ("true", "false"):
+                raise SandboxError(
+                    400,
+                    f"Invalid boolean: {value}",
+                    code="parameter_invalid_boolean",
+                    param=param,
+                )
+            out[key] = value == "true"
+        else:
+            raise SandboxError(
+                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
+            )
+    return {"document": out}
+
+
+def _check_keys(call: Call, name: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
+    given = call.mapping(name)
+    if given is None:
+        return
+    for key, value in given.items():
+        param = f"{name}[{key}]"
+        if key not in allowed:
+            raise SandboxError(
+                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
+            )
+        if not isinstance(value, str):
+            raise SandboxError(
+                400,
+                f"Invalid string: {param} must be a string.",
+                code="parameter_invalid_string",
+                param=param,
+            )
+    for key in required:
+        if key not in given:
+            param = f"{name}[{key}]"
+            raise SandboxError(
+                400, f"Missing required param: {param}.", code="parameter_missing", param=param
+            )
+
+
+def _type(call: Call) -> str | None:
+    kind = call.text("type")
+    if kind is not None and kind not in _TYPES:
+        raise _invalid("type", _TYPES)
+    return kind
+
+
+def _related_customer(call: Call) -> str | None:
+    customer = call.text("related_customer")
+    if customer is not None and not customer.startswith("cus_"):
+        raise SandboxError(
+            404,
+            f"No such customer: '{customer}'",
+            code="resource_missing",
+            param="related_customer",
+        )
+    return customer
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _render(call: Call, obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    expand: set[str] = set()
+    for name in expand_fields(call):
+        if name == f"{prefix}last_verification_report":
+            expand.add("last_verification_report")
+        elif not name.startswith(f"{prefix}verified_outputs"):
+            raise SandboxError(400, f"This property cannot be expanded ({name}).", param="expand")
+    _settle(call.account, obj)
+    out = copy.deepcopy(obj)
+    if "last_verification_report" in expand and out["last_verification_report"]:
+        report = call.account.get(REPORT, out["last_verification_report"], REPORT_RESOURCE)
+        out["last_verification_report"] = copy.deepcopy(report)
+    return out
+
+
+def _get(call: Call) -> dict[str, Any]:
+    return _settle(call.account, call.account.get(SESSION, call.id(), SESSION_RESOURCE))
+
+
+def _not_redacted(obj: dict[str, Any], action: str) -> None:
+    if obj["redaction"] is not None:
+        raise SandboxError(
+            400,
+            f"You cannot {action} VerificationSession {obj['id']} because it has been redacted.",
+        )
+
+
+# --------------------------------------------------------------------------- sessions
+
+_CREATE = (
+    "client_reference_id",
+    "metadata",
+    "options",
+    "provided_details",
+    "related_customer",
+    "related_customer_account",
+    "related_person",
+    "return_url",
+    "type",
+    "verification_flow",
+)
+
+
+@api.route("POST", "/v1/identity/verification_sessions", params=_CREATE)
+async def create(call: Call) -> dict[str, Any]:
+    kind = _type(call)
+    flow = call.text("verification_flow")
+    if kind is None and flow is None:
+        raise SandboxError(
+            400,
+            "Missing required param: type. You must provide a `type` if not passing "
+            "`verification_flow`.",
+            code="parameter_missing",
+            param="type",
+        )
+    if kind is not None and flow is not None:
+        raise SandboxError(
+            400,
+            "You may only specify one of these parameters: type, verification_flow.",
+            param="type",
+        )
+    if flow is not None and not flow.startswith("vf_"):
+        raise SandboxError(
+            404,
+            f"No such verification flow: '{flow}'",
+            code="resource_missing",
+            param="verification_flow",
+        )
+    kind = kind or "verification_flow"
+    _check_keys(call, "provided_details", ("email", "phone"), ())
+    _check_keys(call, "related_person", ("account", "person"), ("account", "person"))
+    call.text("return_url")
+    obj = make_object(
+        SESSION,
+        call.account.ids.new("vs"),
+        client_reference_id=call.text("client_reference_id"),
+        last_error=None,
+        last_verification_report=None,
+        metadata=call.metadata(),
+        options=_options(call, kind, None),
+        redaction=None,
+        related_customer=_related_customer(call),
+        related_customer_account=call.text("related_customer_account"),
+        type=kind,
+    )
+    _open(obj)
+    call.account.add(obj, SESSION)
+    return _render(call, obj)
+
+
+@api.route("GET", "/v1/identity/verification_sessions/{id}", params=())
+async def retrieve(call: Call) -> dict[str, Any]:
+    return _render(call, _get(call))
+
+
+@api.route(
+    "POST",
+    "/v1/identity/verification_sessions/{id}",
+    params=("metadata", "options", "provided_details", "type"),
+)
+async def update(call: Call) -> dict[str, Any]:
+    obj = _get(call)
+    _not_redacted(obj, "update")
+    if obj["status"] != "requires_input":
+        raise SandboxError(
+            400,
+            f"You can only update a VerificationSession when its status is `requires_input`; "
+            f"this one has status `{obj['status']}`.",
+        )
+    kind = _type(call)
+    if kind is not None and obj["type"] == "verification_flow":
+        raise SandboxError(
+            400,
+            "You cannot change the type of a VerificationSession created from a verification flow.",
+            param="type",
+        )
+    new_kind = kind or obj["type"]
+    options = _options(call, new_kind, obj["options"] if new_kind == obj["type"] else None)
+    _check_keys(call, "provided_details", ("email", "phone"), ())
+    obj["type"] = new_kind
+    obj["options"] = options
+    obj["metadata"] = call.metadata(obj["metadata"])
+    return _render(call, obj)
+
+
+@api.route(
+    "GET",
+    "/v1/identity/verification_sessions",
+    params=(
+        "created",
+        "client_reference_id",
+        "related_customer",
+        "related_customer_account",
+        "status",
+    ),
+)
+async def list_sessions(call: Call) -> dict[str, Any]:
+    _settle_all(call.account)
+    status = call.text("status")
+    if status is not None and status not in _STATUSES:
+        raise _invalid("status", _STATUSES)
+    bounds = _range(call, "created")
+    objects = [o for o in call.account.table(SESSION).values() if _in_range(o["created"], bounds)]
+    if status is not None:
+        objects = [o for o in objects if o["status"] == status]
+    for name in ("client_reference_id", "related_customer", "related_customer_account"):
+        value = call.text(name)
+        if value is not None:
+            objects = [o for o in objects if o[name] == value]
+    result = page(call, objects, "/v1/identity/verification_sessions")
+    result["data"] = [_render(call, o, "data.") for o in result["data"]]
+    return result
+
+
+@api.route("POST", "/v1/identity/verification_sessions/{id}/cancel", params=())
+async def cancel(call: Call) -> dict[str, Any]:
+    obj = _get(call)
+    _not_redacted(obj, "cancel")
+    if obj["status"] != "requires_input":
+        raise SandboxError(
+            400,
+            "You can only cancel a VerificationSession when its status is `requires_input`; "
+            f"this one has status `{obj['status']}`.",
+        )
+    _close(obj, "canceled")
+    return _render(call, obj)
+
+
+@api.route("POST", "/v1/identity/verification_sessions/{id}/redact", params=())
+async def redact(call: Call) -> dict[str, Any]:
+    obj = _get(call)
+    _not_redacted(obj, "redact")
+    if obj["status"] not in ("requires_input", "verified"):
+        raise SandboxError(
+            400,
+            "You can only redact a VerificationSession when its status is `requires_input` or "
+            f"`verified`; this one has status `{obj['status']}`.",
+        )
+    if obj["status"] == "requires_input":
+        _close(obj, "canceled")
+    obj["metadata"] = {}
+    obj["redaction"] = {"status": "processing"}
+    for report in call.account.table(REPORT).values():
+        if report["verification_session"] == obj["id"]:
+            _redact_report(report)
+    _state(call.account).redacting[obj["id"]] = time.time()
+    return _render(call, obj)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _range(call: Call, name: str) -> dict[str, int]:
+    value = call.params.get(name)
+    if value is None:
+        return {}
+    spec = {"eq": value} if isinstance(value, str) else value
+    if not isinstance(spec, dict):
+        raise SandboxError(400, f"Invalid {name}: must be an integer or a hash.", param=name)
+    out = {}
+    for op, raw in spec.items():
+        param = name if op == "eq" else f"{name}[{op}]"
+        if op not in ("eq", "gt", "gte", "lt", "lte"):
+            raise SandboxError(
+                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
+            )
+        try:
+            out[op] = int(raw)
+        except (TypeError, ValueError):
+            raise SandboxError(
+                400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param=param
+            ) from None
+    return out
+
+
+def _in_range(value: int, bounds: dict[str, int]) -> bool:
+    return (
+        value == bounds.get("eq", value)
+        and value > bounds.get("gt", value - 1)
+        and value >= bounds.get("gte", value)
+        and value < bounds.get("lt", value + 1)
+        and value <= bounds.get("lte", value)
+    )
+
+
+@api.route("GET", "/v1/identity/verification_reports/{id}", params=())
+async def retrieve_report(call: Call) -> dict[str, Any]:
+    _settle_all(call.account)
+    return call.account.get(REPORT, call.id(), REPORT_RESOURCE)
+
+
+@api.route(
+    "GET",
+    "/v1/identity/verification_reports",
+    params=("client_reference_id", "created", "type", "verification_session"),
+)
+async def list_reports(call: Call) -> dict[str, Any]:
+    _settle_all(call.account)
+    kind = _type(call)
+    bounds = _range(call, "created")
+    objects = [o for o in call.account.table(REPORT).values() if _in_range(o["created"], bounds)]
+    if kind is not None:
+        objects = [o for o in objects if o["type"] == kind]
+    for name in ("client_reference_id", "verification_session"):
+        value = call.text(name)
+        if value is not None:
+            objects = [o for o in objects if o[name] == value]
+    return page(call, objects, "/v1/identity/verification_reports")
+
+
+# --------------------------------------------------------------------------- seed
+
+
+@api.seeder
+def seed(account: Account) -> None:
+    """Two verified sessions with reports, one failed back to requires_input, one canceled."""
+    now = int(time.time())
+    customer = account.ids.new("cus", 14)
+    plans = [
+        ("document", "verified", 10, {"document": {"require_matching_selfie": True}}),
+        ("id_number", "verified", 8, {"id_number": {}}),
+        ("document", "unverified", 6, {"document": {"allowed_types": ["driving_license"]}}),
+        ("document", "canceled", 4, {"document": {}}),
+    ]
+    for n, (kind, outcome, days, options) in enumerate(plans, start=1):
+        created = now - days * 86_400
+        obj = make_object(
+            SESSION,
+            account.ids.new("vs"),
+            created=created,
+            client_reference_id=f"user_{1000 + n}",
+            last_error=None,
+            last_verification_report=None,
+            metadata={"seeded": "true"},
+            options=options,
+            redaction=None,
+            related_customer=customer,
+            related_customer_account=None,
+            type=kind,
+        )
+        account.add(obj, SESSION)
+        if outcome == "canceled":
+            _close(obj, "canceled")
+        else:
+            _report(account, obj, outcome == "verified", created + 600)
