@@ -35,6 +35,9 @@ _NO_KEY = (
 )
 
 
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
 @dataclass
 class _Stored:
     fingerprint: str
@@ -117,6 +120,7 @@ class Sandbox:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = self._request_id()
+        request[REQUEST_ID] = request_id
         faults = self.faults
         delay = faults.latency(self._rng)
         if delay:
@@ -177,7 +181,7 @@ class Sandbox:
                     )
         account = self._account(key, request)
         base_url = f"{request.scheme}://{request.host}"
-        call = Call(request, account, params, path_params, base_url)
+        call = Call(request, account, params, path_params, base_url, request[REQUEST_ID])
         idem = request.headers.get("Idempotency-Key") if request.method == "POST" else None
         if idem is None:
             return await self._run(endpoint.handler, call)

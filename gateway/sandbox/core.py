@@ -185,6 +185,8 @@ class Call:
     path: dict[str, str]
     #: the absolute base URL of this sandbox, e.g. http://127.0.0.1:12111
     base_url: str
+    #: this answer's ``Request-Id`` (streaming handlers set it on their own response)
+    request_id: str = ""
 
     def id(self, name: str = "id") -> str:
         return self.path[name]
