@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 import random
 import re
 import string
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -28,13 +30,29 @@ __all__ = [
     "Registry",
     "SandboxError",
     "SandboxSettings",
+    "array_value",
+    "bad_request",
+    "boolean_value",
+    "choice_list",
+    "choice_value",
     "expand_fields",
+    "integer_value",
     "make_object",
+    "mapping_value",
+    "missing",
+    "missing_param",
     "new_id",
+    "one_of",
     "page",
+    "positive_decimal",
+    "required",
+    "string_value",
+    "unknown_param",
+    "wrong_type",
 ]
 
 _ALPHABET = string.ascii_letters + string.digits
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -84,9 +102,33 @@ class SandboxError(Exception):
         return {"error": error}
 
 
-def missing(resource: str, object_id: str) -> SandboxError:
+def missing(resource: str, object_id: str, param: str = "id", *, status: int = 404) -> SandboxError:
+    """``No such <resource>: '<id>'``: 404 for a path id, often 400 for an id in a parameter."""
     return SandboxError(
-        404, f"No such {resource}: '{object_id}'", code="resource_missing", param="id"
+        status, f"No such {resource}: '{object_id}'", code="resource_missing", param=param
+    )
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> SandboxError:
+    """A 400 ``invalid_request_error``."""
+    return SandboxError(400, message, code=code, param=param)
+
+
+def unknown_param(param: str) -> SandboxError:
+    return bad_request(f"Received unknown parameter: {param}", param, "parameter_unknown")
+
+
+def missing_param(param: str) -> SandboxError:
+    return bad_request(f"Missing required param: {param}.", param, "parameter_missing")
+
+
+_KINDS = {"string": "a string", "integer": "an integer", "object": "a hash", "array": "an array"}
+
+
+def wrong_type(kind: str, param: str) -> SandboxError:
+    """``Invalid <kind>: <param> must be a <kind>.``, code ``parameter_invalid_<kind>``."""
+    return bad_request(
+        f"Invalid {kind}: {param} must be {_KINDS[kind]}.", param, f"parameter_invalid_{kind}"
     )
 
 
@@ -171,8 +213,155 @@ class Account:
             raise missing(resource or object_type.rsplit(".", 1)[-1].replace("_", " "), object_id)
         return obj
 
+    def state(self, key: str, kind: type[_T]) -> _T:
+        """The object of type ``kind`` a module keeps in ``private[key]`` (made on first use)."""
+        value = self.private.get(key)
+        if not isinstance(value, kind):
+            value = kind()
+            self.private[key] = value
+        return value
+
 
 # --------------------------------------------------------------------------- parameters
+#
+# Checks of one decoded value (``param`` is how an error names it, e.g. ``a[b][0]``): the
+# building blocks of :class:`Call`'s readers, and for values nested in hashes and arrays.
+
+
+def required(value: Any, param: str) -> Any:
+    if value is None:
+        raise missing_param(param)
+    return value
+
+
+def string_value(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise wrong_type("string", param)
+    return value
+
+
+def integer_value(
+    value: Any, param: str, *, low: int | None = None, high: int | None = None
+) -> int:
+    if not isinstance(value, str):
+        raise wrong_type("integer", param)
+    try:
+        number = int(value)
+    except ValueError:
+        raise bad_request(f"Invalid integer: {value}", param, "parameter_invalid_integer") from None
+    if low is not None and high is not None:
+        if not low <= number <= high:
+            raise bad_request(
+                f"Invalid integer: {param} must be between {low} and {high}.",
+                param,
+                "parameter_invalid_integer",
+            )
+    elif low is not None and number < low:
+        raise bad_request(
+            f"Invalid integer: {param} must be greater than or equal to {low}.",
+            param,
+            "parameter_invalid_integer",
+        )
+    elif high is not None and number > high:
+        raise bad_request(
+            f"Invalid integer: {param} must be less than or equal to {high}.",
+            param,
+            "parameter_invalid_integer",
+        )
+    return number
+
+
+def boolean_value(value: Any, param: str) -> bool:
+    if value not in ("true", "false"):
+        raise bad_request(f"Invalid boolean: {value}", param, "parameter_invalid_boolean")
+    return bool(value == "true")
+
+
+def positive_decimal(value: Any, param: str) -> Decimal:
+    text = string_value(value, param)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise bad_request(f"Invalid decimal: {text}", param, "parameter_invalid_decimal") from None
+    if not number.is_finite() or number <= 0:
+        raise bad_request(
+            f"Invalid {param}: must be a positive number.", param, "parameter_invalid_decimal"
+        )
+    return number
+
+
+def mapping_value(value: Any, param: str, keys: Collection[str] | None = None) -> dict[str, Any]:
+    """A hash (``""`` is an empty one); with ``keys``, any other key is an unknown parameter."""
+    if value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise wrong_type("object", param)
+    if keys is not None:
+        for key in value:
+            if key not in keys:
+                raise unknown_param(f"{param}[{key}]")
+    return value
+
+
+def array_value(value: Any, param: str) -> list[Any]:
+    """An array (an empty hash is an empty array: a form cannot tell them apart)."""
+    if isinstance(value, dict) and not value:
+        return []
+    if not isinstance(value, list):
+        raise wrong_type("array", param)
+    return value
+
+
+def one_of(allowed: Sequence[str]) -> str:
+    """Choices the way Stripe lists them: ``a``, ``a or b``, ``a, b, or c``."""
+    if len(allowed) > 2:
+        return ", ".join(allowed[:-1]) + f", or {allowed[-1]}"
+    return " or ".join(allowed)
+
+
+def choice_value(
+    value: Any,
+    param: str,
+    allowed: Sequence[str],
+    *,
+    code: str | None = None,
+    fold_case: bool = False,
+) -> str:
+    """One of ``allowed`` (compared in lower case with ``fold_case``)."""
+    text = string_value(value, param)
+    if fold_case:
+        text = text.lower()
+    if text not in allowed:
+        raise bad_request(f"Invalid {param}: must be one of {one_of(allowed)}", param, code)
+    return text
+
+
+def choice_list(
+    value: Any,
+    param: str,
+    allowed: Sequence[str],
+    *,
+    code: str | None = None,
+    fold_case: bool = False,
+    indexed: bool = True,
+) -> list[str]:
+    """An array of choices, without repeats; a bad one is ``param[i]`` (``param`` if not
+    ``indexed``)."""
+    out: list[str] = []
+    for i, item in enumerate(array_value(value, param)):
+        name = f"{param}[{i}]" if indexed else param
+        text = choice_value(item, name, allowed, code=code, fold_case=fold_case)
+        if text not in out:
+            out.append(text)
+    return out
+
+
+_BOUNDS: dict[str, Callable[[int, int], bool]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
 
 
 @dataclass
@@ -191,22 +380,15 @@ class Call:
     def id(self, name: str = "id") -> str:
         return self.path[name]
 
-    def text(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
+    def _given(self, name: str, required: bool) -> Any:
         value = self.params.get(name)
-        if value is None:
-            if required:
-                raise SandboxError(
-                    400, f"Missing required param: {name}.", code="parameter_missing", param=name
-                )
-            return default
-        if not isinstance(value, str):
-            raise SandboxError(
-                400,
-                f"Invalid string: {name} must be a string.",
-                code="parameter_invalid_string",
-                param=name,
-            )
+        if value is None and required:
+            raise missing_param(name)
         return value
+
+    def text(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
+        value = self._given(name, required)
+        return default if value is None else string_value(value, name)
 
     def integer(
         self,
@@ -218,68 +400,50 @@ class Call:
         high: int | None = None,
     ) -> int | None:
         raw = self.text(name, required=required)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SandboxError(
-                400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param=name
-            ) from None
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise SandboxError(
-                400,
-                f"Invalid integer: {name} must be between {low} and {high}.",
-                code="parameter_invalid_integer",
-                param=name,
-            )
-        return value
+        return default if raw is None else integer_value(raw, name, low=low, high=high)
 
     def boolean(self, name: str, *, default: bool | None = None) -> bool | None:
         raw = self.text(name)
-        if raw is None:
-            return default
-        if raw not in ("true", "false"):
-            raise SandboxError(
-                400, f"Invalid boolean: {raw}", code="parameter_invalid_boolean", param=name
-            )
-        return raw == "true"
+        return default if raw is None else boolean_value(raw, name)
 
-    def mapping(self, name: str, *, required: bool = False) -> dict[str, Any] | None:
-        value = self.params.get(name)
+    def mapping(
+        self, name: str, *, required: bool = False, keys: Collection[str] | None = None
+    ) -> dict[str, Any] | None:
+        """A hash parameter; with ``keys``, any other key in it is an unknown parameter."""
+        value = self._given(name, required)
         if value is None:
-            if required:
-                raise SandboxError(
-                    400, f"Missing required param: {name}.", code="parameter_missing", param=name
-                )
             return None
         if not isinstance(value, dict):
-            raise SandboxError(
-                400,
-                f"Invalid object: {name} must be a hash.",
-                param=name,
-                code="parameter_invalid_object",
-            )
-        return value
+            raise wrong_type("object", name)
+        return mapping_value(value, name, keys)
 
     def array(self, name: str, *, required: bool = False) -> list[Any] | None:
-        value = self.params.get(name)
-        if value is None:
-            if required:
-                raise SandboxError(
-                    400, f"Missing required param: {name}.", code="parameter_missing", param=name
-                )
-            return None
-        if isinstance(value, dict) and not value:
+        value = self._given(name, required)
+        return None if value is None else array_value(value, name)
+
+    def choice(
+        self,
+        name: str,
+        allowed: Sequence[str],
+        *,
+        required: bool = False,
+        default: str | None = None,
+    ) -> str | None:
+        """A parameter that must be one of ``allowed``."""
+        value = self.text(name, required=required, default=default)
+        return None if value is None else choice_value(value, name, allowed)
+
+    def choices(self, name: str, allowed: Sequence[str], *, required: bool = False) -> list[str]:
+        """An array parameter of ``allowed`` values, without repeats (``[]`` when not given).
+
+        A required one must not be empty.
+        """
+        values = self.array(name, required=required)
+        if values is None:
             return []
-        if not isinstance(value, list):
-            raise SandboxError(
-                400,
-                f"Invalid array: {name} must be an array.",
-                param=name,
-                code="parameter_invalid_array",
-            )
-        return value
+        if required and not values:
+            raise missing_param(name)
+        return choice_list(values, name, allowed)
 
     def metadata(self, current: dict[str, str] | None = None) -> dict[str, str]:
         """``metadata`` merged Stripe's way: an empty value removes a key."""
@@ -290,18 +454,51 @@ class Call:
         if given == "":
             return {}
         if not isinstance(given, dict):
-            raise SandboxError(
-                400,
-                "Invalid object: metadata must be a hash.",
-                param="metadata",
-                code="parameter_invalid_object",
-            )
+            raise wrong_type("object", "metadata")
         for key, value in given.items():
             if value == "":
                 out.pop(key, None)
             else:
                 out[key] = value
         return out
+
+    def range_filter(self, name: str = "created") -> Callable[[int], bool]:
+        """The list filter ``name``: a timestamp, or a hash of ``gt``, ``gte``, ``lt``, ``lte``."""
+        raw = self.params.get(name)
+        if raw is None:
+            return lambda value: True
+        if isinstance(raw, str):
+            exact = integer_value(raw, name)
+            return lambda value: value == exact
+        if not isinstance(raw, dict):
+            raise bad_request(
+                f"Invalid {name}: must be an integer or a hash of gt, gte, lt, lte.",
+                name,
+                "parameter_invalid_integer",
+            )
+        bounds: list[tuple[Callable[[int, int], bool], int]] = []
+        for op, bound in raw.items():
+            test = _BOUNDS.get(op)
+            if test is None:
+                raise unknown_param(f"{name}[{op}]")
+            bounds.append((test, integer_value(bound, f"{name}[{op}]")))
+        return lambda value: all(test(value, bound) for test, bound in bounds)
+
+    def expansions(
+        self, allowed: Collection[str] = (), *, ignored: tuple[str, ...] = ()
+    ) -> set[str]:
+        """The ``expand[]`` fields asked for, all of them in ``allowed``.
+
+        A field that starts with one of ``ignored`` (an expansion Stripe documents that the
+        sandbox does not do) is left out; any other is Stripe's 400.
+        """
+        wanted: set[str] = set()
+        for name in expand_fields(self):
+            if name in allowed:
+                wanted.add(name)
+            elif not name.startswith(ignored):
+                raise bad_request(f"This property cannot be expanded ({name}).", "expand")
+        return wanted
 
 
 # --------------------------------------------------------------------------- lists
@@ -321,25 +518,20 @@ def page(call: Call, objects: Iterable[dict[str, Any]], url: str) -> dict[str, A
     ordered.sort(key=lambda o: -int(o.get("created") or 0))
     ids = [o.get("id") for o in ordered]
     if after is not None and before is not None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             "You may only specify one of these parameters: ending_before, starting_after.",
-            code="parameter_invalid",
-            param="starting_after",
+            "starting_after",
+            "parameter_invalid",
         )
     if after is not None:
         if after not in ids:
-            raise SandboxError(
-                400, f"No such object: '{after}'", code="resource_missing", param="starting_after"
-            )
+            raise missing("object", after, "starting_after", status=400)
         start = ids.index(after) + 1
         data = ordered[start : start + limit]
         has_more = start + limit < len(ordered)
     elif before is not None:
         if before not in ids:
-            raise SandboxError(
-                400, f"No such object: '{before}'", code="resource_missing", param="ending_before"
-            )
+            raise missing("object", before, "ending_before", status=400)
         end = ids.index(before)
         data = ordered[max(0, end - limit) : end]
         has_more = end - limit > 0

@@ -1,6 +1,7 @@
 """The sandbox's resources: each module registers its endpoints on :data:`REGISTRY`.
 
-Every module in this package is imported (and so registered) when the package is.
+Every module in this package whose name does not start with ``_`` is imported (and so
+registered) when the package is; ``_`` modules hold helpers that resource modules import.
 """
 
 from __future__ import annotations

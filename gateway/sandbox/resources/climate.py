@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import copy
 import time
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from gateway.sandbox.core import (
     Account,
     Call,
-    SandboxError,
+    bad_request,
     expand_fields,
     make_object,
+    missing,
     page,
+    positive_decimal,
+    required,
+    string_value,
     template,
 )
 from gateway.sandbox.resources import REGISTRY as api
@@ -143,26 +147,6 @@ def _tons(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _decimal_param(call: Call, name: str) -> Decimal | None:
-    raw = call.text(name)
-    if raw is None:
-        return None
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise SandboxError(
-            400, f"Invalid decimal: {raw}", code="parameter_invalid_decimal", param=name
-        ) from None
-    if not value.is_finite() or value <= 0:
-        raise SandboxError(
-            400,
-            f"Invalid {name}: must be a positive number.",
-            code="parameter_invalid_decimal",
-            param=name,
-        )
-    return value
-
-
 def _beneficiary(call: Call, *, updating: bool) -> tuple[bool, dict[str, str] | None]:
     """(given, value) for ``beneficiary``; an empty value (or name) clears it on update."""
     raw = call.params.get("beneficiary")
@@ -170,40 +154,14 @@ def _beneficiary(call: Call, *, updating: bool) -> tuple[bool, dict[str, str] | 
         return False, None
     if raw == "" and updating:
         return True, None
-    given = call.mapping("beneficiary")
+    given = call.mapping("beneficiary", keys=("public_name",))
     assert given is not None
-    for key in given:
-        if key != "public_name":
-            raise SandboxError(
-                400,
-                f"Received unknown parameter: beneficiary[{key}]",
-                code="parameter_unknown",
-                param=f"beneficiary[{key}]",
-            )
-    name = given.get("public_name")
-    if name is None:
-        raise SandboxError(
-            400,
-            "Missing required param: beneficiary[public_name].",
-            code="parameter_missing",
-            param="beneficiary[public_name]",
-        )
-    if not isinstance(name, str):
-        raise SandboxError(
-            400,
-            "Invalid string: beneficiary[public_name] must be a string.",
-            code="parameter_invalid_string",
-            param="beneficiary[public_name]",
-        )
+    param = "beneficiary[public_name]"
+    name = string_value(required(given.get("public_name"), param), param)
     if name == "":
         if updating:
             return True, None
-        raise SandboxError(
-            400,
-            "Invalid beneficiary[public_name]: must not be empty.",
-            code="parameter_invalid_empty",
-            param="beneficiary[public_name]",
-        )
+        raise bad_request(f"Invalid {param}: must not be empty.", param, "parameter_invalid_empty")
     return True, {"public_name": name}
 
 
@@ -296,46 +254,36 @@ async def list_suppliers(call: Call) -> dict[str, Any]:
 async def create_order(call: Call) -> dict[str, Any]:
     product_id = call.text("product", required=True)
     assert product_id is not None
-    tons = _decimal_param(call, "metric_tons")
+    raw_tons = call.text("metric_tons")
+    tons = None if raw_tons is None else positive_decimal(raw_tons, "metric_tons")
     amount = call.integer("amount")
     if tons is not None and amount is not None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             "You may only specify one of these parameters: amount, metric_tons.",
-            code="parameter_invalid",
-            param="amount",
+            "amount",
+            "parameter_invalid",
         )
     if tons is None and amount is None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             "You must specify one of these parameters: amount, metric_tons.",
-            code="parameter_missing",
-            param="metric_tons",
+            "metric_tons",
+            "parameter_missing",
         )
     if amount is not None and amount < 1:
-        raise SandboxError(
-            400,
-            "Invalid amount: must be a positive integer.",
-            code="parameter_invalid_integer",
-            param="amount",
+        raise bad_request(
+            "Invalid amount: must be a positive integer.", "amount", "parameter_invalid_integer"
         )
     product = call.account.table(PRODUCT).get(product_id)
     if product is None:
-        raise SandboxError(
-            400,
-            f"No such climate product: '{product_id}'",
-            code="resource_missing",
-            param="product",
-        )
+        raise missing("climate product", product_id, "product", status=400)
     currency = (call.text("currency") or _DEFAULT_CURRENCY).lower()
     prices = product["current_prices_per_metric_ton"].get(currency)
     if prices is None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"The climate product {product_id} cannot be ordered in {currency}; it is priced "
             f"in {', '.join(sorted(product['current_prices_per_metric_ton']))}.",
-            code="parameter_invalid",
-            param="currency",
+            "currency",
+            "parameter_invalid",
         )
     _, beneficiary = _beneficiary(call, updating=False)
     per_ton_subtotal = Decimal(prices["amount_subtotal"])
@@ -353,21 +301,19 @@ async def create_order(call: Call) -> dict[str, Any]:
         fees = amount - subtotal
         tons_param = "amount"
     if tons <= 0 or subtotal < 1:
-        raise SandboxError(
-            400,
+        raise bad_request(
             "The order is too small: it must buy at least one minor currency unit of "
             "carbon removal.",
-            code="parameter_invalid",
-            param=tons_param,
+            tons_param,
+            "parameter_invalid",
         )
     available = Decimal(product["metric_tons_available"])
     if tons > available:
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"The requested {_tons(tons)} metric tons exceed the {_tons(available)} metric "
             f"tons available for climate product {product_id}.",
-            code="parameter_invalid",
-            param=tons_param,
+            tons_param,
+            "parameter_invalid",
         )
     product["metric_tons_available"] = _tons(available - tons)
     now = time.time()
@@ -426,11 +372,10 @@ async def list_orders(call: Call) -> dict[str, Any]:
 async def cancel_order(call: Call) -> dict[str, Any]:
     order = _order(call)
     if order["status"] not in _CANCELABLE:
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"You cannot cancel this climate order because it has a status of "
             f"{order['status']}. Only orders with a status of open or confirmed can be "
-            "canceled.",
+            "canceled."
         )
     order["status"] = "canceled"
     order["canceled_at"] = int(time.time())

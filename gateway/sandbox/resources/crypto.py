@@ -20,10 +20,23 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
+from collections.abc import Sequence
+from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal
 from typing import Any
 
-from gateway.sandbox.core import Call, SandboxError, page
+from gateway.sandbox.core import (
+    Call,
+    SandboxError,
+    bad_request,
+    boolean_value,
+    choice_list,
+    choice_value,
+    mapping_value,
+    page,
+    positive_decimal,
+    string_value,
+    unknown_param,
+)
 from gateway.sandbox.resources import REGISTRY as api
 
 SESSION = "crypto.onramp_session"
@@ -136,83 +149,36 @@ _CREATE_PARAMS = (
 # --------------------------------------------------------------------------- parameters
 
 
-def _invalid(param: str, message: str, code: str = "parameter_invalid") -> SandboxError:
-    return SandboxError(400, message, code=code, param=param)
+def _invalid(param: str, message: str) -> SandboxError:
+    return bad_request(message, param, "parameter_invalid")
 
 
-def _string(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _invalid(
-            param, f"Invalid string: {param} must be a string.", "parameter_invalid_string"
-        )
-    return value
+def _enum(value: Any, allowed: Sequence[str], param: str) -> str:
+    """One of ``allowed``, in any case."""
+    return choice_value(value, param, allowed, code="parameter_invalid", fold_case=True)
 
 
-def _enum(value: Any, allowed: tuple[str, ...] | list[str], param: str) -> str:
-    text = _string(value, param).lower()
-    if text not in allowed:
-        raise _invalid(param, f"Invalid {param}: must be one of {', '.join(allowed)}.")
-    return text
-
-
-def _enum_list(value: Any, allowed: tuple[str, ...], param: str) -> list[str]:
-    if isinstance(value, dict) and not value:
-        value = []
-    if not isinstance(value, list):
-        raise _invalid(
-            param, f"Invalid array: {param} must be an array.", "parameter_invalid_array"
-        )
-    if not value:
+def _enum_list(value: Any, allowed: Sequence[str], param: str) -> list[str]:
+    """A non-empty array of ``allowed`` values; a bad one is named by the array's name."""
+    out = choice_list(
+        value, param, allowed, code="parameter_invalid", fold_case=True, indexed=False
+    )
+    if not out:
         raise _invalid(param, f"Invalid array: {param} must not be empty.")
-    out: list[str] = []
-    for item in value:
-        name = _enum(item, allowed, param)
-        if name not in out:
-            out.append(name)
     return out
 
 
 def _amount(value: Any, param: str, places: int) -> Decimal:
-    text = _string(value, param)
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise _invalid(param, f"Invalid decimal: {text}", "parameter_invalid_decimal") from None
-    if not amount.is_finite() or amount <= 0:
-        raise _invalid(
-            param, f"Invalid {param}: must be a positive number.", "parameter_invalid_decimal"
-        )
+    amount = positive_decimal(value, param)
     exponent = amount.as_tuple().exponent
     assert isinstance(exponent, int)
     if -exponent > places:
-        raise _invalid(
+        raise bad_request(
+            f"Invalid {param}: {value} has more than {places} decimal places.",
             param,
-            f"Invalid {param}: {text} has more than {places} decimal places.",
             "parameter_invalid_decimal",
         )
     return amount
-
-
-def _boolean(value: Any, param: str) -> bool:
-    if value not in ("true", "false"):
-        raise _invalid(param, f"Invalid boolean: {value}", "parameter_invalid_boolean")
-    return bool(value == "true")
-
-
-def _mapping(value: Any, param: str) -> dict[str, Any]:
-    if isinstance(value, str) and value == "":
-        return {}
-    if not isinstance(value, dict):
-        raise _invalid(
-            param, f"Invalid object: {param} must be a hash.", "parameter_invalid_object"
-        )
-    return value
-
-
-def _unknown(param: str) -> SandboxError:
-    return SandboxError(
-        400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
-    )
 
 
 def _session_params(call: Call) -> tuple[dict[str, Any], dict[str, str]]:
@@ -221,10 +187,10 @@ def _session_params(call: Call) -> tuple[dict[str, Any], dict[str, str]]:
     names: dict[str, str] = {}
     beta = call.params.get("transaction_details")
     if beta is not None:
-        for key, value in _mapping(beta, "transaction_details").items():
+        for key, value in mapping_value(beta, "transaction_details").items():
             field = _BETA_FIELDS.get(key)
             if field is None:
-                raise _unknown(f"transaction_details[{key}]")
+                raise unknown_param(f"transaction_details[{key}]")
             given[field] = value
             names[field] = f"transaction_details[{key}]"
     for key in _CREATE_PARAMS:
@@ -239,7 +205,7 @@ def _session_params(call: Call) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _wallet_addresses(value: Any, param: str) -> dict[str, Any]:
-    given = _mapping(value, param)
+    given = mapping_value(value, param)
     out: dict[str, Any] = {
         "base_network": None,
         "bitcoin": None,
@@ -253,12 +219,12 @@ def _wallet_addresses(value: Any, param: str) -> dict[str, Any]:
     }
     for key, address in given.items():
         if key == "destination_tags":
-            tags = _mapping(address, f"{param}[destination_tags]")
+            tags = mapping_value(address, f"{param}[destination_tags]")
             for network, tag in tags.items():
                 name = f"{param}[destination_tags][{network}]"
                 if network != "stellar":
-                    raise _unknown(name)
-                if not _STELLAR_TAG.match(_string(tag, name)):
+                    raise unknown_param(name)
+                if not _STELLAR_TAG.match(string_value(tag, name)):
                     raise _invalid(name, f"Invalid stellar destination tag: {tag}")
             out["destination_tags"] = {"stellar": tags.get("stellar")} if tags else None
             continue
@@ -266,8 +232,8 @@ def _wallet_addresses(value: Any, param: str) -> dict[str, Any]:
         name = f"{param}[{key}]"
         pattern = _WALLETS.get(network)
         if pattern is None:
-            raise _unknown(name)
-        text = _string(address, name)
+            raise unknown_param(name)
+        text = string_value(address, name)
         if not pattern.match(text):
             raise _invalid(name, f"Invalid {network} wallet address: {text}")
         out[network] = text
@@ -315,7 +281,7 @@ async def create(call: Call) -> dict[str, Any]:
     ip = given.get("customer_ip_address")
     if ip is not None:
         try:
-            ipaddress.ip_address(_string(ip, names["customer_ip_address"]))
+            ipaddress.ip_address(string_value(ip, names["customer_ip_address"]))
         except ValueError:
             raise _invalid(names["customer_ip_address"], f"Invalid IP address: {ip}") from None
 
@@ -394,11 +360,13 @@ async def create(call: Call) -> dict[str, Any]:
             )
     wallet = None
     if "wallet_address" in given:
-        wallet = _string(given["wallet_address"], names["wallet_address"])
+        wallet = string_value(given["wallet_address"], names["wallet_address"])
     lock = False
     if "lock_wallet_address" in given:
-        lock = _boolean(given["lock_wallet_address"], names["lock_wallet_address"])
-    kyc = _mapping(given["kyc_details"], names["kyc_details"]) if "kyc_details" in given else {}
+        lock = boolean_value(given["lock_wallet_address"], names["lock_wallet_address"])
+    kyc = (
+        mapping_value(given["kyc_details"], names["kyc_details"]) if "kyc_details" in given else {}
+    )
 
     shown_networks = networks or list(_DEFAULT_NETWORKS)
     if currencies is None:
@@ -451,43 +419,13 @@ _STATUSES = (
 )
 
 
-def _created_filter(call: Call) -> dict[str, int]:
-    raw = call.params.get("created")
-    if raw is None:
-        return {}
-    if isinstance(raw, str):
-        value = call.integer("created")
-        assert value is not None
-        return {"gte": value, "lte": value}
-    bounds = _mapping(raw, "created")
-    out: dict[str, int] = {}
-    for key, value in bounds.items():
-        name = f"created[{key}]"
-        if key not in ("gt", "gte", "lt", "lte"):
-            raise _unknown(name)
-        try:
-            out[key] = int(_string(value, name))
-        except ValueError:
-            raise _invalid(name, f"Invalid integer: {value}", "parameter_invalid_integer") from None
-    return out
-
-
-def _within(created: int, bounds: dict[str, int]) -> bool:
-    return (
-        ("gt" not in bounds or created > bounds["gt"])
-        and ("gte" not in bounds or created >= bounds["gte"])
-        and ("lt" not in bounds or created < bounds["lt"])
-        and ("lte" not in bounds or created <= bounds["lte"])
-    )
-
-
 @api.route(
     "GET",
     "/v1/crypto/onramp_sessions",
     params=("created", "destination_currency", "destination_network", "status"),
 )
 async def list_all(call: Call) -> dict[str, Any]:
-    bounds = _created_filter(call)
+    created = call.range_filter("created")
     wanted: dict[str, str] = {}
     for name, allowed in (
         ("destination_currency", _CURRENCIES),
@@ -500,7 +438,7 @@ async def list_all(call: Call) -> dict[str, Any]:
     def keep(session: dict[str, Any]) -> bool:
         details = session["transaction_details"]
         return (
-            _within(session["created"], bounds)
+            created(session["created"])
             and ("status" not in wanted or session["status"] == wanted["status"])
             and all(
                 details[key] == wanted[key]

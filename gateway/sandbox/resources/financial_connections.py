@@ -23,10 +23,17 @@ from typing import Any
 from gateway.sandbox.core import (
     Account,
     Call,
-    SandboxError,
-    expand_fields,
+    bad_request,
+    choice_list,
+    choice_value,
+    integer_value,
     make_object,
+    mapping_value,
+    missing,
+    missing_param,
     page,
+    required,
+    string_value,
 )
 from gateway.sandbox.resources import REGISTRY as api
 
@@ -91,34 +98,7 @@ class _State:
 
 
 def _state(account: Account) -> _State:
-    state = account.private.get("financial_connections")
-    if not isinstance(state, _State):
-        state = _State()
-        account.private["financial_connections"] = state
-    return state
-
-
-def _invalid(param: str, allowed: tuple[str, ...]) -> SandboxError:
-    choices = (
-        ", ".join(allowed[:-1]) + f", or {allowed[-1]}"
-        if len(allowed) > 2
-        else " or ".join(allowed)
-    )
-    return SandboxError(400, f"Invalid {param}: must be one of {choices}", param=param)
-
-
-def _strings(call: Call, name: str, allowed: tuple[str, ...], *, required: bool) -> list[str]:
-    values = call.array(name, required=required)
-    if values is None:
-        return []
-    if required and not values:
-        raise SandboxError(
-            400, f"Missing required param: {name}.", code="parameter_missing", param=name
-        )
-    for i, value in enumerate(values):
-        if value not in allowed:
-            raise _invalid(f"{name}[{i}]", allowed)
-    return list(dict.fromkeys(values))
+    return account.state("financial_connections", _State)
 
 
 # --------------------------------------------------------------------------- data
@@ -275,17 +255,6 @@ def _ownership(account: Account, ownership_id: str, fca: str) -> dict[str, Any]:
     return ownership
 
 
-def _check_expand(fields: list[str], allowed: set[str], ignored: tuple[str, ...]) -> set[str]:
-    """The fields to expand; documented ones the sandbox does not expand are ignored."""
-    wanted = set()
-    for name in fields:
-        if name in allowed:
-            wanted.add(name)
-        elif not name.startswith(ignored):
-            raise SandboxError(400, f"This property cannot be expanded ({name}).", param="expand")
-    return wanted
-
-
 def _render_account(account: Account, obj: dict[str, Any], expand: set[str]) -> dict[str, Any]:
     _settle(account, obj)
     out = copy.deepcopy(obj)
@@ -294,14 +263,10 @@ def _render_account(account: Account, obj: dict[str, Any], expand: set[str]) -> 
     return out
 
 
-_ACCOUNT_IGNORED = ("account_holder.",)
-
-
 def _account_expand(call: Call, prefix: str = "") -> set[str]:
-    fields = expand_fields(call)
-    allowed = {f"{prefix}ownership"}
-    ignored = tuple(prefix + i for i in _ACCOUNT_IGNORED)
-    return {f.removeprefix(prefix) for f in _check_expand(fields, allowed, ignored)}
+    """``ownership`` when asked for (``account_holder`` is not expanded)."""
+    fields = call.expansions({f"{prefix}ownership"}, ignored=(f"{prefix}account_holder.",))
+    return {name.removeprefix(prefix) for name in fields}
 
 
 def _render_session(account: Account, obj: dict[str, Any]) -> dict[str, Any]:
@@ -327,43 +292,24 @@ async def retrieve_account(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/financial_connections/accounts", params=("account_holder", "session"))
 async def list_accounts(call: Call) -> dict[str, Any]:
-    holder = call.mapping("account_holder") or {}
-    for key, value in holder.items():
-        if key not in ("account", "customer", "customer_account"):
-            raise SandboxError(
-                400,
-                f"Received unknown parameter: account_holder[{key}]",
-                code="parameter_unknown",
-                param=f"account_holder[{key}]",
-            )
-        if not isinstance(value, str):
-            raise SandboxError(
-                400,
-                f"Invalid string: account_holder[{key}] must be a string.",
-                code="parameter_invalid_string",
-                param=f"account_holder[{key}]",
-            )
-    if len(holder) > 1:
-        raise SandboxError(
-            400,
+    holder = call.mapping("account_holder", keys=("account", "customer", "customer_account"))
+    for key, value in (holder or {}).items():
+        string_value(value, f"account_holder[{key}]")
+    if holder and len(holder) > 1:
+        raise bad_request(
             "You may only specify one of these parameters: "
             + ", ".join(f"account_holder[{k}]" for k in sorted(holder))
             + ".",
-            param="account_holder",
+            "account_holder",
         )
     session = call.text("session")
     objects = list(call.account.table(ACCOUNT).values())
     if session is not None:
         if session not in call.account.table(SESSION):
-            raise SandboxError(
-                404,
-                f"No such financial connections session: '{session}'",
-                code="resource_missing",
-                param="session",
-            )
+            raise missing("financial connections session", session, "session")
         wanted = set(_state(call.account).session_accounts.get(session, []))
         objects = [o for o in objects if o["id"] in wanted]
-    for key, value in holder.items():
+    for key, value in (holder or {}).items():
         objects = [o for o in objects if o["account_holder"].get(key) == value]
     expand = _account_expand(call, "data.")
     result = page(call, objects, _ACCOUNTS_URL)
@@ -382,8 +328,7 @@ async def disconnect(call: Call) -> dict[str, Any]:
 
 def _require_connected(obj: dict[str, Any], action: str) -> None:
     if obj["status"] == "disconnected":
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"You cannot {action} the Financial Connections Account {obj['id']} because it "
             "has been disconnected.",
         )
@@ -392,8 +337,7 @@ def _require_connected(obj: dict[str, Any], action: str) -> None:
 def _require_permission(obj: dict[str, Any], feature: str) -> None:
     permission = _FEATURES[feature][0]
     if permission not in obj["permissions"]:
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"The Financial Connections Account {obj['id']} does not have the `{permission}` "
             f"permission, which is required to access `{feature}` data. Collect it with a "
             "new Financial Connections Session.",
@@ -404,7 +348,7 @@ def _require_permission(obj: dict[str, Any], feature: str) -> None:
 @api.route("POST", "/v1/financial_connections/accounts/{id}/refresh", params=("features",))
 async def refresh(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
-    features = _strings(call, "features", tuple(_FEATURES), required=True)
+    features = call.choices("features", tuple(_FEATURES), required=True)
     _require_connected(obj, "refresh")
     for feature in features:
         _require_permission(obj, feature)
@@ -417,7 +361,7 @@ async def refresh(call: Call) -> dict[str, Any]:
 @api.route("POST", "/v1/financial_connections/accounts/{id}/subscribe", params=("features",))
 async def subscribe(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
-    features = _strings(call, "features", ("transactions",), required=True)
+    features = call.choices("features", ("transactions",), required=True)
     _require_connected(obj, "subscribe to")
     for feature in features:
         _require_permission(obj, feature)
@@ -429,7 +373,7 @@ async def subscribe(call: Call) -> dict[str, Any]:
 @api.route("POST", "/v1/financial_connections/accounts/{id}/unsubscribe", params=("features",))
 async def unsubscribe(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
-    features = _strings(call, "features", ("transactions",), required=True)
+    features = call.choices("features", ("transactions",), required=True)
     obj["subscriptions"] = [s for s in obj["subscriptions"] if s not in features]
     return _render_account(call.account, obj, _account_expand(call))
 
@@ -439,12 +383,7 @@ async def list_owners(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
     ownership = call.text("ownership", required=True)
     if ownership != obj["ownership"]:
-        raise SandboxError(
-            404,
-            f"No such ownership: '{ownership}'",
-            code="resource_missing",
-            param="ownership",
-        )
+        raise missing("ownership", str(ownership), "ownership")
     owners = [o for o in call.account.table(OWNER).values() if o["ownership"] == ownership]
     return page(call, owners, f"{_ACCOUNTS_URL}/{obj['id']}/owners")
 
@@ -455,104 +394,53 @@ async def list_owners(call: Call) -> dict[str, Any]:
 def _account_holder(call: Call) -> dict[str, Any]:
     holder = call.mapping("account_holder", required=True)
     assert holder is not None
-    kind = holder.get("type")
-    if kind is None:
-        raise SandboxError(
-            400,
-            "Missing required param: account_holder[type].",
-            code="parameter_missing",
-            param="account_holder[type]",
-        )
-    if kind not in ("account", "customer"):
-        raise _invalid("account_holder[type]", ("account", "customer"))
-    for key in holder:
-        if key not in ("type", "account", "customer", "customer_account"):
-            raise SandboxError(
-                400,
-                f"Received unknown parameter: account_holder[{key}]",
-                code="parameter_unknown",
-                param=f"account_holder[{key}]",
-            )
+    kind = choice_value(
+        required(holder.get("type"), "account_holder[type]"),
+        "account_holder[type]",
+        ("account", "customer"),
+    )
+    mapping_value(holder, "account_holder", ("type", "account", "customer", "customer_account"))
     if kind == "account":
         if "customer" in holder or "customer_account" in holder:
-            raise SandboxError(
-                400,
+            raise bad_request(
                 "account_holder[customer] can only be set when account_holder[type] is `customer`.",
-                param="account_holder[customer]",
+                "account_holder[customer]",
             )
         wanted = "account"
     else:
         if "account" in holder:
-            raise SandboxError(
-                400,
+            raise bad_request(
                 "account_holder[account] can only be set when account_holder[type] is `account`.",
-                param="account_holder[account]",
+                "account_holder[account]",
             )
         wanted = "customer_account" if "customer_account" in holder else "customer"
-    value = holder.get(wanted)
-    if value is None:
-        raise SandboxError(
-            400,
-            f"Missing required param: account_holder[{wanted}].",
-            code="parameter_missing",
-            param=f"account_holder[{wanted}]",
-        )
+    param = f"account_holder[{wanted}]"
+    value = required(holder.get(wanted), param)
     prefix = "cus_" if wanted == "customer" else "acct_"
     if not isinstance(value, str) or not value.startswith(prefix):
-        raise SandboxError(
-            404,
-            f"No such {'customer' if wanted == 'customer' else 'account'}: '{value}'",
-            code="resource_missing",
-            param=f"account_holder[{wanted}]",
-        )
+        raise missing("customer" if wanted == "customer" else "account", str(value), param)
     return {"type": kind, wanted: value}
 
 
 def _subcategories(call: Call) -> list[str]:
-    filters = call.mapping("filters") or {}
-    for key in filters:
-        if key not in ("account_subcategories", "country", "require_payment_method_support"):
-            raise SandboxError(
-                400,
-                f"Received unknown parameter: filters[{key}]",
-                code="parameter_unknown",
-                param=f"filters[{key}]",
-            )
-    chosen = filters.get("account_subcategories")
+    filters = call.mapping(
+        "filters", keys=("account_subcategories", "country", "require_payment_method_support")
+    )
+    chosen = (filters or {}).get("account_subcategories")
     if chosen is None:
         subcategories = ["checking", "savings"]
     else:
+        param = "filters[account_subcategories]"
         if not isinstance(chosen, list) or not chosen:
-            raise SandboxError(
-                400,
-                "Invalid array: filters[account_subcategories] must be a non-empty array.",
-                code="parameter_invalid_array",
-                param="filters[account_subcategories]",
+            raise bad_request(
+                f"Invalid array: {param} must be a non-empty array.",
+                param,
+                "parameter_invalid_array",
             )
-        allowed = tuple(_SUBCATEGORIES)
-        for i, value in enumerate(chosen):
-            if value not in allowed:
-                raise _invalid(f"filters[account_subcategories][{i}]", allowed)
-        subcategories = list(dict.fromkeys(chosen))
+        subcategories = choice_list(chosen, param, tuple(_SUBCATEGORIES))
     limits = call.mapping("limits")
     if limits is not None and limits.get("accounts", "") != "":
-        raw = limits["accounts"]
-        try:
-            cap = int(raw)
-        except (TypeError, ValueError):
-            raise SandboxError(
-                400,
-                f"Invalid integer: {raw}",
-                code="parameter_invalid_integer",
-                param="limits[accounts]",
-            ) from None
-        if not 1 <= cap <= 100:
-            raise SandboxError(
-                400,
-                "Invalid integer: limits[accounts] must be between 1 and 100.",
-                code="parameter_invalid_integer",
-                param="limits[accounts]",
-            )
+        cap = integer_value(limits["accounts"], "limits[accounts]", low=1, high=100)
         subcategories = subcategories[:cap]
     return subcategories
 
@@ -600,15 +488,14 @@ def _link_session(
 )
 async def create_session(call: Call) -> dict[str, Any]:
     holder = _account_holder(call)
-    permissions = _strings(call, "permissions", _PERMISSIONS, required=True)
-    prefetch = _strings(call, "prefetch", _PREFETCH, required=False)
+    permissions = call.choices("permissions", _PERMISSIONS, required=True)
+    prefetch = call.choices("prefetch", _PREFETCH)
     for feature in prefetch:
         needed = _FEATURES[_PREFETCH_FEATURE[feature]][0]
         if needed not in permissions:
-            raise SandboxError(
-                400,
+            raise bad_request(
                 f"prefetch includes `{feature}`, which requires the `{needed}` permission.",
-                param="prefetch",
+                "prefetch",
             )
     subcategories = _subcategories(call)
     call.mapping("manual_entry")
@@ -624,46 +511,12 @@ async def create_session(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/financial_connections/sessions/{id}", params=())
 async def retrieve_session(call: Call) -> dict[str, Any]:
-    _check_expand(expand_fields(call), set(), ("accounts",))
+    call.expansions(ignored=("accounts",))
     obj = call.account.get(SESSION, call.id(), "financial connections session")
     return _render_session(call.account, obj)
 
 
 # --------------------------------------------------------------------------- transactions
-
-
-def _range(call: Call, name: str) -> dict[str, int]:
-    value = call.params.get(name)
-    if value is None:
-        return {}
-    spec = {"eq": value} if isinstance(value, str) else value
-    if not isinstance(spec, dict):
-        raise SandboxError(400, f"Invalid {name}: must be an integer or a hash.", param=name)
-    out = {}
-    for op, raw in spec.items():
-        param = name if op == "eq" else f"{name}[{op}]"
-        if op not in ("eq", "gt", "gte", "lt", "lte"):
-            raise SandboxError(
-                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
-            )
-        try:
-            out[op] = int(raw)
-        except (TypeError, ValueError):
-            raise SandboxError(
-                400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param=param
-            ) from None
-    return out
-
-
-def _in_range(value: int, bounds: dict[str, int]) -> bool:
-    checks = {
-        "eq": value == bounds.get("eq", value),
-        "gt": value > bounds.get("gt", value - 1),
-        "gte": value >= bounds.get("gte", value),
-        "lt": value < bounds.get("lt", value + 1),
-        "lte": value <= bounds.get("lte", value),
-    }
-    return all(checks.values())
 
 
 @api.route("GET", "/v1/financial_connections/transactions/{id}", params=())
@@ -681,37 +534,23 @@ async def list_transactions(call: Call) -> dict[str, Any]:
     assert fca is not None
     obj = call.account.table(ACCOUNT).get(fca)
     if obj is None:
-        raise SandboxError(
-            404,
-            f"No such financial connections account: '{fca}'",
-            code="resource_missing",
-            param="account",
-        )
+        raise missing("financial connections account", fca, "account")
     _settle(call.account, obj)
-    bounds = _range(call, "transacted_at")
+    keep = call.range_filter("transacted_at")
     objects = [
         t
         for t in call.account.table(TRANSACTION).values()
-        if t["account"] == fca and _in_range(t["transacted_at"], bounds)
+        if t["account"] == fca and keep(t["transacted_at"])
     ]
     after_spec = call.mapping("transaction_refresh")
     if after_spec is not None:
+        param = "transaction_refresh[after]"
         after = after_spec.get("after")
         if not isinstance(after, str):
-            raise SandboxError(
-                400,
-                "Missing required param: transaction_refresh[after].",
-                code="parameter_missing",
-                param="transaction_refresh[after]",
-            )
+            raise missing_param(param)
         order = _state(call.account).refreshes
         if after not in order:
-            raise SandboxError(
-                404,
-                f"No such transaction refresh: '{after}'",
-                code="resource_missing",
-                param="transaction_refresh[after]",
-            )
+            raise missing("transaction refresh", after, param)
         newer = set(order[order.index(after) + 1 :])
         objects = [t for t in objects if t["transaction_refresh"] in newer]
     return page(call, objects, "/v1/financial_connections/transactions")

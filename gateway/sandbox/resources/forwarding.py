@@ -18,7 +18,19 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from gateway.sandbox.core import Call, SandboxError, expand_fields, make_object, page
+from gateway.sandbox.core import (
+    Call,
+    array_value,
+    bad_request,
+    choice_list,
+    make_object,
+    mapping_value,
+    missing,
+    missing_param,
+    page,
+    string_value,
+    wrong_type,
+)
 from gateway.sandbox.resources import REGISTRY as api
 
 TYPE = "forwarding.request"
@@ -72,15 +84,11 @@ _FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _bad(message: str, param: str | None, code: str | None = None) -> SandboxError:
-    return SandboxError(400, message, code=code, param=param)
-
-
 def _card(call: Call, pm_id: str) -> Card:
     stored = call.account.table("payment_method").get(pm_id)
     if stored is not None:
         if stored.get("type") != "card" or not isinstance(stored.get("card"), dict):
-            raise _bad(
+            raise bad_request(
                 f"The PaymentMethod {pm_id} is not a card: only card payment methods can be "
                 "forwarded.",
                 "payment_method",
@@ -99,7 +107,7 @@ def _card(call: Call, pm_id: str) -> Card:
         )
     test = TEST_CARDS.get(pm_id)
     if test is None:
-        raise _bad(f"No such PaymentMethod: '{pm_id}'", "payment_method", "resource_missing")
+        raise missing("PaymentMethod", pm_id, "payment_method", status=400)
     number, cvc_length = test
     return Card(number, *_TEST_EXPIRY, "1234"[:cvc_length], "")
 
@@ -163,29 +171,15 @@ def _recorded_body(body: str, card: Card, wanted: set[str]) -> tuple[str, str | 
 def _headers(raw: Any) -> list[dict[str, str]]:
     if raw is None:
         return []
-    if isinstance(raw, dict) and not raw:
-        return []
-    if not isinstance(raw, list):
-        raise _bad(
-            "Invalid array: request[headers] must be an array.",
-            "request[headers]",
-            "parameter_invalid_array",
-        )
     headers = []
-    for i, header in enumerate(raw):
+    for i, header in enumerate(array_value(raw, "request[headers]")):
         p = f"request[headers][{i}]"
         if not isinstance(header, dict):
-            raise _bad(f"Invalid object: {p} must be a hash.", p, "parameter_invalid_object")
-        for key in header:
-            if key not in ("name", "value"):
-                raise _bad(
-                    f"Received unknown parameter: {p}[{key}]", f"{p}[{key}]", "parameter_unknown"
-                )
+            raise wrong_type("object", p)
+        mapping_value(header, p, ("name", "value"))
         for key in ("name", "value"):
             if not isinstance(header.get(key), str):
-                raise _bad(
-                    f"Missing required param: {p}[{key}].", f"{p}[{key}]", "parameter_missing"
-                )
+                raise missing_param(f"{p}[{key}]")
         headers.append({"name": header["name"], "value": header["value"]})
     return headers
 
@@ -196,7 +190,7 @@ def _headers(raw: Any) -> list[dict[str, str]]:
     params=("metadata", "payment_method", "replacements", "request", "url"),
 )
 async def create(call: Call) -> dict[str, Any]:
-    _no_expand(call)
+    call.expansions()
     pm_id = call.text("payment_method", required=True)
     url = call.text("url", required=True)
     replacements = call.array("replacements", required=True)
@@ -206,39 +200,21 @@ async def create(call: Call) -> dict[str, Any]:
     call.metadata()
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
-        raise _bad(
+        raise bad_request(
             f"Invalid URL: {url}. The destination must be an https URL.", "url", "url_invalid"
         )
     if not replacements:
-        raise _bad(
+        raise bad_request(
             "replacements must contain at least one field kind.",
             "replacements",
             "parameter_invalid_empty",
         )
-    for i, kind in enumerate(replacements):
-        if kind not in REPLACEMENTS:
-            raise _bad(
-                f"Invalid replacements[{i}]: must be one of {', '.join(REPLACEMENTS[:-1])} "
-                f"or {REPLACEMENTS[-1]}",
-                f"replacements[{i}]",
-            )
-    for key in request:
-        if key not in ("body", "headers"):
-            raise _bad(
-                f"Received unknown parameter: request[{key}]",
-                f"request[{key}]",
-                "parameter_unknown",
-            )
-    body = request.get("body", "")
-    if not isinstance(body, str):
-        raise _bad(
-            "Invalid string: request[body] must be a string.",
-            "request[body]",
-            "parameter_invalid_string",
-        )
+    kinds = choice_list(replacements, "replacements", REPLACEMENTS)
+    mapping_value(request, "request", ("body", "headers"))
+    body = string_value(request.get("body", ""), "request[body]")
     headers = _headers(request.get("headers"))
     card = _card(call, pm_id)
-    recorded, content_type = _recorded_body(body, card, set(replacements))
+    recorded, content_type = _recorded_body(body, card, set(kinds))
     if content_type and not any(h["name"].lower() == "content-type" for h in headers):
         headers.append({"name": "Content-Type", "value": content_type})
     ids = call.account.ids
@@ -247,7 +223,7 @@ async def create(call: Call) -> dict[str, Any]:
         TYPE,
         ids.new("fwdreq"),
         payment_method=pm_id,
-        replacements=list(dict.fromkeys(replacements)),
+        replacements=kinds,
         request_context={
             "destination_duration": ids.randint(80, 400),
             "destination_ip_address": f"34.{host[0]}.{host[1]}.{max(1, host[2])}",
@@ -266,59 +242,15 @@ async def create(call: Call) -> dict[str, Any]:
     return obj
 
 
-def _no_expand(call: Call) -> None:
-    fields = expand_fields(call)
-    if fields:
-        raise _bad(f"This property cannot be expanded ({fields[0]}).", "expand")
-
-
 @api.route("GET", "/v1/forwarding/requests/{id}", params=())
 async def retrieve(call: Call) -> dict[str, Any]:
-    _no_expand(call)
+    call.expansions()
     return call.account.get(TYPE, call.id(), RESOURCE)
-
-
-def _created_filter(call: Call) -> dict[str, int]:
-    raw = call.params.get("created")
-    if raw is None:
-        return {}
-    if isinstance(raw, str):
-        return {"eq": _timestamp(raw, "created")}
-    if not isinstance(raw, dict):
-        raise _bad("Invalid object: created must be a hash.", "created", "parameter_invalid_object")
-    bounds = {}
-    for key, value in raw.items():
-        if key not in ("gt", "gte", "lt", "lte"):
-            raise _bad(
-                f"Received unknown parameter: created[{key}]",
-                f"created[{key}]",
-                "parameter_unknown",
-            )
-        bounds[key] = _timestamp(value, f"created[{key}]")
-    return bounds
-
-
-def _timestamp(value: Any, param: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise _bad(f"Invalid integer: {value}", param, "parameter_invalid_integer") from None
-
-
-def _within(created: int, bounds: dict[str, int]) -> bool:
-    checks = {
-        "eq": created.__eq__,
-        "gt": created.__gt__,
-        "gte": created.__ge__,
-        "lt": created.__lt__,
-        "lte": created.__le__,
-    }
-    return all(checks[key](value) for key, value in bounds.items())
 
 
 @api.route("GET", "/v1/forwarding/requests", params=("created",))
 async def list_all(call: Call) -> dict[str, Any]:
-    _no_expand(call)
-    bounds = _created_filter(call)
-    found = [r for r in call.account.table(TYPE).values() if _within(r["created"], bounds)]
+    call.expansions()
+    keep = call.range_filter("created")
+    found = [r for r in call.account.table(TYPE).values() if keep(r["created"])]
     return page(call, found, "/v1/forwarding/requests")

@@ -23,7 +23,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.sandbox.core import Account, Call, SandboxError, expand_fields, make_object, page
+from gateway.sandbox.core import (
+    Account,
+    Call,
+    bad_request,
+    boolean_value,
+    choice_list,
+    make_object,
+    missing,
+    missing_param,
+    page,
+    string_value,
+    unknown_param,
+    wrong_type,
+)
 from gateway.sandbox.resources import REGISTRY as api
 
 __all__ = ["submit"]
@@ -54,20 +67,7 @@ class _State:
 
 
 def _state(account: Account) -> _State:
-    state = account.private.get("identity")
-    if not isinstance(state, _State):
-        state = _State()
-        account.private["identity"] = state
-    return state
-
-
-def _invalid(param: str, allowed: tuple[str, ...]) -> SandboxError:
-    choices = (
-        ", ".join(allowed[:-1]) + f", or {allowed[-1]}"
-        if len(allowed) > 2
-        else " or ".join(allowed)
-    )
-    return SandboxError(400, f"Invalid {param}: must be one of {choices}", param=param)
+    return account.state("identity", _State)
 
 
 # --------------------------------------------------------------------------- state machine
@@ -186,8 +186,7 @@ def submit(account: Account, session_id: str, outcome: str = "verified") -> dict
         raise ValueError(f"outcome must be 'verified' or 'unverified', not {outcome!r}")
     obj = _settle(account, account.get(SESSION, session_id, SESSION_RESOURCE))
     if obj["status"] != "requires_input" or obj["redaction"] is not None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"This VerificationSession cannot be submitted because it has status "
             f"`{obj['status']}`.",
         )
@@ -200,7 +199,7 @@ def submit(account: Account, session_id: str, outcome: str = "verified") -> dict
 
 
 def _options(call: Call, kind: str, current: dict[str, Any] | None) -> dict[str, Any]:
-    given = call.mapping("options")
+    given = call.mapping("options", keys=("document",))
     if kind == "id_number":
         base: dict[str, Any] = {"id_number": {}}
     elif kind == "verification_flow":
@@ -209,116 +208,62 @@ def _options(call: Call, kind: str, current: dict[str, Any] | None) -> dict[str,
         base = {"document": copy.deepcopy((current or {}).get("document", {}))}
     if given is None:
         return base
-    for key in given:
-        if key != "document":
-            param = f"options[{key}]"
-            raise SandboxError(
-                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
-            )
     document = given.get("document")
     if document is None:
         return base
     if kind != "document":
-        raise SandboxError(
-            400,
+        raise bad_request(
             "options[document] can only be set when the VerificationSession's type is `document`.",
-            param="options[document]",
+            "options[document]",
         )
     if document == "":
         return {"document": {}}
     if not isinstance(document, dict):
-        raise SandboxError(
-            400,
-            "Invalid object: options[document] must be a hash.",
-            code="parameter_invalid_object",
-            param="options[document]",
-        )
+        raise wrong_type("object", "options[document]")
     out: dict[str, Any] = base["document"]
     for key, value in document.items():
         param = f"options[document][{key}]"
         if key == "allowed_types":
-            types = [] if value == {} else value
-            if not isinstance(types, list):
-                raise SandboxError(
-                    400,
-                    f"Invalid array: {param} must be an array.",
-                    code="parameter_invalid_array",
-                    param=param,
-                )
-            for i, item in enumerate(types):
-                if item not in _DOCUMENT_TYPES:
-                    raise _invalid(f"{param}[{i}]", _DOCUMENT_TYPES)
-            out["allowed_types"] = list(dict.fromkeys(types))
+            out["allowed_types"] = choice_list(value, param, _DOCUMENT_TYPES)
         elif key in _DOCUMENT_FLAGS:
-            if value not in ("true", "false"):
-                raise SandboxError(
-                    400,
-                    f"Invalid boolean: {value}",
-                    code="parameter_invalid_boolean",
-                    param=param,
-                )
-            out[key] = value == "true"
+            out[key] = boolean_value(value, param)
         else:
-            raise SandboxError(
-                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
-            )
+            raise unknown_param(param)
     return {"document": out}
 
 
 def _check_keys(call: Call, name: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
-    given = call.mapping(name)
+    given = call.mapping(name, keys=allowed)
     if given is None:
         return
     for key, value in given.items():
-        param = f"{name}[{key}]"
-        if key not in allowed:
-            raise SandboxError(
-                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
-            )
-        if not isinstance(value, str):
-            raise SandboxError(
-                400,
-                f"Invalid string: {param} must be a string.",
-                code="parameter_invalid_string",
-                param=param,
-            )
+        string_value(value, f"{name}[{key}]")
     for key in required:
         if key not in given:
-            param = f"{name}[{key}]"
-            raise SandboxError(
-                400, f"Missing required param: {param}.", code="parameter_missing", param=param
-            )
-
-
-def _type(call: Call) -> str | None:
-    kind = call.text("type")
-    if kind is not None and kind not in _TYPES:
-        raise _invalid("type", _TYPES)
-    return kind
+            raise missing_param(f"{name}[{key}]")
 
 
 def _related_customer(call: Call) -> str | None:
     customer = call.text("related_customer")
     if customer is not None and not customer.startswith("cus_"):
-        raise SandboxError(
-            404,
-            f"No such customer: '{customer}'",
-            code="resource_missing",
-            param="related_customer",
-        )
+        raise missing("customer", customer, "related_customer")
     return customer
 
 
 # --------------------------------------------------------------------------- rendering
 
 
-def _render(call: Call, obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    expand: set[str] = set()
-    for name in expand_fields(call):
-        if name == f"{prefix}last_verification_report":
-            expand.add("last_verification_report")
-        elif not name.startswith(f"{prefix}verified_outputs"):
-            raise SandboxError(400, f"This property cannot be expanded ({name}).", param="expand")
+def _expand(call: Call, prefix: str = "") -> set[str]:
+    """``last_verification_report`` when asked for (``verified_outputs`` is not expanded)."""
+    fields = call.expansions(
+        {f"{prefix}last_verification_report"}, ignored=(f"{prefix}verified_outputs",)
+    )
+    return {name.removeprefix(prefix) for name in fields}
+
+
+def _render(call: Call, obj: dict[str, Any], expand: set[str] | None = None) -> dict[str, Any]:
+    if expand is None:
+        expand = _expand(call)
     _settle(call.account, obj)
     out = copy.deepcopy(obj)
     if "last_verification_report" in expand and out["last_verification_report"]:
@@ -333,8 +278,7 @@ def _get(call: Call) -> dict[str, Any]:
 
 def _not_redacted(obj: dict[str, Any], action: str) -> None:
     if obj["redaction"] is not None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"You cannot {action} VerificationSession {obj['id']} because it has been redacted.",
         )
 
@@ -357,29 +301,21 @@ _CREATE = (
 
 @api.route("POST", "/v1/identity/verification_sessions", params=_CREATE)
 async def create(call: Call) -> dict[str, Any]:
-    kind = _type(call)
+    kind = call.choice("type", _TYPES)
     flow = call.text("verification_flow")
     if kind is None and flow is None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             "Missing required param: type. You must provide a `type` if not passing "
             "`verification_flow`.",
             code="parameter_missing",
             param="type",
         )
     if kind is not None and flow is not None:
-        raise SandboxError(
-            400,
-            "You may only specify one of these parameters: type, verification_flow.",
-            param="type",
+        raise bad_request(
+            "You may only specify one of these parameters: type, verification_flow.", "type"
         )
     if flow is not None and not flow.startswith("vf_"):
-        raise SandboxError(
-            404,
-            f"No such verification flow: '{flow}'",
-            code="resource_missing",
-            param="verification_flow",
-        )
+        raise missing("verification flow", flow, "verification_flow")
     kind = kind or "verification_flow"
     _check_keys(call, "provided_details", ("email", "phone"), ())
     _check_keys(call, "related_person", ("account", "person"), ("account", "person"))
@@ -416,17 +352,15 @@ async def update(call: Call) -> dict[str, Any]:
     obj = _get(call)
     _not_redacted(obj, "update")
     if obj["status"] != "requires_input":
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"You can only update a VerificationSession when its status is `requires_input`; "
             f"this one has status `{obj['status']}`.",
         )
-    kind = _type(call)
+    kind = call.choice("type", _TYPES)
     if kind is not None and obj["type"] == "verification_flow":
-        raise SandboxError(
-            400,
+        raise bad_request(
             "You cannot change the type of a VerificationSession created from a verification flow.",
-            param="type",
+            "type",
         )
     new_kind = kind or obj["type"]
     options = _options(call, new_kind, obj["options"] if new_kind == obj["type"] else None)
@@ -450,11 +384,10 @@ async def update(call: Call) -> dict[str, Any]:
 )
 async def list_sessions(call: Call) -> dict[str, Any]:
     _settle_all(call.account)
-    status = call.text("status")
-    if status is not None and status not in _STATUSES:
-        raise _invalid("status", _STATUSES)
-    bounds = _range(call, "created")
-    objects = [o for o in call.account.table(SESSION).values() if _in_range(o["created"], bounds)]
+    status = call.choice("status", _STATUSES)
+    keep = call.range_filter("created")
+    expand = _expand(call, "data.")
+    objects = [o for o in call.account.table(SESSION).values() if keep(o["created"])]
     if status is not None:
         objects = [o for o in objects if o["status"] == status]
     for name in ("client_reference_id", "related_customer", "related_customer_account"):
@@ -462,7 +395,7 @@ async def list_sessions(call: Call) -> dict[str, Any]:
         if value is not None:
             objects = [o for o in objects if o[name] == value]
     result = page(call, objects, "/v1/identity/verification_sessions")
-    result["data"] = [_render(call, o, "data.") for o in result["data"]]
+    result["data"] = [_render(call, o, expand) for o in result["data"]]
     return result
 
 
@@ -471,8 +404,7 @@ async def cancel(call: Call) -> dict[str, Any]:
     obj = _get(call)
     _not_redacted(obj, "cancel")
     if obj["status"] != "requires_input":
-        raise SandboxError(
-            400,
+        raise bad_request(
             "You can only cancel a VerificationSession when its status is `requires_input`; "
             f"this one has status `{obj['status']}`.",
         )
@@ -485,8 +417,7 @@ async def redact(call: Call) -> dict[str, Any]:
     obj = _get(call)
     _not_redacted(obj, "redact")
     if obj["status"] not in ("requires_input", "verified"):
-        raise SandboxError(
-            400,
+        raise bad_request(
             "You can only redact a VerificationSession when its status is `requires_input` or "
             f"`verified`; this one has status `{obj['status']}`.",
         )
@@ -504,39 +435,6 @@ async def redact(call: Call) -> dict[str, Any]:
 # --------------------------------------------------------------------------- reports
 
 
-def _range(call: Call, name: str) -> dict[str, int]:
-    value = call.params.get(name)
-    if value is None:
-        return {}
-    spec = {"eq": value} if isinstance(value, str) else value
-    if not isinstance(spec, dict):
-        raise SandboxError(400, f"Invalid {name}: must be an integer or a hash.", param=name)
-    out = {}
-    for op, raw in spec.items():
-        param = name if op == "eq" else f"{name}[{op}]"
-        if op not in ("eq", "gt", "gte", "lt", "lte"):
-            raise SandboxError(
-                400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param
-            )
-        try:
-            out[op] = int(raw)
-        except (TypeError, ValueError):
-            raise SandboxError(
-                400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param=param
-            ) from None
-    return out
-
-
-def _in_range(value: int, bounds: dict[str, int]) -> bool:
-    return (
-        value == bounds.get("eq", value)
-        and value > bounds.get("gt", value - 1)
-        and value >= bounds.get("gte", value)
-        and value < bounds.get("lt", value + 1)
-        and value <= bounds.get("lte", value)
-    )
-
-
 @api.route("GET", "/v1/identity/verification_reports/{id}", params=())
 async def retrieve_report(call: Call) -> dict[str, Any]:
     _settle_all(call.account)
@@ -550,9 +448,9 @@ async def retrieve_report(call: Call) -> dict[str, Any]:
 )
 async def list_reports(call: Call) -> dict[str, Any]:
     _settle_all(call.account)
-    kind = _type(call)
-    bounds = _range(call, "created")
-    objects = [o for o in call.account.table(REPORT).values() if _in_range(o["created"], bounds)]
+    kind = call.choice("type", _TYPES)
+    keep = call.range_filter("created")
+    objects = [o for o in call.account.table(REPORT).values() if keep(o["created"])]
     if kind is not None:
         objects = [o for o in objects if o["type"] == kind]
     for name in ("client_reference_id", "verification_session"):

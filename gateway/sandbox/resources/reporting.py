@@ -15,12 +15,18 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, cast
 
-from gateway.sandbox.core import Account, Call, SandboxError, make_object, page
+from gateway.sandbox.core import (
+    Account,
+    Call,
+    SandboxError,
+    bad_request,
+    integer_value,
+    make_object,
+    page,
+)
 from gateway.sandbox.resources import REGISTRY as api
 from gateway.sandbox.resources.files import (
-    created_filter,
     csv_spec_for_size,
-    expansions,
     file_object,
     register_generated_file,
 )
@@ -203,14 +209,14 @@ def seed(account: Account) -> None:
 
 @api.route("GET", "/v1/reporting/report_types/{id}", params=())
 async def retrieve_type(call: Call) -> dict[str, Any]:
-    expansions(call)
+    call.expansions()
     return call.account.get(TYPE, call.id(), "report type")
 
 
 @api.route("GET", "/v1/reporting/report_types", params=())
 async def list_types(call: Call) -> dict[str, Any]:
     # Stripe lists every report type in one page
-    expansions(call)
+    call.expansions()
     types = list(call.account.table(TYPE).values())
     return {
         "object": "list",
@@ -228,19 +234,12 @@ def _started(account: Account) -> dict[str, float]:
 
 
 def _param_error(name: str, message: str, code: str | None = None) -> SandboxError:
-    return SandboxError(400, message, code=code, param=f"parameters[{name}]")
+    return bad_request(message, f"parameters[{name}]", code)
 
 
 def _timestamp(parameters: dict[str, Any], name: str) -> int | None:
     raw = parameters.get(name)
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        raise _param_error(name, "Invalid integer.", "parameter_invalid_integer")
-    try:
-        return int(raw)
-    except ValueError:
-        raise _param_error(name, f"Invalid integer: {raw}", "parameter_invalid_integer") from None
+    return None if raw is None else integer_value(raw, f"parameters[{name}]")
 
 
 def _parameters(call: Call, kind: ReportType, report: dict[str, Any]) -> dict[str, Any]:
@@ -352,17 +351,16 @@ def _view(account: Account, run: dict[str, Any]) -> dict[str, Any]:
 
 @api.route("POST", "/v1/reporting/report_runs", params=("report_type", "parameters"))
 async def create_run(call: Call) -> dict[str, Any]:
-    expansions(call, {"result"})
+    call.expansions({"result"})
     report_type = call.text("report_type", required=True)
     assert report_type is not None
     kind = _BY_ID.get(report_type)
     report = call.account.table(TYPE).get(report_type)
     if kind is None or report is None:
-        raise SandboxError(
-            400,
+        raise bad_request(
             f"Invalid report_type: {report_type}. See "
             "https://stripe.com/docs/reporting/statements/api for the available report types.",
-            param="report_type",
+            "report_type",
         )
     parameters = _parameters(call, kind, report)
     run = make_object(
@@ -382,13 +380,13 @@ async def create_run(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/reporting/report_runs/{id}", params=())
 async def retrieve_run(call: Call) -> dict[str, Any]:
-    expansions(call, {"result"})
+    call.expansions({"result"})
     return _view(call.account, call.account.get(RUN, call.id(), "report run"))
 
 
 @api.route("GET", "/v1/reporting/report_runs", params=("created",))
 async def list_runs(call: Call) -> dict[str, Any]:
-    expansions(call, {"data.result"})
-    keep = created_filter(call)
-    runs = [_view(call.account, r) for r in call.account.table(RUN).values() if keep(r)]
+    call.expansions({"data.result"})
+    keep = call.range_filter("created")
+    runs = [_view(call.account, r) for r in call.account.table(RUN).values() if keep(r["created"])]
     return page(call, runs, "/v1/reporting/report_runs")

@@ -13,12 +13,7 @@ from typing import Any
 
 from gateway.sandbox.core import Account, Call, make_object, page
 from gateway.sandbox.resources import REGISTRY as api
-from gateway.sandbox.resources.files import (
-    CsvSpec,
-    expansions,
-    file_object,
-    register_generated_file,
-)
+from gateway.sandbox.resources.files import CsvSpec, file_object, register_generated_file
 
 TYPE = "scheduled_query_run"
 RESOURCE = "scheduled query run"
@@ -103,12 +98,12 @@ def _view(account: Account, run: dict[str, Any]) -> dict[str, Any]:
 
 @api.route("GET", "/v1/sigma/scheduled_query_runs/{id}", params=())
 async def retrieve(call: Call) -> dict[str, Any]:
-    expansions(call, {"file"})
+    call.expansions({"file"})
     return _view(call.account, call.account.get(TYPE, call.id(), RESOURCE))
 
 
 @api.route("GET", "/v1/sigma/scheduled_query_runs", params=())
 async def list_all(call: Call) -> dict[str, Any]:
-    expansions(call, {"data.file"})
+    call.expansions({"data.file"})
     runs = [_view(call.account, run) for run in call.account.table(TYPE).values()]
     return page(call, runs, "/v1/sigma/scheduled_query_runs")

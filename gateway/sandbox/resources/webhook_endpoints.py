@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from gateway.sandbox.core import Call, SandboxError, make_object, page
+from gateway.sandbox.core import Call, bad_request, make_object, page
 from gateway.sandbox.resources import REGISTRY as api
 
 TYPE = "webhook_endpoint"
@@ -18,11 +18,10 @@ def _enabled_events(call: Call, required: bool) -> list[str] | None:
     if events is None:
         return None
     if not events or not all(isinstance(e, str) and e for e in events):
-        raise SandboxError(
-            400,
+        raise bad_request(
             "Invalid array: enabled_events must be a non-empty array of event types.",
-            code="parameter_invalid_array",
-            param="enabled_events",
+            "enabled_events",
+            "parameter_invalid_array",
         )
     return events
 
