@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.config import TeamConfig
 
-__all__ = ["RequestContext", "new_request_id", "object_id_of"]
+__all__ = ["OBJECT_ID", "RequestContext", "new_request_id", "object_id_of"]
 
 # Stripe object ids: a lowercase prefix, an underscore, then at least 8 base62 characters
 # of which one is a digit or a capital (sqr_1Nx..., taxcalc_...); collection names such as
 # "webhook_endpoints" or "line_items" are all lowercase letters and never match.
-_OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?=[a-z]*[A-Z0-9])[A-Za-z0-9]{8,}$")
+OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?=[a-z]*[A-Z0-9])[A-Za-z0-9]{8,}$")
 
 
 def new_request_id() -> str:
@@ -34,7 +35,7 @@ def new_request_id() -> str:
 def object_id_of(path: str) -> str | None:
     """The last Stripe object id in ``path``, if it has one (``/v1/customers/cus_123/...``)."""
     for segment in reversed(path.split("/")):
-        if _OBJECT_ID.match(segment):
+        if OBJECT_ID.match(segment):
             return segment
     return None
 
@@ -71,6 +72,14 @@ class RequestContext:
     cache_status: str | None = None
     #: set by the rate-limit plugin: e.g. ``allow``, ``deny``, ``shadow_deny``
     rate_limit: str | None = None
+    #: set by a plugin (in gateway_request) to get a copy of the response body, up to this
+    #: many bytes, in ``response_body`` when the request is finished; 0: no copy
+    capture_limit: int = 0
+    #: the whole response body sent to the client, when capture was asked for and the body
+    #: was complete and within the limit; None otherwise
+    response_body: bytes | None = None
+    #: the response's headers as sent to the client (set when capture was asked for)
+    response_headers: CIMultiDict[str] | None = None
     #: further fields plugins want in the audit line
     audit: dict[str, Any] = field(default_factory=dict)
     #: scratch space for plugins, keyed by plugin name

@@ -129,6 +129,23 @@ def gateway_upstream_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> 
 
 
 @hookspec
+def gateway_upstream_response(ctx: RequestContext, headers: CIMultiDict[str]) -> MaybeAwaitable:
+    """Look at Stripe's answer before anything of it reaches the client. *Early answer.*
+    Fires once per request that went upstream: when Stripe's status and headers have
+    arrived (``ctx.status``, ``ctx.upstream_request_id`` set; ``headers`` are Stripe's
+    response headers), or when the gateway is about to answer 502/504 because Stripe could
+    not be reached or timed out (``ctx.error`` set, ``headers`` are the error's headers).
+
+    Return value: ``None`` lets Stripe's answer (or the 502/504) go on to the client; a
+    ``StreamResponse`` replaces it (the rest of Stripe's body is discarded), e.g. a cached
+    copy served when Stripe fails. Invalidating caches after a successful write belongs
+    here: it runs before the client sees the answer.
+
+    Failure: logged and skipped.
+    """
+
+
+@hookspec
 def gateway_response_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> MaybeAwaitable:
     """Change the headers of the response about to go to the client, in place. Fires once,
     before the first byte of the response is written, for upstream responses and for

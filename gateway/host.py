@@ -29,6 +29,7 @@ __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginFailure", "PluginHost"
 
 #: Built-in plugins, in registration order: name -> "module:attribute".
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("cache", "plugins.cache:CachePlugin"),
     ("audit", "plugins.audit:AuditPlugin"),
     ("auth", "plugins.auth:AuthPlugin"),
 )
@@ -39,6 +40,7 @@ REQUEST_HOOKS = (
     "gateway_authenticate",
     "gateway_request",
     "gateway_upstream_headers",
+    "gateway_upstream_response",
     "gateway_response_headers",
     "gateway_request_finished",
 )

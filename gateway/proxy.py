@@ -126,8 +126,22 @@ class Proxy:
             )
         if isinstance(response, web.Response) and response.body is not None:
             body = response.body
-            ctx.bytes_out = len(body) if isinstance(body, bytes | bytearray) else 0
+            if isinstance(body, bytes | bytearray):
+                ctx.bytes_out = len(body)
+                if 0 < len(body) <= ctx.capture_limit:
+                    ctx.response_body = bytes(body)
+                    ctx.response_headers = CIMultiDict(response.headers)
         return response
+
+    async def _upstream_answer(
+        self, ctx: RequestContext, headers: CIMultiDict[str]
+    ) -> web.StreamResponse | None:
+        """Let plugins replace Stripe's answer (or the gateway's 502/504) before it is sent."""
+        if not self.host.has("gateway_upstream_response"):
+            return None
+        return await self.host.first(
+            "gateway_upstream_response", fail_closed=False, ctx=ctx, headers=headers
+        )
 
     # ----------------------------------------------------------------- the phases
 
@@ -228,23 +242,23 @@ class Proxy:
         except _BodyTooLarge:
             raise self._too_large() from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
+            failed = self._upstream_error(
+                ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
+            )
             return await self._answer(
-                ctx,
-                self._upstream_error(
-                    ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
-                ),
+                ctx, await self._upstream_answer(ctx, failed.headers) or failed
             )
         except (aiohttp.ClientError, OSError) as exc:
             if ctx.bytes_in > self._max_body:  # aiohttp wraps the body generator's error
                 raise self._too_large() from None
-            return await self._answer(
+            failed = self._upstream_error(
                 ctx,
-                self._upstream_error(
-                    ctx,
-                    502,
-                    "upstream_unreachable",
-                    f"The gateway could not reach Stripe ({type(exc).__name__}).",
-                ),
+                502,
+                "upstream_unreachable",
+                f"The gateway could not reach Stripe ({type(exc).__name__}).",
+            )
+            return await self._answer(
+                ctx, await self._upstream_answer(ctx, failed.headers) or failed
             )
         try:
             return await self._relay(ctx, upstream, sent)
@@ -257,13 +271,21 @@ class Proxy:
         request = ctx.request
         ctx.status = upstream.status
         ctx.upstream_request_id = upstream.headers.get("Request-Id")
+        headers = relay_headers(upstream.headers)
+        replacement = await self._upstream_answer(ctx, headers)
+        if replacement is not None:
+            upstream.close()
+            ctx.upstream_seconds = time.perf_counter() - sent
+            return await self._answer(ctx, replacement)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(relay_headers(upstream.headers))
+        response.headers.extend(headers)
         response.headers["X-Gateway-Request-Id"] = ctx.request_id
         await self.host.each(
             "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
         )
         await response.prepare(request)
+        limit = ctx.capture_limit
+        captured: list[bytes] | None = [] if limit > 0 else None
         try:
             async for chunk in upstream.content.iter_any():
                 try:
@@ -271,6 +293,11 @@ class Proxy:
                 except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
                     raise _ClientGone() from exc
                 ctx.bytes_out += len(chunk)
+                if captured is not None:
+                    if ctx.bytes_out <= limit:
+                        captured.append(chunk)
+                    else:
+                        captured = None
         except _ClientGone:
             ctx.error = "client_disconnected"
             upstream.close()
@@ -299,4 +326,7 @@ class Proxy:
             raise asyncio.CancelledError() from None
         ctx.upstream_seconds = time.perf_counter() - sent
         await response.write_eof()
+        if captured is not None:
+            ctx.response_body = b"".join(captured)
+            ctx.response_headers = CIMultiDict(response.headers)
         return response

@@ -269,10 +269,10 @@ def run_cli(*args: str, pythonpath: Path) -> subprocess.CompletedProcess[str]:
 
 def test_entry_point_plugin_is_discovered(acme_dist: Path) -> None:
     host = plugin_host({})
-    assert host.plugin_names() == ["audit", "auth", "acme"]
+    assert host.plugin_names() == ["cache", "audit", "auth", "acme"]
     plugin = host.pm.get_plugin("acme")
     assert type(plugin).__name__ == "AcmePlugin"  # the class was instantiated
-    assert [i.plugin for i in host.impls("gateway_response_headers")] == ["acme"]
+    assert [i.plugin for i in host.impls("gateway_response_headers")] == ["acme", "cache"]
     # without entry points (the switch exists for tests and embedders) it is not there
     assert "acme" not in plugin_host({}, entry_points=False).plugin_names()
 
@@ -314,12 +314,12 @@ def test_entry_point_plugin_in_a_fresh_interpreter(tmp_path: Path) -> None:
     (site / "gateway.toml").write_text("[server]\nport = 8080\n")
     result = run_cli("check-config", "gateway.toml", pythonpath=site)
     assert result.returncode == 0, result.stderr
-    assert "plugins: audit, auth, acme" in result.stdout
+    assert "plugins: cache, audit, auth, acme" in result.stdout
 
     (site / "off.toml").write_text('[plugins]\ndisable = ["acme"]\n')
     result = run_cli("check-config", "off.toml", pythonpath=site)
     assert result.returncode == 0, result.stderr
-    assert "plugins: audit, auth)" in result.stdout
+    assert "plugins: cache, audit, auth)" in result.stdout
 
 
 # --------------------------------------------------------------------------- 2. config
@@ -337,7 +337,7 @@ def test_plugin_loaded_by_config(
     modules_to_forget.append("acme_cfg_plugin")
 
     gw = gateways.start(plugins={"load": ["acme_cfg_plugin:AcmePlugin"]})
-    assert gw.host.plugin_names() == ["audit", "auth", "acme"]  # named by its `name`
+    assert gw.host.plugin_names() == ["cache", "audit", "auth", "acme"]  # named by its `name`
 
     ping = get(f"{gw.url}/v1/acme/ping")
     assert ping.status_code == 200
@@ -359,7 +359,7 @@ def test_config_load_errors_name_the_entry(tmp_path: Path, acme_dist: Path) -> N
     # (`disable` works by name, so it would turn both off; without entry points the
     # config one is all there is)
     host = plugin_host({"plugins": {"load": [f"{ACME_DIST}:AcmePlugin"]}}, entry_points=False)
-    assert host.plugin_names() == ["audit", "auth", "acme"]
+    assert host.plugin_names() == ["cache", "audit", "auth", "acme"]
 
 
 def test_disable_turns_the_entry_point_plugin_off(
@@ -368,7 +368,7 @@ def test_disable_turns_the_entry_point_plugin_off(
     assert "acme" not in plugin_host({"plugins": {"disable": ["acme"]}}).plugin_names()
 
     gw = gateways.start(plugins={"disable": ["acme"]})
-    assert gw.host.plugin_names() == ["audit", "auth"]
+    assert gw.host.plugin_names() == ["cache", "audit", "auth"]
     ping = get(f"{gw.url}/v1/acme/ping")
     assert ping.status_code == 200
     assert "X-Acme" not in ping.headers
@@ -379,9 +379,9 @@ def test_disable_turns_the_entry_point_plugin_off(
 def test_disable_a_builtin(
     stack: Stack, gateways: Gateways, sdk: Callable[..., stripe.StripeClient]
 ) -> None:
-    assert plugin_host({"plugins": {"disable": ["audit"]}}).plugin_names() == ["auth"]
+    assert plugin_host({"plugins": {"disable": ["audit"]}}).plugin_names() == ["cache", "auth"]
 
-    gw = gateways.start(audit=False, plugins={"disable": ["audit"]})
+    gw = gateways.start(audit=False, plugins={"disable": ["audit", "cache"]})
     assert gw.host.plugin_names() == ["auth"]
     assert not gw.host.has("gateway_request_finished")
     customer = sdk(gw.url).v1.customers.retrieve("cus_disabledaudit01")
@@ -389,7 +389,7 @@ def test_disable_a_builtin(
     assert not stack.audit_path.exists()
 
     # disabling auth too leaves a bare proxy: the client's own key goes upstream
-    bare = gateways.start(audit=False, plugins={"disable": ["audit", "auth"]})
+    bare = gateways.start(audit=False, plugins={"disable": ["audit", "auth", "cache"]})
     assert bare.host.plugin_names() == []
     assert get(f"{bare.url}/v1/customers", key="sk_test_direct000000000001").status_code == 200
     assert stack.upstreams["api"].last().headers["Authorization"] == (
@@ -469,7 +469,12 @@ def test_async_request_hooks_are_awaited_in_turn(
     # the most recently registered runs first: the passer, then the answerer
     load = install(answerer=AsyncAnswerer(calls), passer=SlowPasser(calls))
     gw = gateways.start(plugins={"load": load})
-    assert [i.plugin for i in gw.host.impls("gateway_request")] == ["audit", "passer", "answerer"]
+    assert [i.plugin for i in gw.host.impls("gateway_request")] == [
+        "audit",
+        "passer",
+        "answerer",
+        "cache",
+    ]
 
     response = get(f"{gw.url}/v1/customers")
     assert response.status_code == 200
@@ -486,7 +491,12 @@ def test_tryfirst_answer_stops_later_plugins(
     # registered first, so without tryfirst it would run last
     load = install(first=TryfirstAnswerer(calls), bystander=Bystander(calls))
     gw = gateways.start(plugins={"load": load})
-    assert [i.plugin for i in gw.host.impls("gateway_request")] == ["first", "audit", "bystander"]
+    assert [i.plugin for i in gw.host.impls("gateway_request")] == [
+        "first",
+        "audit",
+        "bystander",
+        "cache",
+    ]
 
     response = get(f"{gw.url}/v1/customers")
     assert response.status_code == 200

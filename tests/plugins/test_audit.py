@@ -35,7 +35,7 @@ def test_one_line_per_request_with_the_documented_fields(gateway: Stack) -> None
     assert first["duration_ms"] >= first["upstream_ms"] > 0
     assert first["bytes_in"] == 0 and first["bytes_out"] > 0
     assert first["client"] == "127.0.0.1"
-    assert first["cache"] is None and first["rate_limit"] is None and first["error"] is None
+    assert first["cache"] == "MISS" and first["rate_limit"] is None and first["error"] is None
     assert second["method"] == "POST" and second["object_id"] is None
     assert second["idempotency_key"] == "idem-1"
     assert second["bytes_in"] == len("email=x%40example.com")

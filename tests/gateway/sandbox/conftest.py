@@ -88,7 +88,8 @@ def sandbox_stack(
                     "upstream_key_env": "SANDBOX_KEY",
                 }
             ],
-            "plugins": {"audit": {"path": str(tmp_path / "audit.jsonl")}},
+            # these tests look at the sandbox; the cache has its own tests
+            "plugins": {"audit": {"path": str(tmp_path / "audit.jsonl")}, "disable": ["cache"]},
         },
         environ={"SANDBOX_KEY": SANDBOX_KEY},
     )

@@ -1,0 +1,442 @@
+"""The cache: serve retrieves of one object from cache, safely partitioned, coalesced, and
+evicted on every successful write through the gateway.
+
+Settings (``[plugins.cache]``, all optional):
+
+``backend``            ``"memory"`` (default, per process) or ``"redis"`` (shared)
+``default_ttl``        seconds an answer stays fresh (30)
+``final_ttl``          seconds for objects that never change once final (3600): completed
+                       scheduled query runs, succeeded report runs, tax calculations and
+                       transactions, forwarding requests, verification reports; capped by
+                       the object's ``expires_at``
+``routes``             per-route TTLs: ``[{path = "/v1/climate/**", ttl = 300}]``, first match
+``stale_if_error``     seconds past expiry an answer may still be served while Stripe fails
+                       (0: off)
+``max_entry_bytes``    larger answers are not cached (262144)
+``max_entries``, ``max_bytes``   bounds of the memory backend (10000, 67108864)
+``redis_url_env``      environment variable holding the Redis URL (``redis`` backend), or
+``redis_url``          the URL itself when it has no password
+``redis_timeout``      seconds per Redis call before it counts as down (0.05)
+``redis_breaker``      seconds to stop asking Redis after a failure (2.0)
+``key_prefix``         Redis key prefix (``"sgw:cache"``)
+
+What is cached, how the key is made: :mod:`gateway.cachekeys`. Answers carrying a
+``client_secret`` or ``secret`` are never stored, nor compressed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
+from gateway.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
+from gateway.config import GatewayConfig
+from gateway.context import RequestContext
+from gateway.errors import ConfigError, error_response
+from gateway.globs import compile_glob
+from gateway.hookspecs import hookimpl
+
+__all__ = ["CachePlugin", "CacheSettings"]
+
+#: headers of a stored answer that are replayed on a hit
+_KEPT = ("Content-Type", "Request-Id", "Stripe-Version", "Cache-Control")
+#: markers of secrets in a body: such answers are never stored
+_SECRETS = (b'"client_secret"', b'"secret"')
+
+
+def _is_final(obj: dict[str, Any]) -> bool:
+    kind = obj.get("object")
+    status = obj.get("status")
+    return (
+        (kind == "scheduled_query_run" and status == "completed")
+        or (kind == "reporting.report_run" and status == "succeeded")
+        or kind
+        in (
+            "tax.calculation",
+            "tax.transaction",
+            "forwarding.request",
+            "identity.verification_report",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    backend: str = "memory"
+    default_ttl: float = 30.0
+    final_ttl: float = 3600.0
+    routes: tuple[tuple[Any, float], ...] = ()
+    stale_if_error: float = 0.0
+    max_entry_bytes: int = 262144
+    max_entries: int = 10000
+    max_bytes: int = 64 * 1024 * 1024
+    redis_url: str | None = None
+    redis_timeout: float = 0.05
+    redis_breaker: float = 2.0
+    key_prefix: str = "sgw:cache"
+
+    @classmethod
+    def parse(cls, table: dict[str, Any]) -> CacheSettings:
+        known = set(cls.__dataclass_fields__) | {"redis_url_env"}
+        for key in table:
+            if key not in known:
+                raise ConfigError(key, "unknown key")
+        values: dict[str, Any] = {}
+        for name in (
+            "default_ttl",
+            "final_ttl",
+            "stale_if_error",
+            "redis_timeout",
+            "redis_breaker",
+        ):
+            if name in table:
+                values[name] = _number(table[name], name, positive=name != "stale_if_error")
+        for name in ("max_entry_bytes", "max_entries", "max_bytes"):
+            if name in table:
+                value = table[name]
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ConfigError(name, "must be a whole number > 0")
+                values[name] = value
+        backend = table.get("backend", "memory")
+        if backend not in ("memory", "redis"):
+            raise ConfigError("backend", 'must be "memory" or "redis"')
+        values["backend"] = backend
+        if "key_prefix" in table:
+            if not isinstance(table["key_prefix"], str) or not table["key_prefix"]:
+                raise ConfigError("key_prefix", "must be a non-empty string")
+            values["key_prefix"] = table["key_prefix"]
+        values["routes"] = tuple(_routes(table.get("routes", [])))
+        if backend == "redis":
+            values["redis_url"] = _redis_url(table)
+        elif "redis_url" in table or "redis_url_env" in table:
+            raise ConfigError("backend", 'redis_url is set but backend is not "redis"')
+        return cls(**values)
+
+    def ttl_for(self, path: str, obj: dict[str, Any] | None) -> float:
+        now = time.time()
+        if obj is not None and self.final_ttl > 0 and _is_final(obj):
+            ttl = self.final_ttl
+            expires = obj.get("expires_at")
+            if isinstance(expires, int | float) and expires > 0:
+                ttl = min(ttl, expires - now)
+            return ttl
+        for pattern, ttl in self.routes:
+            if pattern.match(path):
+                return float(ttl)
+        return self.default_ttl
+
+
+def _number(value: Any, name: str, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(name, "must be a number")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(name, "must be > 0" if positive else "must be >= 0")
+    return float(value)
+
+
+def _routes(value: Any) -> list[tuple[Any, float]]:
+    if not isinstance(value, list):
+        raise ConfigError("routes", 'must be a list of {path = "/v1/...", ttl = 60} tables')
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"path", "ttl"}:
+            raise ConfigError(f"routes[{i}]", "must be a table with exactly path and ttl")
+        try:
+            pattern = compile_glob(str(item["path"]))
+        except ValueError as exc:
+            raise ConfigError(f"routes[{i}].path", str(exc)) from None
+        out.append((pattern, _number(item["ttl"], f"routes[{i}].ttl", positive=False)))
+    return out
+
+
+def _redis_url(table: dict[str, Any]) -> str:
+    if "redis_url_env" in table:
+        name = table["redis_url_env"]
+        url = os.environ.get(str(name), "")
+        if not url:
+            raise ConfigError("redis_url_env", f"environment variable {name} is not set or empty")
+    elif "redis_url" in table:
+        url = str(table["redis_url"])
+        if "@" in url:
+            raise ConfigError("redis_url", "has a password: put the URL in redis_url_env instead")
+    else:
+        raise ConfigError("backend", 'the "redis" backend needs redis_url_env or redis_url')
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis_url", "must start with redis://, rediss:// or unix://")
+    return url
+
+
+@dataclass
+class _Flight:
+    """An upstream fetch that identical concurrent misses wait for."""
+
+    done: asyncio.Future[Entry | web.Response | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass
+class _State:
+    key: str
+    started: float
+    leader: _Flight | None = None
+    stale: Entry | None = None
+    store: bool = True
+
+
+class CachePlugin:
+    """Built-in plugin ``cache``."""
+
+    name = "cache"
+
+    def __init__(self) -> None:
+        self.settings = CacheSettings()
+        self.store: CacheStore | None = None
+        self._flights: dict[str, _Flight] = {}
+        self._read_timeout = 80.0
+        self._log: Any = None
+        self._last_error_log = 0.0
+        #: counters, for metrics and tests
+        self.counts: dict[str, int] = {
+            k: 0
+            for k in ("hit", "miss", "bypass", "coalesced", "stale", "stored", "evicted", "errors")
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @hookimpl
+    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
+        self.settings = CacheSettings.parse(settings)
+        self._read_timeout = config.upstream.read_timeout
+
+    @hookimpl
+    def gateway_startup(self, app: web.Application) -> None:
+        from gateway.app import HOST
+
+        self._log = app[HOST].log
+        s = self.settings
+        keep = max(s.final_ttl, s.default_ttl, *(ttl for _, ttl in s.routes)) + s.stale_if_error
+        if s.backend == "redis":
+            assert s.redis_url is not None
+            self.store = RedisStore(
+                s.redis_url,
+                prefix=s.key_prefix,
+                timeout=s.redis_timeout,
+                breaker_seconds=s.redis_breaker,
+                tombstone_seconds=self._read_timeout + 5,
+                on_error=self._store_error,
+            )
+        else:
+            self.store = MemoryStore(
+                max_bytes=s.max_bytes, max_entries=s.max_entries, tombstone_seconds=keep
+            )
+
+    @hookimpl
+    async def gateway_shutdown(self, app: web.Application) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+    def _store_error(self, what: str, exc: BaseException) -> None:
+        self.counts["errors"] += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 10.0:  # once per interval, not once per request
+            self._last_error_log = now
+            self._log.warning(
+                "cache_backend_unavailable",
+                backend=self.settings.backend,
+                call=what,
+                error=f"{type(exc).__name__}: {exc}",
+                failures=self.counts["errors"],
+            )
+
+    # ------------------------------------------------------------------ requests
+
+    @hookimpl
+    async def gateway_request(self, ctx: RequestContext) -> web.StreamResponse | None:
+        request = ctx.request
+        if not is_cacheable_retrieve(request.method, request.path):
+            if request.method != "GET" and object_ids_in(request.path):
+                ctx.state["cache.writes"] = True
+            ctx.cache_status = "BYPASS"
+            return None
+        directives = {
+            d.strip().lower() for d in request.headers.get("Cache-Control", "").split(",")
+        }
+        if "no-store" in directives:
+            ctx.cache_status = "BYPASS"
+            self.counts["bypass"] += 1
+            return None
+        headers = request.headers
+        key = cache_key(
+            credential=ctx.upstream_key or headers.get("Authorization") or "",
+            account=headers.get("Stripe-Account"),
+            context=headers.get("Stripe-Context"),
+            version=headers.get("Stripe-Version"),
+            path=request.path,
+            query_string=request.query_string,
+        )
+        state = _State(key=key, started=time.time())
+        ctx.state["cache"] = state
+        if "no-cache" not in directives:
+            entry = await self._get(key)
+            if entry is not None:
+                if entry.fresh_until > time.time():
+                    ctx.cache_status = "HIT"
+                    self.counts["hit"] += 1
+                    return self._response(entry, "HIT")
+                state.stale = entry
+            flight = self._flights.get(key)
+            if flight is not None:
+                return await self._wait(ctx, flight)
+        flight = _Flight()
+        self._flights[key] = flight
+        state.leader = flight
+        ctx.cache_status = "MISS"
+        ctx.capture_limit = self.settings.max_entry_bytes
+        self.counts["miss"] += 1
+        return None
+
+    async def _get(self, key: str) -> Entry | None:
+        assert self.store is not None
+        try:
+            return await self.store.get(key)
+        except StoreUnavailable:
+            return None
+
+    async def _wait(self, ctx: RequestContext, flight: _Flight) -> web.StreamResponse | None:
+        try:
+            result = await asyncio.wait_for(asyncio.shield(flight.done), self._read_timeout + 5)
+        except TimeoutError:
+            result = None
+        if isinstance(result, Entry):
+            ctx.cache_status = "COALESCED"
+            self.counts["coalesced"] += 1
+            return self._response(result, "COALESCED")
+        if isinstance(result, web.Response):  # the leader failed: so does every waiter
+            ctx.cache_status = "COALESCED"
+            self.counts["coalesced"] += 1
+            response = web.Response(
+                status=result.status, body=result.body, headers=_kept(result.headers)
+            )
+            response.headers["X-Cache"] = "COALESCED"
+            return response
+        # the leader's answer could not be shared (too large, secret): fetch our own
+        ctx.cache_status = "MISS"
+        return None
+
+    def _response(self, entry: Entry, status: str) -> web.Response:
+        response = web.Response(
+            status=entry.status, body=entry.body, headers=CIMultiDict(entry.headers)
+        )
+        response.headers["X-Cache"] = status
+        response.headers["Age"] = str(max(0, int(time.time() - entry.stored_at)))
+        return response
+
+    @hookimpl
+    async def gateway_upstream_response(
+        self, ctx: RequestContext, headers: CIMultiDict[str]
+    ) -> web.StreamResponse | None:
+        if ctx.state.get("cache.writes") and 200 <= ctx.status < 300:
+            # a successful write: evict every variant before the client sees the answer
+            assert self.store is not None
+            try:
+                self.counts["evicted"] += await self.store.evict(object_ids_in(ctx.path))
+            except StoreUnavailable:
+                ctx.audit["cache_evict_failed"] = True
+            return None
+        state: _State | None = ctx.state.get("cache")
+        if state is None:
+            return None
+        failed = ctx.status >= 500 or ctx.error in ("upstream_timeout", "upstream_unreachable")
+        if failed and state.stale is not None and state.stale.stale_until > time.time():
+            ctx.cache_status = "STALE"
+            self.counts["stale"] += 1
+            state.store = False
+            response = self._response(state.stale, "STALE")
+            response.headers["Warning"] = '111 - "Revalidation Failed"'
+            return response
+        return None
+
+    @hookimpl
+    def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        if ctx.cache_status is not None and "X-Cache" not in headers:
+            headers["X-Cache"] = ctx.cache_status
+
+    @hookimpl
+    async def gateway_request_finished(self, ctx: RequestContext) -> None:
+        state: _State | None = ctx.state.get("cache")
+        if state is None or state.leader is None:
+            return
+        flight = state.leader
+        result: Entry | web.Response | None = None
+        try:
+            entry = self._entry_for(ctx, state)
+            if entry is not None:
+                result = entry
+                assert self.store is not None
+                object_ids = object_ids_in(ctx.path)
+                try:
+                    if await self.store.put(state.key, entry, object_ids, state.started):
+                        self.counts["stored"] += 1
+                except StoreUnavailable:
+                    pass
+            elif ctx.status >= 400 or ctx.error is not None:
+                result = self._failure(ctx)
+        finally:
+            if self._flights.get(state.key) is flight:
+                del self._flights[state.key]
+            if not flight.done.done():
+                flight.done.set_result(result)
+
+    def _entry_for(self, ctx: RequestContext, state: _State) -> Entry | None:
+        body = ctx.response_body
+        headers = ctx.response_headers
+        if not state.store or ctx.status != 200 or body is None or headers is None:
+            return None
+        if ctx.error is not None or "Content-Encoding" in headers:
+            return None
+        if not headers.get("Content-Type", "").startswith("application/json"):
+            return None
+        if any(marker in body for marker in _SECRETS):
+            return None
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        ttl = self.settings.ttl_for(ctx.path, obj if isinstance(obj, dict) else None)
+        if ttl <= 0:
+            return None
+        now = time.time()
+        return Entry(
+            status=ctx.status,
+            headers=tuple((k, v) for k, v in headers.items() if k in _KEPT),
+            body=body,
+            stored_at=now,
+            fresh_until=now + ttl,
+            stale_until=now + ttl + self.settings.stale_if_error,
+        )
+
+    def _failure(self, ctx: RequestContext) -> web.Response:
+        if ctx.response_body is not None and ctx.response_headers is not None:
+            return web.Response(
+                status=ctx.status, body=ctx.response_body, headers=_kept(ctx.response_headers)
+            )
+        return error_response(
+            502,
+            "The request this one was coalesced with failed before Stripe's answer was complete.",
+            request_id=ctx.request_id,
+            type="api_error",
+            should_retry=True,
+        )
+
+
+def _kept(headers: Any) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k in (*_KEPT, "Stripe-Should-Retry"))
