@@ -41,6 +41,11 @@ class FakeStripe:
     release_download: asyncio.Event | None = None
     #: how many chunks the streaming download had sent when it was released
     download_progress: list[int] = field(default_factory=list)
+    #: when set, every request is answered with this status and a Stripe api_error
+    fail_with: int | None = None
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for r in self.received if r.method == method and r.path == path)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -64,6 +69,21 @@ class FakeStripe:
             )
         )
         path = request.path
+        if "delay" in request.query:  # hold the answer, so concurrent requests overlap
+            await asyncio.sleep(float(request.query["delay"]))
+        if self.fail_with is not None:
+            return self._json(
+                {"error": {"type": "api_error", "message": "The fake upstream is failing."}},
+                status=self.fail_with,
+            )
+        if "secret" in request.query:
+            return self._json(
+                {
+                    "id": path.rsplit("/", 1)[-1],
+                    "object": "thing",
+                    "client_secret": "cs_test_secret_value",
+                }
+            )
         if path.startswith("/v1/test_faults/"):
             return await self._fault(request, path.rsplit("/", 1)[-1])
         if path.startswith("/v1/files/") and path.endswith("/contents"):

@@ -1,0 +1,364 @@
+"""The cache plugin, with the official SDK through the gateway and a counting upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+import stripe
+
+from gateway.errors import ConfigError
+from plugins.cache import CacheSettings
+from tests.conftest import RedisServer
+from tests.helpers import (
+    ANALYTICS_KEY,
+    BILLING_KEY,
+    PASSTHROUGH_KEY,
+    Stack,
+    team,
+)
+
+CUSTOMER = "/v1/customers/cus_1Nabcdefghij"
+
+
+def _client(stack: Stack, key: str = BILLING_KEY, url: str | None = None) -> stripe.StripeClient:
+    url = url or stack.gateway_url
+    return stripe.StripeClient(key, base_addresses={"api": url}, max_network_retries=0)
+
+
+def _get(url: str, path: str, key: str = BILLING_KEY, **headers: str) -> requests.Response:
+    return requests.get(
+        url + path, headers={"Authorization": f"Bearer {key}", **headers}, timeout=10
+    )
+
+
+def test_second_retrieve_is_a_hit(stack: Stack) -> None:
+    stack.start_gateway()
+    client = _client(stack)
+    first = client.v1.customers.retrieve("cus_1Nabcdefghij")
+    second = client.v1.customers.retrieve("cus_1Nabcdefghij")
+    assert first.to_dict() == second.to_dict()
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 1
+    assert first.last_response.headers["X-Cache"] == "MISS"
+    assert second.last_response.headers["X-Cache"] == "HIT"
+    assert int(second.last_response.headers["Age"]) >= 0
+    assert second.last_response.headers["Request-Id"] == first.last_response.headers["Request-Id"]
+    hit = stack.audit_lines(2)[1]
+    assert hit["cache"] == "HIT" and hit["upstream_request_id"] is None
+
+
+def test_lists_writes_and_other_paths_bypass(stack: Stack) -> None:
+    stack.start_gateway()
+    client = _client(stack)
+    client.v1.customers.list()
+    client.v1.customers.list()
+    assert stack.upstreams["api"].count("GET", "/v1/customers") == 2
+    response = _get(stack.gateway_url, "/v1/customers")
+    assert response.headers["X-Cache"] == "BYPASS"
+
+
+def test_no_cache_refreshes_and_no_store_skips(stack: Stack) -> None:
+    stack.start_gateway()
+    url = stack.gateway_url
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+    assert _get(url, CUSTOMER, **{"Cache-Control": "no-cache"}).headers["X-Cache"] == "MISS"
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "HIT"
+    assert _get(url, CUSTOMER, **{"Cache-Control": "no-store"}).headers["X-Cache"] == "BYPASS"
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 3
+
+
+def test_answers_with_secrets_are_never_stored(stack: Stack) -> None:
+    stack.start_gateway()
+    path = "/v1/setup_intents/seti_1Nabcdefghij?secret=1"
+    for _ in range(2):
+        assert _get(stack.gateway_url, path).headers["X-Cache"] == "MISS"
+    assert stack.upstreams["api"].count("GET", "/v1/setup_intents/seti_1Nabcdefghij") == 2
+
+
+def test_teams_with_different_credentials_never_share(stack: Stack) -> None:
+    stack.start_gateway(
+        teams=[
+            team("billing", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY"),
+            team("analytics", ANALYTICS_KEY, upstream_env="ANALYTICS_STRIPE_KEY"),
+            team("direct", PASSTHROUGH_KEY),
+        ]
+    )
+    for key in (BILLING_KEY, ANALYTICS_KEY, PASSTHROUGH_KEY, BILLING_KEY):
+        _get(stack.gateway_url, CUSTOMER, key)
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 3
+    received = {r.headers["Authorization"] for r in stack.upstreams["api"].received}
+    assert len(received) == 3
+
+
+def test_teams_with_one_credential_share(stack: Stack) -> None:
+    stack.start_gateway(
+        teams=[
+            team("a", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY"),
+            team("b", ANALYTICS_KEY, upstream_env="BILLING_STRIPE_KEY"),
+        ]
+    )
+    assert _get(stack.gateway_url, CUSTOMER, BILLING_KEY).headers["X-Cache"] == "MISS"
+    assert _get(stack.gateway_url, CUSTOMER, ANALYTICS_KEY).headers["X-Cache"] == "HIT"
+
+
+def test_allow_rules_are_checked_before_the_cache(stack: Stack) -> None:
+    # both teams share one upstream credential, so they share entries; the one that may
+    # not read customers must still be refused, cache or no cache
+    stack.start_gateway(
+        teams=[
+            team("all", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY"),
+            team(
+                "sigma",
+                ANALYTICS_KEY,
+                upstream_env="BILLING_STRIPE_KEY",
+                allow=["GET /v1/sigma/**"],
+            ),
+        ]
+    )
+    assert _get(stack.gateway_url, CUSTOMER, BILLING_KEY).headers["X-Cache"] == "MISS"
+    assert _get(stack.gateway_url, CUSTOMER, BILLING_KEY).headers["X-Cache"] == "HIT"
+    refused = _get(stack.gateway_url, CUSTOMER, ANALYTICS_KEY)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "route_not_allowed"
+
+
+def test_stripe_account_and_version_partition(stack: Stack) -> None:
+    stack.start_gateway()
+    url = stack.gateway_url
+    variants: list[dict[str, str]] = [
+        {},
+        {"Stripe-Account": "acct_1Nabcdefghij"},
+        {"Stripe-Account": "acct_2Nabcdefghij"},
+        {"Stripe-Version": "2024-06-20"},
+        {"Stripe-Context": "acct_1Nabcdefghij"},
+    ]
+    for headers in variants:
+        assert _get(url, CUSTOMER, **headers).headers["X-Cache"] == "MISS"
+    for headers in variants:
+        assert _get(url, CUSTOMER, **headers).headers["X-Cache"] == "HIT"
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == len(variants)
+
+
+def test_expand_forms_share_one_entry(stack: Stack) -> None:
+    stack.start_gateway()
+    url = stack.gateway_url
+    assert _get(url, CUSTOMER + "?expand[]=a&expand[]=b").headers["X-Cache"] == "MISS"
+    for query in ("expand[0]=b&expand[1]=a", "expand%5B%5D=a&expand%5B%5D=b"):
+        assert _get(url, f"{CUSTOMER}?{query}").headers["X-Cache"] == "HIT"
+    assert _get(url, CUSTOMER + "?expand[]=a").headers["X-Cache"] == "MISS"
+
+
+def test_a_write_evicts_every_variant_before_answering(stack: Stack) -> None:
+    stack.start_gateway()
+    url = stack.gateway_url
+    for headers in ({}, {"Stripe-Version": "2024-06-20"}):
+        _get(url, CUSTOMER, **headers)
+        _get(url, CUSTOMER + "?expand[]=x", **headers)
+    _get(url, CUSTOMER, ANALYTICS_KEY)  # refused (403): not an eviction
+    client = _client(stack)
+    client.v1.customers.update("cus_1Nabcdefghij", {"description": "new"})
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+    assert (
+        _get(url, CUSTOMER + "?expand[]=x", **{"Stripe-Version": "2024-06-20"}).headers["X-Cache"]
+        == "MISS"
+    )
+    # a nested write (/cancel, /sources/...) evicts the object too
+    _get(url, CUSTOMER)
+    requests.post(url + CUSTOMER + "/sources/src_1Nabcdefghij", auth=(BILLING_KEY, ""), timeout=5)
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+
+
+def test_failed_write_does_not_evict(stack: Stack) -> None:
+    stack.start_gateway()
+    url = stack.gateway_url
+    _get(url, CUSTOMER)
+    stack.upstreams["api"].fail_with = 500
+    requests.post(url + CUSTOMER, auth=(BILLING_KEY, ""), data={"a": "b"}, timeout=5)
+    stack.upstreams["api"].fail_with = None
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "HIT"
+
+
+def _concurrent(stack: Stack, path: str, n: int) -> list[tuple[int, str, bytes]]:
+    async def one(session: aiohttp.ClientSession) -> tuple[int, str, bytes]:
+        async with session.get(
+            stack.gateway_url + path, headers={"Authorization": f"Bearer {BILLING_KEY}"}
+        ) as r:
+            return r.status, r.headers.get("X-Cache", ""), await r.read()
+
+    async def run() -> list[tuple[int, str, bytes]]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            return list(await asyncio.gather(*(one(session) for _ in range(n))))
+
+    return stack.loop.run(run())
+
+
+def test_concurrent_identical_misses_make_one_upstream_request(stack: Stack) -> None:
+    stack.start_gateway()
+    results = _concurrent(stack, CUSTOMER + "?delay=0.5", 100)
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 1
+    assert all(status == 200 for status, _, _ in results)
+    assert len({body for _, _, body in results}) == 1
+    kinds = sorted(kind for _, kind, _ in results)
+    assert kinds.count("MISS") == 1 and kinds.count("COALESCED") == 99
+
+
+def test_leader_failure_reaches_every_waiter_and_the_next_request_retries(stack: Stack) -> None:
+    stack.start_gateway()
+    stack.upstreams["api"].fail_with = 500
+    results = _concurrent(stack, CUSTOMER + "?delay=0.5", 50)
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 1
+    assert {status for status, _, _ in results} == {500}
+    assert len({body for _, _, body in results}) == 1
+    stack.upstreams["api"].fail_with = None
+    assert _get(stack.gateway_url, CUSTOMER + "?delay=0.5").status_code == 200
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 2
+
+
+def test_unreachable_leader_fails_every_waiter_with_502(stack: Stack) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stack.start_gateway(upstream={"api": f"http://127.0.0.1:{port}"})
+    results = _concurrent(stack, CUSTOMER, 20)
+    assert {status for status, _, _ in results} == {502}
+
+
+def test_stale_on_error(stack: Stack) -> None:
+    stack.start_gateway(plugins={"cache": {"default_ttl": 0.3, "stale_if_error": 30}})
+    url = stack.gateway_url
+    fresh = _get(url, CUSTOMER)
+    time.sleep(0.4)
+    stack.upstreams["api"].fail_with = 503
+    stale = _get(url, CUSTOMER)
+    assert stale.status_code == 200
+    assert stale.headers["X-Cache"] == "STALE"
+    assert "Revalidation Failed" in stale.headers["Warning"]
+    assert stale.json() == fresh.json()
+    stack.upstreams["api"].fail_with = None
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+
+
+def test_stale_is_off_by_default(stack: Stack) -> None:
+    stack.start_gateway(plugins={"cache": {"default_ttl": 0.2}})
+    _get(stack.gateway_url, CUSTOMER)
+    time.sleep(0.3)
+    stack.upstreams["api"].fail_with = 503
+    assert _get(stack.gateway_url, CUSTOMER).status_code == 503
+
+
+def test_entries_expire(stack: Stack) -> None:
+    stack.start_gateway(plugins={"cache": {"default_ttl": 0.2}})
+    assert _get(stack.gateway_url, CUSTOMER).headers["X-Cache"] == "MISS"
+    assert _get(stack.gateway_url, CUSTOMER).headers["X-Cache"] == "HIT"
+    time.sleep(0.3)
+    assert _get(stack.gateway_url, CUSTOMER).headers["X-Cache"] == "MISS"
+
+
+def test_ttl_rules() -> None:
+    settings = CacheSettings.parse(
+        {"default_ttl": 30, "final_ttl": 3600, "routes": [{"path": "/v1/climate/**", "ttl": 300}]}
+    )
+    now = time.time()
+    assert settings.ttl_for("/v1/customers/cus_1", {"object": "customer"}) == 30
+    assert settings.ttl_for("/v1/climate/products/x", {"object": "climate.product"}) == 300
+    done = {"object": "scheduled_query_run", "status": "completed"}
+    assert settings.ttl_for("/v1/sigma/scheduled_query_runs/sqr_1", done) == 3600
+    running = {"object": "reporting.report_run", "status": "pending"}
+    assert settings.ttl_for("/v1/reporting/report_runs/frr_1", running) == 30
+    calc = {"object": "tax.calculation", "expires_at": int(now + 60)}
+    assert 55 < settings.ttl_for("/v1/tax/calculations/taxcalc_1", calc) <= 60
+    for kind in ("tax.transaction", "forwarding.request", "identity.verification_report"):
+        assert settings.ttl_for("/x", {"object": kind}) == 3600
+
+
+@pytest.mark.parametrize(
+    ("table", "path"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"default_ttl": 0}, "default_ttl"),
+        ({"default_ttl": "30"}, "default_ttl"),
+        ({"backend": "memcached"}, "backend"),
+        ({"backend": "redis"}, "backend"),
+        ({"backend": "redis", "redis_url": "redis://:pw@host:6379"}, "redis_url"),
+        ({"backend": "redis", "redis_url": "http://x"}, "redis_url"),
+        ({"backend": "redis", "redis_url_env": "NOPE_NOT_SET"}, "redis_url_env"),
+        ({"routes": [{"path": "v1/x", "ttl": 1}]}, "routes[0].path"),
+        ({"routes": [{"path": "/v1/x"}]}, "routes[0]"),
+        ({"max_entry_bytes": True}, "max_entry_bytes"),
+    ],
+)
+def test_bad_settings_stop_startup(stack: Stack, table: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        stack.start_gateway(plugins={"cache": table})
+    assert info.value.path == f"plugins.cache.{path}"
+
+
+def _redis_gateway(stack: Stack, redis: RedisServer, **extra: Any) -> str:
+    return stack.start_gateway(
+        plugins={"cache": {"backend": "redis", "redis_url": redis.url, **extra}}
+    )
+
+
+def test_two_instances_share_hits_and_evictions_through_redis(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    one = _redis_gateway(stack, redis_server)
+    two = _redis_gateway(stack, redis_server)
+    assert _get(one, CUSTOMER).headers["X-Cache"] == "MISS"
+    assert _get(two, CUSTOMER).headers["X-Cache"] == "HIT"
+    _client(stack, url=two).v1.customers.update("cus_1Nabcdefghij", {"description": "x"})
+    assert _get(one, CUSTOMER).headers["X-Cache"] == "MISS"
+    assert _get(two, CUSTOMER).headers["X-Cache"] == "HIT"
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 2
+
+
+def test_redis_outage_degrades_to_misses(
+    stack: Stack, redis_server: RedisServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    url = _redis_gateway(stack, redis_server, redis_breaker=0.2)
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "HIT"
+    redis_server.kill()
+    statuses = []
+    for _ in range(5):
+        response = _get(url, CUSTOMER)
+        statuses.append((response.status_code, response.headers["X-Cache"]))
+    assert statuses == [(200, "MISS")] * 5
+    update = requests.post(url + CUSTOMER, auth=(BILLING_KEY, ""), data={"a": "b"}, timeout=5)
+    assert update.status_code == 200
+    err = capfd.readouterr().err
+    assert err.count('"event":"cache_backend_unavailable"') == 1  # logged once per interval
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 6
+
+
+def test_retrieve_after_an_update_sees_the_update(stack: Stack) -> None:
+    # a stateful upstream (the sandbox), so a stale cached copy would show
+    from gateway.sandbox.app import Sandbox, create_sandbox_app
+    from tests.helpers import start_app
+
+    served = stack.loop.run(start_app(create_sandbox_app(Sandbox())))
+    try:
+        stack.start_gateway(upstream={"api": served.url})
+        client = _client(stack)
+        hook = client.v1.webhook_endpoints.create(
+            {"url": "https://example.com/a", "enabled_events": ["*"], "description": "old"}
+        )
+        assert client.v1.webhook_endpoints.retrieve(hook.id).description == "old"
+        cached = client.v1.webhook_endpoints.retrieve(hook.id)
+        assert cached.last_response.headers["X-Cache"] == "HIT"
+        client.v1.webhook_endpoints.update(hook.id, {"description": "new"})
+        after = client.v1.webhook_endpoints.retrieve(hook.id)
+        assert after.description == "new"
+        assert after.last_response.headers["X-Cache"] == "MISS"
+        client.v1.webhook_endpoints.delete(hook.id)
+        with pytest.raises(stripe.InvalidRequestError):
+            client.v1.webhook_endpoints.retrieve(hook.id)
+    finally:
+        stack.loop.run(served.runner.cleanup())
