@@ -48,6 +48,15 @@ __all__ = ["CachePlugin", "CacheSettings"]
 
 #: headers of a stored answer that are replayed on a hit
 _KEPT = ("Content-Type", "Request-Id", "Stripe-Version", "Cache-Control")
+#: the leader's failures that its waiters share (see gateway/proxy.py)
+_UPSTREAM_ERRORS = frozenset(
+    {
+        "upstream_timeout",
+        "upstream_unreachable",
+        "upstream_broken_body",
+        "upstream_timeout_mid_body",
+    }
+)
 #: markers of secrets in a body: such answers are never stored
 _SECRETS = (b'"client_secret"', b'"secret"')
 
@@ -388,8 +397,10 @@ class CachePlugin:
                         self.counts["stored"] += 1
                 except StoreUnavailable:
                     pass
-            elif ctx.status >= 400 or ctx.error is not None:
+            elif self._upstream_failed(ctx):
                 result = self._failure(ctx)
+            # otherwise (an answer too large or secret to share, the leader's client gone,
+            # a refusal of the leader alone): the waiters fetch their own
         finally:
             if self._flights.get(state.key) is flight:
                 del self._flights[state.key]
@@ -423,6 +434,13 @@ class CachePlugin:
             fresh_until=now + ttl,
             stale_until=now + ttl + self.settings.stale_if_error,
         )
+
+    @staticmethod
+    def _upstream_failed(ctx: RequestContext) -> bool:
+        """Stripe (or the way to it) failed the leader's fetch: its waiters share that."""
+        if ctx.error in _UPSTREAM_ERRORS:
+            return True
+        return ctx.upstream_request_id is not None and ctx.status >= 400 and ctx.error is None
 
     def _failure(self, ctx: RequestContext) -> web.Response:
         if ctx.response_body is not None and ctx.response_headers is not None:
