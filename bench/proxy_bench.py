@@ -10,8 +10,10 @@ Every part runs in its own process, on 127.0.0.1 only:
   object, ``GET /v1/files/{id}/contents`` streams a 5 MB CSV in 64 KiB chunks;
 * ``gateway``   ``gateway.app.create_app(parse_config(...))`` served by
   ``gateway.server.serve`` (a :class:`~gateway.server.GatewayRunner`), with only the
-  ``auth`` and ``audit`` plugins on, the audit log written to a file in a temp dir and the
-  team's upstream key read from an environment variable passed to ``parse_config``;
+  ``auth`` and ``audit`` plugins on (every other plugin, the built-in ``cache`` included,
+  is listed in ``[plugins] disable``; ``--plugins`` changes the list), the audit log
+  written to a file in a temp dir and the team's upstream key read from an environment
+  variable passed to ``parse_config``;
 * ``baseline``  a minimal aiohttp pass-through proxy: one pooled ``ClientSession``,
   hop-by-hop headers dropped, the response streamed back; no plugins;
 * the load generator, ``wrk`` when it is installed (``apt-get install wrk``), otherwise a
@@ -287,18 +289,18 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from gateway.host import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
     from gateway.server import serve
 
-    keep = {"auth", "audit"}
-    others = {name for name, _ in DEFAULT_PLUGINS} | {
+    keep = set(params["plugins"])
+    known = {name for name, _ in DEFAULT_PLUGINS} | {
         ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)
     }
+    # every other plugin is off: the built-in cache in particular (on by default) would
+    # answer the repeated retrieve itself and measure the cache, not the proxy
+    disabled = sorted(known - keep)
     upstream = params["upstream"]
     data: dict[str, Any] = {
         "server": {"host": HOST, "port": 0, "drain_timeout": 2.0},
         "upstream": {name: upstream for name in ("api", "files", "connect", "meter_events")},
-        "plugins": {
-            "disable": sorted(others - keep),
-            "audit": {"path": params["audit_path"]},
-        },
+        "plugins": {"disable": disabled},
         "teams": [
             {
                 "name": "bench",
@@ -307,6 +309,8 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
             }
         ],
     }
+    if "audit" in keep:
+        data["plugins"]["audit"] = {"path": params["audit_path"]}
     config = parse_config(data, source="bench", environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
     app = create_app(config)
     plugins = app[HOST_KEY].plugin_names()
@@ -316,7 +320,15 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
 
     def listening(urls: list[str]) -> None:
         port = int(urls[0].rsplit(":", 1)[1])
-        _announce({"port": port, "pid": os.getpid(), "loop": _loop_name(loop), "plugins": plugins})
+        _announce(
+            {
+                "port": port,
+                "pid": os.getpid(),
+                "loop": _loop_name(loop),
+                "plugins": plugins,
+                "disabled": disabled,
+            }
+        )
 
     try:
         await serve(app, HOST, 0, drain_timeout=2.0, on_listening=listening, stop=stop)
@@ -770,7 +782,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, bench: Bench, audit: Path, started: float) -> int:
     layout = bench.layout
     upstream = bench.start("upstream", layout.upstream)
-    gateway_params: dict[str, Any] = {"upstream": upstream.url, "audit_path": str(audit)}
+    gateway_params: dict[str, Any] = {
+        "upstream": upstream.url,
+        "audit_path": str(audit),
+        "plugins": args.plugins,
+    }
     if args.cprofile:
         gateway_params["cprofile"] = str(Path(args.cprofile).resolve())
     gateway = bench.start("gateway", layout.server, **gateway_params)
@@ -793,8 +809,8 @@ def _run(args: argparse.Namespace, bench: Bench, audit: Path, started: float) ->
     print(f"  cores          : {len(os.sched_getaffinity(0))}; {layout.describe()}")
     print(f"  load generator : {loadgen}")
     print(
-        f"  gateway        : pid {gateway.info['pid']}, plugins {gateway.info['plugins']}, "
-        f"audit -> {audit}"
+        f"  gateway        : pid {gateway.info['pid']}, plugins {gateway.info['plugins']} on, "
+        f"{gateway.info['disabled']} disabled ([plugins] disable), audit -> {audit}"
     )
     print(f"  baseline       : pid {baseline.info['pid']} (aiohttp pass-through, no plugins)")
     print(
@@ -964,6 +980,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="comma-separated scenarios to run: rps,latency,download (default: all)",
     )
+    parser.add_argument(
+        "--plugins",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=["auth", "audit"],
+        metavar="LIST",
+        help="comma-separated plugins left on in the gateway; every other one is disabled "
+        "(the cache too, unless listed: it would answer the repeated retrieve itself)",
+    )
     parser.add_argument("--asyncio", action="store_true", help="use asyncio even with uvloop")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
@@ -985,6 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--duration must be in (0, 60], --warmup in [0, 30], --rounds in [1, 5]")
     if min(args.conns, args.latency_conns, args.download_conns) < 1:
         raise SystemExit("connection counts must be at least 1")
+    if not {"auth", "audit"} <= set(args.plugins):
+        raise SystemExit("--plugins must include auth and audit (the sanity checks use them)")
     unknown = set(args.only) - {"rps", "latency", "download"}
     if unknown or not args.only:
         raise SystemExit(f"--only: unknown or no scenario {sorted(unknown)}")

@@ -34,6 +34,7 @@ import pluggy
 if TYPE_CHECKING:
     from aiohttp import web
     from multidict import CIMultiDict
+    from structlog.typing import Processor
 
     from gateway.config import GatewayConfig
     from gateway.context import RequestContext
@@ -65,6 +66,29 @@ def gateway_configure(config: GatewayConfig, settings: dict[str, Any]) -> None:
     Failure: raise :class:`gateway.errors.ConfigError` with the key path below the table
     (``"ttl"``, not ``"plugins.cache.ttl"``); the host prefixes the table's path. Start-up
     stops with exit code 2. Any other exception also stops start-up.
+    """
+
+
+@hookspec
+def gateway_log_processors(config: GatewayConfig) -> list[Processor] | None:
+    """Contribute structlog processors to every log pipeline the gateway builds: the audit
+    line, the error log, and stdlib logging (aiohttp's own loggers among them) routed
+    through structlog. Fires once, at start-up, after every plugin's
+    :func:`gateway_configure` and before any logger is built.
+
+    :param config: the whole validated gateway config.
+
+    Return value: a list of processors ``(logger, method_name, event_dict) -> event_dict``,
+    or ``None`` for none. Every pipeline runs them after exception formatting
+    (``exception`` holds the formatted traceback) and in front of its renderer, so no sink
+    can bypass them. The lists of all plugins are joined in hook call order; the
+    ``redaction`` plugin's implementation is ``trylast``, so its processor runs last, just
+    before the renderer, and sees whatever the others added. A processor runs for every
+    line the process writes: it must be fast, must not raise and must not log. Must be
+    synchronous.
+
+    Failure: start-up stops (fails closed): the gateway never runs with a log pipeline
+    that lacks a processor.
     """
 
 

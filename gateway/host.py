@@ -5,17 +5,22 @@ answer, so request hooks never go through ``pm.hook.<name>(...)``. Instead
 :meth:`PluginHost.first` and :meth:`PluginHost.each` walk the implementations in pluggy's
 own call order, await what needs awaiting, and apply each hook's failure policy (see
 :mod:`gateway.hookspecs`).
+
+They run on every request, so they are built to cost little: the implementations of each
+hook are snapshotted once (:meth:`PluginHost.freeze`); a hook nobody implements costs a
+dict look-up; plain functions are called right away and only an implementation that returns
+an awaitable (an ``async def`` one) makes the rest of the walk a coroutine.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pluggy
 import structlog
@@ -29,6 +34,7 @@ __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginFailure", "PluginHost"
 
 #: Built-in plugins, in registration order: name -> "module:attribute".
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("rate_limit", "plugins.rate_limit:RateLimitPlugin"),
     ("cache", "plugins.cache:CachePlugin"),
     ("audit", "plugins.audit:AuditPlugin"),
     ("auth", "plugins.auth:AuthPlugin"),
@@ -55,11 +61,37 @@ class PluginFailure(Exception):
         self.hook = hook
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
 class _Impl:
     plugin: str
     function: Callable[..., Any]
     argnames: tuple[str, ...]
+    #: the function takes every argument of the spec, so it can be called with all of them
+    takes_all: bool
+
+    def call(self, kwargs: dict[str, Any]) -> Any:
+        if self.takes_all:
+            return self.function(**kwargs)
+        return self.function(**{name: kwargs[name] for name in self.argnames})
+
+
+class _Done(Generic[T]):
+    """An awaitable that is already done: what a walk of plain functions returns."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.value
+        yield  # unreachable; makes this method a generator
+
+
+_NOTHING: _Done[None] = _Done(None)
 
 
 def load_object(spec: str) -> object:
@@ -178,8 +210,10 @@ class PluginHost:
         """Snapshot every request hook's implementations in call order."""
         for hook in (*REQUEST_HOOKS, "gateway_startup", "gateway_shutdown"):
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
+            assert caller.spec is not None, f"{hook} has a spec in gateway.hookspecs"
+            spec_args = set(caller.spec.argnames)
             self._impls[hook] = tuple(
-                _Impl(i.plugin_name, i.function, tuple(i.argnames))
+                _Impl(i.plugin_name, i.function, tuple(i.argnames), set(i.argnames) == spec_args)
                 for i in reversed(caller.get_hookimpls())
             )
 
@@ -188,51 +222,120 @@ class PluginHost:
 
     # ----------------------------------------------------------------- calling
 
-    async def first(
+    def first(
         self, hook: str, *, fail_closed: bool, **kwargs: Any
-    ) -> web.StreamResponse | None:
-        """Call ``hook`` in order until an implementation answers (non-``None``)."""
-        for impl in self._impls[hook]:
+    ) -> Awaitable[web.StreamResponse | None]:
+        """Call ``hook`` in order until an implementation answers (non-``None``).
+
+        ``kwargs`` are the spec's arguments, all of them. Await the result: the answer,
+        or ``None`` when no implementation answered.
+        """
+        return self._first(hook, fail_closed, kwargs, 0)
+
+    def _first(
+        self, hook: str, fail_closed: bool, kwargs: dict[str, Any], start: int
+    ) -> Awaitable[web.StreamResponse | None]:
+        impls = self._impls[hook]
+        for index in range(start, len(impls)):
+            impl = impls[index]
             try:
-                result = impl.function(*(kwargs[a] for a in impl.argnames))
-                if inspect.isawaitable(result):
-                    result = await result
+                result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
             except StripeErrorResponse:
                 raise
             except Exception as exc:
-                if fail_closed:
-                    raise PluginFailure(impl.plugin, hook) from exc
-                self.log.exception("plugin_failed", plugin=impl.plugin, hook=hook)
+                self._failed(impl, hook, fail_closed, exc)
                 continue
-            if result is not None:
-                if not isinstance(result, web.StreamResponse):
-                    self.log.error(
-                        "plugin_bad_answer",
-                        plugin=impl.plugin,
-                        hook=hook,
-                        answer=type(result).__name__,
-                    )
-                    if fail_closed:
-                        raise PluginFailure(impl.plugin, hook)
-                    continue
-                return result
-        return None
+            if result is None:
+                continue
+            if isinstance(result, web.StreamResponse):
+                return _Done(result)
+            if inspect.isawaitable(result):
+                return self._first_awaiting(hook, fail_closed, kwargs, index, result)
+            self._bad_answer(impl, hook, fail_closed, result)
+        return _NOTHING
 
-    async def each(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> None:
-        """Call every implementation of ``hook`` in order, awaiting each."""
-        for impl in self._impls[hook]:
+    async def _first_awaiting(
+        self,
+        hook: str,
+        fail_closed: bool,
+        kwargs: dict[str, Any],
+        index: int,
+        pending: Awaitable[Any],
+    ) -> web.StreamResponse | None:
+        """Await what the implementation at ``index`` returned, then walk on from there."""
+        impl = self._impls[hook][index]
+        try:
+            result = await pending
+        except StripeErrorResponse:
+            raise
+        except Exception as exc:
+            self._failed(impl, hook, fail_closed, exc)
+            result = None
+        if result is not None:
+            if isinstance(result, web.StreamResponse):
+                return result
+            self._bad_answer(impl, hook, fail_closed, result)
+        return await self._first(hook, fail_closed, kwargs, index + 1)
+
+    def each(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> Awaitable[None]:
+        """Call every implementation of ``hook`` in order, awaiting each.
+
+        ``kwargs`` are the spec's arguments, all of them. Await the result.
+        """
+        return self._each(hook, fail_closed, kwargs, 0)
+
+    def _each(
+        self, hook: str, fail_closed: bool, kwargs: dict[str, Any], start: int
+    ) -> Awaitable[None]:
+        impls = self._impls[hook]
+        for index in range(start, len(impls)):
+            impl = impls[index]
             try:
-                result = impl.function(*(kwargs[a] for a in impl.argnames))
-                if inspect.isawaitable(result):
-                    await result
+                result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
             except StripeErrorResponse:
                 if fail_closed:
                     raise
                 self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
+                continue
             except Exception as exc:
-                if fail_closed:
-                    raise PluginFailure(impl.plugin, hook) from exc
-                self.log.exception("plugin_failed", plugin=impl.plugin, hook=hook)
+                self._failed(impl, hook, fail_closed, exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return self._each_awaiting(hook, fail_closed, kwargs, index, result)
+        return _NOTHING
+
+    async def _each_awaiting(
+        self,
+        hook: str,
+        fail_closed: bool,
+        kwargs: dict[str, Any],
+        index: int,
+        pending: Awaitable[Any],
+    ) -> None:
+        """Await what the implementation at ``index`` returned, then walk on from there."""
+        impl = self._impls[hook][index]
+        try:
+            await pending
+        except StripeErrorResponse:
+            if fail_closed:
+                raise
+            self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
+        except Exception as exc:
+            self._failed(impl, hook, fail_closed, exc)
+        await self._each(hook, fail_closed, kwargs, index + 1)
+
+    def _failed(self, impl: _Impl, hook: str, fail_closed: bool, exc: Exception) -> None:
+        """Apply the failure policy to ``exc`` (call it from the ``except`` block)."""
+        if fail_closed:
+            raise PluginFailure(impl.plugin, hook) from exc
+        self.log.exception("plugin_failed", plugin=impl.plugin, hook=hook)
+
+    def _bad_answer(self, impl: _Impl, hook: str, fail_closed: bool, answer: object) -> None:
+        self.log.error(
+            "plugin_bad_answer", plugin=impl.plugin, hook=hook, answer=type(answer).__name__
+        )
+        if fail_closed:
+            raise PluginFailure(impl.plugin, hook)
 
     def has(self, hook: str) -> bool:
         return bool(self._impls[hook])

@@ -1,46 +1,181 @@
-"""structlog pipelines owned by one app: the error log and JSON-line sinks.
+"""Log pipelines owned by one app: the error log and JSON-line sinks.
 
 Nothing here configures structlog globally; each app builds its own loggers so several
 apps (and tests) can live in one process without stepping on each other.
+
+Two kinds of sink:
+
+* :func:`json_line_logger`, a structlog logger that writes each line as it is logged (the
+  gateway's error log: rare lines that must not wait);
+* :class:`JsonLineSink`, the same processor chain and the same lines without structlog's
+  logger machinery, buffered and written once per event-loop iteration (the audit log: one
+  line per request, so its cost counts).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import orjson
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
-__all__ = ["json_line_logger", "make_error_logger"]
+__all__ = ["JsonLineSink", "json_line_logger", "make_error_logger", "utc_timestamp"]
+
+#: what a sink calls after each write: the records written, and the error if it failed
+OnWritten = Callable[[Sequence[dict[str, Any]], BaseException | None], None]
 
 
 def _dumps(obj: Any, **_: Any) -> bytes:
     return orjson.dumps(obj, default=str)
 
 
+class _UtcTimestamp:
+    """``timestamp``: ISO 8601 UTC with microseconds and ``Z`` (structlog's
+    ``TimeStamper(fmt="iso", utc=True)`` writes the same text), formatting the date and
+    time only once a second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{micros:06d}Z"
+        return event_dict
+
+
+def utc_timestamp() -> Processor:
+    """A processor adding ``timestamp`` (ISO 8601, UTC, ``Z``), cheaper than structlog's."""
+    return _UtcTimestamp()
+
+
+def _format_exc_info(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+    """structlog's ``format_exc_info``, skipped (cheaply) when there is no ``exc_info``."""
+    if "exc_info" not in event_dict:
+        return event_dict
+    return structlog.processors.format_exc_info(logger, method_name, event_dict)
+
+
+def _pipeline(extra_processors: Sequence[Processor] | None) -> list[Processor]:
+    """ISO UTC timestamp → level → exception formatting → ``extra_processors``."""
+    return [
+        utc_timestamp(),
+        structlog.processors.add_log_level,
+        _format_exc_info,
+        *(extra_processors or ()),
+    ]
+
+
 def json_line_logger(
     stream: BinaryIO, extra_processors: list[Processor] | None = None
 ) -> structlog.typing.FilteringBoundLogger:
-    """A logger writing one JSON object per line to a binary stream.
+    """A logger writing one JSON object per line to a binary stream, line by line.
 
     The pipeline: ISO UTC timestamp → level → exception formatting → ``extra_processors``
     (redaction goes here, in front of the renderer) → orjson renderer.
     """
-    processors: list[Processor] = [
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-        structlog.processors.add_log_level,
-        structlog.processors.format_exc_info,
-        *(extra_processors or []),
-        structlog.processors.JSONRenderer(serializer=_dumps),
-    ]
     return structlog.wrap_logger(  # type: ignore[no-any-return]
         structlog.BytesLogger(stream),
-        processors=processors,
+        processors=[
+            *_pipeline(extra_processors),
+            structlog.processors.JSONRenderer(serializer=_dumps),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=True,
     )
+
+
+class JsonLineSink:
+    """One JSON object per line on a binary stream, written once per event-loop iteration.
+
+    :meth:`emit` runs the event through the same processor chain as
+    :func:`json_line_logger` (ISO UTC timestamp → level → exception formatting →
+    ``extra_processors`` → orjson) at once, so a processor's or the renderer's error is
+    raised to the caller; the rendered line is kept and every line of one loop iteration
+    goes to the stream in one ``write`` (then ``flush``), scheduled with
+    ``loop.call_soon``. Outside a running loop a line is written at once.
+
+    After each write ``on_written(records, error)`` is called with the processed event
+    dicts that write carried and ``None``, or the ``OSError``/``ValueError`` it failed
+    with (the lines are then dropped: the callback decides where the records go).
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        extra_processors: Sequence[Processor] | None = None,
+        *,
+        on_written: OnWritten | None = None,
+    ) -> None:
+        self._stream: BinaryIO | None = stream
+        self._processors = tuple(_pipeline(extra_processors))
+        self._on_written = on_written
+        self._lines: list[bytes] = []
+        self._records: list[dict[str, Any]] = []
+
+    def emit(self, event: str, fields: dict[str, Any]) -> None:
+        """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``.
+
+        A processor may drop the event by raising ``structlog.DropEvent``, as in structlog.
+        """
+        fields["event"] = event
+        try:
+            for processor in self._processors:
+                fields = processor(None, "info", fields)  # type: ignore[assignment]
+        except structlog.DropEvent:
+            return
+        line = orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        if not self._lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no running loop: nothing would flush it later
+                self._lines.append(line)
+                self._records.append(fields)
+                self.flush()
+                return
+        self._lines.append(line)
+        self._records.append(fields)
+
+    def flush(self) -> None:
+        """Write the queued lines now (a no-op when there are none)."""
+        if not self._lines:
+            return
+        lines, records = self._lines, self._records
+        self._lines, self._records = [], []
+        error: BaseException | None = None
+        try:
+            if self._stream is None:
+                raise ValueError("the sink is closed")
+            _write_all(self._stream, b"".join(lines))
+        except (OSError, ValueError) as exc:
+            error = exc
+        if self._on_written is not None:
+            self._on_written(records, error)
+
+    def close(self) -> None:
+        """Flush what is queued and stop writing (the stream itself is not closed)."""
+        self.flush()
+        self._stream = None
+
+
+def _write_all(stream: BinaryIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = stream.write(view)
+        if written is None:  # a non-blocking stream that would block
+            raise OSError("the stream would block")
+        view = view[written:]
+    stream.flush()
 
 
 def make_error_logger(stream: BinaryIO | None = None) -> structlog.typing.FilteringBoundLogger:

@@ -20,7 +20,7 @@ from yarl import URL
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, new_request_id
 from gateway.errors import StripeErrorResponse, error_response
-from gateway.headers import relay_headers
+from gateway.headers import relay_headers, strip_hop_by_hop
 from gateway.host import PluginFailure, PluginHost
 from gateway.routing import upstream_for
 
@@ -30,11 +30,15 @@ CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
-def _unsafe_path(request: web.Request) -> bool:
+def _unsafe_path(raw_path: str) -> bool:
     """Paths whose meaning could change between the allow rules and Stripe (``..``,
     ``%2F``): allow rules see the decoded path, Stripe the raw one, so both must agree."""
-    raw = request.raw_path.partition("?")[0]
-    if "%2f" in raw.lower() or "%5c" in raw.lower() or "\\" in raw:
+    raw = raw_path.partition("?")[0]
+    if "%" not in raw and "/." not in raw and not raw.startswith("."):
+        # nothing encoded and no segment starts with a dot: only a backslash can be wrong
+        return "\\" in raw
+    lowered = raw.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in raw:
         return True
     return any(segment in (".", "..") for segment in unquote(raw).split("/"))
 
@@ -85,7 +89,14 @@ class Proxy:
                     "The gateway forwards /v1/, /v2/ and /oauth/ paths to Stripe.",
                     code="unrecognized_url",
                 )
-            return await self._serve(ctx)
+            self._check(request)
+            answer = await self.host.first("gateway_authenticate", fail_closed=True, ctx=ctx)
+            if answer is not None:
+                return await self._answer(ctx, answer, "refused")
+            answer = await self.host.first("gateway_request", fail_closed=False, ctx=ctx)
+            if answer is not None:
+                return await self._answer(ctx, answer)
+            return await self._forward(ctx)
         except StripeErrorResponse as exc:
             error = exc.code or ("refused" if exc.status in (401, 403) else f"http_{exc.status}")
             return await self._answer(ctx, exc.to_response(ctx.request_id), error)
@@ -143,11 +154,11 @@ class Proxy:
             "gateway_upstream_response", fail_closed=False, ctx=ctx, headers=headers
         )
 
-    # ----------------------------------------------------------------- the phases
+    # ----------------------------------------------------------------- upstream
 
-    async def _serve(self, ctx: RequestContext) -> web.StreamResponse:
-        request = ctx.request
-        if _unsafe_path(request):
+    def _check(self, request: web.Request) -> None:
+        """Refuse, before any hook runs, what must never go upstream."""
+        if _unsafe_path(request.raw_path):
             raise StripeErrorResponse(
                 400,
                 "Invalid request path: '.' and '..' segments, encoded slashes and backslashes "
@@ -158,13 +169,6 @@ class Proxy:
         length = request.content_length
         if length is not None and length > self._max_body:
             raise self._too_large(length)
-        answer = await self.host.first("gateway_authenticate", fail_closed=True, ctx=ctx)
-        if answer is not None:
-            return await self._answer(ctx, answer, "refused")
-        answer = await self.host.first("gateway_request", fail_closed=False, ctx=ctx)
-        if answer is not None:
-            return await self._answer(ctx, answer)
-        return await self._forward(ctx)
 
     def _too_large(self, length: int | None = None) -> StripeErrorResponse:
         size = f"of {length} bytes " if length is not None else ""
@@ -271,14 +275,15 @@ class Proxy:
         request = ctx.request
         ctx.status = upstream.status
         ctx.upstream_request_id = upstream.headers.get("Request-Id")
-        headers = relay_headers(upstream.headers)
-        replacement = await self._upstream_answer(ctx, headers)
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=upstream.headers
+        )
+        strip_hop_by_hop(response.headers)
+        replacement = await self._upstream_answer(ctx, response.headers)
         if replacement is not None:
             upstream.close()
             ctx.upstream_seconds = time.perf_counter() - sent
             return await self._answer(ctx, replacement)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(headers)
         response.headers["X-Gateway-Request-Id"] = ctx.request_id
         await self.host.each(
             "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers

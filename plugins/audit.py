@@ -12,16 +12,20 @@ cache status and rate-limit decision (when those plugins set them), client addre
 the error kind when the gateway answered itself. Never the ``Authorization`` header, a
 key or a query string.
 
-Failing closed: if a line cannot be written (disk full, file gone), that record goes to
-the gateway's error log (stderr) with the reason, and the plugin refuses every further
-request with 503 until a line can be written again; each refused request's own line is
-the probe, so the gateway recovers by itself.
+Lines are buffered and written once per event-loop iteration (and at shutdown), one
+``write`` for all the requests that finished in that iteration.
+
+Failing closed: if lines cannot be written (disk full, file gone), their records go to the
+gateway's error log (stderr) with the reason, and the plugin refuses every further request
+with 503 until a line can be written again; each refused request's own line is the probe,
+so the gateway recovers by itself.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,9 +36,12 @@ from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.hookspecs import hookimpl
-from gateway.logs import json_line_logger
+from gateway.logs import JsonLineSink
 
 __all__ = ["AuditPlugin"]
+
+#: keys the sink's processors add to a record; the error log sets its own
+_SINK_KEYS = frozenset({"event", "level", "timestamp"})
 
 
 class AuditPlugin:
@@ -46,7 +53,7 @@ class AuditPlugin:
         self._path: Path | None = None
         self._stream: BinaryIO | None = None
         self._own_stream = False
-        self._log: Any = None
+        self._sink: JsonLineSink | None = None
         self._broken = False
         self._fallback: Any = None
 
@@ -73,8 +80,18 @@ class AuditPlugin:
         else:
             self._stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
             self._own_stream = True
-        self._log = json_line_logger(self._stream)
+        self._sink = JsonLineSink(self._stream, on_written=self._written)
         self._fallback = app[HOST].log
+
+    def _written(self, records: Sequence[dict[str, Any]], error: BaseException | None) -> None:
+        if error is None:
+            self._broken = False
+            return
+        # Keep the records: they go to the error log instead, with the reason.
+        self._broken = True
+        for record in records:
+            fields = {k: v for k, v in record.items() if k not in _SINK_KEYS}
+            self._fallback.error("audit_write_failed", reason=str(error), **fields)
 
     @hookimpl(tryfirst=True)
     def gateway_request(self, ctx: RequestContext) -> None:
@@ -90,11 +107,11 @@ class AuditPlugin:
 
     @hookimpl
     def gateway_request_finished(self, ctx: RequestContext) -> None:
-        request = ctx.request
-        team = ctx.team.name if ctx.team is not None else None
+        team = ctx.team
+        upstream_seconds = ctx.upstream_seconds
         fields: dict[str, Any] = {
             "request_id": ctx.request_id,
-            "team": team,
+            "team": team.name if team is not None else None,
             "method": ctx.method,
             "path": ctx.path,
             "object_id": ctx.object_id,
@@ -105,33 +122,30 @@ class AuditPlugin:
             "upstream_request_id": ctx.upstream_request_id,
             "duration_ms": ctx.elapsed_ms(),
             "upstream_ms": (
-                round(ctx.upstream_seconds * 1000.0, 3)
-                if ctx.upstream_seconds is not None
-                else None
+                round(upstream_seconds * 1000.0, 3) if upstream_seconds is not None else None
             ),
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
             "idempotency_key": ctx.idempotency_key,
             "cache": ctx.cache_status,
             "rate_limit": ctx.rate_limit,
-            "client": request.remote,
+            "client": ctx.request.remote,
             "error": ctx.error,
         }
         if ctx.audit:  # plugins add fields; they never replace the core ones
             fields = {**ctx.audit, **fields}
+        assert self._sink is not None, "the sink opens at start-up"
         try:
-            self._log.info("request", **fields)
-        except (OSError, ValueError) as exc:
-            # Keep the record: it goes to the error log instead, with the reason.
-            self._broken = True
-            self._fallback.error("audit_write_failed", reason=str(exc), **fields)
-            return
-        self._broken = False
+            self._sink.emit("request", fields)
+        except (OSError, ValueError) as exc:  # a processor failed: no line for this record
+            self._written([fields], exc)
 
     @hookimpl
     def gateway_shutdown(self, app: web.Application) -> None:
+        if self._sink is not None:
+            self._sink.close()  # writes what is still queued
+            self._sink = None
         if self._stream is not None:
-            self._stream.flush()
             if self._own_stream:
                 self._stream.close()
             self._stream = None

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,24 @@ _NO_KEY = (
     "key: in the Authorization header, using Bearer auth (e.g. 'Authorization: Bearer KEY')."
 )
 
+#: white space as ``str.isspace`` defines it (``\s`` in a str pattern is the same set)
+_WHITE_SPACE = re.compile(r"\s")
+
 
 def presented_key(header: str | None) -> str:
     """The key in an ``Authorization`` header; raises a 401 StripeErrorResponse otherwise."""
+    if header and header.startswith("Bearer "):  # how the SDKs send it
+        key = header[7:].strip()
+    else:
+        key = _parse_authorization(header)
+    if not key or _WHITE_SPACE.search(key):
+        raise StripeErrorResponse(
+            401, _NO_KEY if not key else "Invalid API key: it contains white space."
+        )
+    return key
+
+
+def _parse_authorization(header: str | None) -> str:
     if not header:
         raise StripeErrorResponse(401, _NO_KEY)
     scheme, _, value = header.strip().partition(" ")
@@ -56,10 +72,6 @@ def presented_key(header: str | None) -> str:
         raise StripeErrorResponse(
             401,
             "Invalid Authorization header: use 'Bearer KEY' (or Basic with the key as user name).",
-        )
-    if not key or any(c.isspace() for c in key):
-        raise StripeErrorResponse(
-            401, _NO_KEY if not key else "Invalid API key: it contains white space."
         )
     return key
 
@@ -118,7 +130,10 @@ class AuthPlugin:
         ctx.team = team.config
         ctx.upstream_key = team.upstream_key or key
         method, path = ctx.method, ctx.path
-        if not any(rule.matches(method, path) for rule in team.rules):
+        for rule in team.rules:
+            if rule.matches(method, path):
+                break
+        else:
             raise StripeErrorResponse(
                 403,
                 f"Team {team.config.name!r} may not call {method} {path} through the gateway "

@@ -179,7 +179,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     path = good_config(tmp_path)
     result = run_cli("check-config", str(path), env=subprocess_env(BILLING_STRIPE_KEY="sk_test_x"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{path}: OK (2 teams; plugins: cache, audit, auth)"
+    assert result.stdout.strip() == f"{path}: OK (2 teams; plugins: rate_limit, cache, audit, auth)"
     assert BILLING_UPSTREAM_KEY not in result.stdout + result.stderr
 
 

@@ -474,7 +474,7 @@ def test_example_config_is_valid_with_its_secret_in_the_environment() -> None:
     assert analytics.key_sha256 == [digest("sk_test_demo_passthrough_key")]
     # the plugin tables in it are accepted too (this is what check-config does)
     host = PluginHost(config)
-    assert host.plugin_names() == ["cache", "audit", "auth"]
+    assert host.plugin_names() == ["rate_limit", "cache", "audit", "auth"]
 
 
 def test_example_config_without_its_secret_names_the_missing_variable() -> None:

@@ -269,10 +269,14 @@ def run_cli(*args: str, pythonpath: Path) -> subprocess.CompletedProcess[str]:
 
 def test_entry_point_plugin_is_discovered(acme_dist: Path) -> None:
     host = plugin_host({})
-    assert host.plugin_names() == ["cache", "audit", "auth", "acme"]
+    assert host.plugin_names() == ["rate_limit", "cache", "audit", "auth", "acme"]
     plugin = host.pm.get_plugin("acme")
     assert type(plugin).__name__ == "AcmePlugin"  # the class was instantiated
-    assert [i.plugin for i in host.impls("gateway_response_headers")] == ["acme", "cache"]
+    assert [i.plugin for i in host.impls("gateway_response_headers")] == [
+        "acme",
+        "cache",
+        "rate_limit",
+    ]
     # without entry points (the switch exists for tests and embedders) it is not there
     assert "acme" not in plugin_host({}, entry_points=False).plugin_names()
 
@@ -314,12 +318,12 @@ def test_entry_point_plugin_in_a_fresh_interpreter(tmp_path: Path) -> None:
     (site / "gateway.toml").write_text("[server]\nport = 8080\n")
     result = run_cli("check-config", "gateway.toml", pythonpath=site)
     assert result.returncode == 0, result.stderr
-    assert "plugins: cache, audit, auth, acme" in result.stdout
+    assert "plugins: rate_limit, cache, audit, auth, acme" in result.stdout
 
     (site / "off.toml").write_text('[plugins]\ndisable = ["acme"]\n')
     result = run_cli("check-config", "off.toml", pythonpath=site)
     assert result.returncode == 0, result.stderr
-    assert "plugins: cache, audit, auth)" in result.stdout
+    assert "plugins: rate_limit, cache, audit, auth)" in result.stdout
 
 
 # --------------------------------------------------------------------------- 2. config
@@ -337,7 +341,8 @@ def test_plugin_loaded_by_config(
     modules_to_forget.append("acme_cfg_plugin")
 
     gw = gateways.start(plugins={"load": ["acme_cfg_plugin:AcmePlugin"]})
-    assert gw.host.plugin_names() == ["cache", "audit", "auth", "acme"]  # named by its `name`
+    # named by its `name`
+    assert gw.host.plugin_names() == ["rate_limit", "cache", "audit", "auth", "acme"]
 
     ping = get(f"{gw.url}/v1/acme/ping")
     assert ping.status_code == 200
@@ -359,7 +364,7 @@ def test_config_load_errors_name_the_entry(tmp_path: Path, acme_dist: Path) -> N
     # (`disable` works by name, so it would turn both off; without entry points the
     # config one is all there is)
     host = plugin_host({"plugins": {"load": [f"{ACME_DIST}:AcmePlugin"]}}, entry_points=False)
-    assert host.plugin_names() == ["cache", "audit", "auth", "acme"]
+    assert host.plugin_names() == ["rate_limit", "cache", "audit", "auth", "acme"]
 
 
 def test_disable_turns_the_entry_point_plugin_off(
@@ -368,7 +373,7 @@ def test_disable_turns_the_entry_point_plugin_off(
     assert "acme" not in plugin_host({"plugins": {"disable": ["acme"]}}).plugin_names()
 
     gw = gateways.start(plugins={"disable": ["acme"]})
-    assert gw.host.plugin_names() == ["cache", "audit", "auth"]
+    assert gw.host.plugin_names() == ["rate_limit", "cache", "audit", "auth"]
     ping = get(f"{gw.url}/v1/acme/ping")
     assert ping.status_code == 200
     assert "X-Acme" not in ping.headers
@@ -379,9 +384,13 @@ def test_disable_turns_the_entry_point_plugin_off(
 def test_disable_a_builtin(
     stack: Stack, gateways: Gateways, sdk: Callable[..., stripe.StripeClient]
 ) -> None:
-    assert plugin_host({"plugins": {"disable": ["audit"]}}).plugin_names() == ["cache", "auth"]
+    assert plugin_host({"plugins": {"disable": ["audit"]}}).plugin_names() == [
+        "rate_limit",
+        "cache",
+        "auth",
+    ]
 
-    gw = gateways.start(audit=False, plugins={"disable": ["audit", "cache"]})
+    gw = gateways.start(audit=False, plugins={"disable": ["audit", "cache", "rate_limit"]})
     assert gw.host.plugin_names() == ["auth"]
     assert not gw.host.has("gateway_request_finished")
     customer = sdk(gw.url).v1.customers.retrieve("cus_disabledaudit01")
@@ -389,7 +398,9 @@ def test_disable_a_builtin(
     assert not stack.audit_path.exists()
 
     # disabling auth too leaves a bare proxy: the client's own key goes upstream
-    bare = gateways.start(audit=False, plugins={"disable": ["audit", "auth", "cache"]})
+    bare = gateways.start(
+        audit=False, plugins={"disable": ["audit", "auth", "cache", "rate_limit"]}
+    )
     assert bare.host.plugin_names() == []
     assert get(f"{bare.url}/v1/customers", key="sk_test_direct000000000001").status_code == 200
     assert stack.upstreams["api"].last().headers["Authorization"] == (
@@ -474,6 +485,7 @@ def test_async_request_hooks_are_awaited_in_turn(
         "passer",
         "answerer",
         "cache",
+        "rate_limit",
     ]
 
     response = get(f"{gw.url}/v1/customers")
@@ -496,6 +508,7 @@ def test_tryfirst_answer_stops_later_plugins(
         "audit",
         "bystander",
         "cache",
+        "rate_limit",
     ]
 
     response = get(f"{gw.url}/v1/customers")

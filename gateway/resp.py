@@ -1,0 +1,230 @@
+"""A small pipelined Redis connection, for the one call the rate limiter makes per request.
+
+redis-py spends about a hundred microseconds of CPU on each command (connection pool,
+argument checks, a general parser); a rate-limit decision on every request cannot afford
+that. This client keeps one connection, writes the commands asked for in one turn of the
+event loop together (one system call) and matches replies to callers in order (Redis
+answers in the order it was asked), so any number of requests share the connection without
+waiting for each other. It speaks RESP2, the protocol every Redis has, and only what the
+limiter needs: commands in, integers, strings, errors and (nested) arrays out.
+
+URLs: ``redis://[user:password@]host[:port][/db]``, ``rediss://...`` (TLS, verified against
+the system's CAs) and ``unix:///path/to/socket[?db=N]``. On connecting it sends ``AUTH``
+and ``SELECT`` when the URL asks for them.
+
+Failures are plain exceptions: :class:`OSError` (including :class:`ConnectionError`) when
+the connection cannot be made or is lost, :class:`TimeoutError`, and :class:`ReplyError`
+for an error reply. A caller that gives up waiting (a timeout) leaves its reply to be
+read and dropped, so the replies of the others stay in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = ["Reply", "ReplyError", "RespConnection", "bulk", "encode_command", "parse_reply"]
+
+#: what a reply decodes to: an int, bytes, None (a nil), a ReplyError, or a list of those
+Reply = int | bytes | None | Exception | list["Reply"]
+
+
+class ReplyError(Exception):
+    """Redis answered with an error (``-ERR ...``, ``-NOSCRIPT ...``)."""
+
+
+def bulk(value: bytes | str | int | float) -> bytes:
+    """One command argument in RESP framing."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def encode_command(*args: bytes | str | int | float) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+
+
+def parse_reply(buf: bytes, pos: int) -> tuple[Reply, int] | None:
+    """The reply starting at ``pos`` and the position after it; None when ``buf`` does not
+    hold all of it yet. Raises ValueError on bytes that are not RESP2."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        return None
+    kind = buf[pos]
+    line = buf[pos + 1 : end]
+    pos = end + 2
+    if kind == 0x3A:  # ":" integer
+        return int(line), pos
+    if kind == 0x24:  # "$" bulk string
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            return None
+        return buf[pos : pos + size], pos + size + 2
+    if kind == 0x2A:  # "*" array
+        count = int(line)
+        if count < 0:
+            return None, pos
+        items: list[Reply] = []
+        for _ in range(count):
+            parsed = parse_reply(buf, pos)
+            if parsed is None:
+                return None
+            item, pos = parsed
+            items.append(item)
+        return items, pos
+    if kind == 0x2B:  # "+" simple string
+        return line, pos
+    if kind == 0x2D:  # "-" error
+        return ReplyError(line.decode("utf-8", "replace")), pos
+    raise ValueError(f"not a RESP2 reply (type byte {bytes([kind])!r})")
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiters: deque[asyncio.Future[Reply]] = deque()
+        self.buffer = b""
+        self.lost: Exception | None = None
+        #: commands asked for in this turn of the event loop, written together at its end
+        self.outgoing: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, payload: bytes) -> asyncio.Future[Reply]:
+        if self.lost is not None or self.transport is None:
+            raise ConnectionError(f"connection to Redis lost: {self.lost}")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        if not self.outgoing:
+            loop.call_soon(self.flush)
+        self.outgoing.append(payload)
+        self.waiters.append(waiter)
+        return waiter
+
+    def flush(self) -> None:
+        """One write (one system call) for every command of this turn."""
+        outgoing, self.outgoing = self.outgoing, []
+        if self.transport is not None and self.lost is None:
+            self.transport.write(b"".join(outgoing))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        pos = 0
+        waiters = self.waiters
+        try:
+            while pos < len(buf):
+                parsed = parse_reply(buf, pos)
+                if parsed is None:
+                    break
+                reply, pos = parsed
+                waiter = waiters.popleft()
+                if not waiter.done():  # a caller that timed out is no longer waiting
+                    waiter.set_result(reply)
+        except (ValueError, IndexError) as exc:  # garbage, or a reply nobody asked for
+            self._fail(ConnectionError(f"bad reply from Redis: {exc}"))
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.buffer = buf[pos:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("Redis closed the connection"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = exc
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(str(exc) or type(exc).__name__))
+
+
+def _retrieve(future: asyncio.Future[_Protocol]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class RespConnection:
+    """One lazily opened, pipelined connection to the Redis at ``url``."""
+
+    def __init__(self, url: str, *, connect_timeout: float) -> None:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self._unix = parts.scheme == "unix"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._path = unquote(parts.path)
+        self._ssl = ssl.create_default_context() if parts.scheme == "rediss" else None
+        db = query.get("db", [""])[0] or (parts.path.strip("/") if not self._unix else "")
+        self._setup: list[bytes] = []
+        if parts.password is not None:
+            credentials = [unquote(parts.password)]
+            if parts.username:
+                credentials.insert(0, unquote(parts.username))
+            self._setup.append(encode_command("AUTH", *credentials))
+        if db and db != "0":
+            self._setup.append(encode_command("SELECT", int(db)))
+        self._connect_timeout = connect_timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+
+    async def _connected(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and protocol.lost is None:
+            return protocol
+        if self._connecting is None:  # the first caller connects, the others wait for it
+            self._connecting = asyncio.ensure_future(self._connect())
+            # retrieved here, so a failure nobody waited for (they timed out) is not logged
+            self._connecting.add_done_callback(_retrieve)
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout):
+            if self._unix:
+                _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+            else:
+                _, protocol = await loop.create_connection(
+                    _Protocol,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+            try:
+                for command in self._setup:
+                    reply = await protocol.send(command)
+                    if isinstance(reply, Exception):
+                        raise ReplyError(f"connection setup: {reply}")
+            except BaseException:
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+                raise
+        self._protocol = protocol
+        return protocol
+
+    async def call(self, payload: bytes, timeout: float) -> Reply:
+        """Send one encoded command (:func:`encode_command`) and wait for its reply.
+
+        An error reply is returned, not raised (see :class:`ReplyError`)."""
+        async with asyncio.timeout(timeout):
+            protocol = self._protocol
+            if protocol is None or protocol.lost is not None:
+                protocol = await self._connected()
+            return await protocol.send(payload)
+
+    async def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+            protocol._fail(ConnectionError("closed"))

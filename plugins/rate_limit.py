@@ -1,0 +1,524 @@
+"""Rate limits: share one Stripe account's request budget out between teams, on one
+gateway instance or many.
+
+Every request that would go to Stripe counts against two kinds of bucket: its team's own
+limit (``read`` for GET/HEAD, ``write`` for the other methods, or the first per-route
+override that matches) and the budget of the upstream credential it is sent with, shared
+by every team that uses that credential. It passes only when every bucket has room, and
+then is charged to all of them; a team within its own limit is refused only when the
+account budget is spent. The algorithm is GCRA (:mod:`gateway.ratestore`): smooth, no
+window boundary to exploit.
+
+The decision is made in ``gateway_request`` *after* every other plugin (``trylast``), so
+cache hits and coalesced waiters, which never reach Stripe, never spend budget. A refusal
+is Stripe's own 429 (``invalid_request_error``, code ``rate_limit``), so the SDKs raise
+``RateLimitError``; it carries ``Retry-After``, and every limited response (allowed or not)
+carries ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset`` (IETF draft
+semantics: the burst, the requests left at once, seconds until the bucket is full). A 429
+from Stripe itself passes through unchanged. ``ctx.rate_limit`` records the decision for
+the audit line: ``allow``, ``deny`` or ``shadow_deny``, prefixed ``fallback_`` when the
+in-process limiter stood in for Redis, or ``unavailable_deny`` / ``unavailable_allow``
+(shadow) when Redis failed and the policy is ``deny``.
+
+Settings (``[plugins.rate_limit]``, all optional; with none, nothing is limited):
+
+``backend``           ``"memory"`` (default, per process) or ``"redis"`` (shared)
+``shadow``            ``true``: compute, log and count every decision, refuse nothing (false)
+``account``           budget per upstream credential: ``{ rate = 90, burst = 20 }`` (none)
+``account_test``      the same for test-mode keys (``sk_test_``/``rk_test_``); default:
+                      ``account``
+``default``           limits of teams not listed in ``teams`` (none)
+``teams.<name>``      a team's limits, key by key over ``default``:
+                      ``read``/``write`` = ``{ rate = 10, burst = 20 }`` or ``"unlimited"``;
+                      ``routes`` = ``[{ route = "POST /v1/files", rate = 1, burst = 5 }]``
+                      (first match replaces read/write); ``shadow`` = ``true``/``false``
+``on_redis_error``    ``"allow"`` (default: the in-process limiter decides, logged once per
+                      interval and counted) or ``"deny"`` (429 saying why); never a 5xx
+``fallback_share``    part of each limit one instance enforces on its own while Redis is
+                      unavailable, e.g. 0.5 with two instances (1.0)
+``redis_url_env``     environment variable holding the Redis URL (``redis`` backend), or
+``redis_url``         the URL itself when it has no password
+``redis_timeout``     seconds per Redis call before it counts as down (0.05)
+``redis_breaker``     seconds to stop asking Redis after a failure (2.0)
+``key_prefix``        Redis key prefix (``"sgw:rl"``)
+
+``burst`` defaults to one second's worth of the rate (at least 1). Credentials appear in
+bucket keys only as digests; never in keys, logs or messages. Besides ``rate_limit``, the
+audit line gets ``rate_limit_name`` (the limit that decided: ``read``, ``write``,
+``route '...'`` or ``account``) and ``rate_limit_remaining``. ``counts`` holds the number of
+decisions of each kind and of Redis failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.app import HOST
+from gateway.config import GatewayConfig
+from gateway.context import RequestContext
+from gateway.errors import ConfigError, StripeErrorResponse
+from gateway.globs import RouteRule, parse_rule
+from gateway.hookspecs import hookimpl
+from gateway.ratestore import (
+    Bucket,
+    Decision,
+    Limit,
+    LimiterUnavailable,
+    MemoryLimiter,
+    RedisLimiter,
+    Verdict,
+)
+
+__all__ = ["RateLimitPlugin", "RateLimitSettings", "TeamLimits"]
+
+_READS = frozenset({"GET", "HEAD"})
+_TEAM_KEYS = frozenset({"read", "write", "routes", "shadow"})
+#: seconds between two log lines about the same kind of trouble
+_LOG_INTERVAL = 10.0
+#: credentials whose account bucket is remembered (then the memo starts afresh)
+_MAX_ACCOUNTS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class TeamLimits:
+    read: Limit | None = None
+    write: Limit | None = None
+    #: (rule, limit), first match wins and replaces read/write
+    routes: tuple[tuple[RouteRule, Limit], ...] = ()
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    backend: str = "memory"
+    shadow: bool = False
+    account: Limit | None = None
+    account_test: Limit | None = None
+    default: TeamLimits = TeamLimits()
+    teams: Mapping[str, TeamLimits] = field(default_factory=lambda: MappingProxyType({}))
+    on_redis_error: str = "allow"
+    fallback_share: float = 1.0
+    redis_url: str | None = None
+    redis_timeout: float = 0.05
+    redis_breaker: float = 2.0
+    key_prefix: str = "sgw:rl"
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any], team_names: frozenset[str]) -> RateLimitSettings:
+        known = set(cls.__dataclass_fields__) | {"redis_url_env"}
+        for key in table:
+            if key not in known:
+                raise ConfigError(key, "unknown key")
+        values: dict[str, Any] = {}
+        backend = _choice(table, "backend", ("memory", "redis"))
+        values["backend"] = backend
+        values["on_redis_error"] = _choice(table, "on_redis_error", ("allow", "deny"))
+        values["shadow"] = _bool(table.get("shadow", False), "shadow")
+        for name in ("redis_timeout", "redis_breaker"):
+            if name in table:
+                values[name] = _number(table[name], name)
+        if "fallback_share" in table:
+            share = _number(table["fallback_share"], "fallback_share")
+            if share > 1:
+                raise ConfigError("fallback_share", "must be > 0 and <= 1")
+            values["fallback_share"] = share
+        if "key_prefix" in table:
+            if not isinstance(table["key_prefix"], str) or not table["key_prefix"]:
+                raise ConfigError("key_prefix", "must be a non-empty string")
+            values["key_prefix"] = table["key_prefix"]
+        for name in ("account", "account_test"):
+            if name in table:
+                values[name] = _limit(table[name], name, "account", unlimited=False)
+        default_raw = _table(table.get("default", {}), "default")
+        values["default"] = _team_limits(default_raw, "default")
+        teams_raw = _table(table.get("teams", {}), "teams")
+        teams: dict[str, TeamLimits] = {}
+        for name, raw in teams_raw.items():
+            path = f"teams.{name}"
+            if name not in team_names:
+                raise ConfigError(path, f"no team named {name!r} in [[teams]]")
+            teams[name] = _team_limits({**default_raw, **_table(raw, path)}, path)
+        values["teams"] = MappingProxyType(teams)
+        if backend == "redis":
+            values["redis_url"] = _redis_url(table)
+        elif "redis_url" in table or "redis_url_env" in table:
+            raise ConfigError("backend", 'redis_url is set but backend is not "redis"')
+        return cls(**values)
+
+    def limits_for(self, team: str) -> TeamLimits:
+        return self.teams.get(team, self.default)
+
+    @property
+    def limits_anything(self) -> bool:
+        def some(t: TeamLimits) -> bool:
+            return bool(t.read or t.write or t.routes)
+
+        return bool(
+            self.account
+            or self.account_test
+            or some(self.default)
+            or any(some(t) for t in self.teams.values())
+        )
+
+
+# ------------------------------------------------------------------ parsing helpers
+
+
+def _table(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(path, "must be a table")
+    return value
+
+
+def _choice(table: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
+    value = table.get(name, choices[0])
+    if value not in choices:
+        raise ConfigError(name, "must be " + " or ".join(f'"{c}"' for c in choices))
+    return str(value)
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, "must be true or false")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(path, "must be a number > 0")
+    return float(value)
+
+
+def _limit(value: Any, path: str, name: str, *, unlimited: bool) -> Limit | None:
+    if unlimited and value == "unlimited":
+        return None
+    if not isinstance(value, dict):
+        alternative = ' or "unlimited"' if unlimited else ""
+        raise ConfigError(path, f"must be a table {{ rate = 10, burst = 20 }}{alternative}")
+    return _rate_burst(value, path, name, extra=())
+
+
+def _rate_burst(value: dict[str, Any], path: str, name: str, *, extra: tuple[str, ...]) -> Limit:
+    for key in value:
+        if key not in ("rate", "burst", *extra):
+            raise ConfigError(f"{path}.{key}", "unknown key")
+    if "rate" not in value:
+        raise ConfigError(path, "needs a rate (requests per second)")
+    rate = _number(value["rate"], f"{path}.rate")
+    burst = value.get("burst", max(1, math.ceil(rate)))
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ConfigError(f"{path}.burst", "must be a whole number >= 1")
+    return Limit(name=name, rate=rate, burst=burst)
+
+
+def _team_limits(raw: dict[str, Any], path: str) -> TeamLimits:
+    for key in raw:
+        if key not in _TEAM_KEYS:
+            raise ConfigError(f"{path}.{key}", "unknown key")
+    routes_raw = raw.get("routes", [])
+    if not isinstance(routes_raw, list):
+        raise ConfigError(f"{path}.routes", 'must be a list of { route = "POST /v1/files", ... }')
+    routes: list[tuple[RouteRule, Limit]] = []
+    for i, item in enumerate(routes_raw):
+        where = f"{path}.routes[{i}]"
+        if not isinstance(item, dict) or "route" not in item:
+            raise ConfigError(where, 'must be a table { route = "METHOD /glob", rate = 1 }')
+        try:
+            rule = parse_rule(str(item["route"]))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.route", str(exc)) from None
+        routes.append((rule, _rate_burst(item, where, f"route '{rule.text}'", extra=("route",))))
+    return TeamLimits(
+        read=_limit(raw["read"], f"{path}.read", "read", unlimited=True) if "read" in raw else None,
+        write=(
+            _limit(raw["write"], f"{path}.write", "write", unlimited=True)
+            if "write" in raw
+            else None
+        ),
+        routes=tuple(routes),
+        shadow=_bool(raw.get("shadow", False), f"{path}.shadow"),
+    )
+
+
+def _redis_url(table: Mapping[str, Any]) -> str:
+    if "redis_url_env" in table:
+        name = table["redis_url_env"]
+        url = os.environ.get(str(name), "")
+        if not url:
+            raise ConfigError("redis_url_env", f"environment variable {name} is not set or empty")
+    elif "redis_url" in table:
+        url = str(table["redis_url"])
+        if "@" in url:
+            raise ConfigError("redis_url", "has a password: put the URL in redis_url_env instead")
+    else:
+        raise ConfigError("backend", 'the "redis" backend needs redis_url_env or redis_url')
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis_url", "must start with redis://, rediss:// or unix://")
+    return url
+
+
+def credential_digest(credential: str) -> str:
+    """The name of a credential's bucket: never the credential itself."""
+    return hashlib.sha256(b"stripe-gateway rate limit\x00" + credential.encode()).hexdigest()[:32]
+
+
+# ------------------------------------------------------------------ the plugin
+
+
+@dataclass(frozen=True, slots=True)
+class _TeamPlan:
+    """One team's buckets, prepared at start-up."""
+
+    read: Bucket | None
+    write: Bucket | None
+    routes: tuple[tuple[RouteRule, Bucket], ...]
+    shadow: bool
+
+    def bucket_for(self, method: str, path: str) -> Bucket | None:
+        for rule, bucket in self.routes:
+            if rule.matches(method, path):
+                return bucket
+        return self.read if method in _READS else self.write
+
+
+def _plan(team: str, limits: TeamLimits) -> _TeamPlan:
+    def route_key(rule: RouteRule) -> str:
+        return hashlib.sha256(rule.text.encode()).hexdigest()[:12]
+
+    return _TeamPlan(
+        read=(f"t:{team}:read", limits.read) if limits.read else None,
+        write=(f"t:{team}:write", limits.write) if limits.write else None,
+        routes=tuple(
+            (rule, (f"t:{team}:route:{route_key(rule)}", limit)) for rule, limit in limits.routes
+        ),
+        shadow=limits.shadow,
+    )
+
+
+class RateLimitPlugin:
+    """Built-in plugin ``rate_limit``."""
+
+    name = "rate_limit"
+
+    def __init__(self) -> None:
+        self.settings = RateLimitSettings()
+        self._plans: dict[str, _TeamPlan] = {}
+        self._on = False
+        #: the deciding store for the memory backend, the fallback for the redis one
+        self.memory = MemoryLimiter()
+        self.redis: RedisLimiter | None = None
+        #: the account bucket of each credential seen (its digest is made once)
+        self._accounts: dict[str, Bucket] = {}
+        self._log: Any = None
+        self._logged_at: dict[str, float] = {}
+        #: decisions by kind (``allow``, ``deny``, ``fallback_allow``, ...) and
+        #: ``backend_errors``, for metrics and tests
+        self.counts: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @hookimpl
+    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
+        s = RateLimitSettings.parse(settings, frozenset(t.name for t in config.teams))
+        self.settings = s
+        self._plans = {t.name: _plan(t.name, s.limits_for(t.name)) for t in config.teams}
+        self._on = s.limits_anything
+
+    @hookimpl
+    def gateway_startup(self, app: web.Application) -> None:
+        self._log = app[HOST].log
+        s = self.settings
+        self.memory = MemoryLimiter(share=s.fallback_share if s.backend == "redis" else 1.0)
+        if s.backend == "redis" and self._on:
+            assert s.redis_url is not None
+            self.redis = RedisLimiter(
+                s.redis_url,
+                prefix=s.key_prefix,
+                timeout=s.redis_timeout,
+                breaker_seconds=s.redis_breaker,
+                on_error=self._backend_error,
+                on_recover=self._backend_recovered,
+            )
+
+    @hookimpl
+    async def gateway_shutdown(self, app: web.Application) -> None:
+        await self.memory.close()
+        if self.redis is not None:
+            await self.redis.close()
+            self.redis = None
+
+    def _once(self, what: str) -> bool:
+        """True at most once per interval for each kind of log line."""
+        now = time.monotonic()
+        if now - self._logged_at.get(what, -math.inf) < _LOG_INTERVAL:
+            return False
+        self._logged_at[what] = now
+        return True
+
+    def _backend_error(self, exc: BaseException) -> None:
+        self.counts["backend_errors"] += 1
+        if self._once("backend"):
+            self._log.warning(
+                "rate_limit_backend_unavailable",
+                backend=self.settings.backend,
+                policy=self.settings.on_redis_error,
+                retry_in_s=self.settings.redis_breaker,
+                error=f"{type(exc).__name__}: {exc}",
+                failures=self.counts["backend_errors"],
+            )
+
+    def _backend_recovered(self) -> None:
+        self._logged_at.pop("backend", None)
+        self._log.info("rate_limit_backend_recovered", backend=self.settings.backend)
+
+    # ------------------------------------------------------------------ requests
+
+    @hookimpl(trylast=True)
+    def gateway_request(self, ctx: RequestContext) -> Awaitable[None] | None:
+        if not self._on:
+            return None
+        buckets: list[Bucket] = []
+        shadow = self.settings.shadow
+        plan = self._plans.get(ctx.team.name) if ctx.team is not None else None
+        if plan is not None:
+            shadow = shadow or plan.shadow
+            bucket = plan.bucket_for(ctx.method, ctx.path)
+            if bucket is not None:
+                buckets.append(bucket)
+        account = self._account_bucket(ctx)
+        if account is not None:
+            buckets.append(account)
+        if not buckets:
+            return None
+        if self.redis is None:
+            self._apply(ctx, self.memory.decide_now(buckets, shadow=shadow), shadow, "")
+            return None
+        return self._decide_shared(ctx, buckets, shadow)
+
+    def _account_bucket(self, ctx: RequestContext) -> Bucket | None:
+        credential = ctx.upstream_key or ctx.request.headers.get("Authorization")
+        if not credential:
+            return None
+        bucket = self._accounts.get(credential)
+        if bucket is None:
+            s = self.settings
+            limit = s.account_test if s.account_test and ctx.livemode is False else s.account
+            if limit is None:
+                return None
+            if len(self._accounts) >= _MAX_ACCOUNTS:
+                self._accounts.clear()
+            bucket = self._accounts[credential] = (f"a:{credential_digest(credential)}", limit)
+        return bucket
+
+    async def _decide_shared(
+        self, ctx: RequestContext, buckets: list[Bucket], shadow: bool
+    ) -> None:
+        assert self.redis is not None
+        try:
+            decision = await self.redis.decide(buckets, shadow=shadow)
+        except LimiterUnavailable:
+            if self.settings.on_redis_error == "deny":
+                self._unavailable(ctx, shadow)
+                return
+            decision = self.memory.decide_now(buckets, shadow=shadow)
+            self._apply(ctx, decision, shadow, "fallback_")
+            return
+        self._apply(ctx, decision, shadow, "")
+
+    def _apply(self, ctx: RequestContext, decision: Decision, shadow: bool, source: str) -> None:
+        binding = decision.binding
+        ctx.audit["rate_limit_name"] = binding.limit.name
+        ctx.audit["rate_limit_remaining"] = binding.remaining
+        if decision.allowed:
+            self._decided(ctx, source + "allow")
+            if not shadow:  # shadowed limits are not the client's business yet
+                ctx.state[self.name] = _headers(binding.limit.burst, binding)
+            return
+        if shadow:
+            self._decided(ctx, source + "shadow_deny")
+            if self._once("shadow"):
+                self._log.info(
+                    "rate_limit_shadow_deny",
+                    team=ctx.team.name if ctx.team else None,
+                    limit=binding.limit.name,
+                    shadow_denials=self.counts["shadow_deny"] + self.counts["fallback_shadow_deny"],
+                )
+            return
+        self._decided(ctx, source + "deny")
+        raise self._refusal(ctx, decision, fallback=bool(source))
+
+    def _decided(self, ctx: RequestContext, decision: str) -> None:
+        ctx.rate_limit = decision
+        self.counts[decision] += 1
+
+    def _refusal(
+        self, ctx: RequestContext, decision: Decision, *, fallback: bool
+    ) -> StripeErrorResponse:
+        v = decision.binding
+        retry = max(1, math.ceil(v.retry_after))
+        team = ctx.team.name if ctx.team is not None else None
+        if v.limit.name == "account":
+            whose = f"team {team!r}" if team else "this request"
+            message = (
+                f"Too many requests: the Stripe account budget ({v.limit.describe()}), "
+                f"shared by every team that uses the same Stripe key as {whose}, is spent"
+            )
+            if team and all(x.allowed for x in decision.verdicts if x is not v):
+                message += f"; team {team!r} is within its own limits"
+        else:
+            message = (
+                f"Too many requests: team {team!r} is over its {v.limit.name} limit of "
+                f"{v.limit.describe()}"
+            )
+        if fallback:
+            message += (
+                " (this gateway's own limits, used while the shared limit store is unavailable)"
+            )
+        headers = {"Retry-After": str(retry), **_headers(v.limit.burst, v)}
+        return StripeErrorResponse(
+            429, f"{message}. Retry after {retry} s.", code="rate_limit", headers=headers
+        )
+
+    def _unavailable(self, ctx: RequestContext, shadow: bool) -> None:
+        """Redis failed and the policy is ``deny``."""
+        if shadow:
+            self._decided(ctx, "unavailable_allow")
+            return
+        self._decided(ctx, "unavailable_deny")
+        assert self.redis is not None
+        retry = max(1, math.ceil(self.redis.retry_in()))
+        team = f" for team {ctx.team.name!r}" if ctx.team is not None else ""
+        raise StripeErrorResponse(
+            429,
+            f"Too many requests: the gateway cannot check rate limits{team} because its "
+            "shared limit store (Redis) is unavailable, and it is set to refuse requests "
+            f"then (on_redis_error = deny). Nothing was sent to Stripe. Retry after {retry} s.",
+            code="rate_limit",
+            headers={"Retry-After": str(retry)},
+        )
+
+    @hookimpl
+    def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        values: dict[str, str] | None = ctx.state.get(self.name)
+        if values is None or ctx.status == 429:  # Stripe's own 429 goes out unchanged
+            return
+        headers.update(values)
+
+
+def _headers(limit: int, verdict: Verdict) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": str(limit),
+        "RateLimit-Remaining": str(verdict.remaining),
+        "RateLimit-Reset": str(math.ceil(verdict.reset)),
+    }

@@ -1,0 +1,139 @@
+"""The small pipelined Redis connection, against real redis-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.resp import ReplyError, RespConnection, encode_command, parse_reply
+from tests.conftest import RedisServer
+
+
+def test_parse_reply_waits_for_whole_replies() -> None:
+    data = b"*4\r\n:1\r\n$3\r\nabc\r\n$-1\r\n*2\r\n+OK\r\n-ERR no\r\n"
+    for cut in range(len(data)):
+        assert parse_reply(data[:cut], 0) is None
+    parsed = parse_reply(data + b":7\r\n", 0)
+    assert parsed is not None
+    reply, end = parsed
+    assert reply[:4] == [1, b"abc", None, [b"OK", reply[3][1]]]  # type: ignore[index]
+    assert isinstance(reply[3][1], ReplyError) and str(reply[3][1]) == "ERR no"  # type: ignore[index]
+    assert parse_reply(data + b":7\r\n", end) == (7, end + 4)
+    with pytest.raises(ValueError):
+        parse_reply(b"?what\r\n", 0)
+
+
+def test_encode_command() -> None:
+    assert encode_command("GET", b"k", 3) == b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n$1\r\n3\r\n"
+
+
+async def test_concurrent_callers_each_get_their_own_reply(redis_server: RedisServer) -> None:
+    conn = RespConnection(redis_server.url, connect_timeout=1.0)
+    try:
+        replies = await asyncio.gather(
+            *(conn.call(encode_command("ECHO", f"value {i}"), 2.0) for i in range(500))
+        )
+        assert replies == [f"value {i}".encode() for i in range(500)]
+        error = await conn.call(encode_command("NOSUCHCOMMAND"), 1.0)
+        assert isinstance(error, ReplyError)
+        assert await conn.call(encode_command("PING"), 1.0) == b"PONG"
+    finally:
+        await conn.close()
+
+
+def test_on_uvloop(redis_server: RedisServer) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> list[object]:
+        conn = RespConnection(redis_server.url, connect_timeout=1.0)
+        try:
+            return list(
+                await asyncio.gather(*(conn.call(encode_command("PING"), 1.0) for _ in "ab"))
+            )
+        finally:
+            await conn.close()
+
+    assert uvloop.run(run()) == [b"PONG", b"PONG"]
+
+
+async def test_a_caller_that_times_out_leaves_the_others_in_step(
+    redis_server: RedisServer,
+) -> None:
+    conn = RespConnection(redis_server.url, connect_timeout=1.0)
+    try:
+        assert await conn.call(encode_command("PING"), 1.0) == b"PONG"
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                await conn.call(encode_command("ECHO", "late"), 0.2)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        # the late reply arrives now and is dropped: the next caller gets its own
+        assert await conn.call(encode_command("ECHO", "next"), 1.0) == b"next"
+        redis_server.kill()
+        with pytest.raises(OSError):
+            await conn.call(encode_command("PING"), 1.0)
+        with pytest.raises(OSError):  # connection refused
+            await conn.call(encode_command("PING"), 1.0)
+    finally:
+        await conn.close()
+
+
+async def test_password_and_database_from_the_url(redis_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("where", "db0")
+    admin.config_set("requirepass", "s3cret:/@")
+    admin.close()
+    base = f"127.0.0.1:{redis_server.port}"
+    conn = RespConnection(f"redis://:s3cret%3A%2F%40@{base}/3", connect_timeout=1.0)
+    try:
+        await conn.call(encode_command("SET", "where", "db3"), 1.0)
+        assert await conn.call(encode_command("GET", "where"), 1.0) == b"db3"
+    finally:
+        await conn.close()
+    wrong = RespConnection(f"redis://default:nope@{base}/0", connect_timeout=1.0)
+    with pytest.raises(ReplyError, match="connection setup"):
+        await wrong.call(encode_command("PING"), 1.0)
+    await wrong.close()
+
+
+@pytest.fixture
+def unix_redis(tmp_path: Path) -> Iterator[Path]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed")
+    sock = tmp_path / "redis.sock"
+    process = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield sock
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+async def test_unix_socket(unix_redis: Path) -> None:
+    conn = RespConnection(f"unix://{unix_redis}?db=2", connect_timeout=1.0)
+    try:
+        assert await conn.call(encode_command("SET", "k", "v"), 1.0) == b"OK"
+        assert await conn.call(encode_command("CLIENT", "INFO"), 1.0) is not None
+    finally:
+        await conn.close()
+    check = redis.Redis(unix_socket_path=str(unix_redis), db=2)
+    assert check.get("k") == b"v"
+    check.close()
