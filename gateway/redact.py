@@ -2,17 +2,17 @@
 
 :class:`Redactor` walks a value of any shape: mappings (header mappings included), lists,
 lists of ``(name, value)`` pairs, strings, bytes, numbers and other objects (by their
-``str``). A field whose name is sensitive in its context (see :mod:`gateway.sensitive`) is
-masked with everything below it. Strings are parsed when they look structured, and
-written back redacted: JSON objects and arrays, form bodies and query strings (bracket
-paths, ``%5B...%5D`` keys), URLs with a query, multipart bodies (files are never shown).
-Other text is scanned for secret values, and for ``name=value``, ``name: value``,
-``"name": "value"`` and ``('name', 'value')`` with a sensitive name.
+``str``). A field whose name is sensitive in its context (:mod:`gateway.sensitive`) is
+masked with everything below it. Strings are parsed when they look structured and
+written back redacted (:mod:`gateway.bodies`): JSON objects and arrays, form bodies and
+query strings (bracket paths, ``%5B...%5D`` keys), URLs with a query, multipart bodies
+(files and file names are never shown). Other text is scanned for secret values, and for
+``name=value``, ``name: value``, ``"name": "value"`` and ``('name', 'value')`` with a
+sensitive name.
 
-Masks: keys keep their prefix and last four (``sk_live_…1234``), card numbers their last
-four (``…4242``), anything else becomes ``[redacted]`` or, with an HMAC key,
-``[hmac:<16 hex>]`` (HMAC-SHA256 of the value). The same input always gives the same
-output. Nothing is ever shown raw when it cannot be parsed or redaction fails: it becomes
+How values are masked is :mod:`gateway.masks`: ``sk_live_…1234``, ``…4242``,
+``[redacted]`` or ``[hmac:<16 hex>]``; the same input always gives the same output.
+Nothing is ever shown raw when it cannot be parsed or redaction fails: it becomes
 ``[unparsed N bytes]`` (fail closed). :class:`RedactingProcessor` is the structlog
 processor; it never raises.
 """
@@ -53,6 +53,8 @@ _JSON_START = re.compile(r"\s*(?:\{\s*[\"}]|\[\s*[\[{\"\]])")
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?(?:Z|[+-]\d\d:?\d\d)?")
 #: a form value that needs no decoding and holds no structure: scanned with the whole body
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9._~*+/@!$()-]*")
+#: ``filename="..."`` (or ``filename*=``) in a multipart part's head
+_FILENAME = re.compile(r'(?P<param>\bfilename\*?=)(?P<name>"[^"\r\n]*"|[^;\r\n]*)', re.IGNORECASE)
 _STEP_CACHE_MAX = 4096
 _BIG = 10**12  # numbers with at least 13 digits may be card numbers
 _PLAIN = (type(None), bool, date, datetime, time, timedelta, UUID)
@@ -452,8 +454,12 @@ class Redactor:
                 contents.append(unparsed(part.content))
             else:
                 contents.append(self._bytes(part.content, below, depth + 1))
-        heads = [self.masks.values(part.head) for part in body.parts]
+        heads = [_FILENAME.sub(self._filename, self.masks.values(p.head)) for p in body.parts]
         return body.write(contents, heads, self._bytes(body.epilogue, None, depth + 1))
+
+    def _filename(self, m: re.Match[str]) -> str:
+        """A file's name may name a person (``jenny-rosen-passport.png``): hidden too."""
+        return f'{m["param"]}"{self.masks.marker(m["name"].strip(chr(34)))}"'
 
 
 class RedactingProcessor:

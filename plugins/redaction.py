@@ -5,11 +5,13 @@ gateway puts in front of the renderer of every log pipeline: audit line, error l
 stdlib and aiohttp logs. It redacts the whole event dict, tracebacks included; what it
 finds and how it masks is described in :mod:`gateway.redact` and :mod:`gateway.sensitive`.
 Only log output is redacted: the bytes relayed to Stripe and to the client never are.
+A value that cannot be parsed is logged as ``[unparsed N bytes]``; one whose redaction
+fails too, and its line gets ``redaction_error: true`` (fail closed).
 
 Settings (``[plugins.redaction]``, all optional):
 
-``fields``        extra field names to hide: ``"nickname"`` anywhere, ``"metadata[ssn]"``
-                  only directly below ``metadata`` (``[]``)
+``fields``        extra field names to hide: ``"nickname"`` anywhere,
+                  ``"metadata[tax_number]"`` only directly below ``metadata`` (``[]``)
 ``headers``       extra header names to hide, e.g. ``["X-Api-Key"]`` (``[]``); always hidden:
                   ``Authorization``, ``Proxy-Authorization``, ``Cookie``, ``Set-Cookie``,
                   ``Stripe-Signature``
@@ -19,7 +21,8 @@ Settings (``[plugins.redaction]``, all optional):
                   ``identity``, ``forwarding``, ``crypto`` and ``personal_data`` can be turned
                   off, ``credentials`` and ``card`` cannot (all on by default)
 ``mask``          ``"marker"`` (``[redacted]``, the default) or ``"hmac"``: an HMAC-SHA256 of
-                  the value, ``[hmac:<16 hex>]``, so equal values can be correlated
+                  the value, ``[hmac:<16 hex>]``, so equal values can be correlated (keys
+                  still show their prefix and last four, card numbers their last four)
 ``hmac_key_env``  with ``mask = "hmac"``: the environment variable holding the key (at least
                   16 bytes); the key itself never goes in the config file
 ``max_bytes``     longer strings and bodies are not parsed, only counted:

@@ -98,6 +98,11 @@ CATALOGUE: list[tuple[str, str]] = [
     ("individual[dob][day]", "14"),
     ("individual[dob][year]", "1987"),
     ("verification[document][number]", "D1234567"),
+    ("individual[personal_id_number]", "A7654321"),
+    ("document_number", "X9876543"),
+    ("account_numbers[0]", "000111222333"),
+    ("mandate_data[customer_acceptance][online][ip_address]", "198.51.100.23"),
+    ("receipt_email", "receipts@example.org"),
     ("individual[verification][document][front]", "file_1Nkeep"),  # not sensitive: below
     ("client_secret", "seti_1Nabc_secret_QwErTy"),
     ("secret", "whsec_plain"),
@@ -477,6 +482,22 @@ def test_the_same_input_always_gives_the_same_output() -> None:
     assert run(event, RedactingProcessor(Redactor())) == first
 
 
+def test_redacting_a_redacted_event_changes_nothing() -> None:
+    """The audit sink hands redacted records to the error log when it cannot write them:
+    redacting them again must keep them as they are."""
+    event = {
+        "params": _form("card[number]", CARD) + "&card[cvc]=123&email=a%40b.c&n=" + LIVE_KEY,
+        "body": json.dumps({"card": {"number": CARD}, "note": "Basic dXNlcjpw"}),
+        "headers": {"Authorization": "Bearer x", "X": TEST_KEY},
+        "secret": "pi_3MtwBwLkdIwHu7ix28a3tqPa_secret_YrKJUKribcBjcG8HVhfZluoGH",
+        "error": "failed for 4242 4242 4242 4242 with cvc=123",
+    }
+    once = run(event)
+    assert run(once) == once
+    hashed = RedactingProcessor(Redactor(hmac_key=b"k" * 32))
+    assert run(run(event, hashed), hashed) == run(event, hashed)
+
+
 # --------------------------------------------------------------------------- keyed hash
 
 
@@ -541,12 +562,13 @@ def test_what_cannot_be_parsed_becomes_a_placeholder(value: Any, placeholder: st
 def test_files_in_multipart_bodies_are_never_shown() -> None:
     body = (
         b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nidentity_document\r\n'
-        b'--B\r\nContent-Disposition: form-data; name="file"; filename="id.png"\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="jenny-rosen.png"\r\n'
         b"Content-Type: image/png\r\n\r\n\x89PNG secret scan\r\n--B--\r\n"
     )
     out = R.value(body)
     assert "identity_document" in out and "[unparsed 16 bytes]" in out
     assert "secret scan" not in out
+    assert 'name="file"; filename="[redacted]"' in out  # a file name may name someone
 
 
 def test_a_value_whose_redaction_fails_becomes_a_placeholder() -> None:
