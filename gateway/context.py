@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config import TeamConfig
+from gateway.retry import RetryPolicy
 
 __all__ = ["OBJECT_ID", "RequestContext", "new_request_id", "object_id_of"]
 
@@ -29,42 +29,28 @@ __all__ = ["OBJECT_ID", "RequestContext", "new_request_id", "object_id_of"]
 OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?=[a-z]*[A-Z0-9])[A-Za-z0-9]{8,}$")
 
 
-class _RandomIds:
-    """Texts of 24 random characters (``[A-Za-z0-9xy]``, 144 bits from ``os.urandom``), drawn
-    in batches: one ``getrandom`` call and one base64 encoding serve 512 ids. The batch is
-    dropped in a forked child, so parent and child never hand out the same id."""
-
-    BATCH = 512
-    _XY = str.maketrans("-_", "xy")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._text = ""
-        self._at = 0
-
-    def reset(self) -> None:
-        self._text = ""
-        self._at = 0
-
-    def next(self) -> str:
-        with self._lock:
-            at = self._at
-            if at >= len(self._text):
-                # 18 random bytes are exactly 24 base64 characters, with no padding
-                raw = os.urandom(18 * self.BATCH)
-                self._text = base64.urlsafe_b64encode(raw).decode("ascii").translate(self._XY)
-                at = 0
-            self._at = at + 24
-            return self._text[at : at + 24]
+#: request ids made in advance, taken with ``list.pop`` (atomic, so safe across threads)
+_request_ids: list[str] = []
+_ID_BATCH = 512
+_XY = str.maketrans("-_", "xy")
+# a forked child must not hand out the ids its parent will
+os.register_at_fork(after_in_child=_request_ids.clear)
 
 
-_random_ids = _RandomIds()
-os.register_at_fork(after_in_child=_random_ids.reset)
+def _more_request_ids() -> None:
+    # 18 random bytes are exactly 24 base64 characters, with no padding: one getrandom()
+    # call and one encoding make a batch of ids
+    text = base64.urlsafe_b64encode(os.urandom(18 * _ID_BATCH)).decode("ascii").translate(_XY)
+    _request_ids.extend("gwreq_" + text[i : i + 24] for i in range(0, len(text), 24))
 
 
 def new_request_id() -> str:
     """The gateway's own request id (``gwreq_`` + 24 random base62-ish characters)."""
-    return "gwreq_" + _random_ids.next()
+    try:
+        return _request_ids.pop()
+    except IndexError:
+        _more_request_ids()
+        return _request_ids.pop()
 
 
 def object_id_of(path: str) -> str | None:
@@ -110,6 +96,11 @@ class RequestContext:
     #: set by a plugin (in gateway_request) to get a copy of the response body, up to this
     #: many bytes, in ``response_body`` when the request is finished; 0: no copy
     capture_limit: int = 0
+    #: set by a plugin to have the core retry upstream with the same Idempotency-Key
+    #: (see gateway/retry.py); only used when the request carries a key
+    retry: RetryPolicy | None = None
+    #: upstream attempts made (0: none)
+    attempts: int = 0
     #: the whole response body sent to the client, when capture was asked for and the body
     #: was complete and within the limit; None otherwise
     response_body: bytes | None = None

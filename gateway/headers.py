@@ -53,9 +53,8 @@ def strip_hop_by_hop(headers: CIMultiDict[str], *, drop: Iterable[str] = ()) -> 
     if "Connection" in headers:
         for token in _connection_tokens(headers):
             headers.popall(token, None)
-    for name in HOP_BY_HOP:
-        if name in headers:
-            del headers[name]
+    for name in headers.keys() & HOP_BY_HOP:  # (a set operation in C, case-insensitive)
+        headers.popall(name, None)
     for name in drop:
         headers.popall(name, None)
     if "\nproxy-" in ("\n" + "\n".join(headers.keys())).lower():  # rare: look name by name

@@ -7,20 +7,21 @@ own call order, await what needs awaiting, and apply each hook's failure policy 
 :mod:`gateway.hookspecs`).
 
 They run on every request, so they are built to cost little: the implementations of each
-hook are snapshotted once (:meth:`PluginHost.freeze`); a hook nobody implements costs a
-dict look-up; plain functions are called right away and only an implementation that returns
-an awaitable (an ``async def`` one) makes the rest of the walk a coroutine.
+hook are snapshotted once (:meth:`PluginHost.freeze`), and callers skip a hook nobody
+implements (``hook in host.implemented``) without calling into the host at all. Plain
+functions are called directly; only what an implementation returns as an awaitable (an
+``async def`` one's coroutine) is awaited.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import pluggy
 import structlog
@@ -34,6 +35,7 @@ __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginFailure", "PluginHost"
 
 #: Built-in plugins, in registration order: name -> "module:attribute".
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("idempotency", "plugins.idempotency:IdempotencyPlugin"),
     ("rate_limit", "plugins.rate_limit:RateLimitPlugin"),
     ("cache", "plugins.cache:CachePlugin"),
     ("audit", "plugins.audit:AuditPlugin"),
@@ -61,9 +63,6 @@ class PluginFailure(Exception):
         self.hook = hook
 
 
-T = TypeVar("T")
-
-
 @dataclass(frozen=True, slots=True)
 class _Impl:
     plugin: str
@@ -76,22 +75,6 @@ class _Impl:
         if self.takes_all:
             return self.function(**kwargs)
         return self.function(**{name: kwargs[name] for name in self.argnames})
-
-
-class _Done(Generic[T]):
-    """An awaitable that is already done: what a walk of plain functions returns."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return self.value
-        yield  # unreachable; makes this method a generator
-
-
-_NOTHING: _Done[None] = _Done(None)
 
 
 def load_object(spec: str) -> object:
@@ -122,6 +105,8 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._impls: dict[str, tuple[_Impl, ...]] = {}
+        #: the hooks that have at least one implementation (set by :meth:`freeze`)
+        self.implemented: frozenset[str] = frozenset()
         self._configured_names: set[str] = set()
         self._register_all(entry_points_enabled)
         self._configure()
@@ -216,126 +201,69 @@ class PluginHost:
                 _Impl(i.plugin_name, i.function, tuple(i.argnames), set(i.argnames) == spec_args)
                 for i in reversed(caller.get_hookimpls())
             )
+        self.implemented = frozenset(hook for hook, impls in self._impls.items() if impls)
 
     def plugin_names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]
 
     # ----------------------------------------------------------------- calling
 
-    def first(
+    async def first(
         self, hook: str, *, fail_closed: bool, **kwargs: Any
-    ) -> Awaitable[web.StreamResponse | None]:
+    ) -> web.StreamResponse | None:
         """Call ``hook`` in order until an implementation answers (non-``None``).
 
-        ``kwargs`` are the spec's arguments, all of them. Await the result: the answer,
-        or ``None`` when no implementation answered.
+        ``kwargs`` are all the spec's arguments.
         """
-        return self._first(hook, fail_closed, kwargs, 0)
-
-    def _first(
-        self, hook: str, fail_closed: bool, kwargs: dict[str, Any], start: int
-    ) -> Awaitable[web.StreamResponse | None]:
-        impls = self._impls[hook]
-        for index in range(start, len(impls)):
-            impl = impls[index]
+        for impl in self._impls[hook]:
             try:
                 result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
+                if (
+                    result is not None
+                    and not isinstance(result, web.StreamResponse)
+                    and inspect.isawaitable(result)
+                ):
+                    result = await result
             except StripeErrorResponse:
                 raise
             except Exception as exc:
                 self._failed(impl, hook, fail_closed, exc)
                 continue
-            if result is None:
-                continue
-            if isinstance(result, web.StreamResponse):
-                return _Done(result)
-            if inspect.isawaitable(result):
-                return self._first_awaiting(hook, fail_closed, kwargs, index, result)
-            self._bad_answer(impl, hook, fail_closed, result)
-        return _NOTHING
+            if result is not None:
+                if isinstance(result, web.StreamResponse):
+                    return result
+                self.log.error(
+                    "plugin_bad_answer",
+                    plugin=impl.plugin,
+                    hook=hook,
+                    answer=type(result).__name__,
+                )
+                if fail_closed:
+                    raise PluginFailure(impl.plugin, hook)
+        return None
 
-    async def _first_awaiting(
-        self,
-        hook: str,
-        fail_closed: bool,
-        kwargs: dict[str, Any],
-        index: int,
-        pending: Awaitable[Any],
-    ) -> web.StreamResponse | None:
-        """Await what the implementation at ``index`` returned, then walk on from there."""
-        impl = self._impls[hook][index]
-        try:
-            result = await pending
-        except StripeErrorResponse:
-            raise
-        except Exception as exc:
-            self._failed(impl, hook, fail_closed, exc)
-            result = None
-        if result is not None:
-            if isinstance(result, web.StreamResponse):
-                return result
-            self._bad_answer(impl, hook, fail_closed, result)
-        return await self._first(hook, fail_closed, kwargs, index + 1)
-
-    def each(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> Awaitable[None]:
+    async def each(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> None:
         """Call every implementation of ``hook`` in order, awaiting each.
 
-        ``kwargs`` are the spec's arguments, all of them. Await the result.
+        ``kwargs`` are all the spec's arguments.
         """
-        return self._each(hook, fail_closed, kwargs, 0)
-
-    def _each(
-        self, hook: str, fail_closed: bool, kwargs: dict[str, Any], start: int
-    ) -> Awaitable[None]:
-        impls = self._impls[hook]
-        for index in range(start, len(impls)):
-            impl = impls[index]
+        for impl in self._impls[hook]:
             try:
                 result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
+                if result is not None and inspect.isawaitable(result):
+                    await result
             except StripeErrorResponse:
                 if fail_closed:
                     raise
                 self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
-                continue
             except Exception as exc:
                 self._failed(impl, hook, fail_closed, exc)
-                continue
-            if result is not None and inspect.isawaitable(result):
-                return self._each_awaiting(hook, fail_closed, kwargs, index, result)
-        return _NOTHING
-
-    async def _each_awaiting(
-        self,
-        hook: str,
-        fail_closed: bool,
-        kwargs: dict[str, Any],
-        index: int,
-        pending: Awaitable[Any],
-    ) -> None:
-        """Await what the implementation at ``index`` returned, then walk on from there."""
-        impl = self._impls[hook][index]
-        try:
-            await pending
-        except StripeErrorResponse:
-            if fail_closed:
-                raise
-            self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
-        except Exception as exc:
-            self._failed(impl, hook, fail_closed, exc)
-        await self._each(hook, fail_closed, kwargs, index + 1)
 
     def _failed(self, impl: _Impl, hook: str, fail_closed: bool, exc: Exception) -> None:
         """Apply the failure policy to ``exc`` (call it from the ``except`` block)."""
         if fail_closed:
             raise PluginFailure(impl.plugin, hook) from exc
         self.log.exception("plugin_failed", plugin=impl.plugin, hook=hook)
-
-    def _bad_answer(self, impl: _Impl, hook: str, fail_closed: bool, answer: object) -> None:
-        self.log.error(
-            "plugin_bad_answer", plugin=impl.plugin, hook=hook, answer=type(answer).__name__
-        )
-        if fail_closed:
-            raise PluginFailure(impl.plugin, hook)
 
     def has(self, hook: str) -> bool:
         return bool(self._impls[hook])

@@ -8,6 +8,7 @@ answers reaches the client byte for byte (compressed bodies stay compressed).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
@@ -22,12 +23,19 @@ from gateway.context import RequestContext, new_request_id
 from gateway.errors import StripeErrorResponse, error_response
 from gateway.headers import relay_headers, strip_hop_by_hop
 from gateway.host import PluginFailure, PluginHost
+from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
 from gateway.routing import upstream_for
 
 __all__ = ["Proxy"]
 
 CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: an error answer read whole to see whether its code makes it retryable
+_DECIDE_BODY_CAP = 64 * 1024
+
+
+async def _one(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk
 
 
 def _unsafe_path(raw_path: str) -> bool:
@@ -66,6 +74,7 @@ class Proxy:
             "connect": up.connect,
             "meter_events": up.meter_events,
         }
+        self._rng = random.Random()
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
         )
@@ -74,6 +83,8 @@ class Proxy:
     # ----------------------------------------------------------------- entry point
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        host = self.host
+        hooks = host.implemented
         name = upstream_for(request.method, request.path)
         ctx = RequestContext(
             request=request,
@@ -90,12 +101,15 @@ class Proxy:
                     code="unrecognized_url",
                 )
             self._check(request)
-            answer = await self.host.first("gateway_authenticate", fail_closed=True, ctx=ctx)
-            if answer is not None:
-                return await self._answer(ctx, answer, "refused")
-            answer = await self.host.first("gateway_request", fail_closed=False, ctx=ctx)
-            if answer is not None:
-                return await self._answer(ctx, answer)
+            # (a hook nobody implements is skipped here, without a call into the host)
+            if "gateway_authenticate" in hooks:
+                answer = await host.first("gateway_authenticate", fail_closed=True, ctx=ctx)
+                if answer is not None:
+                    return await self._answer(ctx, answer, "refused")
+            if "gateway_request" in hooks:
+                answer = await host.first("gateway_request", fail_closed=False, ctx=ctx)
+                if answer is not None:
+                    return await self._answer(ctx, answer)
             return await self._forward(ctx)
         except StripeErrorResponse as exc:
             error = exc.code or ("refused" if exc.status in (401, 403) else f"http_{exc.status}")
@@ -121,7 +135,8 @@ class Proxy:
                 "plugin_failure",
             )
         finally:
-            await self.host.each("gateway_request_finished", fail_closed=False, ctx=ctx)
+            if "gateway_request_finished" in hooks:
+                await host.each("gateway_request_finished", fail_closed=False, ctx=ctx)
 
     async def _answer(
         self, ctx: RequestContext, response: web.StreamResponse, error: str | None = None
@@ -132,9 +147,13 @@ class Proxy:
         ctx.status = response.status
         if not response.prepared:
             response.headers.setdefault("X-Gateway-Request-Id", ctx.request_id)
-            await self.host.each(
-                "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
-            )
+            if "gateway_response_headers" in self.host.implemented:
+                await self.host.each(
+                    "gateway_response_headers",
+                    fail_closed=False,
+                    ctx=ctx,
+                    headers=response.headers,
+                )
         if isinstance(response, web.Response) and response.body is not None:
             body = response.body
             if isinstance(body, bytes | bytearray):
@@ -148,7 +167,7 @@ class Proxy:
         self, ctx: RequestContext, headers: CIMultiDict[str]
     ) -> web.StreamResponse | None:
         """Let plugins replace Stripe's answer (or the gateway's 502/504) before it is sent."""
-        if not self.host.has("gateway_upstream_response"):
+        if "gateway_upstream_response" not in self.host.implemented:
             return None
         return await self.host.first(
             "gateway_upstream_response", fail_closed=False, ctx=ctx, headers=headers
@@ -228,49 +247,107 @@ class Proxy:
         assert self.session is not None, "the upstream session opens at start-up"
         request = ctx.request
         headers = self._upstream_headers(ctx)
-        await self.host.each("gateway_upstream_headers", fail_closed=True, ctx=ctx, headers=headers)
+        if "gateway_upstream_headers" in self.host.implemented:
+            await self.host.each(
+                "gateway_upstream_headers", fail_closed=True, ctx=ctx, headers=headers
+            )
         ctx.idempotency_key = headers.get("Idempotency-Key")
-        data = self._body(ctx) if request.body_exists else None
+        # retries only with a key: the same key on every attempt makes them safe
+        policy = ctx.retry if ctx.idempotency_key is not None else None
+        body: bytes | None = None
+        if policy is not None and request.body_exists:
+            body = await self._buffer_body(ctx, policy.body_cap)
+            if body is None:  # too large to replay: sent once, streamed
+                policy = None
         url = URL(ctx.upstream_url + request.raw_path, encoded=True)
-        sent = time.perf_counter()
-        try:
-            upstream = await self.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=self._timeout,
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            )
-        except _BodyTooLarge:
-            raise self._too_large() from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            failed = self._upstream_error(
-                ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
-            )
-            return await self._answer(
-                ctx, await self._upstream_answer(ctx, failed.headers) or failed
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            if ctx.bytes_in > self._max_body:  # aiohttp wraps the body generator's error
+        started = time.perf_counter()
+        while True:
+            ctx.attempts += 1
+            ctx.error = None
+            if body is not None:
+                data: bytes | AsyncIterator[bytes] | None = body
+            else:
+                data = self._body(ctx) if request.body_exists else None
+            sent = time.perf_counter()
+            failed: web.Response | None = None
+            try:
+                upstream = await self.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                    skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+                )
+            except _BodyTooLarge:
                 raise self._too_large() from None
-            failed = self._upstream_error(
-                ctx,
-                502,
-                "upstream_unreachable",
-                f"The gateway could not reach Stripe ({type(exc).__name__}).",
-            )
-            return await self._answer(
-                ctx, await self._upstream_answer(ctx, failed.headers) or failed
-            )
-        try:
-            return await self._relay(ctx, upstream, sent)
-        finally:
-            upstream.release()
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                failed = self._upstream_error(
+                    ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
+                )
+            except (aiohttp.ClientError, OSError) as exc:
+                if ctx.bytes_in > self._max_body:  # aiohttp wraps the body generator's error
+                    raise self._too_large() from None
+                failed = self._upstream_error(
+                    ctx,
+                    502,
+                    "upstream_unreachable",
+                    f"The gateway could not reach Stripe ({type(exc).__name__}).",
+                )
+            if failed is not None:
+                if policy is not None and await self._backoff(ctx, policy, started):
+                    continue
+                return await self._answer(
+                    ctx, await self._upstream_answer(ctx, failed.headers) or failed
+                )
+            preread: bytes | None = None
+            if policy is not None and ctx.attempts <= policy.max_retries:
+                should_retry = upstream.headers.get("Stripe-Should-Retry")
+                if needs_body_to_decide(upstream.status, should_retry):
+                    length = upstream.content_length
+                    if length is not None and length <= _DECIDE_BODY_CAP:
+                        preread = await upstream.read()
+                if answer_is_retryable(
+                    upstream.status, should_retry, preread
+                ) and self._retry_allowed(ctx, policy, started):
+                    upstream.release()
+                    await self._backoff(ctx, policy, started)
+                    continue
+            try:
+                return await self._relay(ctx, upstream, sent, preread)
+            finally:
+                upstream.release()
+
+    async def _buffer_body(self, ctx: RequestContext, cap: int) -> bytes | None:
+        """Read the request body for replay; None (and nothing read) when it may exceed
+        ``cap``: a body of unknown length is not buffered."""
+        length = ctx.request.content_length
+        if length is None or length > cap:
+            return None
+        body = await ctx.request.read()
+        ctx.bytes_in = len(body)
+        return body
+
+    def _retry_allowed(self, ctx: RequestContext, policy: RetryPolicy, started: float) -> bool:
+        if ctx.attempts > policy.max_retries:
+            return False
+        wait = policy.delay(ctx.attempts, self._rng)
+        return time.perf_counter() - started + wait < policy.deadline
+
+    async def _backoff(self, ctx: RequestContext, policy: RetryPolicy, started: float) -> bool:
+        """Wait before the next attempt; False when no attempt or no time is left."""
+        if not self._retry_allowed(ctx, policy, started):
+            return False
+        await asyncio.sleep(policy.delay(ctx.attempts, self._rng))
+        return True
 
     async def _relay(
-        self, ctx: RequestContext, upstream: aiohttp.ClientResponse, sent: float
+        self,
+        ctx: RequestContext,
+        upstream: aiohttp.ClientResponse,
+        sent: float,
+        preread: bytes | None = None,
     ) -> web.StreamResponse:
         request = ctx.request
         ctx.status = upstream.status
@@ -279,20 +356,24 @@ class Proxy:
             status=upstream.status, reason=upstream.reason, headers=upstream.headers
         )
         strip_hop_by_hop(response.headers)
-        replacement = await self._upstream_answer(ctx, response.headers)
-        if replacement is not None:
-            upstream.close()
-            ctx.upstream_seconds = time.perf_counter() - sent
-            return await self._answer(ctx, replacement)
+        hooks = self.host.implemented
+        if "gateway_upstream_response" in hooks:
+            replacement = await self._upstream_answer(ctx, response.headers)
+            if replacement is not None:
+                upstream.close()
+                ctx.upstream_seconds = time.perf_counter() - sent
+                return await self._answer(ctx, replacement)
         response.headers["X-Gateway-Request-Id"] = ctx.request_id
-        await self.host.each(
-            "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
-        )
+        if "gateway_response_headers" in hooks:
+            await self.host.each(
+                "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
+            )
         await response.prepare(request)
         limit = ctx.capture_limit
         captured: list[bytes] | None = [] if limit > 0 else None
         try:
-            async for chunk in upstream.content.iter_any():
+            chunks = _one(preread) if preread is not None else upstream.content.iter_any()
+            async for chunk in chunks:
                 try:
                     await response.write(chunk)
                 except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:

@@ -43,6 +43,11 @@ class FakeStripe:
     download_progress: list[int] = field(default_factory=list)
     #: when set, every request is answered with this status and a Stripe api_error
     fail_with: int | None = None
+    #: outcomes for the next requests, one popped per request: "retry500" (500 with
+    #: Stripe-Should-Retry: true), "noretry500" (Stripe-Should-Retry: false), "reset"
+    #: (connection reset before answering), "409" (idempotency_key_in_use), "lock"
+    #: (429 lock_timeout), "429" (429 rate_limit), "ok"
+    plan: list[str] = field(default_factory=list)
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for r in self.received if r.method == method and r.path == path)
@@ -71,6 +76,10 @@ class FakeStripe:
         path = request.path
         if "delay" in request.query:  # hold the answer, so concurrent requests overlap
             await asyncio.sleep(float(request.query["delay"]))
+        if self.plan:
+            planned = await self._planned(request, self.plan.pop(0))
+            if planned is not None:
+                return planned
         if self.fail_with is not None:
             return self._json(
                 {"error": {"type": "api_error", "message": "The fake upstream is failing."}},
@@ -160,6 +169,29 @@ class FakeStripe:
                 await self.release_download.wait()
         await response.write_eof()
         return response
+
+    async def _planned(self, request: web.Request, outcome: str) -> web.StreamResponse | None:
+        def error(status: int, type_: str, code: str | None, retry: str | None) -> web.Response:
+            body: dict[str, Any] = {"type": type_, "message": f"planned {outcome}"}
+            if code:
+                body["code"] = code
+            response = self._json({"error": body}, status=status)
+            if retry is not None:
+                response.headers["Stripe-Should-Retry"] = retry
+            return response
+
+        if outcome == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)  # never reaches the wire
+        answers = {
+            "retry500": lambda: error(500, "api_error", None, "true"),
+            "noretry500": lambda: error(500, "api_error", None, "false"),
+            "409": lambda: error(409, "idempotency_error", "idempotency_key_in_use", None),
+            "lock": lambda: error(429, "invalid_request_error", "lock_timeout", None),
+            "429": lambda: error(429, "invalid_request_error", "rate_limit", None),
+        }
+        return answers[outcome]() if outcome in answers else None
 
     async def _fault(self, request: web.Request, kind: str) -> web.StreamResponse:
         transport = request.transport

@@ -24,6 +24,7 @@ from typing import IO, Any
 import pytest
 
 import gateway
+from gateway.host import DEFAULT_PLUGINS as _DEFAULT_PLUGINS
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (
     BILLING_KEY,
@@ -34,6 +35,9 @@ from tests.helpers import (
     digest,
     start_app,
 )
+
+BUILTINS = [name for name, _ in _DEFAULT_PLUGINS]
+BUILTIN_LIST = ", ".join(BUILTINS)
 
 REPO = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).parent / "stripe-gateway"
@@ -179,7 +183,7 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     path = good_config(tmp_path)
     result = run_cli("check-config", str(path), env=subprocess_env(BILLING_STRIPE_KEY="sk_test_x"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{path}: OK (2 teams; plugins: rate_limit, cache, audit, auth)"
+    assert result.stdout.strip() == f"{path}: OK (2 teams; plugins: {BUILTIN_LIST})"
     assert BILLING_UPSTREAM_KEY not in result.stdout + result.stderr
 
 

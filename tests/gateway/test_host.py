@@ -38,6 +38,7 @@ from gateway.config import parse_config
 from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.hookspecs import hookimpl
+from gateway.host import DEFAULT_PLUGINS as _DEFAULT_PLUGINS
 from gateway.host import REQUEST_HOOKS, PluginHost
 from gateway.logs import make_error_logger
 from tests.helpers import (
@@ -49,6 +50,9 @@ from tests.helpers import (
     default_teams,
     start_app,
 )
+
+BUILTINS = [name for name, _ in _DEFAULT_PLUGINS]
+BUILTIN_LIST = ", ".join(BUILTINS)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -269,13 +273,14 @@ def run_cli(*args: str, pythonpath: Path) -> subprocess.CompletedProcess[str]:
 
 def test_entry_point_plugin_is_discovered(acme_dist: Path) -> None:
     host = plugin_host({})
-    assert host.plugin_names() == ["rate_limit", "cache", "audit", "auth", "acme"]
+    assert host.plugin_names() == [*BUILTINS, "acme"]
     plugin = host.pm.get_plugin("acme")
     assert type(plugin).__name__ == "AcmePlugin"  # the class was instantiated
     assert [i.plugin for i in host.impls("gateway_response_headers")] == [
         "acme",
         "cache",
         "rate_limit",
+        "idempotency",
     ]
     # without entry points (the switch exists for tests and embedders) it is not there
     assert "acme" not in plugin_host({}, entry_points=False).plugin_names()
@@ -318,12 +323,12 @@ def test_entry_point_plugin_in_a_fresh_interpreter(tmp_path: Path) -> None:
     (site / "gateway.toml").write_text("[server]\nport = 8080\n")
     result = run_cli("check-config", "gateway.toml", pythonpath=site)
     assert result.returncode == 0, result.stderr
-    assert "plugins: rate_limit, cache, audit, auth, acme" in result.stdout
+    assert f"plugins: {BUILTIN_LIST}, acme" in result.stdout
 
     (site / "off.toml").write_text('[plugins]\ndisable = ["acme"]\n')
     result = run_cli("check-config", "off.toml", pythonpath=site)
     assert result.returncode == 0, result.stderr
-    assert "plugins: rate_limit, cache, audit, auth)" in result.stdout
+    assert f"plugins: {BUILTIN_LIST})" in result.stdout
 
 
 # --------------------------------------------------------------------------- 2. config
@@ -342,7 +347,7 @@ def test_plugin_loaded_by_config(
 
     gw = gateways.start(plugins={"load": ["acme_cfg_plugin:AcmePlugin"]})
     # named by its `name`
-    assert gw.host.plugin_names() == ["rate_limit", "cache", "audit", "auth", "acme"]
+    assert gw.host.plugin_names() == [*BUILTINS, "acme"]
 
     ping = get(f"{gw.url}/v1/acme/ping")
     assert ping.status_code == 200
@@ -364,7 +369,7 @@ def test_config_load_errors_name_the_entry(tmp_path: Path, acme_dist: Path) -> N
     # (`disable` works by name, so it would turn both off; without entry points the
     # config one is all there is)
     host = plugin_host({"plugins": {"load": [f"{ACME_DIST}:AcmePlugin"]}}, entry_points=False)
-    assert host.plugin_names() == ["rate_limit", "cache", "audit", "auth", "acme"]
+    assert host.plugin_names() == [*BUILTINS, "acme"]
 
 
 def test_disable_turns_the_entry_point_plugin_off(
@@ -373,7 +378,7 @@ def test_disable_turns_the_entry_point_plugin_off(
     assert "acme" not in plugin_host({"plugins": {"disable": ["acme"]}}).plugin_names()
 
     gw = gateways.start(plugins={"disable": ["acme"]})
-    assert gw.host.plugin_names() == ["rate_limit", "cache", "audit", "auth"]
+    assert gw.host.plugin_names() == BUILTINS
     ping = get(f"{gw.url}/v1/acme/ping")
     assert ping.status_code == 200
     assert "X-Acme" not in ping.headers
@@ -385,12 +390,11 @@ def test_disable_a_builtin(
     stack: Stack, gateways: Gateways, sdk: Callable[..., stripe.StripeClient]
 ) -> None:
     assert plugin_host({"plugins": {"disable": ["audit"]}}).plugin_names() == [
-        "rate_limit",
-        "cache",
-        "auth",
+        name for name in BUILTINS if name != "audit"
     ]
 
-    gw = gateways.start(audit=False, plugins={"disable": ["audit", "cache", "rate_limit"]})
+    others = [name for name in BUILTINS if name != "auth"]
+    gw = gateways.start(audit=False, plugins={"disable": others})
     assert gw.host.plugin_names() == ["auth"]
     assert not gw.host.has("gateway_request_finished")
     customer = sdk(gw.url).v1.customers.retrieve("cus_disabledaudit01")
@@ -398,9 +402,7 @@ def test_disable_a_builtin(
     assert not stack.audit_path.exists()
 
     # disabling auth too leaves a bare proxy: the client's own key goes upstream
-    bare = gateways.start(
-        audit=False, plugins={"disable": ["audit", "auth", "cache", "rate_limit"]}
-    )
+    bare = gateways.start(audit=False, plugins={"disable": BUILTINS})
     assert bare.host.plugin_names() == []
     assert get(f"{bare.url}/v1/customers", key="sk_test_direct000000000001").status_code == 200
     assert stack.upstreams["api"].last().headers["Authorization"] == (
@@ -485,7 +487,8 @@ def test_async_request_hooks_are_awaited_in_turn(
         "passer",
         "answerer",
         "cache",
-        "rate_limit",
+        "idempotency",
+        "rate_limit",  # trylast: after the cache, so hits spend no budget
     ]
 
     response = get(f"{gw.url}/v1/customers")
@@ -508,7 +511,8 @@ def test_tryfirst_answer_stops_later_plugins(
         "audit",
         "bystander",
         "cache",
-        "rate_limit",
+        "idempotency",
+        "rate_limit",  # trylast: after the cache, so hits spend no budget
     ]
 
     response = get(f"{gw.url}/v1/customers")

@@ -37,7 +37,9 @@ def test_one_line_per_request_with_the_documented_fields(gateway: Stack) -> None
     assert first["client"] == "127.0.0.1"
     assert first["cache"] == "MISS" and first["rate_limit"] is None and first["error"] is None
     assert second["method"] == "POST" and second["object_id"] is None
-    assert second["idempotency_key"] == "idem-1"
+    # the key sent to Stripe (namespaced per team by the idempotency plugin) and the client's
+    assert second["idempotency_key"] == "billing:idem-1"
+    assert second["idempotency_key_client"] == "idem-1"
     assert second["bytes_in"] == len("email=x%40example.com")
 
 

@@ -1,0 +1,249 @@
+"""The idempotency plugin: keys injected and namespaced, retries with the same key."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import requests
+import stripe
+
+from gateway.errors import ConfigError
+from gateway.retry import RetryPolicy, answer_is_retryable
+from plugins.idempotency import namespaced
+from tests.helpers import ANALYTICS_KEY, BILLING_KEY, Stack, team
+
+FORWARD = "/v1/forwarding/requests"
+FORWARD_PARAMS: dict[str, Any] = {
+    "payment_method": "pm_card_visa",
+    "url": "https://destination.example/pay",
+    "replacements": ["card_number", "card_cvc"],
+    "request": {
+        "headers": [{"name": "Idempotency-Key", "value": "destination-key-1"}],
+        "body": '{"card": "{{CARD_NUMBER}}"}',
+    },
+}
+FAST = {"backoff": 0.01, "max_backoff": 0.02}
+
+
+def _client(stack: Stack, key: str = BILLING_KEY, retries: int = 0) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        key, base_addresses={"api": stack.gateway_url}, max_network_retries=retries
+    )
+
+
+def _post(stack: Stack, path: str = FORWARD, key: str = BILLING_KEY, **headers: str) -> Any:
+    return requests.post(
+        stack.gateway_url + path,
+        data={"payment_method": "pm_card_visa", "url": "https://d.example"},
+        headers={"Authorization": f"Bearer {key}", **headers},
+        timeout=10,
+    )
+
+
+def _keys(stack: Stack, path: str = FORWARD) -> list[str | None]:
+    return [
+        r.headers.get("Idempotency-Key") for r in stack.upstreams["api"].received if r.path == path
+    ]
+
+
+def test_a_key_is_injected_and_returned_for_retrying(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": FAST})
+    response = _post(stack)
+    assert response.status_code == 200
+    client_key = response.headers["Idempotency-Key"]
+    assert client_key.startswith("gwik_") and len(client_key) <= 255
+    (upstream_key,) = _keys(stack)
+    assert upstream_key == namespaced("billing", client_key)
+    # retrying with the returned key reaches Stripe with exactly the first attempt's key
+    again = _post(stack, **{"Idempotency-Key": client_key})
+    assert again.headers["Idempotency-Key"] == client_key
+    assert _keys(stack) == [upstream_key, upstream_key]
+    line = stack.audit_lines(2)[0]
+    assert line["idempotency_key"] == upstream_key
+    assert line["idempotency_key_client"] == client_key
+    assert line["attempts"] == 1
+
+
+def test_the_sdk_happy_path_with_its_own_key(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": FAST})
+    created = _client(stack).v1.forwarding.requests.create(
+        FORWARD_PARAMS, {"idempotency_key": "sdk-key-1"}
+    )
+    assert created.last_response.headers["Idempotency-Key"] == "sdk-key-1"
+    assert _keys(stack) == ["billing:sdk-key-1"]
+    # the destination's own Idempotency-Key inside request[headers] is untouched
+    body = stack.upstreams["api"].last().body.decode()
+    assert "destination-key-1" in body
+
+
+def test_retries_carry_the_same_key(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": FAST})
+    stack.upstreams["api"].plan = ["retry500", "reset", "ok"]
+    response = _post(stack)
+    assert response.status_code == 200
+    assert response.headers["X-Gateway-Attempts"] == "3"
+    keys = _keys(stack)  # the reset attempt reached the upstream too, then lost its answer
+    assert len(keys) == 3 and len(set(keys)) == 1
+    bodies = {r.body for r in stack.upstreams["api"].received}
+    assert len(bodies) == 1  # the buffered body is replayed byte for byte
+    assert stack.audit_lines(1)[0]["attempts"] == 3
+
+
+@pytest.mark.parametrize("outcome", ["409", "lock"])
+def test_key_in_use_and_lock_timeout_are_retried(stack: Stack, outcome: str) -> None:
+    stack.start_gateway(plugins={"idempotency": FAST})
+    stack.upstreams["api"].plan = [outcome, "ok"]
+    response = _post(stack, **{"Idempotency-Key": "mine"})
+    assert response.status_code == 200
+    assert _keys(stack) == ["billing:mine", "billing:mine"]
+
+
+@pytest.mark.parametrize(("outcome", "status"), [("noretry500", 500), ("429", 429)])
+def test_never_retried(stack: Stack, outcome: str, status: int) -> None:
+    stack.start_gateway(plugins={"idempotency": FAST})
+    stack.upstreams["api"].plan = [outcome, "ok"]
+    response = _post(stack)
+    assert response.status_code == status
+    assert response.headers["X-Gateway-Attempts"] == "1"
+    assert len(stack.upstreams["api"].received) == 1
+
+
+def test_attempts_are_bounded_and_the_last_answer_returns(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": {**FAST, "max_retries": 2}})
+    stack.upstreams["api"].plan = ["retry500"] * 5
+    response = _post(stack)
+    assert response.status_code == 500
+    assert response.headers["Stripe-Should-Retry"] == "true"
+    assert response.headers["X-Gateway-Attempts"] == "3"
+    assert len(stack.upstreams["api"].received) == 3
+
+
+def test_the_deadline_is_honoured(stack: Stack) -> None:
+    stack.start_gateway(
+        plugins={
+            "idempotency": {"backoff": 0.4, "max_backoff": 0.4, "max_retries": 10, "deadline": 1.0}
+        }
+    )
+    stack.upstreams["api"].plan = ["retry500"] * 20
+    started = time.monotonic()
+    response = _post(stack)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 500
+    attempts = int(response.headers["X-Gateway-Attempts"])
+    assert 2 <= attempts <= 4
+    assert elapsed < 2.0
+
+
+def test_unreachable_upstream_after_retries_is_502(stack: Stack) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stack.start_gateway(upstream={"api": f"http://127.0.0.1:{port}"}, plugins={"idempotency": FAST})
+    response = _post(stack)
+    assert response.status_code == 502
+    assert response.headers["X-Gateway-Attempts"] == "3"
+    assert response.json()["error"]["type"] == "api_error"
+
+
+def test_gets_never_get_a_key(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": {**FAST, "all_writes": True}})
+    requests.get(
+        stack.gateway_url + "/v1/forwarding/requests/fwdreq_1Nabcdefghij",
+        auth=(BILLING_KEY, ""),
+        timeout=5,
+    )
+    assert stack.upstreams["api"].last().headers.get("Idempotency-Key") is None
+
+
+def test_two_teams_with_one_client_key_reach_stripe_with_different_keys(stack: Stack) -> None:
+    stack.start_gateway(
+        teams=[
+            team("billing", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY"),
+            team("payouts", ANALYTICS_KEY, upstream_env="BILLING_STRIPE_KEY"),
+        ],
+        plugins={"idempotency": FAST},
+    )
+    _post(stack, key=BILLING_KEY, **{"Idempotency-Key": "same"})
+    _post(stack, key=ANALYTICS_KEY, **{"Idempotency-Key": "same"})
+    assert _keys(stack) == ["billing:same", "payouts:same"]
+
+
+def test_namespacing_can_be_turned_off(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": {**FAST, "namespace": False}})
+    _post(stack, **{"Idempotency-Key": "plain"})
+    assert _keys(stack) == ["plain"]
+
+
+def test_other_routes_get_no_injected_key_unless_configured(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": FAST})
+    _post(stack, "/v1/customers")
+    assert stack.upstreams["api"].last().headers.get("Idempotency-Key") is None
+    _post(stack, "/v1/customers", **{"Idempotency-Key": "k"})  # a client key is namespaced
+    assert stack.upstreams["api"].last().headers["Idempotency-Key"] == "billing:k"
+
+
+def test_all_writes_covers_every_post_and_v2_delete(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": {**FAST, "all_writes": True}})
+    _post(stack, "/v1/customers")
+    assert stack.upstreams["api"].last().headers["Idempotency-Key"].startswith("billing:gwik_")
+    requests.delete(
+        stack.gateway_url + "/v2/core/event_destinations/ed_1Nabcdefghij",
+        auth=(BILLING_KEY, ""),
+        timeout=5,
+    )
+    assert stack.upstreams["api"].last().headers["Idempotency-Key"].startswith("billing:gwik_")
+
+
+def test_sdk_retries_on_top_of_the_gateway_keep_one_key(stack: Stack) -> None:
+    stack.start_gateway(plugins={"idempotency": {**FAST, "max_retries": 0}})
+    stack.upstreams["api"].plan = ["retry500", "ok"]
+    created = _client(stack, retries=2).v1.forwarding.requests.create(FORWARD_PARAMS)
+    assert created.id
+    keys = _keys(stack)
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0] is not None
+    assert keys[0].startswith("billing:")
+
+
+def test_long_keys_stay_within_255_characters() -> None:
+    key = "k" * 255
+    assert len(namespaced("team", key)) <= 255
+    assert namespaced("team", key) == namespaced("team", key)
+    assert namespaced("a", key) != namespaced("b", key)
+
+
+def test_retry_decisions() -> None:
+    assert answer_is_retryable(503, "true", None)
+    assert not answer_is_retryable(500, "false", None)
+    assert answer_is_retryable(409, None, b'{"error": {"code": "idempotency_key_in_use"}}')
+    assert answer_is_retryable(429, None, b'{"error": {"code": "lock_timeout"}}')
+    assert not answer_is_retryable(429, None, b'{"error": {"code": "rate_limit"}}')
+    assert not answer_is_retryable(400, None, b'{"error": {}}')
+    assert not answer_is_retryable(409, None, b"not json")
+    import random
+
+    policy = RetryPolicy(backoff=0.5, max_backoff=5.0)
+    rng = random.Random(1)
+    delays = [policy.delay(n, rng) for n in range(1, 8)]
+    assert 0.25 <= delays[0] <= 0.5 and 0.5 <= delays[1] <= 1.0
+    assert all(2.5 <= d <= 5.0 for d in delays[4:])
+
+
+@pytest.mark.parametrize(
+    ("table", "path"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"routes": ["GET /v1/x"]}, "routes[0]"),
+        ({"routes": ["FETCH /v1/x"]}, "routes[0]"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"backoff": 0}, "backoff"),
+        ({"namespace": "yes"}, "namespace"),
+    ],
+)
+def test_bad_settings_stop_startup(stack: Stack, table: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        stack.start_gateway(plugins={"idempotency": table})
+    assert info.value.path == f"plugins.idempotency.{path}"
