@@ -67,7 +67,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: GatewayConfig, *, host: PluginHost | None = None) -> web.Application:
     """Build the gateway app for ``config`` (plugins are loaded and configured here)."""
     host = host or PluginHost(config)
-    host.log = make_error_logger()
+    host.log = make_error_logger(extra_processors=host.log_processors)
     app = web.Application(
         handler_args={
             "max_field_size": config.server.max_header_bytes,

@@ -173,7 +173,8 @@ def _event_loop_factory(config: GatewayConfig) -> asyncio.AbstractEventLoop:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.app import create_app
+    from gateway.app import HOST, create_app
+    from gateway.logs import route_stdlib_logging
     from gateway.server import serve
 
     env_overrides = {}
@@ -183,6 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         env_overrides["STRIPE_GATEWAY_PORT"] = str(args.port)
     config = load_config(args.config, {**os.environ, **env_overrides})
     app = create_app(config)
+    route_stdlib_logging(app[HOST].log_processors)
     loop = _event_loop_factory(config)
 
     def listening(urls: list[str]) -> None:

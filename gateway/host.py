@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginFailure", "PluginHost"
 
 #: Built-in plugins, in registration order: name -> "module:attribute".
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("redaction", "plugins.redaction:RedactionPlugin"),
     ("idempotency", "plugins.idempotency:IdempotencyPlugin"),
     ("rate_limit", "plugins.rate_limit:RateLimitPlugin"),
     ("cache", "plugins.cache:CachePlugin"),
@@ -110,6 +111,8 @@ class PluginHost:
         self._configured_names: set[str] = set()
         self._register_all(entry_points_enabled)
         self._configure()
+        #: processors every log pipeline runs in front of its renderer (redaction)
+        self.log_processors: tuple[Any, ...] = self._collect_log_processors()
         self.freeze()
 
     # ----------------------------------------------------------------- building
@@ -173,6 +176,23 @@ class PluginHost:
         builtin = {n for n, _ in DEFAULT_PLUGINS}
         eps = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
         return name in builtin or name in eps or name in self._configured_names
+
+    def _collect_log_processors(self) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for impl in reversed(self.pm.hook.gateway_log_processors.get_hookimpls()):
+            kwargs = {"config": self.config}
+            try:
+                got: Any = impl.function(*(kwargs[a] for a in impl.argnames))
+            except ConfigError as exc:
+                raise ConfigError(f"plugins.{impl.plugin_name}", exc.reason) from None
+            except Exception as exc:
+                raise ConfigError(
+                    f"plugins.{impl.plugin_name}",
+                    f"plugin failed to give its log processors: {type(exc).__name__}: {exc}",
+                ) from None
+            if got:
+                out.extend(list(got))
+        return tuple(out)
 
     def _configure(self) -> None:
         tables = self.config.plugins.tables()

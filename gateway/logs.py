@@ -178,6 +178,42 @@ def _write_all(stream: BinaryIO, data: bytes) -> None:
     stream.flush()
 
 
-def make_error_logger(stream: BinaryIO | None = None) -> structlog.typing.FilteringBoundLogger:
-    """The gateway's own log (start-up, plugin failures, upstream trouble) on stderr."""
-    return json_line_logger(stream or sys.stderr.buffer).bind(logger="gateway")
+def make_error_logger(
+    stream: BinaryIO | None = None, extra_processors: Sequence[Processor] = ()
+) -> structlog.typing.FilteringBoundLogger:
+    """The gateway's own log (start-up, plugin failures, upstream trouble) on stderr,
+    through the plugins' log processors (redaction) like every other sink."""
+    return json_line_logger(stream or sys.stderr.buffer, list(extra_processors)).bind(
+        logger="gateway"
+    )
+
+
+def route_stdlib_logging(extra_processors: Sequence[Processor], level: int = 20) -> None:
+    """Send the standard library's log records (aiohttp's, asyncio's, libraries') through
+    the same processors and JSON renderer, on stderr, so no sink bypasses redaction.
+
+    Process-wide (the root logger), so it is done by the CLI, not by ``create_app``.
+    """
+    import logging
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            utc_timestamp(),
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            *extra_processors,
+            structlog.processors.JSONRenderer(
+                serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode()
+            ),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)

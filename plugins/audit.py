@@ -80,7 +80,7 @@ class AuditPlugin:
         else:
             self._stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
             self._own_stream = True
-        self._sink = JsonLineSink(self._stream, on_written=self._written)
+        self._sink = JsonLineSink(self._stream, app[HOST].log_processors, on_written=self._written)
         self._fallback = app[HOST].log
 
     def _written(self, records: Sequence[dict[str, Any]], error: BaseException | None) -> None:
