@@ -27,7 +27,6 @@ What is cached, how the key is made: :mod:`gateway.cachekeys`. Answers carrying 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ from gateway.context import RequestContext
 from gateway.errors import ConfigError, error_response
 from gateway.globs import compile_glob
 from gateway.hookspecs import hookimpl
+from gateway.settings import redis_url
 
 __all__ = ["CachePlugin", "CacheSettings"]
 
@@ -124,7 +124,7 @@ class CacheSettings:
             values["key_prefix"] = table["key_prefix"]
         values["routes"] = tuple(_routes(table.get("routes", [])))
         if backend == "redis":
-            values["redis_url"] = _redis_url(table)
+            values["redis_url"] = redis_url(table)
         elif "redis_url" in table or "redis_url_env" in table:
             raise ConfigError("backend", 'redis_url is set but backend is not "redis"')
         return cls(**values)
@@ -164,23 +164,6 @@ def _routes(value: Any) -> list[tuple[Any, float]]:
             raise ConfigError(f"routes[{i}].path", str(exc)) from None
         out.append((pattern, _number(item["ttl"], f"routes[{i}].ttl", positive=False)))
     return out
-
-
-def _redis_url(table: dict[str, Any]) -> str:
-    if "redis_url_env" in table:
-        name = table["redis_url_env"]
-        url = os.environ.get(str(name), "")
-        if not url:
-            raise ConfigError("redis_url_env", f"environment variable {name} is not set or empty")
-    elif "redis_url" in table:
-        url = str(table["redis_url"])
-        if "@" in url:
-            raise ConfigError("redis_url", "has a password: put the URL in redis_url_env instead")
-    else:
-        raise ConfigError("backend", 'the "redis" backend needs redis_url_env or redis_url')
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis_url", "must start with redis://, rediss:// or unix://")
-    return url
 
 
 @dataclass

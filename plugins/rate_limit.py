@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Mapping
@@ -79,6 +78,7 @@ from gateway.ratestore import (
     RedisLimiter,
     Verdict,
 )
+from gateway.settings import redis_url
 
 __all__ = ["RateLimitPlugin", "RateLimitSettings", "TeamLimits"]
 
@@ -151,7 +151,7 @@ class RateLimitSettings:
             teams[name] = _team_limits({**default_raw, **_table(raw, path)}, path)
         values["teams"] = MappingProxyType(teams)
         if backend == "redis":
-            values["redis_url"] = _redis_url(table)
+            values["redis_url"] = redis_url(table)
         elif "redis_url" in table or "redis_url_env" in table:
             raise ConfigError("backend", 'redis_url is set but backend is not "redis"')
         return cls(**values)
@@ -249,23 +249,6 @@ def _team_limits(raw: dict[str, Any], path: str) -> TeamLimits:
         routes=tuple(routes),
         shadow=_bool(raw.get("shadow", False), f"{path}.shadow"),
     )
-
-
-def _redis_url(table: Mapping[str, Any]) -> str:
-    if "redis_url_env" in table:
-        name = table["redis_url_env"]
-        url = os.environ.get(str(name), "")
-        if not url:
-            raise ConfigError("redis_url_env", f"environment variable {name} is not set or empty")
-    elif "redis_url" in table:
-        url = str(table["redis_url"])
-        if "@" in url:
-            raise ConfigError("redis_url", "has a password: put the URL in redis_url_env instead")
-    else:
-        raise ConfigError("backend", 'the "redis" backend needs redis_url_env or redis_url')
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis_url", "must start with redis://, rediss:// or unix://")
-    return url
 
 
 def credential_digest(credential: str) -> str:
