@@ -15,13 +15,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, istr
 
 from gateway.config import TeamConfig
 from gateway.retry import RetryPolicy
 
-__all__ = ["OBJECT_ID", "RequestContext", "new_request_id", "object_id_of"]
+__all__ = ["OBJECT_ID", "RequestContext", "milliseconds", "new_request_id", "object_id_of"]
+
+# header names as istr: multidict looks them up without case-folding them first
+_STRIPE_ACCOUNT = istr("Stripe-Account")
 
 # Stripe object ids: a lowercase prefix, an underscore, then at least 8 base62 characters
 # of which one is a digit or a capital (sqr_1Nx..., taxcalc_...); collection names such as
@@ -55,7 +58,10 @@ def new_request_id() -> str:
 
 def object_id_of(path: str) -> str | None:
     """The last Stripe object id in ``path``, if it has one (``/v1/customers/cus_123/...``)."""
-    for segment in reversed(path.split("/")):
+    head, _, last = path.rpartition("/")
+    if "_" in last and OBJECT_ID.match(last):  # most often the id ends the path
+        return last
+    for segment in reversed(head.split("/")):
         if "_" in segment and OBJECT_ID.match(segment):
             return segment
     return None
@@ -125,14 +131,14 @@ class RequestContext:
 
     @property
     def stripe_account(self) -> str | None:
-        return self.request.headers.get("Stripe-Account")
+        return self.request.headers.get(_STRIPE_ACCOUNT)
 
     @property
     def livemode(self) -> bool | None:
         """True/False from the upstream key's prefix; None when it is not a Stripe key."""
         key = self.upstream_key
         if key is None:
-            key = _bearer_of(self.request.headers.get("Authorization", ""))
+            key = _bearer_of(self.request.headers.get(hdrs.AUTHORIZATION, ""))
         if key is None:
             return None
         if key.startswith(("sk_live_", "rk_live_")):
@@ -142,7 +148,13 @@ class RequestContext:
         return None
 
     def elapsed_ms(self) -> float:
-        return round((time.perf_counter() - self.started) * 1000.0, 3)
+        """Milliseconds since the request arrived, to the microsecond."""
+        return milliseconds(time.perf_counter() - self.started)
+
+
+def milliseconds(seconds: float) -> float:
+    """``seconds`` in milliseconds, to the microsecond (what ``round(ms, 3)`` gives, faster)."""
+    return round(seconds * 1_000_000.0) / 1000.0
 
 
 def _bearer_of(header: str) -> str | None:

@@ -46,11 +46,13 @@ class _UtcTimestamp:
         self._prefix = ""
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
-        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        micros = time.time_ns() // 1000
+        second = micros // 1_000_000
         if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._second = second
-        event_dict["timestamp"] = f"{self._prefix}.{micros:06d}Z"
+        # str(1_000_000 + n)[1:] is n zero-padded to 6 digits, cheaper than a format spec
+        event_dict["timestamp"] = self._prefix + str(1_000_000 + micros % 1_000_000)[1:] + "Z"
         return event_dict
 
 

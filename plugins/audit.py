@@ -33,7 +33,7 @@ from aiohttp import web
 
 from gateway.app import HOST
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext
+from gateway.context import RequestContext, milliseconds, object_id_of
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.hookspecs import hookimpl
 from gateway.logs import JsonLineSink
@@ -107,14 +107,16 @@ class AuditPlugin:
 
     @hookimpl
     def gateway_request_finished(self, ctx: RequestContext) -> None:
+        request = ctx.request
+        path = request.path
         team = ctx.team
         upstream_seconds = ctx.upstream_seconds
         fields: dict[str, Any] = {
             "request_id": ctx.request_id,
             "team": team.name if team is not None else None,
-            "method": ctx.method,
-            "path": ctx.path,
-            "object_id": ctx.object_id,
+            "method": request.method,
+            "path": path,
+            "object_id": object_id_of(path),
             "stripe_account": ctx.stripe_account,
             "livemode": ctx.livemode,
             "status": ctx.status,
@@ -122,14 +124,14 @@ class AuditPlugin:
             "upstream_request_id": ctx.upstream_request_id,
             "duration_ms": ctx.elapsed_ms(),
             "upstream_ms": (
-                round(upstream_seconds * 1000.0, 3) if upstream_seconds is not None else None
+                milliseconds(upstream_seconds) if upstream_seconds is not None else None
             ),
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
             "idempotency_key": ctx.idempotency_key,
             "cache": ctx.cache_status,
             "rate_limit": ctx.rate_limit,
-            "client": ctx.request.remote,
+            "client": request.remote,
             "error": ctx.error,
         }
         if ctx.audit:  # plugins add fields; they never replace the core ones

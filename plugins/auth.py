@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import hdrs
+
 from gateway.config import GatewayConfig, TeamConfig
 from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
@@ -131,13 +133,14 @@ class AuthPlugin:
 
     @hookimpl(tryfirst=True)
     def gateway_authenticate(self, ctx: RequestContext) -> None:
-        key = presented_key(ctx.request.headers.get("Authorization"))
+        request = ctx.request
+        key = presented_key(request.headers.get(hdrs.AUTHORIZATION))
         team = self._team_for(key)
         if team is None:
             raise StripeErrorResponse(401, f"Invalid API Key provided: {_tail(key)}")
         ctx.team = team.config
         ctx.upstream_key = team.upstream_key or key
-        method, path = ctx.method, ctx.path
+        method, path = request.method, request.path
         for rule in team.rules:
             if rule.matches(method, path):
                 break
