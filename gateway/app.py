@@ -7,6 +7,7 @@ app keys; there is no module-level state, so tests can run several apps side by 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 import aiohttp
 import orjson
@@ -16,7 +17,7 @@ from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.host import PluginHost
 from gateway.logs import make_error_logger
-from gateway.proxy import Proxy
+from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
 
 __all__ = ["CONFIG", "HOST", "PROXY", "SESSION", "create_app"]
 
@@ -45,7 +46,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         connector=connector,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent",),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
         raise_for_status=False,
     )
     app[SESSION] = session
@@ -64,10 +65,18 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
-def create_app(config: GatewayConfig, *, host: PluginHost | None = None) -> web.Application:
-    """Build the gateway app for ``config`` (plugins are loaded and configured here)."""
+def create_app(
+    config: GatewayConfig,
+    *,
+    host: PluginHost | None = None,
+    error_stream: BinaryIO | None = None,
+) -> web.Application:
+    """Build the gateway app for ``config`` (plugins are loaded and configured here).
+
+    The gateway's own log goes to ``error_stream`` (default: standard error).
+    """
     host = host or PluginHost(config)
-    host.log = make_error_logger(extra_processors=host.log_processors)
+    host.log = make_error_logger(error_stream, extra_processors=host.log_processors)
     app = web.Application(
         handler_args={
             "max_field_size": config.server.max_header_bytes,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from aiohttp import web
 
@@ -144,7 +144,7 @@ class Stack:
             self.upstreams[name] = fake
             self.upstream_urls[name] = served.url
 
-    def start_gateway(self, **overrides: Any) -> str:
+    def start_gateway(self, *, error_stream: BinaryIO | None = None, **overrides: Any) -> str:
         data: dict[str, Any] = {
             "upstream": {**self.upstream_urls, "read_timeout": 2.0, "connect_timeout": 2.0},
             "teams": default_teams(),
@@ -156,7 +156,7 @@ class Stack:
             else:
                 data[key] = value
         self.config = parse_config(data, environ=ENVIRON)
-        app = create_app(self.config)
+        app = create_app(self.config, error_stream=error_stream)
         served = self.loop.run(start_app(app, gateway=True, shutdown_timeout=5))
         self._runners.append(served.runner)
         self.gateway_url = served.url
