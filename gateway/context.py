@@ -25,6 +25,8 @@ __all__ = ["OBJECT_ID", "RequestContext", "milliseconds", "new_request_id", "obj
 
 # header names as istr: multidict looks them up without case-folding them first
 _STRIPE_ACCOUNT = istr("Stripe-Account")
+#: livemode by the first 8 characters of a Stripe secret or restricted key
+_LIVEMODE = {"sk_live_": True, "rk_live_": True, "sk_test_": False, "rk_test_": False}
 
 # Stripe object ids: a lowercase prefix, an underscore, then at least 8 base62 characters
 # of which one is a digit or a capital (sqr_1Nx..., taxcalc_...); collection names such as
@@ -141,11 +143,7 @@ class RequestContext:
             key = _bearer_of(self.request.headers.get(hdrs.AUTHORIZATION, ""))
         if key is None:
             return None
-        if key.startswith(("sk_live_", "rk_live_")):
-            return True
-        if key.startswith(("sk_test_", "rk_test_")):
-            return False
-        return None
+        return _LIVEMODE.get(key[:8])
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request arrived, to the microsecond."""

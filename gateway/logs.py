@@ -107,9 +107,11 @@ class JsonLineSink:
     goes to the stream in one ``write`` (then ``flush``), scheduled with
     ``loop.call_soon``. Outside a running loop a line is written at once.
 
-    After each write ``on_written(records, error)`` is called with the processed event
-    dicts that write carried and ``None``, or the ``OSError``/``ValueError`` it failed
-    with (the lines are then dropped: the callback decides where the records go).
+    After each write ``on_written(records, error)`` is called: ``((), None)`` when it
+    succeeded; when it failed, the processed event dicts that write carried (read back from
+    their lines) and the ``OSError``/``ValueError`` (the lines are then dropped: the
+    callback decides where the records go). Only the rendered lines are kept until the
+    write, not the event dicts.
     """
 
     def __init__(
@@ -123,7 +125,6 @@ class JsonLineSink:
         self._processors = tuple(_pipeline(extra_processors))
         self._on_written = on_written
         self._lines: list[bytes] = []
-        self._records: list[dict[str, Any]] = []
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
         """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``.
@@ -142,27 +143,25 @@ class JsonLineSink:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no running loop: nothing would flush it later
                 self._lines.append(line)
-                self._records.append(fields)
                 self.flush()
                 return
         self._lines.append(line)
-        self._records.append(fields)
 
     def flush(self) -> None:
         """Write the queued lines now (a no-op when there are none)."""
         if not self._lines:
             return
-        lines, records = self._lines, self._records
-        self._lines, self._records = [], []
-        error: BaseException | None = None
+        lines, self._lines = self._lines, []
         try:
             if self._stream is None:
                 raise ValueError("the sink is closed")
             _write_all(self._stream, b"".join(lines))
         except (OSError, ValueError) as exc:
-            error = exc
+            if self._on_written is not None:
+                self._on_written([orjson.loads(line) for line in lines], exc)
+            return
         if self._on_written is not None:
-            self._on_written(records, error)
+            self._on_written((), None)
 
     def close(self) -> None:
         """Flush what is queued and stop writing (the stream itself is not closed)."""

@@ -26,10 +26,13 @@ from gateway.host import PluginFailure, PluginHost
 from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
 from gateway.routing import upstream_for
 
-__all__ = ["Proxy"]
+__all__ = ["SKIP_AUTO_HEADERS", "Proxy"]
 
 CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: headers aiohttp would add to a request of its own: a relayed request carries only what
+#: the client sent (set on the upstream session, so no request pays for it again)
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 #: an error answer read whole to see whether its code makes it retryable
 _DECIDE_BODY_CAP = 64 * 1024
 
@@ -278,7 +281,6 @@ class Proxy:
                     data=data,
                     allow_redirects=False,
                     timeout=self._timeout,
-                    skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
                 )
             except _BodyTooLarge:
                 raise self._too_large() from None

@@ -47,19 +47,13 @@ def presented_key(header: str | None) -> str:
         key = header[7:].strip()
     else:
         key = _parse_authorization(header)
-    if not key or _has_white_space(key):
-        raise StripeErrorResponse(
-            401, _NO_KEY if not key else "Invalid API key: it contains white space."
-        )
-    return key
-
-
-def _has_white_space(key: str) -> bool:
+    if not key:
+        raise StripeErrorResponse(401, _NO_KEY)
     # isprintable() is False for every white space character but " ": two C calls clear
     # almost every key, the others get the exact test
-    if key.isprintable() and " " not in key:
-        return False
-    return _WHITE_SPACE.search(key) is not None
+    if not (key.isprintable() and " " not in key) and _WHITE_SPACE.search(key):
+        raise StripeErrorResponse(401, "Invalid API key: it contains white space.")
+    return key
 
 
 def _parse_authorization(header: str | None) -> str:

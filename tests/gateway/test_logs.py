@@ -1,0 +1,89 @@
+"""JSON-line sinks: the audit log's buffered sink, line for line what the structlog logger
+writes, one ``write`` per event-loop iteration, failures handed back with their records."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.logs import JsonLineSink, json_line_logger
+
+
+class CountingStream(io.BytesIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        return super().write(data)
+
+
+class FullStream(io.BytesIO):
+    def write(self, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_sink_lines_have_the_structlog_loggers_fields_and_order() -> None:
+    stream = io.BytesIO()
+    JsonLineSink(stream).emit("request", {"status": 200, "team": None})
+    logged = io.BytesIO()
+    json_line_logger(logged).info("request", status=200, team=None)
+    sink_line, log_line = orjson.loads(stream.getvalue()), orjson.loads(logged.getvalue())
+    assert list(sink_line) == list(log_line) == ["status", "team", "event", "timestamp", "level"]
+    assert sink_line["timestamp"].endswith("Z") and len(sink_line["timestamp"]) == 27
+    assert {k: v for k, v in sink_line.items() if k != "timestamp"} == {
+        k: v for k, v in log_line.items() if k != "timestamp"
+    }
+
+
+async def test_lines_of_one_loop_iteration_go_out_in_one_write() -> None:
+    stream = CountingStream()
+    written: list[BaseException | None] = []
+    sink = JsonLineSink(stream, on_written=lambda records, error: written.append(error))
+    for status in (200, 201, 404):
+        sink.emit("request", {"status": status})
+    assert stream.writes == 0  # nothing written before the loop turns
+    await asyncio.sleep(0)
+    assert stream.writes == 1 and written == [None]
+    assert [orjson.loads(line)["status"] for line in stream.getvalue().splitlines()] == [
+        200,
+        201,
+        404,
+    ]
+    sink.emit("request", {"status": 500})
+    sink.close()  # flushes what is queued
+    assert stream.writes == 2 and written == [None, None]
+
+
+async def test_a_failed_write_hands_back_every_record_with_the_error() -> None:
+    calls: list[tuple[Sequence[dict[str, Any]], BaseException | None]] = []
+    sink = JsonLineSink(
+        FullStream(), on_written=lambda records, error: calls.append((records, error))
+    )
+    sink.emit("request", {"status": 200})
+    sink.emit("request", {"status": 503})
+    await asyncio.sleep(0)
+    [(records, error)] = calls
+    assert isinstance(error, OSError)
+    assert [r["status"] for r in records] == [200, 503]
+
+
+def test_extra_processors_run_before_the_renderer_and_may_drop_an_event() -> None:
+    def redact(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        if event_dict.get("drop"):
+            raise structlog.DropEvent
+        event_dict["secret"] = "[redacted]"
+        return event_dict
+
+    stream = io.BytesIO()
+    sink = JsonLineSink(stream, [redact])
+    sink.emit("request", {"secret": "sk_live_123"})
+    sink.emit("request", {"drop": True})
+    [line] = stream.getvalue().splitlines()
+    assert orjson.loads(line)["secret"] == "[redacted]"
