@@ -135,6 +135,7 @@ class Stack:
     _runners: list[web.BaseRunner] = field(default_factory=list)
     gateway_url: str = ""
     config: GatewayConfig | None = None
+    _error_streams: list[BinaryIO] = field(default_factory=list)
 
     def start_upstreams(self) -> None:
         for name in ("api", "files", "connect", "meter_events"):
@@ -156,6 +157,9 @@ class Stack:
             else:
                 data[key] = value
         self.config = parse_config(data, environ=ENVIRON)
+        if error_stream is None:  # the gateway's own log, in a file the test can poll
+            error_stream = self.errors_path.open("ab", buffering=0)
+            self._error_streams.append(error_stream)
         app = create_app(self.config, error_stream=error_stream)
         served = self.loop.run(start_app(app, gateway=True, shutdown_timeout=5))
         self._runners.append(served.runner)
@@ -165,6 +169,28 @@ class Stack:
     @property
     def audit_path(self) -> Path:
         return self.tmp / "audit.jsonl"
+
+    @property
+    def errors_path(self) -> Path:
+        return self.tmp / "errors.jsonl"
+
+    def error_events(
+        self, event: str, at_least: int = 1, timeout: float = 3.0
+    ) -> list[dict[str, Any]]:
+        """The gateway error log's records named ``event``, waiting up to ``timeout`` for
+        ``at_least`` of them (the log is written once per event-loop iteration, so often
+        just after the response that caused it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = []
+            if self.errors_path.exists():
+                for line in self.errors_path.read_text().splitlines():
+                    record = json.loads(line) if line else {}
+                    if record.get("event") == event:
+                        records.append(record)
+            if len(records) >= at_least or time.monotonic() > deadline:
+                return records
+            time.sleep(0.02)
 
     def audit_lines(self, at_least: int = 1, timeout: float = 3.0) -> list[dict[str, Any]]:
         """The audit file's lines, waiting up to ``timeout`` for ``at_least`` of them.
@@ -186,3 +212,6 @@ class Stack:
         for runner in reversed(self._runners):
             self.loop.run(runner.cleanup())
         self._runners.clear()
+        for stream in self._error_streams:
+            stream.close()
+        self._error_streams.clear()

@@ -67,9 +67,11 @@ def test_upstream_key_never_reaches_the_client_or_the_logs(
     ]
     assert [r.status_code for r in responses] == [200, 403, 504, 401]
     gateway.audit_lines(4)
+    assert gateway.error_events("upstream_error")  # the 504 was logged
     out, err = capfd.readouterr()
     audit = gateway.audit_path.read_text()
-    for text in [out, err, audit, *(r.text + str(r.headers) for r in responses)]:
+    errors = gateway.errors_path.read_text()
+    for text in [out, err, audit, errors, *(r.text + str(r.headers) for r in responses)]:
         for secret in (BILLING_UPSTREAM_KEY, ANALYTICS_UPSTREAM_KEY, BILLING_KEY, ANALYTICS_KEY):
             assert secret not in text
 
