@@ -8,13 +8,16 @@ after it (a retrieve right after an update always sees the update).
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import cachetools
 import orjson
+
+from gateway.resp import Reply, ReplyError, RespConnection, bulk, encode_command
 
 __all__ = ["CacheStore", "Entry", "MemoryStore", "RedisStore", "StoreUnavailable"]
 
@@ -130,7 +133,7 @@ class MemoryStore:
 
 # Store only when no tombstone of the object is newer than the fetch's start, and record
 # the key under each object id, all in one round trip.
-_PUT = """
+_PUT_SOURCE = """
 local started = tonumber(ARGV[3])
 for i = 3, #KEYS, 2 do
   local evicted = redis.call('GET', KEYS[i + 1])
@@ -147,7 +150,7 @@ return 1
 """
 
 # Tombstone each object, then delete every key listed under it and the list itself.
-_EVICT = """
+_EVICT_SOURCE = """
 local count = 0
 for i = 1, #KEYS, 2 do
   redis.call('SET', KEYS[i + 1], ARGV[1], 'PX', ARGV[2])
@@ -166,6 +169,11 @@ class RedisStore:
     treats it as a miss. After a failure the store stops asking Redis for
     ``breaker_seconds`` (a circuit breaker), so an outage does not add a timeout to every
     request; ``on_error`` is told about each failure (for logs and counters).
+
+    Calls go through one pipelined connection (:mod:`gateway.resp`): a hit costs one
+    ``GET`` framed by hand, not a pool checkout and redis-py's general machinery, and a
+    call that times out does not hold a connection others wait for. The scripts are
+    called by their SHA-1 and sent in full only when Redis does not have them yet.
     """
 
     def __init__(
@@ -178,22 +186,13 @@ class RedisStore:
         tombstone_seconds: float,
         on_error: Callable[[str, BaseException], None],
     ) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis: Any = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        self._conn = RespConnection(url, connect_timeout=timeout)
+        self._timeout = timeout
         self._prefix = prefix
         self._breaker_seconds = breaker_seconds
         self._tombstone_ms = int(tombstone_seconds * 1000)
         self._open_until = 0.0
         self._on_error = on_error
-        self._put = self._redis.register_script(_PUT)
-        self._evict = self._redis.register_script(_EVICT)
 
     def _entry_key(self, key: str) -> str:
         return f"{self._prefix}:e:{key}"
@@ -201,20 +200,35 @@ class RedisStore:
     def _object_keys(self, object_id: str) -> tuple[str, str]:
         return f"{self._prefix}:i:{object_id}", f"{self._prefix}:t:{object_id}"
 
-    async def _call(self, what: str, make: Callable[[], Awaitable[Any]]) -> Any:
-        if time.monotonic() < self._open_until:
+    async def _call(
+        self, what: str, payload: bytes | tuple[bytes, bytes], script: _Script | None = None
+    ) -> Reply:
+        """Send one framed command, or a script call (:func:`_script_call`)."""
+        if self._open_until and time.monotonic() < self._open_until:
             raise StoreUnavailable("circuit open")
         try:
-            return await make()
-        except Exception as exc:  # redis errors, timeouts, connection refused
+            if isinstance(payload, bytes):
+                reply = await self._conn.call(payload, self._timeout)
+            else:
+                assert script is not None, "a script call names its script"
+                head, body = payload
+                reply = await self._conn.call(head + script.evalsha + body, self._timeout)
+                if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                    reply = await self._conn.call(head + script.eval + body, self._timeout)
+            if isinstance(reply, Exception):
+                raise reply
+        except Exception as exc:  # connection refused or lost, timeouts, error replies
             self._open_until = time.monotonic() + self._breaker_seconds
             self._on_error(what, exc)
-            raise StoreUnavailable(str(exc)) from exc
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return reply
 
     async def get(self, key: str) -> Entry | None:
-        data = await self._call("get", lambda: self._redis.get(self._entry_key(key)))
+        data = await self._call("get", encode_command("GET", self._entry_key(key)))
         if data is None:
             return None
+        if not isinstance(data, bytes):
+            raise StoreUnavailable(f"unexpected reply to GET: {type(data).__name__}")
         return Entry.decode(data)
 
     async def put(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
@@ -222,27 +236,43 @@ class RedisStore:
         keys = [self._entry_key(key), ""]
         for object_id in object_ids:
             keys.extend(self._object_keys(object_id))
-        stored = await self._call(
-            "put",
-            lambda: self._put(keys=keys, args=[entry.encode(), ttl_ms, int(started * 1000)]),
-        )
-        return bool(stored)
+        args = (entry.encode(), ttl_ms, int(started * 1000))
+        stored = await self._call("put", _script_call(keys, args), _PUT)
+        return stored == 1
 
     async def evict(self, object_ids: list[str]) -> int:
         keys: list[str] = []
         for object_id in object_ids:
             keys.extend(self._object_keys(object_id))
         now_ms = int(time.time() * 1000)
-        count = await self._call(
-            "evict", lambda: self._evict(keys=keys, args=[now_ms, self._tombstone_ms])
-        )
-        return int(count)
+        count = await self._call("evict", _script_call(keys, (now_ms, self._tombstone_ms)), _EVICT)
+        return count if isinstance(count, int) else 0
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._call("ping", self._redis.ping))
+            return await self._call("ping", encode_command("PING")) == b"PONG"
         except StoreUnavailable:
             return False
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._conn.close()
+
+
+class _Script:
+    """A Lua script, framed for ``EVALSHA`` (and ``EVAL`` when Redis lacks it)."""
+
+    def __init__(self, source: str) -> None:
+        self.evalsha = bulk("EVALSHA") + bulk(hashlib.sha1(source.encode()).hexdigest())
+        self.eval = bulk("EVAL") + bulk(source)
+
+
+def _script_call(keys: list[str], args: tuple[bytes | int, ...]) -> tuple[bytes, bytes]:
+    """The array header and the arguments (numkeys, keys, args) of a script call; the
+    script's own two arguments (``EVALSHA sha`` or ``EVAL source``) go between them."""
+    head = b"*%d\r\n" % (3 + len(keys) + len(args))
+    body = bulk(len(keys)) + b"".join(bulk(k) for k in keys) + b"".join(bulk(a) for a in args)
+    return head, body
+
+
+_PUT = _Script(_PUT_SOURCE)
+_EVICT = _Script(_EVICT_SOURCE)

@@ -46,7 +46,7 @@ def encode_command(*args: bytes | str | int | float) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
 
 
-def parse_reply(buf: bytes, pos: int) -> tuple[Reply, int] | None:
+def parse_reply(buf: bytes | bytearray, pos: int) -> tuple[Reply, int] | None:
     """The reply starting at ``pos`` and the position after it; None when ``buf`` does not
     hold all of it yet. Raises ValueError on bytes that are not RESP2."""
     end = buf.find(b"\r\n", pos)
@@ -63,7 +63,8 @@ def parse_reply(buf: bytes, pos: int) -> tuple[Reply, int] | None:
             return None, pos
         if len(buf) < pos + size + 2:
             return None
-        return buf[pos : pos + size], pos + size + 2
+        value = buf[pos : pos + size]
+        return (value if type(value) is bytes else bytes(value)), pos + size + 2
     if kind == 0x2A:  # "*" array
         count = int(line)
         if count < 0:
@@ -77,7 +78,7 @@ def parse_reply(buf: bytes, pos: int) -> tuple[Reply, int] | None:
             items.append(item)
         return items, pos
     if kind == 0x2B:  # "+" simple string
-        return line, pos
+        return bytes(line), pos
     if kind == 0x2D:  # "-" error
         return ReplyError(line.decode("utf-8", "replace")), pos
     raise ValueError(f"not a RESP2 reply (type byte {bytes([kind])!r})")
@@ -87,7 +88,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiters: deque[asyncio.Future[Reply]] = deque()
-        self.buffer = b""
+        #: the start of a reply not whole yet (grows in place: a large value arrives in
+        #: many chunks, and is not copied again for each)
+        self.buffer = bytearray()
         self.lost: Exception | None = None
         #: commands asked for in this turn of the event loop, written together at its end
         self.outgoing: list[bytes] = []
@@ -114,7 +117,10 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(b"".join(outgoing))
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer + data if self.buffer else data
+        buf: bytes | bytearray = data
+        if self.buffer:
+            self.buffer += data
+            buf = self.buffer
         pos = 0
         waiters = self.waiters
         try:
@@ -131,7 +137,10 @@ class _Protocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
-        self.buffer = buf[pos:]
+        if buf is self.buffer:
+            del self.buffer[:pos]
+        elif pos < len(buf):
+            self.buffer = bytearray(buf[pos:])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionError("Redis closed the connection"))

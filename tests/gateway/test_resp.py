@@ -137,3 +137,27 @@ async def test_unix_socket(unix_redis: Path) -> None:
     check = redis.Redis(unix_socket_path=str(unix_redis), db=2)
     assert check.get("k") == b"v"
     check.close()
+
+
+async def test_large_values_and_many_replies_in_one_read(redis_server: RedisServer) -> None:
+    """A value of several MB arrives in many chunks; a burst of small replies in one."""
+    conn = RespConnection(redis_server.url, connect_timeout=1.0)
+    big = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB, every byte value, \r\n inside
+    try:
+        assert await conn.call(encode_command("SET", "resp:big", big), 2.0) == b"OK"
+        got, small = await asyncio.gather(
+            conn.call(encode_command("GET", "resp:big"), 2.0),
+            asyncio.gather(*(conn.call(encode_command("ECHO", str(i)), 2.0) for i in range(200))),
+        )
+        assert isinstance(got, bytes) and got == big
+        assert small == [str(i).encode() for i in range(200)]
+        assert await conn.call(encode_command("GET", "resp:big"), 2.0) == big  # in step after
+    finally:
+        await conn.call(encode_command("DEL", "resp:big"), 2.0)
+        await conn.close()
+
+
+def test_parse_reply_from_a_bytearray_gives_bytes() -> None:
+    assert parse_reply(bytearray(b"$3\r\nabc\r\n"), 0) == (b"abc", 9)
+    reply = parse_reply(bytearray(b"$3\r\nabc\r\n"), 0)
+    assert reply is not None and type(reply[0]) is bytes
