@@ -104,6 +104,10 @@ class RequestContext:
     #: set by a plugin (in gateway_request) to get a copy of the response body, up to this
     #: many bytes, in ``response_body`` when the request is finished; 0: no copy
     capture_limit: int = 0
+    #: set by a plugin (in gateway_request) to get a copy of the request body, up to this
+    #: many bytes, in ``request_body`` when the request is finished; 0: no copy. The body
+    #: still streams upstream; the copy is taken chunk by chunk as it goes.
+    request_capture_limit: int = 0
     #: set by a plugin to have the core retry upstream with the same Idempotency-Key
     #: (see gateway/retry.py); only used when the request carries a key
     retry: RetryPolicy | None = None
@@ -114,6 +118,9 @@ class RequestContext:
     response_body: bytes | None = None
     #: the response's headers as sent to the client (set when capture was asked for)
     response_headers: CIMultiDict[str] | None = None
+    #: the whole request body sent upstream, when capture was asked for and the body was
+    #: complete and within the limit; None otherwise
+    request_body: bytes | None = None
     #: further fields plugins want in the audit line
     audit: dict[str, Any] = field(default_factory=dict)
     #: scratch space for plugins, keyed by plugin name

@@ -2,7 +2,9 @@
 
 Bodies are relayed chunk by chunk in both directions; nothing is buffered whole. What the
 client sent in its query string and body reaches Stripe byte for byte, and what Stripe
-answers reaches the client byte for byte (compressed bodies stay compressed).
+answers reaches the client byte for byte (compressed bodies stay compressed). A plugin may
+ask for a copy of either body, up to a limit (``ctx.request_capture_limit``,
+``ctx.capture_limit``): the copy is kept as the chunks go by, never instead of them.
 """
 
 from __future__ import annotations
@@ -213,13 +215,32 @@ class Proxy:
 
     async def _body(self, ctx: RequestContext) -> AsyncIterator[bytes]:
         content = ctx.request.content
+        limit = ctx.request_capture_limit
+        if limit <= 0:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                ctx.bytes_in += len(chunk)
+                if ctx.bytes_in > self._max_body:
+                    raise _BodyTooLarge()
+                yield chunk
+        # a plugin asked for a copy: keep the chunks while the body stays within its limit
+        captured: list[bytes] | None = []
         while True:
             chunk = await content.readany()
             if not chunk:
+                if captured is not None:
+                    ctx.request_body = b"".join(captured)
                 return
             ctx.bytes_in += len(chunk)
             if ctx.bytes_in > self._max_body:
                 raise _BodyTooLarge()
+            if captured is not None:
+                if ctx.bytes_in <= limit:
+                    captured.append(chunk)
+                else:
+                    captured = None
             yield chunk
 
     def _should_retry(self, ctx: RequestContext) -> bool:
@@ -329,6 +350,8 @@ class Proxy:
             return None
         body = await ctx.request.read()
         ctx.bytes_in = len(body)
+        if len(body) <= ctx.request_capture_limit:
+            ctx.request_body = body
         return body
 
     def _retry_allowed(self, ctx: RequestContext, policy: RetryPolicy, started: float) -> bool:

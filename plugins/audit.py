@@ -1,16 +1,45 @@
 """The audit log: one JSON line per request, tied to Stripe's ``Request-Id``.
 
-Settings (``[plugins.audit]``):
+Settings (``[plugins.audit]``, all optional):
 
 ``path``
     ``"-"`` for standard output (the default) or a file path, opened for appending.
+``params``
+    put the request's parameters in the line, as ``params`` (true)
+``params_max_bytes``
+    largest request body whose parameters are logged (16384); larger bodies are streamed
+    upstream as always and the line says ``[body N bytes, not logged]``
+``response_body``
+    put the response body in the line, as ``response_body`` (false)
+``response_body_max_bytes``
+    largest response body logged (65536)
+``routes``
+    per-route overrides, first match wins:
+    ``[{ route = "POST /v1/forwarding/**", params = false, response_body = true }]``;
+    a key left out keeps the global value
 
 The line carries: timestamp, gateway request id, team, method, path, Stripe object id,
 ``Stripe-Account``, livemode (from the upstream key's prefix), status, upstream name and
 ``Request-Id``, total and upstream latency in ms, bytes in and out, ``Idempotency-Key``,
-cache status and rate-limit decision (when those plugins set them), client address, and
-the error kind when the gateway answered itself. Never the ``Authorization`` header, a
-key or a query string.
+cache status and rate-limit decision (when those plugins set them), client address, the
+error kind when the gateway answered itself, and, where configured, the request's
+parameters and the response body. Never the ``Authorization`` header or the gateway key.
+
+**Parameters** (``params``) are the query string's and the body's, decoded into nested
+objects the way Stripe reads bracket notation (:mod:`gateway.params`): ``card[number]=…``
+is ``{"card": {"number": …}}``, ``expand[0]`` a list. Only form (``x-www-form-urlencoded``)
+and JSON bodies of at most ``params_max_bytes`` are decoded; for any other body the line
+has ``request_body``: ``[multipart N bytes]`` or ``[body N bytes, not logged]``. The body
+is not buffered for this: the proxy keeps a copy of the chunks as they stream upstream
+(``ctx.request_capture_limit``), and only for routes and content types that are logged.
+Decoding happens when the line is written, after the response. **Response bodies** are
+captured the same way (``ctx.capture_limit``) and logged decoded when they are JSON and not
+compressed, otherwise as ``[body N bytes, not logged]``.
+
+Parameters and bodies carry card data, keys and personal data: like every field, they pass
+through the log processors (the ``redaction`` plugin) before the line is rendered. With
+``redaction`` disabled they are logged as sent, and start-up logs
+``audit_params_unredacted``.
 
 Lines are buffered and written once per event-loop iteration (and at shutdown), one
 ``write`` for all the requests that finished in that iteration.
@@ -25,23 +54,144 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 from aiohttp import web
 
 from gateway.app import HOST
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, milliseconds, object_id_of
 from gateway.errors import ConfigError, StripeErrorResponse
+from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.logs import JsonLineSink
+from gateway.masks import unparsed
+from gateway.params import decode_form
 
-__all__ = ["AuditPlugin"]
+__all__ = ["AuditPlugin", "AuditRoute", "AuditSettings"]
 
 #: keys the sink's processors add to a record; the error log sets its own
 _SINK_KEYS = frozenset({"event", "level", "timestamp"})
+_KEYS = frozenset(
+    {"path", "params", "params_max_bytes", "response_body", "response_body_max_bytes", "routes"}
+)
+_ROUTE_KEYS = frozenset({"route", "params", "response_body"})
+_MAX_CAP = 1 << 20
+_FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRoute:
+    """What the audit line carries for the requests of one route."""
+
+    params: bool = True
+    response_body: bool = False
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """``[plugins.audit]``, validated."""
+
+    path: Path | None = None
+    default: AuditRoute = AuditRoute()
+    params_max_bytes: int = 16384
+    response_body_max_bytes: int = 65536
+    routes: tuple[tuple[RouteRule, AuditRoute], ...] = ()
+
+    @classmethod
+    def parse(cls, table: Mapping[str, Any]) -> AuditSettings:
+        for key in table:
+            if key not in _KEYS:
+                raise ConfigError(key, "unknown key")
+        default = AuditRoute(
+            params=_bool(table.get("params", True), "params"),
+            response_body=_bool(table.get("response_body", False), "response_body"),
+        )
+        return cls(
+            path=_path(table.get("path", "-")),
+            default=default,
+            params_max_bytes=_cap(table.get("params_max_bytes", 16384), "params_max_bytes"),
+            response_body_max_bytes=_cap(
+                table.get("response_body_max_bytes", 65536), "response_body_max_bytes"
+            ),
+            routes=_routes(table.get("routes", []), default),
+        )
+
+    def route(self, method: str, path: str) -> AuditRoute:
+        """The settings of the first route matching ``METHOD path``, else the global ones."""
+        for rule, route in self.routes:
+            if rule.matches(method, path):
+                return route
+        return self.default
+
+    @property
+    def anything_logged(self) -> bool:
+        """Whether any route logs parameters or response bodies."""
+        routes = (self.default, *(route for _, route in self.routes))
+        return any(r.params or r.response_body for r in routes)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(where, "must be true or false")
+    return value
+
+
+def _cap(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_CAP:
+        raise ConfigError(where, f"must be a whole number of bytes from 1 to {_MAX_CAP}")
+    return value
+
+
+def _path(value: Any) -> Path | None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError("path", 'must be "-" (standard output) or a file path')
+    if value == "-":
+        return None
+    p = Path(value)
+    if not p.parent.is_dir():
+        raise ConfigError("path", f"directory {p.parent} does not exist")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ConfigError("path", f"{p} is not writable")
+    return p
+
+
+def _routes(value: Any, default: AuditRoute) -> tuple[tuple[RouteRule, AuditRoute], ...]:
+    shape = '{ route = "METHOD /path/glob", params = true, response_body = false }'
+    if not isinstance(value, list):
+        raise ConfigError("routes", f"must be a list of tables like {shape}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"routes[{i}]"
+        if not isinstance(item, dict) or "route" not in item:
+            raise ConfigError(where, f"must be a table like {shape}")
+        for key in item:
+            if key not in _ROUTE_KEYS:
+                raise ConfigError(f"{where}.{key}", "unknown key")
+        if not isinstance(item["route"], str):
+            raise ConfigError(f"{where}.route", 'must be a string like "POST /v1/forwarding/**"')
+        try:
+            rule = parse_rule(item["route"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}.route", str(exc)) from None
+        route = AuditRoute(
+            params=_bool(item.get("params", default.params), f"{where}.params"),
+            response_body=_bool(
+                item.get("response_body", default.response_body), f"{where}.response_body"
+            ),
+        )
+        out.append((rule, route))
+    return tuple(out)
+
+
+def _is_decoded(content_type: str) -> bool:
+    """Bodies whose parameters are decoded: forms and JSON."""
+    return content_type in (_FORM, _JSON) or content_type.endswith("+json")
 
 
 class AuditPlugin:
@@ -50,7 +200,7 @@ class AuditPlugin:
     name = "audit"
 
     def __init__(self) -> None:
-        self._path: Path | None = None
+        self.settings = AuditSettings()
         self._stream: BinaryIO | None = None
         self._own_stream = False
         self._sink: JsonLineSink | None = None
@@ -59,29 +209,25 @@ class AuditPlugin:
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
-        for key in settings:
-            if key != "path":
-                raise ConfigError(key, "unknown key")
-        path = settings.get("path", "-")
-        if not isinstance(path, str) or not path:
-            raise ConfigError("path", 'must be "-" (standard output) or a file path')
-        if path != "-":
-            p = Path(path)
-            if not p.parent.is_dir():
-                raise ConfigError("path", f"directory {p.parent} does not exist")
-            if p.exists() and not os.access(p, os.W_OK):
-                raise ConfigError("path", f"{p} is not writable")
-            self._path = p
+        self.settings = AuditSettings.parse(settings)
 
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:
-        if self._path is None:
+        path = self.settings.path
+        if path is None:
             self._stream = sys.stdout.buffer
         else:
-            self._stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
+            self._stream = open(path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
             self._own_stream = True
-        self._sink = JsonLineSink(self._stream, app[HOST].log_processors, on_written=self._written)
-        self._fallback = app[HOST].log
+        host = app[HOST]
+        self._sink = JsonLineSink(self._stream, host.log_processors, on_written=self._written)
+        self._fallback = host.log
+        if self.settings.anything_logged and "redaction" not in host.plugin_names():
+            host.log.warning(
+                "audit_params_unredacted",
+                reason="the redaction plugin is disabled: request parameters and response "
+                "bodies go into the audit log as sent",
+            )
 
     def _written(self, records: Sequence[dict[str, Any]], error: BaseException | None) -> None:
         if error is None:
@@ -104,6 +250,18 @@ class AuditPlugin:
                 code="audit_unavailable",
                 should_retry=True,
             )
+        settings = self.settings
+        route = settings.route(ctx.method, ctx.path) if settings.routes else settings.default
+        request = ctx.request
+        if route.params and request.body_exists:
+            # a copy of the body as it streams upstream, for the forms and JSON logged
+            length = request.content_length
+            cap = settings.params_max_bytes
+            if (length is None or length <= cap) and _is_decoded(request.content_type):
+                ctx.request_capture_limit = cap
+        if route.response_body:
+            # shared with other plugins (the cache): the largest limit asked for wins
+            ctx.capture_limit = max(ctx.capture_limit, settings.response_body_max_bytes)
 
     @hookimpl
     def gateway_request_finished(self, ctx: RequestContext) -> None:
@@ -134,6 +292,16 @@ class AuditPlugin:
             "client": request.remote,
             "error": ctx.error,
         }
+        settings = self.settings
+        route = settings.route(request.method, path) if settings.routes else settings.default
+        if route.params or route.response_body:
+            try:
+                if route.params:
+                    self._add_params(ctx, fields)
+                if route.response_body:
+                    fields["response_body"] = self._response_body(ctx)
+            except Exception:  # never lose the line over its optional parts
+                fields["params"] = fields["response_body"] = "[unparsed]"
         if ctx.audit:  # plugins add fields; they never replace the core ones
             fields = {**ctx.audit, **fields}
         assert self._sink is not None, "the sink opens at start-up"
@@ -141,6 +309,58 @@ class AuditPlugin:
             self._sink.emit("request", fields)
         except (OSError, ValueError) as exc:  # a processor failed: no line for this record
             self._written([fields], exc)
+
+    def _add_params(self, ctx: RequestContext, fields: dict[str, Any]) -> None:
+        """``params`` (query and body, decoded), and ``request_body`` for a body that is
+        not decoded (what it is and its size, never its content)."""
+        request = ctx.request
+        params: dict[str, Any] = {}
+        query = request.rel_url.raw_query_string
+        if query:
+            decode_form(query, params)
+        fields["params"] = params
+        if not request.body_exists:
+            return
+        body = ctx.request_body
+        content_type = request.content_type
+        if body is None or not _is_decoded(content_type):
+            size = ctx.bytes_in or request.content_length or 0
+            if content_type.startswith("multipart/"):
+                fields["request_body"] = f"[multipart {size} bytes]"
+            else:
+                fields["request_body"] = f"[body {size} bytes, not logged]"
+            return
+        try:
+            if content_type == _FORM:
+                decode_form(body.decode("utf-8", "replace"), params)
+                return
+            decoded = orjson.loads(body)
+        except Exception:  # a body that is not what it says: counted, never shown
+            fields["request_body"] = unparsed(body)
+            return
+        if isinstance(decoded, dict):
+            params.update(decoded)
+        else:  # Stripe's JSON bodies are objects
+            fields["request_body"] = f"[body {len(body)} bytes, not logged]"
+
+    def _response_body(self, ctx: RequestContext) -> Any:
+        """The response body, decoded when it is JSON; otherwise what it is and its size."""
+        body = ctx.response_body
+        headers = ctx.response_headers
+        if body is None or headers is None or len(body) > self.settings.response_body_max_bytes:
+            return f"[body {ctx.bytes_out} bytes, not logged]" if ctx.bytes_out else None
+        if not body:
+            return None
+        encoding = headers.get("Content-Encoding")
+        if encoding:
+            return f"[{encoding} body {len(body)} bytes, not logged]"
+        content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if not _is_decoded(content_type) or content_type == _FORM:
+            return f"[body {len(body)} bytes, not logged]"
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return unparsed(body)
 
     @hookimpl
     def gateway_shutdown(self, app: web.Application) -> None:

@@ -292,7 +292,8 @@ class CachePlugin:
         self._flights[key] = flight
         state.leader = flight
         ctx.cache_status = "MISS"
-        ctx.capture_limit = self.settings.max_entry_bytes
+        # another plugin (the audit log) may want a copy of larger bodies
+        ctx.capture_limit = max(ctx.capture_limit, self.settings.max_entry_bytes)
         self.counts["miss"] += 1
         return None
 
@@ -394,6 +395,8 @@ class CachePlugin:
         body = ctx.response_body
         headers = ctx.response_headers
         if not state.store or ctx.status != 200 or body is None or headers is None:
+            return None
+        if len(body) > self.settings.max_entry_bytes:
             return None
         if ctx.error is not None or "Content-Encoding" in headers:
             return None

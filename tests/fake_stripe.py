@@ -18,6 +18,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 _OBJECT_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$")
+#: the signing secret every webhook endpoint create answers with (a fake one)
+WEBHOOK_SECRET = "whsec_fakeSigningSecret0000000000000001"
 
 
 @dataclass
@@ -139,6 +141,14 @@ class FakeStripe:
             }
         if request.method == "DELETE":
             return {"id": parts[-1], "object": parts[-2].rstrip("s"), "deleted": True, "echo": echo}
+        if request.path == "/v1/webhook_endpoints" and request.method == "POST":
+            # Stripe shows an endpoint's signing secret once, in the create answer
+            return {
+                "id": "we_fake0000000001",
+                "object": "webhook_endpoint",
+                "secret": WEBHOOK_SECRET,
+                "echo": echo,
+            }
         if request.path == "/v1/files":
             return {"id": "file_fake0000001", "object": "file", "size": len(body), "echo": echo}
         return {"id": "obj_created00001", "object": parts[-1].rstrip("s"), "echo": echo}

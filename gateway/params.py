@@ -1,0 +1,128 @@
+"""Request parameters and bodies decoded for the audit line (never for the traffic).
+
+Stripe reads form parameters with bracket nesting: ``card[number]=…`` is
+``{"card": {"number": …}}``, ``expand[0]=a`` and ``expand[]=a`` are lists, and
+``request[headers][][name]=…&request[headers][][value]=…`` is a list of objects (a new
+object starts when the last one already has the key, as Rack does). :func:`decode_form`
+builds that shape, so the redaction engine sees every value below the field names that
+give it its meaning (a ``number`` below ``card``), and an operator reads
+``params.card.exp_month`` rather than a query string.
+
+Input that Stripe would refuse is still decoded, never dropped: a name given twice, or
+both as a value and as an object (``a=1&a[b]=2``), becomes a list of what was given.
+Names nested more than :data:`MAX_DEPTH` deep keep only a placeholder for their value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from gateway.masks import unparsed
+
+__all__ = ["MAX_DEPTH", "decode_form", "split_name"]
+
+#: deeper bracket nesting than this is not decoded: the value becomes a placeholder
+MAX_DEPTH = 16
+
+
+def split_name(name: str) -> list[str]:
+    """``"a[b][]"`` -> ``["a", "b", ""]``; a name that is not well-formed bracket notation
+    (``"a[b"``, ``"[a]"``, ``"a]b["``) is one segment, as written."""
+    open_at = name.find("[")
+    if open_at <= 0 or name[-1] != "]":
+        return [name]
+    inner = name[open_at + 1 : -1].split("][")
+    if any("[" in s or "]" in s for s in inner):
+        return [name]
+    return [name[:open_at], *inner]
+
+
+def decode_form(text: str, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters of a query string or form body, nested the way Stripe reads them.
+
+    Keys and values are percent-decoded (``+`` is a space; bytes that are not UTF-8
+    become U+FFFD). Objects whose keys are exactly ``"0"`` … ``"n-1"`` become lists.
+    ``into`` adds the parameters to an existing result (a query string, then a body).
+    """
+    out: dict[str, Any] = {} if into is None else into
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
+        segments = split_name(name)
+        if len(segments) > MAX_DEPTH:
+            _add(out, name, unparsed(value))
+        else:
+            _put(out, segments, value)
+    _lists(out)
+    return out
+
+
+def _add(node: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``node[key]``; a second value makes a list of both."""
+    old = node.get(key)
+    if old is None:
+        node[key] = value
+    elif type(old) is list:
+        old.append(value)
+    else:
+        node[key] = [old, value]
+
+
+def _child(node: dict[str, Any], key: str) -> dict[str, Any]:
+    """The object at ``node[key]``, made when missing; a value already there is kept in
+    a list with the new object."""
+    old = node.get(key)
+    if type(old) is dict:
+        return old
+    new: dict[str, Any] = {}
+    _add(node, key, new)
+    return new
+
+
+def _put(node: dict[str, Any], segments: list[str], value: str) -> None:
+    while True:
+        key = segments[0]
+        rest = segments[1:]
+        if not rest:
+            _add(node, key, value)
+            return
+        if rest[0] != "":
+            node = _child(node, key)
+            segments = rest
+            continue
+        # key[] or key[][sub]...: a list
+        items = node.get(key)
+        if type(items) is not list:
+            items = node[key] = [] if items is None else [items]
+        sub = rest[1:]
+        if not sub:
+            items.append(value)
+            return
+        last = items[-1] if items else None
+        if type(last) is not dict or _has(last, sub):
+            last = {}
+            items.append(last)
+        node = last
+        segments = sub
+
+
+def _has(node: dict[str, Any], segments: list[str]) -> bool:
+    for key in segments:
+        if type(node) is not dict or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _lists(value: Any) -> Any:
+    """``value`` with every object keyed ``"0"`` … ``"n-1"`` turned into a list."""
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(item) is dict or type(item) is list:
+                value[key] = _lists(item)
+        n = len(value)
+        if n and all(k.isdigit() for k in value) and value.keys() == {str(i) for i in range(n)}:
+            return [value[str(i)] for i in range(n)]
+        return value
+    if type(value) is list:
+        return [_lists(item) for item in value]
+    return value
