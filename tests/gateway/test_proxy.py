@@ -13,6 +13,8 @@ import pytest
 import requests
 import stripe
 
+from gateway.context import RequestContext
+from gateway.hookspecs import hookimpl
 from tests.helpers import (
     BILLING_KEY,
     BILLING_UPSTREAM_KEY,
@@ -408,3 +410,64 @@ def test_retry_hint_counts_an_idempotency_key_added_by_a_plugin(stack: Stack) ->
         timeout=5,
     )
     assert raw.status_code == 502 and raw.headers["Stripe-Should-Retry"] == "true"
+
+
+class BodyCopy:
+    """A plugin asking for a copy of the request body (as the audit plugin does)."""
+
+    name = "body_copy"
+
+    def __init__(self) -> None:
+        self.limit = 0
+        self.seen: list[bytes | None] = []
+
+    @hookimpl
+    def gateway_request(self, ctx: RequestContext) -> None:
+        ctx.request_capture_limit = self.limit
+
+    @hookimpl
+    def gateway_request_finished(self, ctx: RequestContext) -> None:
+        self.seen.append(ctx.request_body)
+
+    def finished(self, timeout: float = 3.0) -> list[bytes | None]:
+        """What the requests' copies were, once one has finished (just after its response)."""
+        deadline = time.monotonic() + timeout
+        while not self.seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.seen
+
+
+BODY_COPY = BodyCopy()
+
+
+@pytest.mark.parametrize(
+    ("limit", "chunked", "copied"),
+    [(1000, False, True), (1000, True, True), (999, True, False), (0, False, False)],
+)
+def test_a_plugin_gets_a_copy_of_the_request_body_as_it_streams(
+    stack: Stack, limit: int, chunked: bool, copied: bool
+) -> None:
+    BODY_COPY.limit, BODY_COPY.seen = limit, []
+    stack.start_gateway(plugins={"load": ["tests.gateway.test_proxy:BODY_COPY"]})
+    body = b"a=" + b"x" * 998
+    data: Any = iter([body[:300], body[300:]]) if chunked else body
+    response = requests.post(
+        f"{stack.gateway_url}/v1/customers", auth=(BILLING_KEY, ""), data=data, timeout=5
+    )
+    assert response.status_code == 200
+    assert stack.upstreams["api"].last().body == body
+    assert BODY_COPY.finished() == [body if copied else None]
+
+
+def test_a_body_buffered_for_retries_is_the_copy(stack: Stack) -> None:
+    BODY_COPY.limit, BODY_COPY.seen = 100, []
+    stack.start_gateway(plugins={"load": ["tests.gateway.test_proxy:BODY_COPY"]})
+    stack.upstreams["api"].plan = ["retry500", "ok"]
+    response = requests.post(
+        f"{stack.gateway_url}/v1/forwarding/requests",
+        auth=(BILLING_KEY, ""),
+        data={"url": "https://example.com"},
+        timeout=10,
+    )
+    assert response.status_code == 200 and response.headers["X-Gateway-Attempts"] == "2"
+    assert BODY_COPY.finished() == [b"url=https%3A%2F%2Fexample.com"]

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
 import requests
 import stripe
 
-from tests.helpers import ANALYTICS_KEY, BILLING_KEY, Stack
+from gateway.config import parse_config
+from gateway.errors import ConfigError
+from gateway.host import PluginHost
+from plugins.audit import AuditRoute, AuditSettings
+from tests.fake_stripe import WEBHOOK_SECRET
+from tests.helpers import ANALYTICS_KEY, BILLING_KEY, BILLING_UPSTREAM_KEY, ENVIRON, Stack
 
 
 def test_one_line_per_request_with_the_documented_fields(gateway: Stack) -> None:
@@ -51,14 +60,17 @@ def test_refused_requests_are_audited_too(gateway: Stack) -> None:
     assert refused["upstream_ms"] is None
 
 
-def test_no_query_string_or_authorization_in_the_line(gateway: Stack) -> None:
+def test_query_parameters_only_redacted_and_never_the_authorization(gateway: Stack) -> None:
     requests.get(
-        f"{gateway.gateway_url}/v1/customers?email=secret%40example.com",
+        f"{gateway.gateway_url}/v1/customers?email=secret%40example.com&limit=3",
         auth=(BILLING_KEY, ""),
         timeout=5,
     )
-    text = gateway.audit_path.read_text() if gateway.audit_lines(1) else ""
+    (line,) = gateway.audit_lines(1)
+    assert line["params"] == {"email": "[redacted]", "limit": "3"}
+    text = gateway.audit_path.read_text()
     assert "secret" not in text and "Authorization" not in text and "Bearer" not in text
+    assert BILLING_KEY not in text and BILLING_UPSTREAM_KEY not in text
 
 
 def test_audit_sink_failure_fails_closed(stack: Stack) -> None:
@@ -75,3 +87,249 @@ def test_audit_sink_failure_fails_closed(stack: Stack) -> None:
     failed = stack.error_events("audit_write_failed", at_least=2)
     assert [record["status"] for record in failed] == [200, 503]
     assert all(record["level"] == "error" and record["reason"] for record in failed)
+
+
+# --------------------------------------------------------------------------- parameters
+
+CARD = "4242424242424242"
+
+
+def client_for(stack: Stack) -> stripe.StripeClient:
+    url = stack.gateway_url
+    return stripe.StripeClient(
+        BILLING_KEY, base_addresses={"api": url, "files": url}, max_network_retries=0
+    )
+
+
+def test_the_line_carries_the_request_parameters_nested_and_redacted(gateway: Stack) -> None:
+    client_for(gateway).v1.payment_intents.create(
+        {
+            "amount": 2000,
+            "currency": "usd",
+            "payment_method_data": {
+                "type": "card",
+                "card": {"number": CARD, "cvc": "123", "exp_month": 12, "exp_year": 2034},
+                "billing_details": {"email": "jenny@example.com", "name": "Jenny Rosen"},
+            },
+            "expand": ["latest_charge"],
+            "metadata": {"order": "6735"},
+        }
+    )
+    (line,) = gateway.audit_lines(1)
+    assert line["params"] == {
+        "amount": "2000",
+        "currency": "usd",
+        "payment_method_data": {
+            "type": "card",
+            "card": {
+                "number": "…4242",
+                "cvc": "[redacted]",
+                "exp_month": "[redacted]",
+                "exp_year": "[redacted]",
+            },
+            "billing_details": {"email": "[redacted]", "name": "[redacted]"},
+        },
+        "expand": ["latest_charge"],
+        "metadata": {"order": "6735"},
+    }
+    assert "request_body" not in line and "response_body" not in line  # off by default
+    text = gateway.audit_path.read_text()
+    assert CARD not in text and "jenny" not in text and "Jenny" not in text
+
+
+def test_json_bodies_are_decoded_query_first(gateway: Stack) -> None:
+    body = {"amount": 500, "card": {"number": CARD, "cvc": "999"}, "note": "ok"}
+    requests.post(
+        f"{gateway.gateway_url}/v2/core/things?expand[]=x",
+        auth=(BILLING_KEY, ""),
+        json=body,
+        timeout=5,
+    )
+    (line,) = gateway.audit_lines(1)
+    assert line["params"] == {
+        "expand": ["x"],
+        "amount": 500,
+        "card": {"number": "…4242", "cvc": "[redacted]"},
+        "note": "ok",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "described"),
+    [
+        ("multipart", "[multipart {n} bytes]"),
+        ("too_large", "[body {n} bytes, not logged]"),
+        ("chunked_too_large", "[body {n} bytes, not logged]"),
+        ("octet_stream", "[body {n} bytes, not logged]"),
+        ("bad_json", "[unparsed {n} bytes]"),
+    ],
+)
+def test_bodies_not_decoded_are_described_never_shown(
+    stack: Stack, kind: str, described: str
+) -> None:
+    stack.start_gateway(plugins={"audit": {"path": str(stack.audit_path), "params_max_bytes": 64}})
+    secret = f"card[number]={CARD}&cvc=123&"
+    url = f"{stack.gateway_url}/v1/customers"
+    auth = (BILLING_KEY, "")
+    if kind == "multipart":
+        files = {"file": ("jenny-rosen.txt", secret.encode())}
+        requests.post(url, auth=auth, files=files, data={"purpose": "x"}, timeout=5)
+    elif kind == "too_large":
+        requests.post(url, auth=auth, data=secret * 4, timeout=5, headers=_FORM)
+    elif kind == "chunked_too_large":
+        chunks = iter([secret.encode()] * 4)  # no Content-Length: copied, then dropped
+        requests.post(url, auth=auth, data=chunks, timeout=5, headers=_FORM)
+    elif kind == "octet_stream":
+        headers = {"Content-Type": "application/octet-stream"}
+        requests.post(url, auth=auth, data=secret, timeout=5, headers=headers)
+    else:
+        headers = {"Content-Type": "application/json"}
+        requests.post(url, auth=auth, data=secret, timeout=5, headers=headers)
+    (line,) = stack.audit_lines(1)
+    assert line["params"] == {}
+    assert line["request_body"] == described.format(n=line["bytes_in"])
+    assert CARD not in stack.audit_path.read_text()
+
+
+_FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def test_routes_turn_params_off_and_response_bodies_on(stack: Stack) -> None:
+    stack.start_gateway(
+        plugins={
+            "audit": {
+                "path": str(stack.audit_path),
+                "routes": [
+                    {"route": "POST /v1/webhook_endpoints", "response_body": True},
+                    {"route": "GET /v1/customers/**", "params": False},
+                ],
+            }
+        }
+    )
+    client = client_for(stack)
+    created = client.v1.webhook_endpoints.create(
+        {"url": "https://example.com/hook", "enabled_events": ["*"]}
+    )
+    assert created.secret == WEBHOOK_SECRET  # the client gets the secret, the log never
+    requests.get(f"{stack.gateway_url}/v1/customers?limit=3", auth=(BILLING_KEY, ""), timeout=5)
+    webhook, customers = stack.audit_lines(2)
+    assert webhook["params"] == {"url": "https://example.com/hook", "enabled_events": ["*"]}
+    assert webhook["response_body"]["id"] == "we_fake0000000001"
+    assert webhook["response_body"]["secret"] == "[redacted]"
+    assert "params" not in customers and "response_body" not in customers
+    assert WEBHOOK_SECRET not in stack.audit_path.read_text()
+
+
+def test_response_bodies_that_are_not_json_or_too_large_are_described(stack: Stack) -> None:
+    stack.start_gateway(
+        plugins={
+            "audit": {
+                "path": str(stack.audit_path),
+                "response_body": True,
+                "response_body_max_bytes": 100_000,
+            }
+        }
+    )
+    auth = (BILLING_KEY, "")
+    csv = requests.get(
+        f"{stack.gateway_url}/v1/files/file_1Nabcdefgh/contents?size=2000", auth=auth, timeout=5
+    )
+    big = requests.get(
+        f"{stack.gateway_url}/v1/files/file_1Nabcdefgh/contents?size=200000", auth=auth, timeout=5
+    )
+    assert len(csv.content) == 2000 and len(big.content) == 200_000
+    first, second = stack.audit_lines(2)
+    assert first["response_body"] == "[body 2000 bytes, not logged]"
+    assert second["response_body"] == "[body 200000 bytes, not logged]"
+
+
+def test_response_capture_is_shared_with_the_cache(stack: Stack) -> None:
+    stack.start_gateway(
+        plugins={
+            "audit": {"path": str(stack.audit_path), "response_body": True},
+            "cache": {"max_entry_bytes": 100},
+        }
+    )
+    url = f"{stack.gateway_url}/v1/customers/cus_1Nabcdefghijk"
+    for _ in range(2):  # answers larger than the cache's limit are still not cached
+        response = requests.get(url, auth=(BILLING_KEY, ""), timeout=5)
+        assert response.headers["X-Cache"] == "MISS"
+    lines = stack.audit_lines(2)
+    assert [line["response_body"]["id"] for line in lines] == ["cus_1Nabcdefghijk"] * 2
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
+    assert AuditSettings.parse({}) == AuditSettings()
+    default = AuditSettings()
+    assert default.default == AuditRoute(params=True, response_body=False)
+    assert default.params_max_bytes == 16384 and default.response_body_max_bytes == 65536
+    settings = AuditSettings.parse(
+        {
+            "path": str(tmp_path / "audit.jsonl"),
+            "params": False,
+            "params_max_bytes": 1024,
+            "response_body": True,
+            "response_body_max_bytes": 2048,
+            "routes": [
+                {"route": "POST /v1/forwarding/**", "params": True},
+                {"route": "* /v1/identity/**", "response_body": False},
+            ],
+        }
+    )
+    assert settings.path == tmp_path / "audit.jsonl"
+    assert settings.route("POST", "/v1/forwarding/requests") == AuditRoute(True, True)
+    assert settings.route("GET", "/v1/identity/verification_sessions") == AuditRoute(False, False)
+    assert settings.route("GET", "/v1/customers") == AuditRoute(False, True)
+
+
+@pytest.mark.parametrize(
+    ("table", "path", "reason"),
+    [
+        ({"colour": "red"}, "colour", "unknown key"),
+        ({"params": "yes"}, "params", "true or false"),
+        ({"response_body": 1}, "response_body", "true or false"),
+        ({"params_max_bytes": 0}, "params_max_bytes", "from 1 to 1048576"),
+        ({"params_max_bytes": True}, "params_max_bytes", "whole number"),
+        ({"response_body_max_bytes": 1 << 21}, "response_body_max_bytes", "from 1 to"),
+        ({"routes": {"route": "GET /v1/**"}}, "routes", "must be a list"),
+        ({"routes": ["GET /v1/**"]}, "routes[0]", "must be a table"),
+        ({"routes": [{"params": False}]}, "routes[0]", "must be a table"),
+        ({"routes": [{"route": "FETCH /v1/**"}]}, "routes[0].route", "unknown method"),
+        ({"routes": [{"route": "GET v1/**"}]}, "routes[0].route", "must start with '/'"),
+        ({"routes": [{"route": 3}]}, "routes[0].route", "must be a string"),
+        ({"routes": [{"route": "GET /v1/**", "params": "no"}]}, "routes[0].params", "true or"),
+        (
+            {"routes": [{"route": "GET /v1/**"}, {"route": "GET /x", "body": True}]},
+            "routes[1].body",
+            "unknown key",
+        ),
+        ({"path": ""}, "path", "file path"),
+        ({"path": "/nonexistent-dir/audit.jsonl"}, "path", "does not exist"),
+    ],
+)
+def test_bad_settings_stop_start_up_with_the_key_path(
+    table: dict[str, Any], path: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        AuditSettings.parse(table)
+    assert info.value.path == path
+    assert reason in info.value.reason
+
+
+def test_the_host_prefixes_the_table_path() -> None:
+    config = parse_config(
+        {"plugins": {"audit": {"routes": [{"route": "GET /v1/**", "params": 1}]}}},
+        environ=ENVIRON,
+    )
+    with pytest.raises(ConfigError) as info:
+        PluginHost(config, entry_points_enabled=False)
+    assert info.value.path == "plugins.audit.routes[0].params"
+
+
+def test_without_redaction_start_up_warns_that_params_are_logged_as_sent(stack: Stack) -> None:
+    stack.start_gateway(plugins={"disable": ["redaction"]})
+    (warning,) = stack.error_events("audit_params_unredacted")
+    assert warning["level"] == "warning"
