@@ -31,6 +31,8 @@ class Received:
     query_string: str
     headers: CIMultiDictProxy[str]
     body: bytes
+    #: the body of the answer, as sent (None for streamed answers and faults)
+    answer: bytes | None = None
 
 
 @dataclass
@@ -64,17 +66,22 @@ class FakeStripe:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.received.append(
-            Received(
-                upstream=self.name,
-                method=request.method,
-                path=request.path,
-                raw_path=request.raw_path,
-                query_string=request.query_string,
-                headers=request.headers,
-                body=body,
-            )
+        record = Received(
+            upstream=self.name,
+            method=request.method,
+            path=request.path,
+            raw_path=request.raw_path,
+            query_string=request.query_string,
+            headers=request.headers,
+            body=body,
         )
+        self.received.append(record)
+        response = await self._answer(request, body)
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            record.answer = response.body
+        return response
+
+    async def _answer(self, request: web.Request, body: bytes) -> web.StreamResponse:
         path = request.path
         if "delay" in request.query:  # hold the answer, so concurrent requests overlap
             await asyncio.sleep(float(request.query["delay"]))
