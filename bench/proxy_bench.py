@@ -231,9 +231,29 @@ def _upstream_app() -> web.Application:
         await response.write_eof()
         return response
 
+    intent = json.dumps(
+        {
+            "id": "pi_Bench00000001",
+            "object": "payment_intent",
+            "amount": 2000,
+            "currency": "usd",
+            "status": "requires_confirmation",
+            "client_secret": "pi_Bench00000001_secret_Bench0000000001",
+            "livemode": False,
+        },
+        indent=2,
+    ).encode()
+
+    async def create_intent(request: web.Request) -> web.Response:
+        await request.read()
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return web.json_response({"error": {"type": "invalid_request_error"}}, status=401)
+        return web.Response(body=intent, content_type="application/json", headers=stripe_headers())
+
     app = web.Application()
     app.router.add_get("/v1/customers/{id}", customer)
     app.router.add_get("/v1/files/{id}/contents", contents)
+    app.router.add_post("/v1/payment_intents", create_intent)  # for redaction_bench.py
     return app
 
 
@@ -341,6 +361,8 @@ async def _loadgen(params: dict[str, Any]) -> dict[str, Any]:
     conns: int = params["conns"]
     headers: dict[str, str] = params["headers"]
     url: str = params["url"]
+    method: str = params.get("method", "GET")
+    body: bytes | None = params["body"].encode() if params.get("body") is not None else None
     latencies: list[float] = []
     counts = {"bytes": 0, "errors": 0, "status_errors": 0}
     connector = aiohttp.TCPConnector(limit=conns, limit_per_host=0)
@@ -355,7 +377,7 @@ async def _loadgen(params: dict[str, Any]) -> dict[str, Any]:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
                 try:
-                    async with session.get(url, headers=headers) as response:
+                    async with session.request(method, url, headers=headers, data=body) as response:
                         async for chunk in response.content.iter_any():
                             counts["bytes"] += len(chunk)
                         if response.status != 200:

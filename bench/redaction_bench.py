@@ -1,36 +1,63 @@
-"""What the redaction processor costs per log record.
+"""What redaction costs: per audit record, and in a running gateway's throughput.
 
-Run from the repository root (about 20 seconds)::
+Run from the repository root (about 80 seconds; ``--quick`` for a short smoke run)::
 
     .venv/bin/python bench/redaction_bench.py
     .venv/bin/python bench/redaction_bench.py --quick
+    .venv/bin/python bench/redaction_bench.py --only records     # part (a) alone, ~20 s
 
-It times :class:`gateway.redact.RedactingProcessor` alone, in this process, on records
+**(a) Per record**, in this process: :class:`gateway.redact.RedactingProcessor` on records
 shaped like the gateway's: the audit line (about 20 fields: ids, path, team, status,
 latencies, byte counts, idempotency key, cache status, client address, timestamp, level),
-the same line carrying the request's parameters as a Stripe form body of about 1, 2 and
-4 KB (card, billing and shipping details, metadata, expand, line items) or as a 2 KB JSON
-body, and an error line with a formatted traceback. Each figure is CPU time per record
-(``time.process_time``, so other work on a shared machine counts less), the best of
-several rounds, with a fresh copy of the event dict each time, as structlog passes it;
-the cost of copying is subtracted.
-Both masks are timed: the fixed marker (default) and the keyed hash.
+the same line carrying the request's parameters as the audit plugin logs them (a Stripe
+form body of about 1, 2 and 4 KB, with card, billing and shipping details, metadata,
+expand and line items, decoded into nested objects by :func:`gateway.params.decode_form`),
+the line with a 2 KB JSON body, and an error line with a formatted traceback. The
+``decode`` column is what turning the body into ``params`` costs, the ``marker`` and
+``hmac`` columns what redacting the whole record costs with each mask. Each figure is CPU
+time per record (``time.process_time``, so other work on a shared machine counts less), the
+best of several rounds, with a fresh copy of the event dict each time, as structlog passes
+it; the cost of copying is subtracted.
 
-The gateway's throughput with redaction on and off belongs in ``proxy_bench.py`` once the
-processor is wired into the log pipelines.
+**(b) Throughput**: two gateways with the same config (``auth``, ``audit`` to a file with
+its default ``params = true``, every other plugin in ``[plugins] disable``), one of them
+with ``redaction`` in ``disable`` too, measured one after the other under the same load:
+``POST /v1/payment_intents`` with a ~2 KB form body full of card data and personal data,
+50 connections, by ``wrk`` (a Lua script makes the POST) or proxy_bench's Python load
+generator. It reuses ``proxy_bench.py``'s processes, core pinning, load generators and
+CPU accounting (the upstream is proxy_bench's, which answers that POST with a small
+payment intent). Rounds alternate the order; the ratio is the median of per-round ratios
+(on/off), and the CPU ratio (gateway CPU per request, off/on) is steadier on a busy
+machine. The ``other`` column is CPU used by processes this script did not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.params import decode_form
 from gateway.redact import RedactingProcessor, Redactor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxy_bench as pb
+
+POST_PATH = "/v1/payment_intents"
+FORM = "application/x-www-form-urlencoded"
+#: throughput with redaction on, as a share of the same gateway with it off
+TARGET_RATIO = 0.90
 
 
 def audit_line() -> dict[str, Any]:
@@ -134,59 +161,255 @@ def error_line() -> dict[str, Any]:
     }
 
 
+def cpu_us(fn: Callable[[], object], rounds: int, number: int = 2000) -> float:
+    """CPU microseconds per call of ``fn``: the best of ``rounds`` rounds."""
+    fn()  # warm caches (field names, compiled patterns)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(number):
+            fn()
+        best = min(best, time.process_time() - start)
+    return best / number * 1e6
+
+
 def per_record(
     make: Callable[[], dict[str, Any]], processor: RedactingProcessor, rounds: int
 ) -> float:
-    """CPU microseconds per record: best round, the event's copy subtracted."""
+    """CPU microseconds per record: best round, the event's copy subtracted.
+
+    The copy is deep for ``params`` (the processor must not see a record it already
+    redacted, and it returns a new dict rather than changing the one it is given, but the
+    nested objects are rebuilt anyway to be fair to both sides)."""
     template = make()
-    processor(None, "info", dict(template))  # warm the field name caches
-    number = 2000
-
-    def timed(fn: Callable[[], object]) -> float:
-        best = float("inf")
-        for _ in range(rounds):
-            start = time.process_time()
-            for _ in range(number):
-                fn()
-            best = min(best, time.process_time() - start)
-        return best / number * 1e6
-
-    return timed(lambda: processor(None, "info", dict(template))) - timed(lambda: dict(template))
+    return cpu_us(lambda: processor(None, "info", _copy(template)), rounds) - cpu_us(
+        lambda: _copy(template), rounds
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds")
-    args = parser.parse_args()
-    rounds = 3 if args.quick else 9
+def _copy(record: dict[str, Any]) -> dict[str, Any]:
+    params = record.get("params")
+    if isinstance(params, dict):
+        return {**record, "params": json.loads(json.dumps(params))}
+    return dict(record)
+
+
+def records(rounds: int) -> None:
     processors = {
         "marker": RedactingProcessor(Redactor()),
         "hmac": RedactingProcessor(Redactor(hmac_key=b"bench-key-0123456789abcdef")),
     }
-    cases: list[tuple[str, int, Callable[[], dict[str, Any]]]] = [
-        ("audit line, no body", 0, audit_line)
+    cases: list[tuple[str, int, Callable[[], dict[str, Any]], Callable[[], object] | None]] = [
+        ("audit line, no params", 0, audit_line, None)
     ]
     for size in (1024, 2048, 4096):
         body = urlencode(params(size))
         cases.append(
-            (f"+ form body {len(body)} B", len(body), lambda b=body: {**audit_line(), "params": b})
+            (
+                f"+ params, form {len(body)} B",
+                len(body),
+                lambda b=body: {**audit_line(), "params": decode_form(b)},
+                lambda b=body: decode_form(b),
+            )
         )
     body = json_body(2048)
     cases.append(
-        (f"+ JSON body {len(body)} B", len(body), lambda b=body: {**audit_line(), "body": b})
+        (
+            f"+ params, JSON {len(body)} B",
+            len(body),
+            lambda b=body: {**audit_line(), "params": json.loads(b)},
+            lambda b=body: json.loads(b),
+        )
     )
-    cases.append(("error line with traceback", 0, error_line))
+    cases.append(("error line with traceback", 0, error_line, None))
 
-    print(f"{'record':32s} {'marker µs':>10s} {'hmac µs':>10s} {'µs/KB body':>11s}")
-    base: dict[str, float] = {}
-    for name, size, make in cases:
+    print("(a) per audit record: CPU µs (best of rounds)")
+    print(
+        f"  {'record':30s} {'decode':>8s} {'marker':>8s} {'hmac':>8s} {'total':>8s} "
+        f"{'µs/KB body':>11s}"
+    )
+    base = 0.0
+    for name, size, make, decode in cases:
         row = {mode: per_record(make, p, rounds) for mode, p in processors.items()}
+        decoded = cpu_us(decode, rounds) if decode is not None else 0.0
         if size == 0 and "traceback" not in name:
-            base = row
-        per_kb = (row["marker"] - base.get("marker", 0.0)) / (size / 1024) if size else 0.0
-        extra = f"{per_kb:11.1f}" if size else f"{'':11s}"
-        print(f"{name:32s} {row['marker']:10.1f} {row['hmac']:10.1f} {extra}")
+            base = row["marker"]
+        total = decoded + row["marker"]
+        per_kb = f"{(total - base) / (size / 1024):11.1f}" if size else f"{'':11s}"
+        print(
+            f"  {name:30s} {decoded:8.1f} {row['marker']:8.1f} {row['hmac']:8.1f} "
+            f"{total:8.1f} {per_kb}"
+        )
+    print("  decode: form/JSON body -> params; marker, hmac: the processor on the whole record;")
+    print("  total: decode + marker, what one audit line with params costs at log time")
+    print(flush=True)
+
+
+# ------------------------------------------------------------------ (b) throughput
+
+
+def _lua_post(body: str) -> str:
+    """A wrk script making every request a POST of ``body`` (a form, so ASCII)."""
+    assert "]==]" not in body and body.isascii()
+    return f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\n' + pb._WRK_SCRIPT
+
+
+class PostBench(pb.Bench):
+    """proxy_bench's processes and measurements, with a POST of a form body as the load."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, body: str) -> None:
+        super().__init__(args, tmp)
+        self.body = body
+        self.wrk_script = tmp / "post.lua"
+        self.wrk_script.write_text(_lua_post(body))
+
+    def load(
+        self, url: str, conns: int, seconds: float, *, timeout_s: float = 10.0
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {pb.GATEWAY_KEY}", "Content-Type": FORM}
+        if self.wrk is not None:
+            return self._wrk(url, conns, seconds, headers, timeout_s)
+        payload = {
+            "loop": self.loop_kind,
+            "cores": self.layout.load,
+            "url": url,
+            "conns": conns,
+            "duration": seconds,
+            "headers": headers,
+            "method": "POST",
+            "body": self.body,
+        }
+        cmd = [sys.executable, pb.__file__, pb.CHILD_FLAG, "loadgen", json.dumps(payload)]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=seconds + 90, check=False
+        )
+        if done.returncode != 0 or not done.stdout.strip():
+            raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+
+def _check_line(audit: Path, redacted: bool) -> dict[str, Any]:
+    """The gateway's last audit line: it has params, redacted or not as expected."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (audit.exists() and audit.stat().st_size):
+        time.sleep(0.05)
+    with audit.open("rb") as f:
+        f.seek(max(0, audit.stat().st_size - 65536))
+        last: dict[str, Any] = json.loads(f.read().splitlines()[-1])
+    card = last.get("params", {}).get("payment_method_data", {}).get("card", {}).get("number")
+    assert last.get("status") == 200 and card is not None, last
+    assert (card == "…4242") == redacted, f"card number logged as {card!r}"
+    return last
+
+
+def throughput(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="redaction-bench-"))
+    body = urlencode(params(2048))
+    bench = PostBench(args, tmp, body)
+    atexit.register(bench.stop_all)
+    try:
+        layout = bench.layout
+        upstream = bench.start("upstream", layout.upstream)
+        gateways = {}
+        for mode, plugins in (("on", ["auth", "audit", "redaction"]), ("off", ["auth", "audit"])):
+            audit = tmp / f"audit-{mode}.jsonl"
+            gateways[mode] = (
+                bench.start(
+                    "gateway",
+                    layout.server,
+                    upstream=upstream.url,
+                    audit_path=str(audit),
+                    plugins=plugins,
+                ),
+                audit,
+            )
+        loadgen = f"wrk ({bench.wrk}, 1 thread)" if bench.wrk else "python aiohttp loadgen"
+        print("(b) gateway throughput, redaction on vs off")
+        print(f"  load           : {loadgen}; POST {POST_PATH}, {len(body)} B form body, ")
+        print(f"                   {args.conns} connections, warm-up {args.warmup:g} s + ")
+        print(f"                   {args.duration:g} s per run, {args.rounds} round(s)")
+        print(f"  cores          : {layout.describe()}")
+        for mode, (child, _) in gateways.items():
+            print(
+                f"  gateway {mode:<3}    : pid {child.info['pid']}, plugins {child.info['plugins']}"
+            )
+        print(flush=True)
+        for mode, (child, audit) in gateways.items():  # one request each, checked
+            bench.load(child.url + POST_PATH, 1, 1)
+            _check_line(audit, redacted=mode == "on")
+        results: dict[str, list[pb.Result]] = {"on": [], "off": []}
+        for round_no in range(args.rounds):
+            print(f"  round {round_no + 1}/{args.rounds}", flush=True)
+            order = ["off", "on"] if round_no % 2 == 0 else ["on", "off"]
+            for mode in order:
+                child, _ = gateways[mode]
+                result = bench.measure(child, f"redact {mode}", POST_PATH, args.conns, upstream)
+                results[mode].append(result)
+        line = _check_line(gateways["on"][1], redacted=True)
+        ratios = [on.rps / off.rps for on, off in zip(results["on"], results["off"], strict=True)]
+        cpu = [
+            off.cpu_us / on.cpu_us for on, off in zip(results["on"], results["off"], strict=True)
+        ]
+        ratio, cpu_ratio = statistics.median(ratios), statistics.median(cpu)
+        on_med = statistics.median(r.rps for r in results["on"])
+        off_med = statistics.median(r.rps for r in results["off"])
+        cpu_on = statistics.median(r.cpu_us for r in results["on"])
+        cpu_off = statistics.median(r.cpu_us for r in results["off"])
+        errors = sum(r.errors for runs in results.values() for r in runs)
+        busy = max(r.other_cpu for runs in results.values() for r in runs)
+        print()
+        print("  summary (medians over rounds)")
+        print(f"    req/s            on {on_med:9.1f}   off {off_med:9.1f}")
+        print(f"    gateway CPU/req  on {cpu_on:9.1f}   off {cpu_off:9.1f} µs")
+        per_round = " ".join(f"{r:.3f}" for r in ratios)
+        print(f"    throughput on/off       {ratio:.3f}  (per round: {per_round})")
+        print(f"    CPU/request off/on      {cpu_ratio:.3f}")
+        cost, cpu_cost = (1 - ratio) * 100, (1 - cpu_ratio) * 100
+        print(f"    throughput cost         {cost:.1f}%  (CPU: {cpu_cost:.1f}%)")
+        verdict = "MET" if ratio >= TARGET_RATIO else "NOT MET"
+        print(f"    target: cost under {(1 - TARGET_RATIO) * 100:.0f}%   {verdict}")
+        print(f"    audit line (on) params keys: {sorted(line['params'])[:8]} ...")
+        if busy > pb.BUSY_MACHINE_PCT:
+            print(
+                f"  WARNING  other processes used up to {busy:.0f}% of a core during a run: "
+                "the machine was not quiet; trust the CPU ratio more than req/s"
+            )
+        if errors:
+            print(f"  WARNING  {errors} failed or non-200 responses: the numbers are suspect")
+            return 1
+        return 0
+    finally:
+        bench.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument(
+        "--only", choices=("records", "throughput"), help="run one part (default: both)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run")
+    parser.add_argument("--conns", type=int, default=50, help="connections")
+    parser.add_argument(
+        "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="load generator"
+    )
+    parser.add_argument("--asyncio", action="store_true", help="use asyncio even with uvloop")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 2.0
+    if args.only != "throughput":
+        records(3 if args.quick else 9)
+    if args.only != "records":
+        return throughput(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote_plus
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.params import MAX_DEPTH, decode_form, split_name
+from gateway.params import MAX_DEPTH, decode_component, decode_form, split_name
 from gateway.redact import Redactor
 
 
@@ -99,3 +101,8 @@ def test_the_redactor_sees_each_value_below_its_field_names() -> None:
 @given(st.text(alphabet="ab[]=&%+0123456789xyzé", max_size=80))
 def test_any_text_decodes_without_error(text: str) -> None:
     assert isinstance(decode_form(text), dict)
+
+
+@given(st.text(alphabet="ab%+=_2F0é€ \t\r\n\x00", max_size=40))
+def test_components_decode_as_unquote_plus_does(raw: str) -> None:
+    assert decode_component(raw) == unquote_plus(raw, errors="replace")
