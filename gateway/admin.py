@@ -255,7 +255,8 @@ def masked_config(config: Any) -> dict[str, Any]:
     admin = data.get("admin", {})
     if admin.get("token_sha256"):
         admin["token_sha256"] = _short(admin["token_sha256"])
-    data["plugins"] = _masked(data.get("plugins", {}))
+    for section in ("server", "upstream", "plugins"):
+        data[section] = _masked(data.get(section, {}))
     data["source"] = config.source
     return data
 
