@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from gateway.app import CONFIG
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
@@ -81,8 +82,6 @@ class MetricsPlugin:
 
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:
-        from gateway.app import CONFIG
-
         if app[CONFIG].admin.enabled:
             self._metrics = app[METRICS]
 
