@@ -302,3 +302,22 @@ def test_reload_is_501_until_a_reload_handler_is_installed(stack: Stack) -> None
     assert response.status_code == 501
     error = _error_of(response)
     assert (error["type"], error["code"]) == ("api_error", "reload_unavailable")
+
+
+def test_reuse_port_lets_worker_processes_share_the_admin_port(stack: Stack) -> None:
+    from gateway.app import create_app
+    from tests.helpers import start_app
+
+    port = free_port()
+    config = parse_config(
+        {"upstream": stack.upstream_urls, "admin": {"port": port}}, environ=ENVIRON
+    )
+    apps = [create_app(config, reuse_port=True) for _ in range(2)]
+    served = [stack.loop.run(start_app(app, gateway=True)) for app in apps]
+    try:
+        for app in apps:
+            assert app[ADMIN_URLS] == [f"http://127.0.0.1:{port}"]
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        for s in served:
+            stack.loop.run(s.runner.cleanup())
