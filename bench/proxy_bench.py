@@ -331,6 +331,12 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     }
     if "audit" in keep:
         data["plugins"]["audit"] = {"path": params["audit_path"]}
+    if "metrics" in keep:  # metrics count only when the admin listener that shows them is on
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            data["admin"] = {"host": HOST, "port": probe.getsockname()[1]}
     config = parse_config(data, source="bench", environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
     app = create_app(config)
     plugins = app[HOST_KEY].plugin_names()

@@ -14,12 +14,14 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
+from gateway.admin import REUSE_PORT, admin_listener
 from gateway.config import GatewayConfig
 from gateway.host import PluginHost
 from gateway.logs import make_error_logger
+from gateway.metrics import METRICS, GatewayMetrics
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
 
-__all__ = ["CONFIG", "HOST", "PROXY", "SESSION", "create_app"]
+__all__ = ["CONFIG", "HOST", "METRICS", "PROXY", "SESSION", "create_app"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 HOST = web.AppKey("host", PluginHost)
@@ -70,10 +72,13 @@ def create_app(
     *,
     host: PluginHost | None = None,
     error_stream: BinaryIO | None = None,
+    reuse_port: bool = False,
 ) -> web.Application:
     """Build the gateway app for ``config`` (plugins are loaded and configured here).
 
-    The gateway's own log goes to ``error_stream`` (default: standard error).
+    The gateway's own log goes to ``error_stream`` (default: standard error). With
+    ``[admin] port`` set, the admin listener (:mod:`gateway.admin`) starts and stops with
+    the app; ``reuse_port`` binds it with SO_REUSEPORT, for worker processes sharing it.
     """
     host = host or PluginHost(config)
     host.log = make_error_logger(error_stream, extra_processors=host.log_processors)
@@ -88,7 +93,11 @@ def create_app(
     app[CONFIG] = config
     app[HOST] = host
     app[PROXY] = proxy
+    app[METRICS] = GatewayMetrics.create()
+    app[REUSE_PORT] = reuse_port
     app.router.add_get("/healthz", _healthz, allow_head=True)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_upstream_session)
+    # after the session's: plugins have opened their stores when /readyz can first be asked
+    app.cleanup_ctx.append(admin_listener)
     return app

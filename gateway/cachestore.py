@@ -79,7 +79,14 @@ class CacheStore(Protocol):
 class MemoryStore:
     """Per-process store: LRU by total bytes, with an entry-count bound."""
 
-    def __init__(self, *, max_bytes: int, max_entries: int, tombstone_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        max_entries: int,
+        tombstone_seconds: float,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
         self._entries: cachetools.LRUCache[str, Entry] = cachetools.LRUCache(
             maxsize=max_bytes, getsizeof=lambda e: e.size
         )
@@ -87,6 +94,8 @@ class MemoryStore:
         self._index: dict[str, set[str]] = {}
         self._tombstones: dict[str, float] = {}
         self._tombstone_seconds = tombstone_seconds
+        #: told how many entries were dropped to make room (for metrics)
+        self._on_drop = on_drop
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -109,9 +118,13 @@ class MemoryStore:
                     del self._tombstones[object_id]
         if entry.size > self._entries.maxsize:
             return False
-        self._entries[key] = entry
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem()
+        entries = self._entries
+        expected = len(entries) + (key not in entries)
+        entries[key] = entry  # the LRU drops the least recent entries past max_bytes
+        while len(entries) > self._max_entries:
+            entries.popitem()
+        if len(entries) < expected and self._on_drop is not None:
+            self._on_drop(expected - len(entries))
         for object_id in object_ids:
             self._index.setdefault(object_id, set()).add(key)
         return True

@@ -34,6 +34,7 @@ from gateway.globs import parse_rule
 
 __all__ = [
     "ENV_OVERRIDES",
+    "AdminConfig",
     "GatewayConfig",
     "PluginsConfig",
     "ServerConfig",
@@ -47,6 +48,8 @@ __all__ = [
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "STRIPE_GATEWAY_HOST": ("server", "host"),
     "STRIPE_GATEWAY_PORT": ("server", "port"),
+    "STRIPE_GATEWAY_ADMIN_HOST": ("admin", "host"),
+    "STRIPE_GATEWAY_ADMIN_PORT": ("admin", "port"),
     "STRIPE_GATEWAY_API_UPSTREAM": ("upstream", "api"),
     "STRIPE_GATEWAY_FILES_UPSTREAM": ("upstream", "files"),
     "STRIPE_GATEWAY_CONNECT_UPSTREAM": ("upstream", "connect"),
@@ -84,6 +87,31 @@ class ServerConfig(_Strict):
     max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
     #: use uvloop when it is installed
     uvloop: bool = True
+
+
+class AdminConfig(_Strict):
+    """``[admin]``: the admin listener (metrics, health, admin endpoints), off the public one."""
+
+    host: str = Field("127.0.0.1", min_length=1)
+    #: 0 (the default): no admin listener
+    port: int = Field(0, ge=0, le=65535)
+    #: SHA-256 hex digest of the admin token (`stripe-gateway hash-key`); without it the
+    #: /admin/* endpoints refuse every request
+    token_sha256: str | None = None
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        if value is not None and not _DIGEST.match(value):
+            raise ValueError(
+                "must be 64 lowercase hex characters (the output of `stripe-gateway "
+                "hash-key`), not the token"
+            )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.port != 0
 
 
 class UpstreamConfig(_Strict):
@@ -201,6 +229,7 @@ class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     teams: list[TeamConfig] = Field(default_factory=list)
     #: where the file came from (for messages); not a config key
     source: str = Field("<defaults>", exclude=True)

@@ -97,6 +97,10 @@ class RequestContext:
     idempotency_key: str | None = None
     #: why the gateway answered itself or broke the response, e.g. ``upstream_timeout``
     error: str | None = None
+    #: what went wrong with each failed upstream attempt, retried ones included, in order:
+    #: ``connect``, ``dns``, ``tls``, ``reset``, ``disconnected``, ``connect_timeout``,
+    #: ``read_timeout``, ``broken_body``, ``timeout_mid_body``, ``other``
+    upstream_failures: tuple[str, ...] = ()
     #: set by the cache plugin: HIT, MISS, BYPASS, COALESCED, STALE
     cache_status: str | None = None
     #: set by the rate-limit plugin: e.g. ``allow``, ``deny``, ``shadow_deny``

@@ -197,6 +197,25 @@ def gateway_request_finished(ctx: RequestContext) -> MaybeAwaitable:
     """
 
 
+# --------------------------------------------------------------------------- operations
+
+
+@hookspec
+def gateway_ready(app: web.Application) -> MaybeAwaitable:
+    """Say whether what this plugin depends on can be used now (a Redis it shares state
+    through, say). Fires for every ``GET /readyz`` on the admin listener, never on the
+    request path.
+
+    :param app: the gateway's aiohttp application.
+
+    Return value: a dict of check name to readiness (``{"cache_redis": False}``), or
+    ``None`` when the plugin depends on nothing; may be a coroutine, which is awaited.
+    Keep it quick (one ping with a short timeout): ``/readyz`` waits for every answer.
+
+    Failure: logged and skipped; the check ``plugin:<name>`` then reports not ready.
+    """
+
+
 # --------------------------------------------------------------------------- shutdown
 
 

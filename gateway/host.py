@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("cache", "plugins.cache:CachePlugin"),
     ("audit", "plugins.audit:AuditPlugin"),
     ("auth", "plugins.auth:AuthPlugin"),
+    ("metrics", "plugins.metrics:MetricsPlugin"),
 )
 
 ENTRY_POINT_GROUP = "stripe_gateway"

@@ -10,6 +10,7 @@ ask for a copy of either body, up to a limit (``ctx.request_capture_limit``,
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from gateway.host import PluginFailure, PluginHost
 from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
 from gateway.routing import upstream_for
 
-__all__ = ["SKIP_AUTO_HEADERS", "Proxy"]
+__all__ = ["SKIP_AUTO_HEADERS", "Proxy", "failure_kind"]
 
 CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -54,6 +55,25 @@ def _unsafe_path(raw_path: str) -> bool:
     if "%2f" in lowered or "%5c" in lowered or "\\" in raw:
         return True
     return any(segment in (".", "..") for segment in unquote(raw).split("/"))
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A short, bounded name for why an upstream attempt failed (for metrics)."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
+        return "read_timeout"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected"
+    if isinstance(exc, ConnectionResetError) or getattr(exc, "errno", None) == errno.ECONNRESET:
+        return "reset"
+    return "other"
 
 
 class _BodyTooLarge(Exception):
@@ -305,13 +325,15 @@ class Proxy:
                 )
             except _BodyTooLarge:
                 raise self._too_large() from None
-            except (TimeoutError, aiohttp.ServerTimeoutError):
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                ctx.upstream_failures += (failure_kind(exc),)
                 failed = self._upstream_error(
                     ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
                 )
             except (aiohttp.ClientError, OSError) as exc:
                 if ctx.bytes_in > self._max_body:  # aiohttp wraps the body generator's error
                     raise self._too_large() from None
+                ctx.upstream_failures += (failure_kind(exc),)
                 failed = self._upstream_error(
                     ctx,
                     502,
@@ -422,6 +444,7 @@ class Proxy:
                 if isinstance(exc, TimeoutError)
                 else "upstream_broken_body"
             )
+            ctx.upstream_failures += (ctx.error.removeprefix("upstream_"),)
             self.host.log.warning(
                 "upstream_broken_body",
                 kind=ctx.error,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from gateway.resp import Reply, ReplyError, RespConnection, bulk
+from gateway.resp import Reply, ReplyError, RespConnection, bulk, encode_command
 
 __all__ = [
     "Bucket",
@@ -165,6 +165,17 @@ class MemoryLimiter:
 
     async def decide(self, buckets: Sequence[Bucket], *, shadow: bool) -> Decision:
         return self.decide_now(buckets, shadow=shadow)
+
+    def peek(self, bucket: Bucket) -> Verdict:
+        """The bucket's level now, charging nothing (``allowed``: a request would pass)."""
+        key, limit = bucket
+        if self._share != 1.0:
+            limit = self._scale(limit)
+        now = self._clock()
+        tat = max(self._tats.get(key, now), now)
+        allow_at = tat + limit.interval - limit.burst * limit.interval
+        allowed = allow_at - now <= _SLACK
+        return _verdict(limit, allowed, tat - now, 0.0 if allowed else allow_at - now)
 
     def _scale(self, limit: Limit) -> Limit:
         scaled = self._scaled.get(limit)
@@ -310,6 +321,13 @@ class RedisLimiter:
             self._failing = False
             self._on_recover()
         return Decision(all(v.allowed for v in verdicts), verdicts)
+
+    async def ping(self) -> bool:
+        """Whether Redis answers now (for readiness checks; the circuit is left alone)."""
+        try:
+            return await self._conn.call(encode_command("PING"), self._timeout) == b"PONG"
+        except Exception:
+            return False
 
     async def close(self) -> None:
         await self._conn.close()

@@ -19,10 +19,11 @@ processor; it never raises.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
@@ -476,12 +477,18 @@ class RedactingProcessor:
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
+        #: called once for each line that failed closed (``redaction_error``), for metrics
+        self.on_failure: Callable[[], object] | None = None
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         try:
-            return self.redactor.event(event_dict)
+            out = self.redactor.event(event_dict)
         except Exception:
-            return _all_placeholders(event_dict)
+            out = _all_placeholders(event_dict)
+        if "redaction_error" in out and self.on_failure is not None:
+            with contextlib.suppress(Exception):  # counting must never cost a log line
+                self.on_failure()
+        return out
 
     def __repr__(self) -> str:
         return "RedactingProcessor()"

@@ -42,6 +42,7 @@ from gateway.context import RequestContext
 from gateway.errors import ConfigError, error_response
 from gateway.globs import compile_glob
 from gateway.hookspecs import hookimpl
+from gateway.metrics import METRICS, GatewayMetrics
 from gateway.settings import redis_url
 
 __all__ = ["CachePlugin", "CacheSettings"]
@@ -196,6 +197,8 @@ class CachePlugin:
         self._read_timeout = 80.0
         self._log: Any = None
         self._last_error_log = 0.0
+        self._metrics: GatewayMetrics | None = None
+        self._served: Any = None
         #: counters, for metrics and tests
         self.counts: dict[str, int] = {
             k: 0
@@ -214,6 +217,8 @@ class CachePlugin:
         from gateway.app import HOST
 
         self._log = app[HOST].log
+        metrics = self._metrics = app[METRICS]
+        self._served = metrics.cache_served_bytes
         s = self.settings
         keep = max(s.final_ttl, s.default_ttl, *(ttl for _, ttl in s.routes)) + s.stale_if_error
         if s.backend == "redis":
@@ -228,7 +233,10 @@ class CachePlugin:
             )
         else:
             self.store = MemoryStore(
-                max_bytes=s.max_bytes, max_entries=s.max_entries, tombstone_seconds=keep
+                max_bytes=s.max_bytes,
+                max_entries=s.max_entries,
+                tombstone_seconds=keep,
+                on_drop=metrics.cache_evictions.labels("capacity").inc,
             )
 
     @hookimpl
@@ -236,8 +244,26 @@ class CachePlugin:
         if self.store is not None:
             await self.store.close()
 
+    @hookimpl
+    async def gateway_ready(self, app: web.Application) -> dict[str, bool] | None:
+        if isinstance(self.store, RedisStore):
+            return {"cache_redis": await self.store.ping()}
+        return None
+
+    async def purge(self, object_ids: list[str]) -> int:
+        """Drop every cached variant of these objects (the admin endpoint); raises
+        :class:`StoreUnavailable` when the store cannot be reached."""
+        assert self.store is not None, "the store opens at start-up"
+        count = await self.store.evict(object_ids)
+        self.counts["evicted"] += count
+        if self._metrics is not None:
+            self._metrics.cache_evictions.labels("purge").inc(count)
+        return count
+
     def _store_error(self, what: str, exc: BaseException) -> None:
         self.counts["errors"] += 1
+        if self._metrics is not None:
+            self._metrics.cache_backend_errors.inc()
         now = time.monotonic()
         if now - self._last_error_log >= 10.0:  # once per interval, not once per request
             self._last_error_log = now
@@ -326,6 +352,8 @@ class CachePlugin:
         return None
 
     def _response(self, entry: Entry, status: str) -> web.Response:
+        if self._served is not None:
+            self._served.inc(len(entry.body))
         response = web.Response(
             status=entry.status, body=entry.body, headers=CIMultiDict(entry.headers)
         )
@@ -341,7 +369,10 @@ class CachePlugin:
             # a successful write: evict every variant before the client sees the answer
             assert self.store is not None
             try:
-                self.counts["evicted"] += await self.store.evict(object_ids_in(ctx.path))
+                evicted = await self.store.evict(object_ids_in(ctx.path))
+                self.counts["evicted"] += evicted
+                if evicted and self._metrics is not None:
+                    self._metrics.cache_evictions.labels("write").inc(evicted)
             except StoreUnavailable:
                 ctx.audit["cache_evict_failed"] = True
             return None
@@ -379,6 +410,8 @@ class CachePlugin:
                 try:
                     if await self.store.put(state.key, entry, object_ids, state.started):
                         self.counts["stored"] += 1
+                        if self._metrics is not None:
+                            self._metrics.cache_stored_bytes.inc(len(entry.body))
                 except StoreUnavailable:
                     pass
             elif self._upstream_failed(ctx):

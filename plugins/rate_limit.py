@@ -69,6 +69,7 @@ from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
+from gateway.metrics import METRICS, GatewayMetrics
 from gateway.ratestore import (
     Bucket,
     Decision,
@@ -304,6 +305,7 @@ class RateLimitPlugin:
         #: the account bucket of each credential seen (its digest is made once)
         self._accounts: dict[str, Bucket] = {}
         self._log: Any = None
+        self._metrics: GatewayMetrics | None = None
         self._logged_at: dict[str, float] = {}
         #: decisions by kind (``allow``, ``deny``, ``fallback_allow``, ...) and
         #: ``backend_errors``, for metrics and tests
@@ -321,6 +323,7 @@ class RateLimitPlugin:
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:
         self._log = app[HOST].log
+        self._metrics = app[METRICS]
         s = self.settings
         self.memory = MemoryLimiter(share=s.fallback_share if s.backend == "redis" else 1.0)
         if s.backend == "redis" and self._on:
@@ -349,8 +352,48 @@ class RateLimitPlugin:
         self._logged_at[what] = now
         return True
 
+    @hookimpl
+    async def gateway_ready(self, app: web.Application) -> dict[str, bool] | None:
+        if self.redis is None:
+            return None
+        return {"rate_limit_redis": await self.redis.ping()}
+
+    def team_state(self, team: str) -> dict[str, Any]:
+        """A team's limits and, with the memory backend, how full its buckets are now
+        (for ``GET /admin/teams``); the redis backend's levels live in Redis, shared."""
+        s = self.settings
+        plan = self._plans.get(team)
+        if not self._on or plan is None:
+            return {"limited": False}
+        buckets: list[tuple[str, Bucket]] = []
+        if plan.read is not None:
+            buckets.append(("read", plan.read))
+        if plan.write is not None:
+            buckets.append(("write", plan.write))
+        buckets.extend((f"route '{rule.text}'", bucket) for rule, bucket in plan.routes)
+        limits = []
+        for name, bucket in buckets:
+            limit = bucket[1]
+            item: dict[str, Any] = {"name": name, "rate": limit.rate, "burst": limit.burst}
+            if s.backend == "memory":
+                level = self.memory.peek(bucket)
+                item["remaining"] = level.remaining
+                item["full_in_s"] = round(level.reset, 3)
+            limits.append(item)
+        state: dict[str, Any] = {
+            "limited": bool(limits),
+            "backend": s.backend,
+            "shadow": s.shadow or plan.shadow,
+            "limits": limits,
+        }
+        if s.backend == "redis":
+            state["levels"] = "shared: kept in Redis by every instance, not read here"
+        return state
+
     def _backend_error(self, exc: BaseException) -> None:
         self.counts["backend_errors"] += 1
+        if self._metrics is not None:
+            self._metrics.rate_limit_backend_errors.inc()
         if self._once("backend"):
             self._log.warning(
                 "rate_limit_backend_unavailable",

@@ -37,11 +37,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from structlog.typing import Processor
 
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
+from gateway.metrics import METRICS
 from gateway.redact import RedactingProcessor, Redactor
 from gateway.sensitive import ALWAYS_ON, CATEGORIES
 
@@ -185,6 +187,10 @@ class RedactionPlugin:
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
         self.settings = RedactionSettings.parse(settings)
         self.processor = RedactingProcessor(self.settings.redactor())
+
+    @hookimpl
+    def gateway_startup(self, app: web.Application) -> None:
+        self.processor.on_failure = app[METRICS].redaction_fail_closed.inc
 
     @hookimpl(trylast=True)
     def gateway_log_processors(self, config: GatewayConfig) -> list[Processor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -20,6 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from aiohttp import web
 
+from gateway.admin import ADMIN_URLS
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.server import GatewayRunner
@@ -37,6 +39,13 @@ ANALYTICS_UPSTREAM_KEY = "sk_test_analyticsupstream0000001"
 
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def free_port() -> int:
+    """A loopback port free now (for listeners whose config needs a fixed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class LoopThread:
@@ -135,6 +144,7 @@ class Stack:
     _runners: list[web.BaseRunner] = field(default_factory=list)
     gateway_url: str = ""
     config: GatewayConfig | None = None
+    app: web.Application | None = None
     _error_streams: list[BinaryIO] = field(default_factory=list)
 
     def start_upstreams(self) -> None:
@@ -163,8 +173,17 @@ class Stack:
         app = create_app(self.config, error_stream=error_stream)
         served = self.loop.run(start_app(app, gateway=True, shutdown_timeout=5))
         self._runners.append(served.runner)
+        self.app = app
         self.gateway_url = served.url
         return served.url
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener of the last gateway started (``[admin] port`` must be set)."""
+        assert self.app is not None, "start the gateway first"
+        urls = self.app[ADMIN_URLS]
+        assert urls, "the gateway has no admin listener: set admin = {'port': free_port()}"
+        return str(urls[0])
 
     @property
     def audit_path(self) -> Path:

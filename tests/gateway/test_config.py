@@ -486,3 +486,31 @@ def test_example_config_without_its_secret_names_the_missing_variable() -> None:
         load_config(EXAMPLE, environ={})
     assert info.value.path == "teams[0].upstream_key_env"
     assert "STRIPE_SECRET_KEY" in info.value.reason
+
+
+def test_admin_is_off_by_default_and_validated() -> None:
+    admin = parse_config({}).admin
+    assert (admin.host, admin.port, admin.token_sha256, admin.enabled) == (
+        "127.0.0.1",
+        0,
+        None,
+        False,
+    )
+    on = parse_config({"admin": {"port": 9090, "token_sha256": "a" * 64}}).admin
+    assert on.enabled and on.token_sha256 == "a" * 64
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"admin": {"port": 9090, "token_sha256": "adm_the_token_itself"}})
+    assert raised.value.path == "admin.token_sha256"
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"admin": {"port": 70000}})
+    assert raised.value.path == "admin.port"
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"admin": {"token": "x"}})
+    assert raised.value.path == "admin.token" and raised.value.reason == "unknown key"
+
+
+def test_admin_listener_env_overrides() -> None:
+    admin = parse_config(
+        {}, environ={"STRIPE_GATEWAY_ADMIN_HOST": "0.0.0.0", "STRIPE_GATEWAY_ADMIN_PORT": "9191"}
+    ).admin
+    assert (admin.host, admin.port) == ("0.0.0.0", 9191)

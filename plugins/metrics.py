@@ -1,0 +1,159 @@
+"""Metrics: count every request from its finished context, for the admin listener's
+``/metrics`` (names and labels: :mod:`gateway.metrics`, README "Operations").
+
+The plugin reads what the core and the other plugins wrote on the
+:class:`~gateway.context.RequestContext` (team, status, latencies, upstream failures and
+attempts, cache status, rate-limit decision) once, in ``gateway_request_finished``; it adds
+nothing to the request path but an in-flight count. Labels are bounded: the route
+*family* comes from the path's first segment after the version (``sigma``, ``tax``, …,
+``other``), never the path or an id; unknown methods count as ``OTHER``; requests that
+never reached authentication count with team ``-``.
+
+It is on whenever the admin listener is (``[admin] port``): with no listener, nothing
+could show what it counted, so it counts nothing. No settings.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from gateway.app import CONFIG
+from gateway.config import GatewayConfig
+from gateway.context import RequestContext
+from gateway.errors import ConfigError
+from gateway.hookspecs import hookimpl
+from gateway.metrics import METRICS, GatewayMetrics
+
+__all__ = ["FAMILIES", "MetricsPlugin", "route_family"]
+
+#: the route families, by the path segment after ``/v1/`` (or ``/v2/``) that names them
+FAMILIES: dict[str, str] = {
+    "sigma": "sigma",
+    "reporting": "reporting",
+    "financial_connections": "financial_connections",
+    "tax": "tax",
+    "tax_rates": "tax",
+    "tax_codes": "tax",
+    "identity": "identity",
+    "crypto": "crypto",
+    "climate": "climate",
+    "forwarding": "forwarding",
+    "webhook_endpoints": "webhook_endpoints",
+    "files": "files",
+    "file_links": "files",
+}
+_METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
+_STATUS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+_NO_TEAM = "-"
+_FLAG = "metrics"
+
+
+def route_family(path: str) -> str:
+    """The bounded family of ``path``: ``/v1/tax/calculations/taxcalc_1`` -> ``tax``."""
+    if path.startswith(("/v1/", "/v2/")):
+        return FAMILIES.get(path[4:].partition("/")[0], "other")
+    if path.startswith("/oauth/"):
+        return "oauth"
+    return "other"
+
+
+class MetricsPlugin:
+    """Built-in plugin ``metrics``."""
+
+    name = "metrics"
+
+    def __init__(self) -> None:
+        self._metrics: GatewayMetrics | None = None
+        # labelled children, looked up once: ``labels()`` takes a lock and checks names
+        self._requests: dict[tuple[str, str, str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+        self._upstream: dict[str | None, Any] = {}
+        self._cache: dict[str, Any] = {}
+        self._decisions: dict[tuple[str, str], Any] = {}
+
+    @hookimpl
+    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
+        for key in settings:
+            raise ConfigError(key, "unknown key (metrics has no settings; see [admin])")
+
+    @hookimpl
+    def gateway_startup(self, app: web.Application) -> None:
+        if app[CONFIG].admin.enabled:
+            self._metrics = app[METRICS]
+
+    @hookimpl(tryfirst=True)
+    def gateway_request(self, ctx: RequestContext) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.in_flight.inc()
+            ctx.state[_FLAG] = True
+
+    @hookimpl
+    def gateway_request_finished(self, ctx: RequestContext) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        if ctx.state.get(_FLAG):
+            metrics.in_flight.dec()
+        team = ctx.team.name if ctx.team is not None else _NO_TEAM
+        request = ctx.request
+        method = request.method
+        if method not in _METHODS:  # any token is a method to aiohttp: keep labels bounded
+            method = "OTHER"
+        family = route_family(request.path)
+        status = ctx.status // 100
+        key = (team, method, family, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = metrics.requests.labels(
+                team, method, family, _STATUS.get(status, "none")
+            )
+        child.inc()
+        duration = self._durations.get(family)
+        if duration is None:
+            duration = self._durations[family] = metrics.request_duration.labels(family)
+        duration.observe(time.perf_counter() - ctx.started)
+        if ctx.attempts:
+            self._count_upstream(metrics, ctx)
+        cache = ctx.cache_status
+        if cache is not None:
+            counter = self._cache.get(cache)
+            if counter is None:
+                counter = self._cache[cache] = metrics.cache_requests.labels(cache.lower())
+            counter.inc()
+        decision = ctx.rate_limit
+        if decision is not None:
+            self._count_decision(metrics, team, decision)
+
+    def _count_upstream(self, metrics: GatewayMetrics, ctx: RequestContext) -> None:
+        name = ctx.upstream_name
+        children = self._upstream.get(name)
+        if children is None:
+            label = name or "none"
+            children = self._upstream[name] = (
+                metrics.upstream_duration.labels(label),
+                metrics.upstream_retries.labels(label),
+            )
+        histogram: Histogram
+        retries: Counter
+        histogram, retries = children
+        if ctx.upstream_seconds is not None:
+            histogram.observe(ctx.upstream_seconds)
+        if ctx.attempts > 1:
+            retries.inc(ctx.attempts - 1)
+        for kind in ctx.upstream_failures:
+            metrics.upstream_errors.labels(name or "none", kind).inc()
+
+    def _count_decision(self, metrics: GatewayMetrics, team: str, decision: str) -> None:
+        key = (team, decision)
+        child = self._decisions.get(key)
+        if child is None:
+            outcome = decision.removeprefix("fallback_")
+            child = self._decisions[key] = metrics.rate_limit_decisions.labels(team, outcome)
+        child.inc()
+        if decision.startswith("fallback_"):
+            metrics.rate_limit_fallbacks.labels(team).inc()
