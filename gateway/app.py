@@ -2,12 +2,16 @@
 
 Everything an app needs (config, plugin host, upstream session, loggers) hangs off typed
 app keys; there is no module-level state, so tests can run several apps side by side.
+
+Requests are served by the app's current :class:`~gateway.reload.Generation` (config,
+plugin host, proxy), which :data:`RELOAD` replaces under traffic (see
+:mod:`gateway.reload`); ``CONFIG``, ``HOST`` and ``PROXY`` always show the current one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, BinaryIO
 
 import aiohttp
 import orjson
@@ -18,13 +22,18 @@ from gateway.config import GatewayConfig
 from gateway.host import PluginHost
 from gateway.logs import make_error_logger
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
+from gateway.reload import Generation, Generations, ReloadResult
 
-__all__ = ["CONFIG", "HOST", "PROXY", "SESSION", "create_app"]
+__all__ = ["CONFIG", "GENERATIONS", "HOST", "PROXY", "RELOAD", "SESSION", "create_app"]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 HOST = web.AppKey("host", PluginHost)
 PROXY = web.AppKey("proxy", Proxy)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+GENERATIONS = web.AppKey("generations", Generations)
+#: ``await app[RELOAD]()``: re-read the config and swap it in under traffic; returns a
+#: JSON-able ``{"reloaded": bool, "error": str | None, ...}`` (see Generations.reload)
+RELOAD: web.AppKey[Callable[[], Coroutine[Any, Any, ReloadResult]]] = web.AppKey("reload")
 
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
@@ -33,9 +42,22 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(body=_HEALTH, content_type="application/json")
 
 
+def _publisher(app: web.Application) -> Callable[[Generation], None]:
+    def publish(generation: Generation) -> None:
+        # A started app is frozen and warns on item assignment; these three keys follow
+        # the current generation by design, so they are replaced in its state directly.
+        state = app._state
+        state[CONFIG] = generation.config
+        state[HOST] = generation.host
+        state[PROXY] = generation.proxy
+
+    return publish
+
+
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     host = app[HOST]
+    generations = app[GENERATIONS]
     connector = aiohttp.TCPConnector(
         limit=config.upstream.max_connections,
         limit_per_host=0,
@@ -50,9 +72,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         raise_for_status=False,
     )
     app[SESSION] = session
-    app[PROXY].session = session
+    generations.current.proxy.session = session
     try:
-        await host.each("gateway_startup", fail_closed=True, app=app)
+        await generations.start()
         host.log.info(
             "gateway_started",
             plugins=host.plugin_names(),
@@ -61,7 +83,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
-        await host.each("gateway_shutdown", fail_closed=False, app=app)
+        await generations.close()  # every generation's gateway_shutdown
         await session.close()
 
 
@@ -70,10 +92,13 @@ def create_app(
     *,
     host: PluginHost | None = None,
     error_stream: BinaryIO | None = None,
+    reload_from: Callable[[], GatewayConfig] | None = None,
 ) -> web.Application:
     """Build the gateway app for ``config`` (plugins are loaded and configured here).
 
     The gateway's own log goes to ``error_stream`` (default: standard error).
+    ``reload_from`` reads the config anew for ``app[RELOAD]`` (the CLI re-reads its file);
+    without it a reload answers an error.
     """
     host = host or PluginHost(config)
     host.log = make_error_logger(error_stream, extra_processors=host.log_processors)
@@ -88,7 +113,16 @@ def create_app(
     app[CONFIG] = config
     app[HOST] = host
     app[PROXY] = proxy
+    generations = Generations(
+        app,
+        Generation(config, host, proxy, 1),
+        publish=_publisher(app),
+        load=reload_from,
+        error_stream=error_stream,
+    )
+    app[GENERATIONS] = generations
+    app[RELOAD] = generations.reload
     app.router.add_get("/healthz", _healthz, allow_head=True)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", generations.handle)
     app.cleanup_ctx.append(_upstream_session)
     return app

@@ -9,8 +9,9 @@ The line carries: timestamp, gateway request id, team, method, path, Stripe obje
 ``Stripe-Account``, livemode (from the upstream key's prefix), status, upstream name and
 ``Request-Id``, total and upstream latency in ms, bytes in and out, ``Idempotency-Key``,
 cache status and rate-limit decision (when those plugins set them), client address, and
-the error kind when the gateway answered itself. Never the ``Authorization`` header, a
-key or a query string.
+the error kind when the gateway answered itself; with ``serve --workers N``, the worker's
+index and pid (``worker``, ``pid``). Never the ``Authorization`` header, a key or a query
+string.
 
 Lines are buffered and written once per event-loop iteration (and at shutdown), one
 ``write`` for all the requests that finished in that iteration.
@@ -24,6 +25,7 @@ so the gateway recovers by itself.
 from __future__ import annotations
 
 import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +38,7 @@ from gateway.config import GatewayConfig
 from gateway.context import RequestContext, milliseconds, object_id_of
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.hookspecs import hookimpl
-from gateway.logs import JsonLineSink
+from gateway.logs import JsonLineSink, process_fields
 
 __all__ = ["AuditPlugin"]
 
@@ -56,6 +58,7 @@ class AuditPlugin:
         self._sink: JsonLineSink | None = None
         self._broken = False
         self._fallback: Any = None
+        self._process: dict[str, Any] = {}
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
@@ -80,7 +83,16 @@ class AuditPlugin:
         else:
             self._stream = open(self._path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
             self._own_stream = True
-        self._sink = JsonLineSink(self._stream, app[HOST].log_processors, on_written=self._written)
+        # in a worker of `serve --workers N`: name the worker on each line, and keep each
+        # write to a shared pipe (stdout) atomic so the workers' lines never interleave
+        self._process = process_fields()
+        shared_pipe = bool(self._process) and self._path is None
+        self._sink = JsonLineSink(
+            self._stream,
+            app[HOST].log_processors,
+            on_written=self._written,
+            max_write=select.PIPE_BUF if shared_pipe else 0,
+        )
         self._fallback = app[HOST].log
 
     def _written(self, records: Sequence[dict[str, Any]], error: BaseException | None) -> None:
@@ -136,6 +148,8 @@ class AuditPlugin:
         }
         if ctx.audit:  # plugins add fields; they never replace the core ones
             fields = {**ctx.audit, **fields}
+        if self._process:  # worker index and pid, with `serve --workers N`
+            fields.update(self._process)
         assert self._sink is not None, "the sink opens at start-up"
         try:
             self._sink.emit("request", fields)
