@@ -210,8 +210,9 @@ def _measure(bench: pb.Bench, gateway: Gateway, upstream: pb.Child, conns: int) 
     flag = f"  ERRORS: {run.errors}" if run.errors else ""
     print(
         f"  workers={gateway.workers} c={conns:<3}{run.rps:8.1f} req/s  p50 {run.p50_ms:6.2f} ms"
-        f"  p99 {run.p99_ms:6.2f} ms  cpu/req {run.cpu_us:4.0f} us | cpu% gateway {run.gateway_cpu:3.0f} upstream "
-        f"{run.upstream_cpu:3.0f} load {run.load_cpu:3.0f} other {run.other_cpu:3.0f}"
+        f"  p99 {run.p99_ms:6.2f} ms  cpu/req {run.cpu_us:4.0f} us | cpu% gateway "
+        f"{run.gateway_cpu:3.0f} upstream {run.upstream_cpu:3.0f} load {run.load_cpu:3.0f} "
+        f"other {run.other_cpu:3.0f}"
         f"{'  split ' + shares if gateway.workers > 1 else ''}{flag}",
         flush=True,
     )
