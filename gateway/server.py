@@ -129,4 +129,6 @@ async def serve(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if signal.SIGHUP in installed:  # no reload while draining, and no default (fatal) HUP
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         await runner.cleanup()

@@ -31,7 +31,6 @@ from tests.helpers import (
     Served,
     Stack,
     default_teams,
-    start_app,
     team,
 )
 from tests.serving import (
@@ -271,14 +270,6 @@ def test_reload_without_a_config_source_answers_an_error(loop_thread: LoopThread
 
 
 # --------------------------------------------------------------------------- real processes
-
-
-@pytest.fixture
-def fake_api(loop_thread: LoopThread) -> Iterator[tuple[FakeStripe, Served]]:
-    fake = FakeStripe(name="api")
-    served = loop_thread.run(start_app(fake.app()))
-    yield fake, served
-    loop_thread.run(served.runner.cleanup())
 
 
 @pytest.mark.parametrize("workers", [1, 2])

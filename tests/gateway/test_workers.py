@@ -7,7 +7,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from tests.fake_stripe import FakeStripe
 from tests.gateway.test_cli import assert_one_line_config_error, run_cli, wait_until
-from tests.helpers import BILLING_KEY, BILLING_UPSTREAM_KEY, LoopThread, Served, start_app
+from tests.helpers import BILLING_KEY, BILLING_UPSTREAM_KEY, Served
 from tests.serving import (
     GatewayConfigFile,
     events,
@@ -26,14 +25,6 @@ from tests.serving import (
 )
 
 CUSTOMER = "/v1/customers/cus_Workers000001"
-
-
-@pytest.fixture
-def fake_api(loop_thread: LoopThread) -> Iterator[tuple[FakeStripe, Served]]:
-    fake = FakeStripe(name="api")
-    served = loop_thread.run(start_app(fake.app()))
-    yield fake, served
-    loop_thread.run(served.runner.cleanup())
 
 
 def _environ(pid: int) -> dict[str, str]:
