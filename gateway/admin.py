@@ -12,7 +12,9 @@ after the upstream session's, so plugins have opened their stores) and serves:
 ``POST /admin/cache/purge`` token  drop every cached variant of ``object_id``
 ``GET /admin/teams``       token   teams (digest prefixes only) and their rate-limit state
 ``GET /admin/config``      token   the effective config, secrets masked
-``POST /admin/reload``     token   the reload installed under :data:`RELOAD`; 501 without one
+``POST /admin/reload``     token   re-read the config file and swap it in under traffic
+                                   (:mod:`gateway.reload`); in a worker, ask the supervisor
+                                   (SIGHUP), which validates it and reloads every worker
 =========================  ======  =========================================================
 
 *token*: ``Authorization: Bearer <admin token>``; the token's SHA-256 is compared in
@@ -30,7 +32,9 @@ import asyncio
 import hashlib
 import hmac
 import inspect
+import os
 import re
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -44,20 +48,12 @@ from gateway.metrics import CONTENT_TYPE_LATEST, METRICS, exposition
 
 __all__ = [
     "ADMIN_URLS",
-    "RELOAD",
     "REUSE_PORT",
-    "ReloadHandler",
     "admin_listener",
     "create_admin_app",
     "masked_config",
 ]
 
-#: what ``POST /admin/reload`` calls: given the gateway app, reload the config and answer
-#: a JSON-able summary (raise :class:`gateway.errors.StripeErrorResponse` to refuse)
-ReloadHandler = Callable[[web.Application], Awaitable[dict[str, Any]]]
-
-#: set on the *gateway* app by whoever provides config reload (``serve``'s supervisor)
-RELOAD: web.AppKey[ReloadHandler] = web.AppKey("reload")
 #: bind the admin port with SO_REUSEPORT (every worker process binds it); set by create_app
 REUSE_PORT = web.AppKey("reuse_port", bool)
 #: the URLs the admin listener bound, once started (empty when it is off)
@@ -280,6 +276,25 @@ async def _config(request: web.Request) -> web.Response:
 
 
 async def _reload(request: web.Request) -> web.Response:
+    from gateway.app import RELOAD
+    from gateway.workers import worker_role
+
+    role = worker_role()
+    if role is not None and role.supervisor is not None and os.getppid() == role.supervisor:
+        # One worker got this request; every worker must reload, after the supervisor
+        # has validated the file: the same path as a SIGHUP sent to the supervisor.
+        os.kill(role.supervisor, signal.SIGHUP)
+        return _json(
+            {
+                "reloaded": None,
+                "requested": True,
+                "error": None,
+                "message": "Reload requested from the supervisor: it validates the config "
+                "file, then every worker reloads (config_reloaded or config_reload_failed "
+                "in the log).",
+            },
+            status=202,
+        )
     reload = request.app[_GATEWAY].get(RELOAD)
     if reload is None:
         return _error(
@@ -287,7 +302,15 @@ async def _reload(request: web.Request) -> web.Response:
             "Config reload is not available in this gateway process.",
             code="reload_unavailable",
         )
-    return _json(await reload(request.app[_GATEWAY]))
+    result = await reload()
+    if not result.get("reloaded"):
+        return _error(
+            400,
+            f"The config was not reloaded: {result.get('error')}. The running config stays.",
+            code="config_invalid",
+            type="invalid_request_error",
+        )
+    return _json(result)
 
 
 # ------------------------------------------------------------------ the app

@@ -2,12 +2,16 @@
 
 Everything an app needs (config, plugin host, upstream session, loggers) hangs off typed
 app keys; there is no module-level state, so tests can run several apps side by side.
+
+Requests are served by the app's current :class:`~gateway.reload.Generation` (config,
+plugin host, proxy), which :data:`RELOAD` replaces under traffic (see
+:mod:`gateway.reload`); ``CONFIG``, ``HOST`` and ``PROXY`` always show the current one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, BinaryIO
 
 import aiohttp
 import orjson
@@ -20,13 +24,27 @@ from gateway.host import PluginHost
 from gateway.logs import make_error_logger
 from gateway.metrics import METRICS, GatewayMetrics
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
+from gateway.reload import Generation, Generations, ReloadResult
 
-__all__ = ["CONFIG", "HOST", "METRICS", "PROXY", "SESSION", "create_app"]
+__all__ = [
+    "CONFIG",
+    "GENERATIONS",
+    "HOST",
+    "METRICS",
+    "PROXY",
+    "RELOAD",
+    "SESSION",
+    "create_app",
+]
 
 CONFIG = web.AppKey("config", GatewayConfig)
 HOST = web.AppKey("host", PluginHost)
 PROXY = web.AppKey("proxy", Proxy)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+GENERATIONS = web.AppKey("generations", Generations)
+#: ``await app[RELOAD]()``: re-read the config and swap it in under traffic; returns a
+#: JSON-able ``{"reloaded": bool, "error": str | None, ...}`` (see Generations.reload)
+RELOAD: web.AppKey[Callable[[], Coroutine[Any, Any, ReloadResult]]] = web.AppKey("reload")
 
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
@@ -35,9 +53,22 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(body=_HEALTH, content_type="application/json")
 
 
+def _publisher(app: web.Application) -> Callable[[Generation], None]:
+    def publish(generation: Generation) -> None:
+        # A started app is frozen and warns on item assignment; these three keys follow
+        # the current generation by design, so they are replaced in its state directly.
+        state = app._state
+        state[CONFIG] = generation.config
+        state[HOST] = generation.host
+        state[PROXY] = generation.proxy
+
+    return publish
+
+
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     host = app[HOST]
+    generations = app[GENERATIONS]
     connector = aiohttp.TCPConnector(
         limit=config.upstream.max_connections,
         limit_per_host=0,
@@ -52,9 +83,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         raise_for_status=False,
     )
     app[SESSION] = session
-    app[PROXY].session = session
+    generations.current.proxy.session = session
     try:
-        await host.each("gateway_startup", fail_closed=True, app=app)
+        await generations.start()
         host.log.info(
             "gateway_started",
             plugins=host.plugin_names(),
@@ -63,7 +94,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
-        await host.each("gateway_shutdown", fail_closed=False, app=app)
+        await generations.close()  # every generation's gateway_shutdown
         await session.close()
 
 
@@ -73,12 +104,15 @@ def create_app(
     host: PluginHost | None = None,
     error_stream: BinaryIO | None = None,
     reuse_port: bool = False,
+    reload_from: Callable[[], GatewayConfig] | None = None,
 ) -> web.Application:
     """Build the gateway app for ``config`` (plugins are loaded and configured here).
 
     The gateway's own log goes to ``error_stream`` (default: standard error). With
     ``[admin] port`` set, the admin listener (:mod:`gateway.admin`) starts and stops with
     the app; ``reuse_port`` binds it with SO_REUSEPORT, for worker processes sharing it.
+    ``reload_from`` reads the config anew for ``app[RELOAD]`` (the CLI re-reads its file);
+    without it a reload answers an error.
     """
     host = host or PluginHost(config)
     host.log = make_error_logger(error_stream, extra_processors=host.log_processors)
@@ -95,8 +129,17 @@ def create_app(
     app[PROXY] = proxy
     app[METRICS] = GatewayMetrics.create()
     app[REUSE_PORT] = reuse_port
+    generations = Generations(
+        app,
+        Generation(config, host, proxy, 1),
+        publish=_publisher(app),
+        load=reload_from,
+        error_stream=error_stream,
+    )
+    app[GENERATIONS] = generations
+    app[RELOAD] = generations.reload
     app.router.add_get("/healthz", _healthz, allow_head=True)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", generations.handle)
     app.cleanup_ctx.append(_upstream_session)
     # after the session's: plugins have opened their stores when /readyz can first be asked
     app.cleanup_ctx.append(admin_listener)

@@ -1,4 +1,5 @@
-"""The ``stripe-gateway`` command: serve, check-config, hash-key.
+"""The ``stripe-gateway`` command: serve (one process, or ``--workers N``), check-config,
+hash-key, sandbox, demo.
 
 Configuration problems end the process with exit code 2 and one line naming the key
 path and the reason, never a traceback.
@@ -10,8 +11,9 @@ import argparse
 import asyncio
 import hashlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from gateway import __version__
@@ -21,6 +23,7 @@ from gateway.host import PluginFailure, PluginHost
 
 if TYPE_CHECKING:
     from gateway.sandbox.run import SandboxOptions
+    from gateway.workers import WorkerRole
 
 __all__ = ["main"]
 
@@ -39,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", "-c", required=True, metavar="FILE", help="TOML config file")
     serve.add_argument("--host", help="listen address (overrides [server] host)")
     serve.add_argument("--port", type=int, help="listen port (overrides [server] port)")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes sharing the port (overrides [server] workers; default 1)",
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", metavar="FILE")
@@ -62,6 +71,13 @@ def _rate(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
     return value
 
 
@@ -173,22 +189,69 @@ def _event_loop_factory(config: GatewayConfig) -> asyncio.AbstractEventLoop:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.app import HOST, create_app
-    from gateway.logs import route_stdlib_logging
-    from gateway.server import serve
+    from gateway.workers import Supervisor, worker_role
 
+    # A SIGHUP that arrives before the socket is open is not lost (nor fatal): it is
+    # remembered here and acted on once the gateway listens.
+    hangups: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: hangups.append(signum))
     env_overrides = {}
     if args.host:
         env_overrides["STRIPE_GATEWAY_HOST"] = args.host
     if args.port is not None:
         env_overrides["STRIPE_GATEWAY_PORT"] = str(args.port)
-    config = load_config(args.config, {**os.environ, **env_overrides})
-    app = create_app(config)
+
+    def load() -> GatewayConfig:
+        return load_config(args.config, {**os.environ, **env_overrides})
+
+    config = load()
+    role = worker_role()
+    workers = args.workers if args.workers is not None else config.server.workers
+    if role is None and workers > 1:
+        host = PluginHost(config)  # every plugin validates its settings before any worker
+        supervisor = Supervisor(
+            config_path=args.config,
+            config=config,
+            count=workers,
+            load=load,
+            log_processors=host.log_processors,
+        )
+        return supervisor.run()
+    if role is not None and not role.tie_to_supervisor():
+        return 1  # the supervisor is already gone
+    return _serve_one(config, load, hangups, role)
+
+
+def _serve_one(
+    config: GatewayConfig,
+    load: Callable[[], GatewayConfig],
+    hangups: list[int],
+    role: WorkerRole | None,
+) -> int:
+    """The gateway in this process (``--workers 1``, or one worker of a supervisor)."""
+    from gateway.app import GENERATIONS, HOST, RELOAD, create_app
+    from gateway.logs import route_stdlib_logging
+    from gateway.server import serve
+
+    app = create_app(config, reload_from=load, reuse_port=role is not None and role.reuse_port)
     route_stdlib_logging(app[HOST].log_processors)
+    app[GENERATIONS].on_swap.append(lambda g: route_stdlib_logging(g.host.log_processors))
     loop = _event_loop_factory(config)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def hangup() -> None:
+        task: asyncio.Task[object] = loop.create_task(app[RELOAD]())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     def listening(urls: list[str]) -> None:
-        print(f"stripe-gateway {__version__} listening on {', '.join(urls)}", file=sys.stderr)
+        if role is not None:
+            role.report_ready()  # the supervisor prints the one "listening on" line
+        else:
+            print(f"stripe-gateway {__version__} listening on {', '.join(urls)}", file=sys.stderr)
+        if hangups:
+            hangups.clear()
+            hangup()
 
     try:
         loop.run_until_complete(
@@ -198,6 +261,8 @@ def _serve(args: argparse.Namespace) -> int:
                 config.server.port,
                 drain_timeout=config.server.drain_timeout,
                 on_listening=listening,
+                reuse_port=role is not None and role.reuse_port,
+                on_hangup=hangup,
             )
         )
     except OSError as exc:

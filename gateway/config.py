@@ -87,6 +87,8 @@ class ServerConfig(_Strict):
     max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
     #: use uvloop when it is installed
     uvloop: bool = True
+    #: worker processes sharing the listening port (1: the gateway is one process)
+    workers: int = Field(1, ge=1, le=256)
 
 
 class AdminConfig(_Strict):

@@ -95,13 +95,40 @@ def gateway_log_processors(config: GatewayConfig) -> list[Processor] | None:
 @hookspec
 def gateway_startup(app: web.Application) -> MaybeAwaitable:
     """Open resources (connections, files, background tasks). Fires once, when the
-    aiohttp application starts, after the upstream client session is open.
+    aiohttp application starts, after the upstream client session is open; and once more
+    on every config reload, on the new generation's plugins (new instances), while the
+    outgoing generation still serves the requests it started.
 
-    :param app: the aiohttp application; ``app[gateway.app.CONFIG]`` holds the config.
+    :param app: the aiohttp application; ``app[gateway.app.CONFIG]`` and
+        ``app[gateway.app.HOST]`` hold the config and plugin host of the generation
+        being started.
 
     Return value: ignored; may be a coroutine, which is awaited.
 
     Failure: start-up stops (fails closed).
+    """
+
+
+@hookspec
+def gateway_carry_over(previous: object) -> MaybeAwaitable:
+    """Take over state from the plugin this one replaces on a config reload (SIGHUP or
+    ``app[gateway.app.RELOAD]``). Fires once per reload, on each plugin of the new
+    generation that has a namesake in the outgoing one, after every
+    :func:`gateway_startup` of the new generation succeeded and before it receives its
+    first request. Never fires at start-up.
+
+    :param previous: the outgoing generation's plugin of the same name (usually, but not
+        necessarily, an instance of the same class). It is still serving the requests that
+        started before the reload, and its :func:`gateway_shutdown` runs once they are done.
+
+    A plugin may adopt state that is safe to share (the built-in ``cache`` keeps its
+    memory store when its settings did not change, ``rate_limit`` its in-process buckets);
+    it must then release what its own :func:`gateway_startup` opened for that state, and
+    make sure ``previous``'s :func:`gateway_shutdown` does not close what it adopted.
+
+    Return value: ignored; may be a coroutine, which is awaited.
+
+    Failure: logged and skipped; the plugin keeps the state its own start-up made.
     """
 
 
@@ -221,8 +248,11 @@ def gateway_ready(app: web.Application) -> MaybeAwaitable:
 
 @hookspec
 def gateway_shutdown(app: web.Application) -> MaybeAwaitable:
-    """Flush and close what :func:`gateway_startup` opened. Fires once, after in-flight
-    requests have drained (or the drain timeout passed), before the upstream session closes.
+    """Flush and close what :func:`gateway_startup` opened. Fires once per generation:
+    at stop, after in-flight requests have drained (or the drain timeout passed), before
+    the upstream session closes; after a config reload, on the outgoing generation's
+    plugins once the last request that started on it has finished (``app[...]`` keys then
+    already show the new generation: keep what you need from start-up).
 
     Return value: ignored; may be a coroutine, which is awaited.
 

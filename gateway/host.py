@@ -214,7 +214,7 @@ class PluginHost:
 
     def freeze(self) -> None:
         """Snapshot every request hook's implementations in call order."""
-        for hook in (*REQUEST_HOOKS, "gateway_startup", "gateway_shutdown"):
+        for hook in (*REQUEST_HOOKS, "gateway_startup", "gateway_carry_over", "gateway_shutdown"):
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
             assert caller.spec is not None, f"{hook} has a spec in gateway.hookspecs"
             spec_args = set(caller.spec.argnames)
@@ -279,6 +279,20 @@ class PluginHost:
                 self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
             except Exception as exc:
                 self._failed(impl, hook, fail_closed, exc)
+
+    async def carry_over(self, previous: PluginHost) -> None:
+        """Call ``gateway_carry_over`` on each plugin that has a namesake in ``previous``
+        (the host this one replaces on a reload), passing it that namesake."""
+        for impl in self._impls["gateway_carry_over"]:
+            prior = previous.pm.get_plugin(impl.plugin)
+            if prior is None:
+                continue
+            try:
+                result = impl.call({"previous": prior})
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._failed(impl, "gateway_carry_over", False, exc)
 
     def _failed(self, impl: _Impl, hook: str, fail_closed: bool, exc: Exception) -> None:
         """Apply the failure policy to ``exc`` (call it from the ``except`` block)."""

@@ -15,16 +15,27 @@ Two kinds of sink:
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor
 
-__all__ = ["JsonLineSink", "json_line_logger", "make_error_logger", "utc_timestamp"]
+__all__ = [
+    "WORKER_ENV",
+    "JsonLineSink",
+    "json_line_logger",
+    "make_error_logger",
+    "process_fields",
+    "utc_timestamp",
+]
+
+#: set by the supervisor (``serve --workers N``) in each worker's environment: its index
+WORKER_ENV = "STRIPE_GATEWAY_WORKER"
 
 #: what a sink calls after each write: the records written, and the error if it failed
 OnWritten = Callable[[Sequence[dict[str, Any]], BaseException | None], None]
@@ -112,6 +123,10 @@ class JsonLineSink:
     their lines) and the ``OSError``/``ValueError`` (the lines are then dropped: the
     callback decides where the records go). Only the rendered lines are kept until the
     write, not the event dicts.
+
+    ``max_write`` (bytes, 0 = no limit) splits a batch into ``write`` calls of whole lines
+    no larger than that (a longer line goes alone): set it to ``select.PIPE_BUF`` when
+    several processes share one pipe, so their lines never interleave.
     """
 
     def __init__(
@@ -120,11 +135,13 @@ class JsonLineSink:
         extra_processors: Sequence[Processor] | None = None,
         *,
         on_written: OnWritten | None = None,
+        max_write: int = 0,
     ) -> None:
         self._stream: BinaryIO | None = stream
         self._processors = tuple(_pipeline(extra_processors))
         self._on_written = on_written
         self._lines: list[bytes] = []
+        self._max_write = max_write
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
         """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``.
@@ -155,7 +172,12 @@ class JsonLineSink:
         try:
             if self._stream is None:
                 raise ValueError("the sink is closed")
-            _write_all(self._stream, b"".join(lines))
+            data = b"".join(lines)
+            if 0 < self._max_write < len(data):
+                for part in _whole_lines(lines, self._max_write):
+                    _write_all(self._stream, part)
+            else:
+                _write_all(self._stream, data)
         except (OSError, ValueError) as exc:
             if self._on_written is not None:
                 self._on_written([orjson.loads(line) for line in lines], exc)
@@ -169,6 +191,20 @@ class JsonLineSink:
         self._stream = None
 
 
+def _whole_lines(lines: Sequence[bytes], limit: int) -> Iterator[bytes]:
+    """``lines`` joined into parts of at most ``limit`` bytes (a longer line alone)."""
+    part: list[bytes] = []
+    size = 0
+    for line in lines:
+        if part and size + len(line) > limit:
+            yield b"".join(part)
+            part, size = [], 0
+        part.append(line)
+        size += len(line)
+    if part:
+        yield b"".join(part)
+
+
 def _write_all(stream: BinaryIO, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -179,13 +215,23 @@ def _write_all(stream: BinaryIO, data: bytes) -> None:
     stream.flush()
 
 
+def process_fields() -> dict[str, Any]:
+    """``{"worker": index, "pid": pid}`` in a worker of ``serve --workers N`` (read from
+    :data:`WORKER_ENV`), ``{}`` in a single-process gateway: added to its log lines."""
+    index = os.environ.get(WORKER_ENV)
+    if index is None or not index.isdigit():
+        return {}
+    return {"worker": int(index), "pid": os.getpid()}
+
+
 def make_error_logger(
     stream: BinaryIO | None = None, extra_processors: Sequence[Processor] = ()
 ) -> structlog.typing.FilteringBoundLogger:
     """The gateway's own log (start-up, plugin failures, upstream trouble) on stderr,
-    through the plugins' log processors (redaction) like every other sink."""
+    through the plugins' log processors (redaction) like every other sink. In a worker
+    process each line also names the worker (:func:`process_fields`)."""
     return json_line_logger(stream or sys.stderr.buffer, list(extra_processors)).bind(
-        logger="gateway"
+        logger="gateway", **process_fields()
     )
 
 

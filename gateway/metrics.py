@@ -216,7 +216,8 @@ def exposition(metrics: GatewayMetrics) -> bytes:
     return generate_latest(metrics.registry)
 
 
-def mark_process_dead(pid: int) -> None:
+def mark_process_dead(pid: int, directory: str | None = None) -> None:
     """For a supervisor: a worker exited, so its live gauges (in-flight requests) no
-    longer count. Its counters and histograms still do."""
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    longer count. Its counters and histograms still do. ``directory`` defaults to
+    ``PROMETHEUS_MULTIPROC_DIR``."""
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

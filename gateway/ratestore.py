@@ -134,6 +134,11 @@ class MemoryLimiter:
     def __len__(self) -> int:
         return len(self._tats)
 
+    @property
+    def share(self) -> float:
+        """The part of every limit this limiter enforces."""
+        return self._share
+
     def decide_now(self, buckets: Sequence[Bucket], *, shadow: bool) -> Decision:
         """The decision, synchronously (nothing here waits)."""
         now = self._clock()

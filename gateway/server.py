@@ -8,6 +8,7 @@ handler that answers those with a Stripe-shaped JSON error instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from http import HTTPStatus
@@ -80,12 +81,19 @@ async def serve(
     ready: asyncio.Event | None = None,
     on_listening: Callable[[list[str]], None] = lambda _: None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
+    on_hangup: Callable[[], None] | None = None,
     **runner_kwargs: Any,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop``), then drain and return.
 
     On a stop signal the listener closes at once, in-flight requests get up to
     ``drain_timeout`` seconds to finish, then the app's cleanup runs (plugins flush).
+
+    ``reuse_port`` binds with ``SO_REUSEPORT``, so several processes (the workers of
+    ``serve --workers N``) share the port and the kernel spreads connections among them.
+    ``on_hangup`` is called on SIGHUP once the socket is open (the CLI reloads the
+    config); it is installed before ``on_listening`` is called.
     """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -101,8 +109,14 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(
+            runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None
+        )
         await site.start()
+        if on_hangup is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+                loop.add_signal_handler(signal.SIGHUP, on_hangup)
+                installed.append(signal.SIGHUP)
         listening = [
             f"http://[{a[0]}]:{a[1]}" if ":" in a[0] else f"http://{a[0]}:{a[1]}"
             for a in runner.addresses
@@ -115,4 +129,6 @@ async def serve(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if signal.SIGHUP in installed:  # no reload while draining, and no default (fatal) HUP
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         await runner.cleanup()

@@ -23,7 +23,8 @@ The line carries: timestamp, gateway request id, team, method, path, Stripe obje
 ``Request-Id``, total and upstream latency in ms, bytes in and out, ``Idempotency-Key``,
 cache status and rate-limit decision (when those plugins set them), client address, the
 error kind when the gateway answered itself, and, where configured, the request's
-parameters and the response body. Never the ``Authorization`` header or the gateway key.
+parameters and the response body; with ``serve --workers N``, the worker's index
+and pid (``worker``, ``pid``). Never the ``Authorization`` header or the gateway key.
 
 **Parameters** (``params``) are the query string's and the body's, decoded into nested
 objects the way Stripe reads bracket notation (:mod:`gateway.params`): ``card[number]=…``
@@ -53,6 +54,7 @@ so the gateway recovers by itself.
 from __future__ import annotations
 
 import os
+import select
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +70,7 @@ from gateway.context import RequestContext, milliseconds, object_id_of
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
-from gateway.logs import JsonLineSink
+from gateway.logs import JsonLineSink, process_fields
 from gateway.masks import unparsed
 from gateway.params import decode_form
 
@@ -206,6 +208,7 @@ class AuditPlugin:
         self._sink: JsonLineSink | None = None
         self._broken = False
         self._fallback: Any = None
+        self._process: dict[str, Any] = {}
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
@@ -220,7 +223,16 @@ class AuditPlugin:
             self._stream = open(path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
             self._own_stream = True
         host = app[HOST]
-        self._sink = JsonLineSink(self._stream, host.log_processors, on_written=self._written)
+        # in a worker of `serve --workers N`: name the worker on each line, and keep each
+        # write to a shared pipe (stdout) atomic so the workers' lines never interleave
+        self._process = process_fields()
+        shared_pipe = bool(self._process) and path is None
+        self._sink = JsonLineSink(
+            self._stream,
+            host.log_processors,
+            on_written=self._written,
+            max_write=select.PIPE_BUF if shared_pipe else 0,
+        )
         self._fallback = host.log
         if self.settings.anything_logged and "redaction" not in host.plugin_names():
             host.log.warning(
@@ -304,6 +316,8 @@ class AuditPlugin:
                 fields["params"] = fields["response_body"] = "[unparsed]"
         if ctx.audit:  # plugins add fields; they never replace the core ones
             fields = {**ctx.audit, **fields}
+        if self._process:  # worker index and pid, with `serve --workers N`
+            fields.update(self._process)
         assert self._sink is not None, "the sink opens at start-up"
         try:
             self._sink.emit("request", fields)

@@ -199,6 +199,8 @@ class CachePlugin:
         self._last_error_log = 0.0
         self._metrics: GatewayMetrics | None = None
         self._served: Any = None
+        #: the store went to the plugin that replaced this one on a reload: not ours to close
+        self._store_handed_over = False
         #: counters, for metrics and tests
         self.counts: dict[str, int] = {
             k: 0
@@ -240,8 +242,27 @@ class CachePlugin:
             )
 
     @hookimpl
+    async def gateway_carry_over(self, previous: object) -> None:
+        """On a reload: keep the counters, and the memory store's entries when the cache
+        settings did not change (a Redis store holds nothing in the process: the new one
+        finds the same entries)."""
+        if not isinstance(previous, CachePlugin):
+            return
+        self.counts = previous.counts
+        if (
+            self.settings.backend == "memory"
+            and previous.settings == self.settings
+            and previous.store is not None
+            and not previous._store_handed_over
+        ):
+            fresh, self.store = self.store, previous.store
+            previous._store_handed_over = True
+            if fresh is not None:
+                await fresh.close()
+
+    @hookimpl
     async def gateway_shutdown(self, app: web.Application) -> None:
-        if self.store is not None:
+        if self.store is not None and not self._store_handed_over:
             await self.store.close()
 
     @hookimpl

@@ -302,6 +302,8 @@ class RateLimitPlugin:
         #: the deciding store for the memory backend, the fallback for the redis one
         self.memory = MemoryLimiter()
         self.redis: RedisLimiter | None = None
+        #: the buckets went to the plugin that replaced this one on a reload
+        self._memory_handed_over = False
         #: the account bucket of each credential seen (its digest is made once)
         self._accounts: dict[str, Bucket] = {}
         self._log: Any = None
@@ -338,8 +340,28 @@ class RateLimitPlugin:
             )
 
     @hookimpl
+    async def gateway_carry_over(self, previous: object) -> None:
+        """On a reload: keep the counters and the in-process buckets (the deciding store of
+        the memory backend, the fallback of the redis one) when they are scaled alike, so
+        a reload does not hand every team a fresh burst. Buckets are keyed by team and
+        credential and store only a time, so changed limits apply to them at once; the
+        Redis buckets live in Redis and are found again by the new connection."""
+        if not isinstance(previous, RateLimitPlugin):
+            return
+        self.counts = previous.counts
+        if (
+            previous.memory is not self.memory
+            and not previous._memory_handed_over
+            and previous.memory.share == self.memory.share
+        ):
+            fresh, self.memory = self.memory, previous.memory
+            previous._memory_handed_over = True
+            await fresh.close()
+
+    @hookimpl
     async def gateway_shutdown(self, app: web.Application) -> None:
-        await self.memory.close()
+        if not self._memory_handed_over:
+            await self.memory.close()
         if self.redis is not None:
             await self.redis.close()
             self.redis = None

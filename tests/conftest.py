@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LoopThread, Stack
+from tests.fake_stripe import FakeStripe
+from tests.helpers import LoopThread, Served, Stack, start_app
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +35,15 @@ def gateway(stack: Stack) -> Stack:
     """The gateway with default settings in front of the fake Stripe hosts."""
     stack.start_gateway()
     return stack
+
+
+@pytest.fixture
+def fake_api(loop_thread: LoopThread) -> Iterator[tuple[FakeStripe, Served]]:
+    """One fake Stripe api host on a loopback port, for a gateway run as a subprocess."""
+    fake = FakeStripe(name="api")
+    served = loop_thread.run(start_app(fake.app()))
+    yield fake, served
+    loop_thread.run(served.runner.cleanup())
 
 
 @dataclass

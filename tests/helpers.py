@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TypeVar
 from aiohttp import web
 
 from gateway.admin import ADMIN_URLS
-from gateway.app import create_app
+from gateway.app import RELOAD, create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.server import GatewayRunner
 from tests.fake_stripe import FakeStripe
@@ -146,6 +146,7 @@ class Stack:
     config: GatewayConfig | None = None
     app: web.Application | None = None
     _error_streams: list[BinaryIO] = field(default_factory=list)
+    _next_data: dict[str, Any] | None = None
 
     def start_upstreams(self) -> None:
         for name in ("api", "files", "connect", "meter_events"):
@@ -156,6 +157,32 @@ class Stack:
             self.upstream_urls[name] = served.url
 
     def start_gateway(self, *, error_stream: BinaryIO | None = None, **overrides: Any) -> str:
+        data = self.gateway_data(**overrides)
+        self.config = parse_config(data, environ=ENVIRON)
+        if error_stream is None:  # the gateway's own log, in a file the test can poll
+            error_stream = self.errors_path.open("ab", buffering=0)
+            self._error_streams.append(error_stream)
+        app = create_app(self.config, error_stream=error_stream, reload_from=self._reload_config)
+        served = self.loop.run(start_app(app, gateway=True, shutdown_timeout=5))
+        self._runners.append(served.runner)
+        self.gateway_url = served.url
+        self.app = app
+        return served.url
+
+    def reload(self, **overrides: Any) -> dict[str, Any]:
+        """Reload the running gateway (``app[RELOAD]``) with the config ``start_gateway``
+        would build from ``overrides``; returns the reload's answer."""
+        assert self.app is not None, "start the gateway first"
+        self._next_data = self.gateway_data(**overrides)
+        return self.loop.run(self.app[RELOAD]())
+
+    def _reload_config(self) -> GatewayConfig:
+        assert self._next_data is not None
+        return parse_config(self._next_data, environ=ENVIRON)
+
+    def gateway_data(self, **overrides: Any) -> dict[str, Any]:
+        """The gateway's config document: the fake upstreams, the default teams, the audit
+        log in the test's directory; ``overrides`` replace keys (tables are merged)."""
         data: dict[str, Any] = {
             "upstream": {**self.upstream_urls, "read_timeout": 2.0, "connect_timeout": 2.0},
             "teams": default_teams(),
@@ -166,16 +193,7 @@ class Stack:
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-        self.config = parse_config(data, environ=ENVIRON)
-        if error_stream is None:  # the gateway's own log, in a file the test can poll
-            error_stream = self.errors_path.open("ab", buffering=0)
-            self._error_streams.append(error_stream)
-        app = create_app(self.config, error_stream=error_stream)
-        served = self.loop.run(start_app(app, gateway=True, shutdown_timeout=5))
-        self._runners.append(served.runner)
-        self.app = app
-        self.gateway_url = served.url
-        return served.url
+        return data
 
     @property
     def admin_url(self) -> str:

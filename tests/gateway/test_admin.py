@@ -19,6 +19,7 @@ from tests.helpers import (
     BILLING_UPSTREAM_KEY,
     ENVIRON,
     Stack,
+    default_teams,
     digest,
     free_port,
 )
@@ -296,12 +297,33 @@ def test_masked_config_hides_url_passwords_and_secret_looking_keys() -> None:
 # ------------------------------------------------------------------ reload
 
 
-def test_reload_is_501_until_a_reload_handler_is_installed(stack: Stack) -> None:
-    admin = _start(stack)
+def test_reload_swaps_the_config_or_keeps_it_with_the_reason(stack: Stack) -> None:
+    admin_table: dict[str, Any] = {"port": free_port(), "token_sha256": digest(ADMIN_TOKEN)}
+    stack.start_gateway(admin=admin_table)
+    admin = stack.admin_url
+    customers = f"{stack.gateway_url}/v1/customers"
+    assert requests.get(customers, auth=(ANALYTICS_KEY, ""), timeout=5).status_code == 403
+    # the file now has the billing team only
+    stack._next_data = stack.gateway_data(
+        admin=admin_table, teams=[t for t in default_teams() if t["name"] == "billing"]
+    )
     response = requests.post(admin + "/admin/reload", headers=AUTH, timeout=5)
-    assert response.status_code == 501
+    assert response.status_code == 200
+    answer = response.json()
+    assert (answer["reloaded"], answer["generation"], answer["error"]) == (True, 2, None)
+    assert requests.get(customers, auth=(ANALYTICS_KEY, ""), timeout=5).status_code == 401
+    assert requests.get(customers, auth=(BILLING_KEY, ""), timeout=5).status_code == 200
+    # an invalid file: 400 with the key path and reason; the running config stays
+    stack._next_data = stack.gateway_data(
+        admin=admin_table, teams=[{"name": "billing", "key_sha256": ["not-hex"]}]
+    )
+    response = requests.post(admin + "/admin/reload", headers=AUTH, timeout=5)
+    assert response.status_code == 400
     error = _error_of(response)
-    assert (error["type"], error["code"]) == ("api_error", "reload_unavailable")
+    assert (error["type"], error["code"]) == ("invalid_request_error", "config_invalid")
+    assert "teams[0].key_sha256" in error["message"]
+    assert requests.get(customers, auth=(BILLING_KEY, ""), timeout=5).status_code == 200
+    assert requests.post(admin + "/admin/reload", timeout=5).status_code == 401
 
 
 def test_reuse_port_lets_worker_processes_share_the_admin_port(stack: Stack) -> None:
