@@ -41,8 +41,18 @@ WORKER_ENV = "STRIPE_GATEWAY_WORKER"
 OnWritten = Callable[[Sequence[dict[str, Any]], BaseException | None], None]
 
 
+def json_default(obj: Any) -> Any:
+    """What the renderers write for a value JSON has no type for: a value that knows its
+    log form (:class:`gateway.params.LoggedParams`, when no redaction ran before), else
+    its ``str``."""
+    to_log = getattr(obj, "to_log", None)
+    if to_log is not None and callable(to_log):
+        return to_log()
+    return str(obj)
+
+
 def _dumps(obj: Any, **_: Any) -> bytes:
-    return orjson.dumps(obj, default=str)
+    return orjson.dumps(obj, default=json_default)
 
 
 class _UtcTimestamp:
@@ -154,7 +164,7 @@ class JsonLineSink:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return
-        line = orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -254,7 +264,7 @@ def route_stdlib_logging(extra_processors: Sequence[Processor], level: int = 20)
             structlog.processors.format_exc_info,
             *extra_processors,
             structlog.processors.JSONRenderer(
-                serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode()
+                serializer=lambda obj, **_: orjson.dumps(obj, default=json_default).decode()
             ),
         ],
     )

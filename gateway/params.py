@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import binascii
 import re
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from gateway.masks import unparsed
 
-__all__ = ["MAX_DEPTH", "decode_component", "decode_form", "split_name"]
+__all__ = [
+    "MAX_DEPTH",
+    "FieldFilter",
+    "LoggedParams",
+    "decode_component",
+    "decode_form",
+    "split_name",
+]
 
 #: deeper bracket nesting than this is not decoded: the value becomes a placeholder
 MAX_DEPTH = 16
@@ -57,33 +64,104 @@ def split_name(name: str) -> list[str]:
     return [name[:open_at], *inner]
 
 
-def decode_form(text: str, into: dict[str, Any] | None = None) -> dict[str, Any]:
+class FieldFilter(Protocol):
+    """What :func:`decode_form` asks, field by field, to write a filtered result (the
+    redaction engine's one-pass form, :meth:`gateway.redact.Redactor.form_filter`)."""
+
+    def field(self, raw_name: str) -> tuple[list[str], Any]:
+        """The segments to write the field under, and a token for :meth:`value`."""
+        ...
+
+    def values(self, tokens: list[Any], values: list[str]) -> list[Any]:
+        """What to write for each field's decoded value (all the fields of one form)."""
+        ...
+
+
+def decode_form(
+    text: str, into: dict[str, Any] | None = None, fields: FieldFilter | None = None
+) -> dict[str, Any]:
     """The parameters of a query string or form body, nested the way Stripe reads them.
 
     Keys and values are percent-decoded (``+`` is a space; bytes that are not UTF-8
     become U+FFFD). Objects whose keys are exactly ``"0"`` … ``"n-1"`` become lists.
     ``into`` adds the parameters to an existing result (a query string, then a body).
+    ``fields`` decides, field by field, the segments and value written (redaction in the
+    same pass as the decoding).
     """
     out: dict[str, Any] = {} if into is None else into
     names = _NAMES
+    filtered: list[list[str]] = []
+    tokens: list[Any] = []
+    values: list[str] = []
     for piece in text.split("&"):
         if not piece:
             continue
         raw_name, _, raw_value = piece.partition("=")
-        segments = names.get(raw_name)
-        if segments is None:
-            segments = split_name(decode_component(raw_name))
+        if fields is not None:
+            segments, token = fields.field(raw_name)
+            filtered.append(segments)
+            tokens.append(token)
+            values.append(decode_component(raw_value))
+            continue
+        known = names.get(raw_name)
+        if known is None:
+            known = split_name(decode_component(raw_name))
             if len(names) >= _NAMES_MAX:
                 names.clear()
-            names[raw_name] = segments
+            names[raw_name] = known
+        segments = known
         value = decode_component(raw_value)
         if len(segments) > MAX_DEPTH:
-            name = segments[0] + "".join(f"[{segment}]" for segment in segments[1:])
-            _add(out, name, unparsed(value))
+            _add(out, _joined(segments), unparsed(value))
         else:
             _put(out, segments, value)
+    if fields is not None and filtered:
+        for segments, written in zip(filtered, fields.values(tokens, values), strict=True):
+            if len(segments) > MAX_DEPTH:
+                _add(out, _joined(segments), unparsed(written))
+            else:
+                _put(out, segments, written)
     _lists(out)
     return out
+
+
+def _joined(segments: list[str]) -> str:
+    return segments[0] + "".join(f"[{segment}]" for segment in segments[1:])
+
+
+class LoggedParams:
+    """A request's parameters for a log line: its query string and form body, decoded
+    only when the line is written, and a JSON body's object (``extra``), merged in.
+
+    The redaction processor decodes and redacts the forms in one pass
+    (:meth:`gateway.redact.Redactor.value`); without it, the renderer writes
+    :meth:`to_log` (decoded as sent).
+    """
+
+    __slots__ = ("extra", "forms")
+
+    def __init__(self, forms: list[str], extra: dict[str, Any] | None = None) -> None:
+        self.forms = forms
+        self.extra = extra
+
+    def decode(self, fields: FieldFilter | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for text in self.forms:
+            decode_form(text, out, fields)
+        if self.extra:
+            out.update(self.extra)
+        return out
+
+    def to_log(self) -> Any:
+        """The parameters decoded, for a renderer (never raises)."""
+        try:
+            return self.decode()
+        except Exception:
+            return "[unparsed]"
+
+    def __repr__(self) -> str:  # never the values: a repr can reach a log line
+        size = sum(len(text) for text in self.forms)
+        return f"LoggedParams({size} characters of forms, json={self.extra is not None})"
 
 
 def _add(node: dict[str, Any], key: str, value: Any) -> None:

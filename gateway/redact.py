@@ -23,8 +23,10 @@ import contextlib
 import logging
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta
+from itertools import accumulate
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +43,9 @@ from gateway.bodies import (
     value_end,
 )
 from gateway.masks import MARKER, Masks, is_mask, unparsed
+from gateway.params import MAX_DEPTH as FORM_MAX_DEPTH
+from gateway.params import LoggedParams, split_name
+from gateway.params import decode_component as form_component
 from gateway.sensitive import CATEGORIES, KEYS, FieldTable, may_hold_card, normalize
 
 __all__ = ["MARKER", "RedactingProcessor", "Redactor", "unparsed"]
@@ -97,6 +102,8 @@ class Redactor:
         self._steps: dict[str | None, dict[str, tuple[str | None, str | None, str]]] = {}
         #: parent -> raw form key -> (category, parent below it, the key as written out)
         self._form_keys: dict[str | None, dict[str, tuple[str | None, str | None, str]]] = {}
+        #: parent -> raw form name -> what the one-pass form redaction needs (_form_field)
+        self._form_fields: dict[str | None, dict[str, _FormField]] = {}
         self._step_count = 0
 
     # ----------------------------------------------------------------- the event
@@ -151,6 +158,8 @@ class Redactor:
             return unparsed(v)
         if t is dict:
             return self._mapping(v, parent, depth + 1)
+        if t is LoggedParams:
+            return self._params(v, parent, depth)
         if t is list or t is tuple:
             return self._sequence(v, parent, depth + 1)
         if isinstance(v, _PLAIN):
@@ -239,6 +248,42 @@ class Redactor:
             return unparsed(data)
         return self._text(text, parent, depth)
 
+    # ----------------------------------------------------------------- request params
+
+    def _params(self, params: LoggedParams, parent: str | None, depth: int) -> Any:
+        """A request's parameters: its forms decoded and redacted in one pass, field by
+        field (a field's name decides its value's fate, remembered per name); the same
+        result as decoding them and walking the result, which is what happens when the
+        one pass cannot decide alone (a JSON body, ``name``/``value`` pairs, a name given
+        twice, lists of lists, a field name that is itself redacted)."""
+        fields = _FormPass(self, parent)
+        out = params.decode(fields)
+        if fields.walk or params.extra is not None:
+            return self._value(params.decode(), parent, depth)
+        return out
+
+    def _form_field(self, parent: str | None, raw_name: str) -> _FormField:
+        segments = split_name(form_component(raw_name))
+        walk = len(segments) > FORM_MAX_DEPTH
+        category: str | None = None
+        previous_list = False
+        for i, segment in enumerate(segments):
+            in_list = i > 0 and (segment == "" or segment.isdigit())
+            if segment == "value" or (in_list and previous_list):
+                walk = True  # maybe a (name, value) pair: the walk hides a value by its name
+            previous_list = in_list
+            if segment == "" and i > 0:
+                continue
+            if category is None:
+                category, parent, safe = self._step(parent, segment)
+            else:
+                safe = self._text(segment, None, i + 1)
+            if safe != segment:
+                walk = True  # names that are redacted themselves may collide: the walk
+        key = None if segments[-1] == "" else tuple(segments)
+        return segments, (category, parent, len(segments)), walk, key
+
+    # ----------------------------------------------------------------- masking
     # ----------------------------------------------------------------- masking
 
     def _masked(self, v: Any, category: str, depth: int) -> Any:
@@ -293,6 +338,7 @@ class Redactor:
         if self._step_count > _STEP_CACHE_MAX:
             self._steps.clear()
             self._form_keys.clear()
+            self._form_fields.clear()
             self._step_count = 0
 
     def _path(self, parent: str | None, key: str) -> tuple[str | None, str | None, str]:
@@ -528,9 +574,108 @@ def _plain(s: str) -> bool:
     checks (C loops), cheaper than the steps' own; most values in a log line pass."""
     if "=" in s or ":" in s or "," in s or not s or s[0] in _STRUCTURED_START:
         return not s
+    return _nothing_to_find(s)
+
+
+def _nothing_to_find(s: str) -> bool:
+    """:func:`_plain`'s checks that hold for strings joined with NULs as for each of them
+    (no key, client secret, card number or credential spans a NUL)."""
     if "_" in s and ("_test_" in s or "_live_" in s or "whsec_" in s or "_secret_" in s):
         return False
     if len(s) >= 13 and may_hold_card(s):
         return False
     lower = s.lower()
     return "basic" not in lower and "bearer" not in lower
+
+
+#: a form field's segments, (category, parent of its value, depth), whether the one pass
+#: must leave the form to the walk, and the key a repeated name is noticed by (None for
+#: ``name[]``, which repeats by design)
+_FormField = tuple[list[str], tuple[str | None, str | None, int], bool, tuple[str, ...] | None]
+
+
+class _FormPass:
+    """One form redaction (:meth:`Redactor._params`): the :class:`FieldFilter` that
+    :func:`gateway.params.decode_form` asks, for the names field by field, then for all
+    the values at once."""
+
+    __slots__ = ("parent", "redactor", "seen", "table", "walk")
+
+    def __init__(self, redactor: Redactor, parent: str | None) -> None:
+        self.redactor = redactor
+        self.parent = parent
+        table = redactor._form_fields.get(parent)
+        if table is None:
+            table = redactor._form_fields[parent] = {}
+        self.table = table
+        self.walk = False
+        self.seen: set[tuple[str, ...]] = set()
+
+    def field(self, raw_name: str) -> tuple[list[str], Any]:
+        field = self.table.get(raw_name)
+        if field is None:
+            redactor = self.redactor
+            field = self.table[raw_name] = redactor._form_field(self.parent, raw_name)
+            redactor._count_step()
+        segments, token, walk, key = field
+        if walk:
+            self.walk = True
+        elif key is not None:  # a name given twice makes a list of its values
+            if key in self.seen:
+                self.walk = True
+            self.seen.add(key)
+        return segments, token
+
+    def values(self, tokens: list[Any], values: list[str]) -> list[Any]:
+        """Each value masked by its field's category (as :meth:`Redactor._masked` masks a
+        string), or scanned as :meth:`Redactor._text` would. The values to scan are
+        joined (NUL between them) and checked in one go; only the few with ``=``, ``:``,
+        ``,`` or a structured start, or all of them when the joined text holds a key,
+        a card number or a credential, take the scan one by one."""
+        redactor = self.redactor
+        masks = redactor.masks
+        hmac_key = redactor.hmac_key
+        out: list[Any] = list(values)
+        scan: list[int] = []
+        for i, token in enumerate(tokens):
+            category = token[0]
+            if category is None:
+                scan.append(i)
+            elif category == "card":
+                value = values[i]
+                out[i] = value if is_mask(value) else masks.card(value)
+            elif hmac_key is None:
+                out[i] = MARKER
+            else:
+                value = values[i]
+                out[i] = value if is_mask(value) else masks.marker(value)
+        if not scan:
+            return out
+        texts = [values[i] for i in scan]
+        joined = "\x00".join(texts)
+        one_by_one: set[int] = set()
+        if redactor.patterns or not _nothing_to_find(joined):
+            one_by_one.update(range(len(scan)))
+        else:
+            ends: list[int] | None = None
+            for mark in ("=", ":", ","):
+                at = joined.find(mark)
+                while at >= 0:
+                    if ends is None:
+                        ends = list(accumulate(len(text) + 1 for text in texts))
+                    one_by_one.add(bisect_right(ends, at))
+                    at = joined.find("\x00", at)  # on to the next value
+                    if at >= 0:
+                        at = joined.find(mark, at)
+            firsts = "".join([text[:1] for text in texts])
+            if not _STRUCTURED_START.isdisjoint(firsts) or (
+                len(joined) > _SHORT and max(map(len, texts)) > _SHORT
+            ):
+                for k, text in enumerate(texts):
+                    if len(text) > _SHORT or (text and text[0] in _STRUCTURED_START):
+                        one_by_one.add(k)
+        for k in one_by_one:
+            i = scan[k]
+            _, parent, depth = tokens[i]
+            out[i] = redactor._text(values[i], parent, depth)
+        return out

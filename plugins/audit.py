@@ -72,7 +72,7 @@ from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.logs import JsonLineSink, process_fields
 from gateway.masks import unparsed
-from gateway.params import decode_form
+from gateway.params import LoggedParams
 
 __all__ = ["AuditPlugin", "AuditRoute", "AuditSettings"]
 
@@ -325,13 +325,12 @@ class AuditPlugin:
             self._written([fields], exc)
 
     def _add_params(self, ctx: RequestContext, fields: dict[str, Any]) -> None:
-        """``params`` (query and body, decoded), and ``request_body`` for a body that is
-        not decoded (what it is and its size, never its content)."""
+        """``params`` (query and body, decoded when the line is written: see
+        :class:`~gateway.params.LoggedParams`), and ``request_body`` for a body that is not
+        decoded (what it is and its size, never its content)."""
         request = ctx.request
-        params: dict[str, Any] = {}
         query = request.rel_url.raw_query_string
-        if query:
-            decode_form(query, params)
+        params = LoggedParams([query] if query else [])
         fields["params"] = params
         if not request.body_exists:
             return
@@ -344,16 +343,16 @@ class AuditPlugin:
             else:
                 fields["request_body"] = f"[body {size} bytes, not logged]"
             return
+        if content_type == _FORM:
+            params.forms.append(body.decode("utf-8", "replace"))
+            return
         try:
-            if content_type == _FORM:
-                decode_form(body.decode("utf-8", "replace"), params)
-                return
             decoded = orjson.loads(body)
         except Exception:  # a body that is not what it says: counted, never shown
             fields["request_body"] = unparsed(body)
             return
         if isinstance(decoded, dict):
-            params.update(decoded)
+            params.extra = decoded
         else:  # Stripe's JSON bodies are objects
             fields["request_body"] = f"[body {len(body)} bytes, not logged]"
 

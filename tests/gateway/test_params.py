@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.params import MAX_DEPTH, decode_component, decode_form, split_name
+from gateway.params import MAX_DEPTH, LoggedParams, decode_component, decode_form, split_name
 from gateway.redact import Redactor
 
 
@@ -106,3 +106,56 @@ def test_any_text_decodes_without_error(text: str) -> None:
 @given(st.text(alphabet="ab%+=_2F0é€ \t\r\n\x00", max_size=40))
 def test_components_decode_as_unquote_plus_does(raw: str) -> None:
     assert decode_component(raw) == unquote_plus(raw, errors="replace")
+
+
+# ------------------------------------------------------------ redaction in the same pass
+
+_NAMES = [
+    "amount", "currency", "card", "number", "cvc", "exp_month", "name", "value", "email",
+    "invoice", "request", "headers", "body", "metadata", "expand", "items", "0", "1", "",
+    "client_secret", "address", "line1", "tax_ids", "sk_live_abcdefghijklmnop1234",
+    "payment_method_data", "billing_details", "dob", "day", "destination", "Authorization",
+]  # fmt: skip
+_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "usd", "2000", "4242424242424242", "4242 4242 4242 4242", "Jenny Rosen",
+            "jenny@example.com", "sk_live_abcdefghijklmnop1234", "pi_123_secret_abcdefgh",
+            "Bearer rk_test_abcdefghijklmnop", "https://example.com/x?a=b", "a=b&card=4242",
+            '{"number": "4242424242424242"}', "--x", " lead", "whsec_abcdefghijklmnop",
+            "Basic dXNlcjpwYXNz", "INV-0001", "a,b", "1:2", "",
+        ]
+    ),
+    st.text(max_size=30),
+)  # fmt: skip
+
+
+@st.composite
+def _forms(draw: st.DrawFn) -> str:
+    pairs = []
+    for _ in range(draw(st.integers(0, 12))):
+        segments = draw(st.lists(st.sampled_from(_NAMES), min_size=1, max_size=4))
+        name = segments[0] + "".join(f"[{s}]" for s in segments[1:])
+        encode = draw(st.sampled_from([quote, quote_plus, lambda s: s]))
+        pairs.append(f"{encode(name)}={quote_plus(draw(_VALUES))}")
+    return "&".join(pairs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_forms(), st.sampled_from([None, b"k" * 32]))
+def test_one_pass_redaction_is_the_walk_of_the_decoded_form(form: str, key: bytes | None) -> None:
+    """Redacting a form while it is decoded (LoggedParams) writes exactly what decoding
+    it and then walking the result writes."""
+    redactor = Redactor(hmac_key=key)
+    walked = redactor.event({"params": decode_form(form)})
+    one_pass = redactor.event({"params": LoggedParams([form])})
+    assert one_pass == walked
+
+
+def test_logged_params_render_decoded_without_redaction_and_never_repr_values() -> None:
+    params = LoggedParams(["a=1&card[number]=4242424242424242"], {"b": 2})
+    assert params.to_log() == {"a": "1", "card": {"number": "4242424242424242"}, "b": 2}
+    assert "4242" not in repr(params)
+    from gateway.logs import json_default
+
+    assert json_default(params) == params.to_log()
