@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import binascii
 import re
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote_plus
 
 from gateway.masks import unparsed
 
 __all__ = [
     "MAX_DEPTH",
-    "FieldFilter",
     "LoggedParams",
+    "NameConflict",
     "decode_component",
     "decode_form",
+    "nest_lists",
+    "put",
     "split_name",
 ]
 
@@ -64,45 +66,19 @@ def split_name(name: str) -> list[str]:
     return [name[:open_at], *inner]
 
 
-class FieldFilter(Protocol):
-    """What :func:`decode_form` asks, field by field, to write a filtered result (the
-    redaction engine's one-pass form, :meth:`gateway.redact.Redactor.form_filter`)."""
-
-    def field(self, raw_name: str) -> tuple[list[str], Any]:
-        """The segments to write the field under, and a token for :meth:`value`."""
-        ...
-
-    def values(self, tokens: list[Any], values: list[str]) -> list[Any]:
-        """What to write for each field's decoded value (all the fields of one form)."""
-        ...
-
-
-def decode_form(
-    text: str, into: dict[str, Any] | None = None, fields: FieldFilter | None = None
-) -> dict[str, Any]:
+def decode_form(text: str, into: dict[str, Any] | None = None) -> dict[str, Any]:
     """The parameters of a query string or form body, nested the way Stripe reads them.
 
     Keys and values are percent-decoded (``+`` is a space; bytes that are not UTF-8
     become U+FFFD). Objects whose keys are exactly ``"0"`` … ``"n-1"`` become lists.
     ``into`` adds the parameters to an existing result (a query string, then a body).
-    ``fields`` decides, field by field, the segments and value written (redaction in the
-    same pass as the decoding).
     """
     out: dict[str, Any] = {} if into is None else into
     names = _NAMES
-    filtered: list[list[str]] = []
-    tokens: list[Any] = []
-    values: list[str] = []
     for piece in text.split("&"):
         if not piece:
             continue
         raw_name, _, raw_value = piece.partition("=")
-        if fields is not None:
-            segments, token = fields.field(raw_name)
-            filtered.append(segments)
-            tokens.append(token)
-            values.append(decode_component(raw_value))
-            continue
         known = names.get(raw_name)
         if known is None:
             known = split_name(decode_component(raw_name))
@@ -114,14 +90,8 @@ def decode_form(
         if len(segments) > MAX_DEPTH:
             _add(out, _joined(segments), unparsed(value))
         else:
-            _put(out, segments, value)
-    if fields is not None and filtered:
-        for segments, written in zip(filtered, fields.values(tokens, values), strict=True):
-            if len(segments) > MAX_DEPTH:
-                _add(out, _joined(segments), unparsed(written))
-            else:
-                _put(out, segments, written)
-    _lists(out)
+            put(out, segments, value)
+    nest_lists(out)
     return out
 
 
@@ -144,10 +114,10 @@ class LoggedParams:
         self.forms = forms
         self.extra = extra
 
-    def decode(self, fields: FieldFilter | None = None) -> dict[str, Any]:
+    def decode(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for text in self.forms:
-            decode_form(text, out, fields)
+            decode_form(text, out)
         if self.extra:
             out.update(self.extra)
         return out
@@ -164,15 +134,18 @@ class LoggedParams:
         return f"LoggedParams({size} characters of forms, json={self.extra is not None})"
 
 
-def _add(node: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``node[key]``; a second value makes a list of both."""
+def _add(node: dict[str, Any], key: str, value: Any) -> tuple[Any, Any]:
+    """Set ``node[key]``; a second value makes a list of both. Returns where the value
+    went: ``(container, key or index)``."""
     old = node.get(key)
     if old is None:
         node[key] = value
-    elif type(old) is list:
+        return node, key
+    if type(old) is list:
         old.append(value)
-    else:
-        node[key] = [old, value]
+        return old, len(old) - 1
+    both = node[key] = [old, value]
+    return both, 1
 
 
 def _child(node: dict[str, Any], key: str) -> dict[str, Any]:
@@ -186,27 +159,49 @@ def _child(node: dict[str, Any], key: str) -> dict[str, Any]:
     return new
 
 
-def _put(node: dict[str, Any], segments: list[str], value: str) -> None:
+class NameConflict(ValueError):
+    """Two fields of one form claim the same place (a name given twice, or both as a
+    value and as an object): raised by :func:`put` with ``strict=True``."""
+
+
+def put(
+    node: dict[str, Any], segments: list[str], value: Any, *, strict: bool = False
+) -> tuple[Any, Any]:
+    """Write ``value`` under its name's ``segments`` (:func:`split_name`) into ``node``, as
+    :func:`decode_form` does; returns where it went, ``(container, key or index)``, until
+    :func:`nest_lists` turns numbered objects into lists. ``strict``: raise
+    :class:`NameConflict` where a conflict would make a list of what was given."""
     while True:
         key = segments[0]
         rest = segments[1:]
         if not rest:
-            _add(node, key, value)
-            return
+            if strict and key in node:
+                raise NameConflict(key)
+            return _add(node, key, value)
         if rest[0] != "":
-            node = _child(node, key)
+            old = node.get(key)
+            if type(old) is dict:
+                node = old
+            else:
+                if strict and old is not None:
+                    raise NameConflict(key)
+                node = _child(node, key)
             segments = rest
             continue
         # key[] or key[][sub]...: a list
         items = node.get(key)
         if type(items) is not list:
+            if strict and items is not None:
+                raise NameConflict(key)
             items = node[key] = [] if items is None else [items]
         sub = rest[1:]
         if not sub:
             items.append(value)
-            return
+            return items, len(items) - 1
         last = items[-1] if items else None
         if type(last) is not dict or _has(last, sub):
+            if strict and last is not None and type(last) is not dict:
+                raise NameConflict(key)
             last = {}
             items.append(last)
         node = last
@@ -221,16 +216,16 @@ def _has(node: dict[str, Any], segments: list[str]) -> bool:
     return True
 
 
-def _lists(value: Any) -> Any:
+def nest_lists(value: Any) -> Any:
     """``value`` with every object keyed ``"0"`` … ``"n-1"`` turned into a list."""
     if type(value) is dict:
         for key, item in value.items():
             if type(item) is dict or type(item) is list:
-                value[key] = _lists(item)
+                value[key] = nest_lists(item)
         n = len(value)
         if n and all(k.isdigit() for k in value) and value.keys() == {str(i) for i in range(n)}:
             return [value[str(i)] for i in range(n)]
         return value
     if type(value) is list:
-        return [_lists(item) for item in value]
+        return [nest_lists(item) for item in value]
     return value

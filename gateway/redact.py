@@ -23,10 +23,8 @@ import contextlib
 import logging
 import math
 import re
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta
-from itertools import accumulate
 from typing import Any
 from uuid import UUID
 
@@ -44,7 +42,7 @@ from gateway.bodies import (
 )
 from gateway.masks import MARKER, Masks, is_mask, unparsed
 from gateway.params import MAX_DEPTH as FORM_MAX_DEPTH
-from gateway.params import LoggedParams, split_name
+from gateway.params import LoggedParams, NameConflict, nest_lists, put, split_name
 from gateway.params import decode_component as form_component
 from gateway.sensitive import CATEGORIES, KEYS, FieldTable, may_hold_card, normalize
 
@@ -256,13 +254,75 @@ class Redactor:
         result as decoding them and walking the result, which is what happens when the
         one pass cannot decide alone (a JSON body, ``name``/``value`` pairs, a name given
         twice, lists of lists, a field name that is itself redacted)."""
-        fields = _FormPass(self, parent)
-        out = params.decode(fields)
-        if fields.walk or params.extra is not None:
-            return self._value(params.decode(), parent, depth)
-        return out
+        if params.extra is None:
+            out: dict[str, Any] = {}
+            if all(self._form_into(text, out, parent) for text in params.forms):
+                return out
+        return self._value(params.decode(), parent, depth)
+
+    def _form_into(self, text: str, out: dict[str, Any], parent: str | None) -> bool:
+        """Decode the form ``text`` into ``out`` as :func:`gateway.params.decode_form`
+        does, each value redacted on the way; False when the walk must decide instead.
+
+        A value with a category is masked as :meth:`_masked` masks a string. The others
+        are scanned as :meth:`_text` scans them: those that might need more than the
+        value scan (``=``, ``:``, ``,``, a structured start, long) one by one; the rest
+        together, joined with NULs, with one check for a key, a client secret, a card
+        number or a credential anywhere, and one by one only when it finds one."""
+        table = self._form_fields.get(parent)
+        if table is None:
+            table = self._form_fields[parent] = {}
+        masks = self.masks
+        hmac_key = self.hmac_key
+        patterns = self.patterns
+        later: list[tuple[Any, Any, str, str | None, int]] = []
+        try:
+            for piece in text.split("&"):
+                if not piece:
+                    continue
+                raw_name, _, raw_value = piece.partition("=")
+                field = table.get(raw_name)
+                if field is None:
+                    field = table[raw_name] = self._form_field(parent, raw_name)
+                    self._count_step()
+                segments, category, below, depth, walk = field
+                if walk:  # see _form_field
+                    return False
+                value = form_component(raw_value)
+                if category is not None:
+                    if category == "card":
+                        value = value if is_mask(value) else masks.card(value)
+                    elif hmac_key is None:
+                        value = MARKER
+                    else:
+                        value = value if is_mask(value) else masks.marker(value)
+                    put(out, segments, value, strict=True)
+                elif (
+                    patterns
+                    or len(value) > _SHORT
+                    or "=" in value
+                    or ":" in value
+                    or "," in value
+                    or (value and value[0] in _STRUCTURED_START)
+                ):
+                    put(out, segments, self._text(value, below, depth), strict=True)
+                else:
+                    container, at = put(out, segments, value, strict=True)
+                    later.append((container, at, value, below, depth))
+        except NameConflict:  # conflicting names: the walk shows what was given
+            return False
+        if later and not _nothing_to_find("\x00".join([item[2] for item in later])):
+            for container, at, value, below, depth in later:
+                container[at] = self._text(value, below, depth)
+        nest_lists(out)
+        return True
 
     def _form_field(self, parent: str | None, raw_name: str) -> _FormField:
+        """(segments, category, parent of the value, depth, walk) of a form field; walk:
+        the walk must decide the whole form, for a name nested too deep, maybe a (name,
+        value) pair (the walk hides a value by its sibling name), lists of lists (a list
+        of two is such a pair), or a name that is itself redacted (names that collide
+        once redacted)."""
         segments = split_name(form_component(raw_name))
         walk = len(segments) > FORM_MAX_DEPTH
         category: str | None = None
@@ -270,7 +330,7 @@ class Redactor:
         for i, segment in enumerate(segments):
             in_list = i > 0 and (segment == "" or segment.isdigit())
             if segment == "value" or (in_list and previous_list):
-                walk = True  # maybe a (name, value) pair: the walk hides a value by its name
+                walk = True
             previous_list = in_list
             if segment == "" and i > 0:
                 continue
@@ -279,9 +339,8 @@ class Redactor:
             else:
                 safe = self._text(segment, None, i + 1)
             if safe != segment:
-                walk = True  # names that are redacted themselves may collide: the walk
-        key = None if segments[-1] == "" else tuple(segments)
-        return segments, (category, parent, len(segments)), walk, key
+                walk = True
+        return segments, category, parent, len(segments), walk
 
     # ----------------------------------------------------------------- masking
     # ----------------------------------------------------------------- masking
@@ -588,94 +647,6 @@ def _nothing_to_find(s: str) -> bool:
     return "basic" not in lower and "bearer" not in lower
 
 
-#: a form field's segments, (category, parent of its value, depth), whether the one pass
-#: must leave the form to the walk, and the key a repeated name is noticed by (None for
-#: ``name[]``, which repeats by design)
-_FormField = tuple[list[str], tuple[str | None, str | None, int], bool, tuple[str, ...] | None]
-
-
-class _FormPass:
-    """One form redaction (:meth:`Redactor._params`): the :class:`FieldFilter` that
-    :func:`gateway.params.decode_form` asks, for the names field by field, then for all
-    the values at once."""
-
-    __slots__ = ("parent", "redactor", "seen", "table", "walk")
-
-    def __init__(self, redactor: Redactor, parent: str | None) -> None:
-        self.redactor = redactor
-        self.parent = parent
-        table = redactor._form_fields.get(parent)
-        if table is None:
-            table = redactor._form_fields[parent] = {}
-        self.table = table
-        self.walk = False
-        self.seen: set[tuple[str, ...]] = set()
-
-    def field(self, raw_name: str) -> tuple[list[str], Any]:
-        field = self.table.get(raw_name)
-        if field is None:
-            redactor = self.redactor
-            field = self.table[raw_name] = redactor._form_field(self.parent, raw_name)
-            redactor._count_step()
-        segments, token, walk, key = field
-        if walk:
-            self.walk = True
-        elif key is not None:  # a name given twice makes a list of its values
-            if key in self.seen:
-                self.walk = True
-            self.seen.add(key)
-        return segments, token
-
-    def values(self, tokens: list[Any], values: list[str]) -> list[Any]:
-        """Each value masked by its field's category (as :meth:`Redactor._masked` masks a
-        string), or scanned as :meth:`Redactor._text` would. The values to scan are
-        joined (NUL between them) and checked in one go; only the few with ``=``, ``:``,
-        ``,`` or a structured start, or all of them when the joined text holds a key,
-        a card number or a credential, take the scan one by one."""
-        redactor = self.redactor
-        masks = redactor.masks
-        hmac_key = redactor.hmac_key
-        out: list[Any] = list(values)
-        scan: list[int] = []
-        for i, token in enumerate(tokens):
-            category = token[0]
-            if category is None:
-                scan.append(i)
-            elif category == "card":
-                value = values[i]
-                out[i] = value if is_mask(value) else masks.card(value)
-            elif hmac_key is None:
-                out[i] = MARKER
-            else:
-                value = values[i]
-                out[i] = value if is_mask(value) else masks.marker(value)
-        if not scan:
-            return out
-        texts = [values[i] for i in scan]
-        joined = "\x00".join(texts)
-        one_by_one: set[int] = set()
-        if redactor.patterns or not _nothing_to_find(joined):
-            one_by_one.update(range(len(scan)))
-        else:
-            ends: list[int] | None = None
-            for mark in ("=", ":", ","):
-                at = joined.find(mark)
-                while at >= 0:
-                    if ends is None:
-                        ends = list(accumulate(len(text) + 1 for text in texts))
-                    one_by_one.add(bisect_right(ends, at))
-                    at = joined.find("\x00", at)  # on to the next value
-                    if at >= 0:
-                        at = joined.find(mark, at)
-            firsts = "".join([text[:1] for text in texts])
-            if not _STRUCTURED_START.isdisjoint(firsts) or (
-                len(joined) > _SHORT and max(map(len, texts)) > _SHORT
-            ):
-                for k, text in enumerate(texts):
-                    if len(text) > _SHORT or (text and text[0] in _STRUCTURED_START):
-                        one_by_one.add(k)
-        for k in one_by_one:
-            i = scan[k]
-            _, parent, depth = tokens[i]
-            out[i] = redactor._text(values[i], parent, depth)
-        return out
+#: a form field's segments, category, parent of its value, depth, and whether the walk
+#: must decide the form (:meth:`Redactor._form_field`)
+_FormField = tuple[list[str], str | None, str | None, int, bool]
