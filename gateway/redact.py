@@ -117,11 +117,14 @@ class Redactor:
                 event_dict["exception"] = text if old is None else f"{old}\n{text}"
         out: EventDict = {}
         failed = False
+        top = self._steps.get(None) or {}
         for key, value in event_dict.items():
             try:
-                top = self._steps.get(None)
-                step = top.get(key) if top is not None else None
-                category, parent, safe_key = step or self._step(None, key)
+                step = top.get(key)
+                if step is None:
+                    step = self._step(None, key)
+                    top = self._steps.get(None) or {}  # made, or cleared by the bound
+                category, parent, safe_key = step
                 t = type(value)
                 if category is not None:
                     out[safe_key] = self._masked(value, category, 0)
