@@ -22,13 +22,16 @@ constant time with ``[admin] token_sha256``. Without a digest configured every t
 refused. Refusals and errors are Stripe-shaped JSON, like the gateway's own.
 
 With several worker processes sharing the port (``reuse_port``), each request reaches one
-of them: ``/metrics`` is summed over all of them (multiprocess mode), but what lives in
-one process's memory (a ``memory`` cache or rate-limit backend) is that process's alone.
+of them: ``/metrics`` is summed over all of them (multiprocess mode); a purge is passed on
+to every other worker over its private Unix socket (``STRIPE_GATEWAY_RUN_DIR``), so it
+reaches every worker's memory cache; a reload goes through the supervisor (SIGHUP);
+``/readyz`` and ``/admin/teams`` answer for the worker that got the request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -36,8 +39,10 @@ import os
 import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import orjson
 from aiohttp import hdrs, web
 
@@ -202,7 +207,66 @@ async def _purge(request: web.Request) -> web.Response:
             f"The cache store could not be purged ({type(exc).__name__}).",
             code="cache_unavailable",
         )
-    return _json({"object": "cache_purge", "object_id": object_id, "purged": purged})
+    answer: dict[str, Any] = {"object": "cache_purge", "object_id": object_id, "purged": purged}
+    if request.headers.get(_FANOUT) is None and _peer_sockets():
+        # a worker of `serve --workers N`: every other worker purges its own memory too
+        peers = await _fan_out(request, object_id)
+        answer["purged"] += sum(peer.get("purged", 0) for peer in peers.values())
+        answer["workers"] = 1 + sum(1 for peer in peers.values() if "purged" in peer)
+        failed = {path: peer["error"] for path, peer in peers.items() if "error" in peer}
+        if failed:
+            answer["failed_workers"] = failed
+    return _json(answer)
+
+
+#: set on a purge one worker passes on to the others (who must not pass it on again)
+_FANOUT = "X-Stripe-Gateway-Fanout"
+
+
+def _run_dir() -> Path | None:
+    from gateway.workers import RUN_DIR_ENV
+
+    value = os.environ.get(RUN_DIR_ENV)
+    return Path(value) if value else None
+
+
+def _own_socket(run_dir: Path) -> Path:
+    return run_dir / f"admin-{os.getpid()}.sock"
+
+
+def _peer_sockets() -> list[Path]:
+    """The other workers' private admin sockets (``serve --workers N``), else none."""
+    run_dir = _run_dir()
+    if run_dir is None:
+        return []
+    own = _own_socket(run_dir)
+    return sorted(p for p in run_dir.glob("admin-*.sock") if p != own)
+
+
+async def _fan_out(request: web.Request, object_id: str) -> dict[str, dict[str, Any]]:
+    """Ask every other worker, on its private socket, to purge ``object_id``."""
+    headers = {_FANOUT: "1", hdrs.AUTHORIZATION: request.headers.get(hdrs.AUTHORIZATION, "")}
+
+    async def one(path: Path) -> tuple[str, dict[str, Any]]:
+        try:
+            connector = aiohttp.UnixConnector(path=str(path))
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.post(
+                    "http://worker/admin/cache/purge",
+                    data={"object_id": object_id},
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as response,
+            ):
+                body = await response.json()
+                if response.status != 200:
+                    return path.name, {"error": body.get("error", {}).get("code", "failed")}
+                return path.name, {"purged": int(body.get("purged", 0))}
+        except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return path.name, {"error": type(exc).__name__}
+
+    return dict(await asyncio.gather(*(one(path) for path in _peer_sockets())))
 
 
 async def _form_value(request: web.Request, name: str) -> str | None:
@@ -359,7 +423,17 @@ async def admin_listener(app: web.Application) -> AsyncIterator[None]:
             for a in runner.addresses
             if isinstance(a, tuple)
         ]
+        run_dir = _run_dir()
+        if run_dir is not None:
+            # a worker: a private socket too, where the other workers reach this one
+            # (a purge must reach every worker's memory)
+            own = _own_socket(run_dir)
+            await web.UnixSite(runner, str(own)).start()
         app[HOST].log.info("admin_listening", urls=app[ADMIN_URLS])
         yield
     finally:
         await runner.cleanup()
+        run_dir = _run_dir()
+        if run_dir is not None:
+            with contextlib.suppress(OSError):
+                _own_socket(run_dir).unlink()

@@ -21,6 +21,9 @@ its environment:
 * ``STRIPE_GATEWAY_READY_FD=<fd>``: a pipe to write ``ready`` to once listening;
 * ``STRIPE_GATEWAY_SUPERVISOR_PID``: a worker whose supervisor dies gets SIGTERM
   (``PR_SET_PDEATHSIG``) and drains;
+* ``STRIPE_GATEWAY_RUN_DIR``: a private directory (mode 0700, removed at exit) where each
+  worker's admin listener also listens on a Unix socket, so that ``POST
+  /admin/cache/purge`` on any worker reaches every worker's memory;
 * ``PROMETHEUS_MULTIPROC_DIR``: a fresh temporary directory, removed at exit, unless the
   user set one (prometheus-client's multiprocess mode; nothing here calls prometheus).
 
@@ -60,6 +63,7 @@ __all__ = [
     "METRICS_DIR_ENV",
     "READY_FD_ENV",
     "REUSE_PORT_ENV",
+    "RUN_DIR_ENV",
     "SUPERVISOR_ENV",
     "Supervisor",
     "WorkerRole",
@@ -71,6 +75,9 @@ REUSE_PORT_ENV = "STRIPE_GATEWAY_REUSE_PORT"
 READY_FD_ENV = "STRIPE_GATEWAY_READY_FD"
 SUPERVISOR_ENV = "STRIPE_GATEWAY_SUPERVISOR_PID"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: a private directory (0700) of the supervisor's, where each worker's admin listener
+#: also listens on a Unix socket, so a purge reaches every worker's memory
+RUN_DIR_ENV = "STRIPE_GATEWAY_RUN_DIR"
 
 #: first restart delay after a crash, doubled for each crash in a row, up to the maximum
 RESTART_DELAY = 0.2
@@ -195,6 +202,7 @@ class Supervisor:
         self._host = config.server.host
         self._port = config.server.port
         self._metrics_dir: str | None = None
+        self._run_dir: str | None = None
 
     # ----------------------------------------------------------------- running
 
@@ -212,12 +220,14 @@ class Supervisor:
         self._port = reserved.getsockname()[1]
         if METRICS_DIR_ENV not in self._environ:
             self._metrics_dir = tempfile.mkdtemp(prefix="stripe-gateway-metrics-")
+        self._run_dir = tempfile.mkdtemp(prefix="stripe-gateway-run-")  # mode 0700
         try:
             return asyncio.run(self._run())
         finally:
             reserved.close()
             if self._metrics_dir is not None:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            shutil.rmtree(self._run_dir, ignore_errors=True)
 
     async def _run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -229,6 +239,7 @@ class Supervisor:
             workers=self.count,
             listen=listen_url(self._host, self._port),
             metrics_dir=self._metrics_dir or self._environ.get(METRICS_DIR_ENV),
+            run_dir=self._run_dir,
         )
         tasks = [loop.create_task(self._keep(worker)) for worker in self._workers]
         up = loop.create_task(self._up.wait())
@@ -291,6 +302,8 @@ class Supervisor:
         }
         if self._metrics_dir is not None:
             env[METRICS_DIR_ENV] = self._metrics_dir
+        if self._run_dir is not None:
+            env[RUN_DIR_ENV] = self._run_dir
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._command(), env=env, stdin=asyncio.subprocess.DEVNULL, pass_fds=(write_end,)
@@ -339,6 +352,9 @@ class Supervisor:
                 self._signal(worker, self._stopping)
             code = await proc.wait()
             self._forget_metrics(proc.pid)
+            if self._run_dir is not None:  # a killed worker leaves its admin socket
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self._run_dir, f"admin-{proc.pid}.sock"))
             ran = time.monotonic() - worker.started
             if self._stopping is not None:
                 # stopped by our signal before it could install its handler: nothing in flight

@@ -219,3 +219,72 @@ def test_a_busy_port_stops_the_supervisor_before_any_worker(
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "gateway_started" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_admin_purge_reaches_every_workers_memory_cache(
+    tmp_path: Path, fake_api: tuple[FakeStripe, Served]
+) -> None:
+    """The memory cache is per worker; a purge sent to whichever worker the kernel picks
+    reaches the others through their private admin sockets."""
+    import requests
+
+    from tests.helpers import digest, free_port
+
+    token = "adm_test_token_workers000000001"
+    admin_port = free_port()
+    admin = f'[admin]\nport = {admin_port}\ntoken_sha256 = "{digest(token)}"\n'
+    config = GatewayConfigFile(tmp_path, api=fake_api[1].url)
+    config.write(extra=admin)
+    object_id = CUSTOMER.rsplit("/", 1)[1]
+    with serve_gateway(config.path, "--workers", "2") as gw:
+        # fresh connections until each worker has cached the customer
+        sent = 0
+        for _ in range(100):
+            assert get(gw, CUSTOMER, BILLING_KEY)[0] == 200
+            sent += 1
+            lines = config.audit_lines(at_least=sent)
+            cached = {line["worker"] for line in lines if line["cache"]}
+            if cached == {0, 1}:
+                break
+        assert cached == {0, 1}
+        before = len(config.audit_lines(at_least=sent))  # every line of those requests
+        assert before == sent
+        answer = requests.post(
+            f"http://127.0.0.1:{admin_port}/admin/cache/purge",
+            data={"object_id": object_id},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["purged"], body["workers"]) == (2, 2)
+        assert "failed_workers" not in body
+        # after the purge, each worker's first answer comes from Stripe again
+        first: dict[int, str] = {}
+        for _ in range(100):
+            assert get(gw, CUSTOMER, BILLING_KEY)[0] == 200
+            for line in config.audit_lines()[before:]:
+                first.setdefault(line["worker"], line["cache"])
+            if len(first) == 2:
+                break
+        assert first == {0: "MISS", 1: "MISS"}
+        run_dir = Path(events(gw, "supervisor_started")[0]["run_dir"])
+        assert len(list(run_dir.glob("admin-*.sock"))) == 2
+        # a killed worker's socket goes with it; its successor is reached
+        victim = int(next(iter(run_dir.glob("admin-*.sock"))).stem.split("-")[1])
+        os.kill(victim, signal.SIGKILL)
+        wait_for_events(gw, "worker_restarted", 1)
+        deadline = time.monotonic() + 10
+        while len(list(run_dir.glob("admin-*.sock"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (run_dir / f"admin-{victim}.sock").exists()
+        again = requests.post(
+            f"http://127.0.0.1:{admin_port}/admin/cache/purge",
+            data={"object_id": object_id},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        ).json()
+        assert again["workers"] == 2 and "failed_workers" not in again
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(10) == 0
+    assert not run_dir.exists()
