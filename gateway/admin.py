@@ -176,9 +176,25 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    metrics = request.app[_GATEWAY][METRICS]
+    gateway = request.app[_GATEWAY]
+    metrics = gateway[METRICS]
+    _refresh_in_flight(gateway)
     text = await asyncio.get_running_loop().run_in_executor(None, exposition, metrics)
     return web.Response(body=text, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+
+
+def _refresh_in_flight(gateway: web.Application) -> None:
+    """``requests_in_flight`` from the route handler's own count (no gauge update on the
+    request path): set when scraped, and every second for the other workers' sums."""
+    from gateway.app import GENERATIONS
+
+    gateway[METRICS].in_flight.set(gateway[GENERATIONS].in_flight)
+
+
+async def _refresh_every_second(gateway: web.Application) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        _refresh_in_flight(gateway)
 
 
 # ------------------------------------------------------------------ admin endpoints
@@ -430,8 +446,17 @@ async def admin_listener(app: web.Application) -> AsyncIterator[None]:
             own = _own_socket(run_dir)
             await web.UnixSite(runner, str(own)).start()
         app[HOST].log.info("admin_listening", urls=app[ADMIN_URLS])
+        refresher = (
+            asyncio.get_running_loop().create_task(_refresh_every_second(app))
+            if app[METRICS].multiprocess
+            else None
+        )
         yield
     finally:
+        if "refresher" in locals() and refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         await runner.cleanup()
         run_dir = _run_dir()
         if run_dir is not None:

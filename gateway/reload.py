@@ -111,6 +111,11 @@ class Generations:
 
     # ----------------------------------------------------------------- requests
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being served now, on every generation still open."""
+        return self.current.in_flight + sum(g.in_flight for g in self._retiring)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The route handler: serve ``request`` with the generation current on arrival."""
         generation = self.current

@@ -49,7 +49,6 @@ FAMILIES: dict[str, str] = {
 _METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
 _STATUS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 _NO_TEAM = "-"
-_FLAG = "metrics"
 
 
 def route_family(path: str) -> str:
@@ -85,20 +84,11 @@ class MetricsPlugin:
         if app[CONFIG].admin.enabled:
             self._metrics = app[METRICS]
 
-    @hookimpl(tryfirst=True)
-    def gateway_request(self, ctx: RequestContext) -> None:
-        metrics = self._metrics
-        if metrics is not None:
-            metrics.in_flight.inc()
-            ctx.state[_FLAG] = True
-
     @hookimpl
     def gateway_request_finished(self, ctx: RequestContext) -> None:
         metrics = self._metrics
         if metrics is None:
             return
-        if ctx.state.get(_FLAG):
-            metrics.in_flight.dec()
         team = ctx.team.name if ctx.team is not None else _NO_TEAM
         request = ctx.request
         method = request.method
