@@ -40,7 +40,7 @@ import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import orjson
@@ -50,6 +50,9 @@ from gateway import __version__
 from gateway.context import OBJECT_ID, new_request_id
 from gateway.errors import ErrorType, error_response
 from gateway.metrics import CONTENT_TYPE_LATEST, METRICS, exposition
+
+if TYPE_CHECKING:
+    from gateway.reload import Generation
 
 __all__ = [
     "ADMIN_URLS",
@@ -65,7 +68,6 @@ REUSE_PORT = web.AppKey("reuse_port", bool)
 ADMIN_URLS = web.AppKey("admin_urls", list[str])
 
 _GATEWAY = web.AppKey("gateway", web.Application)
-_TOKEN = web.AppKey("token_sha256", bytes)
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 _JSON = "application/json"
 #: seconds /readyz waits for one plugin's checks
@@ -127,12 +129,22 @@ async def _errors_and_auth(
         return _error(exc.status, exc.reason)
 
 
+def _current(gateway: web.Application) -> Generation:
+    """The generation requests are served with now: during a reload, ``app[HOST]`` and
+    ``app[CONFIG]`` already show the next one while its plugins start; this does not."""
+    from gateway.app import GENERATIONS
+
+    return gateway[GENERATIONS].current
+
+
 def _authorized(request: web.Request) -> bool:
-    expected = request.app[_TOKEN]
+    # the current config's digest: a reload rotates or revokes the token at once
+    digest = _current(request.app[_GATEWAY]).config.admin.token_sha256
+    expected = bytes.fromhex(digest) if digest else b""
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    presented = hashlib.sha256(token.encode()).digest()
+    presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
     # compare even when nothing usable was sent, so timing says nothing about the header
     same = hmac.compare_digest(presented, expected)
     return same and bool(expected) and scheme.lower() == "bearer" and bool(token)
@@ -146,7 +158,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    from gateway.app import HOST, SESSION
+    from gateway.app import SESSION
 
     gateway = request.app[_GATEWAY]
     session = gateway.get(SESSION)
@@ -154,7 +166,7 @@ async def _readyz(request: web.Request) -> web.Response:
         "config": True,  # the app exists, so its config was loaded and validated
         "upstream_session": session is not None and not session.closed,
     }
-    host = gateway[HOST]
+    host = _current(gateway).host
     for impl in reversed(host.pm.hook.gateway_ready.get_hookimpls()):
         name = impl.plugin_name
         try:
@@ -201,8 +213,6 @@ async def _refresh_every_second(gateway: web.Application) -> None:
 
 
 async def _purge(request: web.Request) -> web.Response:
-    from gateway.app import HOST
-
     object_id = await _form_value(request, "object_id")
     if object_id is None:
         return _error(400, "Missing object_id (form field or JSON key).", code="parameter_missing")
@@ -212,7 +222,7 @@ async def _purge(request: web.Request) -> web.Response:
             "object_id must be a Stripe object id such as cus_1234567890abcdef.",
             code="parameter_invalid",
         )
-    cache: _CachePurger | None = request.app[_GATEWAY][HOST].pm.get_plugin("cache")
+    cache: _CachePurger | None = _current(request.app[_GATEWAY]).host.pm.get_plugin("cache")
     if cache is None or not hasattr(cache, "purge"):
         return _error(404, "The cache plugin is not enabled.", code="cache_disabled")
     try:
@@ -230,8 +240,16 @@ async def _purge(request: web.Request) -> web.Response:
         answer["purged"] += sum(peer.get("purged", 0) for peer in peers.values())
         answer["workers"] = 1 + sum(1 for peer in peers.values() if "purged" in peer)
         failed = {path: peer["error"] for path, peer in peers.items() if "error" in peer}
-        if failed:
-            answer["failed_workers"] = failed
+        if failed:  # those workers' memory may still serve the object: not a success
+            listed = ", ".join(f"{name} ({error})" for name, error in sorted(failed.items()))
+            return _error(
+                502,
+                f"Purged {answer['purged']} cached answers of {object_id} on "
+                f"{answer['workers']} workers, but {len(failed)} could not be reached: "
+                f"{listed}. Retry the purge.",
+                code="purge_incomplete",
+                type="api_error",
+            )
     return _json(answer)
 
 
@@ -298,14 +316,12 @@ async def _form_value(request: web.Request, name: str) -> str | None:
 
 
 async def _teams(request: web.Request) -> web.Response:
-    from gateway.app import CONFIG, HOST
-
-    gateway = request.app[_GATEWAY]
-    limiter: _TeamLimits | None = gateway[HOST].pm.get_plugin("rate_limit")
+    current = _current(request.app[_GATEWAY])
+    limiter: _TeamLimits | None = current.host.pm.get_plugin("rate_limit")
     if limiter is not None and not hasattr(limiter, "team_state"):
         limiter = None
     data = []
-    for team in gateway[CONFIG].teams:
+    for team in current.config.teams:
         upstream = (
             "env" if team.upstream_key_env else "file" if team.upstream_key_file else "passthrough"
         )
@@ -350,9 +366,7 @@ def _masked(value: Any, key: str = "") -> Any:
 
 
 async def _config(request: web.Request) -> web.Response:
-    from gateway.app import CONFIG
-
-    return _json(masked_config(request.app[_GATEWAY][CONFIG]))
+    return _json(masked_config(_current(request.app[_GATEWAY]).config))
 
 
 async def _reload(request: web.Request) -> web.Response:
@@ -398,12 +412,9 @@ async def _reload(request: web.Request) -> web.Response:
 
 def create_admin_app(gateway: web.Application) -> web.Application:
     """The admin app for ``gateway`` (built by :func:`gateway.app.create_app`)."""
-    from gateway.app import CONFIG
 
     admin = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
     admin[_GATEWAY] = gateway
-    digest = gateway[CONFIG].admin.token_sha256
-    admin[_TOKEN] = bytes.fromhex(digest) if digest else b""
     admin.router.add_get("/healthz", _healthz, allow_head=True)
     admin.router.add_get("/readyz", _readyz, allow_head=True)
     admin.router.add_get("/metrics", _metrics)

@@ -37,8 +37,9 @@ ReloadResult = dict[str, Any]
 
 def fixed_changes(running: GatewayConfig, new: GatewayConfig) -> list[str]:
     """The keys ``new`` changes that a running process cannot: every ``[server]`` key (the
-    socket, the parser's limits, the drain timeout, the loop, the workers) and
-    ``upstream.max_connections`` (the shared connection pool)."""
+    socket, the parser's limits, the drain timeout, the loop, the workers),
+    ``upstream.max_connections`` (the shared connection pool) and the admin listener's
+    ``host`` and ``port`` (its token does change)."""
     changed = [
         f"server.{name}"
         for name in ServerConfig.model_fields
@@ -46,13 +47,17 @@ def fixed_changes(running: GatewayConfig, new: GatewayConfig) -> list[str]:
     ]
     if running.upstream.max_connections != new.upstream.max_connections:
         changed.append("upstream.max_connections")
+    for name in ("host", "port"):  # the admin listener's socket (its token does change)
+        if getattr(running.admin, name) != getattr(new.admin, name):
+            changed.append(f"admin.{name}")
     return changed
 
 
 def keep_fixed(running: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
     """``new`` with the keys of :func:`fixed_changes` set back to the running values."""
     upstream = new.upstream.model_copy(update={"max_connections": running.upstream.max_connections})
-    return new.model_copy(update={"server": running.server, "upstream": upstream})
+    admin = new.admin.model_copy(update={"host": running.admin.host, "port": running.admin.port})
+    return new.model_copy(update={"server": running.server, "upstream": upstream, "admin": admin})
 
 
 class Generation:

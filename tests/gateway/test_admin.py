@@ -326,6 +326,37 @@ def test_reload_swaps_the_config_or_keeps_it_with_the_reason(stack: Stack) -> No
     assert requests.post(admin + "/admin/reload", timeout=5).status_code == 401
 
 
+def test_a_reload_rotates_the_admin_token_at_once(stack: Stack) -> None:
+    admin_table: dict[str, Any] = {"port": free_port(), "token_sha256": digest(ADMIN_TOKEN)}
+    stack.start_gateway(admin=admin_table)
+    teams = stack.admin_url + "/admin/teams"
+    new_token = "adm_test_token_rotated000000001"
+    assert requests.get(teams, headers=AUTH, timeout=5).status_code == 200
+    answer = stack.reload(admin={**admin_table, "token_sha256": digest(new_token)})
+    assert answer["reloaded"] is True and answer["not_reloaded"] == []
+    assert requests.get(teams, headers=AUTH, timeout=5).status_code == 401  # revoked
+    rotated = {"Authorization": f"Bearer {new_token}"}
+    assert requests.get(teams, headers=rotated, timeout=5).status_code == 200
+    # the listener's own address stays: a warning names it
+    moved = stack.reload(admin={**admin_table, "port": free_port()})
+    assert moved["not_reloaded"] == ["admin.port"]
+    assert requests.get(teams, headers=AUTH, timeout=5).status_code == 200
+
+
+def test_a_non_utf8_token_is_refused_not_a_server_error(stack: Stack) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(_start(stack))
+    with socket.create_connection((url.hostname, url.port), timeout=5) as conn:
+        conn.sendall(
+            b"GET /admin/teams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        head = conn.recv(65536).split(b"\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 401"), head
+
+
 def test_reuse_port_lets_worker_processes_share_the_admin_port(stack: Stack) -> None:
     from gateway.app import create_app
     from tests.helpers import start_app
