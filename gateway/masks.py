@@ -25,15 +25,28 @@ from gateway.sensitive import (
     may_hold_card,
 )
 
-__all__ = ["MARKER", "Masks", "is_mask", "unparsed"]
+__all__ = ["MARKER", "Masks", "is_mask", "kept", "unparsed"]
 
 MARKER = "[redacted]"
-_MASK = re.compile(r"\[redacted\]|\[hmac:[0-9a-f]{16}\]|\[unparsed [^\]]*\]|…\d{0,4}")
+# what unparsed() writes for text: "[unparsed 12 bytes]" (nothing of the value in it; its
+# "[unparsed TypeName]" is not kept: any word could pass for a type name)
+_MASK = re.compile(r"\[redacted\]|\[hmac:[0-9a-f]{16}\]|\[unparsed \d+ bytes\]|…\d{0,4}")
+#: what a card field may hold and keep: a card mask, the marker, a keyed hash that is not
+#: 16 digits (that could be a card number written to look like one)
+_CARD_MASK = re.compile(r"…\d{0,4}|\[redacted\]|\[hmac:(?![0-9]{16}\])[0-9a-f]{16}\]")
 _NOT_DIGITS = re.compile(r"[^0-9]+")
 _DIGIT_GROUPS = re.compile(r"[0-9]+")
 
 #: whether a string is a mask the engine wrote (a sensitive field holding one keeps it)
 is_mask = _MASK.fullmatch
+
+
+def kept(text: str, category: str) -> bool:
+    """Whether a ``category`` field holding ``text`` keeps it: a mask the engine writes for
+    that category (so redacting twice changes nothing)."""
+    if category == "card":
+        return _CARD_MASK.fullmatch(text) is not None
+    return _MASK.fullmatch(text) is not None
 
 
 def unparsed(value: Any) -> str:

@@ -40,7 +40,7 @@ from gateway.bodies import (
     parse_multipart,
     value_end,
 )
-from gateway.masks import MARKER, Masks, is_mask, unparsed
+from gateway.masks import MARKER, Masks, kept, unparsed
 from gateway.params import MAX_DEPTH as FORM_MAX_DEPTH
 from gateway.params import LoggedParams, NameConflict, nest_lists, put, split_name
 from gateway.params import decode_component as form_component
@@ -294,11 +294,11 @@ class Redactor:
                 value = form_component(raw_value)
                 if category is not None:
                     if category == "card":
-                        value = value if is_mask(value) else masks.card(value)
+                        value = value if kept(value, "card") else masks.card(value)
                     elif hmac_key is None:
                         value = MARKER
                     else:
-                        value = value if is_mask(value) else masks.marker(value)
+                        value = value if kept(value, category) else masks.marker(value)
                     put(out, segments, value, strict=True)
                 elif (
                     patterns
@@ -371,10 +371,10 @@ class Redactor:
         else:
             text = str(v)
         if category == "card":
-            return text if is_mask(text) else self.masks.card(text)
+            return text if kept(text, "card") else self.masks.card(text)
         if self.hmac_key is None:
             return MARKER
-        return text if is_mask(text) else self.masks.marker(text)
+        return text if kept(text, category) else self.masks.marker(text)
 
     # ----------------------------------------------------------------- field names
 
@@ -387,6 +387,9 @@ class Redactor:
         if step is None:
             name = normalize(key)
             category = self.table.classify(parent, name)
+            if category is None and "[" in key:
+                # brackets, well-formed or not ("a[b", "a[b]]"): the names inside count
+                category = self._path(parent, key)[0]
             safe_key = self.masks.values(key) if len(key) > 3 or self.patterns else key
             child = parent if not name or name.isdigit() else name
             step = (category, child, safe_key)
@@ -431,8 +434,8 @@ class Redactor:
             try:
                 obj = orjson.loads(s)
                 redacted = self._value(obj, parent, depth + 1)
-                if redacted == obj:  # kept as written (digits across tokens aside)
-                    return self.masks.cards(s)
+                # written anew even when nothing changed: a key given twice is parsed
+                # once, and its other values must not pass through as written
                 return orjson.dumps(redacted).decode()
             except (ValueError, TypeError):  # not JSON after all, or not writable as JSON
                 return unparsed(s)
@@ -472,7 +475,7 @@ class Redactor:
             value = s[start:end]
             quote = value[0] if value[0] in "\"'" and len(value) > 1 else ""
             inner = value[1:-1] if quote else value
-            masked = inner if is_mask(inner) else self._masked(inner, category, depth)
+            masked = inner if kept(inner, category) else self._masked(inner, category, depth)
             pieces += (s[done:start], quote, masked, quote)
             done = end
         if not pieces:

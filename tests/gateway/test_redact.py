@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from gateway.params import LoggedParams, decode_form
 from gateway.redact import MARKER, RedactingProcessor, Redactor
 from gateway.sensitive import CATEGORIES
 
@@ -820,3 +821,44 @@ def test_the_processor_never_raises_and_its_output_can_be_rendered(event: dict[s
 @given(_VALUES)
 def test_two_redactors_agree(value: Any) -> None:
     assert orjson.dumps(Redactor().value(value)) == orjson.dumps(R.value(value))
+
+
+# ------------------------------------------------------------ leaks found in review
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        # JSON in a value, a key given twice: the parser keeps the last value only
+        ('{"a":"sk_live_abcdefghijklmnop1234","a":1}', "abcdefghijklmnop1234"),
+        ('{"card":{"cvc":"123","cvc":null}}', '"123"'),
+    ],
+)
+def test_json_with_a_repeated_key_never_passes_through_as_written(text: str, secret: str) -> None:
+    out = Redactor().event({"metadata": {"note": text}})
+    assert secret not in orjson.dumps(out).decode()
+
+
+@pytest.mark.parametrize("key", [None, b"k" * 32])
+@pytest.mark.parametrize(
+    ("form", "secret"),
+    [
+        ("card[number]=%5Bunparsed+4242424242424242%5D", "4242424242424242"),
+        ("card[number]=%5Bhmac%3A4242424242424242%5D", "4242424242424242"),
+        ("password=%5Bunparsed+hunter2%5D", "hunter2"),
+    ],
+)
+def test_values_dressed_as_masks_are_masked(form: str, secret: str, key: bytes | None) -> None:
+    redactor = Redactor(hmac_key=key)
+    for params in (decode_form(form), LoggedParams([form])):
+        assert secret not in orjson.dumps(redactor.event({"params": params})).decode()
+
+
+@pytest.mark.parametrize(
+    "name", ["individual[id_number", "individual[id_number]]", "individual[[id_number]"]
+)
+def test_malformed_bracket_names_are_judged_by_the_names_inside(name: str) -> None:
+    form = f"{quote(name)}=123456789"
+    for params in (decode_form(form), LoggedParams([form])):
+        out = orjson.dumps(Redactor().event({"params": params})).decode()
+        assert "123456789" not in out
