@@ -240,9 +240,14 @@ class RedisStore:
         data = await self._call("get", encode_command("GET", self._entry_key(key)))
         if data is None:
             return None
-        if not isinstance(data, bytes):
-            raise StoreUnavailable(f"unexpected reply to GET: {type(data).__name__}")
-        return Entry.decode(data)
+        try:
+            if not isinstance(data, bytes):
+                raise TypeError(f"unexpected reply to GET: {type(data).__name__}")
+            return Entry.decode(data)
+        except (TypeError, ValueError) as exc:  # not an entry this gateway wrote
+            self._open_until = time.monotonic() + self._breaker_seconds
+            self._on_error("get", exc)
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def put(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
         ttl_ms = max(1, int((entry.stale_until - time.time()) * 1000))

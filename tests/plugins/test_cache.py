@@ -336,6 +336,25 @@ def test_redis_outage_degrades_to_misses(stack: Stack, redis_server: RedisServer
     assert stack.upstreams["api"].count("GET", CUSTOMER) == 6
 
 
+def test_an_entry_this_gateway_did_not_write_is_a_miss_not_an_error(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    import redis
+
+    url = _redis_gateway(stack, redis_server, redis_breaker=0.2)
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+    client = redis.Redis.from_url(redis_server.url)
+    entries = [key for key in client.scan_iter("*") if b":e:" in key]
+    assert entries
+    for key in entries:
+        client.set(key, b"not an entry")
+    response = _get(url, CUSTOMER)
+    assert (response.status_code, response.headers["X-Cache"]) == (200, "MISS")
+    (event,) = stack.error_events("cache_backend_unavailable")
+    assert event["call"] == "get" and "JSONDecodeError" in event["error"]
+    client.close()
+
+
 def test_retrieve_after_an_update_sees_the_update(stack: Stack) -> None:
     # a stateful upstream (the sandbox), so a stale cached copy would show
     from gateway.sandbox.app import Sandbox, create_sandbox_app
