@@ -601,9 +601,16 @@ class Bench:
         }
 
     def _python_load(
-        self, url: str, conns: int, seconds: float, headers: dict[str, str]
+        self,
+        url: str,
+        conns: int,
+        seconds: float,
+        headers: dict[str, str],
+        *,
+        method: str = "GET",
+        body: str | None = None,
     ) -> dict[str, Any]:
-        payload = {
+        payload: dict[str, Any] = {
             "loop": self.loop_kind,
             "cores": self.layout.load,
             "url": url,
@@ -611,6 +618,8 @@ class Bench:
             "duration": seconds,
             "headers": headers,
         }
+        if method != "GET" or body is not None:
+            payload.update(method=method, body=body)
         cmd = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "loadgen"]
         done = subprocess.run(
             [*cmd, json.dumps(payload)],

@@ -38,7 +38,6 @@ import atexit
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -276,24 +275,7 @@ class PostBench(pb.Bench):
         headers = {"Authorization": f"Bearer {pb.GATEWAY_KEY}", "Content-Type": FORM}
         if self.wrk is not None:
             return self._wrk(url, conns, seconds, headers, timeout_s)
-        payload = {
-            "loop": self.loop_kind,
-            "cores": self.layout.load,
-            "url": url,
-            "conns": conns,
-            "duration": seconds,
-            "headers": headers,
-            "method": "POST",
-            "body": self.body,
-        }
-        cmd = [sys.executable, pb.__file__, pb.CHILD_FLAG, "loadgen", json.dumps(payload)]
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=seconds + 90, check=False
-        )
-        if done.returncode != 0 or not done.stdout.strip():
-            raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr}")
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
+        return self._python_load(url, conns, seconds, headers, method="POST", body=self.body)
 
 
 def _check_line(audit: Path, redacted: bool, card: bool = True) -> dict[str, Any]:
