@@ -308,6 +308,9 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 *self._command(), env=env, stdin=asyncio.subprocess.DEVNULL, pass_fds=(write_end,)
             )
+        except BaseException:
+            os.close(read_end)  # no worker will write to it
+            raise
         finally:
             os.close(write_end)
         worker.proc, worker.ready, worker.started = proc, False, time.monotonic()
