@@ -241,6 +241,24 @@ def test_serve_on_a_port_in_use_exits_1_without_traceback(tmp_path: Path) -> Non
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+def test_a_plugin_failing_at_start_up_exits_1_with_one_line(tmp_path: Path) -> None:
+    path = good_config(tmp_path)
+    text = path.read_text().replace(
+        "[plugins.audit]",
+        '[plugins]\nload = ["tests.gateway.test_reload:Recorder"]\n\n'
+        '[plugins.recorder]\ntag = "t"\nfail_startup = true\n\n[plugins.audit]',
+    )
+    path.write_text(text)
+    env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY, PYTHONPATH=str(REPO))
+    result = run_cli("serve", "--config", str(path), env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (
+        "stripe-gateway: plugin 'recorder' failed at start-up: RuntimeError: refusing to start"
+        in result.stderr
+    )
+
+
 # --------------------------------------------------------------------------- a running gateway
 
 
