@@ -115,6 +115,18 @@ class Redactor:
             if text is not None:
                 old = event_dict.get("exception")
                 event_dict["exception"] = text if old is None else f"{old}\n{text}"
+        if not self.patterns:
+            out = self._fields(event_dict, [])
+            if out is not None:
+                return out
+        return self._fields(event_dict, None)  # type: ignore[return-value]
+
+    def _fields(self, event_dict: EventDict, plain: list[str] | None) -> EventDict | None:
+        """:meth:`event` after ``exc_info``. With a list ``plain``, short strings that
+        :func:`_plain` would pass for its first checks are kept as they are and put in
+        it, and :func:`_nothing_to_find` checks them all at once, joined with NULs;
+        ``None`` when it finds something (the caller then runs this again without the
+        list, every string through :meth:`_text`)."""
         out: EventDict = {}
         failed = False
         top = self._steps.get(None) or {}
@@ -129,7 +141,22 @@ class Redactor:
                 if category is not None:
                     out[safe_key] = self._masked(value, category, 0)
                 elif t is str:
-                    out[safe_key] = self._text(value, parent, 0)
+                    if plain is None:
+                        out[safe_key] = self._text(value, parent, 0)
+                    elif value.isalpha():
+                        out[safe_key] = value
+                    elif (
+                        len(value) <= _SHORT
+                        and "=" not in value
+                        and ":" not in value
+                        and "," not in value
+                        and value
+                        and value[0] not in _STRUCTURED_START
+                    ):
+                        out[safe_key] = value
+                        plain.append(value)
+                    else:
+                        out[safe_key] = self._text(value, parent, 0)
                 elif value is None or t is bool or (t in (int, float) and -_BIG < value < _BIG):
                     out[safe_key] = value
                 elif key in PASSTHROUGH and isinstance(value, logging.LogRecord):
@@ -139,6 +166,8 @@ class Redactor:
             except Exception:
                 out[_safe_key(key)] = unparsed(value)
                 failed = True
+        if plain and not _nothing_to_find("\x00".join(plain)):
+            return None
         if failed:
             out["redaction_error"] = True
         return out
@@ -279,41 +308,66 @@ class Redactor:
         hmac_key = self.hmac_key
         patterns = self.patterns
         later: list[tuple[Any, Any, str, str | None, int]] = []
-        try:
-            for piece in text.split("&"):
-                if not piece:
-                    continue
-                raw_name, _, raw_value = piece.partition("=")
-                field = table.get(raw_name)
-                if field is None:
-                    field = table[raw_name] = self._form_field(parent, raw_name)
-                    self._count_step()
-                segments, category, below, depth, walk = field
-                if walk:  # see _form_field
-                    return False
+        scan = not patterns  # with patterns, every value goes through _text
+        structured = _STRUCTURED_START
+        for piece in text.split("&"):
+            if not piece:
+                continue
+            raw_name, _, raw_value = piece.partition("=")
+            field = table.get(raw_name)
+            if field is None:
+                field = table[raw_name] = self._form_field(parent, raw_name)
+                self._count_step()
+            segments, category, below, depth, walk, path = field
+            if walk:  # see _form_field
+                return False
+            if category is not None and category != "card" and hmac_key is None:
+                value = MARKER  # what the value was does not matter
+            elif "%" in raw_value or "+" in raw_value:
                 value = form_component(raw_value)
-                if category is not None:
-                    if category == "card":
-                        value = value if kept(value, "card") else masks.card(value)
-                    elif hmac_key is None:
-                        value = MARKER
+            else:
+                value = raw_value
+            if category is not None:
+                if category == "card":
+                    value = value if kept(value, "card") else masks.card(value)
+                elif hmac_key is not None:
+                    value = value if kept(value, category) else masks.marker(value)
+                pending = False
+            elif (
+                scan
+                and len(value) <= _SHORT
+                and "=" not in value
+                and ":" not in value
+                and "," not in value
+                and not (value and value[0] in structured)
+            ):
+                pending = True
+            else:
+                value = self._text(value, below, depth)
+                pending = False
+            # put(out, segments, value, strict=True), inline for names without "[]"
+            if path is not None:
+                node = out
+                for key in path:
+                    old = node.get(key)
+                    if type(old) is dict:
+                        node = old
+                    elif old is None:
+                        node[key] = node = {}
                     else:
-                        value = value if kept(value, category) else masks.marker(value)
-                    put(out, segments, value, strict=True)
-                elif (
-                    patterns
-                    or len(value) > _SHORT
-                    or "=" in value
-                    or ":" in value
-                    or "," in value
-                    or (value and value[0] in _STRUCTURED_START)
-                ):
-                    put(out, segments, self._text(value, below, depth), strict=True)
-                else:
+                        return False  # conflicting names: the walk shows what was given
+                at = segments[-1]
+                if at in node:
+                    return False
+                node[at] = value
+                container: Any = node
+            else:
+                try:
                     container, at = put(out, segments, value, strict=True)
-                    later.append((container, at, value, below, depth))
-        except NameConflict:  # conflicting names: the walk shows what was given
-            return False
+                except NameConflict:  # conflicting names: the walk shows what was given
+                    return False
+            if pending:
+                later.append((container, at, value, below, depth))
         if later and not _nothing_to_find("\x00".join([item[2] for item in later])):
             for container, at, value, below, depth in later:
                 container[at] = self._text(value, below, depth)
@@ -321,7 +375,7 @@ class Redactor:
         return True
 
     def _form_field(self, parent: str | None, raw_name: str) -> _FormField:
-        """(segments, category, parent of the value, depth, walk) of a form field; walk:
+        """(segments, category, parent of the value, depth, walk, path) of a form field; walk:
         the walk must decide the whole form, for a name nested too deep, maybe a (name,
         value) pair (the walk hides a value by its sibling name), lists of lists (a list
         of two is such a pair), or a name that is itself redacted (names that collide
@@ -343,7 +397,8 @@ class Redactor:
                 safe = self._text(segment, None, i + 1)
             if safe != segment:
                 walk = True
-        return segments, category, parent, len(segments), walk
+        path = None if "" in segments[1:] else tuple(segments[:-1])  # "": a list
+        return segments, category, parent, len(segments), walk, path
 
     # ----------------------------------------------------------------- masking
     # ----------------------------------------------------------------- masking
@@ -653,6 +708,8 @@ def _nothing_to_find(s: str) -> bool:
     return "basic" not in lower and "bearer" not in lower
 
 
-#: a form field's segments, category, parent of its value, depth, and whether the walk
-#: must decide the form (:meth:`Redactor._form_field`)
-_FormField = tuple[list[str], str | None, str | None, int, bool]
+#: a form field's segments, category, parent of its value, depth, whether the walk must
+#: decide the form (:meth:`Redactor._form_field`), and the path to the object its value
+#: goes in (the segments but the last; ``None`` for a list, ``name[]``, which
+#: :func:`gateway.params.put` writes)
+_FormField = tuple[list[str], str | None, str | None, int, bool, tuple[str, ...] | None]
