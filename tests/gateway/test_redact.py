@@ -8,6 +8,7 @@ import hmac
 import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -862,3 +863,42 @@ def test_malformed_bracket_names_are_judged_by_the_names_inside(name: str) -> No
     for params in (decode_form(form), LoggedParams([form])):
         out = orjson.dumps(Redactor().event({"params": params})).decode()
         assert "123456789" not in out
+
+
+# ------------------------------------------------------------ fast paths == full scan
+
+#: a configured pattern that never matches: every fast path is off (they need no
+#: patterns), so this redactor scans every string in full
+_FULL_SCAN = Redactor(patterns=[re.compile(r"(?!x)x")])
+
+_PIECES = st.sampled_from(
+    [
+        "usd", "2000", "req_123", "gwreq_abc", "/v1/customers/cus_1", "2026-11-26T03:19:38Z",
+        CARD, "4242 4242 4242 4242", LIVE_KEY, TEST_KEY, "whsec_abcdefghijklmnop",
+        "pi_123_secret_abcdefghijkl", "Bearer ", "basic ", "Basic dXNlcjpwYXNz", "=", ":",
+        ",", "{", "[", " ", "--", "a=b", "cvc=123", "card[number]=", "\x00", "é", "+",
+        "%20", "x" * 300,
+    ]
+)  # fmt: skip
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> dict[str, Any]:
+    names = ["request_id", "path", "team", "email", "note", "params", "error", "client"]
+    event: dict[str, Any] = {}
+    for name in draw(st.lists(st.sampled_from(names), unique=True, max_size=6)):
+        kind = draw(st.sampled_from(["text", "number", "none", "form"]))
+        if kind == "number":
+            event[name] = draw(st.one_of(st.integers(), st.floats(allow_nan=False)))
+        elif kind == "none":
+            event[name] = None
+        else:
+            text = "".join(draw(st.lists(st.one_of(_PIECES, st.text(max_size=8)), max_size=5)))
+            event[name] = LoggedParams([text]) if kind == "form" else text
+    return event
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_events())
+def test_fast_paths_write_what_a_full_scan_writes(event: dict[str, Any]) -> None:
+    assert Redactor().event(dict(event)) == _FULL_SCAN.event(dict(event))
