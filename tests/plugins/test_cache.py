@@ -301,9 +301,10 @@ def test_bad_settings_stop_startup(stack: Stack, table: dict[str, Any], path: st
 
 
 def _redis_gateway(stack: Stack, redis: RedisServer, **extra: Any) -> str:
-    return stack.start_gateway(
-        plugins={"cache": {"backend": "redis", "redis_url": redis.url, **extra}}
-    )
+    # a generous timeout: on a loaded CI machine the default 50 ms (connect included) can
+    # pass, and a timed-out lookup is a miss, which these tests would take for a bug
+    settings = {"backend": "redis", "redis_url": redis.url, "redis_timeout": 1.0, **extra}
+    return stack.start_gateway(plugins={"cache": settings})
 
 
 def test_two_instances_share_hits_and_evictions_through_redis(
