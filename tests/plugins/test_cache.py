@@ -11,6 +11,7 @@ import pytest
 import requests
 import stripe
 
+from gateway.app import HOST
 from gateway.errors import ConfigError
 from plugins.cache import CacheSettings
 from tests.conftest import RedisServer
@@ -300,11 +301,31 @@ def test_bad_settings_stop_startup(stack: Stack, table: dict[str, Any], path: st
     assert info.value.path == f"plugins.cache.{path}"
 
 
+#: gateway URL -> its cache plugin, for the Redis tests
+_PLUGINS: dict[str, Any] = {}
+
+
 def _redis_gateway(stack: Stack, redis: RedisServer, **extra: Any) -> str:
     # a generous timeout: on a loaded CI machine the default 50 ms (connect included) can
     # pass, and a timed-out lookup is a miss, which these tests would take for a bug
     settings = {"backend": "redis", "redis_url": redis.url, "redis_timeout": 1.0, **extra}
-    return stack.start_gateway(plugins={"cache": settings})
+    url = stack.start_gateway(plugins={"cache": settings})
+    assert stack.app is not None
+    _PLUGINS[url] = stack.app[HOST].pm.get_plugin("cache")
+    return url
+
+
+def _miss_then_stored(url: str) -> None:
+    """A miss, then wait for its answer to be in Redis: the store is written after the
+    response has gone (a request right after it would wait on it: COALESCED; another
+    instance would miss)."""
+    plugin = _PLUGINS[url]
+    before = plugin.counts["stored"]
+    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+    deadline = time.monotonic() + 5
+    while plugin.counts["stored"] == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert plugin.counts["stored"] == before + 1
 
 
 def test_two_instances_share_hits_and_evictions_through_redis(
@@ -312,17 +333,17 @@ def test_two_instances_share_hits_and_evictions_through_redis(
 ) -> None:
     one = _redis_gateway(stack, redis_server)
     two = _redis_gateway(stack, redis_server)
-    assert _get(one, CUSTOMER).headers["X-Cache"] == "MISS"
+    _miss_then_stored(one)
     assert _get(two, CUSTOMER).headers["X-Cache"] == "HIT"
     _client(stack, url=two).v1.customers.update("cus_1Nabcdefghij", {"description": "x"})
-    assert _get(one, CUSTOMER).headers["X-Cache"] == "MISS"
+    _miss_then_stored(one)
     assert _get(two, CUSTOMER).headers["X-Cache"] == "HIT"
     assert stack.upstreams["api"].count("GET", CUSTOMER) == 2
 
 
 def test_redis_outage_degrades_to_misses(stack: Stack, redis_server: RedisServer) -> None:
     url = _redis_gateway(stack, redis_server, redis_breaker=0.2)
-    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+    _miss_then_stored(url)
     assert _get(url, CUSTOMER).headers["X-Cache"] == "HIT"
     redis_server.kill()
     statuses = []
@@ -343,7 +364,7 @@ def test_an_entry_this_gateway_did_not_write_is_a_miss_not_an_error(
     import redis
 
     url = _redis_gateway(stack, redis_server, redis_breaker=0.2)
-    assert _get(url, CUSTOMER).headers["X-Cache"] == "MISS"
+    _miss_then_stored(url)
     client = redis.Redis.from_url(redis_server.url)
     entries = [key for key in client.scan_iter("*") if b":e:" in key]
     assert entries
