@@ -182,7 +182,9 @@ async def test_redis_rate_over_real_time(
         while time.monotonic() - started < 0.5:
             allowed += (await limiter.decide(b, shadow=False)).allowed
         elapsed = time.monotonic() - started
-        assert abs(allowed - (1 + 100 * elapsed)) <= 5
+        # never more than the rate lets through; on a loaded machine the loop may ask too
+        # slowly to use all of it, so the lower bound is loose
+        assert 0.5 * (1 + 100 * elapsed) <= allowed <= 1 + 100 * elapsed + 2
     finally:
         await limiter.close()
 
