@@ -234,9 +234,10 @@ async def _purge(request: web.Request) -> web.Response:
             code="cache_unavailable",
         )
     answer: dict[str, Any] = {"object": "cache_purge", "object_id": object_id, "purged": purged}
-    if request.headers.get(_FANOUT) is None and _peer_sockets():
+    peer_sockets = _peer_sockets() if request.headers.get(_FANOUT) is None else []
+    if peer_sockets:
         # a worker of `serve --workers N`: every other worker purges its own memory too
-        peers = await _fan_out(request, object_id)
+        peers = await _fan_out(request, object_id, peer_sockets)
         answer["purged"] += sum(peer.get("purged", 0) for peer in peers.values())
         answer["workers"] = 1 + sum(1 for peer in peers.values() if "purged" in peer)
         failed = {path: peer["error"] for path, peer in peers.items() if "error" in peer}
@@ -277,8 +278,10 @@ def _peer_sockets() -> list[Path]:
     return sorted(p for p in run_dir.glob("admin-*.sock") if p != own)
 
 
-async def _fan_out(request: web.Request, object_id: str) -> dict[str, dict[str, Any]]:
-    """Ask every other worker, on its private socket, to purge ``object_id``."""
+async def _fan_out(
+    request: web.Request, object_id: str, sockets: list[Path]
+) -> dict[str, dict[str, Any]]:
+    """Ask every other worker, on its private socket (``sockets``), to purge ``object_id``."""
     headers = {_FANOUT: "1", hdrs.AUTHORIZATION: request.headers.get(hdrs.AUTHORIZATION, "")}
 
     async def one(path: Path) -> tuple[str, dict[str, Any]]:
@@ -300,7 +303,7 @@ async def _fan_out(request: web.Request, object_id: str) -> dict[str, dict[str, 
         except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return path.name, {"error": type(exc).__name__}
 
-    return dict(await asyncio.gather(*(one(path) for path in _peer_sockets())))
+    return dict(await asyncio.gather(*(one(path) for path in sockets)))
 
 
 async def _form_value(request: web.Request, name: str) -> str | None:

@@ -30,10 +30,8 @@ from tests.helpers import (
     BILLING_KEY,
     BILLING_UPSTREAM_KEY,
     PASSTHROUGH_KEY,
-    LoopThread,
     Served,
     digest,
-    start_app,
 )
 
 BUILTINS = [name for name, _ in _DEFAULT_PLUGINS]
@@ -340,14 +338,6 @@ def serving(config: Path, *args: str, env: dict[str, str]) -> Iterator[GatewayPr
             yield gw
         finally:
             gw.finish()
-
-
-@pytest.fixture
-def fake_api(loop_thread: LoopThread) -> Iterator[tuple[FakeStripe, Served]]:
-    fake = FakeStripe(name="api")
-    served = loop_thread.run(start_app(fake.app()))
-    yield fake, served
-    loop_thread.run(served.runner.cleanup())
 
 
 def http_get(
