@@ -10,7 +10,7 @@ plugin host, proxy), which :data:`RELOAD` replaces under traffic (see
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -82,6 +82,11 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=SKIP_AUTO_HEADERS,
         raise_for_status=False,
     )
+    # aiohttp retries an idempotent request once, silently, when a pooled connection turns
+    # out closed; the proxy makes that decision itself (GET/HEAD once, counted in the
+    # audit line's attempts), so the client library must not retry behind its back
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
     app[SESSION] = session
     generations.current.proxy.session = session
     try:
@@ -116,7 +121,21 @@ def create_app(
     """
     host = host or PluginHost(config)
     host.log = make_error_logger(error_stream, extra_processors=host.log_processors)
+    generations_ref: list[Generations] = []
+
+    @web.middleware
+    async def everything_is_proxied(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # The catch-all route cannot match every request target (`OPTIONS *`, `CONNECT
+        # host:443`, a path with an encoded newline): those reach the proxy too, which
+        # answers them Stripe-shaped, with a request id and an audit line.
+        if request.match_info.http_exception is not None:
+            return await generations_ref[0].handle(request)
+        return await handler(request)
+
     app = web.Application(
+        middlewares=[everything_is_proxied],
         handler_args={
             "max_field_size": config.server.max_header_bytes,
             "max_line_size": config.server.max_header_bytes,
@@ -137,6 +156,7 @@ def create_app(
         error_stream=error_stream,
     )
     app[GENERATIONS] = generations
+    generations_ref.append(generations)
     app[RELOAD] = generations.reload
     app.router.add_get("/healthz", _healthz, allow_head=True)
     app.router.add_route("*", "/{tail:.*}", generations.handle)

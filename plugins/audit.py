@@ -299,6 +299,7 @@ class AuditPlugin:
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
             "idempotency_key": ctx.idempotency_key,
+            "attempts": ctx.attempts,
             "cache": ctx.cache_status,
             "rate_limit": ctx.rate_limit,
             "client": request.remote,
