@@ -247,9 +247,10 @@ def gateway_ready(app: web.Application) -> MaybeAwaitable:
 def gateway_reopen_logs(app: web.Application) -> MaybeAwaitable:
     """Reopen the log files this plugin writes, by path, as nginx does on ``USR1``: an
     operator (or logrotate) has renamed or removed them. Fires on every ``SIGUSR1`` the
-    serving process gets once it listens (with ``serve --workers N`` the supervisor passes
-    the signal on to every worker), on the current generation's plugins only; never on the
-    request path.
+    serving process gets (one that arrives before it listens, once it does; with ``serve
+    --workers N`` the supervisor passes the signal on to every worker), on the current
+    generation's plugins only, never on the request path; also through
+    ``await app[gateway.app.REOPEN_LOGS]()``.
 
     :param app: the gateway's aiohttp application.
 
