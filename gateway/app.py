@@ -33,6 +33,7 @@ __all__ = [
     "METRICS",
     "PROXY",
     "RELOAD",
+    "REOPEN_LOGS",
     "SESSION",
     "create_app",
 ]
@@ -45,6 +46,9 @@ GENERATIONS = web.AppKey("generations", Generations)
 #: ``await app[RELOAD]()``: re-read the config and swap it in under traffic; returns a
 #: JSON-able ``{"reloaded": bool, "error": str | None, ...}`` (see Generations.reload)
 RELOAD: web.AppKey[Callable[[], Coroutine[Any, Any, ReloadResult]]] = web.AppKey("reload")
+#: ``await app[REOPEN_LOGS]()``: the current generation's plugins reopen their log files
+#: by path (``gateway_reopen_logs``); the CLI calls it on SIGUSR1
+REOPEN_LOGS: web.AppKey[Callable[[], Coroutine[Any, Any, None]]] = web.AppKey("reopen_logs")
 
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
@@ -158,6 +162,7 @@ def create_app(
     app[GENERATIONS] = generations
     generations_ref.append(generations)
     app[RELOAD] = generations.reload
+    app[REOPEN_LOGS] = generations.reopen_logs
     app.router.add_get("/healthz", _healthz, allow_head=True)
     app.router.add_route("*", "/{tail:.*}", generations.handle)
     app.cleanup_ctx.append(_upstream_session)

@@ -83,6 +83,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     reuse_port: bool = False,
     on_hangup: Callable[[], None] | None = None,
+    on_reopen: Callable[[], None] | None = None,
     **runner_kwargs: Any,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop``), then drain and return.
@@ -93,7 +94,9 @@ async def serve(
     ``reuse_port`` binds with ``SO_REUSEPORT``, so several processes (the workers of
     ``serve --workers N``) share the port and the kernel spreads connections among them.
     ``on_hangup`` is called on SIGHUP once the socket is open (the CLI reloads the
-    config); it is installed before ``on_listening`` is called.
+    config); it is installed before ``on_listening`` is called. ``on_reopen`` is called
+    on SIGUSR1 the same way (the CLI has the plugins reopen their log files), and stays
+    installed through the drain, when lines are still written; after it SIGUSR1 is ignored.
     """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -108,6 +111,7 @@ async def serve(
         app, access_log=None, handle_signals=False, shutdown_timeout=drain_timeout, **runner_kwargs
     )
     await runner.setup()
+    reopen = False
     try:
         site = web.TCPSite(
             runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None
@@ -117,6 +121,10 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(signal.SIGHUP, on_hangup)
                 installed.append(signal.SIGHUP)
+        if on_reopen is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+                loop.add_signal_handler(signal.SIGUSR1, on_reopen)
+                reopen = True
         listening = [
             f"http://[{a[0]}]:{a[1]}" if ":" in a[0] else f"http://{a[0]}:{a[1]}"
             for a in runner.addresses
@@ -131,4 +139,9 @@ async def serve(
             loop.remove_signal_handler(sig)
         if signal.SIGHUP in installed:  # no reload while draining, and no default (fatal) HUP
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            if reopen:  # logs are written until the plugins shut down; then no default (fatal)
+                loop.remove_signal_handler(signal.SIGUSR1)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
