@@ -3,6 +3,9 @@
 aiohttp answers requests it cannot parse (oversized headers, bad request lines) with a
 plain-text page before any handler runs; :class:`GatewayRunner` swaps in a protocol
 handler that answers those with a Stripe-shaped JSON error instead.
+
+A client that goes away while its request is handled is normal (a load generator ending
+its run): it costs one info line, not an error with a traceback.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ class _GatewayRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                # The client went away mid-request (its response could not be written):
+                # normal, so one info line, no traceback, and no answer to send.
+                self.logger.info(
+                    "Client %s disconnected before its response was complete (%s)",
+                    request.remote,
+                    type(exc).__name__,
+                )
+                raise ConnectionError("the client disconnected") from None
         if request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
         if status == 500:
