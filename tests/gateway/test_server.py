@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import select
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
 
+from gateway.metrics import METRICS
 from tests.helpers import BILLING_KEY, Stack
 
 #: generous bound for "the server closes this connection" (the timeouts are 0.5 s)
@@ -65,11 +68,130 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
+def closed_count(stack: Stack, reason: str) -> float:
+    assert stack.app is not None
+    value = stack.app[METRICS].registry.get_sample_value(
+        "stripe_gateway_connections_closed_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
 def assert_gateway_still_serves(stack: Stack) -> None:
     response = requests.get(
         f"{stack.gateway_url}/v1/customers/cus_1Nabcdefghijk", auth=(BILLING_KEY, ""), timeout=5
     )
     assert response.status_code == 200
+
+
+@pytest.fixture
+def slow_clients(stack: Stack) -> Stack:
+    stack.start_gateway(server={"header_timeout": 0.5})
+    return stack
+
+
+def test_a_connection_that_sends_nothing_is_closed_silently(slow_clients: Stack) -> None:
+    with connect(slow_clients) as sock:
+        assert read_until_closed(sock) == b""
+    assert closed_count(slow_clients, "header_timeout") == 1
+    assert_gateway_still_serves(slow_clients)
+
+
+def test_half_a_request_gets_a_stripe_shaped_408_then_a_close(slow_clients: Stack) -> None:
+    with connect(slow_clients) as sock:
+        sock.sendall(request_bytes()[:30])
+        answer = read_until_closed(sock)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.0 408 ")  # like aiohttp's other parse errors
+    assert b"\r\nRequest-Id: gwreq_" in head and b"application/json" in head
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "did not arrive within 0.5 seconds" in error["message"]
+    assert closed_count(slow_clients, "header_timeout") == 1
+    assert slow_clients.upstreams["api"].received == []
+    assert_gateway_still_serves(slow_clients)
+
+
+def test_the_header_deadline_is_total_not_per_byte(slow_clients: Stack) -> None:
+    # one byte every 0.1 s: each byte is well within 0.5 s of the last, the whole is not
+    trickle = request_bytes()[:-2]  # never complete
+    answer = b""
+    with connect(slow_clients) as sock:
+        deadline = time.monotonic() + DEADLINE
+        for byte in trickle:
+            assert time.monotonic() < deadline, "the trickling client was never closed"
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable:
+                answer = read_until_closed(sock)
+                break
+        else:
+            pytest.fail("the whole request line and headers went out, one byte at a time")
+    assert answer.startswith(b"HTTP/1.0 408 ")
+    assert_gateway_still_serves(slow_clients)
+
+
+def test_keep_alive_requests_are_not_cut_by_the_header_deadline(slow_clients: Stack) -> None:
+    with connect(slow_clients) as sock:
+        sock.sendall(request_bytes())
+        assert read_response(sock)[0] == 200
+        # idle longer than header_timeout: keepalive_timeout (75 s) governs an idle connection
+        time.sleep(1.0)
+        sock.sendall(request_bytes())
+        assert read_response(sock)[0] == 200
+        # a whole request in two parts, the second after a pause shorter than the deadline
+        sock.sendall(request_bytes()[:20])
+        time.sleep(0.1)
+        sock.sendall(request_bytes()[20:])
+        assert read_response(sock)[0] == 200
+    assert closed_count(slow_clients, "header_timeout") == 0
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_keepalive_timeout(stack: Stack) -> None:
+    stack.start_gateway(server={"keepalive_timeout": 0.5})
+    with connect(stack) as sock:
+        sock.sendall(request_bytes())
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers.get("connection", "").lower() != "close"
+        assert read_until_closed(sock) == b""
+    assert_gateway_still_serves(stack)
+
+
+@pytest.fixture
+def capped(stack: Stack) -> Iterator[Stack]:
+    stack.start_gateway(server={"max_connections": 3})
+    yield stack
+
+
+def test_connections_over_the_cap_are_closed_and_the_others_keep_working(capped: Stack) -> None:
+    held = [connect(capped) for _ in range(3)]
+    try:
+        for sock in held:  # an answer proves the gateway has accepted (and counts) it
+            sock.sendall(request_bytes())
+            assert read_response(sock)[0] == 200
+        with connect(capped) as extra:
+            assert read_until_closed(extra) == b""
+        assert closed_count(capped, "max_connections") == 1
+        for sock in held:
+            sock.sendall(request_bytes())
+            assert read_response(sock)[0] == 200
+        # a connection closed frees its place
+        held.pop().close()
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            with connect(capped) as again:
+                again.sendall(request_bytes())
+                try:
+                    if again.recv(12).startswith(b"HTTP/1.1 200"):
+                        break
+                except ConnectionResetError:
+                    pass
+            assert time.monotonic() < deadline, "no connection accepted after one closed"
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _client_gone_records(
