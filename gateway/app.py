@@ -25,6 +25,7 @@ from gateway.logs import make_error_logger
 from gateway.metrics import METRICS, GatewayMetrics
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
 from gateway.reload import Generation, Generations, ReloadResult
+from gateway.server import SERVER_CONFIG
 
 __all__ = [
     "CONFIG",
@@ -143,11 +144,13 @@ def create_app(
         handler_args={
             "max_field_size": config.server.max_header_bytes,
             "max_line_size": config.server.max_header_bytes,
+            "keepalive_timeout": config.server.keepalive_timeout,
         },
         client_max_size=config.server.max_body_bytes,
     )
     proxy = Proxy(config=config, host=host)
     app[CONFIG] = config
+    app[SERVER_CONFIG] = config.server
     app[HOST] = host
     app[PROXY] = proxy
     app[METRICS] = GatewayMetrics.create()
