@@ -250,6 +250,11 @@ class Proxy:
                 ),
                 "body_timeout",
             )
+            # Send the 408, then close: aiohttp would otherwise linger up to 10 s reading
+            # the rest of a body that is not coming.
+            await response.prepare(ctx.request)
+            await response.write_eof()
+            ctx.request.protocol.force_close()
         response.force_close()  # the rest of the body is never read
         return response
 
