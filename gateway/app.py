@@ -145,6 +145,9 @@ def create_app(
             "max_field_size": config.server.max_header_bytes,
             "max_line_size": config.server.max_header_bytes,
             "keepalive_timeout": config.server.keepalive_timeout,
+            # a request body reaches the proxy as sent (one with a Content-Encoding is
+            # refused there), never inflated: a small gzip could inflate past any limit
+            "auto_decompress": False,
         },
         client_max_size=config.server.max_body_bytes,
     )

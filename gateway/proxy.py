@@ -321,6 +321,20 @@ class Proxy:
                 code="invalid_path",
                 should_retry=False,
             )
+        if request.body_exists and any(
+            token.strip().lower() not in ("", "identity")
+            for value in request.headers.getall("Content-Encoding", ())
+            for token in value.split(",")
+        ):
+            # Relayed as is, it could not be redacted or audited; inflated here, it could
+            # be far over max_body_bytes (the server never inflates it: gateway/app.py)
+            raise StripeErrorResponse(
+                415,
+                "Request bodies with a Content-Encoding (gzip, deflate, ...) are not "
+                "accepted: send the body uncompressed.",
+                code="unsupported_content_encoding",
+                should_retry=False,
+            )
         length = request.content_length
         if length is not None and length > self._max_body:
             raise self._too_large(length)
