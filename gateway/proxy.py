@@ -321,6 +321,16 @@ class Proxy:
                 code="invalid_path",
                 should_retry=False,
             )
+        if any(
+            value.strip().lower() != "100-continue"
+            for value in request.headers.getall("Expect", ())
+        ):
+            raise StripeErrorResponse(
+                417,
+                "The only expectation the gateway meets is 'Expect: 100-continue'.",
+                code="expectation_failed",
+                should_retry=False,
+            )
         if request.body_exists and any(
             token.strip().lower() not in ("", "identity")
             for value in request.headers.getall("Content-Encoding", ())

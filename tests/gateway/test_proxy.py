@@ -767,3 +767,39 @@ def test_an_identity_encoded_request_body_is_forwarded(gateway: Stack) -> None:
     response = _post_encoded(gateway, "identity", b"a=1")
     assert response.status == 200
     assert gateway.upstreams["api"].last().body == b"a=1"
+
+
+def test_an_unknown_expectation_is_a_stripe_shaped_417_with_an_audit_line(gateway: Stack) -> None:
+    # aiohttp's default answer was a plain-text 417 with no request id and no audit line
+    response = _raw(
+        gateway,
+        "/v1/charges",
+        f"Authorization: Bearer {BILLING_KEY}",
+        "Expect: 200-ok",
+        "Content-Length: 0",
+        method=b"POST",
+    )
+    _assert_stripe_shaped(response, 417, "expectation_failed")
+    _nothing_upstream(gateway)
+    line = gateway.audit_lines()[-1]
+    assert line["request_id"] == response.headers["Request-Id"]
+    assert line["status"] == 417
+
+
+def test_expect_100_continue_still_gets_its_interim_answer(gateway: Stack) -> None:
+    host, _, port = gateway.gateway_url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/charges HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+            + f"Authorization: Bearer {BILLING_KEY}\r\n".encode()
+            + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        )
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += conn.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(b"a=1")
+        response = http.client.HTTPResponse(conn)
+        response.begin()
+        assert response.status == 200
+    assert gateway.upstreams["api"].last().body == b"a=1"
