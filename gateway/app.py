@@ -54,6 +54,17 @@ REOPEN_LOGS: web.AppKey[Callable[[], Coroutine[Any, Any, None]]] = web.AppKey("r
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
 
+async def _expect_continue(request: web.Request) -> None:
+    """Answer ``Expect: 100-continue`` with its interim ``100 Continue``, as aiohttp does;
+    let any other expectation through to the proxy, which answers it with a Stripe-shaped
+    417 and an audit line (aiohttp's own 417 is plain text)."""
+    if request.version == aiohttp.HttpVersion11 and all(
+        value.strip().lower() == "100-continue" for value in request.headers.getall("Expect")
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response itself has not started
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(body=_HEALTH, content_type="application/json")
 
@@ -145,6 +156,9 @@ def create_app(
             "max_field_size": config.server.max_header_bytes,
             "max_line_size": config.server.max_header_bytes,
             "keepalive_timeout": config.server.keepalive_timeout,
+            # a request body reaches the proxy as sent (one with a Content-Encoding is
+            # refused there), never inflated: a small gzip could inflate past any limit
+            "auto_decompress": False,
         },
         client_max_size=config.server.max_body_bytes,
     )
@@ -166,8 +180,8 @@ def create_app(
     generations_ref.append(generations)
     app[RELOAD] = generations.reload
     app[REOPEN_LOGS] = generations.reopen_logs
-    app.router.add_get("/healthz", _healthz, allow_head=True)
-    app.router.add_route("*", "/{tail:.*}", generations.handle)
+    app.router.add_get("/healthz", _healthz, allow_head=True, expect_handler=_expect_continue)
+    app.router.add_route("*", "/{tail:.*}", generations.handle, expect_handler=_expect_continue)
     app.cleanup_ctx.append(_upstream_session)
     # after the session's: plugins have opened their stores when /readyz can first be asked
     app.cleanup_ctx.append(admin_listener)

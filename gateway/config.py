@@ -88,6 +88,9 @@ class ServerConfig(_Strict):
     body_timeout: float = Field(30.0, gt=0)
     #: longest time, in seconds, a whole request body may take to arrive (408 after it)
     body_total_timeout: float = Field(600.0, gt=0)
+    #: longest wait, in seconds, for the client to take the next part of a response, like
+    #: nginx's send_timeout: then its connection is closed and its upstream one freed
+    send_timeout: float = Field(60.0, gt=0)
     #: request bodies with a Content-Length up to this many bytes are read whole before an
     #: upstream connection is taken (0: every body streams as it arrives)
     buffer_body_bytes: int = Field(1024 * 1024, ge=0)

@@ -45,7 +45,14 @@ OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?=[a-z]*[A-Z0-9])[A-Za-
 #: mid-answer, or no pooled connection came free in time), ``client_closed`` (the client
 #: left before its body or the response was complete), ``body_timeout`` (the client's body
 #: stalled: 408), ``drain_timeout`` (cut off by the shutdown's drain_timeout)
-OUTCOMES = ("ok", "upstream_error", "client_closed", "body_timeout", "drain_timeout")
+OUTCOMES = (
+    "ok",
+    "upstream_error",
+    "client_closed",
+    "body_timeout",
+    "send_timeout",
+    "drain_timeout",
+)
 
 #: request ids made in advance, taken with ``list.pop`` (atomic, so safe across threads)
 _request_ids: list[str] = []

@@ -101,7 +101,11 @@ class _BodyTooLarge(Exception):
 
 
 class _ClientGone(Exception):
-    pass
+    """The client left, or (``outcome`` ``send_timeout``) stopped reading its answer."""
+
+    def __init__(self, outcome: str = "client_closed") -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 class _BodyCut(Exception):
@@ -139,6 +143,7 @@ class Proxy:
         self._body_timeout = server.body_timeout
         self._body_total_timeout = server.body_total_timeout
         self._buffer_cap = server.buffer_body_bytes
+        self._send_timeout = server.send_timeout
         #: the pool's gate and the teams' in-flight counts (a reload hands them on)
         self.slots = UpstreamSlots(up.max_connections)
 
@@ -319,6 +324,30 @@ class Proxy:
                 "Invalid request path: '.' and '..' segments, encoded slashes and backslashes "
                 "are not accepted.",
                 code="invalid_path",
+                should_retry=False,
+            )
+        if any(
+            value.strip().lower() != "100-continue"
+            for value in request.headers.getall("Expect", ())
+        ):
+            raise StripeErrorResponse(
+                417,
+                "The only expectation the gateway meets is 'Expect: 100-continue'.",
+                code="expectation_failed",
+                should_retry=False,
+            )
+        if request.body_exists and any(
+            token.strip().lower() not in ("", "identity")
+            for value in request.headers.getall("Content-Encoding", ())
+            for token in value.split(",")
+        ):
+            # Relayed as is, it could not be redacted or audited; inflated here, it could
+            # be far over max_body_bytes (the server never inflates it: gateway/app.py)
+            raise StripeErrorResponse(
+                415,
+                "Request bodies with a Content-Encoding (gzip, deflate, ...) are not "
+                "accepted: send the body uncompressed.",
+                code="unsupported_content_encoding",
                 should_retry=False,
             )
         length = request.content_length
@@ -622,26 +651,38 @@ class Proxy:
         captured: list[bytes] | None = [] if limit > 0 else None
         try:
             try:
-                await response.prepare(request)
+                async with asyncio.timeout(self._send_timeout):
+                    await response.prepare(request)
             except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
                 raise _ClientGone() from exc  # gone while Stripe was answering
+            except TimeoutError:
+                raise _ClientGone("send_timeout") from None
             chunks = _one(preread) if preread is not None else upstream.content.iter_any()
             async for chunk in chunks:
                 try:
-                    await response.write(chunk)
+                    # a client that stops reading must not hold the upstream connection
+                    async with asyncio.timeout(self._send_timeout):
+                        await response.write(chunk)
                 except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
                     raise _ClientGone() from exc
+                except TimeoutError:
+                    raise _ClientGone("send_timeout") from None
                 ctx.bytes_out += len(chunk)
                 if captured is not None:
                     if ctx.bytes_out <= limit:
                         captured.append(chunk)
                     else:
                         captured = None
-        except _ClientGone:
-            ctx.error = "client_disconnected"
-            ctx.outcome = "client_closed"
-            if ctx.bytes_out == 0:  # gone before any of the response reached it
-                ctx.status = 499
+        except _ClientGone as gone:
+            ctx.outcome = gone.outcome
+            if gone.outcome == "send_timeout":
+                ctx.error = "send_timeout"
+                if request.transport is not None:
+                    request.transport.abort()  # nothing more is written to it
+            else:
+                ctx.error = "client_disconnected"
+                if ctx.bytes_out == 0:  # gone before any of the response reached it
+                    ctx.status = 499
             upstream.close()
             ctx.upstream_seconds = time.perf_counter() - sent
             return response
@@ -669,7 +710,14 @@ class Proxy:
                 request.transport.abort()
             raise asyncio.CancelledError() from None
         ctx.upstream_seconds = time.perf_counter() - sent
-        await response.write_eof()
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await response.write_eof()
+        except TimeoutError:
+            ctx.outcome = ctx.error = "send_timeout"
+            if request.transport is not None:
+                request.transport.abort()
+            return response
         ctx.outcome = "ok"  # sent whole, even if the client closes right after
         if captured is not None:
             ctx.response_body = b"".join(captured)

@@ -7,6 +7,7 @@ import http.client
 import io
 import socket
 import time
+import zlib
 from typing import Any
 from urllib.parse import quote
 
@@ -718,3 +719,87 @@ def test_a_post_without_idempotency_key_is_never_retried_after_a_reset(gateway: 
     assert response.headers["Stripe-Should-Retry"] == "false"
     assert api.count("POST", "/v1/customers") == 1
     assert gateway.audit_lines()[-1]["attempts"] == 1
+
+
+# ------------------------------------------------------------------ encoded request bodies
+
+
+def _compressed(encoding: str, size: int) -> bytes:
+    """``size`` bytes of a form body, compressed as ``encoding`` names (a 64 MiB body
+    compresses to ~64 KB: a decompression bomb)."""
+    wbits = {"gzip": 31, "deflate": 15}[encoding]
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    piece = b"a=" + b"0" * (1024 * 1024 - 2)
+    parts = [packer.compress(piece) for _ in range(size // len(piece))]
+    return b"".join([*parts, packer.flush()])
+
+
+def _post_encoded(stack: Stack, encoding: str, body: bytes) -> RawResponse:
+    head = (
+        "POST /v1/charges HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+        f"Authorization: Bearer {BILLING_KEY}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return raw_request(stack.gateway_url, head.encode() + body)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("buffer_body_bytes", [1024 * 1024, 0])
+def test_an_encoded_request_body_is_refused_and_never_inflated(
+    stack: Stack, encoding: str, buffer_body_bytes: int
+) -> None:
+    # The gateway once inflated it: a 64 KB gzip was read as 64 MiB (past max_body_bytes,
+    # into memory when buffered), and Stripe got the inflated bytes cut to the compressed
+    # Content-Length, still labelled gzip.
+    stack.start_gateway(server={"buffer_body_bytes": buffer_body_bytes})
+    body = _compressed(encoding, 64 * 1024 * 1024)
+    response = _post_encoded(stack, encoding, body)
+    _assert_stripe_shaped(response, 415, "unsupported_content_encoding")
+    _nothing_upstream(stack)
+    line = stack.audit_lines()[-1]
+    assert line["request_id"] == response.headers["Request-Id"]
+    assert line["status"] == 415
+    assert line["bytes_in"] <= len(body)
+
+
+def test_an_identity_encoded_request_body_is_forwarded(gateway: Stack) -> None:
+    response = _post_encoded(gateway, "identity", b"a=1")
+    assert response.status == 200
+    assert gateway.upstreams["api"].last().body == b"a=1"
+
+
+def test_an_unknown_expectation_is_a_stripe_shaped_417_with_an_audit_line(gateway: Stack) -> None:
+    # aiohttp's default answer was a plain-text 417 with no request id and no audit line
+    response = _raw(
+        gateway,
+        "/v1/charges",
+        f"Authorization: Bearer {BILLING_KEY}",
+        "Expect: 200-ok",
+        "Content-Length: 0",
+        method=b"POST",
+    )
+    _assert_stripe_shaped(response, 417, "expectation_failed")
+    _nothing_upstream(gateway)
+    line = gateway.audit_lines()[-1]
+    assert line["request_id"] == response.headers["Request-Id"]
+    assert line["status"] == 417
+
+
+def test_expect_100_continue_still_gets_its_interim_answer(gateway: Stack) -> None:
+    host, _, port = gateway.gateway_url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/charges HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+            + f"Authorization: Bearer {BILLING_KEY}\r\n".encode()
+            + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        )
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += conn.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(b"a=1")
+        response = http.client.HTTPResponse(conn)
+        response.begin()
+        assert response.status == 200
+    assert gateway.upstreams["api"].last().body == b"a=1"

@@ -327,3 +327,38 @@ def test_a_request_cut_off_by_the_drain_is_audited_drain_timeout(
     assert isinstance(cut[0], requests.ConnectionError)
     line = _audit_for(stack, HOLD, "GET")
     assert (line["status"], line["outcome"], line["error"]) == (0, "drain_timeout", "drain_timeout")
+
+
+# ------------------------------------------------------------------ slow readers
+
+
+def test_a_client_that_stops_reading_its_answer_frees_its_connection_after_send_timeout(
+    stack: Stack,
+) -> None:
+    # A client that asked for a large answer and stopped reading held its pooled upstream
+    # connection for as long as it kept the socket open: a few such clients of one team
+    # starved every team (503 upstream_pool_exhausted for everyone else, indefinitely).
+    stack.start_gateway(
+        upstream={"max_connections": 1, "pool_timeout": 0.3, "read_timeout": 30},
+        server={"send_timeout": 0.5},
+    )
+    path = "/v1/files/file_1Nslowreader01/contents"
+    host, port = stack.gateway_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    with sock:
+        sock.sendall(
+            f"GET {path}?size=500000000 HTTP/1.1\r\nHost: gw\r\n"
+            f"Authorization: Bearer {BILLING_KEY}\r\n\r\n".encode()
+        )
+        _eventually(lambda: stack.upstreams["files"].count("GET", path) == 1)
+        # never read: once the socket buffers are full, the gateway waits send_timeout
+        other = "/v1/reporting/report_runs"
+        _eventually(lambda: _get(stack, other, key=ANALYTICS_KEY).status_code == 200, timeout=30)
+        line = _audit_for(stack, path, "GET")
+        assert (line["status"], line["outcome"], line["error"]) == (
+            200,
+            "send_timeout",
+            "send_timeout",
+        )
