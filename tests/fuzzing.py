@@ -658,6 +658,9 @@ class FuzzStack:
     #: what the requests led to: "upstream", "cache", "own 400", ... (for the script)
     stats: Counter[str] = field(default_factory=Counter)
 
+    def __repr__(self) -> str:  # (the recordings would make a huge one)
+        return f"FuzzStack(gateway=127.0.0.1:{self.port}, trap={self.trap_port})"
+
     @property
     def trap_bytes(self) -> bytes:
         return b"127.0.0.1:%d" % self.trap_port
