@@ -10,7 +10,7 @@ plugin host, proxy), which :data:`RELOAD` replaces under traffic (see
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, BinaryIO
 
 import aiohttp
@@ -25,6 +25,7 @@ from gateway.logs import make_error_logger
 from gateway.metrics import METRICS, GatewayMetrics
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
 from gateway.reload import Generation, Generations, ReloadResult
+from gateway.server import SERVER_CONFIG
 
 __all__ = [
     "CONFIG",
@@ -33,6 +34,7 @@ __all__ = [
     "METRICS",
     "PROXY",
     "RELOAD",
+    "REOPEN_LOGS",
     "SESSION",
     "create_app",
 ]
@@ -45,6 +47,9 @@ GENERATIONS = web.AppKey("generations", Generations)
 #: ``await app[RELOAD]()``: re-read the config and swap it in under traffic; returns a
 #: JSON-able ``{"reloaded": bool, "error": str | None, ...}`` (see Generations.reload)
 RELOAD: web.AppKey[Callable[[], Coroutine[Any, Any, ReloadResult]]] = web.AppKey("reload")
+#: ``await app[REOPEN_LOGS]()``: the current generation's plugins reopen their log files
+#: by path (``gateway_reopen_logs``); the CLI calls it on SIGUSR1
+REOPEN_LOGS: web.AppKey[Callable[[], Coroutine[Any, Any, None]]] = web.AppKey("reopen_logs")
 
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
@@ -82,6 +87,11 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=SKIP_AUTO_HEADERS,
         raise_for_status=False,
     )
+    # aiohttp retries an idempotent request once, silently, when a pooled connection turns
+    # out closed; the proxy makes that decision itself (GET/HEAD once, counted in the
+    # audit line's attempts), so the client library must not retry behind its back
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
     app[SESSION] = session
     generations.current.proxy.session = session
     try:
@@ -116,15 +126,31 @@ def create_app(
     """
     host = host or PluginHost(config)
     host.log = make_error_logger(error_stream, extra_processors=host.log_processors)
+    generations_ref: list[Generations] = []
+
+    @web.middleware
+    async def everything_is_proxied(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # The catch-all route cannot match every request target (`OPTIONS *`, `CONNECT
+        # host:443`, a path with an encoded newline): those reach the proxy too, which
+        # answers them Stripe-shaped, with a request id and an audit line.
+        if request.match_info.http_exception is not None:
+            return await generations_ref[0].handle(request)
+        return await handler(request)
+
     app = web.Application(
+        middlewares=[everything_is_proxied],
         handler_args={
             "max_field_size": config.server.max_header_bytes,
             "max_line_size": config.server.max_header_bytes,
+            "keepalive_timeout": config.server.keepalive_timeout,
         },
         client_max_size=config.server.max_body_bytes,
     )
     proxy = Proxy(config=config, host=host)
     app[CONFIG] = config
+    app[SERVER_CONFIG] = config.server
     app[HOST] = host
     app[PROXY] = proxy
     app[METRICS] = GatewayMetrics.create()
@@ -137,7 +163,9 @@ def create_app(
         error_stream=error_stream,
     )
     app[GENERATIONS] = generations
+    generations_ref.append(generations)
     app[RELOAD] = generations.reload
+    app[REOPEN_LOGS] = generations.reopen_logs
     app.router.add_get("/healthz", _healthz, allow_head=True)
     app.router.add_route("*", "/{tail:.*}", generations.handle)
     app.cleanup_ctx.append(_upstream_session)

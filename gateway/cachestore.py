@@ -9,7 +9,10 @@ after it (a retrieve right after an update always sees the update).
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -76,8 +79,54 @@ class CacheStore(Protocol):
     async def close(self) -> None: ...
 
 
+class _Lru(cachetools.LRUCache[str, Entry]):
+    """An LRU by total bytes that tells its owner about every key that leaves it.
+
+    cachetools removes items through ``__delitem__`` on every path (``popitem`` when the
+    bytes overflow, ``pop``, ``del``) except ``clear``, which the owner handles itself.
+    """
+
+    def __init__(self, maxsize: int, on_delete: Callable[[str], None]) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=_entry_size)
+        self._on_delete = on_delete
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._on_delete(key)
+
+    def peek(self, key: str) -> Entry | None:
+        """The entry under ``key`` without making it the most recently used."""
+        try:
+            return cachetools.Cache.__getitem__(self, key)
+        except KeyError:
+            return None
+
+
+def _entry_size(entry: Entry) -> int:
+    return entry.size
+
+
+#: expired entries reclaimed (at most) per put; each put adds one to reclaim, so a
+#: backlog drains and no single put pays for a mass expiry
+_SWEEP_BUDGET = 8
+#: tombstones kept at least, however small ``max_entries``
+_MIN_TOMBSTONES = 1024
+
+
 class MemoryStore:
-    """Per-process store: LRU by total bytes, with an entry-count bound."""
+    """Per-process store: LRU by total bytes, with an entry-count bound.
+
+    Everything it keeps is bounded: the object index holds only keys that are in the
+    store; entries past their ``stale_until`` go when read or, a few per put, in order of
+    expiry (so an entry never read again does not wait for the LRU); tombstones go when
+    older than ``tombstone_seconds``, and there are at most ``max(max_entries, 1024)``
+    of them. When more objects than that are evicted within ``tombstone_seconds``, the
+    oldest tombstones are dropped and no answer fetched before the newest dropped one's
+    time is stored (a few misses more, never a stale answer after a write).
+
+    ``clock`` is the wall clock the entries' times are in (``time.time``; tests pass their
+    own).
+    """
 
     def __init__(
         self,
@@ -86,38 +135,48 @@ class MemoryStore:
         max_entries: int,
         tombstone_seconds: float,
         on_drop: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._entries: cachetools.LRUCache[str, Entry] = cachetools.LRUCache(
-            maxsize=max_bytes, getsizeof=lambda e: e.size
-        )
+        self._entries = _Lru(max_bytes, self._unlink)
         self._max_entries = max_entries
+        #: object id -> keys of its entries in the store (never an empty set)
         self._index: dict[str, set[str]] = {}
-        self._tombstones: dict[str, float] = {}
+        #: key -> the object ids it is listed under in ``_index``
+        self._objects: dict[str, tuple[str, ...]] = {}
+        #: (stale_until, key) per put; items of keys since replaced or gone are skipped
+        self._expiry: list[tuple[float, str]] = []
+        #: object id -> time of its eviction, oldest first
+        self._tombstones: OrderedDict[str, float] = OrderedDict()
+        self._max_tombstones = max(max_entries, _MIN_TOMBSTONES)
+        #: no answer fetched at or before this time is stored (tombstones dropped early)
+        self._tombstone_floor = -math.inf
         self._tombstone_seconds = tombstone_seconds
         #: told how many entries were dropped to make room (for metrics)
         self._on_drop = on_drop
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def get(self, key: str) -> Entry | None:
         entry = self._entries.get(key)
-        if entry is not None and entry.stale_until < time.time():
+        if entry is not None and entry.stale_until < self._clock():
             self._entries.pop(key, None)
             return None
         return entry
 
     async def put(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
-        now = time.time()
+        now = self._clock()
+        self._prune_tombstones(now)
+        if started <= self._tombstone_floor:
+            return False
         for object_id in object_ids:
             evicted = self._tombstones.get(object_id)
-            if evicted is not None:
-                if evicted >= started:
-                    return False
-                if evicted < now - self._tombstone_seconds:
-                    del self._tombstones[object_id]
+            if evicted is not None and evicted >= started:
+                return False
         if entry.size > self._entries.maxsize:
             return False
+        self._sweep(now)
         entries = self._entries
         expected = len(entries) + (key not in entries)
         entries[key] = entry  # the LRU drops the least recent entries past max_bytes
@@ -125,23 +184,86 @@ class MemoryStore:
             entries.popitem()
         if len(entries) < expected and self._on_drop is not None:
             self._on_drop(expected - len(entries))
-        for object_id in object_ids:
-            self._index.setdefault(object_id, set()).add(key)
+        if key in entries:
+            self._link(key, tuple(object_ids))
+            heapq.heappush(self._expiry, (entry.stale_until, key))
+            if len(self._expiry) > 2 * len(entries) + 64:
+                self._rebuild_expiry()
         return True
 
     async def evict(self, object_ids: list[str]) -> int:
-        now = time.time()
+        now = self._clock()
         count = 0
         for object_id in object_ids:
             self._tombstones[object_id] = now
+            self._tombstones.move_to_end(object_id)
             for key in self._index.pop(object_id, set()):
                 if self._entries.pop(key, None) is not None:
                     count += 1
+        self._prune_tombstones(now)
         return count
 
     async def close(self) -> None:
-        self._entries.clear()
+        self._entries.clear()  # does not go through __delitem__: drop the rest here
         self._index.clear()
+        self._objects.clear()
+        self._expiry.clear()
+        self._tombstones.clear()
+
+    def _link(self, key: str, object_ids: tuple[str, ...]) -> None:
+        """List ``key`` under each of ``object_ids`` (and no longer under others)."""
+        old = self._objects.get(key)
+        if old == object_ids:
+            return
+        if old is not None:
+            self._unlink(key)
+        self._objects[key] = object_ids
+        for object_id in object_ids:
+            self._index.setdefault(object_id, set()).add(key)
+
+    def _unlink(self, key: str) -> None:
+        """``key`` left the store: take it out of the index (called by the LRU)."""
+        for object_id in self._objects.pop(key, ()):
+            keys = self._index.get(object_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._index[object_id]
+
+    def _sweep(self, now: float) -> None:
+        """Drop up to ``_SWEEP_BUDGET`` entries that expired, soonest expiry first."""
+        expiry = self._expiry
+        for _ in range(_SWEEP_BUDGET):
+            if not expiry or expiry[0][0] >= now:
+                return
+            _, key = heapq.heappop(expiry)
+            entry = self._entries.peek(key)
+            if entry is not None and entry.stale_until < now:
+                del self._entries[key]
+
+    def _rebuild_expiry(self) -> None:
+        """Rebuild the expiry heap from the entries, without the items of keys replaced or
+        gone (amortized: it at least halves the heap, whose every item was one push)."""
+        entries = self._entries
+        expiry: list[tuple[float, str]] = []
+        for key in entries:
+            entry = entries.peek(key)
+            if entry is not None:
+                expiry.append((entry.stale_until, key))
+        heapq.heapify(expiry)
+        self._expiry = expiry
+
+    def _prune_tombstones(self, now: float) -> None:
+        """Drop tombstones older than ``tombstone_seconds``, then the oldest past the cap."""
+        tombstones = self._tombstones
+        horizon = now - self._tombstone_seconds
+        while tombstones:
+            evicted = tombstones[next(iter(tombstones))]
+            if evicted >= horizon and len(tombstones) <= self._max_tombstones:
+                return
+            tombstones.popitem(last=False)
+            if evicted >= horizon:  # still needed: refuse what it would have refused
+                self._tombstone_floor = max(self._tombstone_floor, evicted)
 
 
 # Store only when no tombstone of the object is newer than the fetch's start, and record

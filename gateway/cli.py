@@ -13,8 +13,8 @@ import hashlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config
@@ -191,10 +191,11 @@ def _event_loop_factory(config: GatewayConfig) -> asyncio.AbstractEventLoop:
 def _serve(args: argparse.Namespace) -> int:
     from gateway.workers import Supervisor, worker_role
 
-    # A SIGHUP that arrives before the socket is open is not lost (nor fatal): it is
-    # remembered here and acted on once the gateway listens.
-    hangups: list[int] = []
-    signal.signal(signal.SIGHUP, lambda signum, _frame: hangups.append(signum))
+    # A SIGHUP or SIGUSR1 that arrives before the socket is open is not lost (nor fatal):
+    # it is remembered here and acted on once the gateway listens.
+    early: list[int] = []
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     env_overrides = {}
     if args.host:
         env_overrides["STRIPE_GATEWAY_HOST"] = args.host
@@ -219,17 +220,20 @@ def _serve(args: argparse.Namespace) -> int:
         return supervisor.run()
     if role is not None and not role.tie_to_supervisor():
         return 1  # the supervisor is already gone
-    return _serve_one(config, load, hangups, role)
+    return _serve_one(config, load, early, role)
 
 
 def _serve_one(
     config: GatewayConfig,
     load: Callable[[], GatewayConfig],
-    hangups: list[int],
+    early: list[int],
     role: WorkerRole | None,
 ) -> int:
-    """The gateway in this process (``--workers 1``, or one worker of a supervisor)."""
-    from gateway.app import GENERATIONS, HOST, RELOAD, create_app
+    """The gateway in this process (``--workers 1``, or one worker of a supervisor).
+
+    SIGHUP reloads the config; SIGUSR1 has the plugins reopen their log files (the audit
+    file, after logrotate renamed it), as nginx does."""
+    from gateway.app import GENERATIONS, HOST, RELOAD, REOPEN_LOGS, create_app
     from gateway.logs import route_stdlib_logging
     from gateway.server import serve
 
@@ -237,20 +241,29 @@ def _serve_one(
     route_stdlib_logging(app[HOST].log_processors)
     app[GENERATIONS].on_swap.append(lambda g: route_stdlib_logging(g.host.log_processors))
     loop = _event_loop_factory(config)
-    reloads: set[asyncio.Task[object]] = set()
+    tasks: set[asyncio.Task[object]] = set()
+
+    def run(coro: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = loop.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def hangup() -> None:
-        task: asyncio.Task[object] = loop.create_task(app[RELOAD]())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        run(app[RELOAD]())
+
+    def reopen() -> None:
+        run(app[REOPEN_LOGS]())
 
     def listening(urls: list[str]) -> None:
         if role is not None:
             role.report_ready()  # the supervisor prints the one "listening on" line
         else:
             print(f"stripe-gateway {__version__} listening on {', '.join(urls)}", file=sys.stderr)
-        if hangups:
-            hangups.clear()
+        pending = set(early)
+        early.clear()
+        if signal.SIGUSR1 in pending:
+            reopen()
+        if signal.SIGHUP in pending:
             hangup()
 
     try:
@@ -263,6 +276,7 @@ def _serve_one(
                 on_listening=listening,
                 reuse_port=role is not None and role.reuse_port,
                 on_hangup=hangup,
+                on_reopen=reopen,
             )
         )
     except OSError as exc:

@@ -85,6 +85,13 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     #: largest request line or single header accepted (a Stripe-shaped 400 above it)
     max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
+    #: seconds a request line and headers may take, from the connection's opening (or the
+    #: next request's first byte, on a kept-alive connection); then a 408 and a close
+    header_timeout: float = Field(20.0, gt=0)
+    #: seconds a kept-alive connection may stay idle between requests
+    keepalive_timeout: float = Field(75.0, gt=0)
+    #: open client connections per process (0 = unlimited); more are closed at once
+    max_connections: int = Field(10000, ge=0)
     #: use uvloop when it is installed
     uvloop: bool = True
     #: worker processes sharing the listening port (1: the gateway is one process)

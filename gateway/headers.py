@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["HOP_BY_HOP", "relay_headers", "strip_hop_by_hop"]
+__all__ = ["HOP_BY_HOP", "SINGLE", "header_problem", "relay_headers", "strip_hop_by_hop"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -23,8 +23,28 @@ HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "host",
+        # RFC 9113 §3.2.1 (h2c upgrade): connection-specific; curl --http2 sends it
+        "http2-settings",
     }
 )
+
+#: headers a request may carry once at most (and every ``Stripe-*`` header): with two, the
+#: gateway's checks and Stripe could each read a different one
+SINGLE = frozenset(
+    {
+        "authorization",
+        "content-length",
+        "content-type",
+        "host",
+        "idempotency-key",
+    }
+)
+#: headers the gateway or its plugins read from the request (with every ``Stripe-*``
+#: header): one named in ``Connection`` would be judged here and dropped on the way up
+_READ_BY_GATEWAY = SINGLE | {"cache-control", "content-encoding", "x-forwarded-for"}
+#: headers whose value the gateway reads and logs: they must be printable ASCII (a
+#: non-UTF-8 byte would reach Stripe as one thing and the audit line as another)
+_ASCII_VALUED = ("stripe-account", "stripe-context", "stripe-version", "idempotency-key")
 
 
 def _connection_tokens(headers: CIMultiDict[str]) -> set[str]:
@@ -32,6 +52,47 @@ def _connection_tokens(headers: CIMultiDict[str]) -> set[str]:
     for value in headers.getall("Connection", ()):
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
+
+
+def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
+    """Why a request's headers cannot be forwarded as they are, or None when they can.
+
+    - a header of :data:`SINGLE` or a ``Stripe-*`` header appears more than once;
+    - ``Connection`` names a header the request carries that the gateway reads (a header
+      of :data:`SINGLE`, a ``Stripe-*`` header, ``Cache-Control``, ``Content-Encoding``,
+      ``X-Forwarded-For``): the proxy would drop it, so what the gateway judged (cache
+      key, allow-lists, audit line) and what Stripe gets would differ. Other headers named
+      in ``Connection`` are dropped on the way, as RFC 9110 asks;
+    - ``Stripe-Account``, ``Stripe-Context``, ``Stripe-Version`` or ``Idempotency-Key`` is
+      not printable ASCII.
+    """
+    present = {name.lower() for name in headers}
+    if len(present) != len(headers):  # a name repeats (len counts every value)
+        seen: set[str] = set()
+        for name, _ in headers.items():
+            name = name.lower()
+            if name in seen and (name in SINGLE or name.startswith("stripe-")):
+                return f"The header {_title(name)} may be sent only once."
+            seen.add(name)
+    if "connection" in present:
+        for value in headers.getall("Connection"):
+            for token in value.split(","):
+                name = token.strip().lower()
+                if name in present and (name in _READ_BY_GATEWAY or name.startswith("stripe-")):
+                    return (
+                        f"The Connection header names {_title(name)}, which this request "
+                        "carries: the gateway does not drop end-to-end headers."
+                    )
+    for name in _ASCII_VALUED:
+        if name in present:
+            value = headers[name]
+            if not (value.isascii() and value.isprintable()):
+                return f"The header {_title(name)} must be printable ASCII."
+    return None
+
+
+def _title(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))[:64]
 
 
 def relay_headers(headers: CIMultiDictProxy[str], *, drop: Iterable[str] = ()) -> CIMultiDict[str]:

@@ -243,6 +243,28 @@ def gateway_ready(app: web.Application) -> MaybeAwaitable:
     """
 
 
+@hookspec
+def gateway_reopen_logs(app: web.Application) -> MaybeAwaitable:
+    """Reopen the log files this plugin writes, by path, as nginx does on ``USR1``: an
+    operator (or logrotate) has renamed or removed them. Fires on every ``SIGUSR1`` the
+    serving process gets (one that arrives before it listens, once it does; with ``serve
+    --workers N`` the supervisor passes the signal on to every worker), on the current
+    generation's plugins only, never on the request path; also through
+    ``await app[gateway.app.REOPEN_LOGS]()``.
+
+    :param app: the gateway's aiohttp application.
+
+    Write from now on to a file freshly opened at the configured path (creating it), then
+    close the old one; lines not yet written go to the new file. A plugin that cannot
+    reopen should fail closed the way its writes do (the built-in ``audit`` plugin answers
+    503 ``audit_unavailable`` until the path can be opened again).
+
+    Return value: ignored; may be a coroutine, which is awaited.
+
+    Failure: logged and skipped; the other plugins still reopen theirs.
+    """
+
+
 # --------------------------------------------------------------------------- shutdown
 
 

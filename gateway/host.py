@@ -214,7 +214,13 @@ class PluginHost:
 
     def freeze(self) -> None:
         """Snapshot every request hook's implementations in call order."""
-        for hook in (*REQUEST_HOOKS, "gateway_startup", "gateway_carry_over", "gateway_shutdown"):
+        for hook in (
+            *REQUEST_HOOKS,
+            "gateway_startup",
+            "gateway_carry_over",
+            "gateway_reopen_logs",
+            "gateway_shutdown",
+        ):
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
             assert caller.spec is not None, f"{hook} has a spec in gateway.hookspecs"
             spec_args = set(caller.spec.argnames)

@@ -148,6 +148,7 @@ class JsonLineSink:
         max_write: int = 0,
     ) -> None:
         self._stream: BinaryIO | None = stream
+        self._unwritable = "the sink is closed"
         self._processors = tuple(_pipeline(extra_processors))
         self._on_written = on_written
         self._lines: list[bytes] = []
@@ -181,7 +182,7 @@ class JsonLineSink:
         lines, self._lines = self._lines, []
         try:
             if self._stream is None:
-                raise ValueError("the sink is closed")
+                raise ValueError(self._unwritable)
             data = b"".join(lines)
             if 0 < self._max_write < len(data):
                 for part in _whole_lines(lines, self._max_write):
@@ -195,10 +196,17 @@ class JsonLineSink:
         if self._on_written is not None:
             self._on_written((), None)
 
+    def set_stream(self, stream: BinaryIO | None, reason: str = "the sink is closed") -> None:
+        """Write to ``stream`` from now on, the lines still queued included (the old stream
+        is not closed). ``None``: every write fails, with ``reason``, until a stream is set;
+        the failed lines go to ``on_written`` as usual."""
+        self._stream = stream
+        self._unwritable = reason
+
     def close(self) -> None:
         """Flush what is queued and stop writing (the stream itself is not closed)."""
         self.flush()
-        self._stream = None
+        self.set_stream(None)
 
 
 def _whole_lines(lines: Sequence[bytes], limit: int) -> Iterator[bytes]:

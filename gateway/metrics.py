@@ -92,6 +92,7 @@ class GatewayMetrics:
     idempotency_keys_injected: Counter
     upstream_retries: Counter
     redaction_fail_closed: Counter
+    connections_closed: Counter
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -198,6 +199,13 @@ class GatewayMetrics:
             redaction_fail_closed=Counter(
                 f"{PREFIX}_redaction_fail_closed",
                 "Log lines in which a value could not be redacted and was replaced whole.",
+                registry=r,
+            ),
+            connections_closed=Counter(
+                f"{PREFIX}_connections_closed",
+                "Client connections the gateway closed itself: header_timeout (headers too "
+                "slow), max_connections (over the cap).",
+                ("reason",),
                 registry=r,
             ),
         )

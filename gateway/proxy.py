@@ -24,15 +24,17 @@ from yarl import URL
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, new_request_id
 from gateway.errors import StripeErrorResponse, error_response
-from gateway.headers import relay_headers, strip_hop_by_hop
+from gateway.headers import header_problem, relay_headers, strip_hop_by_hop
 from gateway.host import PluginFailure, PluginHost
 from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
 from gateway.routing import upstream_for
 
-__all__ = ["SKIP_AUTO_HEADERS", "Proxy", "failure_kind"]
+__all__ = ["SKIP_AUTO_HEADERS", "Proxy", "failure_kind", "upstream_url"]
 
 CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: failures before any answer after which a GET or HEAD is tried once more, at once
+_RETRY_AT_ONCE = frozenset({"reset", "disconnected"})
 #: headers aiohttp would add to a request of its own: a relayed request carries only what
 #: the client sent (set on the upstream session, so no request pays for it again)
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -42,6 +44,23 @@ _DECIDE_BODY_CAP = 64 * 1024
 
 async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
+
+
+def upstream_url(base: URL, raw_path: str) -> URL:
+    """The URL sent upstream: scheme, host and port from ``base`` (the configured upstream),
+    nothing else; path and query exactly as the client sent them (``raw_path`` is
+    origin-form, checked by :meth:`Proxy._check`)."""
+    if not raw_path.startswith("/"):
+        raise ValueError("only an origin-form request target can go upstream")
+    path, _, query = raw_path.partition("?")
+    return URL.build(
+        scheme=base.scheme,
+        host=base.raw_host or "",
+        port=base.explicit_port,
+        path=path,
+        query_string=query,
+        encoded=True,
+    )
 
 
 def _unsafe_path(raw_path: str) -> bool:
@@ -99,6 +118,8 @@ class Proxy:
             "connect": up.connect,
             "meter_events": up.meter_events,
         }
+        #: the same, parsed once: the only source of the upstream's scheme, host and port
+        self._bases = {name: URL(url) for name, url in self._upstreams.items()}
         self._rng = random.Random()
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
@@ -118,6 +139,7 @@ class Proxy:
             upstream_url=self._upstreams[name] if name is not None else "",
         )
         try:
+            self._check_target(request)
             if name is None:
                 raise StripeErrorResponse(
                     404,
@@ -200,8 +222,27 @@ class Proxy:
 
     # ----------------------------------------------------------------- upstream
 
+    @staticmethod
+    def _check_target(request: web.Request) -> None:
+        """Only an origin-form target (``/v1/...``) is forwarded: absolute-form (``GET
+        https://host/v1/...``), authority-form (``CONNECT host:443``) and asterisk-form
+        (``OPTIONS *``) are refused, so the upstream's host is the config's, never the
+        client's. So is a fragment, which the allow rules would not see but Stripe would."""
+        raw = request.raw_path
+        if not raw.startswith("/") or "#" in raw:
+            raise StripeErrorResponse(
+                400,
+                "Invalid request target: send an origin-form path ('/v1/...') without a "
+                "fragment, not a full URL, an authority or '*'.",
+                code="invalid_request_target",
+                should_retry=False,
+            )
+
     def _check(self, request: web.Request) -> None:
         """Refuse, before any hook runs, what must never go upstream."""
+        problem = header_problem(request.headers)
+        if problem is not None:
+            raise StripeErrorResponse(400, problem, code="invalid_header", should_retry=False)
         if _unsafe_path(request.raw_path):
             raise StripeErrorResponse(
                 400,
@@ -303,7 +344,8 @@ class Proxy:
             body = await self._buffer_body(ctx, policy.body_cap)
             if body is None:  # too large to replay: sent once, streamed
                 policy = None
-        url = URL(ctx.upstream_url + request.raw_path, encoded=True)
+        assert ctx.upstream_name is not None, "only routed requests are forwarded"
+        url = upstream_url(self._bases[ctx.upstream_name], request.raw_path)
         started = time.perf_counter()
         while True:
             ctx.attempts += 1
@@ -333,7 +375,19 @@ class Proxy:
             except (aiohttp.ClientError, OSError) as exc:
                 if ctx.bytes_in > self._max_body:  # aiohttp wraps the body generator's error
                     raise self._too_large() from None
-                ctx.upstream_failures += (failure_kind(exc),)
+                kind = failure_kind(exc)
+                ctx.upstream_failures += (kind,)
+                if (
+                    kind in _RETRY_AT_ONCE
+                    and ctx.method in _SAFE_METHODS
+                    and ctx.attempts == 1
+                    and policy is None
+                ):
+                    # A kept-alive connection Stripe closed as the request went out: a GET
+                    # or HEAD is tried once more, at once, on a new connection (the
+                    # gateway's decision, counted in ctx.attempts; aiohttp's own silent
+                    # retry is off, see gateway/app.py)
+                    continue
                 failed = self._upstream_error(
                     ctx,
                     502,

@@ -151,6 +151,12 @@ class Generations:
             self._retiring.clear()
             await self.current.shutdown(self.app)
 
+    async def reopen_logs(self) -> None:
+        """Have the current generation's plugins reopen their log files
+        (``gateway_reopen_logs``, logged and skipped on failure); the CLI calls it on
+        SIGUSR1. Retired generations still draining keep writing where they were."""
+        await self.current.host.each("gateway_reopen_logs", fail_closed=False, app=self.app)
+
     def _retire(self, generation: Generation) -> None:
         """Shut ``generation`` down once its last request has finished."""
         generation.idle = asyncio.Event()

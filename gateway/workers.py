@@ -35,7 +35,9 @@ to every worker, which drains like a single process; the supervisor exits 0 when
 worker did (after ``drain_timeout`` + 5 s it kills the rest and exits 1). SIGHUP: the
 supervisor validates the config file first (``config_reload_failed`` and nothing more when
 it is bad), then forwards SIGHUP to every worker, which reloads itself
-(:mod:`gateway.reload`); a worker still starting gets it once it is listening.
+(:mod:`gateway.reload`); a worker still starting gets it once it is listening. SIGUSR1
+is forwarded to every worker the same way: each has its plugins reopen their log files
+(``gateway_reopen_logs``: the audit file, after logrotate renamed it).
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ class _Worker:
     restarts: int = 0
     crashes_in_a_row: int = 0
     reload_pending: bool = False
+    reopen_pending: bool = False
     clean: bool = False
 
 
@@ -234,6 +237,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_reopen)
         self.log.info(
             "supervisor_started",
             workers=self.count,
@@ -335,6 +339,9 @@ class Supervisor:
         if worker.reload_pending:  # a SIGHUP came while it was starting
             worker.reload_pending = False
             self._signal(worker, signal.SIGHUP)
+        if worker.reopen_pending:  # a SIGUSR1 came while it was starting
+            worker.reopen_pending = False
+            self._signal(worker, signal.SIGUSR1)
         if all(w.ready for w in self._workers):
             self._up.set()
 
@@ -447,6 +454,18 @@ class Supervisor:
             else:
                 worker.reload_pending = True
         self.log.info("config_reload_forwarded", workers=signalled)
+
+    def _on_reopen(self) -> None:
+        """Have every worker reopen its log files (SIGUSR1, as nginx): a worker that is
+        not listening yet (it has no handler before that) gets it once it is."""
+        signalled = []
+        for worker in self._workers:
+            if worker.ready:
+                self._signal(worker, signal.SIGUSR1)
+                signalled.append(worker.index)
+            else:
+                worker.reopen_pending = True
+        self.log.info("reopen_logs_forwarded", workers=signalled)
 
 
 def _how(code: int) -> dict[str, Any]:

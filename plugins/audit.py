@@ -17,6 +17,9 @@ Settings (``[plugins.audit]``, all optional):
     per-route overrides, first match wins:
     ``[{ route = "POST /v1/forwarding/**", params = false, response_body = true }]``;
     a key left out keeps the global value
+``reopen_check_seconds``
+    how often the file's path is checked (1.0; 0 = never): when the file open is no
+    longer the one at the path (moved or removed), the path is reopened; see below
 
 The line carries: timestamp, gateway request id, team, method, path, Stripe object id,
 ``Stripe-Account``, livemode (from the upstream key's prefix), status, upstream name and
@@ -49,10 +52,32 @@ Failing closed: if lines cannot be written (disk full, file gone), their records
 gateway's error log (stderr) with the reason, and the plugin refuses every further request
 with 503 until a line can be written again; each refused request's own line is the probe,
 so the gateway recovers by itself.
+
+**Rotation** (a file ``path``; nothing to do for standard output), as nginx does it: the
+file is reopened by path on ``SIGUSR1`` (the ``gateway_reopen_logs`` hook; with
+``serve --workers N`` the supervisor passes the signal on to every worker), and by a
+timer every ``reopen_check_seconds``, which compares the open file's ``(st_dev, st_ino)``
+with ``os.stat(path)`` (one ``stat`` per interval, never one per request) and reopens when
+they differ or the path is gone. Lines still queued at a reopen go to the new file.
+
+* Rename (logrotate's default, ``mv audit.log audit.log.1``), then ``SIGUSR1`` or the
+  timer: nothing is lost. Lines written between the rename and the reopen go to the renamed
+  file, later ones to the new file.
+* Plain ``rm``: lines written in the up to ``reopen_check_seconds`` before the timer
+  notices (or until a ``SIGUSR1``) go to the deleted file and are lost; from the check on,
+  none does.
+* When the path cannot be opened (its directory removed or not writable), the old file is
+  closed (never written again), ``audit_reopen_failed`` is logged once, the records go to
+  the error log as above and requests are refused with 503 ``audit_unavailable``. Each
+  tick, and each refused request, tries the path again; once it opens, the next refused
+  request's line is the probe and traffic flows again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 import os
 import select
 import sys
@@ -79,10 +104,19 @@ __all__ = ["AuditPlugin", "AuditRoute", "AuditSettings"]
 #: keys the sink's processors add to a record; the error log sets its own
 _SINK_KEYS = frozenset({"event", "level", "timestamp"})
 _KEYS = frozenset(
-    {"path", "params", "params_max_bytes", "response_body", "response_body_max_bytes", "routes"}
+    {
+        "path",
+        "params",
+        "params_max_bytes",
+        "response_body",
+        "response_body_max_bytes",
+        "routes",
+        "reopen_check_seconds",
+    }
 )
 _ROUTE_KEYS = frozenset({"route", "params", "response_body"})
 _MAX_CAP = 1 << 20
+_MAX_REOPEN_CHECK = 3600.0
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json"
 
@@ -104,6 +138,8 @@ class AuditSettings:
     params_max_bytes: int = 16384
     response_body_max_bytes: int = 65536
     routes: tuple[tuple[RouteRule, AuditRoute], ...] = ()
+    #: seconds between checks that the open file is still the one at ``path``; 0 = never
+    reopen_check_seconds: float = 1.0
 
     @classmethod
     def parse(cls, table: Mapping[str, Any]) -> AuditSettings:
@@ -122,6 +158,9 @@ class AuditSettings:
                 table.get("response_body_max_bytes", 65536), "response_body_max_bytes"
             ),
             routes=_routes(table.get("routes", []), default),
+            reopen_check_seconds=_interval(
+                table.get("reopen_check_seconds", 1.0), "reopen_check_seconds"
+            ),
         )
 
     def route(self, method: str, path: str) -> AuditRoute:
@@ -148,6 +187,19 @@ def _cap(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_CAP:
         raise ConfigError(where, f"must be a whole number of bytes from 1 to {_MAX_CAP}")
     return value
+
+
+def _interval(value: Any, where: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= _MAX_REOPEN_CHECK
+    ):
+        raise ConfigError(
+            where, f"must be a number of seconds from 0 (off) to {_MAX_REOPEN_CHECK:g}"
+        )
+    return float(value)
 
 
 def _path(value: Any) -> Path | None:
@@ -191,6 +243,10 @@ def _routes(value: Any, default: AuditRoute) -> tuple[tuple[RouteRule, AuditRout
     return tuple(out)
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def _is_decoded(content_type: str) -> bool:
     """Bodies whose parameters are decoded: forms and JSON."""
     return content_type in (_FORM, _JSON) or content_type.endswith("+json")
@@ -209,6 +265,11 @@ class AuditPlugin:
         self._broken = False
         self._fallback: Any = None
         self._process: dict[str, Any] = {}
+        #: ``(st_dev, st_ino)`` of the file open at ``path``
+        self._identity: tuple[int, int] | None = None
+        #: the path could not be reopened: no file is open, lines go to the error log
+        self._lost = False
+        self._timer: asyncio.TimerHandle | None = None
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
@@ -222,6 +283,9 @@ class AuditPlugin:
         else:
             self._stream = open(path, "ab", buffering=0)  # noqa: SIM115 - closed at shutdown
             self._own_stream = True
+            self._identity = _identity(os.fstat(self._stream.fileno()))
+            if self.settings.reopen_check_seconds:
+                self._schedule_check()
         host = app[HOST]
         # in a worker of `serve --workers N`: name the worker on each line, and keep each
         # write to a shared pipe (stdout) atomic so the workers' lines never interleave
@@ -240,6 +304,75 @@ class AuditPlugin:
                 reason="the redaction plugin is disabled: request parameters and response "
                 "bodies go into the audit log as sent",
             )
+
+    # ----------------------------------------------------------------- rotation
+
+    def _schedule_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.settings.reopen_check_seconds, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._sink is None:  # shut down
+            return
+        self._check()
+        self._schedule_check()
+
+    def _check(self) -> None:
+        """Reopen the path if the open file is no longer the one there (moved or removed),
+        or if no file is open because the last reopen failed."""
+        path = self.settings.path
+        assert path is not None, "only a file is checked"
+        if self._lost:
+            self._reopen("retry")
+            return
+        try:
+            found = _identity(os.stat(path))
+        except FileNotFoundError:
+            self._reopen("missing")
+            return
+        except OSError:  # its directory cannot be searched: reopening says why
+            self._reopen("unreadable")
+            return
+        if found != self._identity:
+            self._reopen("moved")
+
+    def _reopen(self, cause: str) -> bool:
+        """Open ``path`` anew and write there from now on (the lines still queued too),
+        closing the old file; if it cannot be opened, close the old file all the same
+        (no line goes to a moved or deleted file any more) and fail closed."""
+        path = self.settings.path
+        sink = self._sink
+        if path is None or sink is None:
+            return True
+        old = self._stream
+        try:
+            stream = open(path, "ab", buffering=0)  # noqa: SIM115 - closed at the next reopen
+            identity = _identity(os.fstat(stream.fileno()))
+        except OSError as exc:
+            if not self._lost:
+                self._fallback.error(
+                    "audit_reopen_failed", path=str(path), cause=cause, reason=str(exc)
+                )
+            self._lost = self._broken = True
+            self._stream = self._identity = None
+            sink.set_stream(None, f"the audit file cannot be reopened: {exc}")
+        else:
+            self._fallback.info("audit_reopened", path=str(path), cause=cause)
+            self._lost = False
+            self._stream, self._identity = stream, identity
+            sink.set_stream(stream)
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.close()
+        return not self._lost
+
+    @hookimpl
+    def gateway_reopen_logs(self, app: web.Application) -> None:
+        """Reopen the audit file by path (SIGUSR1): see the module's docstring."""
+        self._reopen("signal")
+
+    # ----------------------------------------------------------------- writing
 
     def _written(self, records: Sequence[dict[str, Any]], error: BaseException | None) -> None:
         if error is None:
@@ -299,6 +432,7 @@ class AuditPlugin:
             "bytes_in": ctx.bytes_in,
             "bytes_out": ctx.bytes_out,
             "idempotency_key": ctx.idempotency_key,
+            "attempts": ctx.attempts,
             "cache": ctx.cache_status,
             "rate_limit": ctx.rate_limit,
             "client": request.remote,
@@ -319,6 +453,8 @@ class AuditPlugin:
         if self._process:  # worker index and pid, with `serve --workers N`
             fields.update(self._process)
         assert self._sink is not None, "the sink opens at start-up"
+        if self._lost:  # the refused requests' lines are probes: try the path again
+            self._reopen("retry")
         try:
             self._sink.emit("request", fields)
         except (OSError, ValueError) as exc:  # a processor failed: no line for this record
@@ -377,6 +513,9 @@ class AuditPlugin:
 
     @hookimpl
     def gateway_shutdown(self, app: web.Application) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._sink is not None:
             self._sink.close()  # writes what is still queued
             self._sink = None

@@ -49,10 +49,13 @@ def presented_key(header: str | None) -> str:
         key = _parse_authorization(header)
     if not key:
         raise StripeErrorResponse(401, _NO_KEY)
-    # isprintable() is False for every white space character but " ": two C calls clear
-    # almost every key, the others get the exact test
-    if not (key.isprintable() and " " not in key) and _WHITE_SPACE.search(key):
-        raise StripeErrorResponse(401, "Invalid API key: it contains white space.")
+    # isprintable() is False for every white space character but " ": three C calls clear
+    # almost every key, the others get the exact tests
+    if not (key.isascii() and key.isprintable() and " " not in key):
+        if _WHITE_SPACE.search(key):
+            raise StripeErrorResponse(401, "Invalid API key: it contains white space.")
+        if not key.isascii():  # a non-UTF-8 byte arrives as a surrogate: never a key
+            raise StripeErrorResponse(401, "Invalid API key: it is not ASCII.")
     return key
 
 

@@ -319,8 +319,10 @@ class CachePlugin:
             account=headers.get("Stripe-Account"),
             context=headers.get("Stripe-Context"),
             version=headers.get("Stripe-Version"),
-            path=request.path,
-            query_string=request.query_string,
+            # as sent upstream: the raw path, and the raw query (decoded once, by
+            # normal_query; `a=1%26b=2` and `a=1&b=2` are different requests)
+            path=request.raw_path.partition("?")[0],
+            query_string=request.rel_url.raw_query_string,
         )
         state = _State(key=key, started=time.time())
         ctx.state["cache"] = state

@@ -174,7 +174,10 @@ class FakeStripe:
         n = 0
         while sent < size:
             part = pattern[: min(chunk, size - sent)]
-            await response.write(part)
+            try:
+                await response.write(part)
+            except ConnectionError:  # the gateway hung up (its client went away): normal
+                return response
             sent += len(part)
             n += 1
             if (

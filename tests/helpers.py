@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import json
 import socket
 import threading
@@ -46,6 +47,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def raw_request(url: str, data: bytes, timeout: float = 10.0) -> RawResponse:
+    """Send ``data`` as is (a whole raw HTTP/1.1 request) to ``url``'s host and port, and
+    read one response (Content-Length, chunked or until close)."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(data)
+        response = http.client.HTTPResponse(conn)
+        response.begin()
+        body = response.read()
+        return RawResponse(response.status, dict(response.getheaders()), body)
 
 
 class LoopThread:

@@ -81,6 +81,8 @@ def test_empty_file_gives_documented_defaults(tmp_path: Path) -> None:
     assert server.drain_timeout == 30.0
     assert server.max_body_bytes == 32 * 1024 * 1024
     assert server.max_header_bytes == 8190
+    assert (server.header_timeout, server.keepalive_timeout) == (20.0, 75.0)
+    assert server.max_connections == 10000
     assert server.uvloop is True
     upstream = config.upstream
     assert upstream.api == "https://api.stripe.com"
@@ -189,6 +191,10 @@ def test_unknown_key_is_reported_with_its_exact_path(tmp_path: Path, text: str, 
         ("[server]\ndrain_timeout = 0\n", "server.drain_timeout", "greater than 0"),
         ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes", "greater than 0"),
         ("[server]\nmax_header_bytes = 10\n", "server.max_header_bytes", "greater than or equal"),
+        ("[server]\nheader_timeout = 0\n", "server.header_timeout", "greater than 0"),
+        ("[server]\nkeepalive_timeout = -1\n", "server.keepalive_timeout", "greater than 0"),
+        ("[server]\nmax_connections = -1\n", "server.max_connections", "greater than or equal"),
+        ("[server]\nmax_connections = true\n", "server.max_connections", "not true"),
         ('[server]\nuvloop = "maybe"\n', "server.uvloop", "valid boolean"),
         ('[upstream]\napi = "api.stripe.com"\n', "upstream.api", "http(s) URL"),
         ('[upstream]\nfiles = "ftp://files.stripe.com"\n', "upstream.files", "http(s) URL"),

@@ -8,18 +8,26 @@ import io
 import socket
 import time
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 import stripe
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from gateway.context import RequestContext
 from gateway.hookspecs import hookimpl
+from gateway.proxy import upstream_url
 from tests.helpers import (
+    ANALYTICS_KEY,
     BILLING_KEY,
     BILLING_UPSTREAM_KEY,
     PASSTHROUGH_KEY,
+    RawResponse,
     Stack,
+    raw_request,
 )
 
 
@@ -471,3 +479,242 @@ def test_a_body_buffered_for_retries_is_the_copy(stack: Stack) -> None:
     )
     assert response.status_code == 200 and response.headers["X-Gateway-Attempts"] == "2"
     assert BODY_COPY.finished() == [b"url=https%3A%2F%2Fexample.com"]
+
+
+# ------------------------------------------------------------------ hostile request targets
+
+
+def _raw(
+    stack: Stack, target: str | bytes, *headers: str | bytes, method: bytes = b"GET"
+) -> RawResponse:
+    lines = [method + b" " + (target.encode() if isinstance(target, str) else target)]
+    lines += [b"Host: gateway"]
+    lines += [h.encode() if isinstance(h, str) else h for h in headers]
+    return raw_request(stack.gateway_url, b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n")
+
+
+def _assert_stripe_shaped(response: RawResponse, status: int, code: str | None = None) -> None:
+    assert response.status == status
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["Request-Id"].startswith("gwreq_")
+    error = response.json()["error"]
+    assert error["type"] in ("invalid_request_error", "api_error")
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+
+
+def _nothing_upstream(stack: Stack) -> None:
+    assert all(fake.received == [] for fake in stack.upstreams.values())
+
+
+@given(
+    scheme=st.from_regex(r"[A-Za-z][A-Za-z0-9+.-]{0,11}", fullmatch=True),
+    host=st.from_regex(r"[a-z0-9.-]{1,20}(:[0-9]{1,5})?", fullmatch=True),
+)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@example(scheme="munity", host="x")
+@example(scheme="http", host="127.0.0.1:1")
+@example(scheme="https", host="api.stripe.com")
+def test_absolute_form_targets_never_choose_the_upstream(
+    gateway: Stack, scheme: str, host: str
+) -> None:
+    # `GET munity://x/v1/...` once went to https://api.stripe.community with the team's key
+    response = _raw(
+        gateway,
+        f"{scheme}://{host}/v1/sigma/scheduled_query_runs",
+        f"Authorization: Bearer {BILLING_KEY}",
+    )
+    # refused by the proxy, or (for targets aiohttp's parser rejects) by the protocol layer
+    _assert_stripe_shaped(response, 400)
+    assert response.json()["error"].get("code") in ("invalid_request_target", None)
+    _nothing_upstream(gateway)
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        (b"CONNECT", "api.stripe.com:443"),
+        (b"OPTIONS", "*"),
+        (b"GET", "/v1/customers#fragment"),
+    ],
+)
+def test_other_request_target_forms_are_a_stripe_shaped_400_with_an_audit_line(
+    gateway: Stack, method: bytes, target: str
+) -> None:
+    response = _raw(gateway, target, f"Authorization: Bearer {BILLING_KEY}", method=method)
+    _assert_stripe_shaped(response, 400, "invalid_request_target")
+    _nothing_upstream(gateway)
+    line = gateway.audit_lines()[-1]
+    assert line["request_id"] == response.headers["Request-Id"]
+    assert line["status"] == 400
+    assert line["error"] == "invalid_request_target"
+
+
+def test_an_encoded_newline_in_the_path_is_answered_by_the_gateway(gateway: Stack) -> None:
+    # aiohttp's own router does not match it: it used to get a plain-text 404
+    response = _raw(gateway, "/v1/cust%0aomers", f"Authorization: Bearer {ANALYTICS_KEY}")
+    _assert_stripe_shaped(response, 403, "route_not_allowed")
+    assert gateway.audit_lines()[-1]["request_id"] == response.headers["Request-Id"]
+    # no allow rule matches a control character, not even `* /**`
+    response = _raw(gateway, "/v1/cust%0Aomers/x", f"Authorization: Bearer {BILLING_KEY}")
+    _assert_stripe_shaped(response, 403, "route_not_allowed")
+    _nothing_upstream(gateway)
+
+
+@given(
+    base=st.sampled_from(
+        ["https://api.stripe.com", "http://127.0.0.1:8081", "https://files.stripe.com:443"]
+    ),
+    path=st.text(st.characters(codec="utf-8", exclude_characters="?#"), max_size=40).map(
+        lambda t: "/" + quote(t, safe="/:@!$&'()*+,;=%")
+    ),
+    query=st.text(max_size=30).map(lambda t: quote(t, safe="=&")),
+)
+@example(base="https://api.stripe.com", path="//evil.example/v1/x", query="")
+@example(base="https://api.stripe.com", path="/@evil.example/v1/x", query="a=b@c")
+def test_upstream_url_keeps_the_configured_scheme_host_and_port(
+    base: str, path: str, query: str
+) -> None:
+    raw = f"{path}?{query}" if query else path
+    url = upstream_url(URL(base), raw)
+    configured = URL(base)
+    assert (url.scheme, url.raw_host, url.port) == (
+        configured.scheme,
+        configured.raw_host,
+        configured.port,
+    )
+    assert url.raw_path == path
+    assert url.raw_query_string == query
+
+
+def test_upstream_url_refuses_a_target_that_is_not_origin_form() -> None:
+    for raw in ("munity://x/v1/customers", "api.stripe.com:443", "*", ""):
+        with pytest.raises(ValueError):
+            upstream_url(URL("https://api.stripe.com"), raw)
+
+
+# ------------------------------------------------------------------ duplicate headers
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Authorization",
+        "Stripe-Account",
+        "Stripe-Context",
+        "Stripe-Version",
+        "Idempotency-Key",
+        "Content-Type",
+    ],
+)
+def test_a_header_that_must_be_single_sent_twice_is_refused(gateway: Stack, name: str) -> None:
+    first = f"Bearer {BILLING_KEY}" if name == "Authorization" else "acct_allowed000001"
+    second = f"Bearer {PASSTHROUGH_KEY}" if name == "Authorization" else "acct_other0000001"
+    headers = [f"{name}: {first}", f"{name.lower()}: {second}"]
+    if name != "Authorization":
+        headers.append(f"Authorization: Bearer {ANALYTICS_KEY}")
+    response = _raw(gateway, "/v1/sigma/scheduled_query_runs", *headers)
+    _assert_stripe_shaped(response, 400)
+    # refused by the proxy, or by aiohttp's parser (it refuses a second Content-Type)
+    assert response.json()["error"].get("code") in ("invalid_header", None)
+    assert name.lower() in response.json()["error"]["message"].lower()
+    _nothing_upstream(gateway)
+
+
+def test_duplicate_stripe_account_with_the_allowed_one_first_never_reaches_stripe(
+    gateway: Stack,
+) -> None:
+    # the allow-list used to read the first value while both went upstream
+    response = _raw(
+        gateway,
+        "/v1/sigma/scheduled_query_runs",
+        f"Authorization: Bearer {ANALYTICS_KEY}",
+        "Stripe-Account: acct_allowed000001",
+        "Stripe-Account: acct_victim0000001",
+    )
+    _assert_stripe_shaped(response, 400, "invalid_header")
+    _nothing_upstream(gateway)
+
+
+def test_a_repeated_list_header_is_still_forwarded(gateway: Stack) -> None:
+    response = _raw(
+        gateway,
+        "/v1/customers",
+        f"Authorization: Bearer {BILLING_KEY}",
+        "Accept: application/json",
+        "Accept: text/plain",
+    )
+    assert response.status == 200
+    assert gateway.upstreams["api"].last().headers.getall("Accept") == [
+        "application/json",
+        "text/plain",
+    ]
+
+
+@pytest.mark.parametrize(
+    "named", ["Stripe-Version", "Stripe-Account", "Authorization", "Idempotency-Key"]
+)
+def test_connection_naming_a_header_the_gateway_reads_is_refused(
+    gateway: Stack, named: str
+) -> None:
+    headers = [f"Authorization: Bearer {BILLING_KEY}", f"Connection: keep-alive, {named}"]
+    if named != "Authorization":
+        headers.append(f"{named}: acct_allowed000001")
+    response = _raw(gateway, "/v1/customers/cus_A1234567890", *headers)
+    _assert_stripe_shaped(response, 400, "invalid_header")
+    _nothing_upstream(gateway)
+
+
+def test_a_non_ascii_stripe_header_is_refused(gateway: Stack) -> None:
+    response = _raw(
+        gateway,
+        "/v1/customers",
+        f"Authorization: Bearer {BILLING_KEY}",
+        b"Stripe-Account: acct_\xff\xfe",
+    )
+    _assert_stripe_shaped(response, 400, "invalid_header")
+    _nothing_upstream(gateway)
+
+
+# ------------------------------------------------------------------ the gateway's own retry
+
+
+def test_a_get_is_retried_once_after_a_reset_and_the_audit_line_counts_it(
+    gateway: Stack,
+) -> None:
+    api = gateway.upstreams["api"]
+    api.plan = ["reset"]
+    customer = client_for(gateway).v1.customers.retrieve("cus_A1234567890")
+    assert customer.id == "cus_A1234567890"
+    assert api.count("GET", "/v1/customers/cus_A1234567890") == 2
+    line = gateway.audit_lines()[-1]
+    assert line["status"] == 200
+    assert line["attempts"] == 2
+
+
+def test_a_get_reset_twice_is_a_502_after_two_attempts(gateway: Stack) -> None:
+    api = gateway.upstreams["api"]
+    api.plan = ["reset", "reset"]
+    with pytest.raises(stripe.APIError) as info:
+        client_for(gateway).v1.customers.retrieve("cus_A1234567890")
+    assert info.value.http_status == 502
+    assert api.count("GET", "/v1/customers/cus_A1234567890") == 2
+    assert gateway.audit_lines()[-1]["attempts"] == 2
+
+
+def test_a_post_without_idempotency_key_is_never_retried_after_a_reset(gateway: Stack) -> None:
+    api = gateway.upstreams["api"]
+    api.plan = ["reset"]
+    response = requests.post(
+        f"{gateway.gateway_url}/v1/customers",
+        data={"name": "x"},
+        headers={"Authorization": f"Bearer {BILLING_KEY}"},
+        timeout=10,
+    )
+    assert response.status_code == 502
+    assert response.headers["Stripe-Should-Retry"] == "false"
+    assert api.count("POST", "/v1/customers") == 1
+    assert gateway.audit_lines()[-1]["attempts"] == 1

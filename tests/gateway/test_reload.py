@@ -18,7 +18,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from gateway.app import CONFIG, GENERATIONS, HOST
+from gateway.app import CONFIG, GENERATIONS, HOST, REOPEN_LOGS
 from gateway.hookspecs import hookimpl
 from plugins.cache import CachePlugin
 from plugins.rate_limit import RateLimitPlugin
@@ -54,11 +54,13 @@ class Recorder:
     def __init__(self) -> None:
         self.tag = ""
         self.fail = False
+        self.fail_reopen = False
 
     @hookimpl
     def gateway_configure(self, settings: dict[str, Any]) -> None:
         self.tag = str(settings.get("tag", ""))
         self.fail = bool(settings.get("fail_startup", False))
+        self.fail_reopen = bool(settings.get("fail_reopen", False))
 
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:
@@ -68,6 +70,12 @@ class Recorder:
         Recorder.EVENTS.append(("startup", self.tag))
         if self.fail:
             raise RuntimeError("refusing to start")
+
+    @hookimpl
+    def gateway_reopen_logs(self) -> None:
+        Recorder.EVENTS.append(("reopen", self.tag))
+        if self.fail_reopen:
+            raise RuntimeError("cannot reopen")
 
     @hookimpl
     def gateway_shutdown(self) -> None:
@@ -92,6 +100,27 @@ def _fresh_recorder() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- in process
+
+
+def test_reopen_logs_reaches_the_current_generation_and_a_failure_is_skipped(
+    stack: Stack,
+) -> None:
+    stack.start_gateway(plugins=_recorder("one", fail_reopen=True))
+    stack.loop.run(stack.app[REOPEN_LOGS]())  # what SIGUSR1 does
+    assert ("reopen", "one") in Recorder.EVENTS
+    (failed,) = stack.error_events("plugin_failed")
+    assert failed["plugin"] == "recorder" and failed["hook"] == "gateway_reopen_logs"
+    (reopened,) = stack.error_events("audit_reopened")  # the next plugin still ran
+    assert reopened["cause"] == "signal"
+    assert stack.reload(plugins=_recorder("two"))["reloaded"]
+    stack.loop.run(stack.app[REOPEN_LOGS]())
+    assert [e for e in Recorder.EVENTS if e[0] == "reopen"] == [
+        ("reopen", "one"),
+        ("reopen", "two"),
+    ]
+    assert len(stack.error_events("audit_reopened", at_least=2)) == 2
+    assert _get(stack).status_code == 200
+    assert stack.audit_lines(1)[-1]["status"] == 200
 
 
 def test_reload_swaps_teams_the_new_key_works_and_the_removed_one_gets_401(stack: Stack) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,9 @@ from gateway.errors import ConfigError
 from gateway.host import PluginHost
 from plugins.audit import AuditRoute, AuditSettings
 from tests.fake_stripe import WEBHOOK_SECRET
+from tests.gateway.test_cli import wait_until
 from tests.helpers import ANALYTICS_KEY, BILLING_KEY, BILLING_UPSTREAM_KEY, ENVIRON, Stack
+from tests.serving import GatewayConfigFile, get, serve_gateway, wait_for_events
 
 
 def test_one_line_per_request_with_the_documented_fields(gateway: Stack) -> None:
@@ -87,6 +94,171 @@ def test_audit_sink_failure_fails_closed(stack: Stack) -> None:
     failed = stack.error_events("audit_write_failed", at_least=2)
     assert [record["status"] for record in failed] == [200, 503]
     assert all(record["level"] == "error" and record["reason"] for record in failed)
+
+
+# --------------------------------------------------------------------------- rotation
+
+#: generous: the suite runs on two busy cores
+DEADLINE = 15.0
+
+
+def _get(stack: Stack, tag: str) -> requests.Response:
+    """``GET /v1/customers?n=<tag>``: the tag is in the audit line's ``params``."""
+    return requests.get(
+        f"{stack.gateway_url}/v1/customers?n={tag}", auth=(BILLING_KEY, ""), timeout=10
+    )
+
+
+def _tags(path: Path) -> list[str]:
+    """The ``n`` parameter of each line of the audit file at ``path`` (none: no file)."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [line["params"]["n"] for line in lines]
+
+
+def _wait_tags(path: Path, last: str) -> list[str]:
+    """The file's tags once its line tagged ``last`` is there."""
+    wait_until(lambda: last in _tags(path), DEADLINE, f"{last!r} never reached {path}")
+    return _tags(path)
+
+
+def test_a_removed_file_is_recreated_and_gets_every_later_line(stack: Stack) -> None:
+    path = stack.audit_path
+    stack.start_gateway(plugins={"audit": {"path": str(path), "reopen_check_seconds": 0.05}})
+    for i in range(3):
+        assert _get(stack, f"before{i}").status_code == 200
+    assert _wait_tags(path, "before2") == ["before0", "before1", "before2"]
+    path.unlink()
+    # until the check notices, lines go to the deleted file (documented); traffic goes on
+    gap = 0
+
+    def recreated() -> bool:
+        nonlocal gap
+        assert _get(stack, f"gap{gap}").status_code == 200
+        gap += 1
+        return path.exists()
+
+    wait_until(recreated, DEADLINE, "the audit file was never recreated")
+    after = [f"after{i}" for i in range(5)]
+    for tag in after:
+        assert _get(stack, tag).status_code == 200
+    tags = _wait_tags(path, after[-1])
+    # every line from the reopen on is in the new file (a gap line still queued then, too)
+    assert [t for t in tags if t.startswith("after")] == after
+    assert not [t for t in tags if t.startswith("before")]
+    (reopened,) = stack.error_events("audit_reopened")
+    assert reopened["cause"] == "missing" and reopened["path"] == str(path)
+    assert not stack.error_events("audit_write_failed", timeout=0)
+
+
+def _no_timer(config: GatewayConfigFile, **write: Any) -> None:
+    """Write the config with the reopen timer off: only SIGUSR1 reopens the file."""
+    config.write(**write)
+    text = config.path.read_text()
+    assert "[plugins.audit]\n" in text
+    config.path.write_text(
+        text.replace("[plugins.audit]\n", "[plugins.audit]\nreopen_check_seconds = 0\n")
+    )
+
+
+CUSTOMER = "/v1/customers/cus_Rotation00001"
+
+
+def test_rename_then_sigusr1_loses_no_line(tmp_path: Path, fake_api: tuple[Any, Any]) -> None:
+    config = GatewayConfigFile(tmp_path, api=fake_api[1].url)
+    _no_timer(config)
+    rotated = config.audit.with_name("audit.jsonl.1")
+    with serve_gateway(config.path) as gw:
+        for i in range(5):
+            assert get(gw, f"{CUSTOMER}?n=old{i}", BILLING_KEY)[0] == 200
+        _wait_tags(config.audit, "old4")
+        os.rename(config.audit, rotated)  # logrotate's default
+        # between the rename and the signal, lines still go to the renamed file
+        assert get(gw, f"{CUSTOMER}?n=gap", BILLING_KEY)[0] == 200
+        _wait_tags(rotated, "gap")
+        gw.proc.send_signal(signal.SIGUSR1)
+        (reopened,) = wait_for_events(gw, "audit_reopened", 1, timeout=DEADLINE)
+        assert reopened["cause"] == "signal"
+        assert config.audit.exists()
+        for i in range(5):
+            assert get(gw, f"{CUSTOMER}?n=new{i}", BILLING_KEY)[0] == 200
+        assert _wait_tags(config.audit, "new4") == [f"new{i}" for i in range(5)]
+        assert _tags(rotated) == [*(f"old{i}" for i in range(5)), "gap"]
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(DEADLINE) == 0
+    assert len(_tags(rotated)) + len(_tags(config.audit)) == 11  # every request's line
+    assert "Traceback" not in gw.output()
+
+
+def test_sigusr1_to_the_supervisor_reaches_every_worker(
+    tmp_path: Path, fake_api: tuple[Any, Any]
+) -> None:
+    config = GatewayConfigFile(tmp_path, api=fake_api[1].url)
+    _no_timer(config, workers=2)
+    rotated = config.audit.with_name("audit.jsonl.1")
+    with serve_gateway(config.path) as gw:
+        sent = 0
+        for _ in range(20):  # fresh connections until both workers have served
+            for _ in range(10):
+                assert get(gw, f"{CUSTOMER}?n=old{sent}", BILLING_KEY)[0] == 200
+                sent += 1
+            lines = config.audit_lines(sent)
+            if {line["worker"] for line in lines} == {0, 1}:
+                break
+        assert {line["worker"] for line in config.audit_lines(sent)} == {0, 1}
+        os.rename(config.audit, rotated)
+        gw.proc.send_signal(signal.SIGUSR1)
+        reopened = wait_for_events(gw, "audit_reopened", 2, timeout=DEADLINE)
+        assert sorted(r["worker"] for r in reopened) == [0, 1]
+        assert all(r["cause"] == "signal" for r in reopened)
+        new = [f"new{i}" for i in range(20)]
+        for tag in new:
+            assert get(gw, f"{CUSTOMER}?n={tag}", BILLING_KEY)[0] == 200
+        assert sorted(_wait_tags(config.audit, new[-1])) == sorted(new)
+        wait_until(lambda: len(_tags(config.audit)) == len(new), DEADLINE, "lines missing")
+        assert sorted(_tags(rotated)) == sorted(f"old{i}" for i in range(sent))
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(DEADLINE) == 0
+    assert "Traceback" not in gw.output()
+
+
+def test_a_path_that_cannot_be_reopened_fails_closed_until_it_can(stack: Stack) -> None:
+    logs = stack.tmp / "logs"
+    logs.mkdir()
+    path = logs / "audit.jsonl"
+    stack.start_gateway(plugins={"audit": {"path": str(path), "reopen_check_seconds": 0.05}})
+    assert _get(stack, "before").status_code == 200
+    _wait_tags(path, "before")
+    shutil.rmtree(logs)  # root ignores permission bits: a missing directory fails for all
+    answers: list[requests.Response] = []
+
+    def refused() -> bool:
+        answers.append(_get(stack, f"gap{len(answers)}"))
+        return answers[-1].status_code == 503
+
+    wait_until(refused, DEADLINE, "requests were still served with no audit file")
+    assert {r.status_code for r in answers[:-1]} <= {200}
+    error = answers[-1].json()["error"]
+    assert error["code"] == "audit_unavailable"
+    assert answers[-1].headers["Stripe-Should-Retry"] == "true"
+    (failed,) = stack.error_events("audit_reopen_failed")
+    assert failed["path"] == str(path) and failed["level"] == "error"
+    # the refused request's record went to the error log; nothing of it went upstream
+    records = stack.error_events("audit_write_failed")
+    assert records and records[-1]["status"] == 503
+    upstream = len(stack.upstreams["api"].received)
+    assert upstream == 1 + len(answers) - 1
+    assert _get(stack, "still").status_code == 503  # still refused: not a one-off
+    logs.mkdir()
+    wait_until(
+        lambda: _get(stack, f"back{time.monotonic_ns()}").status_code == 200,
+        DEADLINE,
+        "the gateway did not recover once the directory was back",
+    )
+    assert _get(stack, "after").status_code == 200
+    assert _wait_tags(path, "after")[-1] == "after"
+    assert len(stack.error_events("audit_reopen_failed")) == 1  # once per outage
 
 
 # --------------------------------------------------------------------------- parameters
@@ -266,6 +438,8 @@ def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
     default = AuditSettings()
     assert default.default == AuditRoute(params=True, response_body=False)
     assert default.params_max_bytes == 16384 and default.response_body_max_bytes == 65536
+    assert default.reopen_check_seconds == 1.0
+    assert AuditSettings.parse({"reopen_check_seconds": 0}).reopen_check_seconds == 0.0
     settings = AuditSettings.parse(
         {
             "path": str(tmp_path / "audit.jsonl"),
@@ -306,6 +480,11 @@ def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
             "routes[1].body",
             "unknown key",
         ),
+        ({"reopen_check_seconds": -1}, "reopen_check_seconds", "from 0 (off) to 3600"),
+        ({"reopen_check_seconds": 3601}, "reopen_check_seconds", "from 0 (off) to 3600"),
+        ({"reopen_check_seconds": float("nan")}, "reopen_check_seconds", "seconds"),
+        ({"reopen_check_seconds": True}, "reopen_check_seconds", "seconds"),
+        ({"reopen_check_seconds": "1"}, "reopen_check_seconds", "seconds"),
         ({"path": ""}, "path", "file path"),
         ({"path": "/nonexistent-dir/audit.jsonl"}, "path", "does not exist"),
     ],

@@ -16,6 +16,7 @@ from tests.helpers import (
     BILLING_KEY,
     BILLING_UPSTREAM_KEY,
     Stack,
+    raw_request,
     team,
 )
 
@@ -171,3 +172,26 @@ def test_stripe_context_is_checked_against_the_account_allow_list(gateway: Stack
     )
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "account_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [b"Bearer gw_test_\xff\xfe", b"Bearer \xc3\x28", b"Basic " + base64.b64encode(b"\xff:")],
+)
+def test_a_non_utf8_key_is_a_401_not_a_plugin_failure(gateway: Stack, authorization: bytes) -> None:
+    response = raw_request(
+        gateway.gateway_url,
+        b"GET /v1/customers HTTP/1.1\r\nHost: g\r\nAuthorization: "
+        + authorization
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert response.status == 401
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert gateway.upstreams["api"].received == []
+    assert gateway.audit_lines()[-1]["status"] == 401
+
+
+def test_presented_key_refuses_a_key_that_is_not_ascii() -> None:
+    with pytest.raises(StripeErrorResponse) as info:
+        presented_key("Bearer gw_test_\udcff")
+    assert info.value.status == 401

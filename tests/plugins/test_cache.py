@@ -10,9 +10,15 @@ import aiohttp
 import pytest
 import requests
 import stripe
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from gateway.app import HOST
+from gateway.cachekeys import cache_key
+from gateway.context import RequestContext
 from gateway.errors import ConfigError
+from gateway.hookspecs import hookimpl
 from plugins.cache import CacheSettings
 from tests.conftest import RedisServer
 from tests.helpers import (
@@ -20,6 +26,7 @@ from tests.helpers import (
     BILLING_KEY,
     PASSTHROUGH_KEY,
     Stack,
+    raw_request,
     team,
 )
 
@@ -401,3 +408,112 @@ def test_retrieve_after_an_update_sees_the_update(stack: Stack) -> None:
             client.v1.webhook_endpoints.retrieve(hook.id)
     finally:
         stack.loop.run(served.runner.cleanup())
+
+
+# ------------------------------------------------------------------ keys from what goes up
+
+
+class ForwardedKeys:
+    """Records, for each request sent upstream, the cache key the plugin used and the key
+    computed again from the headers and path actually sent."""
+
+    name = "forwarded_keys"
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+
+    @hookimpl
+    def gateway_upstream_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        state = ctx.state.get("cache")
+        if state is None:
+            return
+        raw_path, _, query = ctx.request.raw_path.partition("?")
+        again = cache_key(
+            credential=headers.get("Authorization", "").removeprefix("Bearer "),
+            account=headers.get("Stripe-Account"),
+            context=headers.get("Stripe-Context"),
+            version=headers.get("Stripe-Version"),
+            path=raw_path,
+            query_string=query,
+        )
+        self.pairs.append((state.key, again))
+
+
+FORWARDED_KEYS = ForwardedKeys()
+
+_VARIANT_HEADERS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["Stripe-Version", "stripe-version", "Stripe-Account", "STRIPE-CONTEXT", "X-Other"]
+        ),
+        st.sampled_from(["2024-06-20", "acct_1Nabcdefghij", "acct_2Nabcdefghij"]),
+    ),
+    max_size=3,
+)
+
+
+@given(
+    headers=_VARIANT_HEADERS,
+    connection=st.lists(
+        st.sampled_from(["keep-alive", "Stripe-Version", "Stripe-Account", "X-Other"]),
+        max_size=2,
+    ),
+    query=st.sampled_from(["", "?expand[]=a", "?a=1%26b=2", "?a=1&b=2", "?expand%5B%5D=a"]),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_the_cache_key_is_the_key_of_what_goes_upstream(
+    stack: Stack, headers: list[tuple[str, str]], connection: list[str], query: str
+) -> None:
+    if stack.app is None:
+        stack.start_gateway(
+            plugins={"load": ["tests.plugins.test_cache:FORWARDED_KEYS"]},
+            teams=[team("billing", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY")],
+        )
+    FORWARDED_KEYS.pairs.clear()
+    lines = [
+        f"GET {CUSTOMER}{query} HTTP/1.1",
+        "Host: gateway",
+        f"Authorization: Bearer {BILLING_KEY}",
+    ]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if connection:
+        lines.append("Connection: " + ", ".join(connection))
+    response = raw_request(stack.gateway_url, ("\r\n".join(lines) + "\r\n\r\n").encode())
+    if response.status == 400:  # refused (a repeated or Connection-named Stripe header)
+        assert FORWARDED_KEYS.pairs == []
+        return
+    assert response.status == 200
+    for used, again in FORWARDED_KEYS.pairs:
+        assert used == again
+
+
+def test_a_connection_named_version_never_keys_an_entry_for_others(stack: Stack) -> None:
+    # `Connection: Stripe-Version` used to drop the header on the way up while the entry
+    # was stored under the client's version, and served to whoever sent that version
+    stack.start_gateway(
+        teams=[
+            team("a", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY"),
+            team("b", ANALYTICS_KEY, upstream_env="BILLING_STRIPE_KEY"),
+        ]
+    )
+    poisoned = raw_request(
+        stack.gateway_url,
+        (
+            f"GET {CUSTOMER} HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {BILLING_KEY}\r\n"
+            "Stripe-Version: 2020-08-27\r\nConnection: close, Stripe-Version\r\n\r\n"
+        ).encode(),
+    )
+    assert poisoned.status == 400
+    answer = _get(stack.gateway_url, CUSTOMER, ANALYTICS_KEY, **{"Stripe-Version": "2020-08-27"})
+    assert answer.headers["X-Cache"] == "MISS"
+    assert stack.upstreams["api"].last().headers["Stripe-Version"] == "2020-08-27"
+
+
+def test_an_encoded_ampersand_is_another_query(stack: Stack) -> None:
+    stack.start_gateway()
+    url = stack.gateway_url
+    assert _get(url, CUSTOMER + "?a=1%26b=2").headers["X-Cache"] == "MISS"
+    assert _get(url, CUSTOMER + "?a=1&b=2").headers["X-Cache"] == "MISS"
+    assert stack.upstreams["api"].count("GET", CUSTOMER) == 2
