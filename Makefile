@@ -1,4 +1,4 @@
-.PHONY: test demo lint bench
+.PHONY: test demo lint bench soak
 test:
 	bash scripts/test.sh
 demo:
@@ -7,3 +7,5 @@ lint:
 	.venv/bin/ruff check gateway plugins tests bench && .venv/bin/ruff format --check gateway plugins tests bench && .venv/bin/mypy
 bench:
 	.venv/bin/python bench/proxy_bench.py
+soak:
+	.venv/bin/python bench/soak.py

@@ -206,11 +206,12 @@ class CacheBench(pb.Bench):
         child.info = self._ready_line(child, timeout=30.0)
         return child
 
-    def start_redis(self, cores: list[int] | None) -> pb.Child:
+    def start_redis(self, cores: list[int] | None, port: int | None = None) -> pb.Child:
+        """redis-server on ``port`` (default: a free one); ``soak.py`` restarts it on the same."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-        port = _free_port()
+        port = port or _free_port()
         log = self.tmp / "redis.log"
 
         def setup() -> None:  # in the child, before exec

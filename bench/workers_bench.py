@@ -116,8 +116,13 @@ upstream_key_env = "{pb.UPSTREAM_KEY_ENV}"
 
 def _start_gateway(tmp: Path, workers: int, upstream: str) -> Gateway:
     config, audit = _config(tmp, f"gateway-{workers}w", upstream)
+    return start_serve(config, audit, workers, {pb.UPSTREAM_KEY_ENV: pb.UPSTREAM_KEY})
+
+
+def start_serve(config: Path, audit: Path, workers: int, environ: dict[str, str]) -> Gateway:
+    """``stripe-gateway serve --config CONFIG --workers N``; its stderr lines are kept."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_GATEWAY_")}
-    env[pb.UPSTREAM_KEY_ENV] = pb.UPSTREAM_KEY
+    env.update(environ)
     command = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
     proc = subprocess.Popen(
         [*command, "--workers", str(workers)],

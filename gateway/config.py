@@ -83,6 +83,14 @@ class ServerConfig(_Strict):
     drain_timeout: float = Field(30.0, gt=0)
     #: largest request body accepted (413 above it)
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    #: longest wait, in seconds, for the next part of a request body (408 after it), like
+    #: nginx's client_body_timeout: per read, not for the whole body
+    body_timeout: float = Field(30.0, gt=0)
+    #: longest time, in seconds, a whole request body may take to arrive (408 after it)
+    body_total_timeout: float = Field(600.0, gt=0)
+    #: request bodies with a Content-Length up to this many bytes are read whole before an
+    #: upstream connection is taken (0: every body streams as it arrives)
+    buffer_body_bytes: int = Field(1024 * 1024, ge=0)
     #: largest request line or single header accepted (a Stripe-shaped 400 above it)
     max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
     #: seconds a request line and headers may take, from the connection's opening (or the
@@ -133,6 +141,8 @@ class UpstreamConfig(_Strict):
     read_timeout: float = Field(80.0, gt=0)
     #: pooled connections to all upstreams together (0 = unlimited)
     max_connections: int = Field(100, ge=0)
+    #: longest wait, in seconds, for a free pooled connection (503 after it)
+    pool_timeout: float = Field(10.0, gt=0)
 
     @field_validator("api", "files", "connect", "meter_events")
     @classmethod
@@ -155,6 +165,8 @@ class TeamConfig(_Strict):
     allow: list[str] = Field(default_factory=lambda: ["* /**"])
     #: if set, the only Stripe-Account values this team may send
     stripe_accounts: list[str] | None = None
+    #: if set, most requests of this team upstream at once, per process (429 over it)
+    max_in_flight: int | None = Field(None, ge=1)
     #: the upstream key, resolved from upstream_key_env / upstream_key_file at load time
     upstream_key: SecretStr | None = None
 

@@ -21,7 +21,14 @@ from multidict import CIMultiDict, istr
 from gateway.config import TeamConfig
 from gateway.retry import RetryPolicy
 
-__all__ = ["OBJECT_ID", "RequestContext", "milliseconds", "new_request_id", "object_id_of"]
+__all__ = [
+    "OBJECT_ID",
+    "OUTCOMES",
+    "RequestContext",
+    "milliseconds",
+    "new_request_id",
+    "object_id_of",
+]
 
 # header names as istr: multidict looks them up without case-folding them first
 _STRIPE_ACCOUNT = istr("Stripe-Account")
@@ -33,6 +40,12 @@ _LIVEMODE = {"sk_live_": True, "rk_live_": True, "sk_test_": False, "rk_test_": 
 # "webhook_endpoints" or "line_items" are all lowercase letters and never match.
 OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?=[a-z]*[A-Z0-9])[A-Za-z0-9]{8,}$")
 
+#: how a request ended (``ctx.outcome``): ``ok`` (a whole response was sent, whatever its
+#: status), ``upstream_error`` (Stripe could not be reached or answered in time, broke off
+#: mid-answer, or no pooled connection came free in time), ``client_closed`` (the client
+#: left before its body or the response was complete), ``body_timeout`` (the client's body
+#: stalled: 408), ``drain_timeout`` (cut off by the shutdown's drain_timeout)
+OUTCOMES = ("ok", "upstream_error", "client_closed", "body_timeout", "drain_timeout")
 
 #: request ids made in advance, taken with ``list.pop`` (atomic, so safe across threads)
 _request_ids: list[str] = []
@@ -97,6 +110,8 @@ class RequestContext:
     idempotency_key: str | None = None
     #: why the gateway answered itself or broke the response, e.g. ``upstream_timeout``
     error: str | None = None
+    #: how the request ended, one of :data:`OUTCOMES` (None until it has)
+    outcome: str | None = None
     #: what went wrong with each failed upstream attempt, retried ones included, in order:
     #: ``connect``, ``dns``, ``tls``, ``reset``, ``disconnected``, ``connect_timeout``,
     #: ``read_timeout``, ``broken_body``, ``timeout_mid_body``, ``other``

@@ -77,6 +77,7 @@ class GatewayMetrics:
     #: True when values go to ``PROMETHEUS_MULTIPROC_DIR``
     multiprocess: bool
     requests: Counter
+    outcomes: Counter
     request_duration: Histogram
     upstream_duration: Histogram
     upstream_errors: Counter
@@ -111,6 +112,13 @@ class GatewayMetrics:
                 f"{PREFIX}_requests",
                 "Requests finished, by team, method, route family and status class.",
                 ("team", "method", "family", "status"),
+                registry=r,
+            ),
+            outcomes=Counter(
+                f"{PREFIX}_request_outcomes",
+                "Requests finished, by team and how they ended (ok, upstream_error, "
+                "client_closed, body_timeout, drain_timeout).",
+                ("team", "outcome"),
                 registry=r,
             ),
             request_duration=Histogram(

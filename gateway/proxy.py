@@ -28,6 +28,7 @@ from gateway.headers import header_problem, relay_headers, strip_hop_by_hop
 from gateway.host import PluginFailure, PluginHost
 from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
 from gateway.routing import upstream_for
+from gateway.slots import PoolExhausted, TeamBusy, UpstreamSlots
 
 __all__ = ["SKIP_AUTO_HEADERS", "Proxy", "failure_kind", "upstream_url"]
 
@@ -103,6 +104,15 @@ class _ClientGone(Exception):
     pass
 
 
+class _BodyCut(Exception):
+    """The client's body did not arrive whole: ``outcome`` says why (``body_timeout``,
+    ``client_closed``)."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
 class Proxy:
     """The request handler of one app; holds what it needs, prepared at start-up."""
 
@@ -125,6 +135,12 @@ class Proxy:
             total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
         )
         self._max_body = self.config.server.max_body_bytes
+        server = config.server
+        self._body_timeout = server.body_timeout
+        self._body_total_timeout = server.body_total_timeout
+        self._buffer_cap = server.buffer_body_bytes
+        #: the pool's gate and the teams' in-flight counts (a reload hands them on)
+        self.slots = UpstreamSlots(up.max_connections)
 
     # ----------------------------------------------------------------- entry point
 
@@ -158,6 +174,13 @@ class Proxy:
                 if answer is not None:
                     return await self._answer(ctx, answer)
             return await self._forward(ctx)
+        except _BodyCut as exc:
+            return await self._body_cut(ctx, exc.outcome)
+        except asyncio.CancelledError:
+            if ctx.outcome is None:  # the server's drain ran out (a gone client cancels nothing)
+                ctx.outcome = "drain_timeout"
+                ctx.error = ctx.error or "drain_timeout"
+            raise
         except StripeErrorResponse as exc:
             error = exc.code or ("refused" if exc.status in (401, 403) else f"http_{exc.status}")
             return await self._answer(ctx, exc.to_response(ctx.request_id), error)
@@ -182,6 +205,8 @@ class Proxy:
                 "plugin_failure",
             )
         finally:
+            if ctx.outcome is None:
+                self._settle(ctx)
             if "gateway_request_finished" in hooks:
                 await host.each("gateway_request_finished", fail_closed=False, ctx=ctx)
 
@@ -208,6 +233,51 @@ class Proxy:
                 if 0 < len(body) <= ctx.capture_limit:
                     ctx.response_body = bytes(body)
                     ctx.response_headers = CIMultiDict(response.headers)
+        return response
+
+    @staticmethod
+    def _settle(ctx: RequestContext) -> None:
+        """Name how a request that did not say so itself ended (``ctx.outcome``)."""
+        if ctx.request.transport is None:
+            # the client left before the answer the handler returns could be sent (nginx
+            # logs such a request as 499)
+            ctx.outcome = "client_closed"
+            ctx.status = 499
+        elif ctx.error is not None and ctx.error.startswith("upstream_"):
+            ctx.outcome = "upstream_error"
+        else:
+            ctx.outcome = "ok"
+
+    async def _body_cut(self, ctx: RequestContext, outcome: str) -> web.StreamResponse:
+        """The client's body stalled or ended early: nothing complete went upstream (a
+        streamed one had its upstream connection closed before the body's end)."""
+        ctx.outcome = outcome
+        response: web.StreamResponse
+        if outcome == "client_closed":
+            ctx.error = "client_disconnected"
+            ctx.status = 499
+            response = web.Response(status=499)  # nobody is left to read it
+        else:
+            timeout = self._body_timeout
+            response = await self._answer(
+                ctx,
+                error_response(
+                    408,
+                    f"The request body did not arrive in time (no data for {timeout:g} s, or "
+                    f"more than {self._body_total_timeout:g} s in all). Nothing was sent to "
+                    "Stripe, or what was sent was abandoned before the body's end.",
+                    request_id=ctx.request_id,
+                    code="request_body_timeout",
+                    should_retry=False,
+                ),
+                "body_timeout",
+            )
+            # Send the 408, then close: aiohttp would otherwise linger up to 10 s reading
+            # the rest of a body that is not coming.
+            await response.prepare(ctx.request)
+            await response.write_eof()
+            ctx.request.protocol.force_close()
+        response.force_close()  # the rest of the body is never read
         return response
 
     async def _upstream_answer(
@@ -274,12 +344,31 @@ class Proxy:
         headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
         return headers
 
+    def _body_deadline(self) -> float:
+        """The loop time by which a body starting now must have arrived whole."""
+        return asyncio.get_running_loop().time() + self._body_total_timeout
+
+    async def _chunk(self, content: aiohttp.StreamReader, deadline: float) -> bytes:
+        """The body's next chunk (b"" at its end), within ``body_timeout`` and ``deadline``;
+        raises :class:`_BodyCut` when it stalls or the client leaves before the end."""
+        try:
+            if not content.at_eof():
+                now = asyncio.get_running_loop().time()
+                async with asyncio.timeout_at(min(now + self._body_timeout, deadline)):
+                    return await content.readany()
+            return b""
+        except TimeoutError:
+            raise _BodyCut("body_timeout") from None
+        except OSError:  # aiohttp: the connection was lost before the body's end
+            raise _BodyCut("client_closed") from None
+
     async def _body(self, ctx: RequestContext) -> AsyncIterator[bytes]:
         content = ctx.request.content
         limit = ctx.request_capture_limit
+        deadline = self._body_deadline()
         if limit <= 0:
             while True:
-                chunk = await content.readany()
+                chunk = await self._chunk(content, deadline)
                 if not chunk:
                     return
                 ctx.bytes_in += len(chunk)
@@ -289,7 +378,7 @@ class Proxy:
         # a plugin asked for a copy: keep the chunks while the body stays within its limit
         captured: list[bytes] | None = []
         while True:
-            chunk = await content.readany()
+            chunk = await self._chunk(content, deadline)
             if not chunk:
                 if captured is not None:
                     ctx.request_body = b"".join(captured)
@@ -340,10 +429,54 @@ class Proxy:
         # retries only with a key: the same key on every attempt makes them safe
         policy = ctx.retry if ctx.idempotency_key is not None else None
         body: bytes | None = None
-        if policy is not None and request.body_exists:
-            body = await self._buffer_body(ctx, policy.body_cap)
-            if body is None:  # too large to replay: sent once, streamed
-                policy = None
+        if request.body_exists:
+            body = await self._buffer_body(ctx, policy)
+            if policy is not None and (body is None or len(body) > policy.body_cap):
+                policy = None  # too large to replay: sent once
+        team = ctx.team
+        await self._take_slot(ctx)
+        try:
+            return await self._exchange(ctx, headers, body, policy)
+        finally:
+            self.slots.give(team.name if team is not None else None)
+
+    async def _take_slot(self, ctx: RequestContext) -> None:
+        """Wait (at most ``pool_timeout``) for a pooled upstream connection to be free, and
+        count the request against its team's ``max_in_flight``; answer 503 or 429 instead."""
+        team = ctx.team
+        name, cap = (team.name, team.max_in_flight) if team is not None else (None, None)
+        try:
+            await self.slots.take(name, cap, self.config.upstream.pool_timeout)
+        except TeamBusy:
+            raise StripeErrorResponse(
+                429,
+                f"Too many requests in flight for team {name!r} (max_in_flight = {cap}). "
+                "Nothing was sent to Stripe; retry shortly.",
+                code="team_in_flight_limit",
+                should_retry=True,
+            ) from None
+        except PoolExhausted:
+            ctx.error = "upstream_pool_exhausted"
+            raise StripeErrorResponse(
+                503,
+                "Every connection to Stripe stayed busy for "
+                f"{self.config.upstream.pool_timeout:g} s (gateway pool exhausted). "
+                "Nothing was sent to Stripe.",
+                type="api_error",
+                code="upstream_pool_exhausted",
+                should_retry=True,
+            ) from None
+
+    async def _exchange(
+        self,
+        ctx: RequestContext,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        policy: RetryPolicy | None,
+    ) -> web.StreamResponse:
+        """Send the request upstream (again, under ``policy``) and relay the answer."""
+        assert self.session is not None, "the upstream session opens at start-up"
+        request = ctx.request
         assert ctx.upstream_name is not None, "only routed requests are forwarded"
         url = upstream_url(self._bases[ctx.upstream_name], request.raw_path)
         started = time.perf_counter()
@@ -373,8 +506,7 @@ class Proxy:
                     ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
                 )
             except (aiohttp.ClientError, OSError) as exc:
-                if ctx.bytes_in > self._max_body:  # aiohttp wraps the body generator's error
-                    raise self._too_large() from None
+                self._body_failed(ctx, exc)  # aiohttp wraps the body generator's errors
                 kind = failure_kind(exc)
                 ctx.upstream_failures += (kind,)
                 if (
@@ -382,6 +514,7 @@ class Proxy:
                     and ctx.method in _SAFE_METHODS
                     and ctx.attempts == 1
                     and policy is None
+                    and (body is not None or not request.body_exists)
                 ):
                     # A kept-alive connection Stripe closed as the request went out: a GET
                     # or HEAD is tried once more, at once, on a new connection (the
@@ -418,13 +551,29 @@ class Proxy:
             finally:
                 upstream.release()
 
-    async def _buffer_body(self, ctx: RequestContext, cap: int) -> bytes | None:
-        """Read the request body for replay; None (and nothing read) when it may exceed
-        ``cap``: a body of unknown length is not buffered."""
+    def _body_failed(self, ctx: RequestContext, exc: BaseException) -> None:
+        """Raise what the streamed body's own failure, wrapped by aiohttp, means."""
+        if ctx.bytes_in > self._max_body:
+            raise self._too_large() from None
+        cause = exc.__cause__
+        if isinstance(cause, _BodyCut):
+            raise cause from None
+
+    async def _buffer_body(self, ctx: RequestContext, policy: RetryPolicy | None) -> bytes | None:
+        """Read the request body whole before an upstream connection is taken (so a slow
+        client never holds one), when its Content-Length is within ``buffer_body_bytes``
+        or the retry policy's ``body_cap`` (to replay it); None (and nothing read) for
+        other bodies, which stream. A body of unknown length is not buffered."""
         length = ctx.request.content_length
+        cap = max(self._buffer_cap, policy.body_cap if policy is not None else 0)
         if length is None or length > cap:
             return None
-        body = await ctx.request.read()
+        content = ctx.request.content
+        deadline = self._body_deadline()
+        chunks: list[bytes] = []
+        while chunk := await self._chunk(content, deadline):
+            chunks.append(chunk)
+        body = b"".join(chunks)
         ctx.bytes_in = len(body)
         if len(body) <= ctx.request_capture_limit:
             ctx.request_body = body
@@ -469,10 +618,13 @@ class Proxy:
             await self.host.each(
                 "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
             )
-        await response.prepare(request)
         limit = ctx.capture_limit
         captured: list[bytes] | None = [] if limit > 0 else None
         try:
+            try:
+                await response.prepare(request)
+            except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+                raise _ClientGone() from exc  # gone while Stripe was answering
             chunks = _one(preread) if preread is not None else upstream.content.iter_any()
             async for chunk in chunks:
                 try:
@@ -487,6 +639,9 @@ class Proxy:
                         captured = None
         except _ClientGone:
             ctx.error = "client_disconnected"
+            ctx.outcome = "client_closed"
+            if ctx.bytes_out == 0:  # gone before any of the response reached it
+                ctx.status = 499
             upstream.close()
             ctx.upstream_seconds = time.perf_counter() - sent
             return response
@@ -499,6 +654,7 @@ class Proxy:
                 else "upstream_broken_body"
             )
             ctx.upstream_failures += (ctx.error.removeprefix("upstream_"),)
+            ctx.outcome = "upstream_error"
             self.host.log.warning(
                 "upstream_broken_body",
                 kind=ctx.error,
@@ -514,6 +670,7 @@ class Proxy:
             raise asyncio.CancelledError() from None
         ctx.upstream_seconds = time.perf_counter() - sent
         await response.write_eof()
+        ctx.outcome = "ok"  # sent whole, even if the client closes right after
         if captured is not None:
             ctx.response_body = b"".join(captured)
             ctx.response_headers = CIMultiDict(response.headers)

@@ -212,6 +212,7 @@ class Generations:
         host.log = make_error_logger(self._error_stream, extra_processors=host.log_processors)
         proxy = Proxy(config=config, host=host)
         proxy.session = running.proxy.session
+        proxy.slots = running.proxy.slots  # the pool it guards is shared too
         new = Generation(config, host, proxy, running.number + 1)
         if ignored:
             host.log.warning(

@@ -423,6 +423,7 @@ class AuditPlugin:
             "stripe_account": ctx.stripe_account,
             "livemode": ctx.livemode,
             "status": ctx.status,
+            "outcome": ctx.outcome,
             "upstream": ctx.upstream_name,
             "upstream_request_id": ctx.upstream_request_id,
             "duration_ms": ctx.elapsed_ms(),

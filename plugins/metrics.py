@@ -23,7 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from gateway.app import CONFIG
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext
+from gateway.context import OUTCOMES, RequestContext
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.metrics import METRICS, GatewayMetrics
@@ -73,6 +73,7 @@ class MetricsPlugin:
         self._upstream: dict[str | None, Any] = {}
         self._cache: dict[str, Any] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
+        self._outcomes: dict[tuple[str, str | None], Any] = {}
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
@@ -103,6 +104,11 @@ class MetricsPlugin:
                 team, method, family, _STATUS.get(status, "none")
             )
         child.inc()
+        ended = self._outcomes.get((team, ctx.outcome))
+        if ended is None:
+            outcome = ctx.outcome if ctx.outcome in OUTCOMES else "other"
+            ended = self._outcomes[team, ctx.outcome] = metrics.outcomes.labels(team, outcome)
+        ended.inc()
         duration = self._durations.get(family)
         if duration is None:
             duration = self._durations[family] = metrics.request_duration.labels(family)

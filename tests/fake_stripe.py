@@ -45,6 +45,8 @@ class FakeStripe:
     release_download: asyncio.Event | None = None
     #: how many chunks the streaming download had sent when it was released
     download_progress: list[int] = field(default_factory=list)
+    #: for ``/v1/test_faults/hold``: the answer waits until the test sets it
+    hold: asyncio.Event | None = None
     #: when set, every request is answered with this status and a Stripe api_error
     fail_with: int | None = None
     #: outcomes for the next requests, one popped per request: "retry500" (500 with
@@ -219,6 +221,10 @@ class FakeStripe:
             assert transport is not None
             transport.abort()
             raise web.HTTPInternalServerError()  # never reaches the wire
+        if kind == "hold":
+            assert self.hold is not None, "set FakeStripe.hold first"
+            await self.hold.wait()
+            return self._json({"id": "held", "object": "thing"})
         if kind == "stall":
             await asyncio.sleep(float(request.query.get("seconds", "30")))
             return self._json({"id": "late", "object": "thing"})

@@ -49,6 +49,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def complete_lines(text: str) -> list[str]:
+    """The lines of a log file read while it is being written: a last line without its
+    newline is still being written, so it is left out (parsing it would fail)."""
+    lines = text.split("\n")
+    return lines[:-1]  # after the last newline: "" or a line not yet whole
+
+
 @dataclass
 class RawResponse:
     status: int
@@ -244,7 +251,7 @@ class Stack:
         while True:
             records = []
             if self.errors_path.exists():
-                for line in self.errors_path.read_text().splitlines():
+                for line in complete_lines(self.errors_path.read_text()):
                     record = json.loads(line) if line else {}
                     if record.get("event") == event:
                         records.append(record)
@@ -263,7 +270,7 @@ class Stack:
             lines = []
             if self.audit_path.exists():
                 text = self.audit_path.read_text()
-                lines = [json.loads(line) for line in text.splitlines() if line]
+                lines = [json.loads(line) for line in complete_lines(text) if line]
             if len(lines) >= at_least or time.monotonic() > deadline:
                 return lines
             time.sleep(0.02)

@@ -20,7 +20,13 @@ from tests.gateway.test_cli import (
     serving,
     subprocess_env,
 )
-from tests.helpers import BILLING_KEY, BILLING_UPSTREAM_KEY, PASSTHROUGH_KEY, digest
+from tests.helpers import (
+    BILLING_KEY,
+    BILLING_UPSTREAM_KEY,
+    PASSTHROUGH_KEY,
+    complete_lines,
+    digest,
+)
 
 __all__ = [
     "NEW_KEY",
@@ -99,7 +105,7 @@ class GatewayConfigFile:
         while True:
             lines = []
             if self.audit.exists():
-                lines = [json.loads(x) for x in self.audit.read_text().splitlines() if x]
+                lines = [json.loads(x) for x in complete_lines(self.audit.read_text()) if x]
             if len(lines) >= at_least or time.monotonic() > deadline:
                 return lines
             time.sleep(0.02)
