@@ -150,25 +150,7 @@ KNOWN_ATTACKS = {
 }
 
 
-#: TEMPORARY: what main does not fix yet (remove an entry once its fix lands; strict, so a
-#: fixed defect fails here until its entry goes)
-NOT_FIXED_YET = {
-    "gzip_body": "request bodies are inflated (auto_decompress) and sent on as gzip",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(strict=True, reason=NOT_FIXED_YET[name])]
-            if name in NOT_FIXED_YET
-            else [],
-        )
-        for name in KNOWN_ATTACKS
-    ],
-)
+@pytest.mark.parametrize("name", list(KNOWN_ATTACKS))
 def test_known_attack(fuzz: FuzzStack, name: str) -> None:
     run_sequence(fuzz, KNOWN_ATTACKS[name])
 
@@ -188,10 +170,6 @@ def test_known_attack(fuzz: FuzzStack, name: str) -> None:
 @example(requests=CONNECT)
 @example(requests=OPTIONS_ASTERISK)
 @example(requests=NEWLINE_IN_PATH)
-@pytest.mark.xfail(
-    strict=True,
-    reason="TEMPORARY: gzip request bodies are inflated and sent on as gzip (502/504), "
-    "as NOT_FIXED_YET['gzip_body']",
-)
+@example(requests=GZIP_POST)
 def test_raw_requests_keep_the_invariants(fuzz: FuzzStack, requests: list[FuzzRequest]) -> None:
     run_sequence(fuzz, requests)
