@@ -63,7 +63,8 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ServerConfig(Settings):
-    """``[server]``: the public listener."""
+    """The public listener. Every `[server]` key is read at start only: a reload (SIGHUP)
+    keeps the running values."""
 
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
@@ -122,7 +123,9 @@ class ServerConfig(Settings):
 
 
 class AdminConfig(Settings):
-    """``[admin]``: the admin listener (metrics, health, admin endpoints), off the public one."""
+    """The admin listener: Prometheus metrics, health and admin endpoints, on an address and
+    port of their own (keep it off the public network). GET /healthz, /readyz and /metrics are
+    open; /admin/* needs "Authorization: Bearer <admin token>"."""
 
     host: str = Field("127.0.0.1", min_length=1, description="address of the admin listener")
     port: int = Field(0, ge=0, le=65535, description="port of the admin listener (0: none)")
@@ -130,6 +133,7 @@ class AdminConfig(Settings):
         None,
         description="SHA-256 hex digest of the admin token (`stripe-gateway hash-key`); "
         "without it the /admin/* endpoints refuse every request",
+        examples=["<64 lowercase hex characters>"],
     )
 
     @field_validator("token_sha256")
@@ -148,7 +152,7 @@ class AdminConfig(Settings):
 
 
 class UpstreamConfig(Settings):
-    """``[upstream]``: where requests go, and how long the gateway waits for Stripe."""
+    """Where each Stripe host is, and how long the gateway waits for Stripe."""
 
     api: str = Field("https://api.stripe.com", description="base URL of the API upstream")
     files: str = Field("https://files.stripe.com", description="base URL of file uploads")
@@ -182,7 +186,10 @@ class UpstreamConfig(Settings):
 
 
 class TeamConfig(Settings):
-    """``[[teams]]``: one team, its gateway keys, its upstream key and what it may call."""
+    """Teams: who may call the gateway. Repeat `[[teams]]` for each team: its gateway keys,
+    its upstream Stripe key, and what it may call. Without an upstream key, the key a
+    service presents must itself be a Stripe key registered by digest, and is forwarded
+    unchanged."""
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -194,23 +201,31 @@ class TeamConfig(Settings):
         "(`stripe-gateway hash-key`)",
     )
     upstream_key_env: str | None = Field(
-        None, description="environment variable holding the Stripe key sent upstream"
+        None,
+        description="environment variable holding the Stripe key sent upstream",
+        examples=["STRIPE_SECRET_KEY"],
     )
     upstream_key_file: Path | None = Field(
-        None, strict=False, description="file holding the Stripe key sent upstream"
+        None,
+        strict=False,
+        description="file holding the Stripe key sent upstream",
+        examples=["/run/secrets/stripe_key"],
     )
     allow: list[str] = Field(
         default_factory=lambda: ["* /**"],
         description='"METHOD /path/glob" rules; `*` is one path segment, `**` any number',
     )
     stripe_accounts: list[str] | None = Field(
-        None, description="if set, the only Stripe-Account values this team may send"
+        None,
+        description="if set, the only Stripe-Account values this team may send",
+        examples=[["acct_1234567890"]],
     )
     max_in_flight: int | None = Field(
         None,
         ge=1,
         description="if set, most requests of this team upstream at once, per process "
         "(429 over it)",
+        examples=[20],
     )
     #: the upstream key, resolved from upstream_key_env / upstream_key_file at load time
     upstream_key: SecretStr | None = None
@@ -268,7 +283,9 @@ class TeamConfig(Settings):
 
 
 class PluginsConfig(Settings):
-    """``[plugins]``: what to load and disable; ``[plugins.<name>]`` tables are plugin settings."""
+    """What to load and disable; each `[plugins.<name>]` table holds one plugin's settings.
+    Plugins installed with an entry point in the group "stripe_gateway" are loaded without
+    being listed. Turning "redaction" off puts secrets in the logs."""
 
     model_config = ConfigDict(extra="allow")
 

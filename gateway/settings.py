@@ -45,6 +45,7 @@ __all__ = [
     "RouteText",
     "Settings",
     "config_error",
+    "describe_bounds",
     "validate_settings",
 ]
 
@@ -93,9 +94,12 @@ class RedisSettings(Settings):
         None,
         description="environment variable holding the Redis URL (redis backend); use it "
         "when the URL has a password",
+        examples=["STRIPE_GATEWAY_REDIS_URL"],
     )
     redis_url: str | None = Field(
-        None, description="the Redis URL itself, when it has no password (redis backend)"
+        None,
+        description="the Redis URL itself, when it has no password (redis backend)",
+        examples=["redis://127.0.0.1:6379/0"],
     )
     redis_timeout: float = Field(
         0.05, gt=0, description="seconds per Redis call before Redis counts as down"
@@ -189,7 +193,9 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _bounds(info: FieldInfo | None, ctx: Mapping[str, Any]) -> str:
+def describe_bounds(info: FieldInfo | None, ctx: Mapping[str, Any] | None = None) -> str:
+    """A field's numeric bounds in words: ``between 0 and 65535``, ``> 0``, ``""``."""
+    ctx = ctx or {}
     found: dict[str, Any] = {}
     for item in info.metadata if info is not None else ():
         for name in ("ge", "gt", "le", "lt"):
@@ -262,7 +268,7 @@ def _reason(error: ErrorDetails, info: FieldInfo | None) -> str:
     if kind in ("too_long", "string_too_long"):
         return f"must have at most {ctx.get('max_length')} entries"
     what = _kind(info, kind)
-    bounds = _bounds(info, ctx) if what in ("a whole number", "a number") else ""
+    bounds = describe_bounds(info, ctx) if what in ("a whole number", "a number") else ""
     if kind == "finite_number":
         return f"must be a finite number {bounds}".rstrip()
     range_error = kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal")

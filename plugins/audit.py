@@ -100,7 +100,7 @@ class AuditRoute:
 
 
 class AuditRouteSettings(Settings):
-    """One ``[[plugins.audit.routes]]`` entry; a key left out keeps the global value."""
+    """A per-route override; a key left out keeps the global value."""
 
     route: RouteText = Field(description='"METHOD /path/glob", e.g. "POST /v1/forwarding/**"')
     params: bool | None = Field(None, description="log the request's parameters")
@@ -108,7 +108,9 @@ class AuditRouteSettings(Settings):
 
 
 class AuditSettings(Settings):
-    """``[plugins.audit]``: one JSON line per request, tied to Stripe's ``Request-Id``."""
+    """One JSON line per request, tied to Stripe's Request-Id. Parameters and bodies are
+    redacted like every field; bodies still stream upstream, the gateway keeps a copy of at
+    most the logged size as they go. SIGUSR1 also reopens the file, as nginx does."""
 
     path: str = Field(
         "-", description='"-" for standard output or a file path, opened for appending'
@@ -128,6 +130,7 @@ class AuditSettings(Settings):
     routes: list[AuditRouteSettings] = Field(
         default_factory=list,
         description="per-route overrides of params and response_body, first match wins",
+        examples=[[{"route": "POST /v1/forwarding/**", "params": False, "response_body": True}]],
     )
     reopen_check_seconds: float = Field(
         1.0,

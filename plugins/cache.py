@@ -64,14 +64,17 @@ def _is_final(obj: dict[str, Any]) -> bool:
 
 
 class CacheRoute(Settings):
-    """One ``[[plugins.cache.routes]]`` entry: a TTL for the requests of one route."""
+    """A TTL for the requests of one route."""
 
     route: RouteText = Field(description='"METHOD /path/glob", e.g. "GET /v1/climate/**"')
     ttl: float = Field(ge=0, description="seconds an answer of this route stays fresh")
 
 
 class CacheSettings(RedisSettings):
-    """``[plugins.cache]``: serve retrieves of one object from cache."""
+    """Serves retrieves of one object (GET /v1/<resource>/<id>) from cache; partitioned by
+    upstream key, Stripe-Account, Stripe-Context, Stripe-Version, path and query; evicted on
+    every successful write to the object through the gateway. Lists, searches, balance, file
+    contents, events and answers carrying a client_secret or secret are never cached."""
 
     default_ttl: float = Field(30.0, gt=0, description="seconds an answer stays fresh")
     final_ttl: float = Field(
@@ -82,7 +85,9 @@ class CacheSettings(RedisSettings):
         "requests, verification reports; capped by the object's expires_at",
     )
     routes: list[CacheRoute] = Field(
-        default_factory=list, description="per-route TTLs, first match wins"
+        default_factory=list,
+        description="per-route TTLs, first match wins",
+        examples=[[{"route": "GET /v1/climate/**", "ttl": 300}]],
     )
     stale_if_error: float = Field(
         0.0,

@@ -54,8 +54,9 @@ def _writes_only(text: str) -> str:
 
 
 class IdempotencySettings(Settings):
-    """``[plugins.idempotency]``: inject keys where a retry must be safe, namespace them per
-    team, and let the gateway retry with the same key."""
+    """Idempotency-Key injection and safe retries with the same key: on a connection
+    failure, 409 idempotency_key_in_use, 429 lock_timeout or Stripe-Should-Retry: true.
+    Responses always show the caller's form of the key."""
 
     routes: list[Annotated[RouteText, AfterValidator(_writes_only)]] = Field(
         default_factory=lambda: ["POST /v1/forwarding/requests"],

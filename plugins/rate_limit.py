@@ -90,7 +90,7 @@ class TeamLimits:
 
 
 class Rate(Settings):
-    """A rate with a burst allowance: ``{ rate = 10, burst = 20 }``."""
+    """A rate with a burst allowance."""
 
     rate: float = Field(gt=0, description="requests per second")
     burst: int | None = Field(
@@ -105,7 +105,7 @@ class Rate(Settings):
 
 
 class RouteRate(Rate):
-    """A per-route limit: ``{ route = "POST /v1/files", rate = 1, burst = 5 }``."""
+    """A per-route limit (its own bucket per team)."""
 
     route: RouteText = Field(description='"METHOD /path/glob" the limit applies to')
 
@@ -123,13 +123,17 @@ _TeamRate = Annotated[Rate | None, BeforeValidator(_rate_or_unlimited)]
 
 
 class TeamRateLimits(Settings):
-    """One team's limits (``default`` or ``teams.<name>``)."""
+    """One team's limits."""
 
     read: _TeamRate = Field(
-        None, description='GET/HEAD: { rate = 10, burst = 20 } or "unlimited" (unlimited)'
+        None,
+        description='GET/HEAD: { rate = 10, burst = 20 } or "unlimited" (unlimited)',
+        examples=[{"rate": 20, "burst": 40}],
     )
     write: _TeamRate = Field(
-        None, description='other methods: { rate = 10, burst = 20 } or "unlimited" (unlimited)'
+        None,
+        description='other methods: { rate = 10, burst = 20 } or "unlimited" (unlimited)',
+        examples=[{"rate": 10, "burst": 20}],
     )
     routes: list[RouteRate] = Field(
         default_factory=list,
@@ -152,22 +156,33 @@ class TeamRateLimits(Settings):
 
 
 class RateLimitSettings(RedisSettings):
-    """``[plugins.rate_limit]``: share one Stripe account's request budget out between teams."""
+    """Shares one Stripe account's request budget out between teams; with no limit set (the
+    default) nothing is limited. Each request that would reach Stripe counts against its
+    team's limit (read = GET/HEAD, write = the other methods, or the first matching route)
+    and against the budget of the upstream key it is sent with, shared by every team using
+    that key. Smooth (GCRA): at most burst + rate x t requests in any t seconds. Cache hits
+    never count; a 429 from Stripe passes through unchanged. Refusals are Stripe-shaped 429s
+    (code "rate_limit", Retry-After). Stripe allows about 100 requests per second in live
+    mode and 25 in test mode: keep some headroom."""
 
     shadow: bool = Field(False, description="compute, log and count every decision, refuse nothing")
     account: Rate | None = Field(
-        None, description="budget per upstream credential: { rate = 90, burst = 20 } (none)"
+        None,
+        description="budget per upstream Stripe key, all teams together",
+        examples=[{"rate": 90, "burst": 20}],
     )
     account_test: Rate | None = Field(
         None,
         description="the same for test-mode keys (sk_test_/rk_test_); default: account",
+        examples=[{"rate": 20, "burst": 5}],
     )
     default: TeamRateLimits = Field(
         default_factory=TeamRateLimits, description="limits of teams not listed in teams"
     )
     teams: dict[str, TeamRateLimits] = Field(
         default_factory=dict,
-        description="a team's limits by team name, key by key over default",
+        description="a team's limits by team name (a [[teams]] name), key by key over default",
+        examples=[{"analytics": {"read": {"rate": 5, "burst": 10}, "shadow": True}}],
     )
     on_redis_error: Literal["allow", "deny"] = Field(
         "allow",

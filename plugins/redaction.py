@@ -48,7 +48,12 @@ def _names(value: list[str], shape: re.Pattern[str], what: str) -> list[str]:
 
 
 class RedactionSettings(Settings):
-    """``[plugins.redaction]``: no secret or personal data in any log line."""
+    """Every log line (audit, errors, aiohttp/stdlib logs) passes through redaction in front
+    of the renderer. Built in: the Authorization, Proxy-Authorization, Cookie, Set-Cookie and
+    Stripe-Signature headers; card data, bank and identity numbers, secrets and tokens,
+    Forwarding request bodies and header values, wallet addresses, personal data; Stripe
+    keys, webhook secrets, client secrets, Basic credentials and Luhn-valid card numbers
+    anywhere in any text."""
 
     fields: list[str] = Field(
         default_factory=list,
@@ -78,6 +83,7 @@ class RedactionSettings(Settings):
         None,
         description='with mask = "hmac": the environment variable holding the key (at least '
         "16 bytes); the key itself never goes in the config file",
+        examples=["STRIPE_GATEWAY_LOG_HMAC_KEY"],
     )
     max_bytes: int = Field(
         1 << 20,

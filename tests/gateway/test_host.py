@@ -24,7 +24,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -39,10 +39,10 @@ from gateway.config import parse_config
 from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.hookspecs import hookimpl
-from gateway.settings import RouteText, Settings
 from gateway.host import DEFAULT_PLUGINS as _DEFAULT_PLUGINS
 from gateway.host import REQUEST_HOOKS, PluginHost
 from gateway.logs import make_error_logger
+from gateway.settings import RouteText, Settings
 from tests.helpers import (
     ANALYTICS_KEY,
     BILLING_KEY,
@@ -906,7 +906,7 @@ class DeclaringPlugin:
 
     name = "declaring"
     settings_model = DeclaredSettings
-    seen: list[object] = []
+    seen: ClassVar[list[object]] = []
 
     @hookimpl
     def gateway_configure(self, settings: DeclaredSettings) -> None:
@@ -924,7 +924,7 @@ class RawPlugin:
     """Declares no model: gets the raw table."""
 
     name = "raw"
-    seen: list[object] = []
+    seen: ClassVar[list[object]] = []
 
     @hookimpl
     def gateway_configure(self, settings: dict[str, Any]) -> None:

@@ -16,8 +16,8 @@ import stripe
 
 from gateway.config import parse_config
 from gateway.errors import ConfigError
-from gateway.settings import validate_settings
 from gateway.host import PluginHost
+from gateway.settings import validate_settings
 from plugins.audit import AuditRoute, AuditSettings
 from tests.fake_stripe import WEBHOOK_SECRET
 from tests.gateway.test_cli import wait_until
@@ -453,7 +453,7 @@ def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
                 {"route": "POST /v1/forwarding/**", "params": True},
                 {"route": "* /v1/identity/**", "response_body": False},
             ],
-        }
+        },
     )
     assert settings.file == tmp_path / "audit.jsonl"
     assert settings.route("POST", "/v1/forwarding/requests") == AuditRoute(True, True)
@@ -485,7 +485,11 @@ def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
         ({"reopen_check_seconds": -1}, "reopen_check_seconds", "between 0 and 3600"),
         ({"reopen_check_seconds": 3601}, "reopen_check_seconds", "between 0 and 3600"),
         ({"reopen_check_seconds": float("nan")}, "reopen_check_seconds", "finite number"),
-        ({"reopen_check_seconds": True}, "reopen_check_seconds", "number between 0 and 3600, not true"),
+        (
+            {"reopen_check_seconds": True},
+            "reopen_check_seconds",
+            "number between 0 and 3600, not true",
+        ),
         ({"reopen_check_seconds": "1"}, "reopen_check_seconds", "not a string"),
         ({"path": ""}, "path", "file path"),
         ({"path": "/nonexistent-dir/audit.jsonl"}, "path", "does not exist"),

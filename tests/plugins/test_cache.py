@@ -18,8 +18,8 @@ from gateway.app import HOST
 from gateway.cachekeys import cache_key
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
-from gateway.settings import validate_settings
 from gateway.hookspecs import hookimpl
+from gateway.settings import validate_settings
 from plugins.cache import CacheSettings
 from tests.conftest import RedisServer
 from tests.helpers import (

@@ -18,11 +18,11 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from gateway import hookspecs
 from gateway.config import GatewayConfig, parse_config
 from gateway.errors import ConfigError
-from gateway.settings import validate_settings
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.redact import MARKER, RedactingProcessor
 from gateway.sensitive import CATEGORIES
+from gateway.settings import validate_settings
 from plugins.redaction import RedactionPlugin, RedactionSettings
 from tests.helpers import ENVIRON
 
