@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     _sandbox_flags(demo, port=12111, prefix="sandbox-")
 
+    reference = sub.add_parser(
+        "config-reference",
+        help="print the configuration reference generated from the settings models "
+        "(docs/configuration.md, or config.example.toml with --format toml)",
+    )
+    reference.add_argument(
+        "--format", choices=("markdown", "toml"), default="markdown", help="default: markdown"
+    )
+
     sub.add_parser(
         "hash-key",
         help="print the SHA-256 digest of a key read from stdin (for teams[].key_sha256)",
@@ -315,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "serve":
             return _serve(args)
+        if args.command == "config-reference":
+            from gateway import reference
+
+            sys.stdout.write(reference.toml() if args.format == "toml" else reference.markdown())
+            return 0
         if args.command in ("sandbox", "demo"):
             from gateway.sandbox.run import DemoOptions, run_demo, run_sandbox
 

@@ -5,12 +5,15 @@ Every problem is reported as a :class:`~gateway.errors.ConfigError` naming the k
 Secrets never live in the file: team keys are SHA-256 digests, upstream Stripe keys are
 read from the environment variable or file that the config names.
 
-Plugin settings live in ``[plugins.<name>]`` tables; the core checks only that ``<name>``
-is a known plugin, and each plugin validates its own table in ``gateway_configure``.
+Every model derives from :class:`gateway.settings.Settings` (strict, closed, frozen) and
+problems are translated by :func:`gateway.settings.validate_settings`, the same translator the
+plugin host uses for ``[plugins.<name>]`` tables: the core checks only that ``<name>`` is a
+known plugin, and the host validates the table against the plugin's declared model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -19,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -31,6 +32,7 @@ from pydantic import (
 
 from gateway.errors import ConfigError
 from gateway.globs import parse_rule
+from gateway.settings import Settings, validate_settings
 
 __all__ = [
     "ENV_OVERRIDES",
@@ -58,66 +60,88 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 
 _URL = re.compile(r"^https?://[^/\s?#]+$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_ENTRY = re.compile(r"^entry (\d+): (.*)$", re.S)
-_PREFIXED = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.S)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+class ServerConfig(Settings):
+    """The public listener. Every `[server]` key is read at start only: a reload (SIGHUP)
+    keeps the running values."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_booleans_as_numbers(cls, data: Any) -> Any:
-        # pydantic's lax mode reads `port = true` as 1; a config file means no such thing
-        if isinstance(data, dict):
-            for name, info in cls.model_fields.items():
-                if isinstance(data.get(name), bool) and info.annotation in (int, float):
-                    raise ValueError(f"{name}: must be a number, not {str(data[name]).lower()}")
-        return data
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    drain_timeout: float = Field(
+        30.0, gt=0, description="seconds in-flight requests get to finish after SIGTERM/SIGINT"
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="largest request body accepted (413 above it)"
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="longest wait, in seconds, for the next part of a request body (408 "
+        "after it), like nginx's client_body_timeout: per read, not for the whole body",
+    )
+    body_total_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="longest time, in seconds, a whole request body may take to arrive "
+        "(408 after it)",
+    )
+    send_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="longest wait, in seconds, for the client to take the next part of a "
+        "response, like nginx's send_timeout: then its connection is closed and its upstream "
+        "one freed",
+    )
+    buffer_body_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="request bodies with a Content-Length up to this many bytes are read "
+        "whole before an upstream connection is taken (0: every body streams as it arrives)",
+    )
+    max_header_bytes: int = Field(
+        8190,
+        ge=1024,
+        le=1024 * 1024,
+        description="largest request line or single header accepted (a Stripe-shaped 400 above it)",
+    )
+    header_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a request line and headers may take, from the connection's "
+        "opening (or the next request's first byte, on a kept-alive connection); then a 408 "
+        "and a close",
+    )
+    keepalive_timeout: float = Field(
+        75.0, gt=0, description="seconds a kept-alive connection may stay idle between requests"
+    )
+    max_connections: int = Field(
+        10000,
+        ge=0,
+        description="open client connections per process (0 = unlimited); more are closed at once",
+    )
+    uvloop: bool = Field(True, description="use uvloop when it is installed")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="worker processes sharing the listening port (1: the gateway is one process)",
+    )
 
 
-class ServerConfig(_Strict):
-    host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(8080, ge=0, le=65535)
-    #: seconds in-flight requests get to finish after SIGTERM/SIGINT
-    drain_timeout: float = Field(30.0, gt=0)
-    #: largest request body accepted (413 above it)
-    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
-    #: longest wait, in seconds, for the next part of a request body (408 after it), like
-    #: nginx's client_body_timeout: per read, not for the whole body
-    body_timeout: float = Field(30.0, gt=0)
-    #: longest time, in seconds, a whole request body may take to arrive (408 after it)
-    body_total_timeout: float = Field(600.0, gt=0)
-    #: longest wait, in seconds, for the client to take the next part of a response, like
-    #: nginx's send_timeout: then its connection is closed and its upstream one freed
-    send_timeout: float = Field(60.0, gt=0)
-    #: request bodies with a Content-Length up to this many bytes are read whole before an
-    #: upstream connection is taken (0: every body streams as it arrives)
-    buffer_body_bytes: int = Field(1024 * 1024, ge=0)
-    #: largest request line or single header accepted (a Stripe-shaped 400 above it)
-    max_header_bytes: int = Field(8190, ge=1024, le=1024 * 1024)
-    #: seconds a request line and headers may take, from the connection's opening (or the
-    #: next request's first byte, on a kept-alive connection); then a 408 and a close
-    header_timeout: float = Field(20.0, gt=0)
-    #: seconds a kept-alive connection may stay idle between requests
-    keepalive_timeout: float = Field(75.0, gt=0)
-    #: open client connections per process (0 = unlimited); more are closed at once
-    max_connections: int = Field(10000, ge=0)
-    #: use uvloop when it is installed
-    uvloop: bool = True
-    #: worker processes sharing the listening port (1: the gateway is one process)
-    workers: int = Field(1, ge=1, le=256)
+class AdminConfig(Settings):
+    """The admin listener: Prometheus metrics, health and admin endpoints, on an address and
+    port of their own (keep it off the public network). GET /healthz, /readyz and /metrics are
+    open; /admin/* needs "Authorization: Bearer <admin token>"."""
 
-
-class AdminConfig(_Strict):
-    """``[admin]``: the admin listener (metrics, health, admin endpoints), off the public one."""
-
-    host: str = Field("127.0.0.1", min_length=1)
-    #: 0 (the default): no admin listener
-    port: int = Field(0, ge=0, le=65535)
-    #: SHA-256 hex digest of the admin token (`stripe-gateway hash-key`); without it the
-    #: /admin/* endpoints refuse every request
-    token_sha256: str | None = None
+    host: str = Field("127.0.0.1", min_length=1, description="address of the admin listener")
+    port: int = Field(0, ge=0, le=65535, description="port of the admin listener (0: none)")
+    token_sha256: str | None = Field(
+        None,
+        description="SHA-256 hex digest of the admin token (`stripe-gateway hash-key`); "
+        "without it the /admin/* endpoints refuse every request",
+        examples=["<64 lowercase hex characters>"],
+    )
 
     @field_validator("token_sha256")
     @classmethod
@@ -134,18 +158,30 @@ class AdminConfig(_Strict):
         return self.port != 0
 
 
-class UpstreamConfig(_Strict):
-    api: str = "https://api.stripe.com"
-    files: str = "https://files.stripe.com"
-    connect: str = "https://connect.stripe.com"
-    meter_events: str = "https://meter-events.stripe.com"
-    connect_timeout: float = Field(10.0, gt=0)
-    #: longest wait for any read from Stripe (headers or a body chunk), like the SDKs' 80 s
-    read_timeout: float = Field(80.0, gt=0)
-    #: pooled connections to all upstreams together (0 = unlimited)
-    max_connections: int = Field(100, ge=0)
-    #: longest wait, in seconds, for a free pooled connection (503 after it)
-    pool_timeout: float = Field(10.0, gt=0)
+class UpstreamConfig(Settings):
+    """Where each Stripe host is, and how long the gateway waits for Stripe."""
+
+    api: str = Field("https://api.stripe.com", description="base URL of the API upstream")
+    files: str = Field("https://files.stripe.com", description="base URL of file uploads")
+    connect: str = Field("https://connect.stripe.com", description="base URL of Connect OAuth")
+    meter_events: str = Field(
+        "https://meter-events.stripe.com", description="base URL of v2 meter events"
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection to Stripe")
+    read_timeout: float = Field(
+        80.0,
+        gt=0,
+        description="longest wait for any read from Stripe (headers or a body chunk), like "
+        "the SDKs' 80 s",
+    )
+    max_connections: int = Field(
+        100, ge=0, description="pooled connections to all upstreams together (0 = unlimited)"
+    )
+    pool_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="longest wait, in seconds, for a free pooled connection (503 after it)",
+    )
 
     @field_validator("api", "files", "connect", "meter_events")
     @classmethod
@@ -156,20 +192,48 @@ class UpstreamConfig(_Strict):
         return value
 
 
-class TeamConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    #: SHA-256 hex digests of the gateway keys this team presents (`stripe-gateway hash-key`)
-    key_sha256: list[str] = Field(min_length=1)
-    #: environment variable holding the Stripe key sent upstream for this team
-    upstream_key_env: str | None = None
-    #: file holding the Stripe key sent upstream for this team
-    upstream_key_file: Path | None = None
-    #: "METHOD /path/glob" rules; `*` is one path segment, `**` any number
-    allow: list[str] = Field(default_factory=lambda: ["* /**"])
-    #: if set, the only Stripe-Account values this team may send
-    stripe_accounts: list[str] | None = None
-    #: if set, most requests of this team upstream at once, per process (429 over it)
-    max_in_flight: int | None = Field(None, ge=1)
+class TeamConfig(Settings):
+    """Teams: who may call the gateway. Repeat `[[teams]]` for each team: its gateway keys,
+    its upstream Stripe key, and what it may call. Without an upstream key, the key a
+    service presents must itself be a Stripe key registered by digest, and is forwarded
+    unchanged."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the team's name (letters, digits, `_`, `.`, `-`; up to 64)",
+    )
+    key_sha256: list[str] = Field(
+        min_length=1,
+        description="SHA-256 hex digests of the gateway keys this team presents "
+        "(`stripe-gateway hash-key`)",
+    )
+    upstream_key_env: str | None = Field(
+        None,
+        description="environment variable holding the Stripe key sent upstream",
+        examples=["STRIPE_SECRET_KEY"],
+    )
+    upstream_key_file: Path | None = Field(
+        None,
+        strict=False,
+        description="file holding the Stripe key sent upstream",
+        examples=["/run/secrets/stripe_key"],
+    )
+    allow: list[str] = Field(
+        default_factory=lambda: ["* /**"],
+        description='"METHOD /path/glob" rules; `*` is one path segment, `**` any number',
+    )
+    stripe_accounts: list[str] | None = Field(
+        None,
+        description="if set, the only Stripe-Account values this team may send",
+        examples=[["acct_1234567890"]],
+    )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="if set, most requests of this team upstream at once, per process "
+        "(429 over it)",
+        examples=[20],
+    )
     #: the upstream key, resolved from upstream_key_env / upstream_key_file at load time
     upstream_key: SecretStr | None = None
 
@@ -225,15 +289,20 @@ class TeamConfig(_Strict):
         return self
 
 
-class PluginsConfig(BaseModel):
-    """``[plugins]``: what to load and disable; ``[plugins.<name>]`` tables are plugin settings."""
+class PluginsConfig(Settings):
+    """What to load and disable; each `[plugins.<name>]` table holds one plugin's settings.
+    Plugins installed with an entry point in the group "stripe_gateway" are loaded without
+    being listed. Turning "redaction" off puts secrets in the logs."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow")
 
-    #: extra plugin modules to load, "package.module" or "package.module:attribute"
-    load: list[str] = Field(default_factory=list)
-    #: plugin names to turn off (built-in or third-party)
-    disable: list[str] = Field(default_factory=list)
+    load: list[str] = Field(
+        default_factory=list,
+        description='extra plugin modules to load, "package.module" or "package.module:attribute"',
+    )
+    disable: list[str] = Field(
+        default_factory=list, description="plugin names to turn off (built-in or third-party)"
+    )
 
     def tables(self) -> dict[str, dict[str, Any]]:
         """The ``[plugins.<name>]`` tables, by plugin name."""
@@ -249,7 +318,7 @@ class PluginsConfig(BaseModel):
         return self
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(Settings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
@@ -276,23 +345,23 @@ class GatewayConfig(_Strict):
         return self
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
 def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    tables: dict[str, type[Settings]] = {
+        "server": ServerConfig,
+        "admin": AdminConfig,
+        "upstream": UpstreamConfig,
+    }
     for var, (table, key) in ENV_OVERRIDES.items():
         if var in environ:
             section = data.setdefault(table, {})
             if not isinstance(section, dict):
                 raise ConfigError(table, "must be a table")
-            section[key] = environ[var]
+            value: Any = environ[var]
+            if tables[table].model_fields[key].annotation is int:
+                # the environment holds only strings; a port is read as the number it spells
+                with contextlib.suppress(ValueError):
+                    value = int(value)
+            section[key] = value
 
 
 def parse_config(
@@ -307,23 +376,7 @@ def parse_config(
     _apply_env_overrides(raw, env)
     if "source" in raw:
         raise ConfigError("source", "unknown key")
-    try:
-        return GatewayConfig.model_validate({**raw, "source": source}, context={"environ": env})
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        path = _loc(tuple(first["loc"]))
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif (m := _ENTRY.match(msg)) is not None:
-            # a list validator names the bad entry's index
-            path = f"{path}[{m[1]}]"
-            msg = m[2]
-        elif (m := _PREFIXED.match(msg)) is not None:
-            # a model validator names the key below its own location
-            path = f"{path}.{m[1]}" if path else m[1]
-            msg = m[2]
-        raise ConfigError(path, msg) from None
+    return validate_settings(GatewayConfig, {**raw, "source": source}, context={"environ": env})
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -53,19 +53,30 @@ MaybeAwaitable = Any  # T | Awaitable[T]; pluggy cannot express it, the host res
 
 
 @hookspec
-def gateway_configure(config: GatewayConfig, settings: dict[str, Any]) -> None:
-    """Validate this plugin's settings and prepare its state. Fires once, at start-up and
-    for ``stripe-gateway check-config``, before any socket is opened.
+def gateway_configure(config: GatewayConfig, settings: Any) -> None:
+    """Prepare this plugin's state from its settings. Fires once, at start-up and for
+    ``stripe-gateway check-config``, before any socket is opened.
+
+    **Declared settings.** A plugin declares its ``[plugins.<name>]`` table as a pydantic
+    model class in a ``settings_model`` attribute (on the plugin class, instance or module),
+    best derived from :class:`gateway.settings.Settings` (strict, closed, frozen). The host
+    validates the table (``{}`` when absent) against it before this hook, with the core's
+    key-path errors (``plugins.cache.default_ttl: must be a number > 0``), also when the
+    plugin does not implement this hook; the validation context holds ``config``. Every
+    built-in plugin with settings declares one, and ``stripe-gateway config-reference``
+    documents them.
 
     :param config: the whole validated gateway config (teams, upstreams, server).
-    :param settings: this plugin's own ``[plugins.<name>]`` table (``{}`` when absent);
-        the plugin must reject keys it does not know.
+    :param settings: the validated, frozen ``settings_model`` instance; a plugin that
+        declares no model gets its raw table as a ``dict`` (``{}`` when absent) and must
+        reject keys it does not know itself.
 
     Return value: ignored. Must be synchronous.
 
     Failure: raise :class:`gateway.errors.ConfigError` with the key path below the table
-    (``"ttl"``, not ``"plugins.cache.ttl"``); the host prefixes the table's path. Start-up
-    stops with exit code 2. Any other exception also stops start-up.
+    (``"teams.nobody"``, not ``"plugins.rate_limit.teams.nobody"``) for what the model
+    cannot check alone (cross-checks with ``config``); the host prefixes the table's path.
+    Start-up stops with exit code 2. Any other exception also stops start-up.
     """
 
 

@@ -26,10 +26,12 @@ from typing import Any
 import pluggy
 import structlog
 from aiohttp import web
+from pydantic import BaseModel
 
 from gateway import hookspecs
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, StripeErrorResponse
+from gateway.settings import validate_settings
 
 __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginFailure", "PluginHost", "load_object"]
 
@@ -195,10 +197,30 @@ class PluginHost:
                 out.extend(list(got))
         return tuple(out)
 
-    def _configure(self) -> None:
+    def _settings(self) -> dict[str, object]:
+        """Each plugin's ``[plugins.<name>]`` table, validated against the plugin's declared
+        ``settings_model`` (a pydantic model class), or the raw table when it declares none."""
         tables = self.config.plugins.tables()
+        out: dict[str, object] = {}
+        for name, plugin in self.pm.list_name_plugin():
+            table = tables.get(name, {})
+            model = getattr(plugin, "settings_model", None)
+            if model is None:
+                out[name] = table
+            elif inspect.isclass(model) and issubclass(model, BaseModel):
+                out[name] = validate_settings(
+                    model, table, prefix=f"plugins.{name}", context={"config": self.config}
+                )
+            else:
+                raise ConfigError(
+                    f"plugins.{name}", "plugin's settings_model is not a pydantic model class"
+                )
+        return out
+
+    def _configure(self) -> None:
+        settings_by_plugin = self._settings()
         for impl in reversed(self.pm.hook.gateway_configure.get_hookimpls()):
-            settings = tables.get(impl.plugin_name, {})
+            settings = settings_by_plugin.get(impl.plugin_name, {})
             kwargs = {"config": self.config, "settings": settings}
             prefix = f"plugins.{impl.plugin_name}"
             try:

@@ -60,7 +60,9 @@ _PLAIN_VALUE = re.compile(r"[A-Za-z0-9._~*+/@!$()-]*")
 #: ``filename="..."`` (or ``filename*=``) in a multipart part's head
 _FILENAME = re.compile(r'(?P<param>\bfilename\*?=)(?P<name>"[^"\r\n]*"|[^;\r\n]*)', re.IGNORECASE)
 #: first characters that may start JSON, a multipart body or text to take apart
-_STRUCTURED_START = frozenset("{[-") | frozenset(" \t\n\r\f\v")
+#: (every character ``str.isspace`` takes for white space, as ``_text`` and ``_JSON_START``'s
+#: ``\s`` do: all of them are below U+3001)
+_STRUCTURED_START = frozenset("{[-") | frozenset(c for c in map(chr, range(0x3001)) if c.isspace())
 _SHORT = 256
 _STEP_CACHE_MAX = 4096
 _BIG = 10**12  # numbers with at least 13 digits may be card numbers

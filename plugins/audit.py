@@ -1,25 +1,7 @@
 """The audit log: one JSON line per request, tied to Stripe's ``Request-Id``.
 
-Settings (``[plugins.audit]``, all optional):
-
-``path``
-    ``"-"`` for standard output (the default) or a file path, opened for appending.
-``params``
-    put the request's parameters in the line, as ``params`` (true)
-``params_max_bytes``
-    largest request body whose parameters are logged (16384); larger bodies are streamed
-    upstream as always and the line says ``[body N bytes, not logged]``
-``response_body``
-    put the response body in the line, as ``response_body`` (false)
-``response_body_max_bytes``
-    largest response body logged (65536)
-``routes``
-    per-route overrides, first match wins:
-    ``[{ route = "POST /v1/forwarding/**", params = false, response_body = true }]``;
-    a key left out keeps the global value
-``reopen_check_seconds``
-    how often the file's path is checked (1.0; 0 = never): when the file open is no
-    longer the one at the path (moved or removed), the path is reopened; see below
+Settings (``[plugins.audit]``, all optional): :class:`AuditSettings`, listed in
+``docs/configuration.md``; ``reopen_check_seconds`` is explained under *Rotation* below.
 
 The line carries: timestamp, gateway request id, team, method, path, Stripe object id,
 ``Stripe-Account``, livemode (from the upstream key's prefix), status, upstream name and
@@ -77,46 +59,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import select
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 from aiohttp import web
+from pydantic import Field, PrivateAttr, field_validator
 
 from gateway.app import HOST
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, milliseconds, object_id_of
-from gateway.errors import ConfigError, StripeErrorResponse
+from gateway.errors import StripeErrorResponse
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.logs import JsonLineSink, process_fields
 from gateway.masks import unparsed
 from gateway.params import LoggedParams
+from gateway.settings import RouteText, Settings
 
-__all__ = ["AuditPlugin", "AuditRoute", "AuditSettings"]
+__all__ = ["AuditPlugin", "AuditRoute", "AuditRouteSettings", "AuditSettings"]
 
 #: keys the sink's processors add to a record; the error log sets its own
 _SINK_KEYS = frozenset({"event", "level", "timestamp"})
-_KEYS = frozenset(
-    {
-        "path",
-        "params",
-        "params_max_bytes",
-        "response_body",
-        "response_body_max_bytes",
-        "routes",
-        "reopen_check_seconds",
-    }
-)
-_ROUTE_KEYS = frozenset({"route", "params", "response_body"})
 _MAX_CAP = 1 << 20
-_MAX_REOPEN_CHECK = 3600.0
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json"
 
@@ -129,43 +99,92 @@ class AuditRoute:
     response_body: bool = False
 
 
-@dataclass(frozen=True)
-class AuditSettings:
-    """``[plugins.audit]``, validated."""
+class AuditRouteSettings(Settings):
+    """A per-route override; a key left out keeps the global value."""
 
-    path: Path | None = None
-    default: AuditRoute = AuditRoute()
-    params_max_bytes: int = 16384
-    response_body_max_bytes: int = 65536
-    routes: tuple[tuple[RouteRule, AuditRoute], ...] = ()
-    #: seconds between checks that the open file is still the one at ``path``; 0 = never
-    reopen_check_seconds: float = 1.0
+    route: RouteText = Field(description='"METHOD /path/glob", e.g. "POST /v1/forwarding/**"')
+    params: bool | None = Field(None, description="log the request's parameters")
+    response_body: bool | None = Field(None, description="log the response body")
 
+
+class AuditSettings(Settings):
+    """One JSON line per request, tied to Stripe's Request-Id. Parameters and bodies are
+    redacted like every field; bodies still stream upstream, the gateway keeps a copy of at
+    most the logged size as they go. SIGUSR1 also reopens the file, as nginx does."""
+
+    path: str = Field(
+        "-", description='"-" for standard output or a file path, opened for appending'
+    )
+    params: bool = Field(True, description="put the request's parameters in the line")
+    params_max_bytes: int = Field(
+        16384,
+        ge=1,
+        le=_MAX_CAP,
+        description="largest request body whose parameters are logged; larger bodies are "
+        "streamed upstream as always and the line says [body N bytes, not logged]",
+    )
+    response_body: bool = Field(False, description="put the response body in the line")
+    response_body_max_bytes: int = Field(
+        65536, ge=1, le=_MAX_CAP, description="largest response body logged"
+    )
+    routes: list[AuditRouteSettings] = Field(
+        default_factory=list,
+        description="per-route overrides of params and response_body, first match wins",
+        examples=[[{"route": "POST /v1/forwarding/**", "params": False, "response_body": True}]],
+    )
+    reopen_check_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="how often the file's path is checked (0 = never): when the file open "
+        "is no longer the one at the path (moved or removed), the path is reopened",
+    )
+
+    _default: AuditRoute = PrivateAttr(AuditRoute())
+    _routes: tuple[tuple[RouteRule, AuditRoute], ...] = PrivateAttr(())
+
+    @field_validator("path")
     @classmethod
-    def parse(cls, table: Mapping[str, Any]) -> AuditSettings:
-        for key in table:
-            if key not in _KEYS:
-                raise ConfigError(key, "unknown key")
-        default = AuditRoute(
-            params=_bool(table.get("params", True), "params"),
-            response_body=_bool(table.get("response_body", False), "response_body"),
+    def _path(cls, value: str) -> str:
+        if not value:
+            raise ValueError('must be "-" (standard output) or a file path')
+        if value == "-":
+            return value
+        p = Path(value)
+        if not p.parent.is_dir():
+            raise ValueError(f"directory {p.parent} does not exist")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ValueError(f"{p} is not writable")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        default = self._default = AuditRoute(params=self.params, response_body=self.response_body)
+        self._routes = tuple(
+            (
+                parse_rule(r.route),
+                AuditRoute(
+                    params=default.params if r.params is None else r.params,
+                    response_body=(
+                        default.response_body if r.response_body is None else r.response_body
+                    ),
+                ),
+            )
+            for r in self.routes
         )
-        return cls(
-            path=_path(table.get("path", "-")),
-            default=default,
-            params_max_bytes=_cap(table.get("params_max_bytes", 16384), "params_max_bytes"),
-            response_body_max_bytes=_cap(
-                table.get("response_body_max_bytes", 65536), "response_body_max_bytes"
-            ),
-            routes=_routes(table.get("routes", []), default),
-            reopen_check_seconds=_interval(
-                table.get("reopen_check_seconds", 1.0), "reopen_check_seconds"
-            ),
-        )
+
+    @property
+    def file(self) -> Path | None:
+        """The file lines go to; ``None`` for standard output."""
+        return None if self.path == "-" else Path(self.path)
+
+    @property
+    def default(self) -> AuditRoute:
+        """What the line carries for a request no route matches."""
+        return self._default
 
     def route(self, method: str, path: str) -> AuditRoute:
         """The settings of the first route matching ``METHOD path``, else the global ones."""
-        for rule, route in self.routes:
+        for rule, route in self._routes:
             if rule.matches(method, path):
                 return route
         return self.default
@@ -173,74 +192,8 @@ class AuditSettings:
     @property
     def anything_logged(self) -> bool:
         """Whether any route logs parameters or response bodies."""
-        routes = (self.default, *(route for _, route in self.routes))
+        routes = (self.default, *(route for _, route in self._routes))
         return any(r.params or r.response_body for r in routes)
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(where, "must be true or false")
-    return value
-
-
-def _cap(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_CAP:
-        raise ConfigError(where, f"must be a whole number of bytes from 1 to {_MAX_CAP}")
-    return value
-
-
-def _interval(value: Any, where: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value <= _MAX_REOPEN_CHECK
-    ):
-        raise ConfigError(
-            where, f"must be a number of seconds from 0 (off) to {_MAX_REOPEN_CHECK:g}"
-        )
-    return float(value)
-
-
-def _path(value: Any) -> Path | None:
-    if not isinstance(value, str) or not value:
-        raise ConfigError("path", 'must be "-" (standard output) or a file path')
-    if value == "-":
-        return None
-    p = Path(value)
-    if not p.parent.is_dir():
-        raise ConfigError("path", f"directory {p.parent} does not exist")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise ConfigError("path", f"{p} is not writable")
-    return p
-
-
-def _routes(value: Any, default: AuditRoute) -> tuple[tuple[RouteRule, AuditRoute], ...]:
-    shape = '{ route = "METHOD /path/glob", params = true, response_body = false }'
-    if not isinstance(value, list):
-        raise ConfigError("routes", f"must be a list of tables like {shape}")
-    out = []
-    for i, item in enumerate(value):
-        where = f"routes[{i}]"
-        if not isinstance(item, dict) or "route" not in item:
-            raise ConfigError(where, f"must be a table like {shape}")
-        for key in item:
-            if key not in _ROUTE_KEYS:
-                raise ConfigError(f"{where}.{key}", "unknown key")
-        if not isinstance(item["route"], str):
-            raise ConfigError(f"{where}.route", 'must be a string like "POST /v1/forwarding/**"')
-        try:
-            rule = parse_rule(item["route"])
-        except ValueError as exc:
-            raise ConfigError(f"{where}.route", str(exc)) from None
-        route = AuditRoute(
-            params=_bool(item.get("params", default.params), f"{where}.params"),
-            response_body=_bool(
-                item.get("response_body", default.response_body), f"{where}.response_body"
-            ),
-        )
-        out.append((rule, route))
-    return tuple(out)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -256,6 +209,7 @@ class AuditPlugin:
     """Built-in plugin ``audit``."""
 
     name = "audit"
+    settings_model = AuditSettings
 
     def __init__(self) -> None:
         self.settings = AuditSettings()
@@ -272,12 +226,12 @@ class AuditPlugin:
         self._timer: asyncio.TimerHandle | None = None
 
     @hookimpl
-    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
-        self.settings = AuditSettings.parse(settings)
+    def gateway_configure(self, config: GatewayConfig, settings: AuditSettings) -> None:
+        self.settings = settings
 
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:
-        path = self.settings.path
+        path = self.settings.file
         if path is None:
             self._stream = sys.stdout.buffer
         else:
@@ -321,7 +275,7 @@ class AuditPlugin:
     def _check(self) -> None:
         """Reopen the path if the open file is no longer the one there (moved or removed),
         or if no file is open because the last reopen failed."""
-        path = self.settings.path
+        path = self.settings.file
         assert path is not None, "only a file is checked"
         if self._lost:
             self._reopen("retry")
@@ -341,7 +295,7 @@ class AuditPlugin:
         """Open ``path`` anew and write there from now on (the lines still queued too),
         closing the old file; if it cannot be opened, close the old file all the same
         (no line goes to a moved or deleted file any more) and fail closed."""
-        path = self.settings.path
+        path = self.settings.file
         sink = self._sink
         if path is None or sink is None:
             return True

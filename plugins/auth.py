@@ -20,15 +20,15 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import hdrs
 
 from gateway.config import GatewayConfig, TeamConfig
 from gateway.context import RequestContext
-from gateway.errors import ConfigError, StripeErrorResponse
+from gateway.errors import StripeErrorResponse
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
+from gateway.settings import NoSettings
 
 __all__ = ["AuthPlugin", "presented_key"]
 
@@ -99,14 +99,14 @@ class AuthPlugin:
     """Built-in plugin ``auth``: authenticate teams, apply allow rules, swap keys."""
 
     name = "auth"
+    #: no keys of its own: teams are configured in ``[[teams]]``
+    settings_model = NoSettings
 
     def __init__(self) -> None:
         self._digests: tuple[tuple[bytes, _Team], ...] = ()
 
     @hookimpl
-    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
-        for key in settings:
-            raise ConfigError(key, "unknown key (auth is configured through [[teams]])")
+    def gateway_configure(self, config: GatewayConfig) -> None:
         digests: list[tuple[bytes, _Team]] = []
         for team in config.teams:
             prepared = _Team(

@@ -1,24 +1,8 @@
 """The cache: serve retrieves of one object from cache, safely partitioned, coalesced, and
 evicted on every successful write through the gateway.
 
-Settings (``[plugins.cache]``, all optional):
-
-``backend``            ``"memory"`` (default, per process) or ``"redis"`` (shared)
-``default_ttl``        seconds an answer stays fresh (30)
-``final_ttl``          seconds for objects that never change once final (3600): completed
-                       scheduled query runs, succeeded report runs, tax calculations and
-                       transactions, forwarding requests, verification reports; capped by
-                       the object's ``expires_at``
-``routes``             per-route TTLs: ``[{path = "/v1/climate/**", ttl = 300}]``, first match
-``stale_if_error``     seconds past expiry an answer may still be served while Stripe fails
-                       (0: off)
-``max_entry_bytes``    larger answers are not cached (262144)
-``max_entries``, ``max_bytes``   bounds of the memory backend (10000, 67108864)
-``redis_url_env``      environment variable holding the Redis URL (``redis`` backend), or
-``redis_url``          the URL itself when it has no password
-``redis_timeout``      seconds per Redis call before it counts as down (0.05)
-``redis_breaker``      seconds to stop asking Redis after a failure (2.0)
-``key_prefix``         Redis key prefix (``"sgw:cache"``)
+Settings (``[plugins.cache]``, all optional): :class:`CacheSettings`, listed in
+``docs/configuration.md``.
 
 What is cached, how the key is made: :mod:`gateway.cachekeys`. Answers carrying a
 ``client_secret`` or ``secret`` are never stored, nor compressed ones.
@@ -34,18 +18,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+from pydantic import Field, PrivateAttr
 
 from gateway.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
-from gateway.errors import ConfigError, error_response
-from gateway.globs import compile_glob
+from gateway.errors import error_response
+from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.metrics import METRICS, GatewayMetrics
-from gateway.settings import redis_url
+from gateway.settings import RedisSettings, RouteText, Settings
 
-__all__ = ["CachePlugin", "CacheSettings"]
+__all__ = ["CachePlugin", "CacheRoute", "CacheSettings"]
 
 #: headers of a stored answer that are replayed on a hit
 _KEPT = ("Content-Type", "Request-Id", "Stripe-Version", "Cache-Control")
@@ -78,59 +63,48 @@ def _is_final(obj: dict[str, Any]) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class CacheSettings:
-    backend: str = "memory"
-    default_ttl: float = 30.0
-    final_ttl: float = 3600.0
-    routes: tuple[tuple[Any, float], ...] = ()
-    stale_if_error: float = 0.0
-    max_entry_bytes: int = 262144
-    max_entries: int = 10000
-    max_bytes: int = 64 * 1024 * 1024
-    redis_url: str | None = None
-    redis_timeout: float = 0.05
-    redis_breaker: float = 2.0
-    key_prefix: str = "sgw:cache"
+class CacheRoute(Settings):
+    """A TTL for the requests of one route."""
 
-    @classmethod
-    def parse(cls, table: dict[str, Any]) -> CacheSettings:
-        known = set(cls.__dataclass_fields__) | {"redis_url_env"}
-        for key in table:
-            if key not in known:
-                raise ConfigError(key, "unknown key")
-        values: dict[str, Any] = {}
-        for name in (
-            "default_ttl",
-            "final_ttl",
-            "stale_if_error",
-            "redis_timeout",
-            "redis_breaker",
-        ):
-            if name in table:
-                values[name] = _number(table[name], name, positive=name != "stale_if_error")
-        for name in ("max_entry_bytes", "max_entries", "max_bytes"):
-            if name in table:
-                value = table[name]
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise ConfigError(name, "must be a whole number > 0")
-                values[name] = value
-        backend = table.get("backend", "memory")
-        if backend not in ("memory", "redis"):
-            raise ConfigError("backend", 'must be "memory" or "redis"')
-        values["backend"] = backend
-        if "key_prefix" in table:
-            if not isinstance(table["key_prefix"], str) or not table["key_prefix"]:
-                raise ConfigError("key_prefix", "must be a non-empty string")
-            values["key_prefix"] = table["key_prefix"]
-        values["routes"] = tuple(_routes(table.get("routes", [])))
-        if backend == "redis":
-            values["redis_url"] = redis_url(table)
-        elif "redis_url" in table or "redis_url_env" in table:
-            raise ConfigError("backend", 'redis_url is set but backend is not "redis"')
-        return cls(**values)
+    route: RouteText = Field(description='"METHOD /path/glob", e.g. "GET /v1/climate/**"')
+    ttl: float = Field(ge=0, description="seconds an answer of this route stays fresh")
 
-    def ttl_for(self, path: str, obj: dict[str, Any] | None) -> float:
+
+class CacheSettings(RedisSettings):
+    """Serves retrieves of one object (GET /v1/<resource>/<id>) from cache; partitioned by
+    upstream key, Stripe-Account, Stripe-Context, Stripe-Version, path and query; evicted on
+    every successful write to the object through the gateway. Lists, searches, balance, file
+    contents, events and answers carrying a client_secret or secret are never cached."""
+
+    default_ttl: float = Field(30.0, gt=0, description="seconds an answer stays fresh")
+    final_ttl: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds for objects that never change once final: completed scheduled "
+        "query runs, succeeded report runs, tax calculations and transactions, forwarding "
+        "requests, verification reports; capped by the object's expires_at",
+    )
+    routes: list[CacheRoute] = Field(
+        default_factory=list,
+        description="per-route TTLs, first match wins",
+        examples=[[{"route": "GET /v1/climate/**", "ttl": 300}]],
+    )
+    stale_if_error: float = Field(
+        0.0,
+        ge=0,
+        description="seconds past expiry an answer may still be served while Stripe fails (0: off)",
+    )
+    max_entry_bytes: int = Field(262144, gt=0, description="larger answers are not cached")
+    max_entries: int = Field(10000, gt=0, description="most entries of the memory backend")
+    max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="most bytes of the memory backend")
+    key_prefix: str = Field("sgw:cache", min_length=1, description="Redis key prefix")
+
+    _rules: tuple[tuple[RouteRule, float], ...] = PrivateAttr(())
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._rules = tuple((parse_rule(r.route), r.ttl) for r in self.routes)
+
+    def ttl_for(self, method: str, path: str, obj: dict[str, Any] | None) -> float:
         now = time.time()
         if obj is not None and self.final_ttl > 0 and _is_final(obj):
             ttl = self.final_ttl
@@ -138,33 +112,10 @@ class CacheSettings:
             if isinstance(expires, int | float) and expires > 0:
                 ttl = min(ttl, expires - now)
             return ttl
-        for pattern, ttl in self.routes:
-            if pattern.match(path):
-                return float(ttl)
+        for rule, ttl in self._rules:
+            if rule.matches(method, path):
+                return ttl
         return self.default_ttl
-
-
-def _number(value: Any, name: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(name, "must be a number")
-    if value < 0 or (positive and value == 0):
-        raise ConfigError(name, "must be > 0" if positive else "must be >= 0")
-    return float(value)
-
-
-def _routes(value: Any) -> list[tuple[Any, float]]:
-    if not isinstance(value, list):
-        raise ConfigError("routes", 'must be a list of {path = "/v1/...", ttl = 60} tables')
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict) or set(item) != {"path", "ttl"}:
-            raise ConfigError(f"routes[{i}]", "must be a table with exactly path and ttl")
-        try:
-            pattern = compile_glob(str(item["path"]))
-        except ValueError as exc:
-            raise ConfigError(f"routes[{i}].path", str(exc)) from None
-        out.append((pattern, _number(item["ttl"], f"routes[{i}].ttl", positive=False)))
-    return out
 
 
 @dataclass
@@ -189,6 +140,7 @@ class CachePlugin:
     """Built-in plugin ``cache``."""
 
     name = "cache"
+    settings_model = CacheSettings
 
     def __init__(self) -> None:
         self.settings = CacheSettings()
@@ -210,8 +162,8 @@ class CachePlugin:
     # ------------------------------------------------------------------ lifecycle
 
     @hookimpl
-    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
-        self.settings = CacheSettings.parse(settings)
+    def gateway_configure(self, config: GatewayConfig, settings: CacheSettings) -> None:
+        self.settings = settings
         self._read_timeout = config.upstream.read_timeout
 
     @hookimpl
@@ -222,11 +174,11 @@ class CachePlugin:
         metrics = self._metrics = app[METRICS]
         self._served = metrics.cache_served_bytes
         s = self.settings
-        keep = max(s.final_ttl, s.default_ttl, *(ttl for _, ttl in s.routes)) + s.stale_if_error
+        keep = max(s.final_ttl, s.default_ttl, *(r.ttl for r in s.routes)) + s.stale_if_error
         if s.backend == "redis":
-            assert s.redis_url is not None
+            assert s.url is not None
             self.store = RedisStore(
-                s.redis_url,
+                s.url,
                 prefix=s.key_prefix,
                 timeout=s.redis_timeout,
                 breaker_seconds=s.redis_breaker,
@@ -464,7 +416,7 @@ class CachePlugin:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        ttl = self.settings.ttl_for(ctx.path, obj if isinstance(obj, dict) else None)
+        ttl = self.settings.ttl_for(ctx.method, ctx.path, obj if isinstance(obj, dict) else None)
         if ttl <= 0:
             return None
         now = time.time()

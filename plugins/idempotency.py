@@ -1,20 +1,10 @@
 """Idempotency keys: inject them where a retry must be safe, namespace them per team, and
 let the gateway retry with the same key.
 
-Settings (``[plugins.idempotency]``, all optional):
-
-``routes``        ``"METHOD /path/glob"`` rules that get a key injected when the client sent
-                  none, and gateway retries (default ``["POST /v1/forwarding/requests"]``)
-``all_writes``    also every ``POST`` under ``/v1/`` and every ``POST``/``DELETE`` under
-                  ``/v2/`` (false)
-``namespace``     make keys per team: a client's key ``K`` from team ``T`` reaches Stripe as
-                  ``T:K`` (hashed when that would pass 255 characters), so two teams on one
-                  Stripe account can neither collide nor replay each other's answers (true)
-``max_retries``   retries after the first attempt (2)
-``backoff``       first wait in seconds, doubling each retry (0.5), up to ``max_backoff`` (5)
-``deadline``      seconds after the first attempt when no retry starts any more (30)
-``body_cap``      largest request body buffered for replay (1048576); larger ones are sent
-                  once
+Settings (``[plugins.idempotency]``, all optional): :class:`IdempotencySettings`, listed
+in ``docs/configuration.md``. With ``namespace`` (on by default) a client's key ``K`` from
+team ``T`` reaches Stripe as ``T:K`` (hashed when that would pass 255 characters), so two
+teams on one Stripe account can neither collide nor replay each other's answers.
 
 The response's ``Idempotency-Key`` header is always the form the caller sends to retry (the
 injected key, or the caller's own key), never the namespaced form; sending it back reaches
@@ -27,18 +17,19 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+from pydantic import AfterValidator, Field, PrivateAttr
 
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
-from gateway.errors import ConfigError
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.metrics import METRICS, GatewayMetrics
 from gateway.retry import RetryPolicy
+from gateway.settings import RouteText, Settings
 
 __all__ = ["IdempotencyPlugin", "IdempotencySettings", "namespaced"]
 
@@ -55,54 +46,61 @@ def namespaced(team: str, key: str) -> str:
     return f"{team}:sha256:{digest}"
 
 
-@dataclass(frozen=True)
-class IdempotencySettings:
-    routes: tuple[RouteRule, ...]
-    all_writes: bool
-    namespace: bool
-    retry: RetryPolicy
+def _writes_only(text: str) -> str:
+    rule = parse_rule(text)
+    if rule.method in _READS:
+        raise ValueError(f"{rule.method} requests never get a key")
+    return text
 
-    @classmethod
-    def parse(cls, table: dict[str, Any]) -> IdempotencySettings:
-        known = {
-            "routes",
-            "all_writes",
-            "namespace",
-            "max_retries",
-            "backoff",
-            "max_backoff",
-            "deadline",
-            "body_cap",
-        }
-        for key in table:
-            if key not in known:
-                raise ConfigError(key, "unknown key")
-        raw_routes = table.get("routes", ["POST /v1/forwarding/requests"])
-        if not isinstance(raw_routes, list):
-            raise ConfigError("routes", 'must be a list of "METHOD /path/glob" rules')
-        routes = []
-        for i, text in enumerate(raw_routes):
-            try:
-                rule = parse_rule(str(text))
-            except ValueError as exc:
-                raise ConfigError(f"routes[{i}]", str(exc)) from None
-            if rule.method in _READS:
-                raise ConfigError(f"routes[{i}]", f"{rule.method} requests never get a key")
-            routes.append(rule)
-        flags = {}
-        for name, default in (("all_writes", False), ("namespace", True)):
-            value = table.get(name, default)
-            if not isinstance(value, bool):
-                raise ConfigError(name, "must be true or false")
-            flags[name] = value
-        retry = RetryPolicy(
-            max_retries=_int(table, "max_retries", 2, low=0, high=10),
-            backoff=_float(table, "backoff", 0.5),
-            max_backoff=_float(table, "max_backoff", 5.0),
-            deadline=_float(table, "deadline", 30.0),
-            body_cap=_int(table, "body_cap", 1024 * 1024, low=1, high=64 * 1024 * 1024),
+
+class IdempotencySettings(Settings):
+    """Idempotency-Key injection and safe retries with the same key: on a connection
+    failure, 409 idempotency_key_in_use, 429 lock_timeout or Stripe-Should-Retry: true.
+    Responses always show the caller's form of the key."""
+
+    routes: list[Annotated[RouteText, AfterValidator(_writes_only)]] = Field(
+        default_factory=lambda: ["POST /v1/forwarding/requests"],
+        description='"METHOD /path/glob" rules that get a key injected when the client sent '
+        "none, and gateway retries",
+    )
+    all_writes: bool = Field(
+        False,
+        description="also every POST under /v1/ and every POST/DELETE under /v2/",
+    )
+    namespace: bool = Field(
+        True, description="make keys per team: team T's key K reaches Stripe as T:K"
+    )
+    max_retries: int = Field(2, ge=0, le=10, description="retries after the first attempt")
+    backoff: float = Field(
+        0.5, gt=0, description="first wait in seconds, doubling each retry, up to max_backoff"
+    )
+    max_backoff: float = Field(5.0, gt=0, description="longest wait between two attempts")
+    deadline: float = Field(
+        30.0, gt=0, description="seconds after the first attempt when no retry starts any more"
+    )
+    body_cap: int = Field(
+        1024 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description="largest request body buffered for replay; larger ones are sent once",
+    )
+
+    _rules: tuple[RouteRule, ...] = PrivateAttr(())
+    _retry: RetryPolicy = PrivateAttr(default_factory=RetryPolicy)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._rules = tuple(parse_rule(text) for text in self.routes)
+        self._retry = RetryPolicy(
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            deadline=self.deadline,
+            body_cap=self.body_cap,
         )
-        return cls(tuple(routes), flags["all_writes"], flags["namespace"], retry)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry
 
     def covers(self, method: str, path: str) -> bool:
         if method in _READS:
@@ -112,21 +110,7 @@ class IdempotencySettings:
             or (method in ("POST", "DELETE") and path.startswith("/v2/"))
         ):
             return True
-        return any(rule.matches(method, path) for rule in self.routes)
-
-
-def _int(table: dict[str, Any], name: str, default: int, *, low: int, high: int) -> int:
-    value = table.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(name, f"must be a whole number from {low} to {high}")
-    return value
-
-
-def _float(table: dict[str, Any], name: str, default: float) -> float:
-    value = table.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(name, "must be a number > 0")
-    return float(value)
+        return any(rule.matches(method, path) for rule in self._rules)
 
 
 @dataclass(slots=True)
@@ -140,15 +124,16 @@ class IdempotencyPlugin:
     """Built-in plugin ``idempotency``."""
 
     name = "idempotency"
+    settings_model = IdempotencySettings
 
     def __init__(self) -> None:
-        self.settings = IdempotencySettings.parse({})
+        self.settings = IdempotencySettings()
         self.injected = 0
         self._metrics: GatewayMetrics | None = None
 
     @hookimpl
-    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
-        self.settings = IdempotencySettings.parse(settings)
+    def gateway_configure(self, config: GatewayConfig, settings: IdempotencySettings) -> None:
+        self.settings = settings
 
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:

@@ -22,11 +22,10 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from gateway.app import CONFIG
-from gateway.config import GatewayConfig
 from gateway.context import OUTCOMES, RequestContext
-from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.metrics import METRICS, GatewayMetrics
+from gateway.settings import NoSettings
 
 __all__ = ["FAMILIES", "MetricsPlugin", "route_family"]
 
@@ -64,6 +63,8 @@ class MetricsPlugin:
     """Built-in plugin ``metrics``."""
 
     name = "metrics"
+    #: no keys of its own: the metrics endpoint is set up in ``[admin]``
+    settings_model = NoSettings
 
     def __init__(self) -> None:
         self._metrics: GatewayMetrics | None = None
@@ -74,11 +75,6 @@ class MetricsPlugin:
         self._cache: dict[str, Any] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
         self._outcomes: dict[tuple[str, str | None], Any] = {}
-
-    @hookimpl
-    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
-        for key in settings:
-            raise ConfigError(key, "unknown key (metrics has no settings; see [admin])")
 
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:

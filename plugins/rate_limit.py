@@ -21,26 +21,9 @@ in-process limiter stood in for Redis, or ``unavailable_deny`` / ``unavailable_a
 (shadow) when Redis failed and the policy is ``deny``.
 
 Settings (``[plugins.rate_limit]``, all optional; with none, nothing is limited):
-
-``backend``           ``"memory"`` (default, per process) or ``"redis"`` (shared)
-``shadow``            ``true``: compute, log and count every decision, refuse nothing (false)
-``account``           budget per upstream credential: ``{ rate = 90, burst = 20 }`` (none)
-``account_test``      the same for test-mode keys (``sk_test_``/``rk_test_``); default:
-                      ``account``
-``default``           limits of teams not listed in ``teams`` (none)
-``teams.<name>``      a team's limits, key by key over ``default``:
-                      ``read``/``write`` = ``{ rate = 10, burst = 20 }`` or ``"unlimited"``;
-                      ``routes`` = ``[{ route = "POST /v1/files", rate = 1, burst = 5 }]``
-                      (first match replaces read/write); ``shadow`` = ``true``/``false``
-``on_redis_error``    ``"allow"`` (default: the in-process limiter decides, logged once per
-                      interval and counted) or ``"deny"`` (429 saying why); never a 5xx
-``fallback_share``    part of each limit one instance enforces on its own while Redis is
-                      unavailable, e.g. 0.5 with two instances (1.0)
-``redis_url_env``     environment variable holding the Redis URL (``redis`` backend), or
-``redis_url``         the URL itself when it has no password
-``redis_timeout``     seconds per Redis call before it counts as down (0.05)
-``redis_breaker``     seconds to stop asking Redis after a failure (2.0)
-``key_prefix``        Redis key prefix (``"sgw:rl"``)
+:class:`RateLimitSettings`, listed in ``docs/configuration.md``. A team listed in ``teams``
+takes its limits key by key over ``default``; a route limit (first match) replaces
+read/write.
 
 ``burst`` defaults to one second's worth of the rate (at least 1). Credentials appear in
 bucket keys only as digests; never in keys, logs or messages. Besides ``rate_limit``, the
@@ -55,13 +38,13 @@ import hashlib
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from multidict import CIMultiDict
+from pydantic import BeforeValidator, Field, PrivateAttr
 
 from gateway.app import HOST
 from gateway.config import GatewayConfig
@@ -79,12 +62,18 @@ from gateway.ratestore import (
     RedisLimiter,
     Verdict,
 )
-from gateway.settings import redis_url
+from gateway.settings import RedisSettings, RouteText, Settings
 
-__all__ = ["RateLimitPlugin", "RateLimitSettings", "TeamLimits"]
+__all__ = [
+    "Rate",
+    "RateLimitPlugin",
+    "RateLimitSettings",
+    "RouteRate",
+    "TeamLimits",
+    "TeamRateLimits",
+]
 
 _READS = frozenset({"GET", "HEAD"})
-_TEAM_KEYS = frozenset({"read", "write", "routes", "shadow"})
 #: seconds between two log lines about the same kind of trouble
 _LOG_INTERVAL = 10.0
 #: credentials whose account bucket is remembered (then the memo starts afresh)
@@ -100,65 +89,137 @@ class TeamLimits:
     shadow: bool = False
 
 
-@dataclass(frozen=True)
-class RateLimitSettings:
-    backend: str = "memory"
-    shadow: bool = False
-    account: Limit | None = None
-    account_test: Limit | None = None
-    default: TeamLimits = TeamLimits()
-    teams: Mapping[str, TeamLimits] = field(default_factory=lambda: MappingProxyType({}))
-    on_redis_error: str = "allow"
-    fallback_share: float = 1.0
-    redis_url: str | None = None
-    redis_timeout: float = 0.05
-    redis_breaker: float = 2.0
-    key_prefix: str = "sgw:rl"
+class Rate(Settings):
+    """A rate with a burst allowance."""
 
-    @classmethod
-    def parse(cls, table: Mapping[str, Any], team_names: frozenset[str]) -> RateLimitSettings:
-        known = set(cls.__dataclass_fields__) | {"redis_url_env"}
-        for key in table:
-            if key not in known:
-                raise ConfigError(key, "unknown key")
-        values: dict[str, Any] = {}
-        backend = _choice(table, "backend", ("memory", "redis"))
-        values["backend"] = backend
-        values["on_redis_error"] = _choice(table, "on_redis_error", ("allow", "deny"))
-        values["shadow"] = _bool(table.get("shadow", False), "shadow")
-        for name in ("redis_timeout", "redis_breaker"):
-            if name in table:
-                values[name] = _number(table[name], name)
-        if "fallback_share" in table:
-            share = _number(table["fallback_share"], "fallback_share")
-            if share > 1:
-                raise ConfigError("fallback_share", "must be > 0 and <= 1")
-            values["fallback_share"] = share
-        if "key_prefix" in table:
-            if not isinstance(table["key_prefix"], str) or not table["key_prefix"]:
-                raise ConfigError("key_prefix", "must be a non-empty string")
-            values["key_prefix"] = table["key_prefix"]
-        for name in ("account", "account_test"):
-            if name in table:
-                values[name] = _limit(table[name], name, "account", unlimited=False)
-        default_raw = _table(table.get("default", {}), "default")
-        values["default"] = _team_limits(default_raw, "default")
-        teams_raw = _table(table.get("teams", {}), "teams")
-        teams: dict[str, TeamLimits] = {}
-        for name, raw in teams_raw.items():
-            path = f"teams.{name}"
-            if name not in team_names:
-                raise ConfigError(path, f"no team named {name!r} in [[teams]]")
-            teams[name] = _team_limits({**default_raw, **_table(raw, path)}, path)
-        values["teams"] = MappingProxyType(teams)
-        if backend == "redis":
-            values["redis_url"] = redis_url(table)
-        elif "redis_url" in table or "redis_url_env" in table:
-            raise ConfigError("backend", 'redis_url is set but backend is not "redis"')
-        return cls(**values)
+    rate: float = Field(gt=0, description="requests per second")
+    burst: int | None = Field(
+        None,
+        ge=1,
+        description="requests at once (default: one second's worth of the rate, at least 1)",
+    )
+
+    def limit(self, name: str) -> Limit:
+        burst = self.burst if self.burst is not None else max(1, math.ceil(self.rate))
+        return Limit(name=name, rate=self.rate, burst=burst)
+
+
+class RouteRate(Rate):
+    """A per-route limit (its own bucket per team)."""
+
+    route: RouteText = Field(description='"METHOD /path/glob" the limit applies to')
+
+
+def _rate_or_unlimited(value: Any) -> Any:
+    if value == "unlimited":
+        return None
+    if not isinstance(value, dict):
+        raise ValueError('must be a table { rate = 10, burst = 20 } or "unlimited"')
+    return value
+
+
+#: a team's read or write limit; ``"unlimited"`` is ``None``
+_TeamRate = Annotated[Rate | None, BeforeValidator(_rate_or_unlimited)]
+
+
+class TeamRateLimits(Settings):
+    """One team's limits."""
+
+    read: _TeamRate = Field(
+        None,
+        description='GET/HEAD: { rate = 10, burst = 20 } or "unlimited" (unlimited)',
+        examples=[{"rate": 20, "burst": 40}],
+    )
+    write: _TeamRate = Field(
+        None,
+        description='other methods: { rate = 10, burst = 20 } or "unlimited" (unlimited)',
+        examples=[{"rate": 10, "burst": 20}],
+    )
+    routes: list[RouteRate] = Field(
+        default_factory=list,
+        description="per-route limits, first match replaces read/write: "
+        '[{ route = "POST /v1/files", rate = 1, burst = 5 }]',
+    )
+    shadow: bool = Field(False, description="compute and count this team's decisions only")
+
+    def resolved(self) -> TeamLimits:
+        return TeamLimits(
+            read=self.read.limit("read") if self.read else None,
+            write=self.write.limit("write") if self.write else None,
+            routes=tuple(
+                (rule, r.limit(f"route '{rule.text}'"))
+                for r in self.routes
+                for rule in (parse_rule(r.route),)
+            ),
+            shadow=self.shadow,
+        )
+
+
+class RateLimitSettings(RedisSettings):
+    """Shares one Stripe account's request budget out between teams; with no limit set (the
+    default) nothing is limited. Each request that would reach Stripe counts against its
+    team's limit (read = GET/HEAD, write = the other methods, or the first matching route)
+    and against the budget of the upstream key it is sent with, shared by every team using
+    that key. Smooth (GCRA): at most burst + rate x t requests in any t seconds. Cache hits
+    never count; a 429 from Stripe passes through unchanged. Refusals are Stripe-shaped 429s
+    (code "rate_limit", Retry-After). Stripe allows about 100 requests per second in live
+    mode and 25 in test mode: keep some headroom."""
+
+    shadow: bool = Field(False, description="compute, log and count every decision, refuse nothing")
+    account: Rate | None = Field(
+        None,
+        description="budget per upstream Stripe key, all teams together",
+        examples=[{"rate": 90, "burst": 20}],
+    )
+    account_test: Rate | None = Field(
+        None,
+        description="the same for test-mode keys (sk_test_/rk_test_); default: account",
+        examples=[{"rate": 20, "burst": 5}],
+    )
+    default: TeamRateLimits = Field(
+        default_factory=TeamRateLimits, description="limits of teams not listed in teams"
+    )
+    teams: dict[str, TeamRateLimits] = Field(
+        default_factory=dict,
+        description="a team's limits by team name (a [[teams]] name), key by key over default",
+        examples=[{"analytics": {"read": {"rate": 5, "burst": 10}, "shadow": True}}],
+    )
+    on_redis_error: Literal["allow", "deny"] = Field(
+        "allow",
+        description='"allow": the in-process limiter decides (logged once per interval and '
+        'counted); "deny": 429 saying why; never a 5xx',
+    )
+    fallback_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="part of each limit one instance enforces on its own while Redis is "
+        "unavailable, e.g. 0.5 with two instances",
+    )
+    key_prefix: str = Field("sgw:rl", min_length=1, description="Redis key prefix")
+
+    _default: TeamLimits = PrivateAttr(default_factory=TeamLimits)
+    _teams: dict[str, TeamLimits] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._default = self.default.resolved()
+        self._teams = {
+            name: self.default.model_copy(
+                update={key: getattr(limits, key) for key in limits.model_fields_set}
+            ).resolved()
+            for name, limits in self.teams.items()
+        }
 
     def limits_for(self, team: str) -> TeamLimits:
-        return self.teams.get(team, self.default)
+        return self._teams.get(team, self._default)
+
+    @property
+    def account_limit(self) -> Limit | None:
+        return self.account.limit("account") if self.account else None
+
+    @property
+    def account_test_limit(self) -> Limit | None:
+        return self.account_test.limit("account") if self.account_test else None
 
     @property
     def limits_anything(self) -> bool:
@@ -168,88 +229,9 @@ class RateLimitSettings:
         return bool(
             self.account
             or self.account_test
-            or some(self.default)
-            or any(some(t) for t in self.teams.values())
+            or some(self._default)
+            or any(some(t) for t in self._teams.values())
         )
-
-
-# ------------------------------------------------------------------ parsing helpers
-
-
-def _table(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(path, "must be a table")
-    return value
-
-
-def _choice(table: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
-    value = table.get(name, choices[0])
-    if value not in choices:
-        raise ConfigError(name, "must be " + " or ".join(f'"{c}"' for c in choices))
-    return str(value)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(path, "must be true or false")
-    return value
-
-
-def _number(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(path, "must be a number > 0")
-    return float(value)
-
-
-def _limit(value: Any, path: str, name: str, *, unlimited: bool) -> Limit | None:
-    if unlimited and value == "unlimited":
-        return None
-    if not isinstance(value, dict):
-        alternative = ' or "unlimited"' if unlimited else ""
-        raise ConfigError(path, f"must be a table {{ rate = 10, burst = 20 }}{alternative}")
-    return _rate_burst(value, path, name, extra=())
-
-
-def _rate_burst(value: dict[str, Any], path: str, name: str, *, extra: tuple[str, ...]) -> Limit:
-    for key in value:
-        if key not in ("rate", "burst", *extra):
-            raise ConfigError(f"{path}.{key}", "unknown key")
-    if "rate" not in value:
-        raise ConfigError(path, "needs a rate (requests per second)")
-    rate = _number(value["rate"], f"{path}.rate")
-    burst = value.get("burst", max(1, math.ceil(rate)))
-    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-        raise ConfigError(f"{path}.burst", "must be a whole number >= 1")
-    return Limit(name=name, rate=rate, burst=burst)
-
-
-def _team_limits(raw: dict[str, Any], path: str) -> TeamLimits:
-    for key in raw:
-        if key not in _TEAM_KEYS:
-            raise ConfigError(f"{path}.{key}", "unknown key")
-    routes_raw = raw.get("routes", [])
-    if not isinstance(routes_raw, list):
-        raise ConfigError(f"{path}.routes", 'must be a list of { route = "POST /v1/files", ... }')
-    routes: list[tuple[RouteRule, Limit]] = []
-    for i, item in enumerate(routes_raw):
-        where = f"{path}.routes[{i}]"
-        if not isinstance(item, dict) or "route" not in item:
-            raise ConfigError(where, 'must be a table { route = "METHOD /glob", rate = 1 }')
-        try:
-            rule = parse_rule(str(item["route"]))
-        except ValueError as exc:
-            raise ConfigError(f"{where}.route", str(exc)) from None
-        routes.append((rule, _rate_burst(item, where, f"route '{rule.text}'", extra=("route",))))
-    return TeamLimits(
-        read=_limit(raw["read"], f"{path}.read", "read", unlimited=True) if "read" in raw else None,
-        write=(
-            _limit(raw["write"], f"{path}.write", "write", unlimited=True)
-            if "write" in raw
-            else None
-        ),
-        routes=tuple(routes),
-        shadow=_bool(raw.get("shadow", False), f"{path}.shadow"),
-    )
 
 
 def credential_digest(credential: str) -> str:
@@ -294,6 +276,7 @@ class RateLimitPlugin:
     """Built-in plugin ``rate_limit``."""
 
     name = "rate_limit"
+    settings_model = RateLimitSettings
 
     def __init__(self) -> None:
         self.settings = RateLimitSettings()
@@ -316,9 +299,12 @@ class RateLimitPlugin:
     # ------------------------------------------------------------------ lifecycle
 
     @hookimpl
-    def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
-        s = RateLimitSettings.parse(settings, frozenset(t.name for t in config.teams))
-        self.settings = s
+    def gateway_configure(self, config: GatewayConfig, settings: RateLimitSettings) -> None:
+        names = {t.name for t in config.teams}
+        for name in settings.teams:
+            if name not in names:
+                raise ConfigError(f"teams.{name}", f"no team named {name!r} in [[teams]]")
+        s = self.settings = settings
         self._plans = {t.name: _plan(t.name, s.limits_for(t.name)) for t in config.teams}
         self._on = s.limits_anything
 
@@ -329,9 +315,9 @@ class RateLimitPlugin:
         s = self.settings
         self.memory = MemoryLimiter(share=s.fallback_share if s.backend == "redis" else 1.0)
         if s.backend == "redis" and self._on:
-            assert s.redis_url is not None
+            assert s.url is not None
             self.redis = RedisLimiter(
-                s.redis_url,
+                s.url,
                 prefix=s.key_prefix,
                 timeout=s.redis_timeout,
                 breaker_seconds=s.redis_breaker,
@@ -461,7 +447,8 @@ class RateLimitPlugin:
         bucket = self._accounts.get(credential)
         if bucket is None:
             s = self.settings
-            limit = s.account_test if s.account_test and ctx.livemode is False else s.account
+            test = s.account_test_limit
+            limit = test if test is not None and ctx.livemode is False else s.account_limit
             if limit is None:
                 return None
             if len(self._accounts) >= _MAX_ACCOUNTS:

@@ -224,7 +224,7 @@ def test_serve_with_a_bad_port_override_exits_2(tmp_path: Path) -> None:
     path = good_config(tmp_path)
     env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY, STRIPE_GATEWAY_PORT="eighty")
     result = run_cli("serve", "--config", str(path), env=env)
-    assert_one_line_config_error(result, "server.port:", "valid integer")
+    assert_one_line_config_error(result, "server.port:", "must be a whole number")
 
 
 def test_serve_on_a_port_in_use_exits_1_without_traceback(tmp_path: Path) -> None:

@@ -185,17 +185,29 @@ def test_unknown_key_is_reported_with_its_exact_path(tmp_path: Path, text: str, 
 @pytest.mark.parametrize(
     ("text", "path", "reason"),
     [
-        ("[server]\nport = 65536\n", "server.port", "less than or equal to 65535"),
-        ("[server]\nport = -1\n", "server.port", "greater than or equal to 0"),
-        ('[server]\nport = "http"\n', "server.port", "valid integer"),
-        ("[server]\ndrain_timeout = 0\n", "server.drain_timeout", "greater than 0"),
-        ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes", "greater than 0"),
-        ("[server]\nmax_header_bytes = 10\n", "server.max_header_bytes", "greater than or equal"),
-        ("[server]\nheader_timeout = 0\n", "server.header_timeout", "greater than 0"),
-        ("[server]\nkeepalive_timeout = -1\n", "server.keepalive_timeout", "greater than 0"),
-        ("[server]\nmax_connections = -1\n", "server.max_connections", "greater than or equal"),
-        ("[server]\nmax_connections = true\n", "server.max_connections", "not true"),
-        ('[server]\nuvloop = "maybe"\n', "server.uvloop", "valid boolean"),
+        ("[server]\nport = 65536\n", "server.port", "must be a whole number between 0 and 65535"),
+        ("[server]\nport = -1\n", "server.port", "between 0 and 65535"),
+        (
+            '[server]\nport = "http"\n',
+            "server.port",
+            "whole number between 0 and 65535, not a string",
+        ),
+        ("[server]\ndrain_timeout = 0\n", "server.drain_timeout", "must be a number > 0"),
+        ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes", "must be a whole number > 0"),
+        (
+            "[server]\nmax_header_bytes = 10\n",
+            "server.max_header_bytes",
+            "between 1024 and 1048576",
+        ),
+        ("[server]\nheader_timeout = 0\n", "server.header_timeout", "> 0"),
+        ("[server]\nkeepalive_timeout = -1\n", "server.keepalive_timeout", "> 0"),
+        ("[server]\nmax_connections = -1\n", "server.max_connections", ">= 0"),
+        (
+            "[server]\nmax_connections = true\n",
+            "server.max_connections",
+            "whole number >= 0, not true",
+        ),
+        ('[server]\nuvloop = "maybe"\n', "server.uvloop", "true or false, not a string"),
         ('[upstream]\napi = "api.stripe.com"\n', "upstream.api", "http(s) URL"),
         ('[upstream]\nfiles = "ftp://files.stripe.com"\n', "upstream.files", "http(s) URL"),
         (
@@ -204,14 +216,22 @@ def test_unknown_key_is_reported_with_its_exact_path(tmp_path: Path, text: str, 
             "no path",
         ),
         ('[upstream]\nmeter_events = "https://x?y=1"\n', "upstream.meter_events", "http(s) URL"),
-        ("[upstream]\nread_timeout = -1\n", "upstream.read_timeout", "greater than 0"),
-        ("[upstream]\nmax_connections = -1\n", "upstream.max_connections", "greater than or equal"),
-        ("server = 1\n", "server", "valid dictionary"),
-        ('teams = "billing"\n', "teams", "valid list"),
-        (team_toml("no spaces"), "teams[0].name", "should match pattern"),
-        ('[[teams]]\nkey_sha256 = ["' + BILLING_DIGEST + '"]\n', "teams[0].name", "Field required"),
-        ('[[teams]]\nname = "billing"\n', "teams[0].key_sha256", "Field required"),
-        ('[[teams]]\nname = "b"\nkey_sha256 = []\n', "teams[0].key_sha256", "at least 1 item"),
+        ("[upstream]\nread_timeout = -1\n", "upstream.read_timeout", "must be a number > 0"),
+        (
+            "[upstream]\nmax_connections = -1\n",
+            "upstream.max_connections",
+            "must be a whole number >= 0",
+        ),
+        ("server = 1\n", "server", "must be a table"),
+        ('teams = "billing"\n', "teams", "must be a list, not a string"),
+        (team_toml("no spaces"), "teams[0].name", "must match the pattern"),
+        ('[[teams]]\nkey_sha256 = ["' + BILLING_DIGEST + '"]\n', "teams[0].name", "is required"),
+        ('[[teams]]\nname = "billing"\n', "teams[0].key_sha256", "is required"),
+        (
+            '[[teams]]\nname = "b"\nkey_sha256 = []\n',
+            "teams[0].key_sha256",
+            "must have at least 1 entry",
+        ),
         (team_toml(key_digest="abc123"), "teams[0].key_sha256[0]", "64 lowercase hex"),
         (
             team_toml(key_digest=BILLING_DIGEST.upper()),
@@ -225,8 +245,12 @@ def test_unknown_key_is_reported_with_its_exact_path(tmp_path: Path, text: str, 
         (team_toml(extra='allow = ["GET x"]'), "teams[0].allow[0]", "must start with '/'"),
         (team_toml(extra='allow = ["GET"]'), "teams[0].allow[0]", "'METHOD /path/glob'"),
         (team_toml(extra='allow = ["GET /a /b"]'), "teams[0].allow[0]", "'METHOD /path/glob'"),
-        (team_toml(extra='stripe_accounts = "acct_1"'), "teams[0].stripe_accounts", "valid list"),
-        ('[plugins]\nload = "mod"\n', "plugins.load", "valid list"),
+        (
+            team_toml(extra='stripe_accounts = "acct_1"'),
+            "teams[0].stripe_accounts",
+            "must be a list",
+        ),
+        ('[plugins]\nload = "mod"\n', "plugins.load", "must be a list"),
     ],
 )
 def test_bad_value_is_reported_with_path_and_reason(
@@ -405,7 +429,7 @@ def test_environment_overrides_apply_without_the_table_in_the_file(tmp_path: Pat
 def test_bad_environment_override_is_reported_at_the_key_it_sets(tmp_path: Path) -> None:
     error = config_error(tmp_path, "", environ={"STRIPE_GATEWAY_PORT": "eighty"})
     assert error.path == "server.port"
-    assert "valid integer" in error.reason
+    assert "must be a whole number" in error.reason
 
 
 def test_environment_override_needs_its_section_to_be_a_table(tmp_path: Path) -> None:
@@ -520,3 +544,51 @@ def test_admin_listener_env_overrides() -> None:
         {}, environ={"STRIPE_GATEWAY_ADMIN_HOST": "0.0.0.0", "STRIPE_GATEWAY_ADMIN_PORT": "9191"}
     ).admin
     assert (admin.host, admin.port) == ("0.0.0.0", 9191)
+
+
+# --------------------------------------------------------------------------- strictness
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[server]\nport = "8080"\n', "server.port: must be a whole number between 0 and 65535"),
+        ('[server]\nworkers = "2"\n', "server.workers: must be a whole number between 1 and 256"),
+        ('[server]\ndrain_timeout = "30"\n', "server.drain_timeout: must be a number > 0"),
+        ("[server]\nport = 8080.0\n", "server.port: must be a whole number"),
+        ('[server]\nuvloop = "true"\n', "server.uvloop: must be true or false"),
+        ('[upstream]\nmax_connections = "100"\n', "upstream.max_connections: must be a whole"),
+        ("[upstream]\nread_timeout = nan\n", "upstream.read_timeout: must be a finite number"),
+        ("[upstream]\nread_timeout = inf\n", "upstream.read_timeout: must be a finite number"),
+        (team_toml(extra='max_in_flight = "4"'), "teams[0].max_in_flight: must be a whole"),
+        ("[server]\nport = 70000\n", "server.port: must be a whole number between 0 and 65535"),
+    ],
+)
+def test_values_are_not_converted_from_another_type(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    error = config_error(tmp_path, text)
+    assert str(error).startswith(message)
+    assert "Input should" not in str(error)
+
+
+def test_a_whole_number_is_a_number(tmp_path: Path) -> None:
+    config = load(tmp_path, "[server]\ndrain_timeout = 30\nbody_timeout = 1.5\n")
+    assert config.server.drain_timeout == 30.0 and isinstance(config.server.drain_timeout, float)
+    assert config.server.body_timeout == 1.5
+
+
+def test_a_misspelt_key_is_an_unknown_key_not_a_missing_one(tmp_path: Path) -> None:
+    text = f'[[teams]]\nnmae = "billing"\nkey_sha256 = ["{BILLING_DIGEST}"]\n'
+    assert str(config_error(tmp_path, text)) == "teams[0].nmae: unknown key"
+    text = '[[teams]]\nname = "billing"\nkey_sha265 = ["x"]\n'
+    assert str(config_error(tmp_path, text)) == "teams[0].key_sha265: unknown key"
+
+
+def test_the_upstream_key_file_is_a_path_written_as_a_string(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk_test_fromfile0000000000001\n")
+    config = load(tmp_path, team_toml(extra=f'upstream_key_file = "{key_file}"'))
+    (team,) = config.teams
+    assert team.upstream_key_file == key_file
+    assert team.upstream_key is not None

@@ -24,13 +24,14 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
 import stripe
 from aiohttp import web
 from multidict import CIMultiDict
+from pydantic import Field, ValidationError
 
 from gateway import hookspecs
 from gateway.app import HOST, create_app
@@ -41,6 +42,7 @@ from gateway.hookspecs import hookimpl
 from gateway.host import DEFAULT_PLUGINS as _DEFAULT_PLUGINS
 from gateway.host import REQUEST_HOOKS, PluginHost
 from gateway.logs import make_error_logger
+from gateway.settings import RouteText, Settings
 from tests.helpers import (
     ANALYTICS_KEY,
     BILLING_KEY,
@@ -883,3 +885,115 @@ def test_request_hooks_are_the_specs_taking_ctx() -> None:
     with_ctx = {name for name, fn in _specs().items() if "ctx" in inspect.signature(fn).parameters}
     assert set(REQUEST_HOOKS) == with_ctx
     assert len(REQUEST_HOOKS) == len(set(REQUEST_HOOKS))
+
+
+# --------------------------------------------------------------------------- declared settings
+
+
+class DeclaredRoute(Settings):
+    route: RouteText
+    weight: int = Field(1, ge=1, le=10)
+
+
+class DeclaredSettings(Settings):
+    ttl: float = Field(30.0, gt=0)
+    enabled: bool = True
+    routes: list[DeclaredRoute] = Field(default_factory=list)
+
+
+class DeclaringPlugin:
+    """A third-party plugin that declares its settings as a model."""
+
+    name = "declaring"
+    settings_model = DeclaredSettings
+    seen: ClassVar[list[object]] = []
+
+    @hookimpl
+    def gateway_configure(self, settings: DeclaredSettings) -> None:
+        self.seen.append(settings)
+
+
+class ModelOnlyPlugin:
+    """Declares settings but implements no gateway_configure: still validated."""
+
+    name = "model_only"
+    settings_model = DeclaredSettings
+
+
+class RawPlugin:
+    """Declares no model: gets the raw table."""
+
+    name = "raw"
+    seen: ClassVar[list[object]] = []
+
+    @hookimpl
+    def gateway_configure(self, settings: dict[str, Any]) -> None:
+        self.seen.append(settings)
+
+
+_HERE = "tests.gateway.test_host"
+
+
+def _declared(table: dict[str, Any], plugin: str = "DeclaringPlugin") -> PluginHost:
+    name = {"DeclaringPlugin": "declaring", "ModelOnlyPlugin": "model_only", "RawPlugin": "raw"}
+    return plugin_host(
+        {"plugins": {"load": [f"{_HERE}:{plugin}"], name[plugin]: table}}, entry_points=False
+    )
+
+
+def test_a_declared_model_gives_the_plugin_a_typed_frozen_object() -> None:
+    DeclaringPlugin.seen.clear()
+    _declared({"ttl": 5, "routes": [{"route": "GET /v1/x/**", "weight": 3}]})
+    (settings,) = DeclaringPlugin.seen
+    assert isinstance(settings, DeclaredSettings)
+    assert settings.ttl == 5.0 and isinstance(settings.ttl, float)  # a whole number is a number
+    assert settings.enabled is True
+    assert settings.routes == [DeclaredRoute(route="GET /v1/x/**", weight=3)]
+    with pytest.raises(ValidationError):
+        settings.ttl = 1.0  # type: ignore[misc]
+    DeclaringPlugin.seen.clear()
+    _declared({})
+    assert DeclaringPlugin.seen == [DeclaredSettings()]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"ttl": "30"}, "plugins.declaring.ttl: must be a number > 0, not a string"),
+        ({"ttl": 0}, "plugins.declaring.ttl: must be a number > 0"),
+        ({"ttl": True}, "plugins.declaring.ttl: must be a number > 0, not true"),
+        ({"enabled": 1}, "plugins.declaring.enabled: must be true or false"),
+        ({"colour": "red", "ttl": "x"}, "plugins.declaring.colour: unknown key"),
+        (
+            {"routes": [{"route": "GET /a"}, {"rout": "GET /b"}]},
+            "plugins.declaring.routes[1].rout: unknown key",
+        ),
+        (
+            {"routes": [{"route": "GET /a", "weight": 11}]},
+            "plugins.declaring.routes[0].weight: must be a whole number between 1 and 10",
+        ),
+        (
+            {"routes": [{"route": "FETCH /a"}]},
+            "plugins.declaring.routes[0].route: rule 'FETCH /a': unknown method 'FETCH'",
+        ),
+        ({"routes": "GET /a"}, "plugins.declaring.routes: must be a list, not a string"),
+    ],
+)
+def test_a_declared_model_reports_key_paths_in_the_gateways_words(
+    table: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _declared(table)
+    assert str(info.value) == message
+
+
+def test_a_declared_model_is_validated_without_a_configure_hook() -> None:
+    with pytest.raises(ConfigError) as info:
+        _declared({"ttl": -1}, "ModelOnlyPlugin")
+    assert info.value.path == "plugins.model_only.ttl"
+
+
+def test_a_plugin_without_a_model_gets_its_raw_table() -> None:
+    RawPlugin.seen.clear()
+    _declared({"anything": [1, "x"]}, "RawPlugin")
+    assert RawPlugin.seen == [{"anything": [1, "x"]}]

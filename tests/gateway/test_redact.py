@@ -16,7 +16,7 @@ from urllib.parse import quote, quote_plus
 import orjson
 import pytest
 import structlog
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -900,5 +900,7 @@ def _events(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_events())
+@example({"request_id": "\x1f[{"})  # white space str.isspace knows but " \t\n\r\f\v" not
+@example({"note": '\u3000{"card": "4242424242424242"}'})
 def test_fast_paths_write_what_a_full_scan_writes(event: dict[str, Any]) -> None:
     assert Redactor().event(dict(event)) == _FULL_SCAN.event(dict(event))

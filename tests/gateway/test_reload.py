@@ -164,7 +164,7 @@ def test_an_invalid_config_changes_nothing_and_logs_the_key_path_and_reason(
     # a plugin's own validation is part of it too
     result = stack.reload(plugins={"cache": {"default_ttl": -1}})
     assert result["reloaded"] is False
-    assert result["error"] == "plugins.cache.default_ttl: must be > 0"
+    assert result["error"] == "plugins.cache.default_ttl: must be a number > 0"
 
 
 def test_a_plugin_failing_to_start_keeps_the_running_generation(stack: Stack) -> None:

@@ -168,7 +168,7 @@ def test_bad_config_with_workers_exits_2_and_starts_no_worker(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("0", "server.workers: Input should be greater than or equal to 1"), ("true", "number")],
+    [("0", "server.workers: must be a whole number between 1 and 256"), ("true", "number")],
 )
 def test_workers_setting_is_validated(tmp_path: Path, value: str, message: str) -> None:
     bad = tmp_path / "gateway.toml"

@@ -17,6 +17,7 @@ import stripe
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.host import PluginHost
+from gateway.settings import validate_settings
 from plugins.audit import AuditRoute, AuditSettings
 from tests.fake_stripe import WEBHOOK_SECRET
 from tests.gateway.test_cli import wait_until
@@ -434,13 +435,14 @@ def test_response_capture_is_shared_with_the_cache(stack: Stack) -> None:
 
 
 def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
-    assert AuditSettings.parse({}) == AuditSettings()
+    assert validate_settings(AuditSettings, {}) == AuditSettings()
     default = AuditSettings()
     assert default.default == AuditRoute(params=True, response_body=False)
     assert default.params_max_bytes == 16384 and default.response_body_max_bytes == 65536
     assert default.reopen_check_seconds == 1.0
-    assert AuditSettings.parse({"reopen_check_seconds": 0}).reopen_check_seconds == 0.0
-    settings = AuditSettings.parse(
+    assert validate_settings(AuditSettings, {"reopen_check_seconds": 0}).reopen_check_seconds == 0.0
+    settings = validate_settings(
+        AuditSettings,
         {
             "path": str(tmp_path / "audit.jsonl"),
             "params": False,
@@ -451,9 +453,9 @@ def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
                 {"route": "POST /v1/forwarding/**", "params": True},
                 {"route": "* /v1/identity/**", "response_body": False},
             ],
-        }
+        },
     )
-    assert settings.path == tmp_path / "audit.jsonl"
+    assert settings.file == tmp_path / "audit.jsonl"
     assert settings.route("POST", "/v1/forwarding/requests") == AuditRoute(True, True)
     assert settings.route("GET", "/v1/identity/verification_sessions") == AuditRoute(False, False)
     assert settings.route("GET", "/v1/customers") == AuditRoute(False, True)
@@ -465,12 +467,12 @@ def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
         ({"colour": "red"}, "colour", "unknown key"),
         ({"params": "yes"}, "params", "true or false"),
         ({"response_body": 1}, "response_body", "true or false"),
-        ({"params_max_bytes": 0}, "params_max_bytes", "from 1 to 1048576"),
+        ({"params_max_bytes": 0}, "params_max_bytes", "between 1 and 1048576"),
         ({"params_max_bytes": True}, "params_max_bytes", "whole number"),
-        ({"response_body_max_bytes": 1 << 21}, "response_body_max_bytes", "from 1 to"),
+        ({"response_body_max_bytes": 1 << 21}, "response_body_max_bytes", "between 1 and"),
         ({"routes": {"route": "GET /v1/**"}}, "routes", "must be a list"),
         ({"routes": ["GET /v1/**"]}, "routes[0]", "must be a table"),
-        ({"routes": [{"params": False}]}, "routes[0]", "must be a table"),
+        ({"routes": [{"params": False}]}, "routes[0].route", "is required"),
         ({"routes": [{"route": "FETCH /v1/**"}]}, "routes[0].route", "unknown method"),
         ({"routes": [{"route": "GET v1/**"}]}, "routes[0].route", "must start with '/'"),
         ({"routes": [{"route": 3}]}, "routes[0].route", "must be a string"),
@@ -480,11 +482,15 @@ def test_settings_defaults_and_every_key(tmp_path: Path) -> None:
             "routes[1].body",
             "unknown key",
         ),
-        ({"reopen_check_seconds": -1}, "reopen_check_seconds", "from 0 (off) to 3600"),
-        ({"reopen_check_seconds": 3601}, "reopen_check_seconds", "from 0 (off) to 3600"),
-        ({"reopen_check_seconds": float("nan")}, "reopen_check_seconds", "seconds"),
-        ({"reopen_check_seconds": True}, "reopen_check_seconds", "seconds"),
-        ({"reopen_check_seconds": "1"}, "reopen_check_seconds", "seconds"),
+        ({"reopen_check_seconds": -1}, "reopen_check_seconds", "between 0 and 3600"),
+        ({"reopen_check_seconds": 3601}, "reopen_check_seconds", "between 0 and 3600"),
+        ({"reopen_check_seconds": float("nan")}, "reopen_check_seconds", "finite number"),
+        (
+            {"reopen_check_seconds": True},
+            "reopen_check_seconds",
+            "number between 0 and 3600, not true",
+        ),
+        ({"reopen_check_seconds": "1"}, "reopen_check_seconds", "not a string"),
         ({"path": ""}, "path", "file path"),
         ({"path": "/nonexistent-dir/audit.jsonl"}, "path", "does not exist"),
     ],
@@ -493,7 +499,7 @@ def test_bad_settings_stop_start_up_with_the_key_path(
     table: dict[str, Any], path: str, reason: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        AuditSettings.parse(table)
+        validate_settings(AuditSettings, table)
     assert info.value.path == path
     assert reason in info.value.reason
 

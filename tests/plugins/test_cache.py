@@ -19,6 +19,7 @@ from gateway.cachekeys import cache_key
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
+from gateway.settings import validate_settings
 from plugins.cache import CacheSettings
 from tests.conftest import RedisServer
 from tests.helpers import (
@@ -270,20 +271,25 @@ def test_entries_expire(stack: Stack) -> None:
 
 
 def test_ttl_rules() -> None:
-    settings = CacheSettings.parse(
-        {"default_ttl": 30, "final_ttl": 3600, "routes": [{"path": "/v1/climate/**", "ttl": 300}]}
+    settings = validate_settings(
+        CacheSettings,
+        {
+            "default_ttl": 30,
+            "final_ttl": 3600,
+            "routes": [{"route": "GET /v1/climate/**", "ttl": 300}],
+        },
     )
     now = time.time()
-    assert settings.ttl_for("/v1/customers/cus_1", {"object": "customer"}) == 30
-    assert settings.ttl_for("/v1/climate/products/x", {"object": "climate.product"}) == 300
+    assert settings.ttl_for("GET", "/v1/customers/cus_1", {"object": "customer"}) == 30
+    assert settings.ttl_for("GET", "/v1/climate/products/x", {"object": "climate.product"}) == 300
     done = {"object": "scheduled_query_run", "status": "completed"}
-    assert settings.ttl_for("/v1/sigma/scheduled_query_runs/sqr_1", done) == 3600
+    assert settings.ttl_for("GET", "/v1/sigma/scheduled_query_runs/sqr_1", done) == 3600
     running = {"object": "reporting.report_run", "status": "pending"}
-    assert settings.ttl_for("/v1/reporting/report_runs/frr_1", running) == 30
+    assert settings.ttl_for("GET", "/v1/reporting/report_runs/frr_1", running) == 30
     calc = {"object": "tax.calculation", "expires_at": int(now + 60)}
-    assert 55 < settings.ttl_for("/v1/tax/calculations/taxcalc_1", calc) <= 60
+    assert 55 < settings.ttl_for("GET", "/v1/tax/calculations/taxcalc_1", calc) <= 60
     for kind in ("tax.transaction", "forwarding.request", "identity.verification_report"):
-        assert settings.ttl_for("/x", {"object": kind}) == 3600
+        assert settings.ttl_for("GET", "/x", {"object": kind}) == 3600
 
 
 @pytest.mark.parametrize(
@@ -297,8 +303,9 @@ def test_ttl_rules() -> None:
         ({"backend": "redis", "redis_url": "redis://:pw@host:6379"}, "redis_url"),
         ({"backend": "redis", "redis_url": "http://x"}, "redis_url"),
         ({"backend": "redis", "redis_url_env": "NOPE_NOT_SET"}, "redis_url_env"),
-        ({"routes": [{"path": "v1/x", "ttl": 1}]}, "routes[0].path"),
-        ({"routes": [{"path": "/v1/x"}]}, "routes[0]"),
+        ({"routes": [{"route": "GET v1/x", "ttl": 1}]}, "routes[0].route"),
+        ({"routes": [{"route": "GET /v1/x"}]}, "routes[0].ttl"),
+        ({"routes": [{"path": "/v1/x", "ttl": 1}]}, "routes[0].path"),
         ({"max_entry_bytes": True}, "max_entry_bytes"),
     ],
 )

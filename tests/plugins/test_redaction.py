@@ -22,6 +22,7 @@ from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.redact import MARKER, RedactingProcessor
 from gateway.sensitive import CATEGORIES
+from gateway.settings import validate_settings
 from plugins.redaction import RedactionPlugin, RedactionSettings
 from tests.helpers import ENVIRON
 
@@ -35,7 +36,9 @@ def config(**plugins: Any) -> GatewayConfig:
 
 def configured(table: dict[str, Any], environ: dict[str, str] | None = None) -> RedactionPlugin:
     plugin = RedactionPlugin()
-    plugin.settings = RedactionSettings.parse(table, environ or {})
+    plugin.settings = validate_settings(
+        RedactionSettings, table, context={"environ": environ or {}}
+    )
     plugin.processor = RedactingProcessor(plugin.settings.redactor())
     return plugin
 
@@ -63,9 +66,9 @@ def log_lines(
 
 
 def test_defaults() -> None:
-    settings = RedactionSettings.parse({}, {})
+    settings = validate_settings(RedactionSettings, {}, context={"environ": {}})
     assert settings == RedactionSettings()
-    assert settings.categories == frozenset(CATEGORIES)
+    assert settings.enabled_categories == frozenset(CATEGORIES)
     assert settings.hmac_key is None and settings.max_bytes == 1 << 20
     # a plugin works before it is configured, with the defaults
     out = RedactionPlugin().processor(None, "info", {"email": "e@x", "cvc": "1"})
@@ -73,7 +76,8 @@ def test_defaults() -> None:
 
 
 def test_every_setting() -> None:
-    settings = RedactionSettings.parse(
+    settings = validate_settings(
+        RedactionSettings,
         {
             "fields": ["nickname", "metadata[tax_number]"],
             "headers": ["X-Api-Key"],
@@ -83,12 +87,12 @@ def test_every_setting() -> None:
             "hmac_key_env": "LOG_HMAC_KEY",
             "max_bytes": 4096,
         },
-        KEY_ENV,
+        context={"environ": KEY_ENV},
     )
-    assert settings.fields == ("nickname", "metadata[tax_number]")
-    assert settings.headers == ("X-Api-Key",)
-    assert [p.pattern for p in settings.patterns] == [r"acme_[0-9a-f]{8}"]
-    assert settings.categories == frozenset(CATEGORIES) - {"personal_data"}
+    assert settings.fields == ["nickname", "metadata[tax_number]"]
+    assert settings.headers == ["X-Api-Key"]
+    assert [p.pattern for p in settings.compiled_patterns] == [r"acme_[0-9a-f]{8}"]
+    assert settings.enabled_categories == frozenset(CATEGORIES) - {"personal_data"}
     assert settings.hmac_key == KEY_ENV["LOG_HMAC_KEY"].encode()
     assert settings.max_bytes == 4096
     assert "0123456789abcdef" not in repr(settings)
@@ -125,7 +129,9 @@ def test_bad_settings_stop_start_up_with_the_key_path(
     table: dict[str, Any], path: str, reason: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        RedactionSettings.parse(table, {**KEY_ENV, "SHORT": "abc"})
+        validate_settings(
+            RedactionSettings, table, context={"environ": {**KEY_ENV, "SHORT": "abc"}}
+        )
     assert info.value.path == path
     assert reason in info.value.reason
 
@@ -139,8 +145,12 @@ def test_the_host_prefixes_the_table_path() -> None:
 
 def test_the_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_HMAC_KEY", KEY_ENV["LOG_HMAC_KEY"])
-    plugin = RedactionPlugin()
-    plugin.gateway_configure(config(), {"mask": "hmac", "hmac_key_env": "LOG_HMAC_KEY"})
+    host = PluginHost(
+        config(redaction={"mask": "hmac", "hmac_key_env": "LOG_HMAC_KEY"}),
+        entry_points_enabled=False,
+    )
+    plugin = host.pm.get_plugin("redaction")
+    assert isinstance(plugin, RedactionPlugin)
     out = plugin.processor(None, "info", {"email": "jenny@example.com"})
     digest = hmac.new(KEY_ENV["LOG_HMAC_KEY"].encode(), b"jenny@example.com", "sha256")
     assert out == {"email": f"[hmac:{digest.hexdigest()[:16]}]"}
@@ -182,7 +192,7 @@ def test_its_processor_comes_last_in_front_of_the_renderer() -> None:
     pm.register(redaction, name="redaction")
     pm.register(OtherPlugin(), name="other")
     pm.check_pending()
-    redaction.gateway_configure(config(), {})
+    redaction.gateway_configure(config(), RedactionSettings())
     results = pm.hook.gateway_log_processors(config=config())
     processors = [p for result in results if result for p in result]
     assert processors == [OtherPlugin.add_team, redaction.processor]
