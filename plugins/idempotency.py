@@ -29,7 +29,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config import GatewayConfig
@@ -37,7 +36,7 @@ from gateway.context import RequestContext
 from gateway.errors import ConfigError
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
-from gateway.metrics import METRICS, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.retry import RetryPolicy
 
 __all__ = ["IdempotencyPlugin", "IdempotencySettings", "namespaced"]
@@ -144,15 +143,18 @@ class IdempotencyPlugin:
     def __init__(self) -> None:
         self.settings = IdempotencySettings.parse({})
         self.injected = 0
-        self._metrics: GatewayMetrics | None = None
+        self._injected: Any = None
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: dict[str, Any]) -> None:
         self.settings = IdempotencySettings.parse(settings)
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        self._metrics = app[METRICS]
+    def gateway_startup(self, metrics: GatewayMetrics) -> None:
+        self._injected = metrics.counter(
+            "idempotency_keys_injected",
+            "Idempotency-Key headers the gateway added to requests that had none.",
+        )
 
     def _keys(self, ctx: RequestContext) -> _Keys | None:
         keys: _Keys | None = ctx.state.get("idempotency")
@@ -175,8 +177,8 @@ class IdempotencyPlugin:
         ctx.state["idempotency"] = keys
         if injected:
             self.injected += 1
-            if self._metrics is not None:
-                self._metrics.idempotency_keys_injected.inc()
+            if self._injected is not None:
+                self._injected.inc()
         ctx.audit["idempotency_key_client"] = client
         if covered:
             ctx.retry = self.settings.retry

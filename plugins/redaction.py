@@ -37,13 +37,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
 from structlog.typing import Processor
 
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
-from gateway.metrics import METRICS
+from gateway.metrics import GatewayMetrics
 from gateway.redact import RedactingProcessor, Redactor
 from gateway.sensitive import ALWAYS_ON, CATEGORIES
 
@@ -189,8 +188,11 @@ class RedactionPlugin:
         self.processor = RedactingProcessor(self.settings.redactor())
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        self.processor.on_failure = app[METRICS].redaction_fail_closed.inc
+    def gateway_startup(self, metrics: GatewayMetrics) -> None:
+        self.processor.on_failure = metrics.counter(
+            "redaction_fail_closed",
+            "Log lines in which a value could not be redacted and was replaced whole.",
+        ).inc
 
     @hookimpl(trylast=True)
     def gateway_log_processors(self, config: GatewayConfig) -> list[Processor]:
