@@ -87,10 +87,10 @@ PASS_THROUGH_NOTE = (
 async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from importlib.metadata import entry_points
 
-    from gateway.app import HOST as HOST_KEY
     from gateway.app import create_app
     from gateway.config import parse_config
     from gateway.host import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
+    from gateway.keys import GENERATIONS
     from gateway.server import serve
 
     keep = {"auth", "audit", "cache"}
@@ -119,7 +119,7 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     }
     config = parse_config(data, source="bench", environ={pb.UPSTREAM_KEY_ENV: pb.UPSTREAM_KEY})
     app = create_app(config)
-    host = app[HOST_KEY]
+    host = app[GENERATIONS].current.host
     stop = asyncio.Event()
     watcher = asyncio.create_task(pb._watch_parent(stop, parent))
     loop = asyncio.get_running_loop()

@@ -303,10 +303,10 @@ def _baseline_app(upstream: str) -> web.Application:
 async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from importlib.metadata import entry_points
 
-    from gateway.app import HOST as HOST_KEY
     from gateway.app import create_app
     from gateway.config import parse_config
     from gateway.host import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
+    from gateway.keys import GENERATIONS
     from gateway.server import serve
 
     keep = set(params["plugins"])
@@ -339,7 +339,7 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
             data["admin"] = {"host": HOST, "port": probe.getsockname()[1]}
     config = parse_config(data, source="bench", environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
     app = create_app(config)
-    plugins = app[HOST_KEY].plugin_names()
+    plugins = app[GENERATIONS].current.host.plugin_names()
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch_parent(stop, parent))
     loop = asyncio.get_running_loop()

@@ -123,12 +123,12 @@ def _digest(key: str) -> str:
 
 
 async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
-    from gateway.app import HOST as HOST_KEY
     from gateway.app import create_app
+    from gateway.keys import GENERATIONS
     from gateway.server import serve
 
     app = create_app(_config(params["mode"], params))
-    names = app[HOST_KEY].plugin_names()
+    names = app[GENERATIONS].current.host.plugin_names()
     stop = asyncio.Event()
     watcher = asyncio.create_task(pb._watch_parent(stop, parent))
     loop = asyncio.get_running_loop()
@@ -149,10 +149,10 @@ async def _micro(params: dict[str, Any]) -> dict[str, list[float]]:
     """Part 1: µs per call of the rate-limit plugin's ``gateway_request``, per variant."""
     from aiohttp.test_utils import make_mocked_request
 
-    from gateway.app import HOST as HOST_KEY
     from gateway.app import create_app
     from gateway.context import RequestContext
     from gateway.errors import StripeErrorResponse
+    from gateway.keys import GENERATIONS
     from plugins.rate_limit import RateLimitPlugin
 
     n = int(params["n"])
@@ -161,7 +161,7 @@ async def _micro(params: dict[str, Any]) -> dict[str, list[float]]:
 
     async def started(config: Any) -> tuple[RateLimitPlugin, Any]:
         app = create_app(config)
-        plugin = app[HOST_KEY].pm.get_plugin("rate_limit")
+        plugin = app[GENERATIONS].current.host.pm.get_plugin("rate_limit")
         assert isinstance(plugin, RateLimitPlugin)
         plugin.gateway_startup(app)
         plugin._log = _Quiet()  # "redis down" would log its first failure

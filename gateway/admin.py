@@ -9,23 +9,28 @@ after the upstream session's, so plugins have opened their stores) and serves:
                                    ``gateway_ready`` checks pass (Redis reachable); 503
                                    naming what is not ready otherwise
 ``GET /metrics``           open    Prometheus text (:mod:`gateway.metrics`)
-``POST /admin/cache/purge`` token  drop every cached variant of ``object_id``
-``GET /admin/teams``       token   teams (digest prefixes only) and their rate-limit state
+``GET /admin/teams``       token   teams (digest prefixes only), with what plugins add to
+                                   each (``gateway_admin_team``: the rate-limit state)
 ``GET /admin/config``      token   the effective config, secrets masked
 ``POST /admin/reload``     token   re-read the config file and swap it in under traffic
                                    (:mod:`gateway.reload`); in a worker, ask the supervisor
                                    (SIGHUP), which validates it and reloads every worker
 =========================  ======  =========================================================
 
-*token*: ``Authorization: Bearer <admin token>``; the token's SHA-256 is compared in
-constant time with ``[admin] token_sha256``. Without a digest configured every token is
-refused. Refusals and errors are Stripe-shaped JSON, like the gateway's own.
+Plugins add their own routes (``gateway_admin_routes``: the ``cache`` plugin's
+``POST /admin/cache/purge``); the listener serves those of the current generation.
+
+*token*: ``Authorization: Bearer <admin token>``, for every path under ``/admin/``,
+plugins' included; the token's SHA-256 is compared in constant time with ``[admin]
+token_sha256``. Without a digest configured every token is refused. Refusals and errors
+are Stripe-shaped JSON, like the gateway's own.
 
 With several worker processes sharing the port (``reuse_port``), each request reaches one
-of them: ``/metrics`` is summed over all of them (multiprocess mode); a purge is passed on
-to every other worker over its private Unix socket (``STRIPE_GATEWAY_RUN_DIR``), so it
-reaches every worker's memory cache; a reload goes through the supervisor (SIGHUP);
-``/readyz`` and ``/admin/teams`` answer for the worker that got the request.
+of them: ``/metrics`` is summed over all of them (multiprocess mode); a plugin's route
+passes a request on to every other worker with :func:`fan_out`, over the workers' private
+Unix sockets (``STRIPE_GATEWAY_RUN_DIR``), as the cache purge does so that it reaches
+every worker's memory cache; a reload goes through the supervisor (SIGHUP); ``/readyz``
+and ``/admin/teams`` answer for the worker that got the request.
 """
 
 from __future__ import annotations
@@ -38,50 +43,56 @@ import inspect
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import (
+    AbstractResource,
+    AbstractRoute,
+    UrlMappingMatchInfo,
+    _InfoDict,
+)
+from yarl import URL
 
 from gateway import __version__
-from gateway.context import OBJECT_ID, new_request_id
+from gateway.context import new_request_id
 from gateway.errors import ErrorType, error_response
-from gateway.metrics import CONTENT_TYPE_LATEST, METRICS, exposition
+from gateway.keys import (
+    ADMIN_URLS,
+    GATEWAY_APP,
+    GENERATIONS,
+    METRICS,
+    RELOAD,
+    REUSE_PORT,
+    SESSION,
+)
+from gateway.metrics import CONTENT_TYPE_LATEST, exposition
+from gateway.workers import RUN_DIR_ENV, worker_role
 
 if TYPE_CHECKING:
     from gateway.reload import Generation
 
 __all__ = [
-    "ADMIN_URLS",
-    "REUSE_PORT",
+    "FANOUT_HEADER",
+    "PeerAnswer",
     "admin_listener",
     "create_admin_app",
+    "fan_out",
+    "form_value",
     "masked_config",
 ]
 
-#: bind the admin port with SO_REUSEPORT (every worker process binds it); set by create_app
-REUSE_PORT = web.AppKey("reuse_port", bool)
-#: the URLs the admin listener bound, once started (empty when it is off)
-ADMIN_URLS = web.AppKey("admin_urls", list[str])
-
-_GATEWAY = web.AppKey("gateway", web.Application)
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 _JSON = "application/json"
 #: seconds /readyz waits for one plugin's checks
 _READY_TIMEOUT = 2.0
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@/\s]*@", re.I)
 _SECRET_NAME = re.compile(r"pass|secret|token|credential|(?<![a-z])key(?![a-z_]*(?:env|prefix))")
-
-
-class _CachePurger(Protocol):
-    async def purge(self, object_ids: list[str]) -> int: ...
-
-
-class _TeamLimits(Protocol):
-    def team_state(self, team: str) -> dict[str, Any]: ...
 
 
 def _error(
@@ -130,16 +141,13 @@ async def _errors_and_auth(
 
 
 def _current(gateway: web.Application) -> Generation:
-    """The generation requests are served with now: during a reload, ``app[HOST]`` and
-    ``app[CONFIG]`` already show the next one while its plugins start; this does not."""
-    from gateway.app import GENERATIONS
-
+    """The generation requests are served with now."""
     return gateway[GENERATIONS].current
 
 
 def _authorized(request: web.Request) -> bool:
     # the current config's digest: a reload rotates or revokes the token at once
-    digest = _current(request.app[_GATEWAY]).config.admin.token_sha256
+    digest = _current(request.app[GATEWAY_APP]).config.admin.token_sha256
     expected = bytes.fromhex(digest) if digest else b""
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, token = header.partition(" ")
@@ -158,9 +166,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    from gateway.app import SESSION
-
-    gateway = request.app[_GATEWAY]
+    gateway = request.app[GATEWAY_APP]
     session = gateway.get(SESSION)
     checks: dict[str, bool] = {
         "config": True,  # the app exists, so its config was loaded and validated
@@ -188,7 +194,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    gateway = request.app[_GATEWAY]
+    gateway = request.app[GATEWAY_APP]
     metrics = gateway[METRICS]
     _refresh_in_flight(gateway)
     text = await asyncio.get_running_loop().run_in_executor(None, exposition, metrics)
@@ -198,8 +204,6 @@ async def _metrics(request: web.Request) -> web.Response:
 def _refresh_in_flight(gateway: web.Application) -> None:
     """``requests_in_flight`` from the route handler's own count (no gauge update on the
     request path): set when scraped, and every second for the other workers' sums."""
-    from gateway.app import GENERATIONS
-
     gateway[METRICS].in_flight.set(gateway[GENERATIONS].in_flight)
 
 
@@ -212,55 +216,11 @@ async def _refresh_every_second(gateway: web.Application) -> None:
 # ------------------------------------------------------------------ admin endpoints
 
 
-async def _purge(request: web.Request) -> web.Response:
-    object_id = await _form_value(request, "object_id")
-    if object_id is None:
-        return _error(400, "Missing object_id (form field or JSON key).", code="parameter_missing")
-    if not OBJECT_ID.match(object_id):
-        return _error(
-            400,
-            "object_id must be a Stripe object id such as cus_1234567890abcdef.",
-            code="parameter_invalid",
-        )
-    cache: _CachePurger | None = _current(request.app[_GATEWAY]).host.pm.get_plugin("cache")
-    if cache is None or not hasattr(cache, "purge"):
-        return _error(404, "The cache plugin is not enabled.", code="cache_disabled")
-    try:
-        purged = await cache.purge([object_id])
-    except Exception as exc:
-        return _error(
-            503,
-            f"The cache store could not be purged ({type(exc).__name__}).",
-            code="cache_unavailable",
-        )
-    answer: dict[str, Any] = {"object": "cache_purge", "object_id": object_id, "purged": purged}
-    peer_sockets = _peer_sockets() if request.headers.get(_FANOUT) is None else []
-    if peer_sockets:
-        # a worker of `serve --workers N`: every other worker purges its own memory too
-        peers = await _fan_out(request, object_id, peer_sockets)
-        answer["purged"] += sum(peer.get("purged", 0) for peer in peers.values())
-        answer["workers"] = 1 + sum(1 for peer in peers.values() if "purged" in peer)
-        failed = {path: peer["error"] for path, peer in peers.items() if "error" in peer}
-        if failed:  # those workers' memory may still serve the object: not a success
-            listed = ", ".join(f"{name} ({error})" for name, error in sorted(failed.items()))
-            return _error(
-                502,
-                f"Purged {answer['purged']} cached answers of {object_id} on "
-                f"{answer['workers']} workers, but {len(failed)} could not be reached: "
-                f"{listed}. Retry the purge.",
-                code="purge_incomplete",
-                type="api_error",
-            )
-    return _json(answer)
-
-
-#: set on a purge one worker passes on to the others (who must not pass it on again)
-_FANOUT = "X-Stripe-Gateway-Fanout"
+#: set on an admin request one worker passes on to the others (who must not pass it on)
+FANOUT_HEADER = "X-Stripe-Gateway-Fanout"
 
 
 def _run_dir() -> Path | None:
-    from gateway.workers import RUN_DIR_ENV
-
     value = os.environ.get(RUN_DIR_ENV)
     return Path(value) if value else None
 
@@ -278,35 +238,61 @@ def _peer_sockets() -> list[Path]:
     return sorted(p for p in run_dir.glob("admin-*.sock") if p != own)
 
 
-async def _fan_out(
-    request: web.Request, object_id: str, sockets: list[Path]
-) -> dict[str, dict[str, Any]]:
-    """Ask every other worker, on its private socket (``sockets``), to purge ``object_id``."""
-    headers = {_FANOUT: "1", hdrs.AUTHORIZATION: request.headers.get(hdrs.AUTHORIZATION, "")}
+@dataclass(frozen=True, slots=True)
+class PeerAnswer:
+    """What one other worker answered to a request passed on by :func:`fan_out`."""
 
-    async def one(path: Path) -> tuple[str, dict[str, Any]]:
+    #: its HTTP status; None when it could not be reached
+    status: int | None
+    #: its JSON answer (None when it could not be reached)
+    body: Any
+    #: None when it answered 200; else its error ``code`` (``"failed"`` without one), or
+    #: the name of the exception that kept it from answering
+    error: str | None
+
+
+async def fan_out(
+    request: web.Request, data: Mapping[str, str], *, timeout: float = 5.0
+) -> dict[str, PeerAnswer]:
+    """Pass an admin request on to every other worker process of ``serve --workers N``,
+    each on its private Unix socket: the same method and path, ``data`` as a form, the same
+    ``Authorization``, at once and each within ``timeout`` seconds. Returns each worker's
+    answer by socket name: ``{}`` in a single process, and for a request that was itself
+    passed on (it is never passed on again)."""
+    if request.headers.get(FANOUT_HEADER) is not None:
+        return {}
+    sockets = _peer_sockets()
+    if not sockets:
+        return {}
+    headers = {FANOUT_HEADER: "1", hdrs.AUTHORIZATION: request.headers.get(hdrs.AUTHORIZATION, "")}
+    url = f"http://worker{request.rel_url.path}"
+
+    async def one(path: Path) -> tuple[str, PeerAnswer]:
         try:
             connector = aiohttp.UnixConnector(path=str(path))
             async with (
                 aiohttp.ClientSession(connector=connector) as session,
-                session.post(
-                    "http://worker/admin/cache/purge",
-                    data={"object_id": object_id},
+                session.request(
+                    request.method,
+                    url,
+                    data=dict(data),
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=5),
+                    timeout=aiohttp.ClientTimeout(total=timeout),
                 ) as response,
             ):
                 body = await response.json()
+                error = None
                 if response.status != 200:
-                    return path.name, {"error": body.get("error", {}).get("code", "failed")}
-                return path.name, {"purged": int(body.get("purged", 0))}
-        except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return path.name, {"error": type(exc).__name__}
+                    error = str(body.get("error", {}).get("code") or "failed")
+                return path.name, PeerAnswer(response.status, body, error)
+        except (OSError, aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+            return path.name, PeerAnswer(None, None, type(exc).__name__)
 
     return dict(await asyncio.gather(*(one(path) for path in sockets)))
 
 
-async def _form_value(request: web.Request, name: str) -> str | None:
+async def form_value(request: web.Request, name: str) -> str | None:
+    """The stripped, non-empty value of ``name`` in the request's form or JSON body."""
     if request.content_type == _JSON:
         try:
             data = orjson.loads(await request.read())
@@ -319,10 +305,8 @@ async def _form_value(request: web.Request, name: str) -> str | None:
 
 
 async def _teams(request: web.Request) -> web.Response:
-    current = _current(request.app[_GATEWAY])
-    limiter: _TeamLimits | None = current.host.pm.get_plugin("rate_limit")
-    if limiter is not None and not hasattr(limiter, "team_state"):
-        limiter = None
+    current = _current(request.app[GATEWAY_APP])
+    host = current.host
     data = []
     for team in current.config.teams:
         upstream = (
@@ -334,8 +318,9 @@ async def _teams(request: web.Request) -> web.Response:
             "stripe_accounts": team.stripe_accounts,
             "key_sha256_prefixes": [_short(d) for d in team.key_sha256],
             "upstream_key": upstream,
-            "rate_limit": limiter.team_state(team.name) if limiter is not None else None,
         }
+        if "gateway_admin_team" in host.implemented:  # plugins add; they never replace
+            item = {**host.fields("gateway_admin_team", team=team), **item}
         data.append(item)
     return _json({"object": "list", "data": data})
 
@@ -369,13 +354,10 @@ def _masked(value: Any, key: str = "") -> Any:
 
 
 async def _config(request: web.Request) -> web.Response:
-    return _json(masked_config(_current(request.app[_GATEWAY]).config))
+    return _json(masked_config(_current(request.app[GATEWAY_APP]).config))
 
 
 async def _reload(request: web.Request) -> web.Response:
-    from gateway.app import RELOAD
-    from gateway.workers import worker_role
-
     role = worker_role()
     if role is not None and role.supervisor is not None and os.getppid() == role.supervisor:
         # One worker got this request; every worker must reload, after the supervisor
@@ -392,7 +374,7 @@ async def _reload(request: web.Request) -> web.Response:
             },
             status=202,
         )
-    reload = request.app[_GATEWAY].get(RELOAD)
+    reload = request.app[GATEWAY_APP].get(RELOAD)
     if reload is None:
         return _error(
             501,
@@ -413,26 +395,66 @@ async def _reload(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ the app
 
 
+class _PluginRoutes(AbstractResource):
+    """The plugins' admin routes: resolved against the current generation's router
+    (:meth:`gateway.host.PluginHost.build_admin_router`), after the core's routes, so a
+    reload swaps them with the plugins."""
+
+    def __init__(self, gateway: web.Application) -> None:
+        super().__init__(name=None)
+        self._gateway = gateway
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL("/")
+
+    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        router = _current(self._gateway).host.admin_router
+        if router is None:
+            return None, set()
+        match = await router.resolve(request)
+        exc = match.http_exception
+        if exc is None:
+            return match, set()
+        return None, set(getattr(exc, "allowed_methods", ()))
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("the admin listener's plugin routes take no prefix")
+
+    def get_info(self) -> _InfoDict:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator[AbstractRoute]:
+        return iter(())
+
+
 def create_admin_app(gateway: web.Application) -> web.Application:
     """The admin app for ``gateway`` (built by :func:`gateway.app.create_app`)."""
 
     admin = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
-    admin[_GATEWAY] = gateway
+    admin[GATEWAY_APP] = gateway
     admin.router.add_get("/healthz", _healthz, allow_head=True)
     admin.router.add_get("/readyz", _readyz, allow_head=True)
     admin.router.add_get("/metrics", _metrics)
-    admin.router.add_post("/admin/cache/purge", _purge)
     admin.router.add_get("/admin/teams", _teams)
     admin.router.add_get("/admin/config", _config)
     admin.router.add_post("/admin/reload", _reload)
+    admin.router.register_resource(_PluginRoutes(gateway))
     return admin
 
 
 async def admin_listener(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context of the gateway app: serve the admin app while the gateway runs."""
-    from gateway.app import CONFIG, HOST
-
-    config = app[CONFIG].admin
+    config = _current(app).config.admin
     if not config.enabled:
         app[ADMIN_URLS] = []
         yield
@@ -459,7 +481,7 @@ async def admin_listener(app: web.Application) -> AsyncIterator[None]:
             # (a purge must reach every worker's memory)
             own = _own_socket(run_dir)
             await web.UnixSite(runner, str(own)).start()
-        app[HOST].log.info("admin_listening", urls=app[ADMIN_URLS])
+        _current(app).host.log.info("admin_listening", urls=app[ADMIN_URLS])
         refresher = (
             asyncio.get_running_loop().create_task(_refresh_every_second(app))
             if app[METRICS].multiprocess

@@ -4,52 +4,39 @@ Everything an app needs (config, plugin host, upstream session, loggers) hangs o
 app keys; there is no module-level state, so tests can run several apps side by side.
 
 Requests are served by the app's current :class:`~gateway.reload.Generation` (config,
-plugin host, proxy), which :data:`RELOAD` replaces under traffic (see
-:mod:`gateway.reload`); ``CONFIG``, ``HOST`` and ``PROXY`` always show the current one.
+plugin host, proxy), which ``app[RELOAD]()`` replaces under traffic (see
+:mod:`gateway.reload`); ``app[GENERATIONS].current`` always shows it. The keys live in
+:mod:`gateway.keys`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, BinaryIO
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import BinaryIO
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from gateway import __version__
-from gateway.admin import REUSE_PORT, admin_listener
+from gateway.admin import admin_listener
 from gateway.config import GatewayConfig
 from gateway.host import PluginHost
+from gateway.keys import (
+    GENERATIONS,
+    METRICS,
+    RELOAD,
+    REOPEN_LOGS,
+    REUSE_PORT,
+    SERVER_CONFIG,
+    SESSION,
+)
 from gateway.logs import make_error_logger
-from gateway.metrics import METRICS, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
-from gateway.reload import Generation, Generations, ReloadResult
-from gateway.server import SERVER_CONFIG
+from gateway.reload import Generation, Generations
 
-__all__ = [
-    "CONFIG",
-    "GENERATIONS",
-    "HOST",
-    "METRICS",
-    "PROXY",
-    "RELOAD",
-    "REOPEN_LOGS",
-    "SESSION",
-    "create_app",
-]
-
-CONFIG = web.AppKey("config", GatewayConfig)
-HOST = web.AppKey("host", PluginHost)
-PROXY = web.AppKey("proxy", Proxy)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-GENERATIONS = web.AppKey("generations", Generations)
-#: ``await app[RELOAD]()``: re-read the config and swap it in under traffic; returns a
-#: JSON-able ``{"reloaded": bool, "error": str | None, ...}`` (see Generations.reload)
-RELOAD: web.AppKey[Callable[[], Coroutine[Any, Any, ReloadResult]]] = web.AppKey("reload")
-#: ``await app[REOPEN_LOGS]()``: the current generation's plugins reopen their log files
-#: by path (``gateway_reopen_logs``); the CLI calls it on SIGUSR1
-REOPEN_LOGS: web.AppKey[Callable[[], Coroutine[Any, Any, None]]] = web.AppKey("reopen_logs")
+__all__ = ["create_app"]
 
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
@@ -69,22 +56,10 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(body=_HEALTH, content_type="application/json")
 
 
-def _publisher(app: web.Application) -> Callable[[Generation], None]:
-    def publish(generation: Generation) -> None:
-        # A started app is frozen and warns on item assignment; these three keys follow
-        # the current generation by design, so they are replaced in its state directly.
-        state = app._state
-        state[CONFIG] = generation.config
-        state[HOST] = generation.host
-        state[PROXY] = generation.proxy
-
-    return publish
-
-
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    host = app[HOST]
     generations = app[GENERATIONS]
+    config = generations.current.config
+    host = generations.current.host
     connector = aiohttp.TCPConnector(
         limit=config.upstream.max_connections,
         limit_per_host=0,
@@ -163,16 +138,12 @@ def create_app(
         client_max_size=config.server.max_body_bytes,
     )
     proxy = Proxy(config=config, host=host)
-    app[CONFIG] = config
     app[SERVER_CONFIG] = config.server
-    app[HOST] = host
-    app[PROXY] = proxy
     app[METRICS] = GatewayMetrics.create()
     app[REUSE_PORT] = reuse_port
     generations = Generations(
         app,
         Generation(config, host, proxy, 1),
-        publish=_publisher(app),
         load=reload_from,
         error_stream=error_stream,
     )

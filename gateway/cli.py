@@ -242,12 +242,13 @@ def _serve_one(
 
     SIGHUP reloads the config; SIGUSR1 has the plugins reopen their log files (the audit
     file, after logrotate renamed it), as nginx does."""
-    from gateway.app import GENERATIONS, HOST, RELOAD, REOPEN_LOGS, create_app
+    from gateway.app import create_app
+    from gateway.keys import GENERATIONS, RELOAD, REOPEN_LOGS
     from gateway.logs import route_stdlib_logging
     from gateway.server import serve
 
     app = create_app(config, reload_from=load, reuse_port=role is not None and role.reuse_port)
-    route_stdlib_logging(app[HOST].log_processors)
+    route_stdlib_logging(app[GENERATIONS].current.host.log_processors)
     app[GENERATIONS].on_swap.append(lambda g: route_stdlib_logging(g.host.log_processors))
     loop = _event_loop_factory(config)
     tasks: set[asyncio.Task[object]] = set()

@@ -2,8 +2,9 @@
 
 One :class:`RequestContext` is made for every request before the first hook runs and is
 passed to every request hook. Plugins read what the core filled in and write what they
-decide (the team, the upstream key, a cache status); the audit plugin turns it into the
-request's one log line when the request is done.
+decide (the team, the upstream key; their own state in ``ctx.state``); the audit plugin
+turns it into the request's one log line when the request is done, with the fields each
+plugin contributes (``gateway_audit_fields``).
 """
 
 from __future__ import annotations
@@ -123,10 +124,6 @@ class RequestContext:
     #: ``connect``, ``dns``, ``tls``, ``reset``, ``disconnected``, ``connect_timeout``,
     #: ``read_timeout``, ``broken_body``, ``timeout_mid_body``, ``other``
     upstream_failures: tuple[str, ...] = ()
-    #: set by the cache plugin: HIT, MISS, BYPASS, COALESCED, STALE
-    cache_status: str | None = None
-    #: set by the rate-limit plugin: e.g. ``allow``, ``deny``, ``shadow_deny``
-    rate_limit: str | None = None
     #: set by a plugin (in gateway_request) to get a copy of the response body, up to this
     #: many bytes, in ``response_body`` when the request is finished; 0: no copy
     capture_limit: int = 0
@@ -147,7 +144,7 @@ class RequestContext:
     #: the whole request body sent upstream, when capture was asked for and the body was
     #: complete and within the limit; None otherwise
     request_body: bytes | None = None
-    #: further fields plugins want in the audit line
+    #: further fields plugins want in the audit line (also: ``gateway_audit_fields``)
     audit: dict[str, Any] = field(default_factory=dict)
     #: scratch space for plugins, keyed by plugin name
     state: dict[str, Any] = field(default_factory=dict)
@@ -169,14 +166,25 @@ class RequestContext:
         return self.request.headers.get(_STRIPE_ACCOUNT)
 
     @property
+    def credential(self) -> str | None:
+        """What Stripe will authenticate this request by: the upstream key (set by the auth
+        plugin), else the client's own ``Authorization`` header as sent; None without
+        either. Anything shared per Stripe credential (cached answers, the account's
+        rate-limit budget) is partitioned by it."""
+        return self.upstream_key or self.request.headers.get(hdrs.AUTHORIZATION)
+
+    @property
     def livemode(self) -> bool | None:
-        """True/False from the upstream key's prefix; None when it is not a Stripe key."""
-        key = self.upstream_key
-        if key is None:
-            key = _bearer_of(self.request.headers.get(hdrs.AUTHORIZATION, ""))
-        if key is None:
+        """True/False from the credential's key prefix; None when it is not a Stripe key."""
+        credential = self.credential
+        if credential is None:
             return None
-        return _LIVEMODE.get(key[:8])
+        if self.upstream_key is None:  # the client's header: the key is its bearer token
+            scheme, _, value = credential.partition(" ")
+            if scheme.lower() != "bearer" or not value:
+                return None
+            credential = value.strip()
+        return _LIVEMODE.get(credential[:8])
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request arrived, to the microsecond."""
@@ -186,10 +194,3 @@ class RequestContext:
 def milliseconds(seconds: float) -> float:
     """``seconds`` in milliseconds, to the microsecond (what ``round(ms, 3)`` gives, faster)."""
     return round(seconds * 1_000_000.0) / 1000.0
-
-
-def _bearer_of(header: str) -> str | None:
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value:
-        return value.strip()
-    return None

@@ -16,9 +16,11 @@ to answer the request without going upstream; the first non-``None`` answer wins
 later implementation of that hook runs.
 
 **Failures.** Each spec says whether an exception in a plugin *fails closed* (the request is
-answered with a Stripe-shaped 500 ``api_error`` and nothing goes upstream) or is *logged
-and skipped* (logged with the plugin's name; the request goes on as if the hook had
-returned ``None``). :class:`gateway.errors.StripeErrorResponse` raised from
+answered with a Stripe-shaped 500 ``api_error`` and nothing goes upstream; at start-up,
+start-up stops) or is *logged and skipped* (logged with the plugin's name; the request goes
+on as if the hook had returned ``None``). Specs that fail closed are marked
+``@fails_closed`` here; the host reads the mark (:func:`fails_closed_hook`), so no caller
+chooses the policy. :class:`gateway.errors.StripeErrorResponse` raised from
 ``gateway_authenticate``, ``gateway_request`` or ``gateway_upstream_headers`` is not a
 failure: it is the plugin's chosen answer, sent to the client as is. Raised from
 ``gateway_response_headers`` or ``gateway_request_finished`` (when the response is already
@@ -27,19 +29,24 @@ decided) it is logged and ignored.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from aiohttp import web
     from multidict import CIMultiDict
     from structlog.typing import Processor
 
-    from gateway.config import GatewayConfig
+    from gateway.config import GatewayConfig, TeamConfig
     from gateway.context import RequestContext
+    from gateway.host import PluginHost
+    from gateway.metrics import GatewayMetrics
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
+__all__ = ["PROJECT", "fails_closed", "fails_closed_hook", "hookimpl", "hookspec"]
 
 PROJECT = "stripe_gateway"
 
@@ -48,11 +55,26 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 MaybeAwaitable = Any  # T | Awaitable[T]; pluggy cannot express it, the host resolves it
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+_FAILS_CLOSED = "stripe_gateway_fails_closed"
+
+
+def fails_closed(spec: _F) -> _F:
+    """Mark a hook spec whose implementations fail closed when they raise."""
+    setattr(spec, _FAILS_CLOSED, True)
+    return spec
+
+
+def fails_closed_hook(name: str) -> bool:
+    """Whether the hook ``name`` fails closed (its spec is marked :func:`fails_closed`)."""
+    return bool(getattr(globals().get(name), _FAILS_CLOSED, False))
+
 
 # --------------------------------------------------------------------------- start-up
 
 
 @hookspec
+@fails_closed
 def gateway_configure(config: GatewayConfig, settings: Any) -> None:
     """Prepare this plugin's state from its settings. Fires once, at start-up and for
     ``stripe-gateway check-config``, before any socket is opened.
@@ -81,6 +103,7 @@ def gateway_configure(config: GatewayConfig, settings: Any) -> None:
 
 
 @hookspec
+@fails_closed
 def gateway_log_processors(config: GatewayConfig) -> list[Processor] | None:
     """Contribute structlog processors to every log pipeline the gateway builds: the audit
     line, the error log, and stdlib logging (aiohttp's own loggers among them) routed
@@ -104,15 +127,21 @@ def gateway_log_processors(config: GatewayConfig) -> list[Processor] | None:
 
 
 @hookspec
-def gateway_startup(app: web.Application) -> MaybeAwaitable:
-    """Open resources (connections, files, background tasks). Fires once, when the
-    aiohttp application starts, after the upstream client session is open; and once more
-    on every config reload, on the new generation's plugins (new instances), while the
-    outgoing generation still serves the requests it started.
+@fails_closed
+def gateway_startup(
+    app: web.Application, host: PluginHost, metrics: GatewayMetrics
+) -> MaybeAwaitable:
+    """Open resources (connections, files, background tasks) and register metrics. Fires
+    once, when the aiohttp application starts, after the upstream client session is open;
+    and once more on every config reload, on the new generation's plugins (new
+    instances), while the outgoing generation still serves the requests it started.
 
-    :param app: the aiohttp application; ``app[gateway.app.CONFIG]`` and
-        ``app[gateway.app.HOST]`` hold the config and plugin host of the generation
-        being started.
+    :param app: the aiohttp application (its keys: :mod:`gateway.keys`).
+    :param host: the plugin host of the generation being started: ``host.config`` is its
+        config, ``host.log`` the gateway's error log (a structlog logger).
+    :param metrics: the app's metrics; register this plugin's own with
+        ``metrics.counter(name, help, labels)`` (or ``histogram``, ``gauge``). A name is
+        registered once per app: the next generation's call gets the same metric back.
 
     Return value: ignored; may be a coroutine, which is awaited.
 
@@ -123,7 +152,7 @@ def gateway_startup(app: web.Application) -> MaybeAwaitable:
 @hookspec
 def gateway_carry_over(previous: object) -> MaybeAwaitable:
     """Take over state from the plugin this one replaces on a config reload (SIGHUP or
-    ``app[gateway.app.RELOAD]``). Fires once per reload, on each plugin of the new
+    ``app[gateway.keys.RELOAD]``). Fires once per reload, on each plugin of the new
     generation that has a namesake in the outgoing one, after every
     :func:`gateway_startup` of the new generation succeeded and before it receives its
     first request. Never fires at start-up.
@@ -147,6 +176,7 @@ def gateway_carry_over(previous: object) -> MaybeAwaitable:
 
 
 @hookspec
+@fails_closed
 def gateway_authenticate(ctx: RequestContext) -> MaybeAwaitable:
     """Identify the caller and decide whether it may make this request. *Early answer.*
     Fires first for every proxied request (not for ``/healthz``).
@@ -179,6 +209,7 @@ def gateway_request(ctx: RequestContext) -> MaybeAwaitable:
 
 
 @hookspec
+@fails_closed
 def gateway_upstream_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> MaybeAwaitable:
     """Change the headers about to be sent upstream, in place (e.g. inject an
     ``Idempotency-Key``). Fires once per upstream attempt, after hop-by-hop headers were
@@ -235,6 +266,22 @@ def gateway_request_finished(ctx: RequestContext) -> MaybeAwaitable:
     """
 
 
+@hookspec
+def gateway_audit_fields(ctx: RequestContext) -> dict[str, Any] | None:
+    """Contribute fields to the request's audit line (the ``cache`` plugin adds ``cache``,
+    ``rate_limit`` adds ``rate_limit``). Fires once per request the audit plugin logs, in
+    its :func:`gateway_request_finished`, on the plugins that implement it only.
+
+    :param ctx: complete, as in :func:`gateway_request_finished`.
+
+    Return value: a dict of field name to JSON-able value, or ``None`` for none. Fields
+    never replace the line's core fields (request id, team, status, ...). Keep it cheap:
+    it runs on every request. Must be synchronous.
+
+    Failure: logged and skipped; the line is written without this plugin's fields.
+    """
+
+
 # --------------------------------------------------------------------------- operations
 
 
@@ -255,13 +302,50 @@ def gateway_ready(app: web.Application) -> MaybeAwaitable:
 
 
 @hookspec
+@fails_closed
+def gateway_admin_routes() -> Iterable[web.AbstractRouteDef] | None:
+    """Add routes to the admin listener (``[admin] port``), as ``aiohttp`` route
+    definitions: ``[web.post("/admin/cache/purge", self.purge)]``. Fires once per
+    generation, after its :func:`gateway_startup`; the listener serves the routes of the
+    current generation (a reload swaps them with the plugins).
+
+    A path under ``/admin/`` needs the admin token (``Authorization: Bearer <token>``),
+    checked before the handler runs; other paths are open. The core's own paths
+    (``/healthz``, ``/readyz``, ``/metrics``, ``/admin/teams``, ``/admin/config``,
+    ``/admin/reload``) win over a plugin's. Handlers answer errors Stripe-shaped
+    (:func:`gateway.errors.error_response`); ``request.app[gateway.keys.GATEWAY_APP]`` is
+    the gateway app. With ``serve --workers N`` a request reaches one worker:
+    :func:`gateway.admin.fan_out` passes it on to the others.
+
+    Return value: the route definitions, or ``None`` for none. Must be synchronous.
+
+    Failure: fails closed (start-up stops; a reload is refused).
+    """
+
+
+@hookspec
+def gateway_admin_team(team: TeamConfig) -> dict[str, Any] | None:
+    """Contribute fields to one team's entry in the admin listener's ``GET /admin/teams``
+    (the ``rate_limit`` plugin adds ``rate_limit``: the team's limits and levels). Fires
+    for each team on every such request, never on the request path.
+
+    :param team: the team's config, from the current generation.
+
+    Return value: a dict of field name to JSON-able value, or ``None`` for none; never
+    secrets. Must be synchronous.
+
+    Failure: logged and skipped (the entry goes without this plugin's fields).
+    """
+
+
+@hookspec
 def gateway_reopen_logs(app: web.Application) -> MaybeAwaitable:
     """Reopen the log files this plugin writes, by path, as nginx does on ``USR1``: an
     operator (or logrotate) has renamed or removed them. Fires on every ``SIGUSR1`` the
     serving process gets (one that arrives before it listens, once it does; with ``serve
     --workers N`` the supervisor passes the signal on to every worker), on the current
     generation's plugins only, never on the request path; also through
-    ``await app[gateway.app.REOPEN_LOGS]()``.
+    ``await app[gateway.keys.REOPEN_LOGS]()``.
 
     :param app: the gateway's aiohttp application.
 

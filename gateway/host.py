@@ -3,8 +3,8 @@
 pluggy calls implementations synchronously and would take an un-awaited coroutine as an
 answer, so request hooks never go through ``pm.hook.<name>(...)``. Instead
 :meth:`PluginHost.first` and :meth:`PluginHost.each` walk the implementations in pluggy's
-own call order, await what needs awaiting, and apply each hook's failure policy (see
-:mod:`gateway.hookspecs`).
+own call order, await what needs awaiting, and apply each hook's failure policy, which
+its spec declares (``@fails_closed`` in :mod:`gateway.hookspecs`; callers never choose).
 
 They run on every request, so they are built to cost little: the implementations of each
 hook are snapshotted once (:meth:`PluginHost.freeze`), and callers skip a hook nobody
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import entry_points
@@ -55,6 +55,7 @@ REQUEST_HOOKS = (
     "gateway_upstream_response",
     "gateway_response_headers",
     "gateway_request_finished",
+    "gateway_audit_fields",
 )
 
 
@@ -103,16 +104,30 @@ def _instantiate(obj: object) -> object:
 class PluginHost:
     """One app's plugin manager and the helpers that call its request hooks."""
 
-    def __init__(self, config: GatewayConfig, *, entry_points_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        entry_points_enabled: bool = True,
+        plugins: Sequence[tuple[str, object]] = (),
+    ) -> None:
+        """Register the built-in plugins, the entry points' and ``[plugins] load``'s, then
+        ``plugins`` (name, plugin object or class; one named like a built-in replaces it:
+        for tests, see :mod:`gateway.testing`); check the hook names, configure every
+        plugin and snapshot the hooks."""
         self.config = config
         self.log = structlog.get_logger("gateway")  # replaced by the app's logger
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._impls: dict[str, tuple[_Impl, ...]] = {}
+        #: the failure policy of each snapshotted hook, from its spec
+        self._fails_closed: dict[str, bool] = {}
+        #: the plugins' admin routes (built by :meth:`build_admin_router`, after start-up)
+        self.admin_router: web.UrlDispatcher | None = None
         #: the hooks that have at least one implementation (set by :meth:`freeze`)
         self.implemented: frozenset[str] = frozenset()
         self._configured_names: set[str] = set()
-        self._register_all(entry_points_enabled)
+        self._register_all(entry_points_enabled, plugins)
         self._configure()
         #: processors every log pipeline runs in front of its renderer (redaction)
         self.log_processors: tuple[Any, ...] = self._collect_log_processors()
@@ -146,9 +161,13 @@ class PluginHost:
                         "support wrappers (see gateway/hookspecs.py)",
                     )
 
-    def _register_all(self, entry_points_enabled: bool) -> None:
+    def _register_all(
+        self, entry_points_enabled: bool, plugins: Sequence[tuple[str, object]]
+    ) -> None:
+        given = {name for name, _ in plugins}
         for name, spec in DEFAULT_PLUGINS:
-            self._register(name, partial(load_object, spec), "plugins")
+            if name not in given:  # a plugin given by name replaces the built-in
+                self._register(name, partial(load_object, spec), "plugins")
         if entry_points_enabled:
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 self._register(ep.name, ep.load, f"entry point {ep.value}")
@@ -161,6 +180,9 @@ class PluginHost:
             name = str(getattr(obj, "name", None) or spec.partition(":")[0])
             self._configured_names.add(name)
             self._register(name, partial(_identity, obj), where)
+        for name, obj in plugins:
+            self._configured_names.add(name)
+            self._register(name, partial(_identity, obj), "plugins")
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -235,17 +257,20 @@ class PluginHost:
                 ) from None
 
     def freeze(self) -> None:
-        """Snapshot every request hook's implementations in call order."""
+        """Snapshot every request hook's implementations in call order, and its policy."""
         for hook in (
             *REQUEST_HOOKS,
             "gateway_startup",
             "gateway_carry_over",
+            "gateway_admin_routes",
+            "gateway_admin_team",
             "gateway_reopen_logs",
             "gateway_shutdown",
         ):
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
             assert caller.spec is not None, f"{hook} has a spec in gateway.hookspecs"
             spec_args = set(caller.spec.argnames)
+            self._fails_closed[hook] = hookspecs.fails_closed_hook(hook)
             self._impls[hook] = tuple(
                 _Impl(i.plugin_name, i.function, tuple(i.argnames), set(i.argnames) == spec_args)
                 for i in reversed(caller.get_hookimpls())
@@ -257,13 +282,12 @@ class PluginHost:
 
     # ----------------------------------------------------------------- calling
 
-    async def first(
-        self, hook: str, *, fail_closed: bool, **kwargs: Any
-    ) -> web.StreamResponse | None:
+    async def first(self, hook: str, **kwargs: Any) -> web.StreamResponse | None:
         """Call ``hook`` in order until an implementation answers (non-``None``).
 
         ``kwargs`` are all the spec's arguments.
         """
+        fail_closed = self._fails_closed[hook]
         for impl in self._impls[hook]:
             try:
                 result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
@@ -291,11 +315,12 @@ class PluginHost:
                     raise PluginFailure(impl.plugin, hook)
         return None
 
-    async def each(self, hook: str, *, fail_closed: bool, **kwargs: Any) -> None:
+    async def each(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of ``hook`` in order, awaiting each.
 
         ``kwargs`` are all the spec's arguments.
         """
+        fail_closed = self._fails_closed[hook]
         for impl in self._impls[hook]:
             try:
                 result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
@@ -320,7 +345,41 @@ class PluginHost:
                 if result is not None and inspect.isawaitable(result):
                     await result
             except Exception as exc:
-                self._failed(impl, "gateway_carry_over", False, exc)
+                self._failed(
+                    impl, "gateway_carry_over", self._fails_closed["gateway_carry_over"], exc
+                )
+
+    def fields(self, hook: str, **kwargs: Any) -> dict[str, Any]:
+        """The dicts the (synchronous) implementations of ``hook`` return, merged in hook
+        order (an earlier plugin's field wins); for ``gateway_audit_fields`` and
+        ``gateway_admin_team``. A failure is logged and skipped."""
+        out: dict[str, Any] = {}
+        for impl in self._impls[hook]:
+            try:
+                got = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
+                if got:
+                    for name, value in dict(got).items():
+                        out.setdefault(name, value)
+            except Exception as exc:
+                self._failed(impl, hook, self._fails_closed[hook], exc)
+        return out
+
+    def build_admin_router(self) -> web.UrlDispatcher:
+        """Collect the plugins' admin routes (``gateway_admin_routes``) into a router of
+        their own, kept as :attr:`admin_router`; a plugin that fails or gives something
+        that is not a route raises :class:`PluginFailure` (fails closed)."""
+        router = web.UrlDispatcher()
+        for impl in self._impls["gateway_admin_routes"]:
+            try:
+                got = impl.call({})
+                router.add_routes(list(got or ()))
+            except Exception as exc:
+                self._failed(
+                    impl, "gateway_admin_routes", self._fails_closed["gateway_admin_routes"], exc
+                )
+        router.freeze()
+        self.admin_router = router
+        return router
 
     def _failed(self, impl: _Impl, hook: str, fail_closed: bool, exc: Exception) -> None:
         """Apply the failure policy to ``exc`` (call it from the ``except`` block)."""

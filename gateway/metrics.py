@@ -1,11 +1,11 @@
 """The gateway's Prometheus metrics: one :class:`GatewayMetrics` per app, shown on the admin
 listener's ``/metrics``.
 
-The ``metrics`` plugin (:mod:`plugins.metrics`) counts every request from its
-:class:`~gateway.context.RequestContext` when it is finished; other plugins count what the
-context does not carry (cache evictions and bytes, rate-limit backend errors, idempotency
-keys injected, redaction fail-closed events) on the same object, which they find under
-:data:`METRICS` on the app.
+The core counts only what it alone sees (requests in flight, connections it closed); every
+other metric belongs to the plugin that counts it (the ``metrics`` plugin counts requests,
+``cache`` its hits and evictions, ...), registered on the app's object with
+:meth:`GatewayMetrics.counter` and friends. The object is handed to each plugin's
+``gateway_startup`` (and is ``app[gateway.keys.METRICS]``).
 
 **One process.** Each app has its own :class:`~prometheus_client.CollectorRegistry`, so
 several apps (tests) in one process never share a count.
@@ -21,9 +21,10 @@ calls :func:`mark_process_dead` for a worker that exited. The directory must be 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -39,7 +40,6 @@ from prometheus_client import (
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
-    "METRICS",
     "MULTIPROC_ENV",
     "GatewayMetrics",
     "exposition",
@@ -70,30 +70,23 @@ def _use_multiprocess_values() -> None:
 
 @dataclass(frozen=True, eq=False)
 class GatewayMetrics:
-    """Every metric the gateway exports. Build with :meth:`create`."""
+    """The app's metrics: its registry, the core's own metrics, and where plugins register
+    theirs (:meth:`counter`, :meth:`histogram`, :meth:`gauge`). Build with :meth:`create`.
+
+    A plugin registers its metrics in ``gateway_startup`` (its ``metrics`` argument). A
+    name is registered once per app: asking again for the same name (the plugin's next
+    generation, after a config reload) returns the same metric, so counts go on.
+    """
 
     #: the registry ``/metrics`` shows in single-process mode
     registry: CollectorRegistry
     #: True when values go to ``PROMETHEUS_MULTIPROC_DIR``
     multiprocess: bool
-    requests: Counter
-    outcomes: Counter
-    request_duration: Histogram
-    upstream_duration: Histogram
-    upstream_errors: Counter
     in_flight: Gauge
-    cache_requests: Counter
-    cache_evictions: Counter
-    cache_stored_bytes: Counter
-    cache_served_bytes: Counter
-    cache_backend_errors: Counter
-    rate_limit_decisions: Counter
-    rate_limit_fallbacks: Counter
-    rate_limit_backend_errors: Counter
-    idempotency_keys_injected: Counter
-    upstream_retries: Counter
-    redaction_fail_closed: Counter
     connections_closed: Counter
+    _named: dict[str, tuple[type[Any], tuple[str, ...], Any]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -104,122 +97,69 @@ class GatewayMetrics:
         if not multi:  # process metrics are per process: meaningless once summed
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
-        r = registry
         return cls(
             registry=registry,
             multiprocess=multi,
-            requests=Counter(
-                f"{PREFIX}_requests",
-                "Requests finished, by team, method, route family and status class.",
-                ("team", "method", "family", "status"),
-                registry=r,
-            ),
-            outcomes=Counter(
-                f"{PREFIX}_request_outcomes",
-                "Requests finished, by team and how they ended (ok, upstream_error, "
-                "client_closed, body_timeout, drain_timeout).",
-                ("team", "outcome"),
-                registry=r,
-            ),
-            request_duration=Histogram(
-                f"{PREFIX}_request_duration_seconds",
-                "Time from a request's arrival to the end of its response.",
-                ("family",),
-                buckets=LATENCY_BUCKETS,
-                registry=r,
-            ),
-            upstream_duration=Histogram(
-                f"{PREFIX}_upstream_duration_seconds",
-                "Time from sending a request to Stripe to the end of Stripe's answer "
-                "(all attempts).",
-                ("upstream",),
-                buckets=LATENCY_BUCKETS,
-                registry=r,
-            ),
-            upstream_errors=Counter(
-                f"{PREFIX}_upstream_errors",
-                "Upstream attempts that failed without a usable answer, by kind.",
-                ("upstream", "kind"),
-                registry=r,
-            ),
             in_flight=Gauge(
                 f"{PREFIX}_requests_in_flight",
                 "Requests accepted and not yet finished.",
-                registry=r,
+                registry=registry,
                 multiprocess_mode="livesum",
-            ),
-            cache_requests=Counter(
-                f"{PREFIX}_cache_requests",
-                "Cache outcomes: hit, miss, bypass, coalesced, stale.",
-                ("result",),
-                registry=r,
-            ),
-            cache_evictions=Counter(
-                f"{PREFIX}_cache_evictions",
-                "Cached answers removed: after a write, by an admin purge, or for room.",
-                ("reason",),
-                registry=r,
-            ),
-            cache_stored_bytes=Counter(
-                f"{PREFIX}_cache_stored_bytes",
-                "Bytes of answer bodies stored in the cache.",
-                registry=r,
-            ),
-            cache_served_bytes=Counter(
-                f"{PREFIX}_cache_served_bytes",
-                "Bytes of answer bodies served from the cache.",
-                registry=r,
-            ),
-            cache_backend_errors=Counter(
-                f"{PREFIX}_cache_backend_errors",
-                "Cache store calls that failed (Redis down, timed out, circuit open).",
-                registry=r,
-            ),
-            rate_limit_decisions=Counter(
-                f"{PREFIX}_rate_limit_decisions",
-                "Rate-limit decisions by team and outcome (allow, deny, shadow_deny, "
-                "unavailable_deny, unavailable_allow).",
-                ("team", "outcome"),
-                registry=r,
-            ),
-            rate_limit_fallbacks=Counter(
-                f"{PREFIX}_rate_limit_fallbacks",
-                "Decisions made by the in-process limiter because the shared one failed.",
-                ("team",),
-                registry=r,
-            ),
-            rate_limit_backend_errors=Counter(
-                f"{PREFIX}_rate_limit_backend_errors",
-                "Calls to the shared rate-limit store (Redis) that failed.",
-                registry=r,
-            ),
-            idempotency_keys_injected=Counter(
-                f"{PREFIX}_idempotency_keys_injected",
-                "Idempotency-Key headers the gateway added to requests that had none.",
-                registry=r,
-            ),
-            upstream_retries=Counter(
-                f"{PREFIX}_upstream_retries",
-                "Requests sent to Stripe again with the same Idempotency-Key.",
-                ("upstream",),
-                registry=r,
-            ),
-            redaction_fail_closed=Counter(
-                f"{PREFIX}_redaction_fail_closed",
-                "Log lines in which a value could not be redacted and was replaced whole.",
-                registry=r,
             ),
             connections_closed=Counter(
                 f"{PREFIX}_connections_closed",
                 "Client connections the gateway closed itself: header_timeout (headers too "
                 "slow), max_connections (over the cap).",
                 ("reason",),
-                registry=r,
+                registry=registry,
             ),
         )
 
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
+        """The counter ``stripe_gateway_<name>`` (exported as ``..._total``)."""
+        metric: Counter = self._get(Counter, name, documentation, labelnames, {})
+        return metric
 
-METRICS = web.AppKey("metrics", GatewayMetrics)
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> Histogram:
+        """The histogram ``stripe_gateway_<name>`` (seconds: :data:`LATENCY_BUCKETS`)."""
+        metric: Histogram = self._get(
+            Histogram, name, documentation, labelnames, {"buckets": buckets}
+        )
+        return metric
+
+    def gauge(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Gauge:
+        """The gauge ``stripe_gateway_<name>``; summed over the live worker processes."""
+        metric: Gauge = self._get(
+            Gauge, name, documentation, labelnames, {"multiprocess_mode": "livesum"}
+        )
+        return metric
+
+    def _get(
+        self,
+        kind: type[Any],
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        extra: dict[str, Any],
+    ) -> Any:
+        labels = tuple(labelnames)
+        known = self._named.get(name)
+        if known is not None:
+            if known[0] is not kind or known[1] != labels:
+                raise ValueError(
+                    f"metric {name!r} is already registered as a {known[0].__name__} "
+                    f"with labels {list(known[1])}"
+                )
+            return known[2]
+        metric = kind(f"{PREFIX}_{name}", documentation, labels, registry=self.registry, **extra)
+        self._named[name] = (kind, labels, metric)
+        return metric
 
 
 def exposition(metrics: GatewayMetrics) -> bytes:

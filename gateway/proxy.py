@@ -171,11 +171,11 @@ class Proxy:
             self._check(request)
             # (a hook nobody implements is skipped here, without a call into the host)
             if "gateway_authenticate" in hooks:
-                answer = await host.first("gateway_authenticate", fail_closed=True, ctx=ctx)
+                answer = await host.first("gateway_authenticate", ctx=ctx)
                 if answer is not None:
                     return await self._answer(ctx, answer, "refused")
             if "gateway_request" in hooks:
-                answer = await host.first("gateway_request", fail_closed=False, ctx=ctx)
+                answer = await host.first("gateway_request", ctx=ctx)
                 if answer is not None:
                     return await self._answer(ctx, answer)
             return await self._forward(ctx)
@@ -213,7 +213,7 @@ class Proxy:
             if ctx.outcome is None:
                 self._settle(ctx)
             if "gateway_request_finished" in hooks:
-                await host.each("gateway_request_finished", fail_closed=False, ctx=ctx)
+                await host.each("gateway_request_finished", ctx=ctx)
 
     async def _answer(
         self, ctx: RequestContext, response: web.StreamResponse, error: str | None = None
@@ -227,7 +227,6 @@ class Proxy:
             if "gateway_response_headers" in self.host.implemented:
                 await self.host.each(
                     "gateway_response_headers",
-                    fail_closed=False,
                     ctx=ctx,
                     headers=response.headers,
                 )
@@ -291,9 +290,7 @@ class Proxy:
         """Let plugins replace Stripe's answer (or the gateway's 502/504) before it is sent."""
         if "gateway_upstream_response" not in self.host.implemented:
             return None
-        return await self.host.first(
-            "gateway_upstream_response", fail_closed=False, ctx=ctx, headers=headers
-        )
+        return await self.host.first("gateway_upstream_response", ctx=ctx, headers=headers)
 
     # ----------------------------------------------------------------- upstream
 
@@ -451,9 +448,7 @@ class Proxy:
         request = ctx.request
         headers = self._upstream_headers(ctx)
         if "gateway_upstream_headers" in self.host.implemented:
-            await self.host.each(
-                "gateway_upstream_headers", fail_closed=True, ctx=ctx, headers=headers
-            )
+            await self.host.each("gateway_upstream_headers", ctx=ctx, headers=headers)
         ctx.idempotency_key = headers.get("Idempotency-Key")
         # retries only with a key: the same key on every attempt makes them safe
         policy = ctx.retry if ctx.idempotency_key is not None else None
@@ -644,9 +639,7 @@ class Proxy:
                 return await self._answer(ctx, replacement)
         response.headers["X-Gateway-Request-Id"] = ctx.request_id
         if "gateway_response_headers" in hooks:
-            await self.host.each(
-                "gateway_response_headers", fail_closed=False, ctx=ctx, headers=response.headers
-            )
+            await self.host.each("gateway_response_headers", ctx=ctx, headers=response.headers)
         limit = ctx.capture_limit
         captured: list[bytes] | None = [] if limit > 0 else None
         try:

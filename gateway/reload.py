@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.errors import ConfigError
 from gateway.host import PluginFailure, PluginHost
+from gateway.keys import METRICS
 from gateway.logs import make_error_logger
 from gateway.proxy import Proxy
 
@@ -82,16 +83,16 @@ class Generation:
         if self._closed:
             return
         self._closed = True
-        await self.host.each("gateway_shutdown", fail_closed=False, app=app)
+        await self.host.each("gateway_shutdown", app=app)
 
 
 class Generations:
     """The app's current generation, the route handler that serves with it, and reload.
 
     ``load`` reads and validates the config anew (the CLI re-reads its file); without it
-    :meth:`reload` answers an error. ``publish`` points the app's keys (``CONFIG``,
-    ``HOST``, ``PROXY``) at a generation. ``on_swap`` callbacks run after each swap (the
-    CLI re-routes stdlib logging through the new redaction processors).
+    :meth:`reload` answers an error. It is the app's one mutable holder of what it serves
+    with (``app[gateway.keys.GENERATIONS].current``). ``on_swap`` callbacks run after each
+    swap (the CLI re-routes stdlib logging through the new redaction processors).
     """
 
     def __init__(
@@ -99,7 +100,6 @@ class Generations:
         app: web.Application,
         first: Generation,
         *,
-        publish: Callable[[Generation], None],
         load: Callable[[], GatewayConfig] | None = None,
         error_stream: BinaryIO | None = None,
     ) -> None:
@@ -107,7 +107,6 @@ class Generations:
         #: the generation new requests start on (one attribute read per request)
         self.current = first
         self.on_swap: list[Callable[[Generation], None]] = []
-        self._publish = publish
         self._load = load
         self._error_stream = error_stream
         self._lock = asyncio.Lock()
@@ -136,7 +135,12 @@ class Generations:
 
     async def start(self) -> None:
         """Start the first generation's plugins (``gateway_startup``, fails closed)."""
-        await self.current.host.each("gateway_startup", fail_closed=True, app=self.app)
+        await self._start(self.current.host)
+
+    async def _start(self, host: PluginHost) -> None:
+        """``gateway_startup`` on ``host``'s plugins, then their admin routes."""
+        await host.each("gateway_startup", app=self.app, host=host, metrics=self.app[METRICS])
+        host.build_admin_router()
 
     async def close(self) -> None:
         """At stop, after the drain: shut down every generation still open, the retired
@@ -155,7 +159,7 @@ class Generations:
         """Have the current generation's plugins reopen their log files
         (``gateway_reopen_logs``, logged and skipped on failure); the CLI calls it on
         SIGUSR1. Retired generations still draining keep writing where they were."""
-        await self.current.host.each("gateway_reopen_logs", fail_closed=False, app=self.app)
+        await self.current.host.each("gateway_reopen_logs", app=self.app)
 
     def _retire(self, generation: Generation) -> None:
         """Shut ``generation`` down once its last request has finished."""
@@ -220,11 +224,9 @@ class Generations:
                 keys=ignored,
                 reason="they cannot change while the gateway runs; restart to apply them",
             )
-        self._publish(new)  # the new plugins' gateway_startup reads app[HOST], app[CONFIG]
         try:
-            await host.each("gateway_startup", fail_closed=True, app=self.app)
+            await self._start(host)
         except PluginFailure as exc:
-            self._publish(running)
             await new.shutdown(self.app)  # what the plugins that did start opened
             cause = exc.__cause__
             reason = (

@@ -6,7 +6,7 @@ plain-text page before any handler runs; :class:`GatewayRunner` swaps in a proto
 handler that answers those with a Stripe-shaped JSON error instead.
 
 That handler also bounds what a client holds (the ``[server]`` settings the app carries
-under :data:`SERVER_CONFIG`):
+under :data:`gateway.keys.SERVER_CONFIG`):
 
 - ``header_timeout``: a request line and headers must be complete within this many seconds
   of the connection opening or, on a kept-alive connection, of the next request's first
@@ -40,13 +40,9 @@ from prometheus_client import Counter
 from gateway.config import ServerConfig
 from gateway.context import new_request_id
 from gateway.errors import error_response
-from gateway.metrics import METRICS
+from gateway.keys import METRICS, SERVER_CONFIG
 
-__all__ = ["SERVER_CONFIG", "GatewayRunner", "serve"]
-
-#: the ``[server]`` settings a :class:`GatewayRunner` applies to the app's connections
-#: (set by :func:`gateway.app.create_app`; without it the defaults apply)
-SERVER_CONFIG = web.AppKey("server_config", ServerConfig)
+__all__ = ["GatewayRunner", "serve"]
 
 
 class _HeaderTimeout(Exception):
@@ -201,7 +197,7 @@ class _GatewayRequestHandler(RequestHandler):
 
 class GatewayRunner(web.AppRunner):
     """An ``AppRunner`` whose protocol-level errors are Stripe-shaped JSON, and which
-    applies the app's ``[server]`` connection limits (:data:`SERVER_CONFIG`)."""
+    applies the app's ``[server]`` connection limits (:data:`gateway.keys.SERVER_CONFIG`)."""
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()

@@ -6,7 +6,8 @@ Settings (``[plugins.audit]``, all optional): :class:`AuditSettings`, listed in
 The line carries: timestamp, gateway request id, team, method, path, Stripe object id,
 ``Stripe-Account``, livemode (from the upstream key's prefix), status, upstream name and
 ``Request-Id``, total and upstream latency in ms, bytes in and out, ``Idempotency-Key``,
-cache status and rate-limit decision (when those plugins set them), client address, the
+the fields other plugins contribute (``gateway_audit_fields``: the cache status as
+``cache``, the rate-limit decision as ``rate_limit``), client address, the
 error kind when the gateway answered itself, and, where configured, the request's
 parameters and the response body; with ``serve --workers N``, the worker's index
 and pid (``worker``, ``pid``). Never the ``Authorization`` header or the gateway key.
@@ -71,12 +72,12 @@ import orjson
 from aiohttp import web
 from pydantic import Field, PrivateAttr, field_validator
 
-from gateway.app import HOST
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, milliseconds, object_id_of
 from gateway.errors import StripeErrorResponse
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
+from gateway.host import PluginHost
 from gateway.logs import JsonLineSink, process_fields
 from gateway.masks import unparsed
 from gateway.params import LoggedParams
@@ -224,13 +225,16 @@ class AuditPlugin:
         #: the path could not be reopened: no file is open, lines go to the error log
         self._lost = False
         self._timer: asyncio.TimerHandle | None = None
+        self._host: PluginHost | None = None
+        #: some plugin contributes fields (``gateway_audit_fields``)
+        self._contributed = False
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: AuditSettings) -> None:
         self.settings = settings
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
+    def gateway_startup(self, host: PluginHost) -> None:
         path = self.settings.file
         if path is None:
             self._stream = sys.stdout.buffer
@@ -240,7 +244,8 @@ class AuditPlugin:
             self._identity = _identity(os.fstat(self._stream.fileno()))
             if self.settings.reopen_check_seconds:
                 self._schedule_check()
-        host = app[HOST]
+        self._host = host
+        self._contributed = "gateway_audit_fields" in host.implemented
         # in a worker of `serve --workers N`: name the worker on each line, and keep each
         # write to a shared pipe (stdout) atomic so the workers' lines never interleave
         self._process = process_fields()
@@ -388,8 +393,6 @@ class AuditPlugin:
             "bytes_out": ctx.bytes_out,
             "idempotency_key": ctx.idempotency_key,
             "attempts": ctx.attempts,
-            "cache": ctx.cache_status,
-            "rate_limit": ctx.rate_limit,
             "client": request.remote,
             "error": ctx.error,
         }
@@ -403,7 +406,11 @@ class AuditPlugin:
                     fields["response_body"] = self._response_body(ctx)
             except Exception:  # never lose the line over its optional parts
                 fields["params"] = fields["response_body"] = "[unparsed]"
-        if ctx.audit:  # plugins add fields; they never replace the core ones
+        if self._contributed:  # plugins add fields; they never replace the core ones
+            assert self._host is not None
+            contributed = self._host.fields("gateway_audit_fields", ctx=ctx)
+            fields = {**ctx.audit, **contributed, **fields}
+        elif ctx.audit:
             fields = {**ctx.audit, **fields}
         if self._process:  # worker index and pid, with `serve --workers N`
             fields.update(self._process)

@@ -6,6 +6,12 @@ Settings (``[plugins.cache]``, all optional): :class:`CacheSettings`, listed in
 
 What is cached, how the key is made: :mod:`gateway.cachekeys`. Answers carrying a
 ``client_secret`` or ``secret`` are never stored, nor compressed ones.
+
+What else the plugin brings: the ``X-Cache`` response header and the audit line's ``cache``
+field (HIT, MISS, BYPASS, COALESCED, STALE); the admin listener's ``POST
+/admin/cache/purge`` (``object_id``: drop every cached variant of that object, in every
+worker process); the metrics ``stripe_gateway_cache_requests``, ``_cache_evictions``,
+``_cache_stored_bytes``, ``_cache_served_bytes`` and ``_cache_backend_errors``.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import Field, PrivateAttr
 
+from gateway.admin import fan_out, form_value
 from gateway.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext
-from gateway.errors import error_response
+from gateway.context import OBJECT_ID, RequestContext, new_request_id
+from gateway.errors import ErrorType, error_response
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
-from gateway.metrics import METRICS, GatewayMetrics
+from gateway.host import PluginHost
+from gateway.metrics import GatewayMetrics
 from gateway.settings import RedisSettings, RouteText, Settings
 
-__all__ = ["CachePlugin", "CacheRoute", "CacheSettings"]
+__all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings"]
 
 #: headers of a stored answer that are replayed on a hit
 _KEPT = ("Content-Type", "Request-Id", "Stripe-Version", "Cache-Control")
@@ -45,6 +53,8 @@ _UPSTREAM_ERRORS = frozenset(
 )
 #: markers of secrets in a body: such answers are never stored
 _SECRETS = (b'"client_secret"', b'"secret"')
+#: ``ctx.state`` key of the request's cache status: HIT, MISS, BYPASS, COALESCED, STALE
+STATUS = "cache.status"
 
 
 def _is_final(obj: dict[str, Any]) -> bool:
@@ -149,8 +159,14 @@ class CachePlugin:
         self._read_timeout = 80.0
         self._log: Any = None
         self._last_error_log = 0.0
-        self._metrics: GatewayMetrics | None = None
+        # metrics (registered at start-up): served and stored bytes, backend errors,
+        # evictions and outcomes by label (children looked up once)
         self._served: Any = None
+        self._stored: Any = None
+        self._backend_errors: Any = None
+        self._evictions: Any = None
+        self._requests: Any = None
+        self._outcomes: dict[str, Any] = {}
         #: the store went to the plugin that replaced this one on a reload: not ours to close
         self._store_handed_over = False
         #: counters, for metrics and tests
@@ -167,12 +183,26 @@ class CachePlugin:
         self._read_timeout = config.upstream.read_timeout
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        from gateway.app import HOST
-
-        self._log = app[HOST].log
-        metrics = self._metrics = app[METRICS]
-        self._served = metrics.cache_served_bytes
+    def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
+        self._log = host.log
+        self._requests = metrics.counter(
+            "cache_requests", "Cache outcomes: hit, miss, bypass, coalesced, stale.", ("result",)
+        )
+        self._evictions = metrics.counter(
+            "cache_evictions",
+            "Cached answers removed: after a write, by an admin purge, or for room.",
+            ("reason",),
+        )
+        self._stored = metrics.counter(
+            "cache_stored_bytes", "Bytes of answer bodies stored in the cache."
+        )
+        self._served = metrics.counter(
+            "cache_served_bytes", "Bytes of answer bodies served from the cache."
+        )
+        self._backend_errors = metrics.counter(
+            "cache_backend_errors",
+            "Cache store calls that failed (Redis down, timed out, circuit open).",
+        )
         s = self.settings
         keep = max(s.final_ttl, s.default_ttl, *(r.ttl for r in s.routes)) + s.stale_if_error
         if s.backend == "redis":
@@ -190,7 +220,7 @@ class CachePlugin:
                 max_bytes=s.max_bytes,
                 max_entries=s.max_entries,
                 tombstone_seconds=keep,
-                on_drop=metrics.cache_evictions.labels("capacity").inc,
+                on_drop=self._evictions.labels("capacity").inc,
             )
 
     @hookimpl
@@ -224,19 +254,68 @@ class CachePlugin:
         return None
 
     async def purge(self, object_ids: list[str]) -> int:
-        """Drop every cached variant of these objects (the admin endpoint); raises
+        """Drop every cached variant of these objects (in this process's store); raises
         :class:`StoreUnavailable` when the store cannot be reached."""
         assert self.store is not None, "the store opens at start-up"
         count = await self.store.evict(object_ids)
         self.counts["evicted"] += count
-        if self._metrics is not None:
-            self._metrics.cache_evictions.labels("purge").inc(count)
+        if self._evictions is not None:
+            self._evictions.labels("purge").inc(count)
         return count
+
+    # ------------------------------------------------------------------ admin
+
+    @hookimpl
+    def gateway_admin_routes(self) -> list[web.RouteDef]:
+        return [web.post("/admin/cache/purge", self._purge_route)]
+
+    async def _purge_route(self, request: web.Request) -> web.Response:
+        """``POST /admin/cache/purge`` with ``object_id``: purge it here, and in every other
+        worker process (a memory store is per process)."""
+        object_id = await form_value(request, "object_id")
+        if object_id is None:
+            return _admin_error(
+                400, "Missing object_id (form field or JSON key).", code="parameter_missing"
+            )
+        if not OBJECT_ID.match(object_id):
+            return _admin_error(
+                400,
+                "object_id must be a Stripe object id such as cus_1234567890abcdef.",
+                code="parameter_invalid",
+            )
+        try:
+            purged = await self.purge([object_id])
+        except Exception as exc:
+            return _admin_error(
+                503,
+                f"The cache store could not be purged ({type(exc).__name__}).",
+                code="cache_unavailable",
+            )
+        answer: dict[str, Any] = {"object": "cache_purge", "object_id": object_id}
+        answer["purged"] = purged
+        peers = await fan_out(request, {"object_id": object_id})
+        if peers:
+            # a worker of `serve --workers N`: every other worker purged its own memory too
+            reached = [peer for peer in peers.values() if peer.error is None]
+            answer["purged"] += sum(int(peer.body.get("purged", 0)) for peer in reached)
+            answer["workers"] = 1 + len(reached)
+            failed = {name: peer.error for name, peer in peers.items() if peer.error}
+            if failed:  # those workers' memory may still serve the object: not a success
+                listed = ", ".join(f"{name} ({error})" for name, error in sorted(failed.items()))
+                return _admin_error(
+                    502,
+                    f"Purged {answer['purged']} cached answers of {object_id} on "
+                    f"{answer['workers']} workers, but {len(failed)} could not be reached: "
+                    f"{listed}. Retry the purge.",
+                    code="purge_incomplete",
+                    type="api_error",
+                )
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     def _store_error(self, what: str, exc: BaseException) -> None:
         self.counts["errors"] += 1
-        if self._metrics is not None:
-            self._metrics.cache_backend_errors.inc()
+        if self._backend_errors is not None:
+            self._backend_errors.inc()
         now = time.monotonic()
         if now - self._last_error_log >= 10.0:  # once per interval, not once per request
             self._last_error_log = now
@@ -256,18 +335,18 @@ class CachePlugin:
         if not is_cacheable_retrieve(request.method, request.path):
             if request.method != "GET" and object_ids_in(request.path):
                 ctx.state["cache.writes"] = True
-            ctx.cache_status = "BYPASS"
+            ctx.state[STATUS] = "BYPASS"
             return None
         directives = {
             d.strip().lower() for d in request.headers.get("Cache-Control", "").split(",")
         }
         if "no-store" in directives:
-            ctx.cache_status = "BYPASS"
+            ctx.state[STATUS] = "BYPASS"
             self.counts["bypass"] += 1
             return None
         headers = request.headers
         key = cache_key(
-            credential=ctx.upstream_key or headers.get("Authorization") or "",
+            credential=ctx.credential or "",
             account=headers.get("Stripe-Account"),
             context=headers.get("Stripe-Context"),
             version=headers.get("Stripe-Version"),
@@ -282,7 +361,7 @@ class CachePlugin:
             entry = await self._get(key)
             if entry is not None:
                 if entry.fresh_until > time.time():
-                    ctx.cache_status = "HIT"
+                    ctx.state[STATUS] = "HIT"
                     self.counts["hit"] += 1
                     return self._response(entry, "HIT")
                 state.stale = entry
@@ -292,7 +371,7 @@ class CachePlugin:
         flight = _Flight()
         self._flights[key] = flight
         state.leader = flight
-        ctx.cache_status = "MISS"
+        ctx.state[STATUS] = "MISS"
         # another plugin (the audit log) may want a copy of larger bodies
         ctx.capture_limit = max(ctx.capture_limit, self.settings.max_entry_bytes)
         self.counts["miss"] += 1
@@ -311,11 +390,11 @@ class CachePlugin:
         except TimeoutError:
             result = None
         if isinstance(result, Entry):
-            ctx.cache_status = "COALESCED"
+            ctx.state[STATUS] = "COALESCED"
             self.counts["coalesced"] += 1
             return self._response(result, "COALESCED")
         if isinstance(result, web.Response):  # the leader failed: so does every waiter
-            ctx.cache_status = "COALESCED"
+            ctx.state[STATUS] = "COALESCED"
             self.counts["coalesced"] += 1
             response = web.Response(
                 status=result.status, body=result.body, headers=_kept(result.headers)
@@ -323,7 +402,7 @@ class CachePlugin:
             response.headers["X-Cache"] = "COALESCED"
             return response
         # the leader's answer could not be shared (too large, secret): fetch our own
-        ctx.cache_status = "MISS"
+        ctx.state[STATUS] = "MISS"
         return None
 
     def _response(self, entry: Entry, status: str) -> web.Response:
@@ -346,8 +425,8 @@ class CachePlugin:
             try:
                 evicted = await self.store.evict(object_ids_in(ctx.path))
                 self.counts["evicted"] += evicted
-                if evicted and self._metrics is not None:
-                    self._metrics.cache_evictions.labels("write").inc(evicted)
+                if evicted and self._evictions is not None:
+                    self._evictions.labels("write").inc(evicted)
             except StoreUnavailable:
                 ctx.audit["cache_evict_failed"] = True
             return None
@@ -356,7 +435,7 @@ class CachePlugin:
             return None
         failed = ctx.status >= 500 or ctx.error in ("upstream_timeout", "upstream_unreachable")
         if failed and state.stale is not None and state.stale.stale_until > time.time():
-            ctx.cache_status = "STALE"
+            ctx.state[STATUS] = "STALE"
             self.counts["stale"] += 1
             state.store = False
             response = self._response(state.stale, "STALE")
@@ -366,11 +445,22 @@ class CachePlugin:
 
     @hookimpl
     def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
-        if ctx.cache_status is not None and "X-Cache" not in headers:
-            headers["X-Cache"] = ctx.cache_status
+        status = ctx.state.get(STATUS)
+        if status is not None and "X-Cache" not in headers:
+            headers["X-Cache"] = status
+
+    @hookimpl
+    def gateway_audit_fields(self, ctx: RequestContext) -> dict[str, Any]:
+        return {"cache": ctx.state.get(STATUS)}
 
     @hookimpl
     async def gateway_request_finished(self, ctx: RequestContext) -> None:
+        status = ctx.state.get(STATUS)
+        if status is not None and self._requests is not None:
+            counter = self._outcomes.get(status)
+            if counter is None:
+                counter = self._outcomes[status] = self._requests.labels(status.lower())
+            counter.inc()
         state: _State | None = ctx.state.get("cache")
         if state is None or state.leader is None:
             return
@@ -385,8 +475,8 @@ class CachePlugin:
                 try:
                     if await self.store.put(state.key, entry, object_ids, state.started):
                         self.counts["stored"] += 1
-                        if self._metrics is not None:
-                            self._metrics.cache_stored_bytes.inc(len(entry.body))
+                        if self._stored is not None:
+                            self._stored.inc(len(entry.body))
                 except StoreUnavailable:
                     pass
             elif self._upstream_failed(ctx):
@@ -448,6 +538,13 @@ class CachePlugin:
             type="api_error",
             should_retry=True,
         )
+
+
+def _admin_error(
+    status: int, message: str, *, code: str, type: ErrorType | None = None
+) -> web.Response:
+    kind: ErrorType = type or ("api_error" if status >= 500 else "invalid_request_error")
+    return error_response(status, message, request_id=new_request_id(), type=kind, code=code)
 
 
 def _kept(headers: Any) -> CIMultiDict[str]:

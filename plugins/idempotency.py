@@ -19,7 +19,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import AfterValidator, Field, PrivateAttr
 
@@ -27,7 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.context import RequestContext
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
-from gateway.metrics import METRICS, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.retry import RetryPolicy
 from gateway.settings import RouteText, Settings
 
@@ -129,15 +128,18 @@ class IdempotencyPlugin:
     def __init__(self) -> None:
         self.settings = IdempotencySettings()
         self.injected = 0
-        self._metrics: GatewayMetrics | None = None
+        self._injected: Any = None
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: IdempotencySettings) -> None:
         self.settings = settings
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        self._metrics = app[METRICS]
+    def gateway_startup(self, metrics: GatewayMetrics) -> None:
+        self._injected = metrics.counter(
+            "idempotency_keys_injected",
+            "Idempotency-Key headers the gateway added to requests that had none.",
+        )
 
     def _keys(self, ctx: RequestContext) -> _Keys | None:
         keys: _Keys | None = ctx.state.get("idempotency")
@@ -160,8 +162,8 @@ class IdempotencyPlugin:
         ctx.state["idempotency"] = keys
         if injected:
             self.injected += 1
-            if self._metrics is not None:
-                self._metrics.idempotency_keys_injected.inc()
+            if self._injected is not None:
+                self._injected.inc()
         ctx.audit["idempotency_key_client"] = client
         if covered:
             ctx.retry = self.settings.retry

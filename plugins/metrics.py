@@ -1,13 +1,15 @@
 """Metrics: count every request from its finished context, for the admin listener's
-``/metrics`` (names and labels: :mod:`gateway.metrics`, README "Operations").
+``/metrics`` (README "Operations").
 
-The plugin reads what the core and the other plugins wrote on the
-:class:`~gateway.context.RequestContext` (team, status, latencies, upstream failures and
-attempts, cache status, rate-limit decision) once, in ``gateway_request_finished``; it adds
-nothing to the request path but an in-flight count. Labels are bounded: the route
-*family* comes from the path's first segment after the version (``sigma``, ``tax``, …,
-``other``), never the path or an id; unknown methods count as ``OTHER``; requests that
-never reached authentication count with team ``-``.
+The plugin registers the request metrics on the app's registry (``requests``,
+``request_outcomes``, ``request_duration_seconds``, ``upstream_duration_seconds``,
+``upstream_errors``, ``upstream_retries``, each prefixed ``stripe_gateway_``) and reads what
+the core wrote on the :class:`~gateway.context.RequestContext` (team, status, latencies,
+upstream failures and attempts) once, in ``gateway_request_finished``; it adds nothing to
+the request path. Other plugins count their own (cache outcomes, rate-limit decisions).
+Labels are bounded: the route *family* comes from the path's first segment after the
+version (``sigma``, ``tax``, …, ``other``), never the path or an id; unknown methods count
+as ``OTHER``; requests that never reached authentication count with team ``-``.
 
 It is on whenever the admin listener is (``[admin] port``): with no listener, nothing
 could show what it counted, so it counts nothing. No settings.
@@ -18,13 +20,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from gateway.app import CONFIG
 from gateway.context import OUTCOMES, RequestContext
 from gateway.hookspecs import hookimpl
-from gateway.metrics import METRICS, GatewayMetrics
+from gateway.host import PluginHost
+from gateway.metrics import GatewayMetrics
 from gateway.settings import NoSettings
 
 __all__ = ["FAMILIES", "MetricsPlugin", "route_family"]
@@ -59,6 +60,43 @@ def route_family(path: str) -> str:
     return "other"
 
 
+class _RequestMetrics:
+    """The metrics this plugin registers."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.requests = metrics.counter(
+            "requests",
+            "Requests finished, by team, method, route family and status class.",
+            ("team", "method", "family", "status"),
+        )
+        self.outcomes = metrics.counter(
+            "request_outcomes",
+            "Requests finished, by team and how they ended (ok, upstream_error, "
+            "client_closed, body_timeout, drain_timeout).",
+            ("team", "outcome"),
+        )
+        self.request_duration = metrics.histogram(
+            "request_duration_seconds",
+            "Time from a request's arrival to the end of its response.",
+            ("family",),
+        )
+        self.upstream_duration = metrics.histogram(
+            "upstream_duration_seconds",
+            "Time from sending a request to Stripe to the end of Stripe's answer (all attempts).",
+            ("upstream",),
+        )
+        self.upstream_errors = metrics.counter(
+            "upstream_errors",
+            "Upstream attempts that failed without a usable answer, by kind.",
+            ("upstream", "kind"),
+        )
+        self.upstream_retries = metrics.counter(
+            "upstream_retries",
+            "Requests sent to Stripe again with the same Idempotency-Key.",
+            ("upstream",),
+        )
+
+
 class MetricsPlugin:
     """Built-in plugin ``metrics``."""
 
@@ -67,19 +105,17 @@ class MetricsPlugin:
     settings_model = NoSettings
 
     def __init__(self) -> None:
-        self._metrics: GatewayMetrics | None = None
+        self._metrics: _RequestMetrics | None = None
         # labelled children, looked up once: ``labels()`` takes a lock and checks names
         self._requests: dict[tuple[str, str, str, int], Any] = {}
         self._durations: dict[str, Any] = {}
         self._upstream: dict[str | None, Any] = {}
-        self._cache: dict[str, Any] = {}
-        self._decisions: dict[tuple[str, str], Any] = {}
         self._outcomes: dict[tuple[str, str | None], Any] = {}
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        if app[CONFIG].admin.enabled:
-            self._metrics = app[METRICS]
+    def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
+        if host.config.admin.enabled:
+            self._metrics = _RequestMetrics(metrics)
 
     @hookimpl
     def gateway_request_finished(self, ctx: RequestContext) -> None:
@@ -111,17 +147,8 @@ class MetricsPlugin:
         duration.observe(time.perf_counter() - ctx.started)
         if ctx.attempts:
             self._count_upstream(metrics, ctx)
-        cache = ctx.cache_status
-        if cache is not None:
-            counter = self._cache.get(cache)
-            if counter is None:
-                counter = self._cache[cache] = metrics.cache_requests.labels(cache.lower())
-            counter.inc()
-        decision = ctx.rate_limit
-        if decision is not None:
-            self._count_decision(metrics, team, decision)
 
-    def _count_upstream(self, metrics: GatewayMetrics, ctx: RequestContext) -> None:
+    def _count_upstream(self, metrics: _RequestMetrics, ctx: RequestContext) -> None:
         name = ctx.upstream_name
         children = self._upstream.get(name)
         if children is None:
@@ -139,13 +166,3 @@ class MetricsPlugin:
             retries.inc(ctx.attempts - 1)
         for kind in ctx.upstream_failures:
             metrics.upstream_errors.labels(name or "none", kind).inc()
-
-    def _count_decision(self, metrics: GatewayMetrics, team: str, decision: str) -> None:
-        key = (team, decision)
-        child = self._decisions.get(key)
-        if child is None:
-            outcome = decision.removeprefix("fallback_")
-            child = self._decisions[key] = metrics.rate_limit_decisions.labels(team, outcome)
-        child.inc()
-        if decision.startswith("fallback_"):
-            metrics.rate_limit_fallbacks.labels(team).inc()

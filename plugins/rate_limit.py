@@ -15,10 +15,11 @@ is Stripe's own 429 (``invalid_request_error``, code ``rate_limit``), so the SDK
 ``RateLimitError``; it carries ``Retry-After``, and every limited response (allowed or not)
 carries ``RateLimit-Limit``, ``RateLimit-Remaining`` and ``RateLimit-Reset`` (IETF draft
 semantics: the burst, the requests left at once, seconds until the bucket is full). A 429
-from Stripe itself passes through unchanged. ``ctx.rate_limit`` records the decision for
-the audit line: ``allow``, ``deny`` or ``shadow_deny``, prefixed ``fallback_`` when the
-in-process limiter stood in for Redis, or ``unavailable_deny`` / ``unavailable_allow``
-(shadow) when Redis failed and the policy is ``deny``.
+from Stripe itself passes through unchanged. The audit line's ``rate_limit`` field (this
+plugin's ``gateway_audit_fields``) records the decision: ``allow``, ``deny`` or
+``shadow_deny``, prefixed ``fallback_`` when the in-process limiter stood in for Redis, or
+``unavailable_deny`` / ``unavailable_allow`` (shadow) when Redis failed and the policy is
+``deny``.
 
 Settings (``[plugins.rate_limit]``, all optional; with none, nothing is limited):
 :class:`RateLimitSettings`, listed in ``docs/configuration.md``. A team listed in ``teams``
@@ -29,7 +30,10 @@ read/write.
 bucket keys only as digests; never in keys, logs or messages. Besides ``rate_limit``, the
 audit line gets ``rate_limit_name`` (the limit that decided: ``read``, ``write``,
 ``route '...'`` or ``account``) and ``rate_limit_remaining``. ``counts`` holds the number of
-decisions of each kind and of Redis failures.
+decisions of each kind and of Redis failures. The admin listener's ``GET /admin/teams``
+shows each team's limits and levels (``gateway_admin_team``); the metrics
+``stripe_gateway_rate_limit_decisions``, ``_rate_limit_fallbacks`` and
+``_rate_limit_backend_errors`` count decisions and Redis failures.
 """
 
 from __future__ import annotations
@@ -46,13 +50,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import BeforeValidator, Field, PrivateAttr
 
-from gateway.app import HOST
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, TeamConfig
 from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
-from gateway.metrics import METRICS, GatewayMetrics
+from gateway.host import PluginHost
+from gateway.metrics import GatewayMetrics
 from gateway.ratestore import (
     Bucket,
     Decision,
@@ -65,6 +69,7 @@ from gateway.ratestore import (
 from gateway.settings import RedisSettings, RouteText, Settings
 
 __all__ = [
+    "DECISION",
     "Rate",
     "RateLimitPlugin",
     "RateLimitSettings",
@@ -78,6 +83,9 @@ _READS = frozenset({"GET", "HEAD"})
 _LOG_INTERVAL = 10.0
 #: credentials whose account bucket is remembered (then the memo starts afresh)
 _MAX_ACCOUNTS = 4096
+#: ``ctx.state`` key of the request's decision (``allow``, ``deny``, ...)
+DECISION = "rate_limit.decision"
+_NO_TEAM = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +298,11 @@ class RateLimitPlugin:
         #: the account bucket of each credential seen (its digest is made once)
         self._accounts: dict[str, Bucket] = {}
         self._log: Any = None
-        self._metrics: GatewayMetrics | None = None
+        # metrics (registered at start-up), labelled children looked up once
+        self._decisions: Any = None
+        self._fallbacks: Any = None
+        self._backend_errors: Any = None
+        self._decision_children: dict[tuple[str, str], Any] = {}
         self._logged_at: dict[str, float] = {}
         #: decisions by kind (``allow``, ``deny``, ``fallback_allow``, ...) and
         #: ``backend_errors``, for metrics and tests
@@ -309,9 +321,23 @@ class RateLimitPlugin:
         self._on = s.limits_anything
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        self._log = app[HOST].log
-        self._metrics = app[METRICS]
+    def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
+        self._log = host.log
+        self._decisions = metrics.counter(
+            "rate_limit_decisions",
+            "Rate-limit decisions by team and outcome (allow, deny, shadow_deny, "
+            "unavailable_deny, unavailable_allow).",
+            ("team", "outcome"),
+        )
+        self._fallbacks = metrics.counter(
+            "rate_limit_fallbacks",
+            "Decisions made by the in-process limiter because the shared one failed.",
+            ("team",),
+        )
+        self._backend_errors = metrics.counter(
+            "rate_limit_backend_errors",
+            "Calls to the shared rate-limit store (Redis) that failed.",
+        )
         s = self.settings
         self.memory = MemoryLimiter(share=s.fallback_share if s.backend == "redis" else 1.0)
         if s.backend == "redis" and self._on:
@@ -366,6 +392,10 @@ class RateLimitPlugin:
             return None
         return {"rate_limit_redis": await self.redis.ping()}
 
+    @hookimpl
+    def gateway_admin_team(self, team: TeamConfig) -> dict[str, Any]:
+        return {"rate_limit": self.team_state(team.name)}
+
     def team_state(self, team: str) -> dict[str, Any]:
         """A team's limits and, with the memory backend, how full its buckets are now
         (for ``GET /admin/teams``); the redis backend's levels live in Redis, shared."""
@@ -400,8 +430,8 @@ class RateLimitPlugin:
 
     def _backend_error(self, exc: BaseException) -> None:
         self.counts["backend_errors"] += 1
-        if self._metrics is not None:
-            self._metrics.rate_limit_backend_errors.inc()
+        if self._backend_errors is not None:
+            self._backend_errors.inc()
         if self._once("backend"):
             self._log.warning(
                 "rate_limit_backend_unavailable",
@@ -441,7 +471,7 @@ class RateLimitPlugin:
         return self._decide_shared(ctx, buckets, shadow)
 
     def _account_bucket(self, ctx: RequestContext) -> Bucket | None:
-        credential = ctx.upstream_key or ctx.request.headers.get("Authorization")
+        credential = ctx.credential
         if not credential:
             return None
         bucket = self._accounts.get(credential)
@@ -494,8 +524,22 @@ class RateLimitPlugin:
         raise self._refusal(ctx, decision, fallback=bool(source))
 
     def _decided(self, ctx: RequestContext, decision: str) -> None:
-        ctx.rate_limit = decision
+        ctx.state[DECISION] = decision
         self.counts[decision] += 1
+        if self._decisions is None:
+            return
+        team = ctx.team.name if ctx.team is not None else _NO_TEAM
+        child = self._decision_children.get((team, decision))
+        if child is None:
+            outcome = decision.removeprefix("fallback_")
+            child = self._decision_children[team, decision] = self._decisions.labels(team, outcome)
+        child.inc()
+        if decision.startswith("fallback_"):
+            self._fallbacks.labels(team).inc()
+
+    @hookimpl
+    def gateway_audit_fields(self, ctx: RequestContext) -> dict[str, Any]:
+        return {"rate_limit": ctx.state.get(DECISION)}
 
     def _refusal(
         self, ctx: RequestContext, decision: Decision, *, fallback: bool

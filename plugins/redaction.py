@@ -22,13 +22,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from aiohttp import web
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from structlog.typing import Processor
 
 from gateway.config import GatewayConfig
 from gateway.hookspecs import hookimpl
-from gateway.metrics import METRICS
+from gateway.metrics import GatewayMetrics
 from gateway.redact import RedactingProcessor, Redactor
 from gateway.sensitive import ALWAYS_ON, CATEGORIES
 from gateway.settings import Settings
@@ -203,8 +202,11 @@ class RedactionPlugin:
         self.processor = RedactingProcessor(self.settings.redactor())
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        self.processor.on_failure = app[METRICS].redaction_fail_closed.inc
+    def gateway_startup(self, metrics: GatewayMetrics) -> None:
+        self.processor.on_failure = metrics.counter(
+            "redaction_fail_closed",
+            "Log lines in which a value could not be redacted and was replaced whole.",
+        ).inc
 
     @hookimpl(trylast=True)
     def gateway_log_processors(self, config: GatewayConfig) -> list[Processor]:

@@ -52,9 +52,9 @@ from aiohttp.typedefs import Handler
 from hypothesis import strategies as st
 from yarl import URL
 
-from gateway.app import HOST
 from gateway.cachekeys import normal_query
 from gateway.globs import parse_rule
+from gateway.keys import GENERATIONS
 from gateway.routing import upstream_for
 from plugins.cache import CachePlugin
 from tests.fake_stripe import FakeStripe, Received
@@ -684,7 +684,7 @@ class FuzzStack:
         """Forget cached answers of every object the strategies name (keeps recordings)."""
         app = self.stack.app
         assert app is not None
-        plugin = app[HOST].pm.get_plugin("cache")
+        plugin = app[GENERATIONS].current.host.pm.get_plugin("cache")
         assert isinstance(plugin, CachePlugin)
         self.stack.loop.run(plugin.purge(list(OBJECT_IDS)))
 

@@ -22,9 +22,9 @@ from typing import Any, BinaryIO, TypeVar
 
 from aiohttp import web
 
-from gateway.admin import ADMIN_URLS
-from gateway.app import RELOAD, create_app
+from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
+from gateway.keys import ADMIN_URLS, RELOAD
 from gateway.server import GatewayRunner
 from tests.fake_stripe import FakeStripe
 

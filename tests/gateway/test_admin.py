@@ -10,8 +10,9 @@ import pytest
 import requests
 import stripe
 
-from gateway.admin import ADMIN_URLS, masked_config
+from gateway.admin import masked_config
 from gateway.config import parse_config
+from gateway.keys import ADMIN_URLS
 from tests.conftest import RedisServer
 from tests.helpers import (
     ANALYTICS_KEY,
@@ -217,7 +218,9 @@ def test_purge_without_the_cache_plugin(stack: Stack) -> None:
     response = requests.post(
         admin + "/admin/cache/purge", data={"object_id": CUSTOMER_ID}, headers=AUTH, timeout=5
     )
-    assert response.status_code == 404 and _error_of(response)["code"] == "cache_disabled"
+    # the route is the cache plugin's own: without the plugin there is no such URL
+    assert response.status_code == 404
+    assert _error_of(response)["message"].startswith("Unrecognized admin URL")
 
 
 # ------------------------------------------------------------------ teams and config

@@ -34,13 +34,14 @@ from multidict import CIMultiDict
 from pydantic import Field, ValidationError
 
 from gateway import hookspecs
-from gateway.app import HOST, create_app
+from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.context import RequestContext
 from gateway.errors import ConfigError, StripeErrorResponse
 from gateway.hookspecs import hookimpl
 from gateway.host import DEFAULT_PLUGINS as _DEFAULT_PLUGINS
 from gateway.host import REQUEST_HOOKS, PluginHost
+from gateway.keys import GENERATIONS
 from gateway.logs import make_error_logger
 from gateway.settings import RouteText, Settings
 from tests.helpers import (
@@ -172,7 +173,7 @@ class Gateway:
 
     @property
     def host(self) -> PluginHost:
-        return self.app[HOST]
+        return self.app[GENERATIONS].current.host
 
     def events(self, event: str | None = None) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.log.getvalue().splitlines() if line]
@@ -203,7 +204,7 @@ class Gateways:
         config = parse_config(self.config_data(audit=audit, **overrides), environ=ENVIRON)
         app = create_app(config)
         log = io.BytesIO()
-        app[HOST].log = make_error_logger(log)
+        app[GENERATIONS].current.host.log = make_error_logger(log)
         served = self.stack.loop.run(start_app(app, gateway=True, shutdown_timeout=5))
         self._runners.append(served.runner)
         return Gateway(url=served.url, app=app, log=log)
@@ -879,6 +880,16 @@ def test_hookspec_docstring_says_when_it_fires_and_what_a_failure_does(name: str
     policy = " ".join(failure.group(1).lower().split())
     policies = ("fails closed", "logged and skipped", "start-up stops", "stops start-up")
     assert any(p in policy for p in policies), f"{name}: failure policy unclear: {policy!r}"
+
+
+@pytest.mark.parametrize("name", sorted(_specs()))
+def test_the_failure_policy_the_host_applies_is_the_one_the_docstring_states(name: str) -> None:
+    doc = inspect.getdoc(_specs()[name]) or ""
+    failure = re.search(r"^Failure:(.*?)(?:\n\n|\Z)", doc, re.M | re.S)
+    assert failure is not None
+    policy = " ".join(failure.group(1).lower().split())
+    closed = any(p in policy for p in ("fails closed", "start-up stops", "stops start-up"))
+    assert hookspecs.fails_closed_hook(name) is closed, f"{name}: @fails_closed disagrees"
 
 
 def test_request_hooks_are_the_specs_taking_ctx() -> None:

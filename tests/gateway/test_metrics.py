@@ -24,8 +24,9 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 def test_every_app_has_its_own_registry() -> None:
     a, b = GatewayMetrics.create(), GatewayMetrics.create()
-    a.requests.labels("t", "GET", "other", "2xx").inc(3)
-    b.requests.labels("t", "GET", "other", "2xx").inc()
+    labels = ("team", "method", "family", "status")
+    a.counter("requests", "Requests.", labels).labels("t", "GET", "other", "2xx").inc(3)
+    b.counter("requests", "Requests.", labels).labels("t", "GET", "other", "2xx").inc()
     line = 'stripe_gateway_requests_total{family="other",method="GET",status="2xx",team="t"}'
     assert f"{line} 3.0" in exposition(a).decode()
     assert f"{line} 1.0" in exposition(b).decode()

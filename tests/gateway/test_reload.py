@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 
 import pytest
 import requests
-from aiohttp import web
 
-from gateway.app import CONFIG, GENERATIONS, HOST, REOPEN_LOGS
 from gateway.hookspecs import hookimpl
+from gateway.host import PluginHost
+from gateway.keys import GENERATIONS, REOPEN_LOGS
 from plugins.cache import CachePlugin
 from plugins.rate_limit import RateLimitPlugin
 from tests.fake_stripe import FakeStripe
@@ -63,10 +63,10 @@ class Recorder:
         self.fail_reopen = bool(settings.get("fail_reopen", False))
 
     @hookimpl
-    def gateway_startup(self, app: web.Application) -> None:
-        # the app's keys show the generation being started
-        assert app[HOST].pm.get_plugin("recorder") is self
-        assert app[CONFIG].plugins.tables()["recorder"]["tag"] == self.tag
+    def gateway_startup(self, host: PluginHost) -> None:
+        # the host given is the generation being started's
+        assert host.pm.get_plugin("recorder") is self
+        assert host.config.plugins.tables()["recorder"]["tag"] == self.tag
         Recorder.EVENTS.append(("startup", self.tag))
         if self.fail:
             raise RuntimeError("refusing to start")
@@ -175,7 +175,7 @@ def test_a_plugin_failing_to_start_keeps_the_running_generation(stack: Stack) ->
     # the failed generation was shut down; the first one is untouched and serves
     assert Recorder.EVENTS == [("startup", "one"), ("startup", "two"), ("shutdown", "two")]
     assert stack.app is not None
-    assert stack.app[HOST].pm.get_plugin("recorder").tag == "one"  # type: ignore[union-attr]
+    assert stack.app[GENERATIONS].current.host.pm.get_plugin("recorder").tag == "one"  # type: ignore[union-attr]
     assert _get(stack).status_code == 200
     (failed,) = stack.error_events("config_reload_failed")
     assert failed["path"] == "plugins.recorder"
@@ -230,7 +230,7 @@ def test_keys_a_running_process_cannot_change_keep_their_values_with_a_warning(
     assert warning["keys"] == result["not_reloaded"]
     assert warning["level"] == "warning"
     assert stack.app is not None
-    config = stack.app[CONFIG]
+    config = stack.app[GENERATIONS].current.config
     assert config.server.max_body_bytes == body_limit
     assert config.upstream.max_connections == 100
     assert config.upstream.read_timeout == 3.0  # what can change, did
@@ -245,7 +245,7 @@ def test_keys_a_running_process_cannot_change_keep_their_values_with_a_warning(
 
 def _cache(stack: Stack) -> CachePlugin:
     assert stack.app is not None
-    plugin = stack.app[HOST].pm.get_plugin("cache")
+    plugin = stack.app[GENERATIONS].current.host.pm.get_plugin("cache")
     assert isinstance(plugin, CachePlugin)
     return plugin
 
@@ -281,14 +281,15 @@ def test_rate_limit_buckets_survive_a_reload(stack: Stack) -> None:
     assert stack.reload(plugins=wider)["reloaded"] is True
     assert [_get(stack, "/v1/customers").status_code for _ in range(4)] == [200, 200, 200, 429]
     assert stack.app is not None
-    plugin = stack.app[HOST].pm.get_plugin("rate_limit")
+    plugin = stack.app[GENERATIONS].current.host.pm.get_plugin("rate_limit")
     assert isinstance(plugin, RateLimitPlugin)
     assert plugin.counts["deny"] == 2
 
 
 def test_reload_without_a_config_source_answers_an_error(loop_thread: LoopThread) -> None:
-    from gateway.app import RELOAD, create_app
+    from gateway.app import create_app
     from gateway.config import parse_config
+    from gateway.keys import RELOAD
 
     app = create_app(parse_config({}))
     result = loop_thread.run(app[RELOAD]())

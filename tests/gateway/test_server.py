@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from gateway.metrics import METRICS
+from gateway.keys import METRICS
 from tests.helpers import BILLING_KEY, Stack
 
 #: generous bound for "the server closes this connection" (the timeouts are 0.5 s)

@@ -21,8 +21,9 @@ import pytest
 import requests
 import stripe
 
-from gateway.app import GENERATIONS, create_app
+from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.keys import GENERATIONS
 from tests.helpers import ANALYTICS_KEY, BILLING_KEY, ENVIRON, Stack, free_port, start_app
 
 HOLD = "/v1/test_faults/hold"

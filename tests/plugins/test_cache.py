@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from gateway.app import HOST
 from gateway.cachekeys import cache_key
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
+from gateway.keys import GENERATIONS
 from gateway.settings import validate_settings
-from plugins.cache import CacheSettings
+from gateway.testing import PluginTest
+from plugins.cache import CachePlugin, CacheSettings
 from tests.conftest import RedisServer
 from tests.helpers import (
     ANALYTICS_KEY,
@@ -325,7 +326,7 @@ def _redis_gateway(stack: Stack, redis: RedisServer, **extra: Any) -> str:
     settings = {"backend": "redis", "redis_url": redis.url, "redis_timeout": 1.0, **extra}
     url = stack.start_gateway(plugins={"cache": settings})
     assert stack.app is not None
-    _PLUGINS[url] = stack.app[HOST].pm.get_plugin("cache")
+    _PLUGINS[url] = stack.app[GENERATIONS].current.host.pm.get_plugin("cache")
     return url
 
 
@@ -524,3 +525,27 @@ def test_an_encoded_ampersand_is_another_query(stack: Stack) -> None:
     assert _get(url, CUSTOMER + "?a=1%26b=2").headers["X-Cache"] == "MISS"
     assert _get(url, CUSTOMER + "?a=1&b=2").headers["X-Cache"] == "MISS"
     assert stack.upstreams["api"].count("GET", CUSTOMER) == 2
+
+
+# ------------------------------------------------------------------ without a server
+
+
+async def test_cache_status_audit_field_metric_and_purge_route_without_a_server() -> None:
+    path = "/v1/customers/cus_1234567890abcdef"
+    body = b'{"id": "cus_1234567890abcdef", "object": "customer"}'
+    async with PluginTest(CachePlugin) as t:
+        first = t.context("GET", path, team="billing")
+        assert await t.request(first) is None  # a miss goes upstream
+        await t.finish(first, body=body)
+        assert t.audit_fields(first) == {"cache": "MISS"}
+        again = t.context("GET", path, team="billing")
+        hit = await t.request(again)
+        assert hit is not None and hit.headers["X-Cache"] == "HIT"
+        await t.finish(again)
+        assert t.audit_fields(again) == {"cache": "HIT"}
+        assert t.metric("stripe_gateway_cache_requests_total", {"result": "hit"}) == 1.0
+        other_team = t.context("GET", path, team="analytics")  # another credential
+        assert await t.request(other_team) is None
+        purged = await t.admin("POST", "/admin/cache/purge", data={"object_id": path[14:]})
+        assert purged.status == 200
+        assert t.metric("stripe_gateway_cache_evictions_total", {"reason": "purge"}) == 1.0

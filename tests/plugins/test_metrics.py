@@ -16,9 +16,9 @@ import stripe
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import HOST
 from gateway.context import RequestContext
 from gateway.hookspecs import hookimpl
+from gateway.keys import GENERATIONS
 from plugins.metrics import route_family
 from tests.conftest import RedisServer
 from tests.helpers import ANALYTICS_KEY, BILLING_KEY, Stack, free_port
@@ -179,7 +179,8 @@ def test_requests_in_flight(stack: Stack) -> None:
 
 
 def test_nothing_is_counted_without_an_admin_listener(stack: Stack) -> None:
-    from gateway.metrics import METRICS, exposition
+    from gateway.keys import METRICS
+    from gateway.metrics import exposition
 
     stack.start_gateway()
     _client(stack).v1.customers.list()
@@ -396,7 +397,7 @@ class _OddLogger:
 
     @hookimpl
     def gateway_startup(self, app: web.Application) -> None:
-        self.log = app[HOST].log
+        self.log = app[GENERATIONS].current.host.log
 
     @hookimpl
     def gateway_request(self, ctx: RequestContext) -> None:

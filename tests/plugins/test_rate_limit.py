@@ -16,8 +16,9 @@ import redis
 import requests
 import stripe
 
-from gateway.app import HOST
 from gateway.errors import ConfigError
+from gateway.keys import GENERATIONS
+from gateway.testing import PluginTest
 from plugins.rate_limit import RateLimitPlugin
 from tests.conftest import RedisServer
 from tests.helpers import (
@@ -63,7 +64,7 @@ def _plugin(stack: Stack) -> RateLimitPlugin:
     """The rate-limit plugin of the gateway started last (its runner is the last one)."""
     app = stack._runners[-1].app
     assert app is not None
-    plugin = app[HOST].pm.get_plugin("rate_limit")
+    plugin = app[GENERATIONS].current.host.pm.get_plugin("rate_limit")
     assert isinstance(plugin, RateLimitPlugin)
     return plugin
 
@@ -458,3 +459,24 @@ def test_a_hung_redis_costs_one_timeout_not_one_per_request(
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
     assert _decisions(stack, 12)[1:] == ["fallback_allow"] * 11
+
+
+# ------------------------------------------------------------------ without a server
+
+
+async def test_decision_audit_field_metric_and_team_state_without_a_server() -> None:
+    settings = {"rate_limit": {"teams": {"billing": {"read": {"rate": 0.001, "burst": 2}}}}}
+    async with PluginTest(RateLimitPlugin, settings=settings) as t:
+        decisions, statuses = [], []
+        for _ in range(3):
+            ctx = t.context("GET", "/v1/customers", team="billing")
+            answer = await t.request(ctx)
+            statuses.append(answer.status if answer is not None else None)
+            await t.finish(ctx, status=statuses[-1] or 200)
+            decisions.append(t.audit_fields(ctx)["rate_limit"])
+        assert decisions == ["allow", "allow", "deny"] and statuses == [None, None, 429]
+        deny = {"team": "billing", "outcome": "deny"}
+        assert t.metric("stripe_gateway_rate_limit_decisions_total", deny) == 1.0
+        state = t.admin_team("billing")["rate_limit"]
+        assert state["limited"] is True and state["limits"][0]["remaining"] == 0
+        assert t.admin_team("analytics")["rate_limit"]["limited"] is False

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from gateway.app import HOST
+from gateway.keys import GENERATIONS
 from gateway.logs import route_stdlib_logging
 from tests.helpers import BILLING_KEY, Stack
 
@@ -62,7 +62,7 @@ def test_stdlib_logs_go_through_the_same_processors(
     stack.start_gateway()
     app = stack._runners[-1].app  # type: ignore[attr-defined]
     assert app is not None
-    route_stdlib_logging(app[HOST].log_processors)
+    route_stdlib_logging(app[GENERATIONS].current.host.log_processors)
     try:
         raise ValueError(f"bad key {LIVE_KEY} for card {CARD}")
     except ValueError:
