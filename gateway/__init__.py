@@ -7,6 +7,8 @@ importing ``gateway`` stays cheap):
 * ``RequestContext``: what a request hook gets as ``ctx`` (:mod:`gateway.context`)
 * ``StripeErrorResponse``: raise it to answer a request with a Stripe-shaped error
 * ``error_response``: build such an answer (an admin route's, say)
+* ``Settings``: the base of a plugin's ``settings_model`` (strict, closed, frozen), which
+  the host validates ``[plugins.<name>]`` against (:mod:`gateway.settings`)
 * ``ConfigError``: raise it from ``gateway_configure`` for a bad setting, with its key path
 * ``GatewayConfig``: the validated config (``gateway_configure`` gets it)
 * ``TeamConfig``: one team's config (``ctx.team``)
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from gateway.hookspecs import hookimpl
     from gateway.host import PluginFailure, PluginHost
     from gateway.metrics import GatewayMetrics
+    from gateway.settings import Settings
 
 __all__ = [
     "ConfigError",
@@ -42,6 +45,7 @@ __all__ = [
     "PluginFailure",
     "PluginHost",
     "RequestContext",
+    "Settings",
     "StripeErrorResponse",
     "TeamConfig",
     "__version__",
@@ -58,6 +62,7 @@ _LAZY = {
     "PluginFailure": "gateway.host",
     "PluginHost": "gateway.host",
     "RequestContext": "gateway.context",
+    "Settings": "gateway.settings",
     "StripeErrorResponse": "gateway.errors",
     "TeamConfig": "gateway.config",
     "error_response": "gateway.errors",

@@ -76,3 +76,21 @@ def test_the_example_plugin_in_a_real_gateway(stack: Stack, plugin_module: Any) 
     refused = requests.get(admin + "/admin/whoami", timeout=10)  # no token
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "admin_unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"path": "/whoami"}, "plugins.whoami.path: must start with /v1/ or /v2/"),
+        ({"header": ""}, "plugins.whoami.header:"),
+        ({"nmae": "x"}, "plugins.whoami.nmae: unknown key"),
+    ],
+)
+def test_the_example_plugin_declares_its_settings(
+    plugin_module: Any, stack: Stack, table: dict[str, Any], message: str
+) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        stack.start_gateway(plugins={"load": ["whoami_plugin:WhoAmIPlugin"], "whoami": table})
+    assert message in str(info.value)
