@@ -564,11 +564,14 @@ class Proxy:
                     length = upstream.content_length
                     if length is not None and length <= _DECIDE_BODY_CAP:
                         preread = await upstream.read()
-                if answer_is_retryable(
-                    upstream.status, should_retry, preread
-                ) and self._retry_allowed(ctx, policy, started):
+                wait = (
+                    self._retry_wait(ctx, policy, started)
+                    if answer_is_retryable(upstream.status, should_retry, preread)
+                    else None
+                )
+                if wait is not None:
                     upstream.release()
-                    await self._backoff(ctx, policy, started)
+                    await asyncio.sleep(wait)
                     continue
             try:
                 return await self._relay(ctx, upstream, sent, preread)
@@ -603,17 +606,25 @@ class Proxy:
             ctx.request_body = body
         return body
 
-    def _retry_allowed(self, ctx: RequestContext, policy: RetryPolicy, started: float) -> bool:
+    def _retry_wait(
+        self, ctx: RequestContext, policy: RetryPolicy, started: float
+    ) -> float | None:
+        """The wait before the next attempt, or None when no attempt or no time is left.
+        The wait drawn here is the one slept: drawing again could sleep past the deadline
+        (or, refused, retry at once)."""
         if ctx.attempts > policy.max_retries:
-            return False
+            return None
         wait = policy.delay(ctx.attempts, self._rng)
-        return time.perf_counter() - started + wait < policy.deadline
+        if time.perf_counter() - started + wait >= policy.deadline:
+            return None
+        return wait
 
     async def _backoff(self, ctx: RequestContext, policy: RetryPolicy, started: float) -> bool:
         """Wait before the next attempt; False when no attempt or no time is left."""
-        if not self._retry_allowed(ctx, policy, started):
+        wait = self._retry_wait(ctx, policy, started)
+        if wait is None:
             return False
-        await asyncio.sleep(policy.delay(ctx.attempts, self._rng))
+        await asyncio.sleep(wait)
         return True
 
     async def _relay(

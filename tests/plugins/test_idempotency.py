@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import requests
 import stripe
 
 from gateway.errors import ConfigError
+from gateway.keys import GENERATIONS
 from gateway.retry import RetryPolicy, answer_is_retryable
 from plugins.idempotency import namespaced
 from tests.helpers import ANALYTICS_KEY, BILLING_KEY, Stack, team
@@ -136,6 +138,34 @@ def test_the_deadline_is_honoured(stack: Stack) -> None:
     # and none at 1.0 s or later
     assert 2 <= attempts <= 5
     assert elapsed < 2.0
+
+
+class _Alternating(random.Random):
+    """Jitter that alternates between the shortest and the longest wait."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.calls = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        self.calls += 1
+        return a if self.calls % 2 else b
+
+
+def test_the_wait_checked_against_the_deadline_is_the_wait_slept(stack: Stack) -> None:
+    # The deadline was checked with one random wait and slept with another; when the
+    # second check refused, the retry went out at once, with no wait and past the deadline.
+    stack.start_gateway(
+        plugins={
+            "idempotency": {"backoff": 0.4, "max_backoff": 0.4, "max_retries": 10, "deadline": 1.0}
+        }
+    )
+    assert stack.app is not None
+    stack.app[GENERATIONS].current.proxy._rng = _Alternating()
+    stack.upstreams["api"].plan = ["retry500"] * 20
+    response = _post(stack)
+    assert response.status_code == 500
+    assert 2 <= int(response.headers["X-Gateway-Attempts"]) <= 5
 
 
 def test_unreachable_upstream_after_retries_is_502(stack: Stack) -> None:
