@@ -39,7 +39,7 @@ from gateway.sandbox.core import (
 )
 from gateway.sandbox.resources import REGISTRY as api
 
-__all__ = ["submit"]
+__all__ = ["finish", "submit"]
 
 SESSION = "identity.verification_session"
 REPORT = "identity.verification_report"
@@ -205,6 +205,15 @@ def submit(account: Account, session_id: str, outcome: str = "verified") -> dict
     account.emit("identity.verification_session.processing", obj, previous)
     account.at(entry[0] + account.settings.report_delay, lambda: _settle(account, obj))
     return obj
+
+
+def finish(account: Account, session_id: str, outcome: str = "verified") -> dict[str, Any]:
+    """:func:`submit`, and the checks done at once: ``verified`` or back in ``requires_input``."""
+    obj = submit(account, session_id, outcome)
+    state = _state(account)
+    submitted, result = state.processing[session_id]
+    state.processing[session_id] = (submitted - account.settings.report_delay, result)
+    return _settle(account, obj)
 
 
 # --------------------------------------------------------------------------- parameters
