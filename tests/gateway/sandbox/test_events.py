@@ -292,3 +292,34 @@ def test_signature_header_is_what_the_sdk_computes() -> None:
         payload.decode(), "whsec_abc", timestamp=1_700_000_000
     )
     assert header == expected
+
+
+def test_financial_connections_completion_and_refresh_events(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk(direct=True)
+    session = client.v1.financial_connections.sessions.create(
+        {
+            "account_holder": {"type": "customer", "customer": "cus_events"},
+            "permissions": ["balances"],
+            "filters": {"account_subcategories": ["checking"]},
+        }
+    )
+    answer = sandbox_stack.raw(
+        "POST",
+        f"/v1/sandbox/financial_connections/sessions/{session.id}/complete",
+        data={"account_subcategories[]": "savings"},
+    )
+    assert answer.status_code == 200, answer.text
+    linked = [a["id"] for a in answer.json()["accounts"]["data"]]
+    assert len(linked) == 2
+    created = client.v1.events.list({"type": "financial_connections.account.created"}).data
+    assert sorted(e.data.object.id for e in created) == sorted(linked)
+
+    client.v1.financial_connections.accounts.refresh(linked[1], {"features": ["balance"]})
+    refreshed = _until(
+        lambda: (
+            client.v1.events.list({"type": "financial_connections.account.refreshed_balance"}).data
+        ),
+        "the refreshed_balance event",
+    )
+    assert refreshed[0].data.object.id == linked[1]
+    assert refreshed[0].data.object.balance_refresh.status == "succeeded"
