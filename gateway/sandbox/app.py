@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from gateway.sandbox.core import Account, Call, Ids, Registry, SandboxError, SandboxSettings
+from gateway.sandbox.events import EventHub, requested
 from gateway.sandbox.faults import Faults
 from gateway.sandbox.forms import FormError, decode
 from gateway.sandbox.resources import REGISTRY
@@ -51,12 +53,16 @@ class Sandbox:
     registry: Registry = field(default_factory=lambda: REGISTRY)
     accounts: dict[str, Account] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], _Stored] = field(default_factory=dict)
+    #: events and their delivery, timed transitions (see gateway.sandbox.events)
+    events: EventHub = field(init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.settings.seed)
         self._ids = Ids(self.settings.seed)
+        self.events = EventHub(self.settings)
 
     def reset(self) -> None:
+        self.events.cancel()
         self.accounts.clear()
         self.idempotency.clear()
 
@@ -99,6 +105,7 @@ class Sandbox:
             self.accounts[name] = account
             for seeder in self.registry.seeders:
                 seeder(account)
+            account.hooks = self.events
         return account
 
     async def _params(self, request: web.Request) -> dict[str, Any]:
@@ -144,7 +151,9 @@ class Sandbox:
                     "Request rate limit exceeded (sandbox fault injection).",
                     code="rate_limit",
                 )
-            response = await self._dispatch(request)
+            idem = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+            with requested(request_id, idem):
+                response = await self._dispatch(request)
         except SandboxError as exc:
             response = web.Response(
                 status=exc.status,
@@ -270,5 +279,12 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> web.Application:
     sandbox = sandbox or Sandbox()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SANDBOX] = sandbox
+
+    async def events(app: web.Application) -> AsyncIterator[None]:
+        sandbox.events.deliverer.loop = asyncio.get_running_loop()
+        yield
+        await sandbox.events.close()
+
+    app.cleanup_ctx.append(events)
     app.router.add_route("*", "/{tail:.*}", sandbox.handle)
     return app

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -27,6 +27,7 @@ __all__ = [
     "Account",
     "Call",
     "Endpoint",
+    "Hooks",
     "Registry",
     "SandboxError",
     "SandboxSettings",
@@ -69,6 +70,21 @@ class SandboxSettings:
     large_result_bytes: int = 5 * 1024 * 1024
     #: seed for ids and generated data (None: random)
     seed: int | None = None
+    # events and webhook delivery (see gateway.sandbox.events and gateway.sandbox.delivery)
+    #: ``api_version`` written on events
+    api_version: str = "2026-10-28.endive"
+    #: events kept per account; the oldest are forgotten first
+    max_events: int = 10_000
+    #: delivery attempts per event and endpoint, the first included
+    webhook_attempts: int = 4
+    #: seconds before the first retry; each later retry waits twice as long as the one before
+    webhook_backoff: float = 60.0
+    #: the longest wait between two attempts, in seconds
+    webhook_backoff_max: float = 3600.0
+    #: seconds one delivery attempt may take (connect, send, answer)
+    webhook_timeout: float = 20.0
+    #: deliveries pending at once, retries included; an event beyond it is not delivered
+    webhook_max_pending: int = 10_000
 
 
 class SandboxError(Exception):
@@ -187,6 +203,22 @@ def make_object(object_type: str, object_id: str | None, **fields: Any) -> dict[
 # --------------------------------------------------------------------------- state
 
 
+class Hooks(Protocol):
+    """What the sandbox app does with an account's state changes (events, timers)."""
+
+    def emit(
+        self,
+        account: Account,
+        event_type: str,
+        obj: dict[str, Any],
+        previous: dict[str, Any] | None,
+    ) -> None:
+        """Record an Event of ``event_type`` for ``obj`` (as the API shows it) and deliver it."""
+
+    def at(self, account: Account, when: float, fn: Callable[[], object]) -> None:
+        """Call ``fn()`` in the background once ``time.time()`` reaches ``when``."""
+
+
 @dataclass
 class Account:
     """Everything one API key's account has created in the sandbox."""
@@ -199,6 +231,26 @@ class Account:
     #: private per-object data that is not part of the API object (e.g. file bytes)
     private: dict[str, Any] = field(default_factory=dict)
     seeded: bool = False
+    #: set by the sandbox app once the account is seeded (seeding emits no events)
+    hooks: Hooks | None = None
+
+    def emit(
+        self, event_type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None
+    ) -> None:
+        """A state change: an Event of ``event_type`` with ``obj`` as ``data.object``.
+
+        ``previous`` holds the changed fields' former values (``data.previous_attributes``).
+        """
+        if self.hooks is not None:
+            self.hooks.emit(self, event_type, obj, previous)
+
+    def at(self, when: float, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` (a timed transition, e.g. a report run finishing) at ``when``.
+
+        Without an app (no hooks), transitions still happen lazily when the object is read.
+        """
+        if self.hooks is not None:
+            self.hooks.at(self, when, fn)
 
     def table(self, object_type: str) -> dict[str, dict[str, Any]]:
         return self.objects.setdefault(object_type, {})

@@ -169,6 +169,9 @@ def _confirmed_key(order_id: str) -> str:
     return f"{ORDER}:{order_id}:confirmed"
 
 
+_DELIVERY_FIELDS = ("status", "delivered_at", "certificate", "delivery_details")
+
+
 def _advance(account: Account, order: dict[str, Any]) -> dict[str, Any]:
     """Deliver a confirmed spot order once ``report_delay`` has passed since confirming."""
     if order["status"] != "confirmed":
@@ -183,6 +186,7 @@ def _advance(account: Account, order: dict[str, Any]) -> dict[str, Any]:
     if time.time() < due:
         return order
     supplier = product["suppliers"][0] if product["suppliers"] else None
+    previous = {k: copy.deepcopy(order[k]) for k in _DELIVERY_FIELDS}
     order["status"] = "delivered"
     order["delivered_at"] = int(due)
     order["certificate"] = f"https://climate.stripe.com/orders/{order['id']}/certificate"
@@ -198,6 +202,7 @@ def _advance(account: Account, order: dict[str, Any]) -> dict[str, Any]:
                 "supplier": copy.deepcopy(supplier),
             }
         ]
+    account.emit("climate.order.delivered", order, previous)
     return order
 
 
@@ -340,8 +345,11 @@ async def create_order(call: Call) -> dict[str, Any]:
         product_substituted_at=None,
         status="confirmed",
     )
-    call.account.private[_confirmed_key(order["id"])] = now
-    call.account.add(order, ORDER)
+    account = call.account
+    account.private[_confirmed_key(order["id"])] = now
+    account.add(order, ORDER)
+    account.emit("climate.order.created", order)
+    account.at(now + account.settings.report_delay, lambda: _advance(account, order))
     return _render(call, order)
 
 
@@ -377,6 +385,7 @@ async def cancel_order(call: Call) -> dict[str, Any]:
             f"{order['status']}. Only orders with a status of open or confirmed can be "
             "canceled."
         )
+    previous = {k: order[k] for k in ("status", "canceled_at", "cancellation_reason")}
     order["status"] = "canceled"
     order["canceled_at"] = int(time.time())
     order["cancellation_reason"] = "requested"
@@ -384,4 +393,5 @@ async def cancel_order(call: Call) -> dict[str, Any]:
     if product is not None:
         restored = Decimal(product["metric_tons_available"]) + Decimal(order["metric_tons"])
         product["metric_tons_available"] = _tons(restored)
+    call.account.emit("climate.order.canceled", order, previous)
     return _render(call, order)

@@ -221,7 +221,9 @@ def register_generated_file(
         expires_at=expires_at,
         title=title,
     )
-    return file_object(account, obj["id"])
+    shown = file_object(account, obj["id"])
+    account.emit("file.created", shown)
+    return shown
 
 
 def _file_type(filename: str, data: bytes) -> str | None:
@@ -381,7 +383,9 @@ async def create(call: Call) -> dict[str, Any]:
     )
     if make_link:
         _new_link(call.account, obj, link_expires, link_metadata)
-    return file_object(call.account, obj["id"])
+    shown = file_object(call.account, obj["id"])
+    call.account.emit("file.created", shown)
+    return shown
 
 
 @api.route("GET", "/v1/files/{id}", params=())

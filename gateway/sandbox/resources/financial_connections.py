@@ -5,8 +5,9 @@ picks the test institution's accounts: its ``accounts`` list holds newly linked 
 (two by default: checking and savings; ``filters[account_subcategories]`` and
 ``limits[accounts]`` choose others). Refreshing a feature (``refresh``, or a session's
 ``prefetch``) makes the matching ``*_refresh`` object ``pending``; it is ``succeeded``
-``settings.report_delay`` seconds later (computed when the account is next read), and the
-data it fetched (balance, ownership and owners, transactions) appears then.
+``settings.report_delay`` seconds later (on time in the app, emitting
+``financial_connections.account.refreshed_<feature>``, or when the account is next read), and
+the data it fetched (balance, ownership and owners, transactions) appears then.
 
 Every new account also gets a few linked accounts with data (seeded), so lists, owners and
 transactions work without creating a session first.
@@ -179,6 +180,7 @@ def _start(account: Account, obj: dict[str, Any], feature: str, now: float) -> N
     refresh_id = account.ids.new("fctxnref") if feature == "transactions" else None
     obj[_FEATURES[feature][1]] = _refresh_object(feature, "pending", int(now), refresh_id)
     _state(account).pending[(obj["id"], feature)] = now
+    account.at(now + account.settings.report_delay, lambda: _settle(account, obj))
 
 
 def _finish(account: Account, obj: dict[str, Any], feature: str, started: float) -> None:
@@ -195,6 +197,7 @@ def _finish(account: Account, obj: dict[str, Any], feature: str, started: float)
         first = obj["id"] not in {t["account"] for t in account.table(TRANSACTION).values()}
         _state(account).refreshes.append(refresh["id"])
         _add_transactions(account, obj["id"], refresh["id"], 8 if first else 2, done)
+    account.emit(f"financial_connections.account.refreshed_{feature}", obj)
 
 
 def _settle(account: Account, obj: dict[str, Any]) -> dict[str, Any]:
@@ -321,8 +324,10 @@ async def list_accounts(call: Call) -> dict[str, Any]:
 async def disconnect(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
     if obj["status"] != "disconnected":
+        previous = {"status": obj["status"], "subscriptions": obj["subscriptions"]}
         obj["status"] = "disconnected"
         obj["subscriptions"] = []
+        call.account.emit("financial_connections.account.disconnected", obj, previous)
     return _render_account(call.account, obj, _account_expand(call))
 
 
@@ -470,6 +475,7 @@ def _link_session(
         obj = account.add(_new_account(account, holder, subcategory, permissions, created))
         linked.append(obj["id"])
         state.session_of[obj["id"]] = session_id
+        account.emit("financial_connections.account.created", obj)
     return session
 
 

@@ -39,7 +39,7 @@ from gateway.sandbox.core import (
 )
 from gateway.sandbox.resources import REGISTRY as api
 
-__all__ = ["submit"]
+__all__ = ["finish", "submit"]
 
 SESSION = "identity.verification_session"
 REPORT = "identity.verification_report"
@@ -151,6 +151,10 @@ def _redact_report(report: dict[str, Any]) -> None:
         document["files"] = []
 
 
+#: the fields a status change changes (``data.previous_attributes`` of its event)
+_CHANGING = ("status", "client_secret", "url", "last_error", "last_verification_report")
+
+
 def _settle(account: Account, obj: dict[str, Any]) -> dict[str, Any]:
     """Finish a submitted session's checks, and a redaction, once they have taken long enough."""
     state = _state(account)
@@ -159,11 +163,16 @@ def _settle(account: Account, obj: dict[str, Any]) -> dict[str, Any]:
     submitted = state.processing.get(obj["id"])
     if submitted is not None and now - submitted[0] >= delay:
         del state.processing[obj["id"]]
+        previous = {k: obj[k] for k in _CHANGING}
         _report(account, obj, submitted[1] == "verified", int(submitted[0] + delay))
+        account.emit(f"identity.verification_session.{obj['status']}", obj, previous)
     started = state.redacting.get(obj["id"])
     if started is not None and now - started >= delay:
         del state.redacting[obj["id"]]
         obj["redaction"] = {"status": "redacted"}
+        account.emit(
+            "identity.verification_session.redacted", obj, {"redaction": {"status": "processing"}}
+        )
     return obj
 
 
@@ -190,9 +199,21 @@ def submit(account: Account, session_id: str, outcome: str = "verified") -> dict
             f"This VerificationSession cannot be submitted because it has status "
             f"`{obj['status']}`.",
         )
+    previous = {k: obj[k] for k in ("status", "client_secret", "url")}
     _close(obj, "processing")
-    _state(account).processing[session_id] = (time.time(), outcome)
+    entry = _state(account).processing[session_id] = (time.time(), outcome)
+    account.emit("identity.verification_session.processing", obj, previous)
+    account.at(entry[0] + account.settings.report_delay, lambda: _settle(account, obj))
     return obj
+
+
+def finish(account: Account, session_id: str, outcome: str = "verified") -> dict[str, Any]:
+    """:func:`submit`, and the checks done at once: ``verified`` or back in ``requires_input``."""
+    obj = submit(account, session_id, outcome)
+    state = _state(account)
+    submitted, result = state.processing[session_id]
+    state.processing[session_id] = (submitted - account.settings.report_delay, result)
+    return _settle(account, obj)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -335,6 +356,7 @@ async def create(call: Call) -> dict[str, Any]:
     )
     _open(obj)
     call.account.add(obj, SESSION)
+    call.account.emit("identity.verification_session.created", obj)
     return _render(call, obj)
 
 
@@ -408,7 +430,9 @@ async def cancel(call: Call) -> dict[str, Any]:
             "You can only cancel a VerificationSession when its status is `requires_input`; "
             f"this one has status `{obj['status']}`.",
         )
+    previous = {k: obj[k] for k in ("status", "client_secret", "url")}
     _close(obj, "canceled")
+    call.account.emit("identity.verification_session.canceled", obj, previous)
     return _render(call, obj)
 
 
@@ -422,13 +446,17 @@ async def redact(call: Call) -> dict[str, Any]:
             f"`verified`; this one has status `{obj['status']}`.",
         )
     if obj["status"] == "requires_input":
+        previous = {k: obj[k] for k in ("status", "client_secret", "url")}
         _close(obj, "canceled")
+        call.account.emit("identity.verification_session.canceled", obj, previous)
     obj["metadata"] = {}
     obj["redaction"] = {"status": "processing"}
     for report in call.account.table(REPORT).values():
         if report["verification_session"] == obj["id"]:
             _redact_report(report)
-    _state(call.account).redacting[obj["id"]] = time.time()
+    account = call.account
+    started = _state(account).redacting[obj["id"]] = time.time()
+    account.at(started + account.settings.report_delay, lambda: _settle(account, obj))
     return _render(call, obj)
 
 

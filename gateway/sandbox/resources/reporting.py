@@ -3,8 +3,8 @@
 A report run is ``pending`` with ``result: null`` until ``settings.report_delay`` seconds
 after it was created; from then on it reads as ``succeeded`` with ``succeeded_at`` and a
 ``result`` file (purpose ``finance_report_run``, a CSV of about
-``settings.large_result_bytes`` generated on download). The transition happens lazily, when
-the run is next read.
+``settings.large_result_bytes`` generated on download). The transition happens on time in
+the app (emitting ``reporting.report_run.succeeded``), or when the run is next read.
 """
 
 from __future__ import annotations
@@ -340,6 +340,11 @@ def _advance(account: Account, run: dict[str, Any]) -> dict[str, Any]:
         created=int(done_at),
     )
     run.update(status="succeeded", succeeded_at=int(done_at), result=result)
+    account.emit(
+        "reporting.report_run.succeeded",
+        {**run, "result": file_object(account, result["id"])},
+        None,
+    )
     return run
 
 
@@ -373,8 +378,10 @@ async def create_run(call: Call) -> dict[str, Any]:
         status="pending",
         succeeded_at=None,
     )
-    _started(call.account)[run["id"]] = time.time()
+    started = _started(call.account)[run["id"]] = time.time()
     call.account.add(run, RUN)
+    account = call.account
+    account.at(started + account.settings.report_delay, lambda: _advance(account, run))
     return _view(call.account, run)
 
 

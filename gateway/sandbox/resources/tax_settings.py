@@ -6,6 +6,7 @@ which calculations require (see :mod:`gateway.sandbox.resources.tax_calculations
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from gateway.sandbox.core import Call, choice_value, mapping_value, required
@@ -23,6 +24,7 @@ async def retrieve_settings(call: Call) -> dict[str, Any]:
 async def update_settings(call: Call) -> dict[str, Any]:
     call.expansions()
     settings = settings_of(call.account)
+    before = copy.deepcopy(settings)
     defaults = settings["defaults"]
     if "defaults" in call.params:
         given = mapping_value(call.params["defaults"], "defaults", ("tax_behavior", "tax_code"))
@@ -42,4 +44,7 @@ async def update_settings(call: Call) -> dict[str, Any]:
         }
         settings["status"] = "active"
         settings["status_details"] = {"active": {}}
+    changed = {k: v for k, v in before.items() if settings.get(k) != v}
+    if changed:
+        call.account.emit("tax.settings.updated", settings, changed)
     return settings

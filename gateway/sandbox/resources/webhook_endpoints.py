@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 from gateway.sandbox.core import Call, bad_request, make_object, page
+from gateway.sandbox.delivery import endpoint_secrets
 from gateway.sandbox.resources import REGISTRY as api
 
 TYPE = "webhook_endpoint"
@@ -42,8 +43,9 @@ async def create(call: Call) -> dict[str, Any]:
         application=None,
     )
     call.account.add(obj, TYPE)
-    # the signing secret is shown once, in the create response only
-    return {**obj, "secret": "whsec_" + secrets.token_hex(16)}
+    # the signing secret is shown once, in the create response only (and signs deliveries)
+    secret = endpoint_secrets(call.account)[obj["id"]] = "whsec_" + secrets.token_hex(16)
+    return {**obj, "secret": secret}
 
 
 @api.route("GET", "/v1/webhook_endpoints/{id}", params=())
@@ -81,4 +83,5 @@ async def list_all(call: Call) -> dict[str, Any]:
 async def delete(call: Call) -> dict[str, Any]:
     call.account.get(TYPE, call.id(), RESOURCE)
     del call.account.table(TYPE)[call.id()]
+    endpoint_secrets(call.account).pop(call.id(), None)
     return {"id": call.id(), "object": TYPE, "deleted": True}
