@@ -618,15 +618,20 @@ class Registry:
     def route(
         self, method: str, template: str, params: Iterable[str] | None = ()
     ) -> Callable[[Handler], Handler]:
-        """Register a handler for ``METHOD /v1/path/{id}``; ``params`` lists accepted names."""
+        """Register a handler for ``METHOD /v1/path/{id}``; ``params`` lists accepted names.
+
+        A ``GET`` of a collection also accepts the list parameters; a retrieve (a path that
+        ends with an id) does not, as on Stripe.
+        """
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
         pattern = re.compile(f"^{regex}$")
+        lists = method == "GET" and not template.endswith("}")
         accepted = (
             None
             if params is None
             else frozenset(
                 [*params, "expand"]
-                + (["limit", "starting_after", "ending_before"] if method == "GET" else [])
+                + (["limit", "starting_after", "ending_before"] if lists else [])
             )
         )
 

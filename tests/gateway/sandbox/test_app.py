@@ -280,3 +280,14 @@ def test_error_bodies_carry_a_request_log_url(sandbox_stack: SandboxStack) -> No
         f"https://dashboard.stripe.com/test/logs/{request_id}?t="
     )
     assert error["request_log_url"].rpartition("=")[2].isdigit()
+
+
+@pytest.mark.parametrize("param", ["limit", "starting_after", "ending_before"])
+def test_retrieve_endpoints_refuse_list_parameters(sandbox_stack: SandboxStack, param: str) -> None:
+    client = sandbox_stack.sdk()
+    hook = _hook(client)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.webhook_endpoints.retrieve(hook.id, {param: "1"})  # type: ignore[arg-type]
+    assert info.value.user_message == f"Received unknown parameter: {param}"
+    assert info.value.code == "parameter_unknown"
+    assert client.v1.webhook_endpoints.list({"limit": 1}).data[0].id == hook.id
