@@ -110,8 +110,8 @@ def _sandbox_flags(parser: argparse.ArgumentParser, *, port: int, prefix: str = 
     parser.add_argument(
         "--control-port",
         type=int,
-        default=port + 1,
-        help=f"fault control port (default {port + 1})",
+        default=None,
+        help="fault control port (default: the sandbox API port + 1; ephemeral if that is 0)",
     )
     faults = parser.add_argument_group("faults (also changeable at run time: POST /faults)")
     faults.add_argument(

@@ -606,9 +606,7 @@ class Proxy:
             ctx.request_body = body
         return body
 
-    def _retry_wait(
-        self, ctx: RequestContext, policy: RetryPolicy, started: float
-    ) -> float | None:
+    def _retry_wait(self, ctx: RequestContext, policy: RetryPolicy, started: float) -> float | None:
         """The wait before the next attempt, or None when no attempt or no time is left.
         The wait drawn here is the one slept: drawing again could sleep past the deadline
         (or, refused, retry at once)."""

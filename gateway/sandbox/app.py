@@ -4,7 +4,9 @@ One :class:`Sandbox` serves the api and files hosts' paths on one port. Every re
 through the same steps: faults, authentication (any ``sk_test_``/``rk_test_`` key; state is
 kept per key and ``Stripe-Account``), routing, parameter decoding and checking, idempotency
 (POST with ``Idempotency-Key``), then the resource handler. Every response carries a
-``Request-Id``.
+``Request-Id`` and the ``Stripe-Version`` it was answered with (the request's, checked against
+the versions Stripe has published, or the newest one); an idempotent request's response echoes
+its ``Idempotency-Key`` and names the ``Original-Request``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.sandbox.core import Account, Call, Ids, Registry, SandboxError, SandboxSettings
+from gateway.sandbox.core import (
+    DEFAULT_API_VERSION,
+    Account,
+    Call,
+    Ids,
+    Registry,
+    SandboxError,
+    SandboxSettings,
+    api_version_error,
+    known_api_version,
+)
 from gateway.sandbox.events import EventHub, requested
 from gateway.sandbox.faults import Faults
 from gateway.sandbox.forms import FormError, decode
@@ -38,12 +50,18 @@ _NO_KEY = (
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
+#: the Stripe-Version a response echoes
+STRIPE_VERSION = web.RequestKey("stripe_version", str)
+#: the Idempotency-Key a response echoes, and the id of the request that first used it
+IDEMPOTENCY = web.RequestKey("idempotency", tuple[str, str])
 
 
 @dataclass
 class _Stored:
     fingerprint: str
     done: asyncio.Future[tuple[int, bytes, dict[str, str]]]
+    #: the Request-Id of the request that first used the key (replays name it)
+    request_id: str
 
 
 @dataclass
@@ -125,9 +143,22 @@ class Sandbox:
 
     # ----------------------------------------------------------------- entry
 
+    def _version(self, request: web.Request) -> str:
+        """The request's ``Stripe-Version`` (beta suffixes kept), or the newest version."""
+        given = request.headers.get("Stripe-Version")
+        if given is None:
+            return DEFAULT_API_VERSION
+        if not known_api_version(given):
+            raise api_version_error(given)
+        return given.strip()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = self._request_id()
         request[REQUEST_ID] = request_id
+        request[STRIPE_VERSION] = DEFAULT_API_VERSION
+        idem = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+        if idem is not None:
+            request[IDEMPOTENCY] = (idem, request_id)
         faults = self.faults
         delay = faults.latency(self._rng)
         if delay:
@@ -157,7 +188,7 @@ class Sandbox:
         except SandboxError as exc:
             response = web.Response(
                 status=exc.status,
-                body=orjson.dumps(exc.body()),
+                body=orjson.dumps(exc.body(request_id)),
                 content_type="application/json",
                 headers=exc.headers,
             )
@@ -170,6 +201,7 @@ class Sandbox:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
+        request[STRIPE_VERSION] = self._version(request)
         matched = self.registry.match(request.method, request.path)
         if matched is None:
             raise SandboxError(
@@ -232,21 +264,18 @@ class Sandbox:
             status, payload, headers = stored.done.result()
             replay = web.Response(status=status, body=payload, headers=headers)
             replay.headers["Idempotent-Replayed"] = "true"
+            request[IDEMPOTENCY] = (idem, stored.request_id)
             return replay
         done: asyncio.Future[tuple[int, bytes, dict[str, str]]] = (
             asyncio.get_running_loop().create_future()
         )
-        self.idempotency[slot] = _Stored(fingerprint, done)
+        self.idempotency[slot] = _Stored(fingerprint, done, call.request_id)
         try:
             response = await self._run(handler, call)
-        except SandboxError as exc:
-            if exc.status >= 500:
-                del self.idempotency[slot]
-                raise
-            payload = orjson.dumps(exc.body())
-            done.set_result((exc.status, payload, {"Content-Type": "application/json"}))
-            raise
         except BaseException:
+            # Stripe saves a result only once an endpoint has started executing; a sandbox
+            # handler raises only before it changes anything (parameter and state checks), so
+            # an error is not saved and a corrected retry with the same key runs
             del self.idempotency[slot]
             raise
         if isinstance(response, web.Response) and response.body is not None:
@@ -287,4 +316,14 @@ def create_sandbox_app(sandbox: Sandbox | None = None) -> web.Application:
 
     app.cleanup_ctx.append(events)
     app.router.add_route("*", "/{tail:.*}", sandbox.handle)
+    app.on_response_prepare.append(_echo_headers)
     return app
+
+
+async def _echo_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names its ``Stripe-Version``; an idempotent one echoes its key too."""
+    response.headers.setdefault("Stripe-Version", request.get(STRIPE_VERSION, DEFAULT_API_VERSION))
+    idempotency = request.get(IDEMPOTENCY)
+    if idempotency is not None:
+        response.headers["Idempotency-Key"] = idempotency[0]
+        response.headers["Original-Request"] = idempotency[1]

@@ -23,7 +23,10 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from gateway.sandbox.api_versions import API_VERSIONS
+
 __all__ = [
+    "DEFAULT_API_VERSION",
     "Account",
     "Call",
     "Endpoint",
@@ -31,6 +34,7 @@ __all__ = [
     "Registry",
     "SandboxError",
     "SandboxSettings",
+    "api_version_error",
     "array_value",
     "bad_request",
     "boolean_value",
@@ -38,6 +42,7 @@ __all__ = [
     "choice_value",
     "expand_fields",
     "integer_value",
+    "known_api_version",
     "make_object",
     "mapping_value",
     "missing",
@@ -46,6 +51,7 @@ __all__ = [
     "one_of",
     "page",
     "positive_decimal",
+    "request_log_url",
     "required",
     "string_value",
     "unknown_param",
@@ -108,14 +114,22 @@ class SandboxError(Exception):
         self.param = param
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        """The JSON answer; with ``request_id``, ``request_log_url`` leads to its log line."""
         error: dict[str, Any] = {"type": self.type, "message": self.message}
         if self.code is not None:
             error["code"] = self.code
             error["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
         if self.param is not None:
             error["param"] = self.param
+        if request_id:
+            error["request_log_url"] = request_log_url(request_id)
         return {"error": error}
+
+
+def request_log_url(request_id: str) -> str:
+    """Where Stripe's Dashboard shows a test-mode request's log (as in Stripe's error bodies)."""
+    return f"https://dashboard.stripe.com/test/logs/{request_id}?t={int(time.time())}"
 
 
 def missing(resource: str, object_id: str, param: str = "id", *, status: int = 404) -> SandboxError:
@@ -146,6 +160,22 @@ def wrong_type(kind: str, param: str) -> SandboxError:
     return bad_request(
         f"Invalid {kind}: {param} must be {_KINDS[kind]}.", param, f"parameter_invalid_{kind}"
     )
+
+
+# --------------------------------------------------------------------------- API versions
+
+#: the version an answer follows when the request names none (the newest published one)
+DEFAULT_API_VERSION = max(API_VERSIONS)
+
+
+def known_api_version(version: str) -> bool:
+    """``version`` is one Stripe has published (a ``; name_beta=v1`` suffix is allowed)."""
+    return version.partition(";")[0].strip() in API_VERSIONS
+
+
+def api_version_error(version: str, param: str | None = None) -> SandboxError:
+    """Stripe's 400 for a version it never published (a header, or ``param``)."""
+    return bad_request(f"Invalid Stripe API version: {version}", param)
 
 
 # --------------------------------------------------------------------------- objects
@@ -640,15 +670,20 @@ class Registry:
     def route(
         self, method: str, template: str, params: Iterable[str] | None = ()
     ) -> Callable[[Handler], Handler]:
-        """Register a handler for ``METHOD /v1/path/{id}``; ``params`` lists accepted names."""
+        """Register a handler for ``METHOD /v1/path/{id}``; ``params`` lists accepted names.
+
+        A ``GET`` of a collection also accepts the list parameters; a retrieve (a path that
+        ends with an id) does not, as on Stripe.
+        """
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
         pattern = re.compile(f"^{regex}$")
+        lists = method == "GET" and not template.endswith("}")
         accepted = (
             None
             if params is None
             else frozenset(
                 [*params, "expand"]
-                + (["limit", "starting_after", "ending_before"] if method == "GET" else [])
+                + (["limit", "starting_after", "ending_before"] if lists else [])
             )
         )
 

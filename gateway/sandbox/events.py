@@ -26,11 +26,11 @@ from gateway.sandbox.delivery import Deliverer
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["EVENT_TYPES", "EventHub", "EventLog", "event_log", "requested"]
+__all__ = ["EMITTED_EVENT_TYPES", "EventHub", "EventLog", "event_log", "requested"]
 
 #: the event types the sandbox's resources emit, with Stripe's names (from the
 #: ``enabled_events`` enum of the API; ``crypto.onramp_session_updated`` is not in it)
-EVENT_TYPES: tuple[str, ...] = (
+EMITTED_EVENT_TYPES: tuple[str, ...] = (
     "climate.order.canceled",
     "climate.order.created",
     "climate.order.delayed",

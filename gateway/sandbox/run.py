@@ -31,7 +31,8 @@ DEMO_UPSTREAM_KEY = "sk_test_demo_sandbox_key"
 class SandboxOptions:
     host: str = "127.0.0.1"
     port: int = 12111
-    control_port: int = 12112
+    #: None: the API port + 1, or an ephemeral port when the API port is (0)
+    control_port: int | None = None
     settings: SandboxSettings | None = None
     faults: Faults | None = None
 
@@ -74,7 +75,10 @@ async def _start_sandbox(
     if options.settings is None or options.settings.files_base == SandboxSettings.files_base:
         sandbox.settings.files_base = url
     control = web.AppRunner(control_app(sandbox.faults, sandbox.reset), access_log=None)
-    control_url = await _listen(control, options.host, options.control_port)
+    control_port = options.control_port
+    if control_port is None:
+        control_port = options.port + 1 if options.port else 0
+    control_url = await _listen(control, options.host, control_port)
     return [api, control], sandbox, url, control_url
 
 

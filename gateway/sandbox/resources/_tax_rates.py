@@ -104,6 +104,9 @@ def _tax(amount: int, percent: str, inclusive: bool) -> int:
     return int((Decimal(amount) * rate).quantize(Decimal(1), ROUND_HALF_UP))
 
 
+_DISPLAY_NAMES = {"sales_tax": "Sales Tax", "hst": "HST", "vat": "VAT"}
+
+
 class Calculator:
     """Computes tax for one calculation's lines, collecting its tax breakdown."""
 
@@ -117,6 +120,8 @@ class Calculator:
         self.breakdown: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.exclusive = 0
         self.inclusive = 0
+        #: the ``tax_breakdown`` of the last line computed (a calculation line item's)
+        self.line_breakdown: list[dict[str, Any]] = []
 
     def reason(self, tax_code: str) -> str:
         if self.percent is None:
@@ -162,4 +167,25 @@ class Calculator:
             self.breakdown[key] = entry
         entry["amount"] += tax
         entry["taxable_amount"] += taxable
+        self.line_breakdown = [
+            {
+                "amount": tax,
+                "jurisdiction": {
+                    "country": self.country,
+                    "display_name": self.state or self.country,
+                    "level": "state" if self.state else "country",
+                    "state": self.state,
+                },
+                "sourcing": "destination",
+                "tax_rate_details": None
+                if reason in _ZERO_REASONS
+                else {
+                    "display_name": _DISPLAY_NAMES.get(self.tax_type, self.tax_type),
+                    "percentage_decimal": percent,
+                    "tax_type": self.tax_type,
+                },
+                "taxability_reason": reason,
+                "taxable_amount": taxable,
+            }
+        ]
         return tax

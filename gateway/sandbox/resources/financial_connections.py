@@ -25,6 +25,7 @@ from gateway.sandbox.core import (
     Account,
     Call,
     bad_request,
+    boolean_value,
     choice_list,
     choice_value,
     integer_value,
@@ -236,6 +237,7 @@ def _new_account(
         ownership_refresh=None,
         permissions=list(permissions),
         status="active",
+        status_details=None,
         subcategory=subcategory,
         subscriptions=[],
         supported_payment_method_types=list(methods),
@@ -326,6 +328,7 @@ async def disconnect(call: Call) -> dict[str, Any]:
     if obj["status"] != "disconnected":
         previous = {"status": obj["status"], "subscriptions": obj["subscriptions"]}
         obj["status"] = "disconnected"
+        obj["status_details"] = None
         obj["subscriptions"] = []
         call.account.emit("financial_connections.account.disconnected", obj, previous)
     return _render_account(call.account, obj, _account_expand(call))
@@ -504,10 +507,29 @@ async def create_session(call: Call) -> dict[str, Any]:
                 "prefetch",
             )
     subcategories = _subcategories(call)
-    call.mapping("manual_entry")
-    call.text("return_url")
+    manual_entry = call.mapping("manual_entry", keys=("mode",))
+    return_url = call.text("return_url")
+    given = call.mapping("filters")
+    filters = None
+    if given:
+        country = given.get("country")
+        support = given.get("require_payment_method_support")
+        filters = {
+            "account_subcategories": subcategories if "account_subcategories" in given else None,
+            "country": None if country is None else string_value(country, "filters[country]"),
+            "require_payment_method_support": None
+            if support is None
+            else boolean_value(support, "filters[require_payment_method_support]"),
+        }
+    limits = call.mapping("limits")
     now = time.time()
     session = _link_session(call.account, holder, permissions, prefetch, subcategories, int(now))
+    session["filters"] = filters
+    if limits and limits.get("accounts", "") != "":
+        session["limits"] = {"accounts": int(limits["accounts"])}
+    if manual_entry:
+        session["manual_entry"] = {"mode": manual_entry.get("mode")}
+    session["return_url"] = return_url
     for fca in _state(call.account).session_accounts[session["id"]]:
         obj = call.account.get(ACCOUNT, fca)
         for feature in prefetch:

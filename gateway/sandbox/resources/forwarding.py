@@ -197,7 +197,7 @@ async def create(call: Call) -> dict[str, Any]:
     request = call.mapping("request", required=True)
     assert pm_id is not None and url is not None
     assert replacements is not None and request is not None
-    call.metadata()
+    metadata = call.metadata()
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise bad_request(
@@ -222,6 +222,7 @@ async def create(call: Call) -> dict[str, Any]:
     obj = make_object(
         TYPE,
         ids.new("fwdreq"),
+        metadata=metadata,
         payment_method=pm_id,
         replacements=kinds,
         request_context={

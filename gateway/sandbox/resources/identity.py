@@ -54,6 +54,7 @@ _REDACTED = "[redacted]"
 _ERRORS = {
     "document": ("document_expired", "The document is expired."),
     "id_number": ("id_number_mismatch", "The information provided could not be verified."),
+    "selfie": ("selfie_face_mismatch", "The provided image of a face does not match the document."),
     "verification_flow": ("document_expired", "The document is expired."),
 }
 
@@ -110,27 +111,77 @@ def _document(account: Account, verified: bool) -> dict[str, Any]:
     }
 
 
+def _check(verified: bool, kind: str) -> dict[str, Any]:
+    """The ``error`` and ``status`` of one check in a report."""
+    if verified:
+        return {"error": None, "status": "verified"}
+    code, reason = _ERRORS[kind]
+    return {"error": {"code": code, "reason": reason}, "status": "unverified"}
+
+
+def _id_number(verified: bool) -> dict[str, Any]:
+    return {
+        "dob": None,  # shown only when expanded
+        "first_name": "Jenny",
+        "id_number": None,  # shown only when expanded
+        "id_number_type": "us_ssn",
+        "last_name": "Rosen",
+        **_check(verified, "id_number"),
+    }
+
+
+def _verified_outputs(report: dict[str, Any]) -> dict[str, Any]:
+    """What a verified session shows of its user: the verified report's data."""
+    document = report["document"] or {}
+    id_number = report["id_number"] or {}
+    return {
+        "address": copy.deepcopy(document.get("address")),
+        "dob": None,  # shown only when expanded
+        "email": None,
+        "first_name": document.get("first_name") or id_number.get("first_name"),
+        "id_number": None,  # shown only when expanded
+        "id_number_type": id_number.get("id_number_type"),
+        "last_name": document.get("last_name") or id_number.get("last_name"),
+        "phone": None,
+        "sex": None,
+        "unparsed_place_of_birth": None,
+        "unparsed_sex": None,
+    }
+
+
 def _report(account: Account, session: dict[str, Any], verified: bool, at: int) -> dict[str, Any]:
     kind = "id_number" if session["type"] == "id_number" else "document"
-    options = (
-        {"id_number": {}}
-        if kind == "id_number"
-        else {"document": copy.deepcopy(session["options"].get("document", {}))}
-    )
+    document_options = copy.deepcopy(session["options"].get("document", {}))
+    options = {"id_number": {}} if kind == "id_number" else {"document": document_options}
+    document = _document(account, verified) if kind == "document" else None
+    selfie = None
+    if document is not None and document_options.get("require_matching_selfie"):
+        selfie = {
+            "document": document["files"][0],
+            "selfie": account.ids.new("file"),
+            **_check(verified, "selfie"),
+        }
+    wants_id_number = kind == "id_number" or document_options.get("require_id_number")
     report = make_object(
         REPORT,
         account.ids.new("vr"),
         created=at,
         client_reference_id=session["client_reference_id"],
-        document=_document(account, verified) if kind == "document" else None,
+        document=document,
+        email=None,
+        id_number=_id_number(verified) if wants_id_number else None,
         options=options,
+        phone=None,
+        selfie=selfie,
         type=kind,
+        verification_flow=session["verification_flow"],
         verification_session=session["id"],
     )
     account.add(report, REPORT)
     session["last_verification_report"] = report["id"]
     if verified:
         session["last_error"] = None
+        session["verified_outputs"] = _verified_outputs(report)
         _close(session, "verified")
     else:
         code, reason = _ERRORS[session["type"]]
@@ -149,6 +200,12 @@ def _redact_report(report: dict[str, Any]) -> None:
             if document.get(key) is not None:
                 document[key] = {"day": 1, "month": 1, "year": 1970}
         document["files"] = []
+    id_number = report.get("id_number")
+    if id_number:
+        id_number["first_name"] = id_number["last_name"] = _REDACTED
+    selfie = report.get("selfie")
+    if selfie:
+        selfie["document"] = selfie["selfie"] = None
 
 
 #: the fields a status change changes (``data.previous_attributes`` of its event)
@@ -264,6 +321,16 @@ def _check_keys(call: Call, name: str, allowed: tuple[str, ...], required: tuple
             raise missing_param(f"{name}[{key}]")
 
 
+def _provided_details(call: Call, current: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``provided_details`` given (email and phone, merged into ``current``)."""
+    given = call.mapping("provided_details")
+    if not given:
+        return current
+    out = dict(current or {"email": None, "phone": None})
+    out.update(given)
+    return out
+
+
 def _related_customer(call: Call) -> str | None:
     customer = call.text("related_customer")
     if customer is not None and not customer.startswith("cus_"):
@@ -349,10 +416,14 @@ async def create(call: Call) -> dict[str, Any]:
         last_verification_report=None,
         metadata=call.metadata(),
         options=_options(call, kind, None),
+        provided_details=_provided_details(call, None),
         redaction=None,
         related_customer=_related_customer(call),
         related_customer_account=call.text("related_customer_account"),
+        related_person=call.mapping("related_person"),
         type=kind,
+        verification_flow=flow,
+        verified_outputs=None,
     )
     _open(obj)
     call.account.add(obj, SESSION)
@@ -387,6 +458,7 @@ async def update(call: Call) -> dict[str, Any]:
     new_kind = kind or obj["type"]
     options = _options(call, new_kind, obj["options"] if new_kind == obj["type"] else None)
     _check_keys(call, "provided_details", ("email", "phone"), ())
+    obj["provided_details"] = _provided_details(call, obj["provided_details"])
     obj["type"] = new_kind
     obj["options"] = options
     obj["metadata"] = call.metadata(obj["metadata"])
@@ -454,6 +526,11 @@ async def redact(call: Call) -> dict[str, Any]:
     for report in call.account.table(REPORT).values():
         if report["verification_session"] == obj["id"]:
             _redact_report(report)
+    outputs = obj["verified_outputs"]
+    if outputs:
+        obj["verified_outputs"] = {k: _REDACTED if v else v for k, v in outputs.items()}
+    if obj["provided_details"]:
+        obj["provided_details"] = {k: _REDACTED for k in obj["provided_details"]}
     account = call.account
     started = _state(account).redacting[obj["id"]] = time.time()
     account.at(started + account.settings.report_delay, lambda: _settle(account, obj))
@@ -513,10 +590,14 @@ def seed(account: Account) -> None:
             last_verification_report=None,
             metadata={"seeded": "true"},
             options=options,
+            provided_details=None,
             redaction=None,
             related_customer=customer,
             related_customer_account=None,
+            related_person=None,
             type=kind,
+            verification_flow=None,
+            verified_outputs=None,
         )
         account.add(obj, SESSION)
         if outcome == "canceled":

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from gateway.sandbox.core import Call, bad_request, choice_value
-from gateway.sandbox.events import EVENT_TYPES, event_log
+from gateway.sandbox.events import EMITTED_EVENT_TYPES, event_log
 from gateway.sandbox.resources import REGISTRY as api
 from gateway.sandbox.resources import crypto, financial_connections, identity
 from gateway.sandbox.resources._tax_common import settings_of
@@ -113,7 +113,7 @@ async def financial_connections_complete(call: Call) -> dict[str, Any]:
 
 @api.route("POST", f"{_PREFIX}/trigger", params=("type", "object"))
 async def trigger(call: Call) -> dict[str, Any]:
-    event_type = choice_value(call.text("type", required=True), "type", EVENT_TYPES)
+    event_type = choice_value(call.text("type", required=True), "type", EMITTED_EVENT_TYPES)
     object_type = event_type.rsplit(".", 1)[0]
     if object_type == "crypto":  # crypto.onramp_session_updated
         object_type = crypto.SESSION

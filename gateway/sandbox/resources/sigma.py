@@ -49,6 +49,11 @@ QUERIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 #: run index (0 = newest) -> a status other than completed
 _UNSUCCESSFUL = {3: "failed", 7: "timed_out", 10: "canceled"}
+#: a run's ``error`` by status (``null`` for the others)
+_ERRORS = {
+    "failed": {"message": 'Query failed: column "amount_refunded" does not exist'},
+    "timed_out": {"message": "Query exceeded the maximum execution time."},
+}
 
 
 @api.seeder
@@ -82,6 +87,7 @@ def seed(account: Account) -> None:
             run_id,
             created=created,
             data_load_time=data_load_time,
+            error=_ERRORS.get(status),
             file=file,
             result_available_until=created + 30 * _DAY,
             sql=sql,

@@ -190,6 +190,11 @@ def _line_items(call: Call, currency: str) -> list[dict[str, Any]]:
                 "metadata": metadata_value(entry["metadata"], f"{p}[metadata]")
                 if "metadata" in entry
                 else None,
+                "performance_location": string_value(
+                    entry["performance_location"], f"{p}[performance_location]"
+                )
+                if "performance_location" in entry
+                else None,
                 "product": product_id,
                 "quantity": quantity,
                 "reference": reference,
@@ -282,7 +287,15 @@ async def create_calculation(call: Call) -> dict[str, Any]:
     for line in lines:
         tax = calculator.line(line["amount"], line["tax_code"], line["tax_behavior"])
         total += line["amount"] + (tax if line["tax_behavior"] == "exclusive" else 0)
-        items.append(make_object(CALC_ITEM, account.ids.new("tax_li", 14), amount_tax=tax, **line))
+        items.append(
+            make_object(
+                CALC_ITEM,
+                account.ids.new("tax_li", 14),
+                amount_tax=tax,
+                tax_breakdown=calculator.line_breakdown,
+                **line,
+            )
+        )
     if shipping is not None:
         tax = calculator.line(shipping["amount"], shipping["tax_code"], shipping["tax_behavior"])
         shipping["amount_tax"] = tax

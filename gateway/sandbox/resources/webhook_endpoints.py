@@ -4,40 +4,83 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
-from gateway.sandbox.core import Call, bad_request, make_object, page
+from gateway.sandbox.api_versions import API_VERSIONS
+from gateway.sandbox.core import (
+    Call,
+    api_version_error,
+    bad_request,
+    choice_list,
+    make_object,
+    page,
+)
 from gateway.sandbox.delivery import endpoint_secrets
+from gateway.sandbox.event_types import EVENT_TYPES
 from gateway.sandbox.resources import REGISTRY as api
 
 TYPE = "webhook_endpoint"
 RESOURCE = "webhook endpoint"
 _FIELDS = ("description", "url", "api_version", "connect")
+#: what ``enabled_events`` entries may be: ``*`` or one of Stripe's event types
+_EVENTS = ("*", *sorted(EVENT_TYPES))
 
 
 def _enabled_events(call: Call, required: bool) -> list[str] | None:
     events = call.array("enabled_events", required=required)
     if events is None:
         return None
-    if not events or not all(isinstance(e, str) and e for e in events):
+    if not events:
         raise bad_request(
             "Invalid array: enabled_events must be a non-empty array of event types.",
             "enabled_events",
             "parameter_invalid_array",
         )
-    return events
+    return choice_list(events, "enabled_events", _EVENTS)
+
+
+def _absolute_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port != 0
+        and url == url.strip()
+        and not any(c.isspace() for c in url)
+    )
+
+
+def _url(call: Call, required: bool) -> str | None:
+    """``url``: an absolute http(s) URL with a host."""
+    url = call.text("url", required=required)
+    if url is not None and not _absolute_http_url(url):
+        raise bad_request(f"Invalid URL: {url}", "url", "url_invalid")
+    return url
+
+
+def _api_version(call: Call) -> str | None:
+    version = call.text("api_version")
+    if version is not None and version not in API_VERSIONS:
+        raise api_version_error(version, "api_version")
+    return version
 
 
 @api.route("POST", "/v1/webhook_endpoints", params=(*_FIELDS, "enabled_events", "metadata"))
 async def create(call: Call) -> dict[str, Any]:
-    url = call.text("url", required=True)
+    url = _url(call, required=True)
     events = _enabled_events(call, required=True)
+    version = _api_version(call)
     obj = make_object(
         TYPE,
         call.account.ids.new("we"),
         url=url,
         enabled_events=events,
         description=call.text("description"),
-        api_version=call.text("api_version"),
+        api_version=version,
         metadata=call.metadata(),
         status="enabled",
         application=None,
@@ -60,10 +103,12 @@ async def retrieve(call: Call) -> dict[str, Any]:
 )
 async def update(call: Call) -> dict[str, Any]:
     obj = call.account.get(TYPE, call.id(), RESOURCE)
-    for name in ("description", "url"):
-        value = call.text(name)
-        if value is not None:
-            obj[name] = value
+    description = call.text("description")
+    if description is not None:
+        obj["description"] = description
+    url = _url(call, required=False)
+    if url is not None:
+        obj["url"] = url
     events = _enabled_events(call, required=False)
     if events is not None:
         obj["enabled_events"] = events

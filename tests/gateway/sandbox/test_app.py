@@ -188,3 +188,106 @@ def test_concurrent_use_of_one_key_is_409(loop_thread: LoopThread) -> None:
 def test_wrong_method_on_a_known_path_is_unrecognized(sandbox_stack: SandboxStack) -> None:
     response = sandbox_stack.raw("PUT", "/v1/webhook_endpoints")
     assert response.status_code == 404
+
+
+def test_a_request_that_fails_validation_is_not_saved_under_its_idempotency_key(
+    sandbox_stack: SandboxStack,
+) -> None:
+    client = sandbox_stack.sdk()
+    with pytest.raises(stripe.InvalidRequestError) as bad:
+        client.v1.webhook_endpoints.create(
+            {"url": "https://example.com/fixed", "enabled_events": []},
+            {"idempotency_key": "fix-me"},
+        )
+    fixed = client.v1.webhook_endpoints.create(
+        {"url": "https://example.com/fixed", "enabled_events": ["*"]},
+        {"idempotency_key": "fix-me"},
+    )
+    assert fixed.id.startswith("we_")
+    assert fixed.last_response.headers["Idempotent-Replayed"] == "false"
+    again = client.v1.webhook_endpoints.create(
+        {"url": "https://example.com/fixed", "enabled_events": ["*"]},
+        {"idempotency_key": "fix-me"},
+    )
+    assert again.id == fixed.id
+    assert bad.value.headers["Idempotency-Key"] == "fix-me"
+
+
+def test_idempotent_answers_echo_the_key_and_name_the_original_request(
+    sandbox_stack: SandboxStack,
+) -> None:
+    body = {"url": "https://example.com/o", "enabled_events[]": "*"}
+    first = sandbox_stack.raw(
+        "POST", "/v1/webhook_endpoints", data=body, headers={"Idempotency-Key": "k-orig"}
+    )
+    again = sandbox_stack.raw(
+        "POST", "/v1/webhook_endpoints", data=body, headers={"Idempotency-Key": "k-orig"}
+    )
+    assert first.headers["Idempotency-Key"] == again.headers["Idempotency-Key"] == "k-orig"
+    assert first.headers["Original-Request"] == first.headers["Request-Id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Original-Request"] == first.headers["Request-Id"]
+    assert again.headers["Request-Id"] != first.headers["Request-Id"]
+    plain = sandbox_stack.raw("POST", "/v1/webhook_endpoints", data=body)
+    assert "Idempotency-Key" not in plain.headers and "Original-Request" not in plain.headers
+
+
+def test_an_unknown_stripe_version_is_refused_like_stripe(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk(stripe_version="2099-01-01")
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.webhook_endpoints.list()
+    assert refused.value.http_status == 400
+    assert refused.value.user_message == "Invalid Stripe API version: 2099-01-01"
+    assert refused.value.headers["Stripe-Version"] == stripe._api_version._ApiVersion.CURRENT
+    malformed = sandbox_stack.raw(
+        "GET", "/v1/webhook_endpoints", headers={"Stripe-Version": "2019-2-19"}
+    )
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        stripe._api_version._ApiVersion.CURRENT,
+        "2020-08-27",
+        "2024-09-30.acacia",
+        f"{stripe._api_version._ApiVersion.CURRENT}; identity_beta=v2",
+    ],
+)
+def test_every_answer_echoes_the_stripe_version_it_followed(
+    sandbox_stack: SandboxStack, version: str
+) -> None:
+    ok = sandbox_stack.raw("GET", "/v1/webhook_endpoints", headers={"Stripe-Version": version})
+    assert ok.status_code == 200
+    assert ok.headers["Stripe-Version"] == version
+    missing = sandbox_stack.raw(
+        "GET", "/v1/webhook_endpoints/we_nope", headers={"Stripe-Version": version}
+    )
+    assert missing.status_code == 404
+    assert missing.headers["Stripe-Version"] == version
+    unversioned = sandbox_stack.raw("GET", "/v1/webhook_endpoints")
+    assert unversioned.headers["Stripe-Version"] == stripe._api_version._ApiVersion.CURRENT
+
+
+def test_error_bodies_carry_a_request_log_url(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk()
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.webhook_endpoints.retrieve("we_missing")
+    error = missing.value.json_body["error"]
+    request_id = missing.value.request_id
+    assert error["request_log_url"].startswith(
+        f"https://dashboard.stripe.com/test/logs/{request_id}?t="
+    )
+    assert error["request_log_url"].rpartition("=")[2].isdigit()
+
+
+@pytest.mark.parametrize("param", ["limit", "starting_after", "ending_before"])
+def test_retrieve_endpoints_refuse_list_parameters(sandbox_stack: SandboxStack, param: str) -> None:
+    client = sandbox_stack.sdk()
+    hook = _hook(client)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.webhook_endpoints.retrieve(hook.id, {param: "1"})  # type: ignore[arg-type]
+    assert info.value.user_message == f"Received unknown parameter: {param}"
+    assert info.value.code == "parameter_unknown"
+    assert client.v1.webhook_endpoints.list({"limit": 1}).data[0].id == hook.id

@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from gateway.sandbox.core import template, template_types
 from gateway.sandbox.resources import REGISTRY
 from tests.gateway.sandbox.conftest import GATEWAY_KEY, SandboxStack
-from tests.gateway.sandbox.fidelity import EXAMPLE_KEYS, assert_stripe_fields
+from tests.gateway.sandbox.fidelity import ONLY_SOMETIMES, assert_stripe_fields, sdk_fields
+
+#: the object types the sandbox makes (one template each)
+TYPES = set(template_types())
 
 ROUTES = json.loads((Path(__file__).parents[2] / "data" / "sandbox_routes.json").read_text())[
     "routes"
@@ -37,10 +41,10 @@ def test_every_route_is_served(route: dict[str, str]) -> None:
 
 
 def _objects(value: Any) -> list[dict[str, Any]]:
-    """Every nested dict that names a Stripe object type we have an example for."""
+    """Every nested dict that names a Stripe object type the sandbox makes."""
     found: list[dict[str, Any]] = []
     if isinstance(value, dict):
-        if value.get("object") in EXAMPLE_KEYS:
+        if value.get("object") in TYPES:
             found.append(value)
         for item in value.values():
             found.extend(_objects(item))
@@ -48,6 +52,16 @@ def _objects(value: Any) -> list[dict[str, Any]]:
         for item in value:
             found.extend(_objects(item))
     return found
+
+
+@pytest.mark.parametrize("object_type", sorted(TYPES))
+def test_every_template_has_the_current_sdk_models_fields(object_type: str) -> None:
+    """Each object the sandbox makes starts from its template: the SDK's model has the same
+    top-level fields (fields shown only sometimes, like a webhook endpoint's ``secret``, aside).
+    """
+    got = set(template(object_type))
+    expected = sdk_fields(object_type) - ONLY_SOMETIMES.get(object_type, set())
+    assert got == expected, f"missing {sorted(expected - got)}, unexpected {sorted(got - expected)}"
 
 
 def test_everything_listed_and_retrieved_has_stripes_fields(sandbox_stack: SandboxStack) -> None:

@@ -323,3 +323,11 @@ def test_financial_connections_completion_and_refresh_events(sandbox_stack: Sand
     )
     assert refreshed[0].data.object.id == linked[1]
     assert refreshed[0].data.object.balance_refresh.status == "succeeded"
+
+
+def test_every_emitted_event_type_is_one_stripe_publishes() -> None:
+    from gateway.sandbox.event_types import EVENT_TYPES
+    from gateway.sandbox.events import EMITTED_EVENT_TYPES
+
+    # crypto.onramp_session_updated is Stripe's, but not in the SDK's enabled_events enum
+    assert set(EMITTED_EVENT_TYPES) - EVENT_TYPES <= {"crypto.onramp_session_updated"}

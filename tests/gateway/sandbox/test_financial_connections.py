@@ -376,3 +376,25 @@ def test_direct_http_shapes(sandbox_stack: SandboxStack) -> None:
         "POST", f"/v1/financial_connections/accounts/{fca}/refresh", data={"features[]": "balance"}
     )
     assert response.status_code == 200 and response.json()["balance_refresh"]["status"] == "pending"
+
+
+def test_session_shows_its_filters_and_limits(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk()
+    session = _session(
+        client,
+        filters={"account_subcategories": ["savings"], "country": "US"},
+        limits={"accounts": 1},
+        return_url="https://example.com/back",
+    )
+    assert session.filters.to_dict() == {
+        "account_subcategories": ["savings"],
+        "country": "US",
+        "require_payment_method_support": None,
+    }
+    assert session.limits.to_dict() == {"accounts": 1}
+    assert session.return_url == "https://example.com/back"
+    assert client.v1.financial_connections.sessions.retrieve(session.id).limits.accounts == 1
+    plain = _session(client)
+    assert plain.filters is None and plain.limits is None
+    account = plain.accounts.data[0]
+    assert "status_details" in account and account.status_details is None

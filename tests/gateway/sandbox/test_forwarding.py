@@ -59,6 +59,8 @@ def test_create_records_a_redacted_request_without_calling_the_url(
     assert fwd.payment_method == "pm_card_visa" and fwd.url == URL
     assert list(fwd.replacements) == ALL
     assert_stripe_fields(fwd)
+    assert fwd.metadata.to_dict() == {"order": "1"}
+    assert client.v1.forwarding.requests.retrieve(fwd.id).metadata.to_dict() == {"order": "1"}
     details = fwd.request_details
     assert details.http_method == "POST"
     sent = json.loads(details.body)

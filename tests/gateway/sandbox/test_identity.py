@@ -346,3 +346,40 @@ def test_direct_http_shapes(sandbox_stack: SandboxStack) -> None:
     assert body["options"] == {"document": {}}
     listed = sandbox_stack.raw("GET", "/v1/identity/verification_reports").json()
     assert listed["url"] == "/v1/identity/verification_reports"
+
+
+def test_sessions_and_reports_have_the_current_apis_sections(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk()
+    sessions = client.v1.identity.verification_sessions
+    created = sessions.create(
+        {
+            "type": "document",
+            "options": {"document": {"require_matching_selfie": True, "require_id_number": True}},
+            "provided_details": {"email": "jenny@example.com"},
+        }
+    )
+    assert_stripe_fields(created)
+    assert created.verified_outputs is None and created.verification_flow is None
+    assert created.provided_details.to_dict() == {"email": "jenny@example.com", "phone": None}
+    submit(_account(sandbox_stack), created.id)
+    done = _wait(client, created.id, lambda s: s.status != "processing")
+    assert done.status == "verified"
+    assert_stripe_fields(done)
+    assert done.verified_outputs.first_name == "Jenny"
+    assert done.verified_outputs.address.country == "US"
+    report = client.v1.identity.verification_reports.retrieve(done.last_verification_report)
+    assert_stripe_fields(report)
+    assert report.selfie.status == "verified" and report.selfie.selfie.startswith("file_")
+    assert report.id_number.status == "verified" and report.id_number.id_number_type == "us_ssn"
+    assert report.email is None and report.phone is None
+
+    plain = sessions.create({"type": "id_number"})
+    submit(_account(sandbox_stack), plain.id, outcome="unverified")
+    failed = _wait(client, plain.id, lambda s: s.status != "processing")
+    assert failed.verified_outputs is None
+    report = client.v1.identity.verification_reports.retrieve(failed.last_verification_report)
+    assert report.id_number.status == "unverified" and report.selfie is None
+    assert report.id_number.error.code == "id_number_mismatch"
+
+    redacted = sessions.redact(created.id)
+    assert redacted.verified_outputs.first_name == "[redacted]"

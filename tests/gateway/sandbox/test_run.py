@@ -122,3 +122,25 @@ def test_bad_fault_flag_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "between 0 and 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_sandboxes_on_ephemeral_ports_get_their_own_fault_control() -> None:
+    """Without --control-port, the control port follows the API port (ephemeral with 0)."""
+    first, first_banner = _start("sandbox", "--port", "0")
+    try:
+        second, second_banner = _start("sandbox", "--port", "0")
+        try:
+            controls = []
+            for banner in (first_banner, second_banner):
+                match = re.search(r"fault control on (http://\S+)", banner)
+                assert match, banner
+                controls.append(match[1])
+                assert requests.get(f"{match[1]}/faults", timeout=5).status_code == 200
+            assert controls[0] != controls[1]
+            assert not controls[0].endswith(":12112")
+        finally:
+            code, _, err = _stop(second)
+        assert code == 0, err
+    finally:
+        code, _, err = _stop(first)
+    assert code == 0, err

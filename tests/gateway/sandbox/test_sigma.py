@@ -32,6 +32,10 @@ def test_list_shows_the_seeded_runs_newest_first(sandbox_stack: SandboxStack) ->
             assert_stripe_fields(run.file)
         else:
             assert run.file is None
+        if run.status in ("failed", "timed_out"):
+            assert run.error.message
+        else:
+            assert run.error is None
 
 
 def test_pagination(sandbox_stack: SandboxStack) -> None:

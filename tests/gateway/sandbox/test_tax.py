@@ -705,3 +705,29 @@ def test_account_state_is_per_key(sandbox_stack: SandboxStack) -> None:
     other = sandbox_stack.sdk("sk_test_someone_else_000001", direct=True)
     assert other.v1.tax.settings.retrieve().status == "pending"
     assert other.v1.tax.registrations.list().data == []
+
+
+def test_calculation_line_items_carry_their_tax_breakdown(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk()
+    _activate(client, "CA")
+    calc = _calculation(client)
+    pizza, wine, gift = client.v1.tax.calculations.line_items.list(calc.id).data
+    (breakdown,) = pizza.tax_breakdown
+    assert breakdown.amount == pizza.amount_tax == 73
+    assert breakdown.taxable_amount == 1000 and breakdown.taxability_reason == "standard_rated"
+    assert breakdown.jurisdiction.to_dict() == {
+        "country": "US",
+        "display_name": "CA",
+        "level": "state",
+        "state": "CA",
+    }
+    assert breakdown.sourcing == "destination"
+    assert breakdown.tax_rate_details.tax_type == "sales_tax"
+    assert (
+        breakdown.tax_rate_details.percentage_decimal
+        == calc.tax_breakdown[0].tax_rate_details.percentage_decimal
+    )
+    assert wine.tax_breakdown[0].amount == wine.amount_tax
+    assert gift.tax_breakdown[0].taxability_reason == "product_exempt"
+    assert gift.tax_breakdown[0].tax_rate_details is None
+    assert pizza.performance_location is None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import stripe
 
+from gateway.sandbox.api_versions import API_VERSIONS
+from gateway.sandbox.event_types import EVENT_TYPES
 from tests.gateway.sandbox.conftest import SandboxStack
 from tests.gateway.sandbox.fidelity import assert_stripe_fields
 
@@ -55,3 +59,79 @@ def test_webhook_endpoint_has_stripes_fields(sandbox_stack: SandboxStack) -> Non
     )
     assert_stripe_fields(created)
     assert_stripe_fields(client.v1.webhook_endpoints.retrieve(created.id))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "example.com/hook",
+        "/hook",
+        "ftp://example.com/hook",
+        "javascript:alert(1)",
+        "https://",
+        "https:///path",
+        "http://example.com:99999/hook",
+        "https://exa mple.com/hook",
+        " https://example.com/hook",
+        "",
+    ],
+)
+def test_url_must_be_an_absolute_http_url(sandbox_stack: SandboxStack, url: str) -> None:
+    client = sandbox_stack.sdk()
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.webhook_endpoints.create({"url": url, "enabled_events": ["*"]})
+    assert info.value.http_status == 400 and info.value.param == "url"
+    hook = client.v1.webhook_endpoints.create(
+        {"url": "http://localhost:8000/hook", "enabled_events": ["*"]}
+    )
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.webhook_endpoints.update(hook.id, {"url": url})
+    assert info.value.param == "url"
+    assert client.v1.webhook_endpoints.list().data[0].url == "http://localhost:8000/hook"
+
+
+def test_enabled_events_must_be_known_event_types(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk()
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.webhook_endpoints.create(
+            {"url": "https://example.com/h", "enabled_events": ["*", "charge.succeded"]}  # type: ignore[list-item]
+        )
+    assert info.value.param == "enabled_events[1]"
+    assert "Invalid enabled_events[1]: must be one of *, account." in str(info.value.user_message)
+    hook = client.v1.webhook_endpoints.create(
+        {
+            "url": "https://example.com/h",
+            "enabled_events": [
+                "reporting.report_run.succeeded",
+                "identity.verification_session.verified",
+            ],
+        }
+    )
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.webhook_endpoints.update(hook.id, {"enabled_events": ["nope"]})  # type: ignore[list-item]
+    assert info.value.param == "enabled_events[0]"
+    assert len(client.v1.webhook_endpoints.retrieve(hook.id).enabled_events) == 2
+
+
+def test_the_event_type_and_version_lists_are_the_installed_sdks() -> None:
+    """After an SDK upgrade, rerun scripts/sandbox_stripe_lists.py."""
+    hints = stripe.params.WebhookEndpointCreateParams.__annotations__
+    (events,) = typing.get_args(hints["enabled_events"])
+    assert set(typing.get_args(events)) - {"*"} == EVENT_TYPES
+    (versions,) = typing.get_args(hints["api_version"])
+    assert set(typing.get_args(versions)) == API_VERSIONS
+    assert stripe._api_version._ApiVersion.CURRENT in API_VERSIONS
+
+
+def test_api_version_must_be_a_published_version(sandbox_stack: SandboxStack) -> None:
+    client = sandbox_stack.sdk()
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.webhook_endpoints.create(
+            {"url": "https://example.com/h", "enabled_events": ["*"], "api_version": "2099-01-01"}  # type: ignore[typeddict-item]
+        )
+    assert info.value.param == "api_version"
+    assert info.value.user_message == "Invalid Stripe API version: 2099-01-01"
+    hook = client.v1.webhook_endpoints.create(
+        {"url": "https://example.com/h", "enabled_events": ["*"], "api_version": "2020-08-27"}
+    )
+    assert hook.api_version == "2020-08-27"
