@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.cli_helpers import assert_one_line_config_error, run_cli, wait_until
 from tests.fake_stripe import FakeStripe
-from tests.gateway.test_cli import assert_one_line_config_error, run_cli, wait_until
 from tests.helpers import BILLING_KEY, BILLING_UPSTREAM_KEY, Served
 from tests.serving import (
     GatewayConfigFile,
