@@ -91,7 +91,7 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from gateway.config import parse_config
     from gateway.host import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
     from gateway.keys import GENERATIONS
-    from gateway.server import serve
+    from gateway.serve.server import serve
 
     keep = {"auth", "audit", "cache"}
     others = {name for name, _ in DEFAULT_PLUGINS} | {

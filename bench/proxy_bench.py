@@ -9,7 +9,7 @@ Every part runs in its own process, on 127.0.0.1 only:
 * ``upstream``  a minimal Stripe stand-in: ``GET /v1/customers/{id}`` answers a small JSON
   object, ``GET /v1/files/{id}/contents`` streams a 5 MB CSV in 64 KiB chunks;
 * ``gateway``   ``gateway.app.create_app(parse_config(...))`` served by
-  ``gateway.server.serve`` (a :class:`~gateway.server.GatewayRunner`), with only the
+  ``gateway.serve.server.serve`` (a :class:`~gateway.serve.server.GatewayRunner`), with only the
   ``auth`` and ``audit`` plugins on (every other plugin, the built-in ``cache`` included,
   is listed in ``[plugins] disable``; ``--plugins`` changes the list), the audit log
   written to a file in a temp dir and the team's upstream key read from an environment
@@ -307,7 +307,7 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from gateway.config import parse_config
     from gateway.host import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
     from gateway.keys import GENERATIONS
-    from gateway.server import serve
+    from gateway.serve.server import serve
 
     keep = set(params["plugins"])
     known = {name for name, _ in DEFAULT_PLUGINS} | {

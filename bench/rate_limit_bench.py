@@ -125,7 +125,7 @@ def _digest(key: str) -> str:
 async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from gateway.app import create_app
     from gateway.keys import GENERATIONS
-    from gateway.server import serve
+    from gateway.serve.server import serve
 
     app = create_app(_config(params["mode"], params))
     names = app[GENERATIONS].current.host.plugin_names()

@@ -26,7 +26,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import Field, PrivateAttr
 
-from gateway.admin import fan_out, form_value
 from gateway.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 from gateway.config import GatewayConfig
@@ -36,6 +35,7 @@ from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.metrics import GatewayMetrics
+from gateway.serve.admin import fan_out, form_value
 from gateway.settings import RedisSettings, RouteText, Settings
 
 __all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings"]

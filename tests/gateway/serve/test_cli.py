@@ -205,7 +205,7 @@ def test_a_plugin_failing_at_start_up_exits_1_with_one_line(tmp_path: Path) -> N
     path = good_config(tmp_path)
     text = path.read_text().replace(
         "[plugins.audit]",
-        '[plugins]\nload = ["tests.gateway.test_reload:Recorder"]\n\n'
+        '[plugins]\nload = ["tests.gateway.serve.test_reload:Recorder"]\n\n'
         '[plugins.recorder]\ntag = "t"\nfail_startup = true\n\n[plugins.audit]',
     )
     path.write_text(text)

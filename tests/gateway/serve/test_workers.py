@@ -1,4 +1,4 @@
-"""``stripe-gateway serve --workers N`` (gateway/workers.py), run as real processes."""
+"""``stripe-gateway serve --workers N`` (gateway/serve/workers.py), run as real processes."""
 
 from __future__ import annotations
 
