@@ -6,12 +6,12 @@ Run from the repository root (about 80 seconds; ``--quick`` for a short smoke ru
     .venv/bin/python bench/redaction_bench.py --quick
     .venv/bin/python bench/redaction_bench.py --only records     # part (a) alone, ~20 s
 
-**(a) Per record**, in this process: :class:`gateway.redact.RedactingProcessor` on records
+**(a) Per record**, in this process: :class:`gateway.redaction.redact.RedactingProcessor` on records
 shaped like the gateway's: the audit line (about 20 fields: ids, path, team, status,
 latencies, byte counts, idempotency key, cache status, client address, timestamp, level),
 the same line carrying the request's parameters as the audit plugin logs them (a Stripe
 form body of about 1, 2 and 4 KB, with card, billing and shipping details, metadata,
-expand and line items, decoded into nested objects by :func:`gateway.params.decode_form`),
+expand and line items, decoded into nested objects by :func:`gateway.redaction.params.decode_form`),
 the line with a 2 KB JSON body, and an error line with a formatted traceback. The
 ``decode`` column is what turning the body into ``params`` costs, the ``marker`` and
 ``hmac`` columns what redacting the whole record costs with each mask. Each figure is CPU
@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.params import LoggedParams
-from gateway.redact import RedactingProcessor, Redactor
+from gateway.redaction.params import LoggedParams
+from gateway.redaction.redact import RedactingProcessor, Redactor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxy_bench as pb
