@@ -18,7 +18,7 @@ only the request header differs. Both gateways run ``auth`` + ``audit`` + ``cach
 to a file in a temp dir, truncated after every run), ``default_ttl`` raised to 3600 s so a
 hit run never sees an expiry; every run's cache statuses are counted from the audit log.
 
-Processes, all on 127.0.0.1, reusing ``proxy_bench.py``'s helpers: the upstream (a small
+Processes, all on 127.0.0.1, reusing ``harness.py``'s helpers: the upstream (a small
 Stripe-like JSON customer), the two gateways (only one is loaded at a time), redis-server
 and the load generator (``wrk`` when installed). Gateways are pinned to one core; the
 upstream, Redis and the load generator share the other (on a 2-core machine). Same event
@@ -59,11 +59,11 @@ from typing import Any
 
 # bench/ is not a package: import the sibling script's helpers from this directory
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxy_bench as pb
+import harness as hb
 
-HOST = pb.HOST
-CUSTOMER_PATH = pb.CUSTOMER_PATH
-AUTH = {"Authorization": f"Bearer {pb.GATEWAY_KEY}"}
+HOST = hb.HOST
+CUSTOMER_PATH = hb.CUSTOMER_PATH
+AUTH = {"Authorization": f"Bearer {hb.GATEWAY_KEY}"}
 NO_STORE = {"Cache-Control": "no-store"}
 BACKENDS = ("memory", "redis")
 #: hits / pass-through req/s, per backend (from the issue)
@@ -91,7 +91,7 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from gateway.config import parse_config
     from gateway.host import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
     from gateway.keys import GENERATIONS
-    from gateway.server import serve
+    from gateway.serve.server import serve
 
     keep = {"auth", "audit", "cache"}
     others = {name for name, _ in DEFAULT_PLUGINS} | {
@@ -112,25 +112,25 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
         "teams": [
             {
                 "name": "bench",
-                "key_sha256": [hashlib.sha256(pb.GATEWAY_KEY.encode()).hexdigest()],
-                "upstream_key_env": pb.UPSTREAM_KEY_ENV,
+                "key_sha256": [hashlib.sha256(hb.GATEWAY_KEY.encode()).hexdigest()],
+                "upstream_key_env": hb.UPSTREAM_KEY_ENV,
             }
         ],
     }
-    config = parse_config(data, source="bench", environ={pb.UPSTREAM_KEY_ENV: pb.UPSTREAM_KEY})
+    config = parse_config(data, source="bench", environ={hb.UPSTREAM_KEY_ENV: hb.UPSTREAM_KEY})
     app = create_app(config)
     host = app[GENERATIONS].current.host
     stop = asyncio.Event()
-    watcher = asyncio.create_task(pb._watch_parent(stop, parent))
+    watcher = asyncio.create_task(hb._watch_parent(stop, parent))
     loop = asyncio.get_running_loop()
 
     def listening(urls: list[str]) -> None:
         store = getattr(host.pm.get_plugin("cache"), "store", None)
-        pb._announce(
+        hb._announce(
             {
                 "port": int(urls[0].rsplit(":", 1)[1]),
                 "pid": os.getpid(),
-                "loop": pb._loop_name(loop),
+                "loop": hb._loop_name(loop),
                 "plugins": host.plugin_names(),
                 "store": type(store).__name__,
             }
@@ -146,12 +146,12 @@ def _child_main(role: str, params: dict[str, Any]) -> int:
     cores = params.get("cores")
     if cores:
         os.sched_setaffinity(0, set(cores))
-    loop = pb._new_loop(params["loop"])
+    loop = hb._new_loop(params["loop"])
     asyncio.set_event_loop(loop)
     parent = os.getppid()
     try:
         if role == "upstream":
-            loop.run_until_complete(pb._serve_plain(pb._upstream_app(), 0, parent, {}))
+            loop.run_until_complete(hb._serve_plain(hb._upstream_app(), 0, parent, {}))
         elif role == "gateway":
             loop.run_until_complete(_serve_gateway(params, parent))
         else:
@@ -187,13 +187,13 @@ class Run:
         return self.statuses.get(EXPECTED[self.mode], 0) / total if total else 0.0
 
 
-class CacheBench(pb.Bench):
-    """proxy_bench's process/pinning/load helpers, with children run from this script."""
+class CacheBench(hb.Bench):
+    """The harness's process/pinning/load helpers, with children run from this script."""
 
-    def start(self, role: str, cores: list[int] | None, **params: Any) -> pb.Child:
+    def start(self, role: str, cores: list[int] | None, **params: Any) -> hb.Child:
         log = self.tmp / f"{role}-{params.get('backend', '')}.log"
         payload = {"loop": self.loop_kind, "cores": cores, **params}
-        cmd = [sys.executable, str(Path(__file__).resolve()), pb.CHILD_FLAG, role]
+        cmd = [sys.executable, str(Path(__file__).resolve()), hb.CHILD_FLAG, role]
         with open(log, "wb") as err:
             proc = subprocess.Popen(
                 [*cmd, json.dumps(payload)],
@@ -201,17 +201,17 @@ class CacheBench(pb.Bench):
                 stdout=subprocess.PIPE,
                 stderr=err,
             )
-        child = pb.Child(role=role, proc=proc, log=log)
+        child = hb.Child(role=role, proc=proc, log=log)
         self.children.append(child)
         child.info = self._ready_line(child, timeout=30.0)
         return child
 
-    def start_redis(self, cores: list[int] | None, port: int | None = None) -> pb.Child:
+    def start_redis(self, cores: list[int] | None, port: int | None = None) -> hb.Child:
         """redis-server on ``port`` (default: a free one); ``soak.py`` restarts it on the same."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-        port = port or _free_port()
+        port = port or hb.free_port()
         log = self.tmp / "redis.log"
 
         def setup() -> None:  # in the child, before exec
@@ -235,7 +235,7 @@ class CacheBench(pb.Bench):
             [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout.split(" sha=")[0]
         info = {"port": port, "pid": proc.pid, "version": version.strip()}
-        child = pb.Child(role="redis", proc=proc, info=info, log=log)
+        child = hb.Child(role="redis", proc=proc, info=info, log=log)
         self.children.append(child)
         deadline = time.monotonic() + 10
         while True:
@@ -256,12 +256,12 @@ class CacheBench(pb.Bench):
 
     def measure_cache(
         self,
-        gateway: pb.Child,
+        gateway: hb.Child,
         backend: str,
         mode: str,
         conns: int,
         audit: Path,
-        others: list[pb.Child],
+        others: list[hb.Child],
     ) -> Run:
         url = gateway.url + CUSTOMER_PATH
         headers = AUTH if mode == "hits" else {**AUTH, **NO_STORE}
@@ -276,15 +276,15 @@ class CacheBench(pb.Bench):
                 time.sleep(BREAKER_SECONDS + 0.2)
                 self.run_load(url, conns, self.args.warmup, headers)
         pids = [gateway.info["pid"], *(c.info["pid"] for c in others)]
-        cpu_before = [pb._cpu_seconds(pid) for pid in pids]
-        load_before = pb._children_cpu_seconds()
-        machine_before = pb._machine_cpu_seconds()
+        cpu_before = [hb._cpu_seconds(pid) for pid in pids]
+        load_before = hb._children_cpu_seconds()
+        machine_before = hb._machine_cpu_seconds()
         wall = time.monotonic()
         raw = self.run_load(url, conns, self.args.duration, headers)
         wall = time.monotonic() - wall
-        used = [pb._cpu_seconds(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
-        used.append(pb._children_cpu_seconds() - load_before)
-        other = max(0.0, pb._machine_cpu_seconds() - machine_before - sum(used)) / wall * 100
+        used = [hb._cpu_seconds(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
+        used.append(hb._children_cpu_seconds() - load_before)
+        other = max(0.0, hb._machine_cpu_seconds() - machine_before - sum(used)) / wall * 100
         cpu = [u / wall * 100.0 for u in used]
         time.sleep(0.3)  # let the requests in flight when the load stopped finish and log
         statuses = _audit_statuses(audit)
@@ -319,16 +319,10 @@ class CacheBench(pb.Bench):
         return run
 
 
-def _store_failures(gateway: pb.Child) -> int:
+def _store_failures(gateway: hb.Child) -> int:
     """How many cache_backend_unavailable lines the gateway has logged so far."""
     log = gateway.log.read_text(errors="replace") if gateway.log else ""
     return log.count('"cache_backend_unavailable"')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _redis(port: int, *args: str) -> bytes:
@@ -365,10 +359,10 @@ def _fetch(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], byte
         return exc.code, dict(exc.headers.items()), exc.read()
 
 
-def _sanity(gateway: pb.Child, backend: str, audit: Path, redis: pb.Child | None) -> None:
+def _sanity(gateway: hb.Child, backend: str, audit: Path, redis: hb.Child | None) -> None:
     """The gateway answers correctly, bypasses on no-store, hits once primed, refuses no key."""
     url = gateway.url + CUSTOMER_PATH
-    want = pb._CUSTOMER["id"]
+    want = hb._CUSTOMER["id"]
 
     def x_cache(headers: dict[str, str]) -> str | None:
         status, head, body = _fetch(url, headers)
@@ -428,7 +422,7 @@ def _run(args: argparse.Namespace, bench: CacheBench, tmp: Path, started: float)
     upstream = bench.start("upstream", layout.upstream)
     redis = bench.start_redis(layout.upstream)
     redis_url = f"redis://{HOST}:{redis.info['port']}/0"
-    gateways: dict[str, pb.Child] = {}
+    gateways: dict[str, hb.Child] = {}
     audits: dict[str, Path] = {}
     for backend in BACKENDS:
         audits[backend] = tmp / f"audit-{backend}.jsonl"
@@ -443,7 +437,7 @@ def _run(args: argparse.Namespace, bench: CacheBench, tmp: Path, started: float)
     loadgen = (
         f"wrk ({bench.wrk}, 1 thread; durations rounded to whole seconds)"
         if bench.wrk
-        else "python aiohttp load generator (proxy_bench's), in its own process"
+        else "python aiohttp load generator (the harness's), in its own process"
     )
     where = (
         f"gateways on core {layout.server}, upstream + redis-server on core {layout.upstream}, "
@@ -577,7 +571,7 @@ def _summary(args: argparse.Namespace, runs: dict[tuple[str, str], list[Run]]) -
             f"   (from gateway CPU/request: {cpu_ratios[backend]:.3f}x)"
         )
     busy = max(r.other_cpu for rs in runs.values() for r in rs)
-    if busy > pb.BUSY_MACHINE_PCT:
+    if busy > hb.BUSY_MACHINE_PCT:
         print(
             f"  WARNING  other processes used up to {busy:.0f}% of a core during a run: "
             "the machine was not quiet, rerun for firmer numbers"
@@ -605,7 +599,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [pb.CHILD_FLAG]:
+    if argv[:1] == [hb.CHILD_FLAG]:
         return _child_main(argv[1], json.loads(argv[2]))
     args = _parser().parse_args(argv)
     if args.quick:

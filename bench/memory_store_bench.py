@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.cachestore import Entry, MemoryStore
+from gateway.stores.cachestore import Entry, MemoryStore
 
 T = TypeVar("T")
 

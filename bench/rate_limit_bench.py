@@ -18,7 +18,7 @@ budget), set so high that everything passes, unless it says otherwise:
   ``redis x64`` with 64 decisions in flight at once (throughput: wall time / decisions);
 * ``redis down``   Redis unreachable, circuit open: the in-process fallback decides.
 
-Part 2, throughput: three gateways in front of ``proxy_bench.py``'s upstream, ``auth`` +
+Part 2, throughput: three gateways in front of ``harness.py``'s upstream, ``auth`` +
 ``audit`` + ``rate_limit`` on and every other plugin (the cache too) disabled, so every
 request is decided and goes upstream: ``off`` (rate_limit disabled as well), ``memory``
 and ``redis`` (limits as above, never refusing).
@@ -58,11 +58,11 @@ from typing import Any
 
 # bench/ is not a package: import the sibling script's helpers from this directory
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxy_bench as pb
+import harness as hb
 
-HOST = pb.HOST
-PATH = pb.CUSTOMER_PATH
-AUTH = {"Authorization": f"Bearer {pb.GATEWAY_KEY}"}
+HOST = hb.HOST
+PATH = hb.CUSTOMER_PATH
+AUTH = {"Authorization": f"Bearer {hb.GATEWAY_KEY}"}
 TIGHT_KEY = "gw_bench_tight_000000000000000001"
 MODES = ("off", "memory", "redis")
 #: so high that nothing is refused: every request is decided and allowed
@@ -108,11 +108,11 @@ def _config(mode: str, params: dict[str, Any], table: dict[str, Any] | None = No
         "upstream": {n: params["upstream"] for n in ("api", "files", "connect", "meter_events")},
         "plugins": plugins,
         "teams": [
-            {"name": name, "key_sha256": [_digest(key)], "upstream_key_env": pb.UPSTREAM_KEY_ENV}
-            for name, key in (("bench", pb.GATEWAY_KEY), ("tight", TIGHT_KEY))
+            {"name": name, "key_sha256": [_digest(key)], "upstream_key_env": hb.UPSTREAM_KEY_ENV}
+            for name, key in (("bench", hb.GATEWAY_KEY), ("tight", TIGHT_KEY))
         ],
     }
-    return parse_config(data, source="bench", environ={pb.UPSTREAM_KEY_ENV: pb.UPSTREAM_KEY})
+    return parse_config(data, source="bench", environ={hb.UPSTREAM_KEY_ENV: hb.UPSTREAM_KEY})
 
 
 def _digest(key: str) -> str:
@@ -125,18 +125,18 @@ def _digest(key: str) -> str:
 async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     from gateway.app import create_app
     from gateway.keys import GENERATIONS
-    from gateway.server import serve
+    from gateway.serve.server import serve
 
     app = create_app(_config(params["mode"], params))
     names = app[GENERATIONS].current.host.plugin_names()
     stop = asyncio.Event()
-    watcher = asyncio.create_task(pb._watch_parent(stop, parent))
+    watcher = asyncio.create_task(hb._watch_parent(stop, parent))
     loop = asyncio.get_running_loop()
 
     def listening(urls: list[str]) -> None:
         port = int(urls[0].rsplit(":", 1)[1])
-        pb._announce(
-            {"port": port, "pid": os.getpid(), "loop": pb._loop_name(loop), "plugins": names}
+        hb._announce(
+            {"port": port, "pid": os.getpid(), "loop": hb._loop_name(loop), "plugins": names}
         )
 
     try:
@@ -176,7 +176,7 @@ async def _micro(params: dict[str, Any]) -> dict[str, list[float]]:
             upstream_url="",
         )
         ctx.team = next(t for t in config.teams if t.name == team)
-        ctx.upstream_key = pb.UPSTREAM_KEY
+        ctx.upstream_key = hb.UPSTREAM_KEY
         return ctx
 
     async def timed(label: str, plugin: RateLimitPlugin, ctx: RequestContext, count: int) -> None:
@@ -224,7 +224,7 @@ async def _micro(params: dict[str, Any]) -> dict[str, list[float]]:
     assert plugin.counts["backend_errors"] == 0, plugin.counts
     await plugin.gateway_shutdown(app)
 
-    table = _rate_limit_table("redis", f"redis://{HOST}:{_free_port()}/0")
+    table = _rate_limit_table("redis", f"redis://{HOST}:{hb.free_port()}/0")
     plugin, app = await started(_config("redis", params, table={**table, "redis_breaker": 3600}))
     await plugin.gateway_request(ctx)  # type: ignore[misc]  # fails: the circuit opens
     await timed("redis down", plugin, ctx, n)
@@ -244,16 +244,16 @@ def _child_main(role: str, params: dict[str, Any]) -> int:
     cores = params.get("cores")
     if cores:
         os.sched_setaffinity(0, set(cores))
-    loop = pb._new_loop(params["loop"])
+    loop = hb._new_loop(params["loop"])
     asyncio.set_event_loop(loop)
     parent = os.getppid()
     try:
         if role == "upstream":
-            loop.run_until_complete(pb._serve_plain(pb._upstream_app(), 0, parent, {}))
+            loop.run_until_complete(hb._serve_plain(hb._upstream_app(), 0, parent, {}))
         elif role == "gateway":
             loop.run_until_complete(_serve_gateway(params, parent))
         elif role == "micro":
-            pb._announce(loop.run_until_complete(_micro(params)))
+            hb._announce(loop.run_until_complete(_micro(params)))
         else:
             raise SystemExit(f"unknown role {role!r}")
     finally:
@@ -280,13 +280,13 @@ class Run:
     other_cpu: float
 
 
-class RateLimitBench(pb.Bench):
-    """proxy_bench's process, pinning and load helpers, with children run from this script."""
+class RateLimitBench(hb.Bench):
+    """The harness's process, pinning and load helpers, with children run from this script."""
 
-    def start(self, role: str, cores: list[int] | None, **params: Any) -> pb.Child:
+    def start(self, role: str, cores: list[int] | None, **params: Any) -> hb.Child:
         log = self.tmp / f"{role}-{params.get('mode', '')}.log"
         payload = {"loop": self.loop_kind, "cores": cores, **params}
-        cmd = [sys.executable, str(Path(__file__).resolve()), pb.CHILD_FLAG, role]
+        cmd = [sys.executable, str(Path(__file__).resolve()), hb.CHILD_FLAG, role]
         with open(log, "wb") as err:
             proc = subprocess.Popen(
                 [*cmd, json.dumps(payload)],
@@ -294,16 +294,16 @@ class RateLimitBench(pb.Bench):
                 stdout=subprocess.PIPE,
                 stderr=err,
             )
-        child = pb.Child(role=role, proc=proc, log=log)
+        child = hb.Child(role=role, proc=proc, log=log)
         self.children.append(child)
         child.info = self._ready_line(child, timeout=120.0)
         return child
 
-    def start_redis(self, cores: list[int] | None) -> pb.Child:
+    def start_redis(self, cores: list[int] | None) -> hb.Child:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-        port = _free_port()
+        port = hb.free_port()
         log = self.tmp / "redis.log"
         cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         cmd += ["--dir", str(self.tmp)]
@@ -311,7 +311,7 @@ class RateLimitBench(pb.Bench):
             cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        child = pb.Child(role="redis", proc=proc, info={"port": port, "pid": proc.pid}, log=log)
+        child = hb.Child(role="redis", proc=proc, info={"port": port, "pid": proc.pid}, log=log)
         self.children.append(child)
         deadline = time.monotonic() + 10
         while True:
@@ -324,21 +324,21 @@ class RateLimitBench(pb.Bench):
             time.sleep(0.05)
 
     def measure_mode(
-        self, gateway: pb.Child, mode: str, conns: int, audit: Path, others: list[pb.Child]
+        self, gateway: hb.Child, mode: str, conns: int, audit: Path, others: list[hb.Child]
     ) -> Run:
         url = gateway.url + PATH
         if self.args.warmup > 0:
             self.load(url, conns, self.args.warmup)
         pids = [gateway.info["pid"], *(c.info["pid"] for c in others)]
-        cpu_before = [pb._cpu_seconds(pid) for pid in pids]
-        load_before = pb._children_cpu_seconds()
-        machine_before = pb._machine_cpu_seconds()
+        cpu_before = [hb._cpu_seconds(pid) for pid in pids]
+        load_before = hb._children_cpu_seconds()
+        machine_before = hb._machine_cpu_seconds()
         wall = time.monotonic()
         raw = self.load(url, conns, self.args.duration)
         wall = time.monotonic() - wall
-        used = [pb._cpu_seconds(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
-        used.append(pb._children_cpu_seconds() - load_before)
-        other = max(0.0, pb._machine_cpu_seconds() - machine_before - sum(used)) / wall * 100
+        used = [hb._cpu_seconds(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
+        used.append(hb._children_cpu_seconds() - load_before)
+        other = max(0.0, hb._machine_cpu_seconds() - machine_before - sum(used)) / wall * 100
         cpu = [u / wall * 100.0 for u in used]
         time.sleep(0.3)  # the requests in flight when the load stopped finish and log
         seconds = raw["seconds"] or float("nan")
@@ -371,12 +371,6 @@ class RateLimitBench(pb.Bench):
 _EXPECTED = {"off": "null", "memory": "allow", "redis": "allow"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def _audit_decisions(audit: Path) -> dict[str, int]:
     """Count the decisions in the audit log, then empty it (the gateway appends)."""
     if not audit.exists():
@@ -399,11 +393,11 @@ def _fetch(url: str, key: str) -> tuple[int, dict[str, str]]:
         return exc.code, dict(exc.headers.items())
 
 
-def _sanity(gateway: pb.Child, mode: str, audit: Path) -> None:
+def _sanity(gateway: hb.Child, mode: str, audit: Path) -> None:
     """The gateway answers; with the plugin on, the limit headers are there and the
     ``tight`` team is refused after its burst of 2."""
     url = gateway.url + PATH
-    status, headers = _fetch(url, pb.GATEWAY_KEY)
+    status, headers = _fetch(url, hb.GATEWAY_KEY)
     assert status == 200, (mode, status)
     assert ("RateLimit-Limit" in headers) == (mode != "off"), (mode, headers)
     tight = [_fetch(url, TIGHT_KEY)[0] for _ in range(3)]
@@ -467,7 +461,7 @@ def _run(args: argparse.Namespace, bench: RateLimitBench, tmp: Path, started: fl
     )
     print(flush=True)
 
-    gateways: dict[str, pb.Child] = {}
+    gateways: dict[str, hb.Child] = {}
     audits: dict[str, Path] = {}
     for mode in MODES:
         audits[mode] = tmp / f"audit-{mode}.jsonl"
@@ -537,7 +531,7 @@ def _summary(args: argparse.Namespace, runs: dict[str, list[Run]]) -> None:
         f"redis {cpu['redis'] - cpu['off']:+.1f} us"
     )
     busy = max(r.other_cpu for rs in runs.values() for r in rs)
-    if busy > pb.BUSY_MACHINE_PCT:
+    if busy > hb.BUSY_MACHINE_PCT:
         print(
             f"  WARNING  other processes used up to {busy:.0f}% of a core during a run: "
             "the machine was not quiet, rerun for firmer numbers"
@@ -564,7 +558,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [pb.CHILD_FLAG]:
+    if argv[:1] == [hb.CHILD_FLAG]:
         return _child_main(argv[1], json.loads(argv[2]))
     args = _parser().parse_args(argv)
     if args.quick:

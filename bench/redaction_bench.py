@@ -6,12 +6,12 @@ Run from the repository root (about 80 seconds; ``--quick`` for a short smoke ru
     .venv/bin/python bench/redaction_bench.py --quick
     .venv/bin/python bench/redaction_bench.py --only records     # part (a) alone, ~20 s
 
-**(a) Per record**, in this process: :class:`gateway.redact.RedactingProcessor` on records
+**(a) Per record**, in this process: :class:`gateway.redaction.redact.RedactingProcessor` on records
 shaped like the gateway's: the audit line (about 20 fields: ids, path, team, status,
 latencies, byte counts, idempotency key, cache status, client address, timestamp, level),
 the same line carrying the request's parameters as the audit plugin logs them (a Stripe
 form body of about 1, 2 and 4 KB, with card, billing and shipping details, metadata,
-expand and line items, decoded into nested objects by :func:`gateway.params.decode_form`),
+expand and line items, decoded into nested objects by :func:`gateway.redaction.params.decode_form`),
 the line with a 2 KB JSON body, and an error line with a formatted traceback. The
 ``decode`` column is what turning the body into ``params`` costs, the ``marker`` and
 ``hmac`` columns what redacting the whole record costs with each mask. Each figure is CPU
@@ -23,9 +23,9 @@ it; the cost of copying is subtracted.
 its default ``params = true``, every other plugin in ``[plugins] disable``), one of them
 with ``redaction`` in ``disable`` too, measured one after the other under the same load:
 ``POST /v1/payment_intents`` with a ~2 KB form body full of card data and personal data,
-50 connections, by ``wrk`` (a Lua script makes the POST) or proxy_bench's Python load
-generator. It reuses ``proxy_bench.py``'s processes, core pinning, load generators and
-CPU accounting (the upstream is proxy_bench's, which answers that POST with a small
+50 connections, by ``wrk`` (a Lua script makes the POST) or the harness's Python load
+generator. It reuses ``harness.py``'s processes, core pinning, load generators and
+CPU accounting (the upstream is the harness's, which answers that POST with a small
 payment intent). Rounds alternate the order; the ratio is the median of per-round ratios
 (on/off), and the CPU ratio (gateway CPU per request, off/on) is steadier on a busy
 machine. The ``other`` column is CPU used by processes this script did not start.
@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.params import LoggedParams
-from gateway.redact import RedactingProcessor, Redactor
+from gateway.redaction.params import LoggedParams
+from gateway.redaction.redact import RedactingProcessor, Redactor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxy_bench as pb
+import harness as hb
 
 POST_PATH = "/v1/payment_intents"
 FORM = "application/x-www-form-urlencoded"
@@ -257,11 +257,11 @@ def records(rounds: int) -> None:
 def _lua_post(body: str) -> str:
     """A wrk script making every request a POST of ``body`` (a form, so ASCII)."""
     assert "]==]" not in body and body.isascii()
-    return f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\n' + pb._WRK_SCRIPT
+    return f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\n' + hb._WRK_SCRIPT
 
 
-class PostBench(pb.Bench):
-    """proxy_bench's processes and measurements, with a POST of a form body as the load."""
+class PostBench(hb.Bench):
+    """The harness's processes and measurements, with a POST of a form body as the load."""
 
     def __init__(self, args: argparse.Namespace, tmp: Path, body: str) -> None:
         super().__init__(args, tmp)
@@ -272,7 +272,7 @@ class PostBench(pb.Bench):
     def load(
         self, url: str, conns: int, seconds: float, *, timeout_s: float = 10.0
     ) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {pb.GATEWAY_KEY}", "Content-Type": FORM}
+        headers = {"Authorization": f"Bearer {hb.GATEWAY_KEY}", "Content-Type": FORM}
         if self.wrk is not None:
             return self._wrk(url, conns, seconds, headers, timeout_s)
         return self._python_load(url, conns, seconds, headers, method="POST", body=self.body)
@@ -295,14 +295,14 @@ def _check_line(audit: Path, redacted: bool, card: bool = True) -> dict[str, Any
 
 
 GET_PATH = (
-    pb.CUSTOMER_PATH + "?expand[]=default_source&expand[]=invoice_settings.default_payment_method"
+    hb.CUSTOMER_PATH + "?expand[]=default_source&expand[]=invoice_settings.default_payment_method"
 )
 
 
 def throughput(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="redaction-bench-"))
     body = urlencode(params(2048))
-    bench: pb.Bench = PostBench(args, tmp, body) if args.load == "post" else pb.Bench(args, tmp)
+    bench: hb.Bench = PostBench(args, tmp, body) if args.load == "post" else hb.Bench(args, tmp)
     path = POST_PATH if args.load == "post" else GET_PATH
     atexit.register(bench.stop_all)
     try:
@@ -338,7 +338,7 @@ def throughput(args: argparse.Namespace) -> int:
         for mode, (child, audit) in gateways.items():  # one request each, checked
             bench.load(child.url + path, 1, 1)
             _check_line(audit, redacted=mode == "on", card=args.load == "post")
-        results: dict[str, list[pb.Result]] = {"on": [], "off": []}
+        results: dict[str, list[hb.Result]] = {"on": [], "off": []}
         for round_no in range(args.rounds):
             print(f"  round {round_no + 1}/{args.rounds}", flush=True)
             order = ["off", "on"] if round_no % 2 == 0 else ["on", "off"]
@@ -370,7 +370,7 @@ def throughput(args: argparse.Namespace) -> int:
         verdict = "MET" if ratio >= TARGET_RATIO else "NOT MET"
         print(f"    target: cost under {(1 - TARGET_RATIO) * 100:.0f}%   {verdict}")
         print(f"    audit line (on) params keys: {sorted(line['params'])[:8]} ...")
-        if busy > pb.BUSY_MACHINE_PCT:
+        if busy > hb.BUSY_MACHINE_PCT:
             print(
                 f"  WARNING  other processes used up to {busy:.0f}% of a core during a run: "
                 "the machine was not quiet; trust the CPU ratio more than req/s"

@@ -36,13 +36,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cache_bench as cb
-import proxy_bench as pb
+import harness as hb
 import workers_bench as wb
 
-HOST = pb.HOST
+HOST = hb.HOST
 UPSTREAM_KEY = "sk_test_soak_upstream_000000000001"
 ADMIN_TOKEN = "adm_soak_token_0000000000000001"
-AUTH = {"Authorization": f"Bearer {pb.GATEWAY_KEY}"}
+AUTH = {"Authorization": f"Bearer {hb.GATEWAY_KEY}"}
 BURST_PATH = "/v1/climate/products"  # rate-limited route: 5/s (burst 5)
 FAULTS: list[tuple[str, dict[str, float]]] = [("500", {"error_rate": 0.3})]
 FAULTS += [("429", {"rate_limit_rate": 0.3}), ("reset", {"reset_rate": 0.2})]
@@ -256,7 +256,7 @@ class Soak:
             return r.status
 
     async def redis_restart(
-        self, bench: cb.CacheBench, child: pb.Child, at: float, down: float
+        self, bench: cb.CacheBench, child: hb.Child, at: float, down: float
     ) -> None:
         """Kill redis-server at ``at``, start it again on its port ``down`` seconds later."""
         await asyncio.sleep(max(0.0, at - time.monotonic()))
@@ -280,7 +280,7 @@ class Soak:
     def sample(self) -> tuple[float, int]:
         """RSS in MB and open fds, summed over the gateway's processes."""
         pids = [self.gw.proc.pid] + (self.gw.pids() if self.gw.workers > 1 else [])
-        rss = sum(pb._rss_kb(p) for p in pids) / 1024
+        rss = sum(hb._rss_kb(p) for p in pids) / 1024
         return rss, sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids)
 
     async def quiet_sample(self) -> tuple[float, int]:
@@ -295,7 +295,7 @@ class Soak:
 
 
 async def _drive(
-    args: argparse.Namespace, soak: Soak, bench: cb.CacheBench, redis: pb.Child | None
+    args: argparse.Namespace, soak: Soak, bench: cb.CacheBench, redis: hb.Child | None
 ) -> list[tuple[float, int]]:
     connector = aiohttp.TCPConnector(force_close=True, limit=0)  # one connection per request
     timeout = aiohttp.ClientTimeout(total=60)
@@ -374,7 +374,7 @@ def _config(tmp: Path, sandbox: str, redis_url: str | None, args: argparse.Names
             },
         },
         "teams": [
-            {"name": "soak", "key_sha256": [digest(pb.GATEWAY_KEY)], "upstream_key_env": "SOAK_KEY"}
+            {"name": "soak", "key_sha256": [digest(hb.GATEWAY_KEY)], "upstream_key_env": "SOAK_KEY"}
         ],
     }
     path = tmp / "gateway.toml"
@@ -507,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
     uses_redis = "redis" in (args.cache, args.rate_limit)
     redis = bench.start_redis(None) if uses_redis else None
     redis_url = f"redis://{HOST}:{redis.info['port']}/0" if redis else None
-    sandbox_port, control_port, args.admin_port = (cb._free_port() for _ in range(3))
+    sandbox_port, control_port, args.admin_port = (hb.free_port() for _ in range(3))
     log = (tmp / "sandbox.log").open("wb")
     command = [sys.executable, "-m", "gateway", "sandbox", "--port", str(sandbox_port)]
     command += ["--control-port", str(control_port)]

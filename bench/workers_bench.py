@@ -4,14 +4,14 @@ Run from the repository root (about 40 seconds; ``--quick`` for a short smoke ru
 
     .venv/bin/python bench/workers_bench.py
 
-Processes, all on 127.0.0.1, reusing ``proxy_bench.py``'s helpers (upstream child, wrk
+Processes, all on 127.0.0.1, reusing ``harness.py``'s helpers (upstream child, wrk
 handling, CPU accounting):
 
-* ``upstream``   proxy_bench's Stripe stand-in (``GET /v1/customers/{id}``, ~700 bytes);
+* ``upstream``   the harness's Stripe stand-in (``GET /v1/customers/{id}``, ~700 bytes);
 * ``gateway-1w`` ``stripe-gateway serve --config FILE --workers 1`` (one process);
 * ``gateway-2w`` ``stripe-gateway serve --config FILE --workers 2`` (supervisor + 2 workers
   sharing the port with SO_REUSEPORT);
-* the load generator, ``wrk`` when installed (else proxy_bench's aiohttp client).
+* the load generator, ``wrk`` when installed (else the harness's aiohttp client).
 
 Both gateways use the same config apart from the worker count: ``auth`` and ``audit`` on
 (audit to a file in a temp dir), every other plugin disabled (the cache would answer the
@@ -49,10 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxy_bench as pb
+import harness as hb
 
 REPO = Path(__file__).resolve().parents[1]
-AUTH = {"Authorization": f"Bearer {pb.GATEWAY_KEY}"}
+AUTH = {"Authorization": f"Bearer {hb.GATEWAY_KEY}"}
 
 
 @dataclass
@@ -90,7 +90,7 @@ def _config(tmp: Path, name: str, upstream: str) -> tuple[Path, Path]:
     disabled = sorted({n for n, _ in DEFAULT_PLUGINS} - {"auth", "audit"})
     text = f"""
 [server]
-host = "{pb.HOST}"
+host = "{hb.HOST}"
 port = 0
 drain_timeout = 2.0
 
@@ -106,8 +106,8 @@ path = "{audit}"
 
 [[teams]]
 name = "bench"
-key_sha256 = ["{hashlib.sha256(pb.GATEWAY_KEY.encode()).hexdigest()}"]
-upstream_key_env = "{pb.UPSTREAM_KEY_ENV}"
+key_sha256 = ["{hashlib.sha256(hb.GATEWAY_KEY.encode()).hexdigest()}"]
+upstream_key_env = "{hb.UPSTREAM_KEY_ENV}"
 """
     path = tmp / f"{name}.toml"
     path.write_text(text)
@@ -116,7 +116,7 @@ upstream_key_env = "{pb.UPSTREAM_KEY_ENV}"
 
 def _start_gateway(tmp: Path, workers: int, upstream: str) -> Gateway:
     config, audit = _config(tmp, f"gateway-{workers}w", upstream)
-    return start_serve(config, audit, workers, {pb.UPSTREAM_KEY_ENV: pb.UPSTREAM_KEY})
+    return start_serve(config, audit, workers, {hb.UPSTREAM_KEY_ENV: hb.UPSTREAM_KEY})
 
 
 def start_serve(config: Path, audit: Path, workers: int, environ: dict[str, str]) -> Gateway:
@@ -153,9 +153,9 @@ def start_serve(config: Path, audit: Path, workers: int, environ: dict[str, str]
 
 
 def _sanity(gateway: Gateway) -> None:
-    status, body = pb._get(gateway.url + pb.CUSTOMER_PATH, AUTH)
-    assert status == 200 and json.loads(body)["id"] == pb._CUSTOMER["id"], (status, body[:200])
-    status, _ = pb._get(gateway.url + pb.CUSTOMER_PATH)
+    status, body = hb._get(gateway.url + hb.CUSTOMER_PATH, AUTH)
+    assert status == 200 and json.loads(body)["id"] == hb._CUSTOMER["id"], (status, body[:200])
+    status, _ = hb._get(gateway.url + hb.CUSTOMER_PATH)
     assert status == 401, f"gateway without a key answered {status}, expected 401"
 
 
@@ -175,23 +175,23 @@ class Run:
     cpu_us: float
 
 
-def _measure(bench: pb.Bench, gateway: Gateway, upstream: pb.Child, conns: int) -> Run:
-    url = gateway.url + pb.CUSTOMER_PATH
+def _measure(bench: hb.Bench, gateway: Gateway, upstream: hb.Child, conns: int) -> Run:
+    url = gateway.url + hb.CUSTOMER_PATH
     if bench.args.warmup > 0:
         bench.load(url, conns, bench.args.warmup)
     gateway.audit.write_bytes(b"")  # count this run's lines only
     pids = gateway.pids()
-    gw_before = sum(pb._cpu_seconds(p) for p in pids)
-    up_before = pb._cpu_seconds(upstream.info["pid"])
-    load_before = pb._children_cpu_seconds()
-    machine_before = pb._machine_cpu_seconds()
+    gw_before = sum(hb._cpu_seconds(p) for p in pids)
+    up_before = hb._cpu_seconds(upstream.info["pid"])
+    load_before = hb._children_cpu_seconds()
+    machine_before = hb._machine_cpu_seconds()
     wall = time.monotonic()
     raw = bench.load(url, conns, bench.args.duration)
     wall = time.monotonic() - wall
-    gw = sum(pb._cpu_seconds(p) for p in pids) - gw_before
-    up = pb._cpu_seconds(upstream.info["pid"]) - up_before
-    load = pb._children_cpu_seconds() - load_before
-    other = max(0.0, pb._machine_cpu_seconds() - machine_before - gw - up - load)
+    gw = sum(hb._cpu_seconds(p) for p in pids) - gw_before
+    up = hb._cpu_seconds(upstream.info["pid"]) - up_before
+    load = hb._children_cpu_seconds() - load_before
+    other = max(0.0, hb._machine_cpu_seconds() - machine_before - gw - up - load)
     time.sleep(0.2)  # the last audit lines
     split: Counter[int] = Counter()
     for line in gateway.audit.read_text().splitlines():
@@ -227,8 +227,8 @@ def _measure(bench: pb.Bench, gateway: Gateway, upstream: pb.Child, conns: int) 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="workers-bench-"))
-    bench = pb.Bench(args, tmp)
-    bench.layout = pb.Layout(server=None, upstream=None, load=None)  # nothing pinned
+    bench = hb.Bench(args, tmp)
+    bench.layout = hb.Layout(server=None, upstream=None, load=None)  # nothing pinned
     gateways: list[Gateway] = []
 
     def stop_all() -> None:
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
             f"(per round: {' '.join(f'{x:.2f}' for x in ratios)})"
         )
         busy = max(x.other_cpu for r in runs.values() for x in r)
-        if busy > pb.BUSY_MACHINE_PCT:
+        if busy > hb.BUSY_MACHINE_PCT:
             print(
                 f"  WARNING  other processes used up to {busy:.0f}% of a core during a run: "
                 "the machine was not quiet, rerun for firmer numbers"

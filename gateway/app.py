@@ -3,9 +3,9 @@
 Everything an app needs (config, plugin host, upstream session, loggers) hangs off typed
 app keys; there is no module-level state, so tests can run several apps side by side.
 
-Requests are served by the app's current :class:`~gateway.reload.Generation` (config,
+Requests are served by the app's current :class:`~gateway.serve.reload.Generation` (config,
 plugin host, proxy), which ``app[RELOAD]()`` replaces under traffic (see
-:mod:`gateway.reload`); ``app[GENERATIONS].current`` always shows it. The keys live in
+:mod:`gateway.serve.reload`); ``app[GENERATIONS].current`` always shows it. The keys live in
 :mod:`gateway.keys`.
 """
 
@@ -19,7 +19,6 @@ import orjson
 from aiohttp import web
 
 from gateway import __version__
-from gateway.admin import admin_listener
 from gateway.config import GatewayConfig
 from gateway.host import PluginHost
 from gateway.keys import (
@@ -34,7 +33,8 @@ from gateway.keys import (
 from gateway.logs import make_error_logger
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
-from gateway.reload import Generation, Generations
+from gateway.serve.admin import admin_listener
+from gateway.serve.reload import Generation, Generations
 
 __all__ = ["create_app"]
 
@@ -105,7 +105,7 @@ def create_app(
     """Build the gateway app for ``config`` (plugins are loaded and configured here).
 
     The gateway's own log goes to ``error_stream`` (default: standard error). With
-    ``[admin] port`` set, the admin listener (:mod:`gateway.admin`) starts and stops with
+    ``[admin] port`` set, the admin listener (:mod:`gateway.serve.admin`) starts and stops with
     the app; ``reuse_port`` binds it with SO_REUSEPORT, for worker processes sharing it.
     ``reload_from`` reads the config anew for ``app[RELOAD]`` (the CLI re-reads its file);
     without it a reload answers an error.

@@ -315,7 +315,7 @@ def gateway_admin_routes() -> Iterable[web.AbstractRouteDef] | None:
     ``/admin/reload``) win over a plugin's. Handlers answer errors Stripe-shaped
     (:func:`gateway.errors.error_response`); ``request.app[gateway.keys.GATEWAY_APP]`` is
     the gateway app. With ``serve --workers N`` a request reaches one worker:
-    :func:`gateway.admin.fan_out` passes it on to the others.
+    :func:`gateway.serve.admin.fan_out` passes it on to the others.
 
     Return value: the route definitions, or ``None`` for none. Must be synchronous.
 

@@ -8,15 +8,15 @@ The gateway app (built by :func:`gateway.app.create_app`):
 
 * :data:`GENERATIONS` what the app serves with now: ``app[GENERATIONS].current`` has
   ``config``, ``host`` (the :class:`~gateway.host.PluginHost`) and ``proxy``; a config
-  reload replaces ``current`` (see :mod:`gateway.reload`)
+  reload replaces ``current`` (see :mod:`gateway.serve.reload`)
 * :data:`METRICS` the app's metrics registry (:class:`~gateway.metrics.GatewayMetrics`)
 * :data:`SESSION` the upstream ``aiohttp.ClientSession``, shared by every generation
 * :data:`RELOAD`, :data:`REOPEN_LOGS` what SIGHUP and SIGUSR1 run
-* :data:`SERVER_CONFIG` the ``[server]`` limits :class:`~gateway.server.GatewayRunner`
+* :data:`SERVER_CONFIG` the ``[server]`` limits :class:`~gateway.serve.server.GatewayRunner`
   applies
 * :data:`REUSE_PORT`, :data:`ADMIN_URLS` the admin listener's socket option and addresses
 
-The admin app (:mod:`gateway.admin`): :data:`GATEWAY_APP`, the gateway app it serves for
+The admin app (:mod:`gateway.serve.admin`): :data:`GATEWAY_APP`, the gateway app it serves for
 (``request.app[GATEWAY_APP]`` in a plugin's admin route).
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from gateway.config import ServerConfig
     from gateway.metrics import GatewayMetrics
-    from gateway.reload import Generations, ReloadResult
+    from gateway.serve.reload import Generations, ReloadResult
 
 __all__ = [
     "ADMIN_URLS",

@@ -43,7 +43,7 @@ OnWritten = Callable[[Sequence[dict[str, Any]], BaseException | None], None]
 
 def json_default(obj: Any) -> Any:
     """What the renderers write for a value JSON has no type for: a value that knows its
-    log form (:class:`gateway.params.LoggedParams`, when no redaction ran before), else
+    log form (:class:`gateway.redaction.params.LoggedParams`, when no redaction ran before), else
     its ``str``."""
     to_log = getattr(obj, "to_log", None)
     if to_log is not None and callable(to_log):

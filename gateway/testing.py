@@ -45,8 +45,8 @@ from gateway.keys import GATEWAY_APP, GENERATIONS, METRICS
 from gateway.logs import make_error_logger
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import Proxy
-from gateway.reload import Generation, Generations
 from gateway.routing import upstream_for
+from gateway.serve.reload import Generation, Generations
 
 __all__ = [
     "ANALYTICS_KEY",

@@ -13,7 +13,7 @@ parameters and the response body; with ``serve --workers N``, the worker's index
 and pid (``worker``, ``pid``). Never the ``Authorization`` header or the gateway key.
 
 **Parameters** (``params``) are the query string's and the body's, decoded into nested
-objects the way Stripe reads bracket notation (:mod:`gateway.params`): ``card[number]=…``
+objects the way Stripe reads bracket notation (:mod:`gateway.redaction.params`): ``card[number]=…``
 is ``{"card": {"number": …}}``, ``expand[0]`` a list. Only form (``x-www-form-urlencoded``)
 and JSON bodies of at most ``params_max_bytes`` are decoded; for any other body the line
 has ``request_body``: ``[multipart N bytes]`` or ``[body N bytes, not logged]``. The body
@@ -79,8 +79,8 @@ from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.logs import JsonLineSink, process_fields
-from gateway.masks import unparsed
-from gateway.params import LoggedParams
+from gateway.redaction.masks import unparsed
+from gateway.redaction.params import LoggedParams
 from gateway.settings import RouteText, Settings
 
 __all__ = ["AuditPlugin", "AuditRoute", "AuditRouteSettings", "AuditSettings"]
@@ -424,8 +424,8 @@ class AuditPlugin:
 
     def _add_params(self, ctx: RequestContext, fields: dict[str, Any]) -> None:
         """``params`` (query and body, decoded when the line is written: see
-        :class:`~gateway.params.LoggedParams`), and ``request_body`` for a body that is not
-        decoded (what it is and its size, never its content)."""
+        :class:`~gateway.redaction.params.LoggedParams`), and ``request_body`` for a body
+        that is not decoded (what it is and its size, never its content)."""
         request = ctx.request
         query = request.rel_url.raw_query_string
         params = LoggedParams([query] if query else [])

@@ -4,7 +4,7 @@ evicted on every successful write through the gateway.
 Settings (``[plugins.cache]``, all optional): :class:`CacheSettings`, listed in
 ``docs/configuration.md``.
 
-What is cached, how the key is made: :mod:`gateway.cachekeys`. Answers carrying a
+What is cached, how the key is made: :mod:`gateway.stores.cachekeys`. Answers carrying a
 ``client_secret`` or ``secret`` are never stored, nor compressed ones.
 
 What else the plugin brings: the ``X-Cache`` response header and the audit line's ``cache``
@@ -26,9 +26,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import Field, PrivateAttr
 
-from gateway.admin import fan_out, form_value
-from gateway.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
-from gateway.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 from gateway.config import GatewayConfig
 from gateway.context import OBJECT_ID, RequestContext, new_request_id
 from gateway.errors import ErrorType, error_response
@@ -36,7 +33,10 @@ from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.metrics import GatewayMetrics
+from gateway.serve.admin import fan_out, form_value
 from gateway.settings import RedisSettings, RouteText, Settings
+from gateway.stores.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
+from gateway.stores.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 
 __all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings"]
 

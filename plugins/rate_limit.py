@@ -6,7 +6,7 @@ limit (``read`` for GET/HEAD, ``write`` for the other methods, or the first per-
 override that matches) and the budget of the upstream credential it is sent with, shared
 by every team that uses that credential. It passes only when every bucket has room, and
 then is charged to all of them; a team within its own limit is refused only when the
-account budget is spent. The algorithm is GCRA (:mod:`gateway.ratestore`): smooth, no
+account budget is spent. The algorithm is GCRA (:mod:`gateway.stores.ratestore`): smooth, no
 window boundary to exploit.
 
 The decision is made in ``gateway_request`` *after* every other plugin (``trylast``), so
@@ -57,7 +57,8 @@ from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.metrics import GatewayMetrics
-from gateway.ratestore import (
+from gateway.settings import RedisSettings, RouteText, Settings
+from gateway.stores.ratestore import (
     Bucket,
     Decision,
     Limit,
@@ -66,7 +67,6 @@ from gateway.ratestore import (
     RedisLimiter,
     Verdict,
 )
-from gateway.settings import RedisSettings, RouteText, Settings
 
 __all__ = [
     "DECISION",

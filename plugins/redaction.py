@@ -3,7 +3,8 @@
 The plugin contributes one structlog processor (:func:`gateway_log_processors`) that the
 gateway puts in front of the renderer of every log pipeline: audit line, error log,
 stdlib and aiohttp logs. It redacts the whole event dict, tracebacks included; what it
-finds and how it masks is described in :mod:`gateway.redact` and :mod:`gateway.sensitive`.
+finds and how it masks is described in :mod:`gateway.redaction.redact` and
+:mod:`gateway.redaction.sensitive`.
 Only log output is redacted: the bytes relayed to Stripe and to the client never are.
 A value that cannot be parsed is logged as ``[unparsed N bytes]``; one whose redaction
 fails too, and its line gets ``redaction_error: true`` (fail closed).
@@ -28,8 +29,8 @@ from structlog.typing import Processor
 from gateway.config import GatewayConfig
 from gateway.hookspecs import hookimpl
 from gateway.metrics import GatewayMetrics
-from gateway.redact import RedactingProcessor, Redactor
-from gateway.sensitive import ALWAYS_ON, CATEGORIES
+from gateway.redaction.redact import RedactingProcessor, Redactor
+from gateway.redaction.sensitive import ALWAYS_ON, CATEGORIES
 from gateway.settings import Settings
 
 __all__ = ["RedactionPlugin", "RedactionSettings"]

@@ -52,10 +52,10 @@ from aiohttp.typedefs import Handler
 from hypothesis import strategies as st
 from yarl import URL
 
-from gateway.cachekeys import normal_query
 from gateway.globs import parse_rule
 from gateway.keys import GENERATIONS
 from gateway.routing import upstream_for
+from gateway.stores.cachekeys import normal_query
 from plugins.cache import CachePlugin
 from tests.fake_stripe import FakeStripe, Received
 from tests.helpers import (

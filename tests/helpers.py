@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.keys import ADMIN_URLS, RELOAD
-from gateway.server import GatewayRunner
+from gateway.serve.server import GatewayRunner
 from tests.fake_stripe import FakeStripe
 
 T = TypeVar("T")

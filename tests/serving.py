@@ -1,6 +1,7 @@
 """Helpers for tests that run ``stripe-gateway serve`` as a real process (one process or
 ``--workers N``): a config file that can be rewritten for reloads, the gateway's JSON log
-events, plain HTTP requests on fresh connections."""
+events, plain HTTP requests on fresh connections (the subprocess itself:
+:mod:`tests.cli_helpers`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.gateway.test_cli import (
+from tests.cli_helpers import (
     REPO,
     GatewayProcess,
     http_get,

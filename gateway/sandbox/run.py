@@ -15,7 +15,7 @@ from gateway.config import parse_config
 from gateway.sandbox.app import Sandbox, create_sandbox_app
 from gateway.sandbox.core import SandboxSettings
 from gateway.sandbox.faults import Faults, control_app
-from gateway.server import GatewayRunner
+from gateway.serve.server import GatewayRunner
 
 __all__ = ["DEMO_KEYS", "DemoOptions", "SandboxOptions", "run_demo", "run_sandbox"]
 

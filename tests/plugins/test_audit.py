@@ -19,8 +19,8 @@ from gateway.errors import ConfigError
 from gateway.host import PluginHost
 from gateway.settings import validate_settings
 from plugins.audit import AuditRoute, AuditSettings
+from tests.cli_helpers import wait_until
 from tests.fake_stripe import WEBHOOK_SECRET
-from tests.gateway.test_cli import wait_until
 from tests.helpers import ANALYTICS_KEY, BILLING_KEY, BILLING_UPSTREAM_KEY, ENVIRON, Stack
 from tests.serving import GatewayConfigFile, get, serve_gateway, wait_for_events
 

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from gateway.cachekeys import cache_key
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.keys import GENERATIONS
 from gateway.settings import validate_settings
+from gateway.stores.cachekeys import cache_key
 from gateway.testing import PluginTest
 from plugins.cache import CachePlugin, CacheSettings
 from tests.conftest import RedisServer

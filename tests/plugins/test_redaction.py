@@ -20,8 +20,8 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
-from gateway.redact import MARKER, RedactingProcessor
-from gateway.sensitive import CATEGORIES
+from gateway.redaction.redact import MARKER, RedactingProcessor
+from gateway.redaction.sensitive import CATEGORIES
 from gateway.settings import validate_settings
 from plugins.redaction import RedactionPlugin, RedactionSettings
 from tests.helpers import ENVIRON

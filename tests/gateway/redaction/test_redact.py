@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from gateway.params import LoggedParams, decode_form
-from gateway.redact import MARKER, RedactingProcessor, Redactor
-from gateway.sensitive import CATEGORIES
+from gateway.redaction.params import LoggedParams, decode_form
+from gateway.redaction.redact import MARKER, RedactingProcessor, Redactor
+from gateway.redaction.sensitive import CATEGORIES
 
 R = Redactor()
 PROCESS = RedactingProcessor(R)
@@ -773,7 +773,7 @@ def test_no_generated_secret_survives(
 ) -> None:
     written, forbidden = secret
     # digits written right next to a card number make another number (up to three are
-    # tolerated, see gateway.sensitive.card_digits; escapes such as %21 take two of them)
+    # tolerated, see gateway.redaction.sensitive.card_digits; escapes such as %21 take two of them)
     assume(not before[-1:].isdigit() and not after[:1].isdigit())
     text = before + written + after
     if where == "exception":

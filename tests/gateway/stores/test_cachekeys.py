@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cachekeys import cache_key, is_cacheable_retrieve, normal_query, object_ids_in
+from gateway.stores.cachekeys import cache_key, is_cacheable_retrieve, normal_query, object_ids_in
 
-ROUTES = json.loads((Path(__file__).parents[1] / "data" / "stripe_routes.json").read_text())[
+ROUTES = json.loads((Path(__file__).parents[2] / "data" / "stripe_routes.json").read_text())[
     "routes"
 ]
 NEVER = ("/v1/events/", "/v2/core/events/")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from gateway.resp import Reply, ReplyError, RespConnection, bulk, encode_command
+from gateway.stores.resp import Reply, ReplyError, RespConnection, bulk, encode_command
 
 __all__ = [
     "Bucket",
@@ -248,7 +248,7 @@ class RedisLimiter:
     After a failure the limiter stops asking Redis for ``breaker_seconds`` (a circuit
     breaker), so an outage costs one timeout, not one per request; ``on_error`` hears of
     each failure and ``on_recover`` of the first success after one (for logs, counters).
-    Decisions go through one pipelined connection (:mod:`gateway.resp`); the script is
+    Decisions go through one pipelined connection (:mod:`gateway.stores.resp`); the script is
     called by its SHA-1 and sent in full only when Redis does not have it yet.
     """
 

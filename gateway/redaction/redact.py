@@ -2,15 +2,15 @@
 
 :class:`Redactor` walks a value of any shape: mappings (header mappings included), lists,
 lists of ``(name, value)`` pairs, strings, bytes, numbers and other objects (by their
-``str``). A field whose name is sensitive in its context (:mod:`gateway.sensitive`) is
+``str``). A field whose name is sensitive in its context (:mod:`gateway.redaction.sensitive`) is
 masked with everything below it. Strings are parsed when they look structured and
-written back redacted (:mod:`gateway.bodies`): JSON objects and arrays, form bodies and
+written back redacted (:mod:`gateway.redaction.bodies`): JSON objects and arrays, form bodies and
 query strings (bracket paths, ``%5B...%5D`` keys), URLs with a query, multipart bodies
 (files and file names are never shown). Other text is scanned for secret values, and for
 ``name=value``, ``name: value``, ``"name": "value"`` and ``('name', 'value')`` with a
 sensitive name.
 
-How values are masked is :mod:`gateway.masks`: ``sk_live_…1234``, ``…4242``,
+How values are masked is :mod:`gateway.redaction.masks`: ``sk_live_…1234``, ``…4242``,
 ``[redacted]`` or ``[hmac:<16 hex>]``; the same input always gives the same output.
 Nothing is ever shown raw when it cannot be parsed or redaction fails: it becomes
 ``[unparsed N bytes]`` (fail closed). :class:`RedactingProcessor` is the structlog
@@ -32,7 +32,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from gateway.bodies import (
+from gateway.redaction.bodies import (
     ASSIGNMENT,
     Unparsed,
     decode_component,
@@ -40,11 +40,11 @@ from gateway.bodies import (
     parse_multipart,
     value_end,
 )
-from gateway.masks import MARKER, Masks, kept, unparsed
-from gateway.params import MAX_DEPTH as FORM_MAX_DEPTH
-from gateway.params import LoggedParams, NameConflict, nest_lists, put, split_name
-from gateway.params import decode_component as form_component
-from gateway.sensitive import CATEGORIES, KEYS, FieldTable, may_hold_card, normalize
+from gateway.redaction.masks import MARKER, Masks, kept, unparsed
+from gateway.redaction.params import MAX_DEPTH as FORM_MAX_DEPTH
+from gateway.redaction.params import LoggedParams, NameConflict, nest_lists, put, split_name
+from gateway.redaction.params import decode_component as form_component
+from gateway.redaction.sensitive import CATEGORIES, KEYS, FieldTable, may_hold_card, normalize
 
 __all__ = ["MARKER", "RedactingProcessor", "Redactor", "unparsed"]
 
@@ -295,7 +295,7 @@ class Redactor:
         return self._value(params.decode(), parent, depth)
 
     def _form_into(self, text: str, out: dict[str, Any], parent: str | None) -> bool:
-        """Decode the form ``text`` into ``out`` as :func:`gateway.params.decode_form`
+        """Decode the form ``text`` into ``out`` as :func:`gateway.redaction.params.decode_form`
         does, each value redacted on the way; False when the walk must decide instead.
 
         A value with a category is masked as :meth:`_masked` masks a string. The others
@@ -713,5 +713,5 @@ def _nothing_to_find(s: str) -> bool:
 #: a form field's segments, category, parent of its value, depth, whether the walk must
 #: decide the form (:meth:`Redactor._form_field`), and the path to the object its value
 #: goes in (the segments but the last; ``None`` for a list, ``name[]``, which
-#: :func:`gateway.params.put` writes)
+#: :func:`gateway.redaction.params.put` writes)
 _FormField = tuple[list[str], str | None, str | None, int, bool, tuple[str, ...] | None]

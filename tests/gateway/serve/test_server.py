@@ -1,4 +1,4 @@
-"""The listener's own behaviour (gateway/server.py), over raw sockets: header and keep-alive
+"""The listener's own behaviour (gateway/serve/server.py), over raw sockets: header and keep-alive
 timeouts, the connection cap, and quiet client disconnects."""
 
 from __future__ import annotations

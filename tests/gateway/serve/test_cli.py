@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import os
-import queue
-import re
 import signal
 import socket
 import subprocess
@@ -15,16 +11,23 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 import gateway
 from gateway.host import DEFAULT_PLUGINS as _DEFAULT_PLUGINS
+from tests.cli_helpers import (
+    REPO,
+    STARTUP_TIMEOUT,
+    assert_one_line_config_error,
+    http_get,
+    run_cli,
+    serving,
+    subprocess_env,
+    wait_until,
+)
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (
     BILLING_KEY,
@@ -37,37 +40,7 @@ from tests.helpers import (
 BUILTINS = [name for name, _ in _DEFAULT_PLUGINS]
 BUILTIN_LIST = ", ".join(BUILTINS)
 
-REPO = Path(__file__).resolve().parents[2]
-_SCRIPT = Path(sys.executable).parent / "stripe-gateway"
-GATEWAY = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "gateway"]
-
-#: how long a subprocess may take to start and answer (imports included)
-STARTUP_TIMEOUT = 20.0
 DRAIN_TIMEOUT = 5.0
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The test process environment without gateway overrides, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_GATEWAY_")}
-    env.pop("STRIPE_SECRET_KEY", None)
-    env.pop("BILLING_STRIPE_KEY", None)
-    env.update(extra)
-    return env
-
-
-def run_cli(
-    *args: str, input: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*GATEWAY, *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        env=subprocess_env() if env is None else env,
-        cwd=REPO,
-        timeout=STARTUP_TIMEOUT,
-        check=False,
-    )
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -105,17 +78,6 @@ def good_config(tmp_path: Path, *, api: str = "http://127.0.0.1:9", port: int = 
         key_sha256 = ["{digest(PASSTHROUGH_KEY)}"]
         """,
     )
-
-
-def assert_one_line_config_error(result: subprocess.CompletedProcess[str], *parts: str) -> None:
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stdout
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("stripe-gateway: config error: ")
-    for part in parts:
-        assert part in lines[0]
 
 
 BAD_CONFIGS: list[tuple[str, str, tuple[str, ...]]] = [
@@ -243,7 +205,7 @@ def test_a_plugin_failing_at_start_up_exits_1_with_one_line(tmp_path: Path) -> N
     path = good_config(tmp_path)
     text = path.read_text().replace(
         "[plugins.audit]",
-        '[plugins]\nload = ["tests.gateway.test_reload:Recorder"]\n\n'
+        '[plugins]\nload = ["tests.gateway.serve.test_reload:Recorder"]\n\n'
         '[plugins.recorder]\ntag = "t"\nfail_startup = true\n\n[plugins.audit]',
     )
     path.write_text(text)
@@ -258,105 +220,6 @@ def test_a_plugin_failing_at_start_up_exits_1_with_one_line(tmp_path: Path) -> N
 
 
 # --------------------------------------------------------------------------- a running gateway
-
-
-@dataclass
-class GatewayProcess:
-    """``stripe-gateway serve`` in a subprocess, its output collected by reader threads."""
-
-    proc: subprocess.Popen[str]
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    _stderr_lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    url: str = ""
-
-    def start_readers(self) -> None:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        for stream, sink, q in (
-            (self.proc.stdout, self.stdout, None),
-            (self.proc.stderr, self.stderr, self._stderr_lines),
-        ):
-            thread = threading.Thread(target=self._pump, args=(stream, sink, q), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    @staticmethod
-    def _pump(stream: IO[str], sink: list[str], q: queue.Queue[str | None] | None) -> None:
-        for line in stream:
-            sink.append(line)
-            if q is not None:
-                q.put(line)
-        if q is not None:
-            q.put(None)
-
-    def wait_listening(self) -> str:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"gateway did not start listening: {self.stderr}"
-            try:
-                line = self._stderr_lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            assert line is not None, f"gateway exited before listening: {self.stderr}"
-            m = re.search(r"listening on (http://[\d.]+:\d+)", line)
-            if m:
-                self.url = m[1]
-                return self.url
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        return host, int(port)
-
-    def output(self) -> str:
-        return "".join(self.stdout) + "".join(self.stderr)
-
-    def finish(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for thread in self._threads:
-            thread.join(10)
-
-
-@contextmanager
-def serving(config: Path, *args: str, env: dict[str, str]) -> Iterator[GatewayProcess]:
-    with subprocess.Popen(
-        [*GATEWAY, "serve", "--config", str(config), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-    ) as proc:
-        gw = GatewayProcess(proc)
-        gw.start_readers()
-        try:
-            gw.wait_listening()
-            yield gw
-        finally:
-            gw.finish()
-
-
-def http_get(
-    host_port: tuple[str, int], path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(*host_port, timeout=15)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
-def wait_until(predicate: Any, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
 
 
 def test_healthz_answers_200_json_without_authorization_and_sigint_stops(tmp_path: Path) -> None:

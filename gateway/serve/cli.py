@@ -23,7 +23,7 @@ from gateway.host import PluginFailure, PluginHost
 
 if TYPE_CHECKING:
     from gateway.sandbox.run import SandboxOptions
-    from gateway.workers import WorkerRole
+    from gateway.serve.workers import WorkerRole
 
 __all__ = ["main"]
 
@@ -198,7 +198,7 @@ def _event_loop_factory(config: GatewayConfig) -> asyncio.AbstractEventLoop:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.workers import Supervisor, worker_role
+    from gateway.serve.workers import Supervisor, worker_role
 
     # A SIGHUP or SIGUSR1 that arrives before the socket is open is not lost (nor fatal):
     # it is remembered here and acted on once the gateway listens.
@@ -245,7 +245,7 @@ def _serve_one(
     from gateway.app import create_app
     from gateway.keys import GENERATIONS, RELOAD, REOPEN_LOGS
     from gateway.logs import route_stdlib_logging
-    from gateway.server import serve
+    from gateway.serve.server import serve
 
     app = create_app(config, reload_from=load, reuse_port=role is not None and role.reuse_port)
     route_stdlib_logging(app[GENERATIONS].current.host.log_processors)

@@ -20,7 +20,7 @@ from typing import Protocol
 import cachetools
 import orjson
 
-from gateway.resp import Reply, ReplyError, RespConnection, bulk, encode_command
+from gateway.stores.resp import Reply, ReplyError, RespConnection, bulk, encode_command
 
 __all__ = ["CacheStore", "Entry", "MemoryStore", "RedisStore", "StoreUnavailable"]
 
@@ -305,7 +305,7 @@ class RedisStore:
     ``breaker_seconds`` (a circuit breaker), so an outage does not add a timeout to every
     request; ``on_error`` is told about each failure (for logs and counters).
 
-    Calls go through one pipelined connection (:mod:`gateway.resp`): a hit costs one
+    Calls go through one pipelined connection (:mod:`gateway.stores.resp`): a hit costs one
     ``GET`` framed by hand, not a pool checkout and redis-py's general machinery, and a
     call that times out does not hold a connection others wait for. The scripts are
     called by their SHA-1 and sent in full only when Redis does not have them yet.

@@ -5,7 +5,7 @@ only when at least twelve characters follow the prefix), card numbers their last
 (``…4242``), anything else the marker ``[redacted]`` or, with a key,
 ``[hmac:<16 hex>]`` (HMAC-SHA256 of the value, truncated), so equal values can still be
 correlated. :meth:`Masks.values` finds secret values in any text (see
-:mod:`gateway.sensitive`) and masks them in place.
+:mod:`gateway.redaction.sensitive`) and masks them in place.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.sensitive import (
+from gateway.redaction.sensitive import (
     AUTH,
     CLIENT_SECRET,
     DIGITS,

@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.sensitive import CATEGORIES, FieldTable, card_digits, may_hold_card, normalize
+from gateway.redaction.sensitive import (
+    CATEGORIES,
+    FieldTable,
+    card_digits,
+    may_hold_card,
+    normalize,
+)
 
 
 def luhn_complete(prefix: str) -> str:

@@ -3,7 +3,7 @@
 Form encoding (``application/x-www-form-urlencoded`` and query strings), multipart bodies,
 and where a value written as ``name=value``, ``name: value``, ``"name": "value"`` or
 ``('name', 'value')`` ends in free text. Nothing here decides what is sensitive: see
-:mod:`gateway.sensitive` and :mod:`gateway.redact`.
+:mod:`gateway.redaction.sensitive` and :mod:`gateway.redaction.redact`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ to every worker, which drains like a single process; the supervisor exits 0 when
 worker did (after ``drain_timeout`` + 5 s it kills the rest and exits 1). SIGHUP: the
 supervisor validates the config file first (``config_reload_failed`` and nothing more when
 it is bad), then forwards SIGHUP to every worker, which reloads itself
-(:mod:`gateway.reload`); a worker still starting gets it once it is listening. SIGUSR1
+(:mod:`gateway.serve.reload`); a worker still starting gets it once it is listening. SIGUSR1
 is forwarded to every worker the same way: each has its plugins reopen their log files
 (``gateway_reopen_logs``: the audit file, after logrotate renamed it).
 """

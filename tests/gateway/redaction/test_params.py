@@ -7,8 +7,14 @@ from urllib.parse import quote, quote_plus, unquote_plus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.params import MAX_DEPTH, LoggedParams, decode_component, decode_form, split_name
-from gateway.redact import Redactor
+from gateway.redaction.params import (
+    MAX_DEPTH,
+    LoggedParams,
+    decode_component,
+    decode_form,
+    split_name,
+)
+from gateway.redaction.redact import Redactor
 
 
 def test_names_split_into_bracket_segments() -> None:

@@ -1,4 +1,4 @@
-"""Config reload (gateway/reload.py): in process through ``app[RELOAD]``, and as a real
+"""Config reload (gateway/serve/reload.py): in process through ``app[RELOAD]``, and as a real
 ``stripe-gateway serve`` process (one process and ``--workers 2``) through SIGHUP, under
 continuous load."""
 
@@ -83,7 +83,7 @@ class Recorder:
 
 
 def _recorder(tag: str, **extra: Any) -> dict[str, Any]:
-    return {"load": ["tests.gateway.test_reload:Recorder"], "recorder": {"tag": tag, **extra}}
+    return {"load": ["tests.gateway.serve.test_reload:Recorder"], "recorder": {"tag": tag, **extra}}
 
 
 def _get(stack: Stack, path: str = CUSTOMER, key: str = BILLING_KEY) -> requests.Response:

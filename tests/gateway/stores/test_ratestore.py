@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from gateway.ratestore import Bucket, Limit, LimiterUnavailable, MemoryLimiter, RedisLimiter
+from gateway.stores.ratestore import Bucket, Limit, LimiterUnavailable, MemoryLimiter, RedisLimiter
 from tests.conftest import RedisServer
 
 

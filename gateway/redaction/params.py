@@ -20,7 +20,7 @@ import re
 from typing import Any
 from urllib.parse import unquote_plus
 
-from gateway.masks import unparsed
+from gateway.redaction.masks import unparsed
 
 __all__ = [
     "MAX_DEPTH",
@@ -104,7 +104,7 @@ class LoggedParams:
     only when the line is written, and a JSON body's object (``extra``), merged in.
 
     The redaction processor decodes and redacts the forms in one pass
-    (:meth:`gateway.redact.Redactor.value`); without it, the renderer writes
+    (:meth:`gateway.redaction.redact.Redactor.value`); without it, the renderer writes
     :meth:`to_log` (decoded as sent).
     """
 

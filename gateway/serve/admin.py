@@ -13,7 +13,7 @@ after the upstream session's, so plugins have opened their stores) and serves:
                                    each (``gateway_admin_team``: the rate-limit state)
 ``GET /admin/config``      token   the effective config, secrets masked
 ``POST /admin/reload``     token   re-read the config file and swap it in under traffic
-                                   (:mod:`gateway.reload`); in a worker, ask the supervisor
+                                   (:mod:`gateway.serve.reload`); in a worker, ask the supervisor
                                    (SIGHUP), which validates it and reloads every worker
 =========================  ======  =========================================================
 
@@ -72,10 +72,10 @@ from gateway.keys import (
     SESSION,
 )
 from gateway.metrics import CONTENT_TYPE_LATEST, exposition
-from gateway.workers import RUN_DIR_ENV, worker_role
+from gateway.serve.workers import RUN_DIR_ENV, worker_role
 
 if TYPE_CHECKING:
-    from gateway.reload import Generation
+    from gateway.serve.reload import Generation
 
 __all__ = [
     "FANOUT_HEADER",

@@ -10,9 +10,9 @@ import pytest
 import requests
 import stripe
 
-from gateway.admin import masked_config
 from gateway.config import parse_config
 from gateway.keys import ADMIN_URLS
+from gateway.serve.admin import masked_config
 from tests.conftest import RedisServer
 from tests.helpers import (
     ANALYTICS_KEY,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.cachestore import Entry, MemoryStore
+from gateway.stores.cachestore import Entry, MemoryStore
 
 T = TypeVar("T")
 

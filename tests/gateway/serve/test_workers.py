@@ -1,4 +1,4 @@
-"""``stripe-gateway serve --workers N`` (gateway/workers.py), run as real processes."""
+"""``stripe-gateway serve --workers N`` (gateway/serve/workers.py), run as real processes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.cli_helpers import assert_one_line_config_error, run_cli, wait_until
 from tests.fake_stripe import FakeStripe
-from tests.gateway.test_cli import assert_one_line_config_error, run_cli, wait_until
 from tests.helpers import BILLING_KEY, BILLING_UPSTREAM_KEY, Served
 from tests.serving import (
     GatewayConfigFile,

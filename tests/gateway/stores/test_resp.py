@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.resp import ReplyError, RespConnection, encode_command, parse_reply
+from gateway.stores.resp import ReplyError, RespConnection, encode_command, parse_reply
 from tests.conftest import RedisServer
 
 
