@@ -108,6 +108,40 @@ class _ClientGone(Exception):
         self.outcome = outcome
 
 
+class _SendWatch:
+    """Bounds how long one write to the client may wait (``send_timeout``) with one timer
+    per response, not a timeout per write (that cost more than a microsecond a chunk): the
+    timer looks at the write in progress, if any, and aborts the client's connection when
+    it has waited ``send_timeout`` seconds; the write then fails and ``expired`` says why."""
+
+    __slots__ = ("_handle", "_loop", "_timeout", "_transport", "expired", "started")
+
+    def __init__(self, timeout: float, transport: asyncio.Transport | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._transport = transport
+        #: loop time the write in progress started at; None between writes
+        self.started: float | None = None
+        self.expired = False
+        self._handle = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.started is None:
+            self._handle = self._loop.call_at(now + self._timeout, self._check)
+            return
+        due = self.started + self._timeout
+        if now < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self.expired = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 class _BodyCut(Exception):
     """The client's body did not arrive whole: ``outcome`` says why (``body_timeout``,
     ``client_closed``)."""
@@ -323,9 +357,9 @@ class Proxy:
                 code="invalid_path",
                 should_retry=False,
             )
-        if any(
-            value.strip().lower() != "100-continue"
-            for value in request.headers.getall("Expect", ())
+        headers = request.headers
+        if "Expect" in headers and any(
+            value.strip().lower() != "100-continue" for value in headers.getall("Expect")
         ):
             raise StripeErrorResponse(
                 417,
@@ -333,10 +367,14 @@ class Proxy:
                 code="expectation_failed",
                 should_retry=False,
             )
-        if request.body_exists and any(
-            token.strip().lower() not in ("", "identity")
-            for value in request.headers.getall("Content-Encoding", ())
-            for token in value.split(",")
+        if (
+            "Content-Encoding" in headers
+            and request.body_exists
+            and any(
+                token.strip().lower() not in ("", "identity")
+                for value in headers.getall("Content-Encoding")
+                for token in value.split(",")
+            )
         ):
             # Relayed as is, it could not be redacted or audited; inflated here, it could
             # be far over max_body_bytes (the server never inflates it: gateway/app.py)
@@ -651,24 +689,25 @@ class Proxy:
             await self.host.each("gateway_response_headers", ctx=ctx, headers=response.headers)
         limit = ctx.capture_limit
         captured: list[bytes] | None = [] if limit > 0 else None
+        # a client that stops reading must not hold the upstream connection
+        watch = _SendWatch(self._send_timeout, request.transport)
+        loop_time = watch._loop.time
         try:
             try:
-                async with asyncio.timeout(self._send_timeout):
-                    await response.prepare(request)
+                watch.started = loop_time()
+                await response.prepare(request)
+                watch.started = None
             except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
-                raise _ClientGone() from exc  # gone while Stripe was answering
-            except TimeoutError:
-                raise _ClientGone("send_timeout") from None
+                raise _ClientGone("send_timeout" if watch.expired else "client_closed") from exc
             chunks = _one(preread) if preread is not None else upstream.content.iter_any()
             async for chunk in chunks:
                 try:
-                    # a client that stops reading must not hold the upstream connection
-                    async with asyncio.timeout(self._send_timeout):
-                        await response.write(chunk)
+                    watch.started = loop_time()
+                    await response.write(chunk)
+                    watch.started = None
                 except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
-                    raise _ClientGone() from exc
-                except TimeoutError:
-                    raise _ClientGone("send_timeout") from None
+                    outcome = "send_timeout" if watch.expired else "client_closed"
+                    raise _ClientGone(outcome) from exc
                 ctx.bytes_out += len(chunk)
                 if captured is not None:
                     if ctx.bytes_out <= limit:
@@ -676,6 +715,7 @@ class Proxy:
                     else:
                         captured = None
         except _ClientGone as gone:
+            watch.close()
             ctx.outcome = gone.outcome
             if gone.outcome == "send_timeout":
                 ctx.error = "send_timeout"
@@ -706,20 +746,26 @@ class Proxy:
                 request_id=ctx.request_id,
                 bytes_out=ctx.bytes_out,
             )
+            watch.close()
             upstream.close()
             ctx.upstream_seconds = time.perf_counter() - sent
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError() from None
+        except BaseException:  # cancelled (the drain, the client gone): no timer left behind
+            watch.close()
+            raise
         ctx.upstream_seconds = time.perf_counter() - sent
         try:
-            async with asyncio.timeout(self._send_timeout):
-                await response.write_eof()
-        except TimeoutError:
+            watch.started = loop_time()
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            if not watch.expired:
+                raise
             ctx.outcome = ctx.error = "send_timeout"
-            if request.transport is not None:
-                request.transport.abort()
             return response
+        finally:
+            watch.close()
         ctx.outcome = "ok"  # sent whole, even if the client closes right after
         if captured is not None:
             ctx.response_body = b"".join(captured)

@@ -6,18 +6,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 import stripe
 
-CLI = [str(Path(sys.executable).with_name("stripe-gateway"))]
-if not Path(CLI[0]).exists():
-    CLI = [sys.executable, "-m", "gateway"]
+from tests.cli_helpers import GATEWAY
+
+#: the installed script when it matches this tree's entry point, else `python -m gateway`
+CLI = GATEWAY
 
 
 def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
