@@ -66,12 +66,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (scripts/test.sh installs Debian's package)")
+def _start_redis(binary: str, tmp_path: Path) -> RedisServer | None:
+    """One redis-server on a free loopback port, answering PING; None when it exited
+    (the port was taken between choosing it and binding it: another process's)."""
     port = _free_port()
+    log = tmp_path / f"redis-{port}.log"
     process = subprocess.Popen(
         [
             binary,
@@ -85,23 +84,42 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
             "no",
             "--dir",
             str(tmp_path),
+            "--logfile",
+            str(log),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a loaded machine starts processes slowly
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
                 conn.sendall(b"PING\r\n")
                 if conn.recv(16).startswith(b"+PONG"):
-                    break
+                    return server
         except OSError:
             pass
-        if time.monotonic() > deadline or process.poll() is not None:
+        if process.poll() is not None:
+            return None
+        if time.monotonic() > deadline:
             server.kill()
-            pytest.fail("redis-server did not start")
+            text = log.read_text() if log.exists() else ""
+            pytest.fail(f"redis-server did not answer within 30 s: {text[-500:]}")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (scripts/test.sh installs Debian's package)")
+    for _ in range(5):  # a port taken by another process makes redis exit: take another
+        server = _start_redis(binary, tmp_path)
+        if server is not None:
+            break
+    else:
+        logs = "; ".join(p.read_text()[-300:] for p in tmp_path.glob("redis-*.log"))
+        pytest.fail(f"redis-server exited 5 times on start: {logs}")
     yield server
     server.kill()
