@@ -1,5 +1,5 @@
 """Metrics: count every request from its finished context, for the admin listener's
-``/metrics`` (README "Operations").
+``/metrics`` (docs/operations.md, "Metrics").
 
 The plugin registers the request metrics on the app's registry (``requests``,
 ``request_outcomes``, ``request_duration_seconds``, ``upstream_duration_seconds``,

@@ -1,4 +1,4 @@
-"""The README's example plugin ("Writing a plugin"), taken from the README as it stands,
+"""The example plugin of docs/writing-plugins.md, taken from that page as it stands,
 written into a temporary directory and loaded with ``[plugins] load``: tested with
 :mod:`gateway.testing`, then in a real gateway (its answer, header, metric, audit field and
 admin route)."""
@@ -18,12 +18,12 @@ import requests
 from gateway.testing import PluginTest
 from tests.helpers import BILLING_KEY, Stack, digest, free_port
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "writing-plugins.md"
 ADMIN_TOKEN = "adm_test_token_00000000000000001"
 
 
 def _example() -> str:
-    section = README.read_text().split("## Writing a plugin", 1)[1].split("\n## ", 1)[0]
+    section = PAGE.read_text().split("## A complete example", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(# whoami_plugin\.py\n.*?)```", section, re.S)
     return code
 
