@@ -4,7 +4,7 @@ test:
 demo:
 	bash scripts/demo.sh
 lint:
-	.venv/bin/ruff check gateway plugins tests bench && .venv/bin/ruff format --check gateway plugins tests bench && .venv/bin/mypy
+	.venv/bin/ruff check gateway plugins sandbox tests bench && .venv/bin/ruff format --check gateway plugins sandbox tests bench && .venv/bin/mypy
 bench:
 	.venv/bin/python bench/proxy_bench.py
 soak:

@@ -22,7 +22,7 @@ from gateway.errors import ConfigError
 from gateway.host import PluginFailure, PluginHost
 
 if TYPE_CHECKING:
-    from gateway.sandbox.run import SandboxOptions
+    from gateway.serve.demo import SandboxOptions
     from gateway.serve.workers import WorkerRole
 
 __all__ = ["main"]
@@ -150,9 +150,9 @@ def _sandbox_flags(parser: argparse.ArgumentParser, *, port: int, prefix: str = 
 
 
 def _sandbox_options(args: argparse.Namespace) -> SandboxOptions:
-    from gateway.sandbox.core import SandboxSettings
-    from gateway.sandbox.faults import Faults
-    from gateway.sandbox.run import SandboxOptions
+    from gateway.serve.demo import SandboxOptions
+    from sandbox.core import SandboxSettings
+    from sandbox.faults import Faults
 
     return SandboxOptions(
         host=args.host,
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(reference.toml() if args.format == "toml" else reference.markdown())
             return 0
         if args.command in ("sandbox", "demo"):
-            from gateway.sandbox.run import DemoOptions, run_demo, run_sandbox
+            from gateway.serve.demo import DemoOptions, run_demo, run_sandbox
 
             options = _sandbox_options(args)
             try:

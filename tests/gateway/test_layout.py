@@ -15,8 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = REPO / "gateway"
 
-#: the wings below the core; a module directly in gateway/ is core (the sandbox, in
-#: gateway/sandbox/ for now, becomes a top-level package of its own)
+#: the wings below the core; a module directly in gateway/ is core (the sandbox is the
+#: top-level package sandbox/, usable alone)
 WINGS = ("serve", "redaction", "stores")
 
 #: core modules that import the process shell, and why it cannot be otherwise (for now)
@@ -120,3 +120,13 @@ def test_the_checker_sees_imports_in_functions_and_type_checking_blocks() -> Non
     assert "gateway.serve.reload" in imported_modules(module)  # under TYPE_CHECKING
     cli = REPO / "gateway" / "serve" / "cli.py"
     assert "gateway.serve.workers.Supervisor" in imported_modules(cli)  # in a function
+
+
+def test_the_sandbox_imports_nothing_from_the_gateway_or_the_plugins() -> None:
+    offending = [
+        (str(path.relative_to(REPO)), module)
+        for path in modules(REPO / "sandbox")
+        for module in imported_modules(path)
+        if module.split(".")[0] in ("gateway", "plugins")
+    ]
+    assert offending == []

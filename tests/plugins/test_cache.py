@@ -394,7 +394,7 @@ def test_an_entry_this_gateway_did_not_write_is_a_miss_not_an_error(
 
 def test_retrieve_after_an_update_sees_the_update(stack: Stack) -> None:
     # a stateful upstream (the sandbox), so a stale cached copy would show
-    from gateway.sandbox.app import Sandbox, create_sandbox_app
+    from sandbox.app import Sandbox, create_sandbox_app
     from tests.helpers import start_app
 
     served = stack.loop.run(start_app(create_sandbox_app(Sandbox())))
