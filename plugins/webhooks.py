@@ -1,0 +1,800 @@
+"""Webhook ingress: one Stripe endpoint for every team; verify, store, route, re-sign, deliver.
+
+Settings (``[plugins.webhooks]``): :class:`WebhooksSettings`, listed in
+``docs/configuration.md``. With no source and no subscription the plugin does nothing.
+
+**Ingress.** Each source (a Stripe account's webhook endpoint) is a public route on the main
+listener (``gateway_public_routes``): ``POST <path>``, no gateway key. The
+``Stripe-Signature`` header is checked as Stripe specifies (:func:`verify`): ``t=`` and one
+or more ``v1=`` HMAC-SHA256 signatures of ``"<t>.<raw body>"``; any ``v1`` matching any of
+the source's secrets (several while Stripe rolls a secret), compared in constant time; the
+timestamp no older than ``tolerance`` seconds; the body at most ``max_body_bytes``. A bad
+or missing signature, a stale timestamp, an oversized body or a body that is not an event
+(``object`` ``"event"``, or ``"v2.core.event"`` for thin events) gets 400 and nothing is
+stored or delivered. A verified event is committed to the store (SQLite, WAL, fsync'd)
+with one pending delivery per matching subscription *before* the 2xx goes back, so an
+acknowledged event is never lost; an event id seen before is acknowledged and not stored
+again (Stripe delivers at least once). Then every plugin hears that the event's object
+changed (``gateway_objects_changed``): the ``cache`` plugin purges it.
+
+**Delivery.** Each subscription (a team's endpoint) gets the events whose type matches one
+of its globs (``invoice.*``), from its sources, with its ``livemode`` and connected
+``accounts`` filters; the body byte for byte, re-signed in Stripe's scheme with the
+subscription's own secret, so ``stripe.Webhook.construct_event(body, header, secret)``
+verifies it. A non-2xx answer, a timeout or a connection failure is retried after
+``retry_delays[n]`` seconds (with ``jitter``); after the last, the delivery is dead-lettered.
+At most ``max_concurrency`` attempts per subscription run at once; after
+``breaker_failures`` failures in a row a subscription's circuit opens for
+``breaker_seconds`` (then one attempt probes it), so a dead subscriber holds up nobody
+else. Delivery is at least once: a process killed mid-attempt sends that delivery again
+after restart (its lease expires after the subscription's ``timeout`` plus 10 s).
+
+**Operations** (admin listener): ``GET /admin/webhooks/subscriptions``,
+``POST /admin/webhooks/subscriptions/<name>/pause`` and ``.../resume`` (kept in the
+store: a restart keeps a subscription paused), ``GET /admin/webhooks/events``,
+``GET /admin/webhooks/deliveries`` (``subscription``, ``status``, ``event_id``, ``limit``),
+``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``event_id``,
+``subscription``). Metrics: ``webhook_events_received{source}``,
+``webhook_events_rejected{source,reason}``, ``webhook_deliveries{subscription,outcome}``
+(``delivered``, ``retry``, ``dead``), ``webhook_queue_depth{subscription}`` and
+``webhook_oldest_pending_seconds{subscription}``.
+
+**Audit.** Each received request is one ``public_request`` line of the gateway log (event
+id, type, source, duplicate or the rejection reason), each delivery attempt one
+``webhook_delivery`` line (subscription, team, event, attempt, status, error, outcome), at
+info level; like every log line they pass through the redaction processors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import hmac
+import os
+import random
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from aiohttp import web
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
+
+from gateway import (
+    ConfigError,
+    GatewayConfig,
+    GatewayMetrics,
+    PluginHost,
+    StripeErrorResponse,
+    error_response,
+)
+from gateway.context import new_request_id
+from gateway.hookspecs import hookimpl
+from gateway.keys import PUBLIC_AUDIT, REQUEST_ID
+from gateway.settings import Settings
+from plugins.webhook_store import Claimed, EventRecord, SqliteStore
+
+__all__ = [
+    "SourceSettings",
+    "SubscriptionSettings",
+    "WebhooksPlugin",
+    "WebhooksSettings",
+    "sign",
+    "verify",
+]
+
+#: Stripe's own retry span, about three days: 1 min, 5 min, 15 min, 1 h, 3 h, 6 h, 12 h, 1 d, 1 d
+DEFAULT_RETRY_DELAYS = (60.0, 300.0, 900.0, 3600.0, 10800.0, 21600.0, 43200.0, 86400.0, 86400.0)
+#: what ``object`` a snapshot event and a thin event have
+EVENT_OBJECTS = ("event", "v2.core.event")
+_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+_USER_AGENT = "stripe-gateway-webhooks/1"
+_JSON = "application/json"
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def sign(payload: bytes, secret: str, timestamp: int) -> str:
+    """The ``Stripe-Signature`` header for ``payload`` signed with ``secret`` at
+    ``timestamp``: ``t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<payload>">``."""
+    signed = str(timestamp).encode() + b"." + payload
+    return f"t={timestamp},v1={hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}"
+
+
+def verify(
+    payload: bytes, header: str, secrets_: tuple[str, ...], tolerance: float, now: float
+) -> str | None:
+    """``None`` when ``header`` signs ``payload`` with one of ``secrets_`` recently enough,
+    else why not: ``no_signature`` (no ``t=`` or no ``v1=``), ``bad_signature``, ``stale``.
+
+    As Stripe's libraries do: the first ``t=`` is the timestamp, every ``v1=`` a candidate,
+    each compared in constant time with the expected signature under every secret; the
+    timestamp may be at most ``tolerance`` seconds old."""
+    pairs = [item.split("=", 1) for item in header.split(",")]
+    stamps = [pair[1].strip() for pair in pairs if len(pair) == 2 and pair[0].strip() == "t"]
+    candidates = [
+        pair[1].strip().encode() for pair in pairs if len(pair) == 2 and pair[0].strip() == "v1"
+    ]
+    if not stamps or not candidates:
+        return "no_signature"
+    stamp = stamps[0]
+    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+        return "bad_signature"
+    signed = stamp.encode() + b"." + payload
+    matched = False
+    for secret in secrets_:
+        expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest().encode()
+        for candidate in candidates:
+            matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        return "bad_signature"
+    if int(stamp) < now - tolerance:
+        return "stale"
+    return None
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _secret(kind: str, where: str, environ: Mapping[str, str]) -> str:
+    if kind == "env":
+        value = environ.get(where, "").strip()
+        if not value:
+            raise ValueError(f"environment variable {where} is not set or empty")
+        return value
+    try:
+        value = Path(where).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {where}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"secret file {where} is empty")
+    return value
+
+
+def _environ(info: ValidationInfo) -> Mapping[str, str]:
+    environ: Mapping[str, str] = (info.context or {}).get("environ", os.environ)
+    return environ
+
+
+class SourceSettings(Settings):
+    """One Stripe webhook endpoint the gateway is reached at."""
+
+    name: str = Field(pattern=_NAME, description="the source's name (metrics, logs, filters)")
+    path: str = Field(
+        pattern=r"^/[A-Za-z0-9/_.-]*$",
+        description="the path on the main listener Stripe posts to (not under /v1/ or /v2/)",
+        examples=["/webhooks/stripe"],
+    )
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description="environment variables holding the endpoint's signing secrets (whsec_...); "
+        "several while Stripe rolls the secret",
+        examples=[["STRIPE_WEBHOOK_SECRET"]],
+    )
+    secret_file: list[str] = Field(
+        default_factory=list, description="files holding signing secrets, one per file"
+    )
+    tolerance: float = Field(
+        300.0, gt=0, description="seconds a signature's timestamp may be old (Stripe's default)"
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="larger event bodies are refused with 400"
+    )
+
+    _secrets: tuple[str, ...] = PrivateAttr(())
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The signing secrets, read at validation."""
+        return self._secrets
+
+    @model_validator(mode="after")
+    def _read_secrets(self, info: ValidationInfo) -> SourceSettings:
+        if self.path.startswith(("/v1/", "/v2/")) or self.path in ("/healthz", "/v1", "/v2"):
+            raise ValueError("path: is Stripe's API or the gateway's own")
+        environ = _environ(info)
+        found = [_secret("env", name, environ) for name in self.secret_env]
+        found += [_secret("file", name, environ) for name in self.secret_file]
+        if not found:
+            raise ValueError("secret_env: a source needs at least one signing secret")
+        self._secrets = tuple(found)
+        return self
+
+
+class SubscriptionSettings(Settings):
+    """One team's endpoint and the events it gets."""
+
+    name: str = Field(pattern=_NAME, description="the subscription's name (admin, metrics)")
+    team: str = Field(description="the team it belongs to (a [[teams]] name)")
+    url: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="where events are POSTed",
+        examples=["https://billing.internal/stripe/events"],
+    )
+    events: list[str] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        description='event-type globs: "invoice.*", "reporting.report_run.*", "*"',
+    )
+    sources: list[str] = Field(
+        default_factory=list, description="only events from these sources (empty: every source)"
+    )
+    livemode: bool | None = Field(
+        None, description="only live (true) or only test (false) events (unset: both)"
+    )
+    accounts: list[str] | None = Field(
+        None,
+        description="only events of these connected accounts (the event's account; unset: any, "
+        "including the platform's own)",
+    )
+    secret_env: str | None = Field(
+        None, description="environment variable holding the subscription's signing secret"
+    )
+    secret_file: str | None = Field(None, description="file holding its signing secret")
+    max_concurrency: int = Field(4, ge=1, le=1000, description="attempts in flight at once")
+    timeout: float = Field(30.0, gt=0, description="seconds one attempt may take")
+    retry_delays: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_DELAYS),
+        description="seconds before each retry; after the last, the delivery is "
+        "dead-lettered (default: about three days, as Stripe)",
+    )
+    jitter: float = Field(
+        0.2, ge=0, le=1, description="each delay is scaled by a random factor in 1 ± jitter"
+    )
+
+    _secret: str = PrivateAttr("")
+
+    @property
+    def secret(self) -> str:
+        """The signing secret, read at validation."""
+        return self._secret
+
+    @model_validator(mode="after")
+    def _read_secret(self, info: ValidationInfo) -> SubscriptionSettings:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("secret_env: set exactly one of secret_env and secret_file")
+        if any(delay <= 0 for delay in self.retry_delays):
+            raise ValueError("retry_delays: every delay must be > 0")
+        if self.secret_env is not None:
+            self._secret = _secret("env", self.secret_env, _environ(info))
+        else:
+            assert self.secret_file is not None
+            self._secret = _secret("file", self.secret_file, _environ(info))
+        return self
+
+    def wants(self, event: EventRecord) -> bool:
+        """Whether this subscription gets ``event``."""
+        if self.sources and event.source not in self.sources:
+            return False
+        if self.livemode is not None and event.livemode is not self.livemode:
+            return False
+        if self.accounts is not None and event.account not in self.accounts:
+            return False
+        return any(fnmatch.fnmatchcase(event.type, glob) for glob in self.events)
+
+
+class WebhooksSettings(Settings):
+    """Webhook ingress: verify Stripe's events, store them durably, deliver them re-signed
+    to the teams' subscriptions, and purge the cache of the objects they name."""
+
+    backend: Literal["sqlite"] = Field("sqlite", description='"sqlite" (a file, WAL)')
+    sqlite_path: str = Field(
+        "stripe-gateway-webhooks.sqlite3",
+        min_length=1,
+        description="the SQLite file of received events and pending deliveries",
+    )
+    sources: list[SourceSettings] = Field(
+        default_factory=list,
+        description="Stripe webhook endpoints the gateway receives at",
+        examples=[[{"name": "main", "path": "/webhooks/stripe", "secret_env": ["WHSEC"]}]],
+    )
+    subscriptions: list[SubscriptionSettings] = Field(
+        default_factory=list,
+        description="the teams' endpoints",
+        examples=[
+            [
+                {
+                    "name": "billing",
+                    "team": "billing",
+                    "url": "https://billing.internal/hooks",
+                    "events": ["invoice.*"],
+                    "secret_env": "BILLING_WHSEC",
+                }
+            ]
+        ],
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="failed attempts in a row that open a subscription's circuit"
+    )
+    breaker_seconds: float = Field(
+        30.0, gt=0, description="seconds a subscription's open circuit stops attempts"
+    )
+    poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between looks at the store for deliveries due (retries, and "
+        "events another process received)",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> WebhooksSettings:
+        for what, names in (
+            ("sources", [s.name for s in self.sources]),
+            ("sources", [s.path for s in self.sources]),
+            ("subscriptions", [s.name for s in self.subscriptions]),
+        ):
+            seen = {n for n in names if names.count(n) > 1}
+            if seen:
+                raise ValueError(f"{what}: {sorted(seen)[0]!r} is given twice")
+        known = {s.name for s in self.sources}
+        for i, sub in enumerate(self.subscriptions):
+            for name in sub.sources:
+                if name not in known:
+                    raise ValueError(f"subscriptions.{i}.sources: no source named {name!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- events
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def describe(source: str, body: bytes) -> EventRecord:
+    """The stored form of an event body (raises :class:`_Rejected` when it is not one)."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise _Rejected("invalid_event", "The body is not JSON.") from None
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not event["id"]
+        or event.get("object") not in EVENT_OBJECTS
+        or not isinstance(event.get("type"), str)
+    ):
+        raise _Rejected(
+            "invalid_event", "The body is not a Stripe event (id, type, object: event)."
+        )
+    livemode = event.get("livemode")
+    if event["object"] == "event":
+        account = event.get("account")
+        data = event.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+    else:  # a thin event: the account is its context, the object its related_object
+        account = event.get("context")
+        obj = event.get("related_object")
+    object_id = obj.get("id") if isinstance(obj, dict) else None
+    return EventRecord(
+        id=event["id"],
+        source=source,
+        type=event["type"],
+        object=event["object"],
+        livemode=livemode if isinstance(livemode, bool) else None,
+        account=account if isinstance(account, str) else None,
+        object_id=object_id if isinstance(object_id, str) and object_id else None,
+        body=body,
+    )
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+@dataclass
+class _Subscriber:
+    """One subscription's dispatcher: claims due deliveries and runs their attempts."""
+
+    settings: SubscriptionSettings
+    wake: asyncio.Event
+    in_flight: dict[str, asyncio.Task[None]]
+    failures: int = 0
+    open_until: float = 0.0
+    paused: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def room(self, breaker_failures: int) -> int:
+        if self.failures >= breaker_failures:  # half-open: one probe at a time
+            return 0 if self.in_flight else 1
+        return self.settings.max_concurrency - len(self.in_flight)
+
+
+class WebhooksPlugin:
+    """Built-in plugin ``webhooks``."""
+
+    name = "webhooks"
+    settings_model = WebhooksSettings
+
+    def __init__(self) -> None:
+        self.settings = WebhooksSettings()
+        self.store: SqliteStore | None = None
+        self._host: PluginHost | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._owner = secrets.token_hex(8)
+        self._received: Any = None
+        self._rejected: Any = None
+        self._deliveries: Any = None
+        self._depth: Any = None
+        self._oldest: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.sources or self.settings.subscriptions)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @hookimpl
+    def gateway_configure(self, config: GatewayConfig, settings: WebhooksSettings) -> None:
+        teams = {team.name for team in config.teams}
+        for i, sub in enumerate(settings.subscriptions):
+            if sub.team not in teams:
+                raise ConfigError(
+                    f"subscriptions.{i}.team", f"no team named {sub.team!r} in [[teams]]"
+                )
+        self.settings = settings
+
+    @hookimpl
+    async def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
+        self._host = host
+        self._received = metrics.counter(
+            "webhook_events_received", "Verified webhook events received.", ("source",)
+        )
+        self._rejected = metrics.counter(
+            "webhook_events_rejected",
+            "Webhook requests refused (no_signature, bad_signature, stale, too_large, "
+            "invalid_event, store_unavailable).",
+            ("source", "reason"),
+        )
+        self._deliveries = metrics.counter(
+            "webhook_deliveries",
+            "Delivery attempts by outcome: delivered, retry, dead.",
+            ("subscription", "outcome"),
+        )
+        self._depth = metrics.gauge(
+            "webhook_queue_depth", "Deliveries pending, per subscription.", ("subscription",)
+        )
+        self._oldest = metrics.gauge(
+            "webhook_oldest_pending_seconds",
+            "Age of the oldest pending delivery, per subscription.",
+            ("subscription",),
+        )
+        if not self.enabled:
+            return
+        self.store = SqliteStore(self.settings.sqlite_path)
+        await self.store.open()
+        self._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+        )
+        loop = asyncio.get_running_loop()
+        for sub in self.settings.subscriptions:
+            subscriber = _Subscriber(sub, asyncio.Event(), {})
+            subscriber.task = loop.create_task(self._dispatch(subscriber))
+            self._subscribers[sub.name] = subscriber
+
+    @hookimpl
+    async def gateway_shutdown(self, app: web.Application) -> None:
+        tasks = []
+        for subscriber in self._subscribers.values():
+            if subscriber.task is not None:
+                tasks.append(subscriber.task)
+            tasks.extend(subscriber.in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._subscribers.clear()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.release(self._owner)  # another process may send them now
+            await self.store.close()
+            self.store = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ ingress
+
+    @hookimpl
+    def gateway_public_routes(self) -> list[web.RouteDef]:
+        return [web.post(s.path, partial(self._receive, s)) for s in self.settings.sources]
+
+    async def _receive(self, source: SourceSettings, request: web.Request) -> web.Response:
+        audit = request[PUBLIC_AUDIT]
+        audit["webhook_source"] = source.name
+        try:
+            event = await self._verified(source, request)
+        except _Rejected as exc:
+            audit["webhook_rejected"] = exc.reason
+            self._rejected.labels(source.name, exc.reason).inc()
+            raise StripeErrorResponse(400, exc.message, code=f"webhook_{exc.reason}") from None
+        audit.update(webhook_event=event.id, webhook_type=event.type)
+        wanted = [s.name for s in self.settings.subscriptions if s.wants(event)]
+        assert self.store is not None
+        try:
+            new = await self.store.record(event, wanted, time.time())
+        except Exception as exc:  # not acknowledged: Stripe sends it again
+            audit["webhook_rejected"] = "store_unavailable"
+            self._rejected.labels(source.name, "store_unavailable").inc()
+            assert self._host is not None
+            self._host.log.error(
+                "webhook_store_failed", event=event.id, error=f"{type(exc).__name__}: {exc}"
+            )
+            raise StripeErrorResponse(
+                503,
+                "The event could not be stored; send it again.",
+                type="api_error",
+                code="webhook_store_unavailable",
+                should_retry=True,
+            ) from None
+        self._received.labels(source.name).inc()
+        audit.update(webhook_duplicate=not new, webhook_deliveries=len(wanted) if new else 0)
+        if new:
+            for name in wanted:
+                self._subscribers[name].wake.set()
+        if event.object_id is not None:
+            assert self._host is not None
+            await self._host.each(
+                "gateway_objects_changed", object_ids=[event.object_id], source=self.name
+            )
+        return web.Response(
+            body=orjson.dumps({"received": True, "duplicate": not new}),
+            content_type=_JSON,
+            headers={"Request-Id": request[REQUEST_ID]},
+        )
+
+    async def _verified(self, source: SourceSettings, request: web.Request) -> EventRecord:
+        cap = source.max_body_bytes
+        too_large = _Rejected("too_large", f"The body is larger than {cap} bytes.")
+        if request.content_length is not None and request.content_length > cap:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > cap:
+                raise too_large
+        header = request.headers.get("Stripe-Signature", "")
+        reason = verify(bytes(body), header, source.secrets, source.tolerance, time.time())
+        if reason == "no_signature":
+            raise _Rejected(reason, "No Stripe-Signature header with t= and v1= was found.")
+        if reason == "bad_signature":
+            raise _Rejected(reason, "No signature matches the body with this source's secrets.")
+        if reason == "stale":
+            raise _Rejected(reason, "The signature's timestamp is outside the tolerance.")
+        return describe(source.name, bytes(body))
+
+    # ------------------------------------------------------------------ delivery
+
+    async def _dispatch(self, subscriber: _Subscriber) -> None:
+        """Claim due deliveries while there is room; sleep until the next is due, an event
+        arrives, an attempt ends, or ``poll_seconds`` pass."""
+        assert self.store is not None and self._host is not None
+        name = subscriber.settings.name
+        settings = self.settings
+        lease = subscriber.settings.timeout + 10.0
+        while True:
+            subscriber.wake.clear()
+            now = time.time()
+            wait = settings.poll_seconds
+            room = subscriber.room(settings.breaker_failures) if now >= subscriber.open_until else 0
+            try:
+                due = await self.store.claim(name, self._owner, now, room, now + lease)
+            except Exception:
+                self._host.log.exception("webhook_store_failed", subscription=name)
+                await asyncio.sleep(wait)
+                continue
+            subscriber.paused = due.paused
+            self._depth.labels(name).set(due.pending)
+            self._oldest.labels(name).set(0.0 if due.oldest is None else max(0.0, now - due.oldest))
+            for claimed in due.claimed:
+                task = asyncio.get_running_loop().create_task(self._attempt(subscriber, claimed))
+                subscriber.in_flight[claimed.event_id] = task
+            if now < subscriber.open_until:
+                wait = min(wait, subscriber.open_until - now)
+            elif room > len(due.claimed) and due.next_at is not None:
+                wait = min(wait, max(0.005, due.next_at - now))
+            elif room and len(due.claimed) == room:
+                wait = 0.0  # there may be more due
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscriber.wake.wait(), wait)
+
+    async def _attempt(self, subscriber: _Subscriber, claimed: Claimed) -> None:
+        assert self.store is not None and self._session is not None and self._host is not None
+        sub = subscriber.settings
+        attempt = claimed.attempts + 1
+        status: int | None = None
+        error: str | None = None
+        try:
+            started = time.monotonic()
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "Stripe-Signature": sign(claimed.body, sub.secret, int(time.time())),
+                "User-Agent": _USER_AGENT,
+            }
+            try:
+                async with self._session.post(
+                    sub.url,
+                    data=claimed.body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=sub.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    with contextlib.suppress(Exception):
+                        await response.content.read(64 * 1024)
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+            except TimeoutError:
+                error = "timeout"
+            except aiohttp.ClientError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            now = time.time()
+            if error is None:
+                outcome, next_at = "delivered", now
+                subscriber.failures = 0
+            else:
+                subscriber.failures += 1
+                if subscriber.failures >= self.settings.breaker_failures:
+                    subscriber.open_until = time.time() + self.settings.breaker_seconds
+                if attempt > len(sub.retry_delays):
+                    outcome, next_at = "dead", now
+                else:
+                    delay = sub.retry_delays[attempt - 1]
+                    delay *= 1 + random.uniform(-sub.jitter, sub.jitter)
+                    outcome, next_at = "retry", now + delay
+            await self.store.finish(
+                claimed.event_id,
+                sub.name,
+                status="pending" if outcome == "retry" else outcome,
+                attempts=attempt,
+                next_at=next_at,
+                last_status=status,
+                last_error=error,
+                now=now,
+            )
+            self._deliveries.labels(sub.name, outcome).inc()
+            self._host.log.info(
+                "webhook_delivery",
+                subscription=sub.name,
+                team=sub.team,
+                event=claimed.event_id,
+                attempt=attempt,
+                status=status,
+                error=error,
+                outcome=outcome,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._host.log.exception(
+                "webhook_delivery_failed", subscription=sub.name, event=claimed.event_id
+            )
+        finally:
+            subscriber.in_flight.pop(claimed.event_id, None)
+            subscriber.wake.set()
+
+    # ------------------------------------------------------------------ admin
+
+    @hookimpl
+    def gateway_admin_routes(self) -> list[web.RouteDef]:
+        if not self.enabled:
+            return []
+        return [
+            web.get("/admin/webhooks/subscriptions", self._subscriptions_route),
+            web.post("/admin/webhooks/subscriptions/{name}/pause", self._pause_route),
+            web.post("/admin/webhooks/subscriptions/{name}/resume", self._pause_route),
+            web.get("/admin/webhooks/events", self._events_route),
+            web.get("/admin/webhooks/deliveries", self._deliveries_route),
+            web.get("/admin/webhooks/dead_letters", self._deliveries_route),
+            web.post("/admin/webhooks/replay", self._replay_route),
+        ]
+
+    async def _subscriptions_route(self, request: web.Request) -> web.Response:
+        now = time.time()
+        data = []
+        for name, subscriber in self._subscribers.items():
+            sub = subscriber.settings
+            data.append(
+                {
+                    "name": name,
+                    "team": sub.team,
+                    "url": sub.url,
+                    "events": sub.events,
+                    "paused": subscriber.paused,
+                    "circuit_open": now < subscriber.open_until,
+                    "failures_in_a_row": subscriber.failures,
+                    "in_flight": len(subscriber.in_flight),
+                }
+            )
+        return _json({"object": "list", "data": data})
+
+    async def _pause_route(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        subscriber = self._subscribers.get(name)
+        if subscriber is None:
+            return _admin_error(404, f"No subscription named {name!r}.")
+        paused = request.path.endswith("/pause")
+        assert self.store is not None
+        await self.store.set_paused(name, paused)
+        subscriber.paused = paused
+        subscriber.wake.set()
+        return _json({"object": "webhook_subscription", "name": name, "paused": paused})
+
+    async def _events_route(self, request: web.Request) -> web.Response:
+        limit = _limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        assert self.store is not None
+        return _json({"object": "list", "data": await self.store.events(limit)})
+
+    async def _deliveries_route(self, request: web.Request) -> web.Response:
+        limit = _limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        query = request.query
+        status = "dead" if request.path.endswith("/dead_letters") else query.get("status")
+        assert self.store is not None
+        rows = await self.store.deliveries(
+            subscription=query.get("subscription"),
+            status=status,
+            event_id=query.get("event_id"),
+            limit=limit,
+        )
+        return _json({"object": "list", "data": rows})
+
+    async def _replay_route(self, request: web.Request) -> web.Response:
+        fields = await _form(request)
+        event_id, name = fields.get("event_id"), fields.get("subscription")
+        if not event_id or not name:
+            return _admin_error(400, "Give event_id and subscription.", code="parameter_missing")
+        subscriber = self._subscribers.get(name)
+        if subscriber is None:
+            return _admin_error(404, f"No subscription named {name!r}.")
+        assert self.store is not None
+        if not await self.store.replay(event_id, name, time.time()):
+            return _admin_error(404, f"No event {event_id!r} is stored.")
+        subscriber.wake.set()
+        return _json(
+            {"object": "webhook_replay", "event_id": event_id, "subscription": name, "queued": True}
+        )
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
+
+
+def _admin_error(status: int, message: str, *, code: str | None = None) -> web.Response:
+    return error_response(status, message, request_id=new_request_id(), code=code)
+
+
+def _limit(request: web.Request) -> int | web.Response:
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        return _admin_error(400, "limit must be a number from 1 to 1000.", code="parameter_invalid")
+    return int(text)
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The fields of a form or JSON object body, and the query string's."""
+    fields = {k: v for k, v in request.query.items()}
+    if request.content_type == _JSON:
+        with contextlib.suppress(ValueError):
+            body = orjson.loads(await request.read())
+            if isinstance(body, dict):
+                fields.update({k: v for k, v in body.items() if isinstance(v, str)})
+    elif request.body_exists:
+        posted = await request.post()
+        fields.update({k: v for k, v in posted.items() if isinstance(v, str)})
+    return fields
