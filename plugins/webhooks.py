@@ -528,7 +528,7 @@ class WebhooksPlugin:
             self._rejected.labels(source.name, "store_unavailable").inc()
             assert self._host is not None
             self._host.log.error(
-                "webhook_store_failed", event=event.id, error=f"{type(exc).__name__}: {exc}"
+                "webhook_store_failed", event_id=event.id, error=f"{type(exc).__name__}: {exc}"
             )
             raise StripeErrorResponse(
                 503,
@@ -605,9 +605,12 @@ class WebhooksPlugin:
                 wait = min(wait, max(0.005, due.next_at - now))
             elif room and len(due.claimed) == room:
                 wait = 0.0  # there may be more due
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscriber.wake.wait(), wait)
+            if wait > 0:  # (not asyncio.wait_for: on 3.11 it can swallow a cancellation)
+                timer = asyncio.get_running_loop().call_later(wait, subscriber.wake.set)
+                try:
+                    await subscriber.wake.wait()
+                finally:
+                    timer.cancel()
 
     async def _attempt(self, subscriber: _Subscriber, claimed: Claimed) -> None:
         assert self.store is not None and self._session is not None and self._host is not None
@@ -668,7 +671,7 @@ class WebhooksPlugin:
                 "webhook_delivery",
                 subscription=sub.name,
                 team=sub.team,
-                event=claimed.event_id,
+                event_id=claimed.event_id,
                 attempt=attempt,
                 status=status,
                 error=error,
@@ -679,7 +682,7 @@ class WebhooksPlugin:
             raise
         except Exception:
             self._host.log.exception(
-                "webhook_delivery_failed", subscription=sub.name, event=claimed.event_id
+                "webhook_delivery_failed", subscription=sub.name, event_id=claimed.event_id
             )
         finally:
             subscriber.in_flight.pop(claimed.event_id, None)
