@@ -3,8 +3,6 @@ real local subscriber servers, verified with the stock SDK (``stripe.Webhook``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import signal
 import threading
@@ -18,15 +16,12 @@ import pytest
 import requests
 import stripe
 from aiohttp import web
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.host import PluginHost
 from gateway.keys import METRICS
 from gateway.sandbox.delivery import signature_header
-from plugins.webhooks import sign, verify
 from tests.helpers import (
     BILLING_KEY,
     ENVIRON,
@@ -229,41 +224,6 @@ def _metric(stack: Stack, name: str, **labels: str) -> float:
 def _verified(received: tuple[bytes, str], secret: str = TEAM_SECRET) -> stripe.Event:
     body, header = received
     return stripe.Webhook.construct_event(body.decode(), header, secret)
-
-
-# --------------------------------------------------------------------------- signatures
-
-
-@settings(max_examples=200, deadline=None)
-@given(payload=st.binary(max_size=512), flip=st.integers(min_value=0))
-def test_verify_accepts_what_sign_signs_and_nothing_tampered(payload: bytes, flip: int) -> None:
-    now = int(time.time())
-    header = sign(payload, SOURCE_SECRET, now)
-    assert verify(payload, header, (SOURCE_SECRET,), 300, now) is None
-    assert verify(payload, header, ("whsec_other",), 300, now) == "bad_signature"
-    if payload:
-        i = flip % len(payload)
-        tampered = payload[:i] + bytes([payload[i] ^ 1]) + payload[i + 1 :]
-        assert verify(tampered, header, (SOURCE_SECRET,), 300, now) == "bad_signature"
-    assert verify(payload, header, (SOURCE_SECRET,), 300, now + 301) == "stale"
-
-
-def test_verify_takes_any_v1_under_any_secret_and_ignores_other_schemes() -> None:
-    now = int(time.time())
-    body = b'{"id": "evt_1"}'
-    good = hmac.new(SOURCE_SECRET.encode(), f"{now}.".encode() + body, hashlib.sha256).hexdigest()
-    header = f"t={now},v1={'0' * 64},v0=ignored,v1={good}"
-    assert verify(body, header, (OLD_SOURCE_SECRET, SOURCE_SECRET), 300, now) is None
-    assert verify(body, f"t={now},v0={good}", (SOURCE_SECRET,), 300, now) == "no_signature"
-    assert verify(body, f"v1={good}", (SOURCE_SECRET,), 300, now) == "no_signature"
-    assert verify(body, "", (SOURCE_SECRET,), 300, now) == "no_signature"
-    assert verify(body, f"t=x{now},v1={good}", (SOURCE_SECRET,), 300, now) == "bad_signature"
-
-
-def test_stock_sdk_verifies_what_sign_signs() -> None:
-    body = _event()
-    header = sign(body, TEAM_SECRET, int(time.time()))
-    assert stripe.Webhook.construct_event(body.decode(), header, TEAM_SECRET).type == "invoice.paid"
 
 
 # --------------------------------------------------------------------------- config
