@@ -340,7 +340,8 @@ def gateway_public_routes() -> Iterable[web.AbstractRouteDef] | None:
     Stripe-shaped 405, and writes one ``public_request`` line at info level to the gateway
     log (request id, method, path, status, duration, client, and the fields the handler
     put in ``request[gateway.keys.PUBLIC_AUDIT]``). The body is the handler's to read,
-    under its own cap (``[server] max_body_bytes`` bounds it too). Paths the core serves
+    under a cap of its own (``request.read()`` stops at ``[server] max_body_bytes``; a
+    streamed read does not). Paths the core serves
     (``/healthz``) win; a path under ``/v1/`` or ``/v2/`` would shadow Stripe's API and is
     refused at start-up.
 
