@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractMatchInfo
@@ -28,7 +28,13 @@ from gateway.context import milliseconds, new_request_id
 from gateway.errors import StripeErrorResponse, error_response
 from gateway.keys import GENERATIONS, PUBLIC_AUDIT, REQUEST_ID
 
+if TYPE_CHECKING:
+    from gateway.reload import Generation
+
 __all__ = ["PublicRoutes", "build_public_router"]
+
+#: on a public route's request: the generation it was resolved with
+_GENERATION: web.RequestKey[Generation] = web.RequestKey("public_generation")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -39,6 +45,20 @@ _RESERVED_PREFIXES = ("/v1/", "/v2/")
 
 def _wrap(handler: Handler, log: Any) -> Handler:
     async def public(request: web.Request) -> web.StreamResponse:
+        # counted in its generation's requests, as proxied ones are: a reload shuts the
+        # outgoing plugins down only once their public requests are over too
+        generation = request.get(_GENERATION)
+        if generation is not None:
+            generation.in_flight += 1
+        try:
+            return await _serve(request)
+        finally:
+            if generation is not None:
+                generation.in_flight -= 1
+                if generation.in_flight == 0 and generation.idle is not None:
+                    generation.idle.set()
+
+    async def _serve(request: web.Request) -> web.StreamResponse:
         request_id = new_request_id()
         request[REQUEST_ID] = request_id
         fields: dict[str, Any] = {}
@@ -62,16 +82,17 @@ def _wrap(handler: Handler, log: Any) -> Handler:
             )
         if not response.prepared:
             response.headers.setdefault("Request-Id", request_id)
-        log.info(
-            "public_request",
-            **fields,
-            request_id=request_id,
-            method=request.method,
-            path=request.path,
-            status=response.status,
-            duration_ms=milliseconds(time.monotonic() - started),
-            client=request.remote,
-        )
+        core = {
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "duration_ms": milliseconds(time.monotonic() - started),
+            "client": request.remote,
+        }
+        # the handler's fields never replace the core ones (nor structlog's "event")
+        extra = {k: v for k, v in fields.items() if k not in core and k != "event"}
+        log.info("public_request", **extra, **core)
         return response
 
     return public
@@ -119,12 +140,14 @@ class PublicRoutes(AbstractResource):
         return URL("/")
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
-        router = self._gateway[GENERATIONS].current.host.public_router
+        generation = self._gateway[GENERATIONS].current
+        router = generation.host.public_router
         if router is None:  # no plugin serves a public route: the proxy's path
             return None, set()
         match: AbstractMatchInfo = await router.resolve(request)
         if match.http_exception is not None or not isinstance(match, UrlMappingMatchInfo):
             return None, set()
+        request[_GENERATION] = generation
         return match, set()
 
     def add_prefix(self, prefix: str) -> None:

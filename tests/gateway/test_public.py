@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
 import pytest
 import requests
 from aiohttp import web
@@ -9,7 +15,7 @@ from aiohttp import web
 from gateway.errors import StripeErrorResponse
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginFailure
-from gateway.keys import PUBLIC_AUDIT, REQUEST_ID
+from gateway.keys import GENERATIONS, PUBLIC_AUDIT, REQUEST_ID
 from gateway.testing import PluginTest
 from tests.helpers import BILLING_KEY, Stack
 
@@ -29,6 +35,7 @@ class GreeterPlugin:
 
     async def hello(self, request: web.Request) -> web.Response:
         request[PUBLIC_AUDIT]["greeted"] = (await request.read()).decode()
+        request[PUBLIC_AUDIT].update(status="mine", event="mine")  # never the core's
         return web.json_response({"request_id": request[REQUEST_ID]})
 
     async def refuse(self, request: web.Request) -> web.Response:
@@ -36,6 +43,28 @@ class GreeterPlugin:
 
     async def broken(self, request: web.Request) -> web.Response:
         raise RuntimeError("boom")
+
+
+class SlowPlugin:
+    """Answers ``POST /inbound/slow`` once the test releases it; records its shutdowns."""
+
+    name = "slow"
+    started = threading.Event()
+    release = threading.Event()
+    shutdowns: ClassVar[list[str]] = []
+
+    @hookimpl
+    def gateway_public_routes(self) -> list[web.RouteDef]:
+        return [web.post("/inbound/slow", self.slow)]
+
+    async def slow(self, request: web.Request) -> web.Response:
+        SlowPlugin.started.set()
+        await asyncio.get_running_loop().run_in_executor(None, SlowPlugin.release.wait, 30)
+        return web.json_response({"shut_down_meanwhile": bool(SlowPlugin.shutdowns)})
+
+    @hookimpl
+    def gateway_shutdown(self, app: web.Application) -> None:
+        SlowPlugin.shutdowns.append("shut down")
 
 
 class ShadowPlugin:
@@ -102,6 +131,29 @@ def test_a_reload_swaps_the_public_routes(stack: Stack) -> None:
     assert stack.reload(plugins={"audit": {"path": str(stack.audit_path)}})["reloaded"]
     gone = requests.post(url + "/inbound/hello", timeout=10)
     assert gone.status_code != 200 and gone.headers["Request-Id"]  # the proxy's answer now
+
+
+def test_a_reload_waits_for_public_requests_in_flight_on_the_old_plugins(stack: Stack) -> None:
+    SlowPlugin.started.clear()
+    SlowPlugin.release.clear()
+    SlowPlugin.shutdowns.clear()
+    url = _start(stack, "tests.gateway.test_public:SlowPlugin")
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(requests.post, url + "/inbound/slow", timeout=30)
+        assert SlowPlugin.started.wait(30)
+        assert stack.app is not None
+        plugins = {"audit": {"path": str(stack.audit_path)}, "load": [GREETER]}
+        assert stack.reload(plugins=plugins)["reloaded"]
+        # the outgoing generation still has the request: its plugins stay up
+        assert stack.app[GENERATIONS].in_flight == 1
+        SlowPlugin.release.set()
+        response = answer.result(30)
+    assert response.status_code == 200
+    assert response.json() == {"shut_down_meanwhile": False}
+    deadline = time.monotonic() + 30
+    while not SlowPlugin.shutdowns:
+        assert time.monotonic() < deadline, "the old generation never shut down"
+        time.sleep(0.02)
 
 
 async def test_a_public_route_on_stripes_paths_stops_start_up() -> None:
