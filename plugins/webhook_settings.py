@@ -194,6 +194,12 @@ class WebhooksSettings(Settings):
     breaker_seconds: float = Field(
         30.0, gt=0, description="seconds a subscription's open circuit stops attempts"
     )
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="days a received event is kept once every delivery of it is over (for "
+        "duplicates, listing and replay); checked hourly",
+    )
     poll_seconds: float = Field(
         1.0,
         gt=0,

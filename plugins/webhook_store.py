@@ -247,6 +247,27 @@ class SqliteStore:
 
         await self._run(release)
 
+    async def prune(self, before: float) -> int:
+        """Forget the events received before ``before`` whose deliveries are all over
+        (delivered or dead), with those deliveries; returns how many events went."""
+
+        def prune(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = db.execute(
+                    "DELETE FROM events WHERE received < ? AND id NOT IN"
+                    " (SELECT event_id FROM deliveries WHERE status = 'pending')",
+                    (before,),
+                ).rowcount
+                db.execute("DELETE FROM deliveries WHERE event_id NOT IN (SELECT id FROM events)")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(gone)
+
+        return await self._run(prune)
+
     # ----------------------------------------------------------------- operations
 
     async def set_paused(self, subscription: str, paused: bool) -> None:

@@ -123,6 +123,7 @@ class WebhooksPlugin:
         self._host: PluginHost | None = None
         self._session: aiohttp.ClientSession | None = None
         self._subscribers: dict[str, _Subscriber] = {}
+        self._pruner: asyncio.Task[None] | None = None
         self._owner = secrets.token_hex(8)
         self._received: Any = None
         self._rejected: Any = None
@@ -179,14 +180,27 @@ class WebhooksPlugin:
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
         )
         loop = asyncio.get_running_loop()
+        self._pruner = loop.create_task(self._prune_hourly())
         for sub in self.settings.subscriptions:
             subscriber = _Subscriber(sub, asyncio.Event(), {})
             subscriber.task = loop.create_task(self._dispatch(subscriber))
             self._subscribers[sub.name] = subscriber
 
+    async def _prune_hourly(self) -> None:
+        assert self.store is not None and self._host is not None
+        while True:
+            before = time.time() - self.settings.retention_days * 86400
+            try:
+                pruned = await self.store.prune(before)
+                if pruned:
+                    self._host.log.info("webhook_events_pruned", events=pruned)
+            except Exception:
+                self._host.log.exception("webhook_store_failed", call="prune")
+            await asyncio.sleep(3600)
+
     @hookimpl
     async def gateway_shutdown(self, app: web.Application) -> None:
-        tasks = []
+        tasks = [] if self._pruner is None else [self._pruner]
         for subscriber in self._subscribers.values():
             if subscriber.task is not None:
                 tasks.append(subscriber.task)

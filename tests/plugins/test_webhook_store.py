@@ -82,3 +82,28 @@ async def test_a_finished_delivery_is_never_claimed_again(tmp_path: Path) -> Non
         assert replayed.attempts == 0
     finally:
         await store.close()
+
+
+async def test_prune_forgets_old_settled_events_and_keeps_pending_ones(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "hooks.sqlite3"))
+    await store.open()
+    try:
+        for n in (1, 2, 3):
+            await store.record(_event(n), ["billing"], now=float(n))
+        for n, status in ((1, "delivered"), (2, "dead")):
+            await store.finish(
+                f"evt_{n}",
+                "billing",
+                status=status,
+                attempts=1,
+                next_at=5.0,
+                last_status=None,
+                last_error=None,
+                now=5.0,
+            )
+        assert await store.prune(before=10.0) == 2  # evt_3 is still pending
+        assert [e["id"] for e in await store.events(10)] == ["evt_3"]
+        assert [d["event_id"] for d in await store.deliveries()] == ["evt_3"]
+        assert await store.record(_event(1), ["billing"], now=11.0)  # forgotten: new again
+    finally:
+        await store.close()
