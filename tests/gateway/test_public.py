@@ -165,6 +165,16 @@ async def test_a_public_route_on_stripes_paths_stops_start_up() -> None:
     assert failure.value.plugin == "shadow"
 
 
+async def test_plugin_test_calls_public_routes_without_a_server() -> None:
+    async with PluginTest(GreeterPlugin()) as t:
+        answer = await t.public("POST", "/inbound/hello", b"hi")
+        assert answer.status == 200 and answer.headers["Request-Id"].startswith("gwreq_")
+        refused = await t.public("POST", "/inbound/refuse")
+        assert refused.status == 400
+        (line,) = [r for r in t.logs() if r["event"] == "public_request" and r["status"] == 200]
+        assert line["greeted"] == "hi"
+
+
 async def test_no_public_route_means_no_router() -> None:
     async with PluginTest() as t:
         assert t.host.public_router is None
