@@ -314,7 +314,9 @@ class WebhooksPlugin:
             for claimed in due.claimed:
                 task = asyncio.get_running_loop().create_task(self._attempt(subscriber, claimed))
                 subscriber.in_flight[claimed.event_id] = task
-            if now < subscriber.open_until:
+            if due.paused:
+                pass  # until resumed (which wakes it), or another process resumed it
+            elif now < subscriber.open_until:
                 wait = min(wait, subscriber.open_until - now)
             elif room > len(due.claimed) and due.next_at is not None:
                 wait = min(wait, max(0.005, due.next_at - now))
