@@ -367,6 +367,13 @@ class WebhooksPlugin:
                 subscriber.failures += 1
                 if subscriber.failures >= self.settings.breaker_failures:
                     subscriber.open_until = time.time() + self.settings.breaker_seconds
+                    if subscriber.failures == self.settings.breaker_failures:
+                        self._host.log.warning(
+                            "webhook_circuit_open",
+                            subscription=sub.name,
+                            failures=subscriber.failures,
+                            seconds=self.settings.breaker_seconds,
+                        )
                 if attempt > len(sub.retry_delays):
                     outcome, next_at = "dead", now
                 else:

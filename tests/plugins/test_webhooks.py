@@ -465,6 +465,43 @@ def test_after_the_last_attempt_the_delivery_is_dead_lettered_and_can_be_replaye
     _wait(lambda: not dead(), "the replayed delivery to leave the dead letters")
 
 
+def test_a_dead_subscriber_opens_its_circuit_and_slows_nobody_else(
+    stack: Stack, subscribers: Callable[..., Subscriber]
+) -> None:
+    down, healthy = subscribers(status=503), subscribers()
+    subs = [
+        _subscription(stack.tmp, down.url, name="down", max_concurrency=1,
+                      retry_delays=[0.01] * 50),
+        _subscription(stack.tmp, healthy.url, name="healthy"),
+    ]  # fmt: skip
+    url = _start(stack, _plugin(stack.tmp, subs, breaker_failures=2, breaker_seconds=1.0))
+    first = _event()
+    assert _post(url, first).status_code == 200
+    down.wait_for(2)
+
+    def circuit() -> dict[str, Any]:
+        listed = _admin(stack, "GET", "/admin/webhooks/subscriptions")["data"]
+        return {s["name"]: s for s in listed}
+
+    _wait(lambda: circuit()["down"]["circuit_open"], "the circuit to open")
+    (opened,) = stack.error_events("webhook_circuit_open")
+    assert opened["subscription"] == "down" and opened["failures"] == 2
+    # meanwhile the healthy subscription gets every event at once
+    later = [_event() for _ in range(3)]
+    for body in later:
+        assert _post(url, body).status_code == 200
+    assert sorted(b for b, _ in healthy.wait_for(4)) == sorted([first, *later])
+    down.status = 200  # back up: after breaker_seconds one probe goes through, then the rest
+
+    def settled() -> bool:
+        rows = _admin(stack, "GET", "/admin/webhooks/deliveries", subscription="down")["data"]
+        return len(rows) == 4 and all(r["status"] == "delivered" for r in rows)
+
+    _wait(settled, "every delivery to the recovered subscriber")
+    assert {b for b, _ in down.received} == {first, *later}
+    _wait(lambda: not circuit()["down"]["circuit_open"], "the circuit to close")
+
+
 def test_a_paused_subscription_gets_nothing_until_resumed(
     stack: Stack, subscribers: Callable[..., Subscriber]
 ) -> None:
