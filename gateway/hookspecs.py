@@ -343,7 +343,7 @@ def gateway_public_routes() -> Iterable[web.AbstractRouteDef] | None:
     under a cap of its own (``request.read()`` stops at ``[server] max_body_bytes``; a
     streamed read does not). Paths the core serves
     (``/healthz``) win; a path under ``/v1/`` or ``/v2/`` would shadow Stripe's API and is
-    refused at start-up.
+    refused at start-up, as is a method and path another plugin serves already.
 
     Return value: the route definitions, or ``None`` for none. Must be synchronous.
 

@@ -395,11 +395,13 @@ class PluginHost:
         for impl in self._impls["gateway_public_routes"]:
             try:
                 got = list(impl.call({}) or ())
-                build_public_router(got, self.log)  # checks this plugin's routes alone
+                # checks this plugin's routes, and that they take no other plugin's
+                build_public_router([*defs, *got], self.log)
             except Exception as exc:
                 self._failed(
                     impl, "gateway_public_routes", self._fails_closed["gateway_public_routes"], exc
                 )
+                continue
             defs.extend(got)
         self.public_router = build_public_router(defs, self.log) if defs else None
         return self.public_router

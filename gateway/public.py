@@ -104,15 +104,20 @@ async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
 
 def build_public_router(defs: Iterable[web.AbstractRouteDef], log: Any) -> web.UrlDispatcher:
     """A router of ``defs`` (route definitions), each handler wrapped; any other method on
-    their paths answers a Stripe-shaped 405. Raises ``ValueError`` for a reserved path."""
+    their paths answers a Stripe-shaped 405. Raises ``ValueError`` for a reserved path, or a
+    method and path given twice."""
     router = web.UrlDispatcher()
     paths: list[str] = []
+    taken: set[tuple[str, str]] = set()
     for definition in defs:
         if not isinstance(definition, web.RouteDef):
             raise ValueError(f"not a route definition: {definition!r}")
         path = definition.path
         if path in _RESERVED or path.startswith(_RESERVED_PREFIXES) or not path.startswith("/"):
             raise ValueError(f"public route {path!r}: the path is the gateway's or Stripe's")
+        if (definition.method, path) in taken:
+            raise ValueError(f"public route {definition.method} {path}: given twice")
+        taken.add((definition.method, path))
         router.add_route(
             definition.method, path, _wrap(definition.handler, log), **definition.kwargs
         )

@@ -67,6 +67,12 @@ class SlowPlugin:
         SlowPlugin.shutdowns.append("shut down")
 
 
+class TwinPlugin(GreeterPlugin):
+    """Takes the greeter's paths too."""
+
+    name = "twin"
+
+
 class ShadowPlugin:
     name = "shadow"
 
@@ -163,6 +169,10 @@ async def test_a_public_route_on_stripes_paths_stops_start_up() -> None:
         async with PluginTest(ShadowPlugin()):
             pass
     assert failure.value.plugin == "shadow"
+    with pytest.raises(PluginFailure) as twice:
+        async with PluginTest(GreeterPlugin(), TwinPlugin()):
+            pass
+    assert twice.value.plugin in ("greeter", "twin")
 
 
 async def test_plugin_test_calls_public_routes_without_a_server() -> None:
