@@ -33,6 +33,7 @@ from gateway.keys import (
 from gateway.logs import make_error_logger
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
+from gateway.public import PublicRoutes
 from gateway.serve.admin import admin_listener
 from gateway.serve.reload import Generation, Generations
 
@@ -152,6 +153,8 @@ def create_app(
     app[RELOAD] = generations.reload
     app[REOPEN_LOGS] = generations.reopen_logs
     app.router.add_get("/healthz", _healthz, allow_head=True, expect_handler=_expect_continue)
+    # the plugins' public routes (gateway_public_routes), of the current generation
+    app.router.register_resource(PublicRoutes(app))
     app.router.add_route("*", "/{tail:.*}", generations.handle, expect_handler=_expect_continue)
     app.cleanup_ctx.append(_upstream_session)
     # after the session's: plugins have opened their stores when /readyz can first be asked

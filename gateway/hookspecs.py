@@ -324,6 +324,53 @@ def gateway_admin_routes() -> Iterable[web.AbstractRouteDef] | None:
 
 
 @hookspec
+@fails_closed
+def gateway_public_routes() -> Iterable[web.AbstractRouteDef] | None:
+    """Serve inbound routes on the main listener, without a gateway key: a webhook
+    receiver, say (``[web.post("/webhooks/stripe", self.receive)]``). Fires once per
+    generation, after its :func:`gateway_startup`; a reload swaps the routes with the
+    plugins.
+
+    The routes are matched before the proxy's catch-all, and only their exact paths: every
+    other request goes to the proxy unchanged. They run no request hook (no
+    authentication, rate limit, cache) and do not count as proxied requests. The core
+    gives each request a gateway request id (``request[gateway.keys.REQUEST_ID]``, sent back
+    as ``Request-Id``), answers a raised :class:`~gateway.errors.StripeErrorResponse` as
+    is, any other exception with a Stripe-shaped 500 and a wrong method with a
+    Stripe-shaped 405, and writes one ``public_request`` line at info level to the gateway
+    log (request id, method, path, status, duration, client, and the fields the handler
+    put in ``request[gateway.keys.PUBLIC_AUDIT]``). The body is the handler's to read,
+    under a cap of its own (``request.read()`` stops at ``[server] max_body_bytes``; a
+    streamed read does not). Paths the core serves
+    (``/healthz``) win; a path under ``/v1/`` or ``/v2/`` would shadow Stripe's API and is
+    refused at start-up, as is a method and path another plugin serves already.
+
+    Return value: the route definitions, or ``None`` for none. Must be synchronous.
+
+    Failure: fails closed (start-up stops; a reload is refused).
+    """
+
+
+@hookspec
+def gateway_objects_changed(object_ids: list[str], source: str) -> MaybeAwaitable:
+    """Stripe objects changed outside the gateway (an event said so): forget what is known
+    about them. Fires when a plugin calls it, never from the core: the built-in
+    ``webhooks`` plugin does for every verified event whose object has an id (``await
+    host.each("gateway_objects_changed", object_ids=[...], source="webhooks")``). The
+    built-in ``cache`` plugin purges every cached variant of each object (as a write through
+    the gateway does, in this process's store; with ``serve --workers N`` and the memory
+    backend, the other workers keep theirs until their TTL).
+
+    :param object_ids: Stripe object ids (``cus_...``, ``frr_...``).
+    :param source: who says so (a plugin name), for logs and metrics.
+
+    Return value: ignored; may be a coroutine, which is awaited.
+
+    Failure: logged and skipped; the other plugins still hear of the change.
+    """
+
+
+@hookspec
 def gateway_admin_team(team: TeamConfig) -> dict[str, Any] | None:
     """Contribute fields to one team's entry in the admin listener's ``GET /admin/teams``
     (the ``rate_limit`` plugin adds ``rate_limit``: the team's limits and levels). Fires

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from gateway import hookspecs
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, StripeErrorResponse
+from gateway.public import build_public_router
 from gateway.settings import validate_settings
 
 __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "PluginFailure", "PluginHost", "load_object"]
@@ -44,6 +45,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("audit", "plugins.audit:AuditPlugin"),
     ("auth", "plugins.auth:AuthPlugin"),
     ("metrics", "plugins.metrics:MetricsPlugin"),
+    ("webhooks", "plugins.webhooks:WebhooksPlugin"),
 )
 
 ENTRY_POINT_GROUP = "stripe_gateway"
@@ -124,6 +126,8 @@ class PluginHost:
         self._fails_closed: dict[str, bool] = {}
         #: the plugins' admin routes (built by :meth:`build_admin_router`, after start-up)
         self.admin_router: web.UrlDispatcher | None = None
+        #: the plugins' public routes (:meth:`build_public_router`); ``None`` when none
+        self.public_router: web.UrlDispatcher | None = None
         #: the hooks that have at least one implementation (set by :meth:`freeze`)
         self.implemented: frozenset[str] = frozenset()
         self._configured_names: set[str] = set()
@@ -264,6 +268,8 @@ class PluginHost:
             "gateway_carry_over",
             "gateway_admin_routes",
             "gateway_admin_team",
+            "gateway_public_routes",
+            "gateway_objects_changed",
             "gateway_reopen_logs",
             "gateway_shutdown",
         ):
@@ -380,6 +386,25 @@ class PluginHost:
         router.freeze()
         self.admin_router = router
         return router
+
+    def build_public_router(self) -> web.UrlDispatcher | None:
+        """Collect the plugins' public routes (``gateway_public_routes``) into
+        :attr:`public_router` (``None`` when no plugin has one); a plugin that fails or
+        gives a reserved path raises :class:`PluginFailure` (fails closed)."""
+        defs: list[web.AbstractRouteDef] = []
+        for impl in self._impls["gateway_public_routes"]:
+            try:
+                got = list(impl.call({}) or ())
+                # checks this plugin's routes, and that they take no other plugin's
+                build_public_router([*defs, *got], self.log)
+            except Exception as exc:
+                self._failed(
+                    impl, "gateway_public_routes", self._fails_closed["gateway_public_routes"], exc
+                )
+                continue
+            defs.extend(got)
+        self.public_router = build_public_router(defs, self.log) if defs else None
+        return self.public_router
 
     def _failed(self, impl: _Impl, hook: str, fail_closed: bool, exc: Exception) -> None:
         """Apply the failure policy to ``exc`` (call it from the ``except`` block)."""

@@ -18,6 +18,9 @@ The gateway app (built by :func:`gateway.app.create_app`):
 
 The admin app (:mod:`gateway.serve.admin`): :data:`GATEWAY_APP`, the gateway app it serves for
 (``request.app[GATEWAY_APP]`` in a plugin's admin route).
+
+A request to a plugin's public route (``gateway_public_routes``): :data:`REQUEST_ID`, its
+gateway request id, and :data:`PUBLIC_AUDIT`, fields for its ``public_request`` log line.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ __all__ = [
     "GATEWAY_APP",
     "GENERATIONS",
     "METRICS",
+    "PUBLIC_AUDIT",
     "RELOAD",
     "REOPEN_LOGS",
+    "REQUEST_ID",
     "REUSE_PORT",
     "SERVER_CONFIG",
     "SESSION",
@@ -66,3 +71,7 @@ REUSE_PORT: web.AppKey[bool] = web.AppKey("reuse_port")
 ADMIN_URLS: web.AppKey[list[str]] = web.AppKey("admin_urls")
 #: on the admin app: the gateway app it serves for
 GATEWAY_APP: web.AppKey[web.Application] = web.AppKey("gateway_app")
+#: on a public route's request: its gateway request id (also sent as ``Request-Id``)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+#: on a public route's request: fields the handler adds to its ``public_request`` line
+PUBLIC_AUDIT: web.RequestKey[dict[str, Any]] = web.RequestKey("public_audit")

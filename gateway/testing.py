@@ -314,6 +314,27 @@ class PluginTest:
         response: web.StreamResponse = await match.handler(request)
         return response
 
+    async def public(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """Call the plugins' public route for ``method path`` (``gateway_public_routes``)
+        with ``body``, as the main listener does: with a request id, Stripe-shaped errors
+        and the ``public_request`` log line (:meth:`logs`)."""
+        router = self.host.public_router
+        if router is None:
+            raise RuntimeError("no public route: start() first, or no plugin serves one")
+        fields = dict(headers or {})
+        match = await router.resolve(mocked_request(method, path, fields, app=self.app))
+        if match.http_exception is not None:
+            return match.http_exception
+        request = mocked_request(method, path, fields, body, app=self.app, match_info=match)
+        response: web.StreamResponse = await match.handler(request)
+        return response
+
     def admin_team(self, team: str) -> dict[str, Any]:
         """The fields the plugins add to ``team``'s entry in ``GET /admin/teams``."""
         (config,) = [t for t in self.config.teams if t.name == team]

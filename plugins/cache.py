@@ -190,7 +190,8 @@ class CachePlugin:
         )
         self._evictions = metrics.counter(
             "cache_evictions",
-            "Cached answers removed: after a write, by an admin purge, or for room.",
+            "Cached answers removed: after a write, by an admin purge, for an object changed "
+            "outside the gateway (a webhook event), or for room.",
             ("reason",),
         )
         self._stored = metrics.counter(
@@ -262,6 +263,17 @@ class CachePlugin:
         if self._evictions is not None:
             self._evictions.labels("purge").inc(count)
         return count
+
+    @hookimpl
+    async def gateway_objects_changed(self, object_ids: list[str], source: str) -> None:
+        """Objects changed outside the gateway (a webhook event): purge every cached
+        variant of each, as a write through the gateway does."""
+        if self.store is None or not object_ids:
+            return
+        evicted = await self.store.evict(list(object_ids))
+        self.counts["evicted"] += evicted
+        if evicted and self._evictions is not None:
+            self._evictions.labels("changed").inc(evicted)
 
     # ------------------------------------------------------------------ admin
 

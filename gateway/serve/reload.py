@@ -138,9 +138,10 @@ class Generations:
         await self._start(self.current.host)
 
     async def _start(self, host: PluginHost) -> None:
-        """``gateway_startup`` on ``host``'s plugins, then their admin routes."""
+        """``gateway_startup`` on ``host``'s plugins, then their admin and public routes."""
         await host.each("gateway_startup", app=self.app, host=host, metrics=self.app[METRICS])
         host.build_admin_router()
+        host.build_public_router()
 
     async def close(self) -> None:
         """At stop, after the drain: shut down every generation still open, the retired

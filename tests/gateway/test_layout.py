@@ -17,7 +17,7 @@ GATEWAY = REPO / "gateway"
 
 #: the wings below the core; a module directly in gateway/ is core (the sandbox is the
 #: top-level package sandbox/, usable alone)
-WINGS = ("serve", "redaction", "stores")
+WINGS = ("serve", "redaction", "stores", "webhooks")
 
 #: core modules that import the process shell, and why it cannot be otherwise (for now)
 CORE_IMPORTS_OF_SERVE = {
@@ -31,6 +31,8 @@ CORE_IMPORTS_OF_SERVE = {
     ("gateway/testing.py", "gateway.serve.reload"),
     # the GENERATIONS and RELOAD keys' types (under TYPE_CHECKING only)
     ("gateway/keys.py", "gateway.serve.reload"),
+    # the public routes follow the generation serving (its type, under TYPE_CHECKING only)
+    ("gateway/public.py", "gateway.serve.reload"),
 }
 
 
@@ -106,7 +108,7 @@ def test_the_engines_are_used_by_plugins_not_by_the_core_or_the_shell() -> None:
 def test_the_engines_import_the_core_not_the_shell() -> None:
     offenders = {
         f"{path.relative_to(REPO)}: {module}"
-        for wing in ("redaction", "stores")
+        for wing in ("redaction", "stores", "webhooks")
         for path in modules(GATEWAY / wing)
         for module in imported_modules(path)
         if under(module, "gateway.serve")

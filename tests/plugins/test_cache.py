@@ -549,3 +549,19 @@ async def test_cache_status_audit_field_metric_and_purge_route_without_a_server(
         purged = await t.admin("POST", "/admin/cache/purge", data={"object_id": path[14:]})
         assert purged.status == 200
         assert t.metric("stripe_gateway_cache_evictions_total", {"reason": "purge"}) == 1.0
+
+
+async def test_objects_changed_elsewhere_are_purged_in_every_variant() -> None:
+    path = "/v1/customers/cus_1234567890abcdef"
+    body = b'{"id": "cus_1234567890abcdef", "object": "customer"}'
+    async with PluginTest(CachePlugin) as t:
+        for team in ("billing", "analytics"):  # two credentials: two cached variants
+            ctx = t.context("GET", path, team=team)
+            assert await t.request(ctx) is None
+            await t.finish(ctx, body=body)
+        await t.host.each(
+            "gateway_objects_changed", object_ids=["cus_1234567890abcdef"], source="test"
+        )
+        assert t.metric("stripe_gateway_cache_evictions_total", {"reason": "changed"}) == 2.0
+        for team in ("billing", "analytics"):
+            assert await t.request(t.context("GET", path, team=team)) is None  # misses

@@ -1,0 +1,350 @@
+"""The ``webhooks`` plugin's durable store: received events and their deliveries, in SQLite.
+
+One SQLite file (WAL, ``synchronous=FULL``): a received event and one delivery row per
+matching subscription are written in one transaction, committed (fsync'd) before the
+event is acknowledged. Every call runs on one dedicated thread, so the event loop never
+waits on the disk.
+
+Deliveries are claimed with a lease (``lease_until``, ``owner``): a dispatcher takes due
+rows whose lease has expired in one ``UPDATE ... RETURNING``, so several processes (the
+workers of ``serve --workers N``, or a reload's two generations) sharing the file never
+send the same delivery at once; a process killed mid-attempt leaves a lease that expires,
+and the delivery is sent again (at least once). Times are Unix seconds (wall clock): they
+outlive the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["Claimed", "Due", "EventRecord", "SqliteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    type TEXT NOT NULL,
+    object TEXT NOT NULL,
+    livemode INTEGER,
+    account TEXT,
+    object_id TEXT,
+    received REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received ON events (received);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL,
+    subscription TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0,
+    owner TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    PRIMARY KEY (event_id, subscription)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription, status, next_at);
+CREATE TABLE IF NOT EXISTS paused (subscription TEXT PRIMARY KEY);
+"""
+
+_DELIVERY_COLUMNS = (
+    "event_id, subscription, status, attempts, next_at, created, updated, last_status, last_error"
+)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A verified event, as stored."""
+
+    id: str
+    source: str
+    type: str
+    object: str
+    livemode: bool | None
+    account: str | None
+    object_id: str | None
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery this process has leased: send ``body`` now."""
+
+    event_id: str
+    attempts: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Due:
+    """What one :meth:`SqliteStore.claim` found for a subscription."""
+
+    claimed: list[Claimed]
+    #: when the next pending delivery not claimed now may be claimed (``None``: none)
+    next_at: float | None
+    #: pending deliveries, and when the oldest was created
+    pending: int
+    oldest: float | None
+    paused: bool
+
+
+class SqliteStore:
+    """The store on ``path``; :meth:`open` before use, :meth:`close` after."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhooks-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "open() first"
+            return fn(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 10000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.executescript(_SCHEMA)
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=True)
+
+    # ----------------------------------------------------------------- ingress
+
+    async def record(self, event: EventRecord, subscriptions: list[str], now: float) -> bool:
+        """Store ``event`` and a pending delivery to each of ``subscriptions``, durably;
+        ``False`` (and nothing written) when an event with its id is stored already."""
+
+        def record(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event.id,
+                        event.source,
+                        event.type,
+                        event.object,
+                        None if event.livemode is None else int(event.livemode),
+                        event.account,
+                        event.object_id,
+                        now,
+                        event.body,
+                    ),
+                )
+                new = cursor.rowcount == 1
+                if new:
+                    db.executemany(
+                        "INSERT INTO deliveries (event_id, subscription, status, next_at, "
+                        "created, updated) VALUES (?, ?, 'pending', ?, ?, ?)",
+                        [(event.id, name, now, now, now) for name in subscriptions],
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return new
+
+        return await self._run(record)
+
+    # ----------------------------------------------------------------- delivery
+
+    async def claim(
+        self, subscription: str, owner: str, now: float, limit: int, lease_until: float
+    ) -> Due:
+        """Lease up to ``limit`` due deliveries of ``subscription`` (none when paused)."""
+
+        def claim(db: sqlite3.Connection) -> Due:
+            paused = (
+                db.execute(
+                    "SELECT 1 FROM paused WHERE subscription = ?", (subscription,)
+                ).fetchone()
+                is not None
+            )
+            claimed: list[Claimed] = []
+            if limit > 0 and not paused:
+                rows = db.execute(
+                    "UPDATE deliveries SET lease_until = ?, owner = ? WHERE rowid IN ("
+                    " SELECT rowid FROM deliveries WHERE subscription = ? AND status = 'pending'"
+                    " AND next_at <= ? AND lease_until <= ? ORDER BY next_at LIMIT ?"
+                    ") RETURNING event_id, attempts",
+                    (lease_until, owner, subscription, now, now, limit),
+                ).fetchall()
+                for event_id, attempts in rows:
+                    body = db.execute(
+                        "SELECT body FROM events WHERE id = ?", (event_id,)
+                    ).fetchone()
+                    claimed.append(Claimed(event_id, attempts, bytes(body[0])))
+            next_at, pending, oldest = db.execute(
+                "SELECT MIN(MAX(next_at, lease_until)), COUNT(*), MIN(created) FROM deliveries"
+                " WHERE subscription = ? AND status = 'pending'",
+                (subscription,),
+            ).fetchone()
+            return Due(claimed, next_at, pending, oldest, paused)
+
+        return await self._run(claim)
+
+    async def finish(
+        self,
+        event_id: str,
+        subscription: str,
+        *,
+        status: str,
+        attempts: int,
+        next_at: float,
+        last_status: int | None,
+        last_error: str | None,
+        now: float,
+    ) -> None:
+        """Record an attempt's outcome: ``status`` is ``pending`` (retry at ``next_at``),
+        ``delivered`` or ``dead``; the lease is released."""
+
+        def finish(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE deliveries SET status = ?, attempts = ?, next_at = ?, lease_until = 0,"
+                " owner = NULL, updated = ?, last_status = ?, last_error = ?"
+                " WHERE event_id = ? AND subscription = ?",
+                (status, attempts, next_at, now, last_status, last_error, event_id, subscription),
+            )
+
+        await self._run(finish)
+
+    async def release(self, owner: str) -> None:
+        """Give up ``owner``'s leases (at shutdown: another process may send them now)."""
+
+        def release(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE deliveries SET lease_until = 0, owner = NULL"
+                " WHERE owner = ? AND status = 'pending'",
+                (owner,),
+            )
+
+        await self._run(release)
+
+    async def prune(self, before: float) -> int:
+        """Forget the events received before ``before`` whose deliveries are all over
+        (delivered or dead), with those deliveries; returns how many events went."""
+
+        def prune(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = db.execute(
+                    "DELETE FROM events WHERE received < ? AND id NOT IN"
+                    " (SELECT event_id FROM deliveries WHERE status = 'pending')",
+                    (before,),
+                ).rowcount
+                db.execute("DELETE FROM deliveries WHERE event_id NOT IN (SELECT id FROM events)")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(gone)
+
+        return await self._run(prune)
+
+    # ----------------------------------------------------------------- operations
+
+    async def set_paused(self, subscription: str, paused: bool) -> None:
+        def set_paused(db: sqlite3.Connection) -> None:
+            if paused:
+                db.execute("INSERT OR IGNORE INTO paused VALUES (?)", (subscription,))
+            else:
+                db.execute("DELETE FROM paused WHERE subscription = ?", (subscription,))
+
+        await self._run(set_paused)
+
+    async def replay(self, event_id: str, subscription: str, now: float) -> bool:
+        """Queue ``event_id`` for ``subscription`` again, from its first attempt (whatever
+        happened to it before); ``False`` when no such event is stored."""
+
+        def replay(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone() is None:
+                return False
+            db.execute(
+                "INSERT INTO deliveries (event_id, subscription, status, next_at, created,"
+                " updated) VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                " status = 'pending', attempts = 0, next_at = excluded.next_at,"
+                " lease_until = 0, owner = NULL, created = excluded.created,"
+                " updated = excluded.updated, last_status = NULL, last_error = NULL",
+                (event_id, subscription, now, now, now),
+            )
+            return True
+
+        return await self._run(replay)
+
+    async def events(self, limit: int) -> list[dict[str, Any]]:
+        """The most recently received events (newest first), without their bodies."""
+
+        def events(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute(
+                "SELECT id, source, type, object, livemode, account, object_id, received"
+                " FROM events ORDER BY received DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            keys = ("id", "source", "type", "object", "livemode", "account", "object_id")
+            out = []
+            for row in rows:
+                item = dict(zip(keys, row[:7], strict=True))
+                item["livemode"] = None if row[4] is None else bool(row[4])
+                item["received"] = row[7]
+                out.append(item)
+            return out
+
+        return await self._run(events)
+
+    async def deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Deliveries, the most recently changed first, filtered by what is given."""
+
+        def deliveries(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = [], []
+            for column, value in (
+                ("subscription", subscription),
+                ("status", status),
+                ("event_id", event_id),
+            ):
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    args.append(value)
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
+            rows = db.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries{clause}"
+                " ORDER BY updated DESC, rowid DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            keys = [name.strip() for name in _DELIVERY_COLUMNS.split(",")]
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self._run(deliveries)

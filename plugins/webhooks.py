@@ -1,0 +1,527 @@
+"""Webhook ingress: one Stripe endpoint for every team; verify, store, route, re-sign, deliver.
+
+Settings (``[plugins.webhooks]``): :class:`~gateway.webhooks.settings.WebhooksSettings`,
+listed in ``docs/configuration.md``. With no source and no subscription the plugin does
+nothing. The signature scheme is in :mod:`gateway.webhooks.events`, the store in
+:mod:`gateway.webhooks.store`.
+
+**Ingress.** Each source (a Stripe account's webhook endpoint) is a public route on the main
+listener (``gateway_public_routes``): ``POST <path>``, no gateway key. The
+``Stripe-Signature`` header is checked as Stripe specifies (:func:`verify`): ``t=`` and one
+or more ``v1=`` HMAC-SHA256 signatures of ``"<t>.<raw body>"``; any ``v1`` matching any of
+the source's secrets (several while Stripe rolls a secret), compared in constant time; the
+timestamp no older than ``tolerance`` seconds; the body at most ``max_body_bytes``. A bad
+or missing signature, a stale timestamp, an oversized body or a body that is not an event
+(``object`` ``"event"``, or ``"v2.core.event"`` for thin events) gets 400 and nothing is
+stored or delivered. A verified event is committed to the store (SQLite, WAL, fsync'd)
+with one pending delivery per matching subscription *before* the 2xx goes back, so an
+acknowledged event is never lost; an event id seen before is acknowledged and not stored
+again (Stripe delivers at least once). Then every plugin hears that the event's object
+changed (``gateway_objects_changed``): the ``cache`` plugin purges it.
+
+**Delivery.** Each subscription (a team's endpoint) gets the events whose type matches one
+of its globs (``invoice.*``), from its sources, with its ``livemode`` and connected
+``accounts`` filters; the body byte for byte, re-signed in Stripe's scheme with the
+subscription's own secret, so ``stripe.Webhook.construct_event(body, header, secret)``
+verifies it. A non-2xx answer, a timeout or a connection failure is retried after
+``retry_delays[n]`` seconds (with ``jitter``); after the last, the delivery is dead-lettered.
+At most ``max_concurrency`` attempts per subscription run at once; after
+``breaker_failures`` failures in a row a subscription's circuit opens for
+``breaker_seconds`` (then one attempt probes it), so a dead subscriber holds up nobody
+else. Delivery is at least once: a process killed mid-attempt sends that delivery again
+after restart (its lease expires after the subscription's ``timeout`` plus 10 s).
+
+**Operations** (admin listener): ``GET /admin/webhooks/subscriptions``,
+``POST /admin/webhooks/subscriptions/<name>/pause`` and ``.../resume`` (kept in the
+store: a restart keeps a subscription paused), ``GET /admin/webhooks/events``,
+``GET /admin/webhooks/deliveries`` (``subscription``, ``status``, ``event_id``, ``limit``),
+``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``event_id``,
+``subscription``). Metrics: ``webhook_events_received{source}``,
+``webhook_events_rejected{source,reason}``, ``webhook_deliveries{subscription,outcome}``
+(``delivered``, ``retry``, ``dead``), ``webhook_queue_depth{subscription}`` and
+``webhook_oldest_pending_seconds{subscription}``.
+
+**Audit.** Each received request is one ``public_request`` line of the gateway log (event
+id, type, source, duplicate or the rejection reason), each delivery attempt one
+``webhook_delivery`` line (subscription, team, event, attempt, status, error, outcome), at
+info level; like every log line they pass through the redaction processors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway import (
+    ConfigError,
+    GatewayConfig,
+    GatewayMetrics,
+    PluginHost,
+    StripeErrorResponse,
+    error_response,
+)
+from gateway.context import new_request_id
+from gateway.hookspecs import hookimpl
+from gateway.keys import PUBLIC_AUDIT, REQUEST_ID
+from gateway.webhooks.events import Rejected, describe, sign, verify
+from gateway.webhooks.settings import SourceSettings, SubscriptionSettings, WebhooksSettings
+from gateway.webhooks.store import Claimed, EventRecord, SqliteStore
+
+__all__ = [
+    "SourceSettings",
+    "SubscriptionSettings",
+    "WebhooksPlugin",
+    "WebhooksSettings",
+    "sign",
+    "verify",
+]
+
+_USER_AGENT = "stripe-gateway-webhooks/1"
+_JSON = "application/json"
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+@dataclass
+class _Subscriber:
+    """One subscription's dispatcher: claims due deliveries and runs their attempts."""
+
+    settings: SubscriptionSettings
+    wake: asyncio.Event
+    in_flight: dict[str, asyncio.Task[None]]
+    failures: int = 0
+    open_until: float = 0.0
+    paused: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def room(self, breaker_failures: int) -> int:
+        if self.failures >= breaker_failures:  # half-open: one probe at a time
+            return 0 if self.in_flight else 1
+        return self.settings.max_concurrency - len(self.in_flight)
+
+
+class WebhooksPlugin:
+    """Built-in plugin ``webhooks``."""
+
+    name = "webhooks"
+    settings_model = WebhooksSettings
+
+    def __init__(self) -> None:
+        self.settings = WebhooksSettings()
+        self.store: SqliteStore | None = None
+        self._host: PluginHost | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._pruner: asyncio.Task[None] | None = None
+        self._owner = secrets.token_hex(8)
+        self._received: Any = None
+        self._rejected: Any = None
+        self._deliveries: Any = None
+        self._depth: Any = None
+        self._oldest: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.sources or self.settings.subscriptions)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @hookimpl
+    def gateway_configure(self, config: GatewayConfig, settings: WebhooksSettings) -> None:
+        teams = {team.name for team in config.teams}
+        for i, sub in enumerate(settings.subscriptions):
+            if sub.team not in teams:
+                raise ConfigError(
+                    f"subscriptions.{i}.team", f"no team named {sub.team!r} in [[teams]]"
+                )
+        self.settings = settings
+
+    @hookimpl
+    async def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
+        self._host = host
+        self._received = metrics.counter(
+            "webhook_events_received", "Verified webhook events received.", ("source",)
+        )
+        self._rejected = metrics.counter(
+            "webhook_events_rejected",
+            "Webhook requests refused (no_signature, bad_signature, stale, too_large, "
+            "invalid_event, store_unavailable).",
+            ("source", "reason"),
+        )
+        self._deliveries = metrics.counter(
+            "webhook_deliveries",
+            "Delivery attempts by outcome: delivered, retry, dead.",
+            ("subscription", "outcome"),
+        )
+        self._depth = metrics.gauge(
+            "webhook_queue_depth", "Deliveries pending, per subscription.", ("subscription",)
+        )
+        self._oldest = metrics.gauge(
+            "webhook_oldest_pending_seconds",
+            "Age of the oldest pending delivery, per subscription.",
+            ("subscription",),
+        )
+        if not self.enabled:
+            return
+        self.store = SqliteStore(self.settings.sqlite_path)
+        await self.store.open()
+        self._session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+        )
+        loop = asyncio.get_running_loop()
+        self._pruner = loop.create_task(self._prune_hourly())
+        for sub in self.settings.subscriptions:
+            subscriber = _Subscriber(sub, asyncio.Event(), {})
+            subscriber.task = loop.create_task(self._dispatch(subscriber))
+            self._subscribers[sub.name] = subscriber
+
+    async def _prune_hourly(self) -> None:
+        assert self.store is not None and self._host is not None
+        while True:
+            before = time.time() - self.settings.retention_days * 86400
+            try:
+                pruned = await self.store.prune(before)
+                if pruned:
+                    self._host.log.info("webhook_events_pruned", events=pruned)
+            except Exception:
+                self._host.log.exception("webhook_store_failed", call="prune")
+            await asyncio.sleep(3600)
+
+    @hookimpl
+    async def gateway_shutdown(self, app: web.Application) -> None:
+        tasks = [] if self._pruner is None else [self._pruner]
+        for subscriber in self._subscribers.values():
+            if subscriber.task is not None:
+                tasks.append(subscriber.task)
+            tasks.extend(subscriber.in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._subscribers.clear()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.release(self._owner)  # another process may send them now
+            await self.store.close()
+            self.store = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ ingress
+
+    @hookimpl
+    def gateway_public_routes(self) -> list[web.RouteDef]:
+        return [web.post(s.path, partial(self._receive, s)) for s in self.settings.sources]
+
+    async def _receive(self, source: SourceSettings, request: web.Request) -> web.Response:
+        audit = request[PUBLIC_AUDIT]
+        audit["webhook_source"] = source.name
+        try:
+            event = await self._verified(source, request)
+        except Rejected as exc:
+            audit["webhook_rejected"] = exc.reason
+            self._rejected.labels(source.name, exc.reason).inc()
+            raise StripeErrorResponse(400, exc.message, code=f"webhook_{exc.reason}") from None
+        audit.update(webhook_event=event.id, webhook_type=event.type)
+        wanted = [s.name for s in self.settings.subscriptions if s.wants(event)]
+        assert self.store is not None
+        try:
+            new = await self.store.record(event, wanted, time.time())
+        except Exception as exc:  # not acknowledged: Stripe sends it again
+            audit["webhook_rejected"] = "store_unavailable"
+            self._rejected.labels(source.name, "store_unavailable").inc()
+            assert self._host is not None
+            self._host.log.error(
+                "webhook_store_failed", event_id=event.id, error=f"{type(exc).__name__}: {exc}"
+            )
+            raise StripeErrorResponse(
+                503,
+                "The event could not be stored; send it again.",
+                type="api_error",
+                code="webhook_store_unavailable",
+                should_retry=True,
+            ) from None
+        self._received.labels(source.name).inc()
+        audit.update(webhook_duplicate=not new, webhook_deliveries=len(wanted) if new else 0)
+        if new:
+            for name in wanted:
+                self._subscribers[name].wake.set()
+        if event.object_id is not None:
+            assert self._host is not None
+            await self._host.each(
+                "gateway_objects_changed", object_ids=[event.object_id], source=self.name
+            )
+        return web.Response(
+            body=orjson.dumps({"received": True, "duplicate": not new}),
+            content_type=_JSON,
+            headers={"Request-Id": request[REQUEST_ID]},
+        )
+
+    async def _verified(self, source: SourceSettings, request: web.Request) -> EventRecord:
+        cap = source.max_body_bytes
+        too_large = Rejected("too_large", f"The body is larger than {cap} bytes.")
+        if request.content_length is not None and request.content_length > cap:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > cap:
+                raise too_large
+        header = request.headers.get("Stripe-Signature", "")
+        reason = verify(bytes(body), header, source.secrets, source.tolerance, time.time())
+        if reason == "no_signature":
+            raise Rejected(reason, "No Stripe-Signature header with t= and v1= was found.")
+        if reason == "bad_signature":
+            raise Rejected(reason, "No signature matches the body with this source's secrets.")
+        if reason == "stale":
+            raise Rejected(reason, "The signature's timestamp is outside the tolerance.")
+        return describe(source.name, bytes(body))
+
+    # ------------------------------------------------------------------ delivery
+
+    async def _dispatch(self, subscriber: _Subscriber) -> None:
+        """Claim due deliveries while there is room; sleep until the next is due, an event
+        arrives, an attempt ends, or ``poll_seconds`` pass."""
+        assert self.store is not None and self._host is not None
+        name = subscriber.settings.name
+        settings = self.settings
+        lease = subscriber.settings.timeout + 10.0
+        while True:
+            subscriber.wake.clear()
+            now = time.time()
+            wait = settings.poll_seconds
+            room = subscriber.room(settings.breaker_failures) if now >= subscriber.open_until else 0
+            try:
+                due = await self.store.claim(name, self._owner, now, room, now + lease)
+            except Exception:
+                self._host.log.exception("webhook_store_failed", subscription=name)
+                await asyncio.sleep(wait)
+                continue
+            subscriber.paused = due.paused
+            self._depth.labels(name).set(due.pending)
+            self._oldest.labels(name).set(0.0 if due.oldest is None else max(0.0, now - due.oldest))
+            for claimed in due.claimed:
+                task = asyncio.get_running_loop().create_task(self._attempt(subscriber, claimed))
+                subscriber.in_flight[claimed.event_id] = task
+            if due.paused:
+                pass  # until resumed (which wakes it), or another process resumed it
+            elif now < subscriber.open_until:
+                wait = min(wait, subscriber.open_until - now)
+            elif room > len(due.claimed) and due.next_at is not None:
+                wait = min(wait, max(0.005, due.next_at - now))
+            elif room and len(due.claimed) == room:
+                wait = 0.0  # there may be more due
+            if wait > 0:  # (not asyncio.wait_for: on 3.11 it can swallow a cancellation)
+                timer = asyncio.get_running_loop().call_later(wait, subscriber.wake.set)
+                try:
+                    await subscriber.wake.wait()
+                finally:
+                    timer.cancel()
+
+    async def _attempt(self, subscriber: _Subscriber, claimed: Claimed) -> None:
+        assert self.store is not None and self._session is not None and self._host is not None
+        sub = subscriber.settings
+        attempt = claimed.attempts + 1
+        status: int | None = None
+        error: str | None = None
+        try:
+            started = time.monotonic()
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "Stripe-Signature": sign(claimed.body, sub.secret, int(time.time())),
+                "User-Agent": _USER_AGENT,
+            }
+            try:
+                async with self._session.post(
+                    sub.url,
+                    data=claimed.body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=sub.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    with contextlib.suppress(Exception):
+                        await response.content.read(64 * 1024)
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+            except TimeoutError:
+                error = "timeout"
+            except aiohttp.ClientError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            now = time.time()
+            if error is None:
+                outcome, next_at = "delivered", now
+                subscriber.failures = 0
+            else:
+                subscriber.failures += 1
+                if subscriber.failures >= self.settings.breaker_failures:
+                    subscriber.open_until = time.time() + self.settings.breaker_seconds
+                    if subscriber.failures == self.settings.breaker_failures:
+                        self._host.log.warning(
+                            "webhook_circuit_open",
+                            subscription=sub.name,
+                            failures=subscriber.failures,
+                            seconds=self.settings.breaker_seconds,
+                        )
+                if attempt > len(sub.retry_delays):
+                    outcome, next_at = "dead", now
+                else:
+                    delay = sub.retry_delays[attempt - 1]
+                    delay *= 1 + random.uniform(-sub.jitter, sub.jitter)
+                    outcome, next_at = "retry", now + delay
+            await self.store.finish(
+                claimed.event_id,
+                sub.name,
+                status="pending" if outcome == "retry" else outcome,
+                attempts=attempt,
+                next_at=next_at,
+                last_status=status,
+                last_error=error,
+                now=now,
+            )
+            self._deliveries.labels(sub.name, outcome).inc()
+            self._host.log.info(
+                "webhook_delivery",
+                subscription=sub.name,
+                team=sub.team,
+                event_id=claimed.event_id,
+                attempt=attempt,
+                status=status,
+                error=error,
+                outcome=outcome,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._host.log.exception(
+                "webhook_delivery_failed", subscription=sub.name, event_id=claimed.event_id
+            )
+        finally:
+            subscriber.in_flight.pop(claimed.event_id, None)
+            subscriber.wake.set()
+
+    # ------------------------------------------------------------------ admin
+
+    @hookimpl
+    def gateway_admin_routes(self) -> list[web.RouteDef]:
+        if not self.enabled:
+            return []
+        return [
+            web.get("/admin/webhooks/subscriptions", self._subscriptions_route),
+            web.post("/admin/webhooks/subscriptions/{name}/pause", self._pause_route),
+            web.post("/admin/webhooks/subscriptions/{name}/resume", self._pause_route),
+            web.get("/admin/webhooks/events", self._events_route),
+            web.get("/admin/webhooks/deliveries", self._deliveries_route),
+            web.get("/admin/webhooks/dead_letters", self._deliveries_route),
+            web.post("/admin/webhooks/replay", self._replay_route),
+        ]
+
+    async def _subscriptions_route(self, request: web.Request) -> web.Response:
+        now = time.time()
+        data = []
+        for name, subscriber in self._subscribers.items():
+            sub = subscriber.settings
+            data.append(
+                {
+                    "name": name,
+                    "team": sub.team,
+                    "url": sub.url,
+                    "events": sub.events,
+                    "paused": subscriber.paused,
+                    "circuit_open": now < subscriber.open_until,
+                    "failures_in_a_row": subscriber.failures,
+                    "in_flight": len(subscriber.in_flight),
+                }
+            )
+        return _json({"object": "list", "data": data})
+
+    async def _pause_route(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        subscriber = self._subscribers.get(name)
+        if subscriber is None:
+            return _admin_error(404, f"No subscription named {name!r}.")
+        paused = request.path.endswith("/pause")
+        assert self.store is not None
+        await self.store.set_paused(name, paused)
+        subscriber.paused = paused
+        subscriber.wake.set()
+        return _json({"object": "webhook_subscription", "name": name, "paused": paused})
+
+    async def _events_route(self, request: web.Request) -> web.Response:
+        limit = _limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        assert self.store is not None
+        return _json({"object": "list", "data": await self.store.events(limit)})
+
+    async def _deliveries_route(self, request: web.Request) -> web.Response:
+        limit = _limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        query = request.query
+        status = "dead" if request.path.endswith("/dead_letters") else query.get("status")
+        assert self.store is not None
+        rows = await self.store.deliveries(
+            subscription=query.get("subscription"),
+            status=status,
+            event_id=query.get("event_id"),
+            limit=limit,
+        )
+        return _json({"object": "list", "data": rows})
+
+    async def _replay_route(self, request: web.Request) -> web.Response:
+        fields = await _form(request)
+        event_id, name = fields.get("event_id"), fields.get("subscription")
+        if not event_id or not name:
+            return _admin_error(400, "Give event_id and subscription.", code="parameter_missing")
+        subscriber = self._subscribers.get(name)
+        if subscriber is None:
+            return _admin_error(404, f"No subscription named {name!r}.")
+        assert self.store is not None
+        if not await self.store.replay(event_id, name, time.time()):
+            return _admin_error(404, f"No event {event_id!r} is stored.")
+        subscriber.wake.set()
+        return _json(
+            {"object": "webhook_replay", "event_id": event_id, "subscription": name, "queued": True}
+        )
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
+
+
+def _admin_error(status: int, message: str, *, code: str | None = None) -> web.Response:
+    return error_response(status, message, request_id=new_request_id(), code=code)
+
+
+def _limit(request: web.Request) -> int | web.Response:
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        return _admin_error(400, "limit must be a number from 1 to 1000.", code="parameter_invalid")
+    return int(text)
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The fields of a form or JSON object body, and the query string's."""
+    fields = {k: v for k, v in request.query.items()}
+    if request.content_type == _JSON:
+        with contextlib.suppress(ValueError):
+            body = orjson.loads(await request.read())
+            if isinstance(body, dict):
+                fields.update({k: v for k, v in body.items() if isinstance(v, str)})
+    elif request.body_exists:
+        posted = await request.post()
+        fields.update({k: v for k, v in posted.items() if isinstance(v, str)})
+    return fields
