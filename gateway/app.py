@@ -11,12 +11,13 @@ plugin host, proxy), which ``app[RELOAD]()`` replaces under traffic (see
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO, cast
 
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute, UrlDispatcher, UrlMappingMatchInfo
 
 from gateway import __version__
 from gateway.config import GatewayConfig
@@ -95,6 +96,18 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+class _EverythingRouter(UrlDispatcher):
+    """A router whose every miss is the proxy's catch-all route."""
+
+    fallback: AbstractRoute
+
+    async def resolve(self, request: web.Request) -> UrlMappingMatchInfo:
+        match = await super().resolve(request)
+        if match.http_exception is None:
+            return match
+        return UrlMappingMatchInfo({"tail": ""}, self.fallback)
+
+
 def create_app(
     config: GatewayConfig,
     *,
@@ -113,21 +126,7 @@ def create_app(
     """
     host = host or PluginHost(config)
     host.log = make_error_logger(error_stream, extra_processors=host.log_processors)
-    generations_ref: list[Generations] = []
-
-    @web.middleware
-    async def everything_is_proxied(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        # The catch-all route cannot match every request target (`OPTIONS *`, `CONNECT
-        # host:443`, a path with an encoded newline): those reach the proxy too, which
-        # answers them Stripe-shaped, with a request id and an audit line.
-        if request.match_info.http_exception is not None:
-            return await generations_ref[0].handle(request)
-        return await handler(request)
-
     app = web.Application(
-        middlewares=[everything_is_proxied],
         handler_args={
             "max_field_size": config.server.max_header_bytes,
             "max_line_size": config.server.max_header_bytes,
@@ -149,13 +148,20 @@ def create_app(
         error_stream=error_stream,
     )
     app[GENERATIONS] = generations
-    generations_ref.append(generations)
     app[RELOAD] = generations.reload
     app[REOPEN_LOGS] = generations.reopen_logs
     app.router.add_get("/healthz", _healthz, allow_head=True, expect_handler=_expect_continue)
     # the plugins' public routes (gateway_public_routes), of the current generation
     app.router.register_resource(PublicRoutes(app))
-    app.router.add_route("*", "/{tail:.*}", generations.handle, expect_handler=_expect_continue)
+    catch_all = app.router.add_route(
+        "*", "/{tail:.*}", generations.handle, expect_handler=_expect_continue
+    )
+    # The catch-all route cannot match every request target (`OPTIONS *`, `CONNECT
+    # host:443`, a path with an encoded newline): the router sends those to the proxy too,
+    # which answers them Stripe-shaped, with a request id and an audit line. (A router
+    # subclass, not a middleware: nothing is added to the requests that match.)
+    app.router.__class__ = _EverythingRouter
+    cast(_EverythingRouter, app.router).fallback = catch_all
     app.cleanup_ctx.append(_upstream_session)
     # after the session's: plugins have opened their stores when /readyz can first be asked
     app.cleanup_ctx.append(admin_listener)

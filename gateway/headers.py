@@ -66,29 +66,36 @@ def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | N
     - ``Stripe-Account``, ``Stripe-Context``, ``Stripe-Version`` or ``Idempotency-Key`` is
       not printable ASCII.
     """
-    present = {name.lower() for name in headers}
-    if len(present) != len(headers):  # a name repeats (len counts every value)
-        seen: set[str] = set()
+    if len(headers) != (len(headers.keys()) if _KEYS_FOLD else _distinct(headers)):
+        seen: set[str] = set()  # a name repeats (len counts every value): which one?
         for name, _ in headers.items():
             name = name.lower()
             if name in seen and (name in SINGLE or name.startswith("stripe-")):
                 return f"The header {_title(name)} may be sent only once."
             seen.add(name)
-    if "connection" in present:
+    if "Connection" in headers:
         for value in headers.getall("Connection"):
             for token in value.split(","):
                 name = token.strip().lower()
-                if name in present and (name in _READ_BY_GATEWAY or name.startswith("stripe-")):
+                if (name in _READ_BY_GATEWAY or name.startswith("stripe-")) and name in headers:
                     return (
                         f"The Connection header names {_title(name)}, which this request "
                         "carries: the gateway does not drop end-to-end headers."
                     )
-    for name in _ASCII_VALUED:
-        if name in present:
-            value = headers[name]
-            if not (value.isascii() and value.isprintable()):
-                return f"The header {_title(name)} must be printable ASCII."
+    for key in _ASCII_VALUED:
+        text = headers.get(key)
+        if text is not None and not (text.isascii() and text.isprintable()):
+            return f"The header {_title(key)} must be printable ASCII."
     return None
+
+
+def _distinct(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> int:
+    return len({name.lower() for name in headers})
+
+
+#: whether this multidict's ``keys()`` holds each name once, whatever its case (multidict 6
+#: does): then a length comparison in C finds a repeated name
+_KEYS_FOLD = len(CIMultiDict([("A", ""), ("a", "")]).keys()) == 1
 
 
 def _title(name: str) -> str:

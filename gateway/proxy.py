@@ -51,17 +51,11 @@ def upstream_url(base: URL, raw_path: str) -> URL:
     """The URL sent upstream: scheme, host and port from ``base`` (the configured upstream),
     nothing else; path and query exactly as the client sent them (``raw_path`` is
     origin-form, checked by :meth:`Proxy._check`)."""
-    if not raw_path.startswith("/"):
+    if not raw_path.startswith("/") or "#" in raw_path:
         raise ValueError("only an origin-form request target can go upstream")
-    path, _, query = raw_path.partition("?")
-    return URL.build(
-        scheme=base.scheme,
-        host=base.raw_host or "",
-        port=base.explicit_port,
-        path=path,
-        query_string=query,
-        encoded=True,
-    )
+    # ``base`` has no path, so its authority ends where ``raw_path``'s leading "/" starts:
+    # nothing in the path can reach the scheme, host or port
+    return URL(f"{base}{raw_path}", encoded=True)
 
 
 def _unsafe_path(raw_path: str) -> bool:
