@@ -14,13 +14,15 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+import requests
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
@@ -282,3 +284,30 @@ class Stack:
         for stream in self._error_streams:
             stream.close()
         self._error_streams.clear()
+
+
+#: the prefix of every metric the gateway exports
+METRIC_PREFIX = "stripe_gateway_"
+
+
+class Scrape:
+    """One scrape of ``/metrics``: ``scrape["requests_total", {"team": "billing"}]`` sums
+    every sample of that name whose labels include the given ones."""
+
+    def __init__(self, admin: str) -> None:
+        response = requests.get(admin + "/metrics", timeout=5)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        self.samples: list[tuple[str, dict[str, str], float]] = [
+            (s.name, dict(s.labels), s.value)
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+        ]
+
+    def __getitem__(self, key: tuple[str, Mapping[str, str]] | str) -> float:
+        name, labels = (key, {}) if isinstance(key, str) else key
+        return sum(
+            value
+            for n, have, value in self.samples
+            if n == METRIC_PREFIX + name and all(have.get(k) == v for k, v in labels.items())
+        )

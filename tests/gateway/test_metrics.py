@@ -16,8 +16,7 @@ import requests
 import stripe
 
 from gateway.metrics import GatewayMetrics, exposition
-from tests.helpers import BILLING_KEY, ENVIRON, Stack, default_teams, free_port
-from tests.plugins.test_metrics import Scrape
+from tests.helpers import BILLING_KEY, ENVIRON, Scrape, Stack, default_teams, free_port
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 

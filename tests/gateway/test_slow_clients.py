@@ -291,7 +291,7 @@ def test_a_client_gone_during_the_upstream_wait_is_audited_499(
     assert (line["status"], line["outcome"]) == (499, "client_closed")
     assert line["error"] == "client_disconnected"
 
-    from tests.plugins.test_metrics import Scrape
+    from tests.helpers import Scrape
 
     labels = {"team": "billing", "outcome": "client_closed"}
     _eventually(lambda: Scrape(stack.admin_url)["request_outcomes_total", labels] == 1)

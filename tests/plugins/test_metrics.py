@@ -14,40 +14,16 @@ import pytest
 import requests
 import stripe
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import RequestContext
 from gateway.hookspecs import hookimpl
 from gateway.keys import GENERATIONS
 from plugins.metrics import route_family
 from tests.conftest import RedisServer
-from tests.helpers import ANALYTICS_KEY, BILLING_KEY, Stack, free_port
+from tests.helpers import ANALYTICS_KEY, BILLING_KEY, Scrape, Stack, free_port
 
 CUSTOMER = "cus_1Nmetrics00001"
 P = "stripe_gateway_"
-
-
-class Scrape:
-    """One scrape of ``/metrics``: ``scrape["requests_total", {"team": "billing"}]`` sums
-    every sample of that name whose labels include the given ones."""
-
-    def __init__(self, admin: str) -> None:
-        response = requests.get(admin + "/metrics", timeout=5)
-        assert response.status_code == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        self.samples: list[tuple[str, dict[str, str], float]] = [
-            (s.name, dict(s.labels), s.value)
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples
-        ]
-
-    def __getitem__(self, key: tuple[str, Mapping[str, str]] | str) -> float:
-        name, labels = (key, {}) if isinstance(key, str) else key
-        return sum(
-            value
-            for n, have, value in self.samples
-            if n == P + name and all(have.get(k) == v for k, v in labels.items())
-        )
 
 
 def _start(stack: Stack, **overrides: Any) -> str:
