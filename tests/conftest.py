@@ -4,14 +4,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.fake_stripe import FakeStripe
-from tests.helpers import LoopThread, Served, Stack, start_app
+from tests.helpers import LoopThread, Served, Stack, WebhookReceiver, start_app
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +124,22 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         pytest.fail(f"redis-server exited 5 times on start: {logs}")
     yield server
     server.kill()
+
+
+@pytest.fixture
+def webhook_receivers(loop_thread: LoopThread) -> Iterator[Callable[..., WebhookReceiver]]:
+    """``make(status=200, plan=None)``: a new :class:`WebhookReceiver` serving ``/hook``."""
+    served: list[Served] = []
+
+    def make(status: int = 200, plan: list[int] | None = None) -> WebhookReceiver:
+        receiver = WebhookReceiver(status=status, plan=list(plan or []))
+        app = web.Application()
+        app.router.add_post("/hook", receiver.handle)
+        running = loop_thread.run(start_app(app))
+        served.append(running)
+        receiver.url = running.url + "/hook"
+        return receiver
+
+    yield make
+    for running in served:
+        loop_thread.run(running.runner.cleanup())

@@ -311,3 +311,33 @@ class Scrape:
             for n, have, value in self.samples
             if n == METRIC_PREFIX + name and all(have.get(k) == v for k, v in labels.items())
         )
+
+
+@dataclass
+class WebhookReceiver:
+    """A webhook endpoint on a loopback port (``url``): records every delivery (body and
+    ``Stripe-Signature``), answers the next status of ``plan``, then ``status``."""
+
+    url: str = ""
+    status: int = 200
+    plan: list[int] = field(default_factory=list)
+    received: list[tuple[bytes, str]] = field(default_factory=list)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        with self._changed:
+            self.received.append((body, request.headers.get("Stripe-Signature", "")))
+            status = self.plan.pop(0) if self.plan else self.status
+            self._changed.notify_all()
+        return web.Response(status=status, text="ok")
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[tuple[bytes, str]]:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: len(self.received) >= count, timeout)
+            assert ok, f"expected {count} deliveries, got {len(self.received)}"
+            return list(self.received)
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._changed:
+            return [json.loads(body) for body, _ in self.received]

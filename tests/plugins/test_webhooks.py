@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from tests.helpers import (
     LoopThread,
     Served,
     Stack,
+    WebhookReceiver,
     digest,
     free_port,
     start_app,
@@ -46,52 +45,14 @@ ADMIN_TOKEN = "admin-token-for-webhook-tests-0001"
 # --------------------------------------------------------------------------- helpers
 
 
-@dataclass
-class Subscriber:
-    """A team's webhook endpoint on a loopback port: records every delivery; answers the
-    statuses in ``plan`` first, then ``status``."""
-
-    url: str = ""
-    status: int = 200
-    plan: list[int] = field(default_factory=list)
-    received: list[tuple[bytes, str]] = field(default_factory=list)
-    _changed: threading.Condition = field(default_factory=threading.Condition)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        with self._changed:
-            self.received.append((body, request.headers.get("Stripe-Signature", "")))
-            status = self.plan.pop(0) if self.plan else self.status
-            self._changed.notify_all()
-        return web.Response(status=status, text="ok")
-
-    def wait_for(self, count: int) -> list[tuple[bytes, str]]:
-        with self._changed:
-            ok = self._changed.wait_for(lambda: len(self.received) >= count, DEADLINE)
-            assert ok, f"expected {count} deliveries, got {len(self.received)}"
-            return list(self.received)
-
-    def events(self) -> list[dict[str, Any]]:
-        with self._changed:
-            return [json.loads(body) for body, _ in self.received]
+Subscriber = WebhookReceiver
 
 
 @pytest.fixture
-def subscribers(loop_thread: LoopThread) -> Iterator[Callable[..., Subscriber]]:
-    served: list[Served] = []
-
-    def make(status: int = 200, plan: list[int] | None = None) -> Subscriber:
-        subscriber = Subscriber(status=status, plan=list(plan or []))
-        app = web.Application()
-        app.router.add_post("/hook", subscriber.handle)
-        running = loop_thread.run(start_app(app))
-        served.append(running)
-        subscriber.url = running.url + "/hook"
-        return subscriber
-
-    yield make
-    for running in served:
-        loop_thread.run(running.runner.cleanup())
+def subscribers(
+    webhook_receivers: Callable[..., WebhookReceiver],
+) -> Callable[..., WebhookReceiver]:
+    return webhook_receivers
 
 
 def _secret_file(tmp: Path, name: str, secret: str) -> str:

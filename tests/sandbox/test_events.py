@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import stripe
-from aiohttp import web
 
 from sandbox.core import SandboxSettings
 from sandbox.delivery import signature_header
-from tests.helpers import LoopThread, Served, start_app
+from tests.helpers import WebhookReceiver
 from tests.sandbox.conftest import SandboxStack
 
 #: the attempts each delivery gets in these tests
@@ -36,49 +33,14 @@ def sandbox_settings() -> SandboxSettings:
     )
 
 
-@dataclass
-class Receiver:
-    """A webhook endpoint on a loopback port: records every delivery, answers ``status``."""
-
-    url: str = ""
-    status: int = 200
-    received: list[tuple[bytes, str]] = field(default_factory=list)
-    _changed: threading.Condition = field(default_factory=threading.Condition)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        with self._changed:
-            self.received.append((body, request.headers.get("Stripe-Signature", "")))
-            self._changed.notify_all()
-        return web.Response(status=self.status, text="ok")
-
-    def wait_for(self, count: int) -> list[tuple[bytes, str]]:
-        with self._changed:
-            ok = self._changed.wait_for(lambda: len(self.received) >= count, DEADLINE)
-            assert ok, f"expected {count} deliveries, got {len(self.received)}"
-            return list(self.received)
-
-    def events(self) -> list[dict[str, Any]]:
-        with self._changed:
-            return [json.loads(body) for body, _ in self.received]
+Receiver = WebhookReceiver
 
 
 @pytest.fixture
-def receivers(loop_thread: LoopThread) -> Iterator[Callable[..., Receiver]]:
-    served: list[Served] = []
-
-    def make(status: int = 200) -> Receiver:
-        receiver = Receiver(status=status)
-        app = web.Application()
-        app.router.add_post("/hook", receiver.handle)
-        running = loop_thread.run(start_app(app))
-        served.append(running)
-        receiver.url = running.url + "/hook"
-        return receiver
-
-    yield make
-    for running in served:
-        loop_thread.run(running.runner.cleanup())
+def receivers(
+    webhook_receivers: Callable[..., WebhookReceiver],
+) -> Callable[..., WebhookReceiver]:
+    return webhook_receivers
 
 
 def _until(check: Callable[[], Any], what: str) -> Any:
