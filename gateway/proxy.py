@@ -47,7 +47,7 @@ async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
-def upstream_url(base: URL, raw_path: str) -> URL:
+def upstream_url(base: str | URL, raw_path: str) -> URL:
     """The URL sent upstream: scheme, host and port from ``base`` (the configured upstream),
     nothing else; path and query exactly as the client sent them (``raw_path`` is
     origin-form, checked by :meth:`Proxy._check`)."""
@@ -160,8 +160,6 @@ class Proxy:
             "connect": up.connect,
             "meter_events": up.meter_events,
         }
-        #: the same, parsed once: the only source of the upstream's scheme, host and port
-        self._bases = {name: URL(url) for name, url in self._upstreams.items()}
         self._rng = random.Random()
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
@@ -534,7 +532,8 @@ class Proxy:
         assert self.session is not None, "the upstream session opens at start-up"
         request = ctx.request
         assert ctx.upstream_name is not None, "only routed requests are forwarded"
-        url = upstream_url(self._bases[ctx.upstream_name], request.raw_path)
+        # the configured base, the only source of the upstream's scheme, host and port
+        url = upstream_url(self._upstreams[ctx.upstream_name], request.raw_path)
         started = time.perf_counter()
         while True:
             ctx.attempts += 1
