@@ -684,7 +684,7 @@ class Proxy:
         captured: list[bytes] | None = [] if limit > 0 else None
         # a client that stops reading must not hold the upstream connection
         watch = _SendWatch(self._send_timeout, request.transport)
-        loop_time = watch._loop.time
+        loop_time = asyncio.get_running_loop().time
         try:
             try:
                 watch.started = loop_time()

@@ -656,7 +656,16 @@ def test_a_repeated_list_header_is_still_forwarded(gateway: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "named", ["Stripe-Version", "Stripe-Account", "Authorization", "Idempotency-Key"]
+    "named",
+    [
+        "Stripe-Version",
+        "Stripe-Account",
+        "Authorization",
+        "Idempotency-Key",
+        "Cache-Control",
+        "X-Forwarded-For",
+        "stripe-context",
+    ],
 )
 def test_connection_naming_a_header_the_gateway_reads_is_refused(
     gateway: Stack, named: str
