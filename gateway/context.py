@@ -45,7 +45,8 @@ OBJECT_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?=[a-z]*[A-Z0-9])[A-Za-
 #: status), ``upstream_error`` (Stripe could not be reached or answered in time, broke off
 #: mid-answer, or no pooled connection came free in time), ``client_closed`` (the client
 #: left before its body or the response was complete), ``body_timeout`` (the client's body
-#: stalled: 408), ``drain_timeout`` (cut off by the shutdown's drain_timeout)
+#: stalled: 408), ``send_timeout`` (the client stopped reading its answer for
+#: send_timeout seconds), ``drain_timeout`` (cut off by the shutdown's drain_timeout)
 OUTCOMES = (
     "ok",
     "upstream_error",

@@ -47,7 +47,7 @@ _READ_BY_GATEWAY = SINGLE | {"cache-control", "content-encoding", "x-forwarded-f
 _ASCII_VALUED = ("stripe-account", "stripe-context", "stripe-version", "idempotency-key")
 
 
-def _connection_tokens(headers: CIMultiDict[str]) -> set[str]:
+def _connection_tokens(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
@@ -74,14 +74,12 @@ def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | N
                 return f"The header {_title(name)} may be sent only once."
             seen.add(name)
     if "Connection" in headers:
-        for value in headers.getall("Connection"):
-            for token in value.split(","):
-                name = token.strip().lower()
-                if (name in _READ_BY_GATEWAY or name.startswith("stripe-")) and name in headers:
-                    return (
-                        f"The Connection header names {_title(name)}, which this request "
-                        "carries: the gateway does not drop end-to-end headers."
-                    )
+        for name in _connection_tokens(headers):
+            if (name in _READ_BY_GATEWAY or name.startswith("stripe-")) and name in headers:
+                return (
+                    f"The Connection header names {_title(name)}, which this request "
+                    "carries: the gateway does not drop end-to-end headers."
+                )
     for key in _ASCII_VALUED:
         text = headers.get(key)
         if text is not None and not (text.isascii() and text.isprintable()):

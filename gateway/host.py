@@ -128,6 +128,8 @@ class PluginHost:
         self.admin_router: web.UrlDispatcher | None = None
         #: the plugins' public routes (:meth:`build_public_router`); ``None`` when none
         self.public_router: web.UrlDispatcher | None = None
+        #: the paths :attr:`public_router` serves (a request on any other skips it)
+        self.public_paths: frozenset[str] = frozenset()
         #: the hooks that have at least one implementation (set by :meth:`freeze`)
         self.implemented: frozenset[str] = frozenset()
         self._configured_names: set[str] = set()
@@ -404,6 +406,7 @@ class PluginHost:
                 continue
             defs.extend(got)
         self.public_router = build_public_router(defs, self.log) if defs else None
+        self.public_paths = frozenset(d.path for d in defs if isinstance(d, web.RouteDef))
         return self.public_router
 
     def _failed(self, impl: _Impl, hook: str, fail_closed: bool, exc: Exception) -> None:

@@ -583,7 +583,9 @@ class Proxy:
                     f"The gateway could not reach Stripe ({type(exc).__name__}).",
                 )
             if failed is not None:
-                if policy is not None and await self._backoff(ctx, policy, started):
+                wait = self._retry_wait(ctx, policy, started) if policy is not None else None
+                if wait is not None:
+                    await asyncio.sleep(wait)
                     continue
                 return await self._answer(
                     ctx, await self._upstream_answer(ctx, failed.headers) or failed
@@ -648,14 +650,6 @@ class Proxy:
             return None
         return wait
 
-    async def _backoff(self, ctx: RequestContext, policy: RetryPolicy, started: float) -> bool:
-        """Wait before the next attempt; False when no attempt or no time is left."""
-        wait = self._retry_wait(ctx, policy, started)
-        if wait is None:
-            return False
-        await asyncio.sleep(wait)
-        return True
-
     async def _relay(
         self,
         ctx: RequestContext,
@@ -711,9 +705,7 @@ class Proxy:
             watch.close()
             ctx.outcome = gone.outcome
             if gone.outcome == "send_timeout":
-                ctx.error = "send_timeout"
-                if request.transport is not None:
-                    request.transport.abort()  # nothing more is written to it
+                ctx.error = "send_timeout"  # the watch aborted the client's connection
             else:
                 ctx.error = "client_disconnected"
                 if ctx.bytes_out == 0:  # gone before any of the response reached it

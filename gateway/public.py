@@ -54,9 +54,7 @@ def _wrap(handler: Handler, log: Any) -> Handler:
             return await _serve(request)
         finally:
             if generation is not None:
-                generation.in_flight -= 1
-                if generation.in_flight == 0 and generation.idle is not None:
-                    generation.idle.set()
+                generation.finished()
 
     async def _serve(request: web.Request) -> web.StreamResponse:
         request_id = new_request_id()
@@ -113,6 +111,8 @@ def build_public_router(defs: Iterable[web.AbstractRouteDef], log: Any) -> web.U
         if not isinstance(definition, web.RouteDef):
             raise ValueError(f"not a route definition: {definition!r}")
         path = definition.path
+        if "{" in path:  # matched by exact path (PublicRoutes.resolve): no variable parts
+            raise ValueError(f"public route {path!r}: a fixed path, without {{variables}}")
         if path in _RESERVED or path.startswith(_RESERVED_PREFIXES) or not path.startswith("/"):
             raise ValueError(f"public route {path!r}: the path is the gateway's or Stripe's")
         if (definition.method, path) in taken:
@@ -146,9 +146,12 @@ class PublicRoutes(AbstractResource):
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
         generation = self._gateway[GENERATIONS].current
-        router = generation.host.public_router
-        if router is None:  # no plugin serves a public route: the proxy's path
+        host = generation.host
+        # one set lookup on the proxy's path: the router runs for a public path only
+        if request.rel_url.path not in host.public_paths:
             return None, set()
+        router = host.public_router
+        assert router is not None, "public paths come with their router"
         match: AbstractMatchInfo = await router.resolve(request)
         if match.http_exception is not None or not isinstance(match, UrlMappingMatchInfo):
             return None, set()

@@ -78,6 +78,12 @@ class Generation:
         self.idle: asyncio.Event | None = None
         self._closed = False
 
+    def finished(self) -> None:
+        """One request that started on this generation (``in_flight += 1``) is over."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.idle is not None:
+            self.idle.set()
+
     async def shutdown(self, app: web.Application) -> None:
         """Run the plugins' ``gateway_shutdown`` (once)."""
         if self._closed:
@@ -127,9 +133,7 @@ class Generations:
         try:
             return await generation.proxy.handle(request)
         finally:
-            generation.in_flight -= 1
-            if generation.in_flight == 0 and generation.idle is not None:
-                generation.idle.set()
+            generation.finished()
 
     # ----------------------------------------------------------------- lifecycle
 
