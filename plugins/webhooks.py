@@ -119,6 +119,8 @@ class WebhooksPlugin:
 
     def __init__(self) -> None:
         self.settings = WebhooksSettings()
+        #: per subscription: its team's stripe_accounts, when the team has them
+        self._scopes: dict[str, frozenset[str]] = {}
         self.store: SqliteStore | None = None
         self._host: PluginHost | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -135,17 +137,38 @@ class WebhooksPlugin:
     def enabled(self) -> bool:
         return bool(self.settings.sources or self.settings.subscriptions)
 
+    def _wants(self, sub: SubscriptionSettings, event: EventRecord) -> bool:
+        """``sub.wants(event)``, within its team's ``stripe_accounts`` when it has them (the
+        platform's own events included, as the team may act on the platform account)."""
+        scope = self._scopes.get(sub.name)
+        if scope is not None and event.account is not None and event.account not in scope:
+            return False
+        return sub.wants(event)
+
     # ------------------------------------------------------------------ lifecycle
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: WebhooksSettings) -> None:
-        teams = {team.name for team in config.teams}
+        teams = {team.name: team for team in config.teams}
+        scopes: dict[str, frozenset[str]] = {}
         for i, sub in enumerate(settings.subscriptions):
-            if sub.team not in teams:
+            team = teams.get(sub.team)
+            if team is None:
                 raise ConfigError(
                     f"subscriptions.{i}.team", f"no team named {sub.team!r} in [[teams]]"
                 )
+            if team.stripe_accounts is not None:
+                # a team limited to some connected accounts never gets another's events
+                allowed = frozenset(team.stripe_accounts)
+                outside = sorted(set(sub.accounts or ()) - allowed)
+                if outside:
+                    raise ConfigError(
+                        f"subscriptions.{i}.accounts",
+                        f"{', '.join(outside)} not in team {sub.team!r}'s stripe_accounts",
+                    )
+                scopes[sub.name] = allowed
         self.settings = settings
+        self._scopes = scopes
 
     @hookimpl
     async def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
@@ -234,7 +257,7 @@ class WebhooksPlugin:
             self._rejected.labels(source.name, exc.reason).inc()
             raise StripeErrorResponse(400, exc.message, code=f"webhook_{exc.reason}") from None
         audit.update(webhook_event=event.id, webhook_type=event.type)
-        wanted = [s.name for s in self.settings.subscriptions if s.wants(event)]
+        wanted = [s.name for s in self.settings.subscriptions if self._wants(s, event)]
         assert self.store is not None
         try:
             new = await self.store.record(event, wanted, time.time())
@@ -257,7 +280,7 @@ class WebhooksPlugin:
         if new:
             for name in wanted:
                 self._subscribers[name].wake.set()
-        if event.object_id is not None:
+        if event.object_id is not None:  # a duplicate too: it may follow a crash before this
             assert self._host is not None
             await self._host.each(
                 "gateway_objects_changed", object_ids=[event.object_id], source=self.name

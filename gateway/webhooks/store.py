@@ -281,20 +281,18 @@ class SqliteStore:
 
     async def replay(self, event_id: str, subscription: str, now: float) -> bool:
         """Queue ``event_id`` for ``subscription`` again, from its first attempt (whatever
-        happened to it before); ``False`` when no such event is stored."""
+        happened to it before); ``False`` when the event was never routed to that
+        subscription (a replay never reaches a subscription the event did not match)."""
 
         def replay(db: sqlite3.Connection) -> bool:
-            if db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone() is None:
-                return False
-            db.execute(
-                "INSERT INTO deliveries (event_id, subscription, status, next_at, created,"
-                " updated) VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT DO UPDATE SET"
-                " status = 'pending', attempts = 0, next_at = excluded.next_at,"
-                " lease_until = 0, owner = NULL, created = excluded.created,"
-                " updated = excluded.updated, last_status = NULL, last_error = NULL",
-                (event_id, subscription, now, now, now),
+            cursor = db.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?,"
+                " lease_until = 0, owner = NULL, created = ?, updated = ?,"
+                " last_status = NULL, last_error = NULL"
+                " WHERE event_id = ? AND subscription = ?",
+                (now, now, now, event_id, subscription),
             )
-            return True
+            return cursor.rowcount > 0
 
         return await self._run(replay)
 

@@ -291,6 +291,7 @@ def test_thin_events_are_accepted_and_delivered(
         ("tampered", "bad_signature"),
         ("stale", "stale"),
         ("oversized", "too_large"),
+        ("oversized_chunked", "too_large"),
         ("no_header", "no_signature"),
         ("not_an_event", "invalid_event"),
     ],
@@ -316,6 +317,17 @@ def test_bad_requests_get_400_and_nothing_is_stored_or_delivered(
         big = json.loads(body)
         big["data"]["object"]["padding"] = "x" * 5000
         response = _post(url, json.dumps(big).encode())
+    elif case == "oversized_chunked":  # no Content-Length: counted while it is read
+        big_body = json.dumps({**json.loads(body), "padding": "x" * 5000}).encode()
+        response = requests.post(
+            url + PATH,
+            data=iter([big_body[:2048], big_body[2048:]]),
+            headers={
+                "Stripe-Signature": signature_header(big_body, SOURCE_SECRET, now),
+                "Content-Type": "application/json",
+            },
+            timeout=10,
+        )
     elif case == "no_header":
         response = _post(url, body, header="")
     else:
@@ -724,3 +736,38 @@ def test_a_sandbox_report_run_reaches_the_team_and_keeps_the_cache_fresh(
         loop_thread.run(runner.cleanup())
         loop_thread.run(served.runner.cleanup())
         errors.close()
+
+
+def test_a_team_limited_to_some_accounts_never_gets_another_accounts_events(
+    stack: Stack, subscribers: Callable[..., Subscriber]
+) -> None:
+    # the analytics team may act on acct_allowed000001 only (and on the platform itself)
+    analytics = subscribers()
+    sub = _subscription(stack.tmp, analytics.url, name="analytics", team="analytics")
+    url = _start(stack, _plugin(stack.tmp, [sub]))
+    other = _event("invoice.paid", account="acct_victim0000001")
+    allowed = _event("invoice.paid", account="acct_allowed000001")
+    platform = _event("invoice.paid")
+    for body in (other, allowed, platform):
+        assert _post(url, body).status_code == 200
+    assert sorted(b for b, _ in analytics.wait_for(2)) == sorted([allowed, platform])
+    deliveries = _admin(stack, "GET", "/admin/webhooks/deliveries")["data"]
+    assert len(deliveries) == 2
+    # nor can a replay send it there
+    other_id = json.loads(other)["id"]
+    replay = requests.post(
+        stack.admin_url + "/admin/webhooks/replay",
+        data={"event_id": other_id, "subscription": "analytics"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    assert replay.status_code == 404
+    assert len(analytics.received) == 2
+
+
+def test_a_subscription_may_not_name_accounts_outside_its_teams(stack: Stack) -> None:
+    sub = _subscription(
+        stack.tmp, "http://127.0.0.1:9/hook", team="analytics", accounts=["acct_victim0000001"]
+    )
+    with pytest.raises(ConfigError, match=r"subscriptions\.0\.accounts"):
+        _start(stack, _plugin(stack.tmp, [sub]))

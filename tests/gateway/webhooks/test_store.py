@@ -78,6 +78,8 @@ async def test_a_finished_delivery_is_never_claimed_again(tmp_path: Path) -> Non
         assert (await store.claim("ops", "a", now=2.0, limit=5, lease_until=9.0)).pending == 1
         assert await store.replay("evt_1", "billing", now=3.0)
         assert not await store.replay("evt_404", "billing", now=3.0)
+        # an event goes only to the subscriptions it was routed to
+        assert not await store.replay("evt_1", "payments", now=3.0)
         (replayed,) = (await store.claim("billing", "a", now=3.0, limit=5, lease_until=9.0)).claimed
         assert replayed.attempts == 0
     finally:
