@@ -27,13 +27,13 @@ from multidict import CIMultiDict
 from pydantic import Field, PrivateAttr
 
 from gateway.config import GatewayConfig
-from gateway.context import OBJECT_ID, RequestContext, new_request_id
-from gateway.errors import ErrorType, error_response
+from gateway.context import OBJECT_ID, RequestContext
+from gateway.errors import error_response
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.metrics import GatewayMetrics
-from gateway.serve.admin import fan_out, form_value
+from gateway.serve.admin import admin_error, fan_out, form_value
 from gateway.settings import RedisSettings, RouteText, Settings
 from gateway.stores.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.stores.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
@@ -286,11 +286,11 @@ class CachePlugin:
         worker process (a memory store is per process)."""
         object_id = await form_value(request, "object_id")
         if object_id is None:
-            return _admin_error(
+            return admin_error(
                 400, "Missing object_id (form field or JSON key).", code="parameter_missing"
             )
         if not OBJECT_ID.match(object_id):
-            return _admin_error(
+            return admin_error(
                 400,
                 "object_id must be a Stripe object id such as cus_1234567890abcdef.",
                 code="parameter_invalid",
@@ -298,7 +298,7 @@ class CachePlugin:
         try:
             purged = await self.purge([object_id])
         except Exception as exc:
-            return _admin_error(
+            return admin_error(
                 503,
                 f"The cache store could not be purged ({type(exc).__name__}).",
                 code="cache_unavailable",
@@ -314,7 +314,7 @@ class CachePlugin:
             failed = {name: peer.error for name, peer in peers.items() if peer.error}
             if failed:  # those workers' memory may still serve the object: not a success
                 listed = ", ".join(f"{name} ({error})" for name, error in sorted(failed.items()))
-                return _admin_error(
+                return admin_error(
                     502,
                     f"Purged {answer['purged']} cached answers of {object_id} on "
                     f"{answer['workers']} workers, but {len(failed)} could not be reached: "
@@ -550,13 +550,6 @@ class CachePlugin:
             type="api_error",
             should_retry=True,
         )
-
-
-def _admin_error(
-    status: int, message: str, *, code: str, type: ErrorType | None = None
-) -> web.Response:
-    kind: ErrorType = type or ("api_error" if status >= 500 else "invalid_request_error")
-    return error_response(status, message, request_id=new_request_id(), type=kind, code=code)
 
 
 def _kept(headers: Any) -> CIMultiDict[str]:

@@ -68,11 +68,10 @@ from gateway import (
     GatewayMetrics,
     PluginHost,
     StripeErrorResponse,
-    error_response,
 )
-from gateway.context import new_request_id
 from gateway.hookspecs import hookimpl
 from gateway.keys import PUBLIC_AUDIT, REQUEST_ID
+from gateway.serve.admin import admin_error, form_value
 from gateway.webhooks.events import Rejected, describe, sign, verify
 from gateway.webhooks.settings import SourceSettings, SubscriptionSettings, WebhooksSettings
 from gateway.webhooks.store import Claimed, EventRecord, SqliteStore
@@ -474,7 +473,7 @@ class WebhooksPlugin:
         name = request.match_info["name"]
         subscriber = self._subscribers.get(name)
         if subscriber is None:
-            return _admin_error(404, f"No subscription named {name!r}.")
+            return admin_error(404, f"No subscription named {name!r}.")
         paused = request.path.endswith("/pause")
         assert self.store is not None
         await self.store.set_paused(name, paused)
@@ -505,16 +504,16 @@ class WebhooksPlugin:
         return _json({"object": "list", "data": rows})
 
     async def _replay_route(self, request: web.Request) -> web.Response:
-        fields = await _form(request)
-        event_id, name = fields.get("event_id"), fields.get("subscription")
+        event_id = await form_value(request, "event_id")
+        name = await form_value(request, "subscription")
         if not event_id or not name:
-            return _admin_error(400, "Give event_id and subscription.", code="parameter_missing")
+            return admin_error(400, "Give event_id and subscription.", code="parameter_missing")
         subscriber = self._subscribers.get(name)
         if subscriber is None:
-            return _admin_error(404, f"No subscription named {name!r}.")
+            return admin_error(404, f"No subscription named {name!r}.")
         assert self.store is not None
         if not await self.store.replay(event_id, name, time.time()):
-            return _admin_error(404, f"No event {event_id!r} is stored.")
+            return admin_error(404, f"No event {event_id!r} is stored.")
         subscriber.wake.set()
         return _json(
             {"object": "webhook_replay", "event_id": event_id, "subscription": name, "queued": True}
@@ -525,26 +524,8 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
 
 
-def _admin_error(status: int, message: str, *, code: str | None = None) -> web.Response:
-    return error_response(status, message, request_id=new_request_id(), code=code)
-
-
 def _limit(request: web.Request) -> int | web.Response:
     text = request.query.get("limit", "100")
     if not text.isdigit() or not 1 <= int(text) <= 1000:
-        return _admin_error(400, "limit must be a number from 1 to 1000.", code="parameter_invalid")
+        return admin_error(400, "limit must be a number from 1 to 1000.", code="parameter_invalid")
     return int(text)
-
-
-async def _form(request: web.Request) -> dict[str, str]:
-    """The fields of a form or JSON object body, and the query string's."""
-    fields = {k: v for k, v in request.query.items()}
-    if request.content_type == _JSON:
-        with contextlib.suppress(ValueError):
-            body = orjson.loads(await request.read())
-            if isinstance(body, dict):
-                fields.update({k: v for k, v in body.items() if isinstance(v, str)})
-    elif request.body_exists:
-        posted = await request.post()
-        fields.update({k: v for k, v in posted.items() if isinstance(v, str)})
-    return fields

@@ -95,9 +95,11 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@/\s]*@", re.I)
 _SECRET_NAME = re.compile(r"pass|secret|token|credential|(?<![a-z])key(?![a-z_]*(?:env|prefix))")
 
 
-def _error(
+def admin_error(
     status: int, message: str, *, code: str | None = None, type: ErrorType | None = None
 ) -> web.Response:
+    """A Stripe-shaped error for an admin route (plugins' routes too), with a request id;
+    ``api_error`` for 5xx, else ``invalid_request_error``."""
     return error_response(
         status,
         message,
@@ -124,7 +126,7 @@ async def _errors_and_auth(
 ) -> web.StreamResponse:
     """Stripe-shaped errors for everything, and the token check for ``/admin/*``."""
     if request.path.startswith("/admin/") and not _authorized(request):
-        return _error(
+        return admin_error(
             401,
             "Admin endpoints need 'Authorization: Bearer <admin token>'; this request had "
             "none, or a wrong one.",
@@ -134,10 +136,10 @@ async def _errors_and_auth(
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status == 404:
-            return _error(404, f"Unrecognized admin URL ({request.method}: {request.path}).")
+            return admin_error(404, f"Unrecognized admin URL ({request.method}: {request.path}).")
         if exc.status == 405:
-            return _error(405, f"{request.method} is not allowed on {request.path}.")
-        return _error(exc.status, exc.reason)
+            return admin_error(405, f"{request.method} is not allowed on {request.path}.")
+        return admin_error(exc.status, exc.reason)
 
 
 def _current(gateway: web.Application) -> Generation:
@@ -376,14 +378,14 @@ async def _reload(request: web.Request) -> web.Response:
         )
     reload = request.app[GATEWAY_APP].get(RELOAD)
     if reload is None:
-        return _error(
+        return admin_error(
             501,
             "Config reload is not available in this gateway process.",
             code="reload_unavailable",
         )
     result = await reload()
     if not result.get("reloaded"):
-        return _error(
+        return admin_error(
             400,
             f"The config was not reloaded: {result.get('error')}. The running config stays.",
             code="config_invalid",
