@@ -31,7 +31,7 @@ from gateway.keys import GENERATIONS, PUBLIC_AUDIT, REQUEST_ID
 if TYPE_CHECKING:
     from gateway.serve.reload import Generation
 
-__all__ = ["PublicRoutes", "build_public_router"]
+__all__ = ["PublicRoutes", "build_public_router", "is_reserved"]
 
 #: on a public route's request: the generation it was resolved with
 _GENERATION: web.RequestKey[Generation] = web.RequestKey("public_generation")
@@ -39,8 +39,13 @@ _GENERATION: web.RequestKey[Generation] = web.RequestKey("public_generation")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: paths a public route may not take: the core's own, and Stripe's API
-_RESERVED = ("/healthz",)
+_RESERVED = ("/healthz", "/v1", "/v2")
 _RESERVED_PREFIXES = ("/v1/", "/v2/")
+
+
+def is_reserved(path: str) -> bool:
+    """Whether ``path`` is the gateway's own or Stripe's API, never a public route's."""
+    return path in _RESERVED or path.startswith(_RESERVED_PREFIXES) or not path.startswith("/")
 
 
 def _wrap(handler: Handler, log: Any) -> Handler:
@@ -113,7 +118,7 @@ def build_public_router(defs: Iterable[web.AbstractRouteDef], log: Any) -> web.U
         path = definition.path
         if "{" in path:  # matched by exact path (PublicRoutes.resolve): no variable parts
             raise ValueError(f"public route {path!r}: a fixed path, without {{variables}}")
-        if path in _RESERVED or path.startswith(_RESERVED_PREFIXES) or not path.startswith("/"):
+        if is_reserved(path):
             raise ValueError(f"public route {path!r}: the path is the gateway's or Stripe's")
         if (definition.method, path) in taken:
             raise ValueError(f"public route {definition.method} {path}: given twice")

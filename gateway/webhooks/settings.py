@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
+from gateway.public import is_reserved
 from gateway.settings import Settings
 from gateway.webhooks.store import EventRecord
 
@@ -75,7 +76,7 @@ class SourceSettings(Settings):
 
     @model_validator(mode="after")
     def _read_secrets(self, info: ValidationInfo) -> SourceSettings:
-        if self.path.startswith(("/v1/", "/v2/")) or self.path in ("/healthz", "/v1", "/v2"):
+        if is_reserved(self.path):
             raise ValueError("path: is Stripe's API or the gateway's own")
         environ = _environ(info)
         found = [_secret("env", name, environ) for name in self.secret_env]
