@@ -360,7 +360,9 @@ class AuditPlugin:
                 should_retry=True,
             )
         route_of = self._route_of
-        route = route_of(ctx.method, ctx.path) if route_of is not None else self._default_route
+        route = self._default_route
+        if route_of is not None:
+            route = ctx.state["audit.route"] = route_of(ctx.method, ctx.path)
         request = ctx.request
         settings = self.settings
         if route.params and request.body_exists:
@@ -403,7 +405,9 @@ class AuditPlugin:
             "error": ctx.error,
         }
         route_of = self._route_of
-        route = route_of(request.method, path) if route_of is not None else self._default_route
+        route = self._default_route
+        if route_of is not None:  # found in gateway_request, unless the request stopped before
+            route = ctx.state.get("audit.route") or route_of(request.method, path)
         if route.params or route.response_body:
             try:
                 if route.params:
