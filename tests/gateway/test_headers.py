@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.headers import relay_headers
+from gateway.headers import header_problem, relay_headers
 
 
 @pytest.mark.parametrize("drop", [(), ("X-Drop",)])
@@ -29,3 +29,28 @@ def test_relay_headers_drops_hop_by_hop_connection_named_and_proxy_headers(
     out = relay_headers(headers, drop=drop)
     expected = [("Accept", "a"), ("accept", "b")] + ([] if drop else [("X-Drop", "d")])
     assert list(out.items()) == expected
+
+
+def test_an_h2c_upgrade_is_dropped_not_relayed() -> None:
+    # curl --http2 on http:// sends these: connection-specific, never forwarded
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            {
+                "Connection": "Upgrade, HTTP2-Settings",
+                "Upgrade": "h2c",
+                "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA",
+                "Stripe-Version": "2024-06-20",
+            }
+        )
+    )
+    assert header_problem(headers) is None
+    assert dict(relay_headers(headers)) == {"Stripe-Version": "2024-06-20"}
+
+
+@pytest.mark.parametrize(
+    "name", ["Stripe-Account", "Stripe-Context", "Stripe-Version", "Idempotency-Key"]
+)
+@pytest.mark.parametrize("value", ["key\u00e9", "a\tb", "a\x00b", "a\udcffb"])
+def test_a_header_the_gateway_reads_must_be_printable_ascii(name: str, value: str) -> None:
+    problem = header_problem(CIMultiDictProxy(CIMultiDict({name: value})))
+    assert problem == f"The header {name} must be printable ASCII."
