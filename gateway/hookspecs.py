@@ -371,6 +371,31 @@ def gateway_objects_changed(object_ids: list[str], source: str) -> MaybeAwaitabl
 
 
 @hookspec
+def gateway_audit_event(event: str, fields: dict[str, Any]) -> MaybeAwaitable:
+    """Record something that is not a proxied request in the audit log: a webhook event
+    received, a delivery attempt. Fires when a plugin calls it (``await
+    host.each("gateway_audit_event", event="webhook_received", fields={...})``), never from
+    the core: the built-in ``webhooks`` plugin does for every request to a webhook source
+    (``webhook_received``, rejected ones included) and every delivery attempt
+    (``webhook_delivery``). The built-in ``audit`` plugin writes one line named ``event``
+    with ``fields`` where it writes its request lines (its file, or standard output),
+    through the same log processors (redaction), with the worker's index and pid under
+    ``serve --workers N``; a line it cannot write goes to the gateway's error log with the
+    reason, as its request lines do. Check ``"gateway_audit_event" in host.implemented``
+    first to skip the call when no plugin records these.
+
+    :param event: the line's name, a ``snake_case`` word (``webhook_delivery``).
+    :param fields: JSON-able values for the line; never secrets (the line is redacted all
+        the same). Implementations must not change the dict; the keys ``event``, ``level``
+        and ``timestamp`` are the line's own and are ignored.
+
+    Return value: ignored; may be a coroutine, which is awaited.
+
+    Failure: logged and skipped; the other plugins still record the event.
+    """
+
+
+@hookspec
 def gateway_admin_team(team: TeamConfig) -> dict[str, Any] | None:
     """Contribute fields to one team's entry in the admin listener's ``GET /admin/teams``
     (the ``rate_limit`` plugin adds ``rate_limit``: the team's limits and levels). Fires

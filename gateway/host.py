@@ -272,6 +272,7 @@ class PluginHost:
             "gateway_admin_team",
             "gateway_public_routes",
             "gateway_objects_changed",
+            "gateway_audit_event",
             "gateway_reopen_logs",
             "gateway_shutdown",
         ):

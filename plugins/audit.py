@@ -12,6 +12,11 @@ error kind when the gateway answered itself, and, where configured, the request'
 parameters and the response body; with ``serve --workers N``, the worker's index
 and pid (``worker``, ``pid``). Never the ``Authorization`` header or the gateway key.
 
+Other plugins add lines of their own for what is not a proxied request
+(``gateway_audit_event``): the ``webhooks`` plugin writes a ``webhook_received`` line per
+request to a webhook source and a ``webhook_delivery`` line per delivery attempt, in the
+same file, through the same processors.
+
 **Parameters** (``params``) are the query string's and the body's, decoded into nested
 objects the way Stripe reads bracket notation (:mod:`gateway.redaction.params`): ``card[number]=…``
 is ``{"card": {"number": …}}``, ``expand[0]`` a list. Only form (``x-www-form-urlencoded``)
@@ -431,6 +436,25 @@ class AuditPlugin:
             self._sink.emit("request", fields)
         except (OSError, ValueError) as exc:  # a processor failed: no line for this record
             self._written([fields], exc)
+
+    @hookimpl
+    def gateway_audit_event(self, event: str, fields: dict[str, Any]) -> None:
+        """One line named ``event`` for something that is not a proxied request (a webhook
+        received, a delivery attempt), in the same sink as the request lines."""
+        record = {k: v for k, v in fields.items() if k not in _SINK_KEYS}
+        if self._process:  # worker index and pid, with `serve --workers N`
+            record.update(self._process)
+        sink = self._sink
+        if sink is None:  # before start-up or after shutdown: never dropped silently
+            if self._fallback is not None:
+                self._fallback.error("audit_write_failed", reason="the sink is closed", **record)
+            return
+        if self._lost:
+            self._reopen("retry")
+        try:
+            sink.emit(event, record)
+        except (OSError, ValueError) as exc:  # a processor failed: no line for this record
+            self._written([record], exc)
 
     def _add_params(self, ctx: RequestContext, fields: dict[str, Any]) -> None:
         """``params`` (query and body, decoded when the line is written: see

@@ -41,10 +41,16 @@ store: a restart keeps a subscription paused), ``GET /admin/webhooks/events``,
 (``delivered``, ``retry``, ``dead``), ``webhook_queue_depth{subscription}`` and
 ``webhook_oldest_pending_seconds{subscription}``.
 
-**Audit.** Each received request is one ``public_request`` line of the gateway log (event
-id, type, source, duplicate or the rejection reason), each delivery attempt one
-``webhook_delivery`` line (subscription, team, event, attempt, status, error, outcome), at
-info level; like every log line they pass through the redaction processors.
+**Audit.** Each request to a source is one ``webhook_received`` line in the audit file
+(``gateway_audit_event``, written by the ``audit`` plugin next to its request lines):
+request id, source, event id, type, account, livemode, ``outcome`` (``accepted``,
+``duplicate``, ``rejected`` with its ``reason``, ``failed``), the number of deliveries
+queued, status, duration and client. Each delivery attempt is one ``webhook_delivery``
+line there (subscription, team, event id, attempt, status, error, outcome, duration). The
+gateway log has them too, as ``public_request`` (event id, type, source, duplicate or the
+rejection reason) and ``webhook_delivery`` lines at info level. Like every log line they
+pass through the redaction processors; the body, the ``Stripe-Signature`` header and the
+secrets are never in them.
 """
 
 from __future__ import annotations
@@ -247,21 +253,62 @@ class WebhooksPlugin:
         return [web.post(s.path, partial(self._receive, s)) for s in self.settings.sources]
 
     async def _receive(self, source: SourceSettings, request: web.Request) -> web.Response:
+        """The source's route: :meth:`_ingest`, then one ``webhook_received`` audit line
+        (``gateway_audit_event``) whatever the outcome."""
+        line: dict[str, Any] = {
+            "request_id": request[REQUEST_ID],
+            "source": source.name,
+            "event_id": None,
+            "type": None,
+            "account": None,
+            "livemode": None,
+        }
+        started = time.monotonic()
+        status = 500
+        try:
+            response = await self._ingest(source, request, line)
+            status = response.status
+            return response
+        except StripeErrorResponse as exc:
+            status = exc.status
+            raise
+        finally:
+            line.setdefault("outcome", "failed")
+            line.update(
+                status=status,
+                duration_ms=round((time.monotonic() - started) * 1000, 3),
+                client=request.remote,
+            )
+            await self._audit("webhook_received", line)
+
+    async def _audit(self, event: str, fields: dict[str, Any]) -> None:
+        host = self._host
+        if host is not None and "gateway_audit_event" in host.implemented:
+            await host.each("gateway_audit_event", event=event, fields=fields)
+
+    async def _ingest(
+        self, source: SourceSettings, request: web.Request, line: dict[str, Any]
+    ) -> web.Response:
         audit = request[PUBLIC_AUDIT]
         audit["webhook_source"] = source.name
         try:
             event = await self._verified(source, request)
         except Rejected as exc:
             audit["webhook_rejected"] = exc.reason
+            line.update(outcome="rejected", reason=exc.reason)
             self._rejected.labels(source.name, exc.reason).inc()
             raise StripeErrorResponse(400, exc.message, code=f"webhook_{exc.reason}") from None
         audit.update(webhook_event=event.id, webhook_type=event.type)
+        line.update(
+            event_id=event.id, type=event.type, account=event.account, livemode=event.livemode
+        )
         wanted = [s.name for s in self.settings.subscriptions if self._wants(s, event)]
         assert self.store is not None
         try:
             new = await self.store.record(event, wanted, time.time())
         except Exception as exc:  # not acknowledged: Stripe sends it again
             audit["webhook_rejected"] = "store_unavailable"
+            line.update(outcome="rejected", reason="store_unavailable")
             self._rejected.labels(source.name, "store_unavailable").inc()
             assert self._host is not None
             self._host.log.error(
@@ -276,6 +323,9 @@ class WebhooksPlugin:
             ) from None
         self._received.labels(source.name).inc()
         audit.update(webhook_duplicate=not new, webhook_deliveries=len(wanted) if new else 0)
+        line.update(
+            outcome="accepted" if new else "duplicate", deliveries=len(wanted) if new else 0
+        )
         if new:
             for name in wanted:
                 self._subscribers[name].wake.set()
@@ -413,17 +463,18 @@ class WebhooksPlugin:
                 now=now,
             )
             self._deliveries.labels(sub.name, outcome).inc()
-            self._host.log.info(
-                "webhook_delivery",
-                subscription=sub.name,
-                team=sub.team,
-                event_id=claimed.event_id,
-                attempt=attempt,
-                status=status,
-                error=error,
-                outcome=outcome,
-                duration_ms=round((time.monotonic() - started) * 1000, 3),
-            )
+            line = {
+                "subscription": sub.name,
+                "team": sub.team,
+                "event_id": claimed.event_id,
+                "attempt": attempt,
+                "status": status,
+                "error": error,
+                "outcome": outcome,
+                "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            }
+            self._host.log.info("webhook_delivery", **line)
+            await self._audit("webhook_delivery", line)
         except asyncio.CancelledError:
             raise
         except Exception:
