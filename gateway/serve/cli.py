@@ -1,5 +1,5 @@
 """The ``stripe-gateway`` command: serve (one process, or ``--workers N``), check-config,
-hash-key, sandbox, demo.
+hash-key, sandbox, demo, and ``webhooks`` (:mod:`gateway.serve.webhooks_cli`).
 
 Configuration problems end the process with exit code 2 and one line naming the key
 path and the reason, never a traceback.
@@ -20,6 +20,7 @@ from gateway import __version__
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.host import PluginFailure, PluginHost
+from gateway.serve import webhooks_cli
 
 if TYPE_CHECKING:
     from gateway.serve.demo import SandboxOptions
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         "hash-key",
         help="print the SHA-256 digest of a key read from stdin (for teams[].key_sha256)",
     )
+    webhooks_cli.add_parser(sub)
     return parser
 
 
@@ -325,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "serve":
             return _serve(args)
+        if args.command == "webhooks":
+            return webhooks_cli.run(args)
         if args.command == "config-reference":
             from gateway import reference
 
