@@ -439,10 +439,13 @@ def run(args: argparse.Namespace) -> int:
         other_pct = other / wall * 100
         rate = result["acked"] / result["seconds"]
         errors = result["errors"] + result["status_errors"]
+        cpu_us = gw_used / max(1, result["acked"]) * 1e6
         print(
             f"  acknowledged {result['acked']} events in {result['seconds']:.1f} s: "
             f"{rate:7.1f} events/s  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
-            f"  errors {errors} | cpu% gateway {gw_used / wall * 100:3.0f} subscriber "
+            f"  errors {errors}  gateway cpu/event {cpu_us:5.0f} us (one core: "
+            f"~{1e6 / max(1.0, cpu_us):.0f} events/s)"
+            f" | cpu% gateway {gw_used / wall * 100:3.0f} subscriber "
             f"{sub_used / wall * 100:3.0f} posters {load_used / wall * 100:3.0f} other "
             f"{other_pct:3.0f}",
             flush=True,
