@@ -36,7 +36,8 @@ after restart (its lease expires after the subscription's ``timeout`` plus 10 s)
 store: a restart keeps a subscription paused), ``GET /admin/webhooks/events``,
 ``GET /admin/webhooks/deliveries`` (``subscription``, ``status``, ``event_id``, ``limit``),
 ``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``event_id``,
-``subscription``). Metrics: ``webhook_events_received{source}``,
+``subscription``); ``stripe-gateway webhooks ...`` calls them from the command line
+(:mod:`gateway.serve.webhooks_cli`). Metrics: ``webhook_events_received{source}``,
 ``webhook_events_rejected{source,reason}``, ``webhook_deliveries{subscription,outcome}``
 (``delivered``, ``retry``, ``dead``), ``webhook_queue_depth{subscription}`` and
 ``webhook_oldest_pending_seconds{subscription}``.

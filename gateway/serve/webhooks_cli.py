@@ -102,6 +102,16 @@ def _time_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be > 0 and <= 3600")
+    return value
+
+
 def _limit_arg(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 1000:
         raise argparse.ArgumentTypeError("must be a number from 1 to 1000")
@@ -135,7 +145,7 @@ def add_parser(sub: Any) -> None:
         )
         parser.add_argument(
             "--timeout",
-            type=float,
+            type=_seconds_arg,
             metavar="SECONDS",
             default=argparse.SUPPRESS if suppress else 10.0,
             help="seconds to wait for the gateway (default 10)",
