@@ -2,8 +2,8 @@
 memory accounting.
 
 Not a benchmark itself; ``proxy_bench.py``, ``cache_bench.py``, ``rate_limit_bench.py``,
-``redaction_bench.py``, ``workers_bench.py``, ``webhook_bench.py`` and ``soak.py`` import it (bench/ is not a
-package: each puts its own directory on ``sys.path``). What it holds:
+``redaction_bench.py``, ``workers_bench.py``, ``webhook_bench.py`` and ``soak.py`` import it
+(bench/ is not a package: each puts its own directory on ``sys.path``). What it holds:
 
 * the parts every scenario runs, each in its own process (``python bench/harness.py
   _child ROLE PARAMS``): ``upstream``, a minimal Stripe stand-in (``GET
