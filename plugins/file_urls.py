@@ -123,8 +123,9 @@ def _marker(origin: str) -> bytes:
 
 def _new_url(url: str, origins: tuple[str, ...], base: str) -> str | None:
     for origin in origins:
-        if url[: len(origin)].lower() == origin and url[len(origin) : len(origin) + 1] == "/":
-            rest = url[len(origin) :]
+        size = len(origin)
+        if (url.startswith(origin) or url[:size].lower() == origin) and url[size : size + 1] == "/":
+            rest = url[size:]
             if _CONTENTS.match(rest):
                 return base + rest
     return None
@@ -142,19 +143,27 @@ def rewrite_file_urls(body: bytes, origins: tuple[str, ...], base: str) -> tuple
         return None, 0
     count = 0
     stack: list[Any] = [doc]
+    push = stack.append
     while stack:  # no recursion: a crafted body may nest a thousand levels
         node = stack.pop()
-        if isinstance(node, dict):
+        # (orjson makes plain dicts and lists: exact type checks are the fast ones)
+        if type(node) is dict:
             if node.get("object") == "file":
                 url = node.get("url")
-                if isinstance(url, str):
+                if type(url) is str:
                     new = _new_url(url, origins, base)
                     if new is not None:
                         node["url"] = new
                         count += 1
-            stack.extend(v for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, dict | list))
+            values: Any = node.values()
+        elif type(node) is list:
+            values = node
+        else:
+            continue
+        for value in values:
+            kind = type(value)
+            if kind is dict or kind is list:
+                push(value)
     if count == 0:
         return None, 0
     # Stripe indents its answers by two spaces: keep the look
