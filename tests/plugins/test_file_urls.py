@@ -7,6 +7,7 @@ what is not), and as a property of :func:`plugins.file_urls.rewrite_file_urls`.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -298,6 +299,32 @@ def test_a_public_base_url_must_be_an_address(stack: Stack) -> None:
         with pytest.raises(ConfigError) as info:
             stack.start_gateway(plugins={"file_urls": {"public_base_url": bad}})
         assert info.value.path == "plugins.file_urls.public_base_url", bad
+
+
+def test_a_5_mb_download_streams_even_when_its_answer_would_be_read(stack: Stack) -> None:
+    # expand in the query makes any route one whose JSON answers are read: file contents
+    # are not JSON, so they stream, the first half before the upstream sends the second
+    stack.start_gateway(plugins={"file_urls": {"public_base_url": BASE}})
+    files = stack.upstreams["files"]
+    release = stack.loop.call(asyncio.Event)
+    files.release_download = release
+    size = 5 * 1024 * 1024
+    url = f"{stack.gateway_url}/v1/files/file_1Nabcdefghij/contents?size={size}&expand[]=x"
+    with requests.get(
+        url, headers={"Authorization": f"Bearer {BILLING_KEY}"}, stream=True, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Length"] == str(size)
+        received = 0
+        chunks = response.iter_content(64 * 1024)
+        while received < size // 2:
+            received += len(next(chunks))
+        assert files.download_progress, "the upstream should be paused mid-body"
+        stack.loop.call(release.set)
+        for chunk in chunks:
+            received += len(chunk)
+    assert received == size
+    assert files.last().headers.get("Accept-Encoding") == "identity"
 
 
 # --------------------------------------------------------------------------- the rewrite
