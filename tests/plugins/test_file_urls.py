@@ -411,3 +411,30 @@ def _keys(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for inner in value:
             yield from _keys(inner)
+
+
+# --------------------------------------------------------------------------- without a server
+
+
+async def test_the_plugin_alone_with_plugin_test() -> None:
+    from gateway.testing import PluginTest
+    from plugins.file_urls import FileUrlsPlugin
+
+    body = orjson.dumps({"object": "file", "id": "file_1", "url": FILE_URL})
+    settings = {"file_urls": {"public_base_url": BASE}}
+    async with PluginTest(FileUrlsPlugin(), settings=settings) as t:
+        ctx = t.context("GET", "/v1/files/file_1", team="billing")
+        assert await t.request(ctx) is None
+        assert (await t.upstream_headers(ctx))["Accept-Encoding"] == "identity"
+        got = orjson.loads(await t.response_body(ctx, body))
+        assert got["url"] == f"{BASE}/v1/files/file_1Nabcdefghij/contents"
+        assert t.audit_fields(ctx)["file_urls_rewritten"] == 1
+        other = t.context("GET", "/v1/customers/cus_1", team="billing")
+        assert await t.request(other) is None and other.response_body_limit == 0
+        assert await t.response_body(other, body) == body
+    async with PluginTest(FileUrlsPlugin()) as t:  # no public_base_url: off
+        ctx = t.context("GET", "/v1/files/file_1", team="billing")
+        await t.request(ctx)
+        assert ctx.response_body_limit == 0 and "Accept-Encoding" not in (
+            await t.upstream_headers(ctx)
+        )

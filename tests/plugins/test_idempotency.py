@@ -389,3 +389,22 @@ def test_headers_and_error_bodies_quoting_the_key_show_the_callers(stack: Stack)
     ok = _post(stack, "/v1/customers/ok", **{"Idempotency-Key": sent})
     assert ok.status_code == 200 and ok.json()["error"]["key"] == f"billing:{sent}"
     assert ok.headers["X-Other"] == sent  # headers always show the caller's key
+
+
+async def test_the_plugin_alone_rewrites_only_error_bodies() -> None:
+    from gateway.testing import PluginTest
+    from plugins.idempotency import IdempotencyPlugin
+
+    async with PluginTest(IdempotencyPlugin()) as t:
+        ctx = t.context("POST", "/v1/customers", {"Idempotency-Key": "k1"}, team="billing")
+        await t.request(ctx)
+        up = await t.upstream_headers(ctx)
+        assert up["Idempotency-Key"] == "billing:k1" and up["Accept-Encoding"] == "identity"
+        error = b'{"error": {"message": "Try using a key other than \'billing:k1\'."}}'
+        got = await t.response_body(ctx, error, status=400)
+        assert got == b'{"error": {"message": "Try using a key other than \'k1\'."}}'
+        ok = t.context("POST", "/v1/customers", {"Idempotency-Key": "k1"}, team="billing")
+        await t.request(ok)
+        await t.upstream_headers(ok)
+        assert await t.response_body(ok, b'{"k": "billing:k1"}') == b'{"k": "billing:k1"}'
+        assert ok.response_body_limit == 0  # a success is never read
