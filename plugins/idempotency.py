@@ -211,10 +211,13 @@ class IdempotencyPlugin:
         keys: _Keys | None = ctx.state.get("idempotency")
         if keys is None or not keys.namespaced or ctx.status < 400:
             return None
-        upstream = _in_json(keys.upstream)
+        upstream, client = _in_json(keys.upstream), _in_json(keys.client)
         if upstream not in body:
-            return None
-        return body.replace(upstream, _in_json(keys.client))
+            if b"/" not in upstream or upstream.replace(b"/", b"\\/") not in body:
+                return None
+            # an encoder that escapes "/" as "\/" (JSON allows it)
+            upstream, client = upstream.replace(b"/", b"\\/"), client.replace(b"/", b"\\/")
+        return body.replace(upstream, client)
 
     @hookimpl
     def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:

@@ -408,3 +408,10 @@ async def test_the_plugin_alone_rewrites_only_error_bodies() -> None:
         await t.upstream_headers(ok)
         assert await t.response_body(ok, b'{"k": "billing:k1"}') == b'{"k": "billing:k1"}'
         assert ok.response_body_limit == 0  # a success is never read
+        # a JSON encoder that escapes "/" as "\/"
+        slash = t.context("POST", "/v1/customers", {"Idempotency-Key": "a/b"}, team="billing")
+        await t.request(slash)
+        await t.upstream_headers(slash)
+        escaped = b'{"error": {"message": "other than \'billing:a\\/b\'"}}'
+        got = await t.response_body(slash, escaped, status=400)
+        assert got == b'{"error": {"message": "other than \'a\\/b\'"}}'
