@@ -56,6 +56,21 @@ UPSTREAM_KEY_ENV = "BENCH_STRIPE_KEY"
 UPSTREAM_KEY = "sk_test_bench_upstream_0000000001"
 CUSTOMER_PATH = "/v1/customers/cus_Bench00000001"
 DOWNLOAD_PATH = "/v1/files/file_Bench00000001/contents"
+FILE_PATH = "/v1/files/file_Bench00000001"
+#: a file object as Stripe answers a retrieve: its url on Stripe's files host
+FILE_OBJECT = {
+    "id": "file_Bench00000001",
+    "object": "file",
+    "created": 1717243200,
+    "expires_at": 1719835200,
+    "filename": "frr_Bench00000001.csv",
+    "links": {"object": "list", "data": [], "has_more": False, "url": "/v1/file_links"},
+    "purpose": "finance_report_run",
+    "size": 5242880,
+    "title": None,
+    "type": "csv",
+    "url": "https://files.stripe.com/v1/files/file_Bench00000001/contents",
+}
 DOWNLOAD_BYTES = 5 * 1024 * 1024
 DOWNLOAD_CHUNK = 64 * 1024
 CHILD_FLAG = "_child"
@@ -229,8 +244,16 @@ def _upstream_app() -> web.Application:
             return web.json_response({"error": {"type": "invalid_request_error"}}, status=401)
         return web.Response(body=intent, content_type="application/json", headers=stripe_headers())
 
+    file_object = json.dumps(FILE_OBJECT, indent=2).encode()
+
+    async def file_retrieve(request: web.Request) -> web.Response:  # for file_urls_bench.py
+        return web.Response(
+            body=file_object, content_type="application/json", headers=stripe_headers()
+        )
+
     app = web.Application()
     app.router.add_get("/v1/customers/{id}", customer)
+    app.router.add_get("/v1/files/{id}", file_retrieve)
     app.router.add_get("/v1/files/{id}/contents", contents)
     app.router.add_post("/v1/payment_intents", create_intent)  # for redaction_bench.py
     return app
@@ -310,6 +333,8 @@ async def _serve_gateway(params: dict[str, Any], parent: int) -> None:
     }
     if "audit" in keep:
         data["plugins"]["audit"] = {"path": params["audit_path"]}
+    for name, table in params.get("settings", {}).items():  # [plugins.<name>] tables
+        data["plugins"][name] = table
     if "metrics" in keep:  # metrics count only when the admin listener that shows them is on
         data["admin"] = {"host": HOST, "port": free_port()}
     config = parse_config(data, source="bench", environ={UPSTREAM_KEY_ENV: UPSTREAM_KEY})

@@ -128,6 +128,11 @@ class RequestContext:
     #: set by a plugin (in gateway_request) to get a copy of the response body, up to this
     #: many bytes, in ``response_body`` when the request is finished; 0: no copy
     capture_limit: int = 0
+    #: set by a plugin (in gateway_request or gateway_upstream_response) to have a JSON
+    #: answer up to this many bytes read whole and passed to gateway_response_body, which
+    #: may change it; 0: the answer streams untouched. Larger, compressed or non-JSON
+    #: answers always stream untouched.
+    response_body_limit: int = 0
     #: set by a plugin (in gateway_request) to get a copy of the request body, up to this
     #: many bytes, in ``request_body`` when the request is finished; 0: no copy. The body
     #: still streams upstream; the copy is taken chunk by chunk as it goes.

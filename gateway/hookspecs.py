@@ -239,6 +239,33 @@ def gateway_upstream_response(ctx: RequestContext, headers: CIMultiDict[str]) ->
 
 
 @hookspec
+def gateway_response_body(
+    ctx: RequestContext, headers: CIMultiDict[str], body: bytes
+) -> MaybeAwaitable:
+    """Change a JSON answer's body before it goes to the client (rewrite a URL, a key).
+    Fires only for a request on which a plugin set ``ctx.response_body_limit`` (in
+    :func:`gateway_request`, or in :func:`gateway_upstream_response` once the status is
+    known), and only for an answer, Stripe's or an early one, whose ``Content-Type`` is
+    JSON, that has no ``Content-Encoding`` and whose whole body is within that many bytes;
+    every other answer streams untouched (to get Stripe's answers uncompressed, send
+    ``Accept-Encoding: identity`` from :func:`gateway_upstream_headers`). Fires once per
+    answer, after :func:`gateway_upstream_response` and before
+    :func:`gateway_response_headers`; for a HEAD request, never.
+
+    :param ctx: ``ctx.status`` holds the status about to be sent.
+    :param headers: the response's headers (read them; the core sets ``Content-Length``).
+    :param body: the body so far: Stripe's (or the early answer's), or what the plugins
+        before this one made of it.
+
+    Return value: the new body (``bytes``), which the next implementation gets; ``None``
+    keeps the body as it is. Keep it cheap when there is nothing to change: look for a
+    marker in the bytes before parsing them.
+
+    Failure: logged and skipped: the body goes on as the previous plugin left it.
+    """
+
+
+@hookspec
 def gateway_response_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> MaybeAwaitable:
     """Change the headers of the response about to go to the client, in place. Fires once,
     before the first byte of the response is written, for upstream responses and for

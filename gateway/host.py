@@ -42,6 +42,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("idempotency", "plugins.idempotency:IdempotencyPlugin"),
     ("rate_limit", "plugins.rate_limit:RateLimitPlugin"),
     ("cache", "plugins.cache:CachePlugin"),
+    # after the cache, so its gateway_request runs first, also on the cache's hits
+    ("file_urls", "plugins.file_urls:FileUrlsPlugin"),
     ("audit", "plugins.audit:AuditPlugin"),
     ("auth", "plugins.auth:AuthPlugin"),
     ("metrics", "plugins.metrics:MetricsPlugin"),
@@ -55,6 +57,7 @@ REQUEST_HOOKS = (
     "gateway_request",
     "gateway_upstream_headers",
     "gateway_upstream_response",
+    "gateway_response_body",
     "gateway_response_headers",
     "gateway_request_finished",
     "gateway_audit_fields",
@@ -341,6 +344,31 @@ class PluginHost:
                 self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
             except Exception as exc:
                 self._failed(impl, hook, fail_closed, exc)
+
+    async def rewrite(self, hook: str, body: bytes, **kwargs: Any) -> bytes:
+        """Pass ``body`` through every implementation of ``hook`` in order, each getting
+        the body the one before returned (``None``: unchanged); the last body.
+
+        ``kwargs`` are the spec's other arguments.
+        """
+        fail_closed = self._fails_closed[hook]
+        for impl in self._impls[hook]:
+            try:
+                result = impl.call({**kwargs, "body": body})
+                if result is not None and inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                self._failed(impl, hook, fail_closed, exc)
+                continue
+            if result is None:
+                continue
+            if isinstance(result, bytes | bytearray | memoryview):
+                body = bytes(result)
+            else:
+                self.log.error(
+                    "plugin_bad_answer", plugin=impl.plugin, hook=hook, answer=type(result).__name__
+                )
+        return body
 
     async def carry_over(self, previous: PluginHost) -> None:
         """Call ``gateway_carry_over`` on each plugin that has a namesake in ``previous``

@@ -47,6 +47,26 @@ async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
+async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _body_hook_applies(ctx: RequestContext, status: int, headers: CIMultiDict[str]) -> bool:
+    """Whether an answer with these headers may go through ``gateway_response_body``: JSON,
+    not compressed, with a body, and not announced as larger than the plugins' limit."""
+    if ctx.method == "HEAD" or status in (204, 304):
+        return False
+    if not headers.get("Content-Type", "").lower().startswith("application/json"):
+        return False
+    encoding = headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        return False
+    length = headers.get("Content-Length")
+    return length is None or not length.isdigit() or int(length) <= ctx.response_body_limit
+
+
 def upstream_url(base: str | URL, raw_path: str) -> URL:
     """The URL sent upstream: scheme, host and port from ``base`` (the configured upstream),
     nothing else; path and query exactly as the client sent them (``raw_path`` is
@@ -248,6 +268,13 @@ class Proxy:
         if error is not None and ctx.error is None:
             ctx.error = error
         ctx.status = response.status
+        if (
+            ctx.response_body_limit > 0
+            and isinstance(response, web.Response)
+            and not response.prepared
+            and "gateway_response_body" in self.host.implemented
+        ):
+            await self._rewrite_answer(ctx, response)
         if not response.prepared:
             response.headers.setdefault("X-Gateway-Request-Id", ctx.request_id)
             if "gateway_response_headers" in self.host.implemented:
@@ -264,6 +291,19 @@ class Proxy:
                     ctx.response_body = bytes(body)
                     ctx.response_headers = CIMultiDict(response.headers)
         return response
+
+    async def _rewrite_answer(self, ctx: RequestContext, response: web.Response) -> None:
+        """Let the plugins change the body of an answer the gateway or a plugin made (a
+        cached copy, say) as they would Stripe's (``gateway_response_body``)."""
+        body = response.body
+        if (
+            isinstance(body, bytes | bytearray)
+            and len(body) <= ctx.response_body_limit
+            and _body_hook_applies(ctx, response.status, response.headers)
+        ):
+            response.body = await self.host.rewrite(
+                "gateway_response_body", bytes(body), ctx=ctx, headers=response.headers
+            )
 
     @staticmethod
     def _settle(ctx: RequestContext) -> None:
@@ -650,6 +690,50 @@ class Proxy:
             return None
         return wait
 
+    async def _read_for_rewrite(
+        self,
+        ctx: RequestContext,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        sent: float,
+        preread: bytes | None,
+    ) -> AsyncIterator[bytes] | web.StreamResponse:
+        """Read Stripe's answer whole, up to ``ctx.response_body_limit``, and pass it
+        through ``gateway_response_body`` (``Content-Length`` set to the new body's); an
+        answer over the limit streams on untouched, from what was read. Stripe breaking off
+        before the end is answered with a Stripe-shaped 502 (504 for a timeout): nothing of
+        the answer has been sent yet."""
+        limit = ctx.response_body_limit
+        if preread is None:
+            parts: list[bytes] = []
+            size = 0
+            try:
+                async for chunk in upstream.content.iter_any():
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > limit:  # larger than announced (or not announced): stream on
+                        return _then(b"".join(parts), upstream.content.iter_any())
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                timeout = isinstance(exc, TimeoutError)
+                ctx.upstream_failures += ("timeout_mid_body" if timeout else "broken_body",)
+                upstream.close()
+                ctx.upstream_seconds = time.perf_counter() - sent
+                failed = self._upstream_error(
+                    ctx,
+                    504 if timeout else 502,
+                    "upstream_timeout_mid_body" if timeout else "upstream_broken_body",
+                    "Stripe's answer broke off before its end; nothing of it was sent.",
+                )
+                return await self._answer(ctx, failed)
+            preread = b"".join(parts)
+        elif len(preread) > limit:
+            return _one(preread)
+        body = await self.host.rewrite(
+            "gateway_response_body", preread, ctx=ctx, headers=response.headers
+        )
+        response.content_length = len(body)
+        return _one(body)
+
     async def _relay(
         self,
         ctx: RequestContext,
@@ -671,6 +755,16 @@ class Proxy:
                 upstream.close()
                 ctx.upstream_seconds = time.perf_counter() - sent
                 return await self._answer(ctx, replacement)
+        chunks: AsyncIterator[bytes] | None = None
+        if (
+            ctx.response_body_limit > 0
+            and "gateway_response_body" in hooks
+            and _body_hook_applies(ctx, upstream.status, response.headers)
+        ):
+            read = await self._read_for_rewrite(ctx, upstream, response, sent, preread)
+            if isinstance(read, web.StreamResponse):
+                return read
+            chunks = read
         response.headers["X-Gateway-Request-Id"] = ctx.request_id
         if "gateway_response_headers" in hooks:
             await self.host.each("gateway_response_headers", ctx=ctx, headers=response.headers)
@@ -686,7 +780,8 @@ class Proxy:
                 watch.started = None
             except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
                 raise _ClientGone("send_timeout" if watch.expired else "client_closed") from exc
-            chunks = _one(preread) if preread is not None else upstream.content.iter_any()
+            if chunks is None:
+                chunks = _one(preread) if preread is not None else upstream.content.iter_any()
             async for chunk in chunks:
                 try:
                     watch.started = loop_time()

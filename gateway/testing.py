@@ -260,6 +260,23 @@ class PluginTest:
         await self.host.each("gateway_upstream_headers", ctx=ctx, headers=out)
         return out
 
+    async def response_body(
+        self,
+        ctx: RequestContext,
+        body: bytes,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """``gateway_upstream_response`` then, as the proxy does, ``gateway_response_body``
+        when a plugin asked for bodies (``ctx.response_body_limit``) and ``body`` is within
+        the limit: the body the client would get (a JSON answer by default)."""
+        sent = CIMultiDict(headers or {"Content-Type": "application/json"})
+        ctx.status = status
+        await self.host.first("gateway_upstream_response", ctx=ctx, headers=sent)
+        if 0 < len(body) <= ctx.response_body_limit:
+            body = await self.host.rewrite("gateway_response_body", body, ctx=ctx, headers=sent)
+        return body
+
     async def finish(
         self,
         ctx: RequestContext,

@@ -38,7 +38,7 @@ from gateway.settings import RedisSettings, RouteText, Settings
 from gateway.stores.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.stores.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 
-__all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings"]
+__all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings", "state_of"]
 
 #: headers of a stored answer that are replayed on a hit
 _KEPT = ("Content-Type", "Request-Id", "Stripe-Version", "Cache-Control")
@@ -57,20 +57,67 @@ _SECRETS = (b'"client_secret"', b'"secret"')
 STATUS = "cache.status"
 
 
-def _is_final(obj: dict[str, Any]) -> bool:
+#: objects whose ``status`` Stripe changes on its own: type -> (transitional states, final
+#: states). A transitional object is cached for at most ``transitional_ttl``, a final one
+#: for ``final_ttl``; a type or state not listed gets ``default_ttl`` (or its route's TTL).
+_STATUS_STATES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "reporting.report_run": (frozenset({"pending"}), frozenset({"succeeded"})),
+    "scheduled_query_run": (frozenset({"pending", "running"}), frozenset({"completed"})),
+    "identity.verification_session": (frozenset({"processing", "requires_input"}), frozenset()),
+    "crypto.onramp_session": (
+        frozenset({"initialized", "requires_payment", "fulfillment_processing"}),
+        frozenset(),
+    ),
+    "climate.order": (frozenset({"open", "awaiting_funds", "confirmed"}), frozenset()),
+    "financial_connections.transaction": (frozenset({"pending"}), frozenset()),
+    "tax.settings": (frozenset({"pending"}), frozenset()),
+    "tax.registration": (frozenset({"scheduled"}), frozenset()),
+}
+#: objects final whatever their fields say
+_ALWAYS_FINAL = frozenset(
+    {"tax.calculation", "tax.transaction", "forwarding.request", "identity.verification_report"}
+)
+#: sub-objects whose ``status`` Stripe changes on its own (a Financial Connections account's
+#: refreshes, a verification session's redaction): ``pending`` or ``processing`` there make
+#: the whole object transitional
+_NESTED = ("balance_refresh", "ownership_refresh", "transaction_refresh", "redaction")
+_NESTED_TRANSITIONAL = frozenset({"pending", "processing"})
+
+
+def _nested_transitional(obj: dict[str, Any]) -> bool:
+    for name in _NESTED:
+        inner = obj.get(name)
+        if isinstance(inner, dict) and inner.get("status") in _NESTED_TRANSITIONAL:
+            return True
+    return False
+
+
+def state_of(obj: dict[str, Any]) -> str | None:
+    """``"transitional"`` (Stripe will change the object on its own, soon), ``"final"``
+    (it never changes again) or ``None`` (anything else), by the object's type and state."""
     kind = obj.get("object")
-    status = obj.get("status")
-    return (
-        (kind == "scheduled_query_run" and status == "completed")
-        or (kind == "reporting.report_run" and status == "succeeded")
-        or kind
-        in (
-            "tax.calculation",
-            "tax.transaction",
-            "forwarding.request",
-            "identity.verification_report",
-        )
-    )
+    if not isinstance(kind, str):
+        return None
+    if kind in _ALWAYS_FINAL:
+        return "final"
+    states = _STATUS_STATES.get(kind)
+    if states is not None:
+        status = obj.get("status")
+        if status in states[0]:
+            return "transitional"
+        if status in states[1]:
+            return "final"
+    if kind == "financial_connections.session":
+        accounts = obj.get("accounts")
+        data = accounts.get("data") if isinstance(accounts, dict) else None
+        if isinstance(data, list) and any(
+            isinstance(a, dict) and _nested_transitional(a) for a in data
+        ):
+            return "transitional"
+        return None
+    if _nested_transitional(obj):
+        return "transitional"
+    return None
 
 
 class CacheRoute(Settings):
@@ -87,6 +134,17 @@ class CacheSettings(RedisSettings):
     contents, events and answers carrying a client_secret or secret are never cached."""
 
     default_ttl: float = Field(30.0, gt=0, description="seconds an answer stays fresh")
+    transitional_ttl: float = Field(
+        1.0,
+        ge=0,
+        description="seconds for objects in a state Stripe changes on its own (0: not cached): "
+        "pending report runs, pending or running scheduled query runs, processing or "
+        "requires_input verification sessions, initialized, requires_payment or "
+        "fulfillment_processing onramp sessions, open, awaiting_funds or confirmed climate "
+        "orders, pending tax settings, scheduled tax registrations, pending Financial "
+        "Connections transactions, and objects with a pending refresh or a processing "
+        "redaction; never longer than default_ttl or the route's TTL",
+    )
     final_ttl: float = Field(
         3600.0,
         gt=0,
@@ -115,17 +173,25 @@ class CacheSettings(RedisSettings):
         self._rules = tuple((parse_rule(r.route), r.ttl) for r in self.routes)
 
     def ttl_for(self, method: str, path: str, obj: dict[str, Any] | None) -> float:
-        now = time.time()
-        if obj is not None and self.final_ttl > 0 and _is_final(obj):
+        """Seconds an answer (``obj``, its parsed body) stays fresh: ``transitional_ttl``
+        for an object Stripe will change on its own (or its route's TTL, if shorter),
+        ``final_ttl`` (capped by ``expires_at``) for one that never changes again, else its
+        route's TTL or ``default_ttl``."""
+        state = state_of(obj) if obj is not None else None
+        if state == "final":
             ttl = self.final_ttl
-            expires = obj.get("expires_at")
+            expires = obj.get("expires_at") if obj is not None else None
             if isinstance(expires, int | float) and expires > 0:
-                ttl = min(ttl, expires - now)
+                ttl = min(ttl, expires - time.time())
             return ttl
+        route_ttl = self.default_ttl
         for rule, ttl in self._rules:
             if rule.matches(method, path):
-                return ttl
-        return self.default_ttl
+                route_ttl = ttl
+                break
+        if state == "transitional":
+            return min(self.transitional_ttl, route_ttl)
+        return route_ttl
 
 
 @dataclass

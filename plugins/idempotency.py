@@ -8,7 +8,11 @@ teams on one Stripe account can neither collide nor replay each other's answers.
 
 The response's ``Idempotency-Key`` header is always the form the caller sends to retry (the
 injected key, or the caller's own key), never the namespaced form; sending it back reaches
-Stripe with exactly the key of the first attempt. The audit line has the key sent to Stripe
+Stripe with exactly the key of the first attempt. Stripe's error answers that quote the key
+(``Try using a key other than 'T:K'``, ``idempotency_key_in_use``) show ``K`` too: the
+namespaced form is replaced by the caller's in every response header and in JSON error
+bodies (up to 64 KiB; namespaced requests ask Stripe for uncompressed answers so that
+they can be read). The audit line has the key sent to Stripe
 (``idempotency_key``), the caller's form (``idempotency_key_client``) and ``attempts``.
 """
 
@@ -19,6 +23,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from multidict import CIMultiDict
 from pydantic import AfterValidator, Field, PrivateAttr
 
@@ -34,6 +39,8 @@ __all__ = ["IdempotencyPlugin", "IdempotencySettings", "namespaced"]
 
 _MAX_KEY = 255
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: error answers up to this size are read whole to show the caller's key
+_ERROR_BODY_LIMIT = 64 * 1024
 
 
 def namespaced(team: str, key: str) -> str:
@@ -118,6 +125,15 @@ class _Keys:
     upstream: str
     injected: bool
 
+    @property
+    def namespaced(self) -> bool:
+        return self.upstream != self.client
+
+
+def _in_json(text: str) -> bytes:
+    """``text`` as it appears inside a JSON string."""
+    return orjson.dumps(text)[1:-1]
+
 
 class IdempotencyPlugin:
     """Built-in plugin ``idempotency``."""
@@ -178,11 +194,40 @@ class IdempotencyPlugin:
         keys = self._keys(ctx)
         if keys is not None:
             headers["Idempotency-Key"] = keys.upstream  # the same key on every attempt
+            if keys.namespaced:  # an error answer quoting the key must be readable
+                headers["Accept-Encoding"] = "identity"
+
+    @hookimpl
+    def gateway_upstream_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        keys: _Keys | None = ctx.state.get("idempotency")
+        if keys is not None and keys.namespaced and ctx.status >= 400:
+            ctx.response_body_limit = max(ctx.response_body_limit, _ERROR_BODY_LIMIT)
+
+    @hookimpl
+    def gateway_response_body(
+        self, ctx: RequestContext, headers: CIMultiDict[str], body: bytes
+    ) -> bytes | None:
+        """Stripe's error message quotes the key it got: show the caller's form of it."""
+        keys: _Keys | None = ctx.state.get("idempotency")
+        if keys is None or not keys.namespaced or ctx.status < 400:
+            return None
+        upstream, client = _in_json(keys.upstream), _in_json(keys.client)
+        if upstream not in body:
+            if b"/" not in upstream or upstream.replace(b"/", b"\\/") not in body:
+                return None
+            # an encoder that escapes "/" as "\/" (JSON allows it)
+            upstream, client = upstream.replace(b"/", b"\\/"), client.replace(b"/", b"\\/")
+        return body.replace(upstream, client)
 
     @hookimpl
     def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
         keys: _Keys | None = ctx.state.get("idempotency")
         if keys is not None:
+            upstream = keys.upstream
+            if keys.namespaced and any(upstream in value for value in headers.values()):
+                items = [(k, v.replace(upstream, keys.client)) for k, v in headers.items()]
+                headers.clear()
+                headers.extend(items)
             headers["Idempotency-Key"] = keys.client
             if ctx.retry is not None:
                 headers["X-Gateway-Attempts"] = str(ctx.attempts)

@@ -489,6 +489,7 @@ def test_async_request_hooks_are_awaited_in_turn(
         "audit",
         "passer",
         "answerer",
+        "file_urls",  # before the cache, so its hits are rewritten too
         "cache",
         "idempotency",
         "rate_limit",  # trylast: after the cache, so hits spend no budget
@@ -513,6 +514,7 @@ def test_tryfirst_answer_stops_later_plugins(
         "first",
         "audit",
         "bystander",
+        "file_urls",
         "cache",
         "idempotency",
         "rate_limit",  # trylast: after the cache, so hits spend no budget

@@ -21,7 +21,7 @@ from gateway.keys import GENERATIONS
 from gateway.settings import validate_settings
 from gateway.stores.cachekeys import cache_key
 from gateway.testing import PluginTest
-from plugins.cache import CachePlugin, CacheSettings
+from plugins.cache import CachePlugin, CacheSettings, state_of
 from tests.conftest import RedisServer
 from tests.helpers import (
     ANALYTICS_KEY,
@@ -286,11 +286,174 @@ def test_ttl_rules() -> None:
     done = {"object": "scheduled_query_run", "status": "completed"}
     assert settings.ttl_for("GET", "/v1/sigma/scheduled_query_runs/sqr_1", done) == 3600
     running = {"object": "reporting.report_run", "status": "pending"}
-    assert settings.ttl_for("GET", "/v1/reporting/report_runs/frr_1", running) == 30
+    assert settings.ttl_for("GET", "/v1/reporting/report_runs/frr_1", running) == 1
     calc = {"object": "tax.calculation", "expires_at": int(now + 60)}
     assert 55 < settings.ttl_for("GET", "/v1/tax/calculations/taxcalc_1", calc) <= 60
     for kind in ("tax.transaction", "forwarding.request", "identity.verification_report"):
         assert settings.ttl_for("GET", "/x", {"object": kind}) == 3600
+
+
+#: (object, state the cache sees): transitional objects Stripe changes on its own, final
+#: ones that never change, and the rest
+_STATES: list[tuple[dict[str, Any], str | None]] = [
+    ({"object": "reporting.report_run", "status": "pending"}, "transitional"),
+    ({"object": "reporting.report_run", "status": "succeeded"}, "final"),
+    ({"object": "reporting.report_run", "status": "failed"}, None),
+    ({"object": "scheduled_query_run", "status": "running"}, "transitional"),
+    ({"object": "scheduled_query_run", "status": "completed"}, "final"),
+    ({"object": "identity.verification_session", "status": "processing"}, "transitional"),
+    ({"object": "identity.verification_session", "status": "requires_input"}, "transitional"),
+    ({"object": "identity.verification_session", "status": "verified"}, None),
+    (
+        {
+            "object": "identity.verification_session",
+            "status": "verified",
+            "redaction": {"status": "processing"},
+        },
+        "transitional",
+    ),
+    ({"object": "identity.verification_report"}, "final"),
+    ({"object": "crypto.onramp_session", "status": "initialized"}, "transitional"),
+    ({"object": "crypto.onramp_session", "status": "fulfillment_processing"}, "transitional"),
+    ({"object": "crypto.onramp_session", "status": "fulfillment_complete"}, None),
+    ({"object": "climate.order", "status": "confirmed"}, "transitional"),
+    ({"object": "climate.order", "status": "delivered"}, None),
+    ({"object": "financial_connections.account", "status": "active"}, None),
+    (
+        {
+            "object": "financial_connections.account",
+            "status": "active",
+            "balance_refresh": {"status": "pending"},
+        },
+        "transitional",
+    ),
+    (
+        {
+            "object": "financial_connections.session",
+            "accounts": {"data": [{"transaction_refresh": {"status": "pending"}}]},
+        },
+        "transitional",
+    ),
+    ({"object": "financial_connections.session", "accounts": {"data": []}}, None),
+    ({"object": "financial_connections.transaction", "status": "pending"}, "transitional"),
+    ({"object": "tax.settings", "status": "pending"}, "transitional"),
+    ({"object": "tax.settings", "status": "active"}, None),
+    ({"object": "tax.registration", "status": "scheduled"}, "transitional"),
+    ({"object": "tax.calculation"}, "final"),
+    ({"object": "forwarding.request"}, "final"),
+    ({"object": "customer", "status": "pending"}, None),
+    ({"status": "pending"}, None),
+]
+
+
+@pytest.mark.parametrize(("obj", "state"), _STATES)
+def test_objects_stripe_changes_on_its_own_are_transitional(
+    obj: dict[str, Any], state: str | None
+) -> None:
+    settings = validate_settings(
+        CacheSettings,
+        {"default_ttl": 30, "final_ttl": 3600, "transitional_ttl": 2},
+    )
+    assert state_of(obj) == state
+    expected = {"transitional": 2, "final": 3600, None: 30}[state]
+    assert settings.ttl_for("GET", "/v1/x/obj_1234567890", obj) == expected
+
+
+def test_transitional_ttl_is_never_longer_than_the_route_or_default() -> None:
+    pending = {"object": "reporting.report_run", "status": "pending"}
+    short = validate_settings(CacheSettings, {"default_ttl": 0.5})
+    assert short.ttl_for("GET", "/v1/reporting/report_runs/frr_1", pending) == 0.5
+    routed = validate_settings(
+        CacheSettings, {"routes": [{"route": "GET /v1/reporting/**", "ttl": 0.25}]}
+    )
+    assert routed.ttl_for("GET", "/v1/reporting/report_runs/frr_1", pending) == 0.25
+    off = validate_settings(CacheSettings, {"transitional_ttl": 0})
+    assert off.ttl_for("GET", "/v1/reporting/report_runs/frr_1", pending) == 0
+
+
+def _sandbox_gateway(stack: Stack, report_delay: float, **cache: Any) -> tuple[Any, str]:
+    from sandbox.app import Sandbox, create_sandbox_app
+    from sandbox.core import SandboxSettings
+    from tests.helpers import start_app
+
+    sandbox = Sandbox(settings=SandboxSettings(report_delay=report_delay, seed=7))
+    served = stack.loop.run(start_app(create_sandbox_app(sandbox)))
+    stack._runners.append(served.runner)
+    stack.start_gateway(upstream={"api": served.url, "files": served.url}, plugins={"cache": cache})
+    return sandbox, served.url
+
+
+def _create_report_run(client: stripe.StripeClient) -> Any:
+    kind = client.v1.reporting.report_types.retrieve("balance.summary.1")
+    interval = {
+        "interval_start": kind.data_available_end - 86400,
+        "interval_end": kind.data_available_end,
+    }
+    return client.v1.reporting.report_runs.create(
+        {"report_type": "balance.summary.1", "parameters": interval}
+    )
+
+
+def _poll(condition: Any, deadline: float, pause: float = 0.05) -> Any:
+    """The first truthy answer of ``condition()``, or its last one at the deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        got = condition()
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(pause)
+
+
+def test_a_report_run_polled_through_the_gateway_succeeds_soon_after_the_sandbox(
+    stack: Stack,
+) -> None:
+    # the default final and default TTLs (3600 s, 30 s): only transitional_ttl keeps a
+    # pending run from being served after the sandbox finished it
+    _, sandbox_url = _sandbox_gateway(stack, report_delay=3.0)
+    client = _client(stack)
+    run = _create_report_run(client)
+    assert run.status == "pending"
+    # the pending run is cached (a hit), for at most transitional_ttl
+    first = client.v1.reporting.report_runs.retrieve(run.id)
+
+    def hit_status() -> str | None:
+        got = client.v1.reporting.report_runs.retrieve(run.id)
+        return str(got.status) if got.last_response.headers["X-Cache"] == "HIT" else None
+
+    assert first.status == "pending"
+    assert _poll(hit_status, deadline=30, pause=0.01) == "pending"
+    direct = stripe.StripeClient(
+        "sk_test_billingupstream000000001",
+        base_addresses={"api": sandbox_url},
+        max_network_retries=0,
+    )
+    done = _poll(
+        lambda: direct.v1.reporting.report_runs.retrieve(run.id).status == "succeeded",
+        deadline=30,
+    )
+    assert done, "the sandbox never finished the run"
+    # within transitional_ttl (1 s) plus slack; the old 30 s TTL fails this
+    seen = _poll(
+        lambda: client.v1.reporting.report_runs.retrieve(run.id).status == "succeeded",
+        deadline=5,
+    )
+    assert seen, "the gateway still serves the pending run"
+    # a succeeded run is final: cached, and a hit from then on
+    again = client.v1.reporting.report_runs.retrieve(run.id)
+    assert again.status == "succeeded"
+    assert (
+        client.v1.reporting.report_runs.retrieve(run.id).last_response.headers["X-Cache"] == "HIT"
+    )
+
+
+def test_transitional_ttl_zero_never_caches_a_pending_run(stack: Stack) -> None:
+    _sandbox_gateway(stack, report_delay=3600.0, transitional_ttl=0)
+    client = _client(stack)
+    run = _create_report_run(client)
+    for _ in range(3):
+        got = client.v1.reporting.report_runs.retrieve(run.id)
+        assert got.status == "pending"
+        assert got.last_response.headers["X-Cache"] == "MISS"
 
 
 @pytest.mark.parametrize(
@@ -299,6 +462,8 @@ def test_ttl_rules() -> None:
         ({"bogus": 1}, "bogus"),
         ({"default_ttl": 0}, "default_ttl"),
         ({"default_ttl": "30"}, "default_ttl"),
+        ({"transitional_ttl": -1}, "transitional_ttl"),
+        ({"transitional_ttl": "1"}, "transitional_ttl"),
         ({"backend": "memcached"}, "backend"),
         ({"backend": "redis"}, "backend"),
         ({"backend": "redis", "redis_url": "redis://:pw@host:6379"}, "redis_url"),

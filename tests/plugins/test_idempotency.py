@@ -279,3 +279,139 @@ def test_bad_settings_stop_startup(stack: Stack, table: dict[str, Any], path: st
     with pytest.raises(ConfigError) as info:
         stack.start_gateway(plugins={"idempotency": table})
     assert info.value.path == f"plugins.idempotency.{path}"
+
+
+# --------------------------------------------------------------------------- the caller's key
+
+
+@pytest.fixture
+def sandbox_url(stack: Stack) -> str:
+    """The sandbox as the api upstream (Stripe's idempotency checks), the gateway in front."""
+    from sandbox.app import Sandbox, create_sandbox_app
+    from tests.helpers import start_app
+
+    served = stack.loop.run(start_app(create_sandbox_app(Sandbox())))
+    stack._runners.append(served.runner)
+    stack.start_gateway(upstream={"api": served.url})
+    return served.url
+
+
+def _reuse(stack: Stack, key: str) -> stripe.IdempotencyError:
+    """Use ``key`` twice with different parameters; the SDK's exception for the second."""
+    client = _client(stack)
+    params: dict[str, Any] = {"url": "https://example.com/hook", "enabled_events": ["*"]}
+    first = client.v1.webhook_endpoints.create(
+        {**params, "description": "first"}, {"idempotency_key": key}
+    )
+    assert first.last_response.headers["Idempotency-Key"] == key
+    with pytest.raises(stripe.IdempotencyError) as info:
+        client.v1.webhook_endpoints.create(
+            {**params, "description": "second"}, {"idempotency_key": key}
+        )
+    return info.value
+
+
+def _assert_only_the_callers_key(error: stripe.IdempotencyError, key: str, stack: Stack) -> None:
+    assert f"a key other than '{key}'" in str(error.user_message)
+    assert error.headers is not None
+    assert error.headers["Idempotency-Key"] == key
+    body = str(error.http_body)
+    assert "billing:" not in body and "sha256:" not in body
+    assert all("billing:" not in value for value in error.headers.values())
+    # Stripe got the namespaced key
+    line = stack.audit_lines(at_least=2)[-1]
+    assert line["idempotency_key"] == namespaced("billing", key)
+    assert line["idempotency_key_client"] == key
+
+
+def test_a_reused_key_error_shows_the_callers_key(stack: Stack, sandbox_url: str) -> None:
+    error = _reuse(stack, "idem-1")
+    assert error.http_status == 400
+    _assert_only_the_callers_key(error, "idem-1", stack)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "k.*+?[](){}$^|\\1\\\"'",  # regex and JSON specials, quotes, backslashes
+        "analytics:idem-1",  # another team's namespace, as a key: shown as sent
+        "billing:idem-1",  # the own namespace, as a key: shown as sent
+        "x" * 300,  # hashed on the way to Stripe
+    ],
+)
+def test_every_key_comes_back_as_the_caller_sent_it(
+    stack: Stack, sandbox_url: str, key: str
+) -> None:
+    error = _reuse(stack, key)
+    if key.startswith("billing:"):
+        assert f"'{key}'" in str(error.user_message)
+        assert "billing:billing:" not in str(error.http_body)
+    else:
+        _assert_only_the_callers_key(error, key, stack)
+
+
+def test_without_namespacing_nothing_is_read(stack: Stack, sandbox_url: str) -> None:
+    stack.reload(upstream={"api": sandbox_url}, plugins={"idempotency": {"namespace": False}})
+    error = _reuse(stack, "idem-plain")
+    assert "a key other than 'idem-plain'" in str(error.user_message)
+
+
+def test_headers_and_error_bodies_quoting_the_key_show_the_callers(stack: Stack) -> None:
+    from aiohttp import web
+
+    from tests.helpers import start_app
+
+    async def echo(request: web.Request) -> web.Response:
+        key = request.headers["Idempotency-Key"]
+        status = 200 if request.path.endswith("/ok") else 409
+        return web.json_response(
+            {"error": {"type": "idempotency_error", "message": f"in use: {key}", "key": key}},
+            status=status,
+            headers={"X-Echo": f"<{key}>", "X-Other": key, "Request-Id": "req_1"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", echo)
+    served = stack.loop.run(start_app(app))
+    stack._runners.append(served.runner)
+    stack.start_gateway(upstream={"api": served.url})
+    sent = 'a"b\\c'
+    got = _post(stack, "/v1/customers", **{"Idempotency-Key": sent})
+    assert got.status_code == 409
+    assert got.json()["error"] == {
+        "type": "idempotency_error",
+        "message": f"in use: {sent}",
+        "key": sent,
+    }
+    assert got.headers["X-Echo"] == f"<{sent}>" and got.headers["X-Other"] == sent
+    assert "billing:" not in got.text
+    # a successful answer is not read: it streams as Stripe sent it
+    ok = _post(stack, "/v1/customers/ok", **{"Idempotency-Key": sent})
+    assert ok.status_code == 200 and ok.json()["error"]["key"] == f"billing:{sent}"
+    assert ok.headers["X-Other"] == sent  # headers always show the caller's key
+
+
+async def test_the_plugin_alone_rewrites_only_error_bodies() -> None:
+    from gateway.testing import PluginTest
+    from plugins.idempotency import IdempotencyPlugin
+
+    async with PluginTest(IdempotencyPlugin()) as t:
+        ctx = t.context("POST", "/v1/customers", {"Idempotency-Key": "k1"}, team="billing")
+        await t.request(ctx)
+        up = await t.upstream_headers(ctx)
+        assert up["Idempotency-Key"] == "billing:k1" and up["Accept-Encoding"] == "identity"
+        error = b'{"error": {"message": "Try using a key other than \'billing:k1\'."}}'
+        got = await t.response_body(ctx, error, status=400)
+        assert got == b'{"error": {"message": "Try using a key other than \'k1\'."}}'
+        ok = t.context("POST", "/v1/customers", {"Idempotency-Key": "k1"}, team="billing")
+        await t.request(ok)
+        await t.upstream_headers(ok)
+        assert await t.response_body(ok, b'{"k": "billing:k1"}') == b'{"k": "billing:k1"}'
+        assert ok.response_body_limit == 0  # a success is never read
+        # a JSON encoder that escapes "/" as "\/"
+        slash = t.context("POST", "/v1/customers", {"Idempotency-Key": "a/b"}, team="billing")
+        await t.request(slash)
+        await t.upstream_headers(slash)
+        escaped = b'{"error": {"message": "other than \'billing:a\\/b\'"}}'
+        got = await t.response_body(slash, escaped, status=400)
+        assert got == b'{"error": {"message": "other than \'a\\/b\'"}}'

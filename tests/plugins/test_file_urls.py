@@ -1,0 +1,440 @@
+"""The file_urls plugin: file objects' download URLs lead through the gateway.
+
+End to end against the sandbox (the official SDK through the gateway, downloads with
+``requests`` and the team's gateway key), against a crafted upstream (what is rewritten and
+what is not), and as a property of :func:`plugins.file_urls.rewrite_file_urls`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import requests
+import stripe
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import ConfigError
+from plugins.file_urls import STRIPE_FILES, rewrite_file_urls
+from sandbox.app import Sandbox, create_sandbox_app
+from sandbox.core import SandboxSettings
+from tests.helpers import BILLING_KEY, BILLING_UPSTREAM_KEY, Stack, start_app
+
+ORIGINS = (STRIPE_FILES,)
+BASE = "https://gw.internal:8443"
+FILE_URL = f"{STRIPE_FILES}/v1/files/file_1Nabcdefghij/contents"
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+@pytest.fixture
+def sandbox(stack: Stack) -> Iterator[tuple[Sandbox, str]]:
+    """The sandbox as the api and files upstreams (its file URLs on Stripe's files host, as
+    Stripe writes them), the gateway in front, not yet rewriting."""
+    box = Sandbox(settings=SandboxSettings(report_delay=0.2, seed=11))
+    served = stack.loop.run(start_app(create_sandbox_app(box)))
+    stack._runners.append(served.runner)
+    stack.start_gateway(upstream={"api": served.url, "files": served.url})
+    yield box, served.url
+
+
+def _client(stack: Stack) -> stripe.StripeClient:
+    url = stack.gateway_url
+    return stripe.StripeClient(
+        BILLING_KEY, base_addresses={"api": url, "files": url}, max_network_retries=0
+    )
+
+
+def _rewrite_to_the_gateway(stack: Stack, sandbox_url: str) -> None:
+    """Reload the gateway with ``public_base_url`` set to its own address."""
+    result = stack.reload(
+        upstream={"api": sandbox_url, "files": sandbox_url},
+        plugins={"file_urls": {"public_base_url": stack.gateway_url}},
+    )
+    assert result["reloaded"] is True, result
+
+
+def _report_run(client: stripe.StripeClient) -> Any:
+    kind = client.v1.reporting.report_types.retrieve("balance.summary.1")
+    run = client.v1.reporting.report_runs.create(
+        {
+            "report_type": "balance.summary.1",
+            "parameters": {
+                "interval_start": kind.data_available_end - 86400,
+                "interval_end": kind.data_available_end,
+            },
+        }
+    )
+    deadline = time.monotonic() + 30
+    while run.status == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        run = client.v1.reporting.report_runs.retrieve(run.id)
+    assert run.status == "succeeded"
+    return run
+
+
+def test_a_report_runs_result_downloads_through_the_gateway(
+    stack: Stack, sandbox: tuple[Sandbox, str]
+) -> None:
+    box, sandbox_url = sandbox
+    _rewrite_to_the_gateway(stack, sandbox_url)
+    client = _client(stack)
+    run = _report_run(client)
+    file_id = run.result.id
+    assert run.result.url == f"{stack.gateway_url}/v1/files/{file_id}/contents"
+    # Stripe's own answer (the sandbox's, asked directly) points at its files host
+    direct = requests.get(
+        f"{sandbox_url}/v1/reporting/report_runs/{run.id}",
+        headers={"Authorization": f"Bearer {BILLING_UPSTREAM_KEY}"},
+        timeout=10,
+    ).json()
+    assert direct["result"]["url"] == f"{STRIPE_FILES}/v1/files/{file_id}/contents"
+    # a 5 MB result: streamed through, with the team's gateway key
+    response = requests.get(
+        run.result.url, headers={"Authorization": f"Bearer {BILLING_KEY}"}, stream=True, timeout=30
+    )
+    assert response.status_code == 200
+    body = b"".join(response.iter_content(64 * 1024))
+    assert len(body) == run.result.size >= box.settings.large_result_bytes
+    assert body.startswith(b"category,")
+    # through the gateway: audited, sent to the configured files upstream
+    lines = stack.audit_lines(at_least=1, timeout=10)
+    download = [line for line in lines if line["path"] == f"/v1/files/{file_id}/contents"]
+    assert len(download) == 1
+    assert download[0]["team"] == "billing" and download[0]["status"] == 200
+    assert download[0]["upstream"] == "files" and download[0]["bytes_out"] == len(body)
+    assert "file_urls_rewritten" not in download[0]  # streamed, never read whole
+    retrieves = [line for line in lines if line["path"] == f"/v1/reporting/report_runs/{run.id}"]
+    assert retrieves[-1]["file_urls_rewritten"] == 1
+
+
+def test_file_retrieves_are_rewritten_on_a_miss_and_on_a_hit(
+    stack: Stack, sandbox: tuple[Sandbox, str]
+) -> None:
+    client = _client(stack)
+    run = _report_run(client)
+    file_id = run.result.id
+    # cached before the rewrite was on: the hit is rewritten as it is served
+    before = client.v1.files.retrieve(file_id)
+    assert before.url == f"{STRIPE_FILES}/v1/files/{file_id}/contents"
+    assert before.last_response.headers["X-Cache"] == "MISS"
+    _rewrite_to_the_gateway(stack, sandbox[1])
+    gateway_url = f"{stack.gateway_url}/v1/files/{file_id}/contents"
+    old_hit = client.v1.files.retrieve(file_id)
+    assert old_hit.last_response.headers["X-Cache"] == "HIT"
+    assert old_hit.url == gateway_url
+    # a fresh miss stores the rewritten form; its hit serves it
+    other = _report_run(client).result.id
+    miss = client.v1.files.retrieve(other)
+    hit = client.v1.files.retrieve(other)
+    assert miss.last_response.headers["X-Cache"] == "MISS"
+    assert hit.last_response.headers["X-Cache"] == "HIT"
+    assert miss.url == hit.url == f"{stack.gateway_url}/v1/files/{other}/contents"
+    assert hit.to_dict() == miss.to_dict()
+    # lists: every file, and every scheduled query run's file
+    listed = client.v1.files.list({"limit": 100}).data
+    assert listed and all(f.url is None or f.url.startswith(stack.gateway_url) for f in listed)
+    runs = client.v1.sigma.scheduled_query_runs.list({"limit": 100}).data
+    files = [r.file for r in runs if r.file is not None]
+    assert files and all(f.url.startswith(f"{stack.gateway_url}/v1/files/") for f in files)
+
+
+def test_a_file_links_public_url_is_left_alone(stack: Stack, sandbox: tuple[Sandbox, str]) -> None:
+    _rewrite_to_the_gateway(stack, sandbox[1])
+    client = _client(stack)
+    upload = io.BytesIO(b"a,b\n1,2\n")
+    upload.name = "data.csv"
+    created = client.v1.files.create({"purpose": "dispute_evidence", "file": upload})
+    assert created.url == f"{stack.gateway_url}/v1/files/{created.id}/contents"
+    link = client.v1.file_links.create({"file": created.id, "expand": ["file"]})
+    assert link.url.startswith(f"{STRIPE_FILES}/links/")  # public, needs no key
+    assert link.file.url == created.url
+    # the public link downloads nothing through the gateway, and the file's URL does
+    got = requests.get(created.url, headers={"Authorization": f"Bearer {BILLING_KEY}"}, timeout=10)
+    assert got.status_code == 200 and got.content == b"a,b\n1,2\n"
+
+
+# --------------------------------------------------------------------------- a crafted upstream
+
+
+class Crafted:
+    """An upstream answering each path with a body the test chose."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[bytes, dict[str, str], bool]] = {}
+        self.headers: list[dict[str, str]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.headers.append(dict(request.headers))
+        body, headers, chunked = self.answers[request.path]
+        if not chunked:
+            return web.Response(body=body, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(0, len(body), 100):
+            await response.write(body[i : i + 100])
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+def crafted(stack: Stack) -> Crafted:
+    upstream = Crafted()
+    served = stack.loop.run(start_app(upstream.app()))
+    stack._runners.append(served.runner)
+    stack.start_gateway(
+        upstream={"api": served.url, "files": served.url},
+        plugins={"file_urls": {"public_base_url": BASE + "/", "max_body_bytes": 4096}},
+    )
+    return upstream
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _get(stack: Stack, path: str) -> requests.Response:
+    return requests.get(
+        stack.gateway_url + path, headers={"Authorization": f"Bearer {BILLING_KEY}"}, timeout=10
+    )
+
+
+def test_only_file_objects_urls_on_a_files_host_are_rewritten(
+    stack: Stack, crafted: Crafted
+) -> None:
+    doc = {
+        "object": "list",
+        "data": [
+            {"object": "file", "id": "file_1", "url": FILE_URL},
+            {"object": "file", "id": "file_2", "url": FILE_URL + "?download=1"},
+            {"object": "file", "url": "HTTPS://FILES.STRIPE.COM/v1/files/file_3/contents"},
+            # not a file object
+            {"object": "webhook_endpoint", "url": FILE_URL},
+            {"object": "file_link", "url": f"{STRIPE_FILES}/links/abc", "file": "file_1"},
+            {"url": FILE_URL},
+            # a file object, but not a files host or not a contents path
+            {"object": "file", "url": "https://evil.example/v1/files/file_1/contents"},
+            {"object": "file", "url": "https://files.stripe.com.evil.example/v1/files/f/contents"},
+            {"object": "file", "url": "https://files.stripe.com@evil.example/v1/files/f/contents"},
+            {"object": "file", "url": "https://files.stripe.com:444/v1/files/f/contents"},
+            {"object": "file", "url": f"{STRIPE_FILES}/v1/files/../admin/contents"},
+            {"object": "file", "url": f"{STRIPE_FILES}/v1/customers"},
+            {"object": "file", "url": None},
+            {"object": "file", "url": 7},
+        ],
+        "nested": {"deep": [{"object": "file", "url": FILE_URL}]},
+    }
+    crafted.answers["/v1/files"] = (orjson.dumps(doc), _JSON, False)
+    got = _get(stack, "/v1/files").json()
+    urls = [entry.get("url") for entry in got["data"]]
+    assert urls[:3] == [
+        f"{BASE}/v1/files/file_1Nabcdefghij/contents",
+        f"{BASE}/v1/files/file_1Nabcdefghij/contents?download=1",
+        f"{BASE}/v1/files/file_3/contents",
+    ]
+    assert urls[3:] == [entry.get("url") for entry in doc["data"][3:]]  # type: ignore[index]
+    assert got["nested"]["deep"][0]["url"] == f"{BASE}/v1/files/file_1Nabcdefghij/contents"
+    # the upstream was asked for an answer it could be read in
+    assert crafted.headers[-1]["Accept-Encoding"] == "identity"
+
+
+def test_answers_it_cannot_or_need_not_read_pass_untouched(stack: Stack, crafted: Crafted) -> None:
+    small = orjson.dumps({"object": "file", "id": "file_1", "url": FILE_URL})
+    large = orjson.dumps({"object": "file", "url": FILE_URL, "pad": "x" * 5000})
+    crafted.answers["/v1/files/file_small"] = (small, _JSON, True)  # chunked, within the limit
+    crafted.answers["/v1/files/file_large"] = (large, _JSON, False)
+    crafted.answers["/v1/files/file_largechunks"] = (large, _JSON, True)
+    crafted.answers["/v1/files/file_zipped"] = (
+        gzip.compress(small),
+        {**_JSON, "Content-Encoding": "gzip"},
+        False,
+    )
+    crafted.answers["/v1/files/file_text"] = (small, {"Content-Type": "text/plain"}, False)
+    crafted.answers["/v1/files/file_broken"] = (
+        b'{"object": "file", "url": "' + FILE_URL.encode(),
+        _JSON,
+        False,
+    )
+    crafted.answers["/v1/customers/cus_1Nabcdefghij"] = (small, _JSON, False)  # not a file route
+    crafted.answers["/v1/files/file_1/contents"] = (small, _JSON, False)  # contents stream
+    chunked = _get(stack, "/v1/files/file_small")
+    assert chunked.json()["url"] == f"{BASE}/v1/files/file_1Nabcdefghij/contents"
+    assert int(chunked.headers["Content-Length"]) == len(chunked.content)
+    for path, body in [
+        ("/v1/files/file_large", large),  # over max_body_bytes: streamed
+        ("/v1/files/file_largechunks", large),
+        ("/v1/files/file_text", small),
+        ("/v1/files/file_broken", crafted.answers["/v1/files/file_broken"][0]),
+        ("/v1/customers/cus_1Nabcdefghij", small),
+        ("/v1/files/file_1/contents", small),
+    ]:
+        got = _get(stack, path)
+        assert got.status_code == 200 and got.content == body, path
+    zipped = requests.get(
+        stack.gateway_url + "/v1/files/file_zipped",
+        headers={"Authorization": f"Bearer {BILLING_KEY}"},
+        stream=True,
+        timeout=10,
+    )
+    assert zipped.raw.read() == gzip.compress(small)
+
+
+def test_a_public_base_url_must_be_an_address(stack: Stack) -> None:
+    for bad in ["gateway:8080", "ftp://gw", "https://user@gw", "https://gw/?x=1", "https://gw/#a"]:
+        with pytest.raises(ConfigError) as info:
+            stack.start_gateway(plugins={"file_urls": {"public_base_url": bad}})
+        assert info.value.path == "plugins.file_urls.public_base_url", bad
+
+
+def test_a_5_mb_download_streams_even_when_its_answer_would_be_read(stack: Stack) -> None:
+    # expand in the query makes any route one whose JSON answers are read: file contents
+    # are not JSON, so they stream, the first half before the upstream sends the second
+    stack.start_gateway(plugins={"file_urls": {"public_base_url": BASE}})
+    files = stack.upstreams["files"]
+    release = stack.loop.call(asyncio.Event)
+    files.release_download = release
+    size = 5 * 1024 * 1024
+    url = f"{stack.gateway_url}/v1/files/file_1Nabcdefghij/contents?size={size}&expand[]=x"
+    with requests.get(
+        url, headers={"Authorization": f"Bearer {BILLING_KEY}"}, stream=True, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Length"] == str(size)
+        received = 0
+        chunks = response.iter_content(64 * 1024)
+        while received < size // 2:
+            received += len(next(chunks))
+        assert files.download_progress, "the upstream should be paused mid-body"
+        stack.loop.call(release.set)
+        for chunk in chunks:
+            received += len(chunk)
+    assert received == size
+    assert files.last().headers.get("Accept-Encoding") == "identity"
+
+
+# --------------------------------------------------------------------------- the rewrite
+
+
+def test_the_rewrite_survives_hostile_json() -> None:
+    def nested(depth: int) -> bytes:
+        inner = b'{"object": "file", "url": "' + FILE_URL.encode() + b'"}'
+        return b"[" * depth + inner + b"]" * depth
+
+    new, count = rewrite_file_urls(nested(200), ORIGINS, BASE)
+    assert count == 1 and new is not None and BASE.encode() in new
+    # deeper than any answer of Stripe's: left as it is, without a failure
+    assert rewrite_file_urls(nested(900), ORIGINS, BASE) == (None, 0)
+    assert rewrite_file_urls(nested(5000), ORIGINS, BASE) == (None, 0)
+    assert rewrite_file_urls(b"not json files.stripe.com", ORIGINS, BASE) == (None, 0)
+    huge = b'{"n": 123456789012345678901234567890, "u": "files.stripe.com"}'
+    assert rewrite_file_urls(huge, ORIGINS, BASE) == (None, 0)
+    # no files host in the bytes: not even parsed
+    assert rewrite_file_urls(b"{", ORIGINS, BASE) == (None, 0)
+    # Stripe's two-space indentation is kept
+    pretty = json.dumps({"object": "file", "url": FILE_URL}, indent=2).encode()
+    new, _ = rewrite_file_urls(pretty, ORIGINS, BASE)
+    assert new is not None and new.startswith(b'{\n  "object": "file"')
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.sampled_from([FILE_URL, "https://evil.example/v1/files/f/contents", "file", "url"]),
+)
+_FILES = st.builds(
+    lambda url, extra: {**extra, "object": "file", "url": url},
+    st.sampled_from(
+        [FILE_URL, FILE_URL + "?a=b", "https://evil.example/v1/files/file_1/contents", None]
+    ),
+    st.dictionaries(st.sampled_from(["id", "size", "purpose"]), _SCALARS, max_size=3),
+)
+_DOCS = st.recursive(
+    st.one_of(_SCALARS, _FILES),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=8), children, max_size=4),
+    ),
+    max_leaves=25,
+)
+
+
+def _expected(value: Any) -> Any:
+    """``value`` with what the rewrite should change changed (independently of it)."""
+    if isinstance(value, list):
+        return [_expected(v) for v in value]
+    if isinstance(value, dict):
+        out = {k: _expected(v) for k, v in value.items()}
+        url = value.get("url")
+        if value.get("object") == "file" and isinstance(url, str) and url.startswith(FILE_URL):
+            out["url"] = BASE + url.removeprefix(STRIPE_FILES)
+        return out
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DOCS, st.booleans())
+def test_the_rewrite_changes_only_file_urls(doc: Any, pretty: bool) -> None:
+    body = orjson.dumps(doc, option=orjson.OPT_INDENT_2 if pretty else 0)
+    new, count = rewrite_file_urls(body, ORIGINS, BASE)
+    expected = _expected(doc)
+    if new is None:
+        assert count == 0 and expected == doc
+        return
+    assert count > 0
+    assert orjson.loads(new) == expected  # valid JSON, every other value as it was
+    assert list(_keys(orjson.loads(new))) == list(_keys(doc))  # and in the same order
+
+
+def _keys(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield key
+            yield from _keys(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _keys(inner)
+
+
+# --------------------------------------------------------------------------- without a server
+
+
+async def test_the_plugin_alone_with_plugin_test() -> None:
+    from gateway.testing import PluginTest
+    from plugins.file_urls import FileUrlsPlugin
+
+    body = orjson.dumps({"object": "file", "id": "file_1", "url": FILE_URL})
+    settings = {"file_urls": {"public_base_url": BASE}}
+    async with PluginTest(FileUrlsPlugin(), settings=settings) as t:
+        ctx = t.context("GET", "/v1/files/file_1", team="billing")
+        assert await t.request(ctx) is None
+        assert (await t.upstream_headers(ctx))["Accept-Encoding"] == "identity"
+        got = orjson.loads(await t.response_body(ctx, body))
+        assert got["url"] == f"{BASE}/v1/files/file_1Nabcdefghij/contents"
+        assert t.audit_fields(ctx)["file_urls_rewritten"] == 1
+        other = t.context("GET", "/v1/customers/cus_1", team="billing")
+        assert await t.request(other) is None and other.response_body_limit == 0
+        assert await t.response_body(other, body) == body
+    async with PluginTest(FileUrlsPlugin()) as t:  # no public_base_url: off
+        ctx = t.context("GET", "/v1/files/file_1", team="billing")
+        await t.request(ctx)
+        assert ctx.response_body_limit == 0 and "Accept-Encoding" not in (
+            await t.upstream_headers(ctx)
+        )
