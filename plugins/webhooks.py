@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import time
@@ -73,8 +74,9 @@ from gateway.hookspecs import hookimpl
 from gateway.keys import PUBLIC_AUDIT, REQUEST_ID
 from gateway.serve.admin import admin_error, form_value
 from gateway.webhooks.events import Rejected, describe, sign, verify
+from gateway.webhooks.redisstore import RedisStore
 from gateway.webhooks.settings import SourceSettings, SubscriptionSettings, WebhooksSettings
-from gateway.webhooks.store import Claimed, EventRecord, SqliteStore
+from gateway.webhooks.store import Claimed, EventRecord, SqliteStore, WebhookStore
 
 __all__ = [
     "SourceSettings",
@@ -120,7 +122,7 @@ class WebhooksPlugin:
         self.settings = WebhooksSettings()
         #: per subscription: its team's stripe_accounts, when the team has them
         self._scopes: dict[str, frozenset[str]] = {}
-        self.store: SqliteStore | None = None
+        self.store: WebhookStore | None = None
         self._host: PluginHost | None = None
         self._session: aiohttp.ClientSession | None = None
         self._subscribers: dict[str, _Subscriber] = {}
@@ -196,7 +198,7 @@ class WebhooksPlugin:
         )
         if not self.enabled:
             return
-        self.store = SqliteStore(self.settings.sqlite_path)
+        self.store = self._open_store()
         await self.store.open()
         self._session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
@@ -207,6 +209,15 @@ class WebhooksPlugin:
             subscriber = _Subscriber(sub, asyncio.Event(), {})
             subscriber.task = loop.create_task(self._dispatch(subscriber))
             self._subscribers[sub.name] = subscriber
+
+    def _open_store(self) -> WebhookStore:
+        settings = self.settings
+        if settings.backend == "redis":
+            assert settings.url is not None  # resolved at validation
+            return RedisStore(
+                settings.url, prefix=settings.key_prefix, timeout=settings.redis_timeout
+            )
+        return SqliteStore(settings.sqlite_path)
 
     async def _prune_hourly(self) -> None:
         assert self.store is not None and self._host is not None
@@ -318,7 +329,7 @@ class WebhooksPlugin:
         assert self.store is not None and self._host is not None
         name = subscriber.settings.name
         settings = self.settings
-        lease = subscriber.settings.timeout + 10.0
+        lease = subscriber.settings.timeout + settings.lease_seconds
         while True:
             subscriber.wake.clear()
             now = time.time()
@@ -504,20 +515,79 @@ class WebhooksPlugin:
         return _json({"object": "list", "data": rows})
 
     async def _replay_route(self, request: web.Request) -> web.Response:
-        event_id = await form_value(request, "event_id")
+        """``subscription`` and either ``event_id`` (one event) or ``since`` and ``until``
+        (Unix seconds: every event received in ``[since, until)`` that was routed to it)."""
         name = await form_value(request, "subscription")
-        if not event_id or not name:
-            return admin_error(400, "Give event_id and subscription.", code="parameter_missing")
+        event_id = await form_value(request, "event_id")
+        since_text = await form_value(request, "since")
+        until_text = await form_value(request, "until")
+        ranged = since_text is not None or until_text is not None
+        if not name or (not event_id and not ranged):
+            return admin_error(
+                400,
+                "Give subscription, and event_id or since and until.",
+                code="parameter_missing",
+            )
+        if event_id and ranged:
+            return admin_error(
+                400, "Give event_id or since and until, not both.", code="parameter_invalid"
+            )
         subscriber = self._subscribers.get(name)
         if subscriber is None:
             return admin_error(404, f"No subscription named {name!r}.")
         assert self.store is not None
-        if not await self.store.replay(event_id, name, time.time()):
-            return admin_error(404, f"No event {event_id!r} is stored.")
-        subscriber.wake.set()
+        now = time.time()
+        if event_id:
+            if not await self.store.replay(event_id, name, now):
+                return admin_error(404, f"No event {event_id!r} is stored.")
+            subscriber.wake.set()
+            return _json(
+                {
+                    "object": "webhook_replay",
+                    "event_id": event_id,
+                    "subscription": name,
+                    "queued": True,
+                }
+            )
+        bounds = _time_range(since_text, until_text)
+        if isinstance(bounds, web.Response):
+            return bounds
+        since, until = bounds
+        count = await self.store.replay_range(name, since, until, now)
+        if count:
+            subscriber.wake.set()
         return _json(
-            {"object": "webhook_replay", "event_id": event_id, "subscription": name, "queued": True}
+            {
+                "object": "webhook_replay",
+                "subscription": name,
+                "since": since,
+                "until": until,
+                "count": count,
+            }
         )
+
+
+def _time_range(since: str | None, until: str | None) -> tuple[float, float] | web.Response:
+    """``since`` and ``until`` as Unix seconds, ``since < until``; else a 400."""
+    values = []
+    for key, text in (("since", since), ("until", until)):
+        if text is None:
+            return admin_error(
+                400, f"Give since and until (Unix seconds); {key} is missing.",
+                code="parameter_missing",
+            )  # fmt: skip
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            return admin_error(
+                400, f"{key} must be a number of Unix seconds.", code="parameter_invalid"
+            )
+        values.append(value)
+    if values[0] >= values[1]:
+        return admin_error(400, "since must be before until.", code="parameter_invalid")
+    return values[0], values[1]
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:

@@ -1,11 +1,30 @@
-"""The webhooks plugin's SQLite store: durable records, duplicates, leases across processes."""
+"""The webhooks plugin's stores, SQLite and Redis, against the same tests: durable records,
+duplicates, leases across processes, replay (of one event and of a time range), prune."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
-from gateway.webhooks.store import EventRecord, SqliteStore
+import pytest
+
+from gateway.webhooks.redisstore import RedisStore
+from gateway.webhooks.store import EventRecord, SqliteStore, WebhookStore
+
+#: ``make()``: a new store on the test's file or Redis (two calls: two processes' stores)
+MakeStore = Callable[[], WebhookStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+    if request.param == "sqlite":
+        path = str(tmp_path / "hooks.sqlite3")
+        return lambda: SqliteStore(path)
+    url = request.getfixturevalue("redis_server").url
+    prefix = f"test:{secrets.token_hex(4)}"
+    return lambda: RedisStore(url, prefix=prefix, timeout=5.0)
 
 
 def _event(n: int) -> EventRecord:
@@ -21,9 +40,8 @@ def _event(n: int) -> EventRecord:
     )
 
 
-async def test_two_stores_on_one_file_never_claim_the_same_delivery(tmp_path: Path) -> None:
-    path = str(tmp_path / "hooks.sqlite3")
-    first, second = SqliteStore(path), SqliteStore(path)
+async def test_two_stores_on_one_file_never_claim_the_same_delivery(make_store: MakeStore) -> None:
+    first, second = make_store(), make_store()
     await first.open()
     await second.open()
     try:
@@ -56,8 +74,8 @@ async def test_two_stores_on_one_file_never_claim_the_same_delivery(tmp_path: Pa
         await second.close()
 
 
-async def test_a_finished_delivery_is_never_claimed_again(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "hooks.sqlite3"))
+async def test_a_finished_delivery_is_never_claimed_again(make_store: MakeStore) -> None:
+    store = make_store()
     await store.open()
     try:
         await store.record(_event(1), ["billing", "ops"], now=1.0)
@@ -86,8 +104,10 @@ async def test_a_finished_delivery_is_never_claimed_again(tmp_path: Path) -> Non
         await store.close()
 
 
-async def test_prune_forgets_old_settled_events_and_keeps_pending_ones(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "hooks.sqlite3"))
+async def test_prune_forgets_old_settled_events_and_keeps_pending_ones(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
     await store.open()
     try:
         for n in (1, 2, 3):
