@@ -13,10 +13,13 @@ the source's secrets (several while Stripe rolls a secret), compared in constant
 timestamp no older than ``tolerance`` seconds; the body at most ``max_body_bytes``. A bad
 or missing signature, a stale timestamp, an oversized body or a body that is not an event
 (``object`` ``"event"``, or ``"v2.core.event"`` for thin events) gets 400 and nothing is
-stored or delivered. A verified event is committed to the store (SQLite, WAL, fsync'd)
-with one pending delivery per matching subscription *before* the 2xx goes back, so an
-acknowledged event is never lost; an event id seen before is acknowledged and not stored
-again (Stripe delivers at least once). Then every plugin hears that the event's object
+stored or delivered. A verified event is committed to the store with one pending delivery
+per matching subscription *before* the 2xx goes back, so an acknowledged event is never
+lost: ``backend = "sqlite"`` (:class:`~gateway.webhooks.store.SqliteStore`: WAL, fsync'd;
+the processes of one host) or ``"redis"`` (:class:`~gateway.webhooks.redisstore.RedisStore`:
+one queue for every instance, as durable as that Redis's persistence); if it cannot be
+stored the answer is 503 and Stripe sends it again. An event id seen before is acknowledged
+and not stored again (Stripe delivers at least once), by whichever instance gets it. Then every plugin hears that the event's object
 changed (``gateway_objects_changed``): the ``cache`` plugin purges it.
 
 **Delivery.** Each subscription (a team's endpoint) gets the events whose type matches one
@@ -28,15 +31,18 @@ verifies it. A non-2xx answer, a timeout or a connection failure is retried afte
 At most ``max_concurrency`` attempts per subscription run at once; after
 ``breaker_failures`` failures in a row a subscription's circuit opens for
 ``breaker_seconds`` (then one attempt probes it), so a dead subscriber holds up nobody
-else. Delivery is at least once: a process killed mid-attempt sends that delivery again
-after restart (its lease expires after the subscription's ``timeout`` plus 10 s).
+else. Delivery is at least once: deliveries are claimed with leases in the store, so each
+is sent by one process at a time; one cut off by a killed process is sent again, by any
+process sharing the store, once its lease expires (the subscription's ``timeout`` plus
+``lease_seconds``).
 
 **Operations** (admin listener): ``GET /admin/webhooks/subscriptions``,
 ``POST /admin/webhooks/subscriptions/<name>/pause`` and ``.../resume`` (kept in the
 store: a restart keeps a subscription paused), ``GET /admin/webhooks/events``,
 ``GET /admin/webhooks/deliveries`` (``subscription``, ``status``, ``event_id``, ``limit``),
-``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``event_id``,
-``subscription``). Metrics: ``webhook_events_received{source}``,
+``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``subscription``,
+and ``event_id``, or ``since`` and ``until`` in Unix seconds: every event received in
+``[since, until)`` that was routed to the subscription). Metrics: ``webhook_events_received{source}``,
 ``webhook_events_rejected{source,reason}``, ``webhook_deliveries{subscription,outcome}``
 (``delivered``, ``retry``, ``dead``), ``webhook_queue_depth{subscription}`` and
 ``webhook_oldest_pending_seconds{subscription}``.

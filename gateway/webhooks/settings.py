@@ -165,8 +165,9 @@ class WebhooksSettings(Settings):
 
     backend: Literal["sqlite", "redis"] = Field(
         "sqlite",
-        description='"sqlite" (a file, WAL: one host) or "redis" (one queue shared by every '
-        "gateway instance; as durable as the Redis's persistence, appendfsync always)",
+        description='"sqlite" (a file, WAL: the processes of one host) or "redis" (one queue '
+        "shared by every gateway instance; an acknowledged event is as durable as that Redis: "
+        "run it with appendonly yes and appendfsync always)",
     )
     sqlite_path: str = Field(
         "stripe-gateway-webhooks.sqlite3",

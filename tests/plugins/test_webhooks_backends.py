@@ -402,3 +402,21 @@ def test_a_killed_process_leased_deliveries_are_finished_by_the_other(
         assert held <= delivered
         after = [a for a in subscriber.arrivals if a[0] == survivor and a[1] in held]
         assert all(_verified((body, header)) for _, _, body, header in after)
+
+
+def test_the_redis_backend_needs_a_url_and_only_it_takes_one(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+    from tests.plugins.test_webhooks import _config
+
+    sub = _subscription(tmp_path, "http://127.0.0.1:9/hook")
+    with pytest.raises(ConfigError, match=r"plugins\.webhooks\.backend: .*redis_url"):
+        _config(tmp_path, _plugin(tmp_path, [sub], backend="redis"))
+    with pytest.raises(ConfigError, match=r"plugins\.webhooks\.redis_url: has a password"):
+        _config(tmp_path, _plugin(tmp_path, [sub], backend="redis", redis_url="redis://:pw@h"))
+    with pytest.raises(ConfigError, match=r"plugins\.webhooks\.redis_url_env: .*NOPE"):
+        _config(tmp_path, _plugin(tmp_path, [sub], backend="redis", redis_url_env="NOPE"))
+    with pytest.raises(ConfigError, match='backend is not "redis"'):
+        _config(tmp_path, _plugin(tmp_path, [sub], redis_url="redis://127.0.0.1:6379/0"))
+    host = _config(tmp_path, _plugin(tmp_path, [sub], backend="redis", redis_url="unix:///r.sock"))
+    plugin: Any = host.pm.get_plugin("webhooks")
+    assert plugin.settings.url == "unix:///r.sock"
