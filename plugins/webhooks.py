@@ -19,8 +19,9 @@ lost: ``backend = "sqlite"`` (:class:`~gateway.webhooks.store.SqliteStore`: WAL,
 the processes of one host) or ``"redis"`` (:class:`~gateway.webhooks.redisstore.RedisStore`:
 one queue for every instance, as durable as that Redis's persistence); if it cannot be
 stored the answer is 503 and Stripe sends it again. An event id seen before is acknowledged
-and not stored again (Stripe delivers at least once), by whichever instance gets it. Then every plugin hears that the event's object
-changed (``gateway_objects_changed``): the ``cache`` plugin purges it.
+and not stored again (Stripe delivers at least once), by whichever instance gets it. Then
+every plugin hears that the event's object changed (``gateway_objects_changed``): the
+``cache`` plugin purges it.
 
 **Delivery.** Each subscription (a team's endpoint) gets the events whose type matches one
 of its globs (``invoice.*``), from its sources, with its ``livemode`` and connected
@@ -42,10 +43,10 @@ store: a restart keeps a subscription paused), ``GET /admin/webhooks/events``,
 ``GET /admin/webhooks/deliveries`` (``subscription``, ``status``, ``event_id``, ``limit``),
 ``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``subscription``,
 and ``event_id``, or ``since`` and ``until`` in Unix seconds: every event received in
-``[since, until)`` that was routed to the subscription). Metrics: ``webhook_events_received{source}``,
-``webhook_events_rejected{source,reason}``, ``webhook_deliveries{subscription,outcome}``
-(``delivered``, ``retry``, ``dead``), ``webhook_queue_depth{subscription}`` and
-``webhook_oldest_pending_seconds{subscription}``.
+``[since, until)`` that was routed to the subscription). Metrics:
+``webhook_events_received{source}``, ``webhook_events_rejected{source,reason}``,
+``webhook_deliveries{subscription,outcome}`` (``delivered``, ``retry``, ``dead``),
+``webhook_queue_depth{subscription}`` and ``webhook_oldest_pending_seconds{subscription}``.
 
 **Audit.** Each received request is one ``public_request`` line of the gateway log (event
 id, type, source, duplicate or the rejection reason), each delivery attempt one
