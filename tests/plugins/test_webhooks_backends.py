@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from tests.cli_helpers import GatewayProcess
 from tests.conftest import RedisServer
 from tests.helpers import LoopThread, Served, Stack, WebhookReceiver, start_app
+from tests.plugins import test_webhooks
 from tests.plugins.test_webhooks import (
     ADMIN_TOKEN,
     DEADLINE,
@@ -65,6 +66,43 @@ def _replay(stack: Stack, **data: str) -> requests.Response:
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         timeout=10,
     )
+
+
+# --------------------------------------------------------------------------- the same tests
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        test_webhooks.test_the_same_event_twice_is_delivered_once,
+        test_webhooks.test_a_failing_subscriber_gets_the_event_after_retries,
+        test_webhooks.test_after_the_last_attempt_the_delivery_is_dead_lettered_and_can_be_replayed,
+        test_webhooks.test_a_paused_subscription_gets_nothing_until_resumed,
+        test_webhooks.test_type_globs_and_livemode_and_account_filters_route_events,
+        test_webhooks.test_a_pending_delivery_survives_a_restart_on_the_same_file,
+        test_webhooks.test_a_delivery_pending_at_stop_is_sent_by_the_next_gateway,
+        test_webhooks.test_a_team_limited_to_some_accounts_never_gets_another_accounts_events,
+    ],
+    ids=lambda test: test.__name__.removeprefix("test_"),
+)
+def test_the_plugin_tests_pass_on_the_redis_backend(
+    test: Callable[[Stack, Callable[..., WebhookReceiver]], None],
+    stack: Stack,
+    webhook_receivers: Callable[..., WebhookReceiver],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plugin's own tests (``tests/plugins/test_webhooks.py``), their gateway on the
+    ``redis`` backend (each builds its config with ``_plugin``)."""
+
+    def on_redis(*args: Any, **extra: Any) -> dict[str, Any]:
+        return _plugin(*args, backend="redis", redis_url=redis_server.url, **extra)
+
+    monkeypatch.setattr(test_webhooks, "_plugin", on_redis)
+    test(stack, webhook_receivers)
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.zcard(f"{PREFIX}:received") > 0  # it was Redis that stored them
+    client.close()
 
 
 # --------------------------------------------------------------------------- range replay
