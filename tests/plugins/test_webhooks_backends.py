@@ -309,10 +309,17 @@ def subscriber(loop_thread: LoopThread) -> Iterator[_Subscriber]:
 
 
 def _instance_config(
-    tmp: Path, api: str, redis_url: str, name: str, subscriptions: list[tuple[str, str, str]]
+    tmp: Path,
+    api: str,
+    redis_url: str,
+    name: str,
+    subscriptions: list[tuple[str, str, str]],
+    *,
+    timeout: float,
 ) -> Path:
     """A gateway process's config: the redis backend, its own directory and audit file;
-    each subscription (name, event glob, url) tagged ``?from=<name>``."""
+    each subscription (name, event glob, url) tagged ``?from=<name>``; a claimed delivery
+    stays leased ``timeout`` + 0.5 s."""
     folder = tmp / name
     folder.mkdir()
     source = _secret_file(folder, "source", SOURCE_SECRET)
@@ -336,7 +343,7 @@ def _instance_config(
     url = "{url}?from={name}"
     events = ["{glob}"]
     secret_file = "{secret}"
-    timeout = 5.0
+    timeout = {timeout}
     jitter = 0.0
     retry_delays = {[0.2] * 20}
     """
@@ -361,9 +368,12 @@ def test_two_processes_on_one_redis_record_each_event_once_and_deliver_it_once(
     bodies = [_event("invoice.paid" if n % 3 else "charge.succeeded") for n in range(24)]
     ids = [json.loads(body)["id"] for body in bodies]
     with ExitStack() as stack:
+        # (a long timeout: no attempt fails on a busy machine, so none is sent twice)
         a, b = (
             stack.enter_context(
-                serve_gateway(_instance_config(tmp_path, api, redis_server.url, name, subs))
+                serve_gateway(
+                    _instance_config(tmp_path, api, redis_server.url, name, subs, timeout=30.0)
+                )
             )
             for name in ("a", "b")
         )
@@ -410,7 +420,9 @@ def test_a_killed_process_leased_deliveries_are_finished_by_the_other(
     with ExitStack() as stack:
         gateways: dict[str, GatewayProcess] = {
             name: stack.enter_context(
-                serve_gateway(_instance_config(tmp_path, api, redis_server.url, name, subs))
+                serve_gateway(
+                    _instance_config(tmp_path, api, redis_server.url, name, subs, timeout=5.0)
+                )
             )
             for name in ("a", "b")
         }
