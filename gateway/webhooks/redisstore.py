@@ -40,7 +40,9 @@ Replication to replicas is asynchronous. A call that times out may still have be
 applied: an event answered 503 may be stored (Stripe's retry is then a duplicate), and a
 claim the caller gave up on leaves leases that expire.
 
-Redis Cluster is not supported (the scripts touch keys they compute).
+Redis Cluster is not supported (the scripts touch keys they compute). Run the Redis with
+``maxmemory-policy noeviction``: an evicted event cannot be delivered (its deliveries are
+dead-lettered, "the event is missing from Redis").
 """
 
 from __future__ import annotations
@@ -87,14 +89,25 @@ if limit > 0 and paused == 0 then
   local leases = p .. ':leases:' .. owner
   for _, id in ipairs(ids) do
     local d = p .. ':delivery:' .. sub .. ':' .. id
-    redis.call('HSET', d, 'lease_until', lease, 'owner', owner)
-    redis.call('ZADD', due, lease, id)
-    redis.call('SADD', leases, sub .. ' ' .. id)
-    claimed[#claimed + 1] = id
-    claimed[#claimed + 1] = redis.call('HGET', d, 'attempts')
-    claimed[#claimed + 1] = redis.call('HGET', p .. ':event:' .. id, 'body')
+    local body = redis.call('HGET', p .. ':event:' .. id, 'body')
+    if body then
+      redis.call('HSET', d, 'lease_until', lease, 'owner', owner)
+      redis.call('ZADD', due, lease, id)
+      redis.call('SADD', leases, sub .. ' ' .. id)
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = redis.call('HGET', d, 'attempts')
+      claimed[#claimed + 1] = body
+    else  -- the event is gone (deleted by hand, or evicted: run Redis with noeviction)
+      local old = redis.call('HGET', d, 'status') or 'pending'
+      redis.call('HSET', d, 'status', 'dead', 'updated', now,
+        'last', '[null,"the event is missing from Redis"]')
+      redis.call('ZREM', p .. ':status:' .. sub .. ':' .. old, id)
+      redis.call('ZADD', p .. ':status:' .. sub .. ':dead', now, id)
+      redis.call('ZREM', due, id)
+      redis.call('ZREM', p .. ':created:' .. sub, id)
+    end
   end
-  if #ids > 0 then
+  if #claimed > 0 then
     local ttl = math.ceil(tonumber(lease) - tonumber(now)) + 60
     if redis.call('TTL', leases) < ttl then redis.call('EXPIRE', leases, ttl) end
   end
@@ -369,9 +382,9 @@ class RedisStore:
         claimed = []
         for i in range(0, len(flat), 3):
             body = flat[i + 2]
-            claimed.append(
-                Claimed(_text(flat[i]), _int(flat[i + 1]), body if isinstance(body, bytes) else b"")
-            )
+            if not isinstance(body, bytes):
+                raise TypeError(f"unexpected reply from Redis: {type(body).__name__}")
+            claimed.append(Claimed(_text(flat[i]), _int(flat[i + 1]), body))
         return Due(
             claimed,
             None if next_at is None else float(_text(next_at)),

@@ -347,3 +347,24 @@ def test_the_redis_store_answers_as_the_sqlite_store_does(
     sqlite = SqliteStore(str(tmp_path / f"{name}.sqlite3"))
     redis = RedisStore(redis_server.url, prefix=f"prop:{name}", timeout=5.0)
     assert asyncio.run(_apply(redis, ops)) == asyncio.run(_apply(sqlite, ops))
+
+
+async def test_a_delivery_whose_event_is_gone_from_redis_is_dead_lettered_not_sent_empty(
+    redis_server: Any,
+) -> None:
+    import redis
+
+    store = RedisStore(redis_server.url, prefix="gone", timeout=5.0)
+    try:
+        await store.record(_event(1), ["billing"], now=1.0)
+        await store.record(_event(2), ["billing"], now=1.0)
+        client = redis.Redis.from_url(redis_server.url)
+        client.delete("gone:event:evt_1")  # evicted (a Redis without noeviction)
+        client.close()
+        due = await store.claim("billing", "a", now=2.0, limit=10, lease_until=9.0)
+        assert [c.event_id for c in due.claimed] == ["evt_2"] and due.pending == 1
+        (dead,) = await store.deliveries(status="dead")
+        assert dead["event_id"] == "evt_1"
+        assert dead["last_error"] == "the event is missing from Redis"
+    finally:
+        await store.close()
