@@ -25,6 +25,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.keys import ADMIN_URLS, METRICS
 from tests.cli_helpers import GatewayProcess
 from tests.conftest import RedisServer
 from tests.helpers import LoopThread, Served, Stack, WebhookReceiver, start_app
@@ -206,6 +207,60 @@ def test_any_range_text_is_a_count_or_a_400(stack: Stack, since: str, until: str
     assert response.status_code in (200, 400), response.text
     if response.status_code == 200:
         assert float(since) < float(until) and response.json()["count"] == 0
+
+
+# --------------------------------------------------------------------------- shared state
+
+
+def test_a_pause_on_one_instance_holds_the_other_and_a_resume_on_it_releases_both(
+    stack: Stack, webhook_receivers: Callable[..., WebhookReceiver], redis_server: RedisServer
+) -> None:
+    team = webhook_receivers()
+    webhooks = _plugin(
+        stack.tmp, [_subscription(stack.tmp, team.url)], backend="redis", redis_url=redis_server.url
+    )
+    _start(stack, webhooks)
+    first = stack.app
+    _start(stack, webhooks)
+    second = stack.app
+    assert first is not None and second is not None
+
+    def admin(app: web.Application, method: str, path: str) -> Any:
+        url = str(app[ADMIN_URLS][0]) + path
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        response = requests.request(method, url, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def paused(app: web.Application) -> bool:
+        (sub,) = admin(app, "GET", "/admin/webhooks/subscriptions")["data"]
+        return bool(sub["paused"])
+
+    def depth(app: web.Application) -> float:
+        value = app[METRICS].registry.get_sample_value(
+            "stripe_gateway_webhook_queue_depth", {"subscription": "billing"}
+        )
+        return value or 0.0
+
+    admin(first, "POST", "/admin/webhooks/subscriptions/billing/pause")
+    _wait(lambda: paused(second), "the second instance to see the pause")
+    body = _event()
+    assert _post(stack.gateway_url, body).status_code == 200  # the second instance
+    _wait(lambda: depth(first) == 1 and depth(second) == 1, "both to look at the queue")
+    assert team.received == []
+    admin(second, "POST", "/admin/webhooks/subscriptions/billing/resume")
+    _wait(lambda: not paused(first), "the first instance to see the resume")
+    (received,) = team.wait_for(1)
+    assert received[0] == body
+    rows = _admin(stack, "GET", "/admin/webhooks/deliveries")["data"]
+    _wait(
+        lambda: (
+            [r["status"] for r in _admin(stack, "GET", "/admin/webhooks/deliveries")["data"]]
+            == ["delivered"]
+        ),
+        "the delivery to be settled",
+    )
+    assert len(rows) == 1 and len(team.received) == 1
 
 
 # --------------------------------------------------------------------------- Redis down
