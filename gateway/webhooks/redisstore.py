@@ -34,8 +34,9 @@ clocks: keep them in step (NTP); the lease's margin (``lease_seconds``) covers t
 **Durable before acknowledged.** ``record`` returns when Redis has answered the script,
 and the plugin answers Stripe only then; how durable that is depends on Redis's
 persistence: with ``appendonly yes`` and ``appendfsync always`` Redis fsyncs the write
-before it answers; with ``everysec`` (its default) a crash of the Redis host may lose the
-last second of acknowledged events; without persistence, a restart loses them all.
+before it answers; with ``everysec`` (the default once AOF is on) a crash of the Redis
+host may lose the last second of acknowledged events; without persistence (or with RDB
+snapshots only), a restart loses what came since.
 Replication to replicas is asynchronous. A call that times out may still have been
 applied: an event answered 503 may be stored (Stripe's retry is then a duplicate), and a
 claim the caller gave up on leaves leases that expire.
