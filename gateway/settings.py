@@ -46,6 +46,7 @@ __all__ = [
     "Settings",
     "config_error",
     "describe_bounds",
+    "redis_url",
     "validate_settings",
 ]
 
@@ -123,22 +124,25 @@ class RedisSettings(Settings):
             if self.redis_url is not None or self.redis_url_env is not None:
                 raise ValueError('backend: redis_url is set but backend is not "redis"')
             return self
-        if self.redis_url_env is not None:
-            url = environ.get(self.redis_url_env, "")
-            if not url:
-                raise ValueError(
-                    f"redis_url_env: environment variable {self.redis_url_env} is not set or empty"
-                )
-        elif self.redis_url is not None:
-            url = self.redis_url
-            if "@" in url:
-                raise ValueError("redis_url: has a password: put the URL in redis_url_env instead")
-        else:
-            raise ValueError('backend: the "redis" backend needs redis_url_env or redis_url')
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
-        self._url = url
+        self._url = redis_url(self.redis_url_env, self.redis_url, environ)
         return self
+
+
+def redis_url(url_env: str | None, url: str | None, environ: Mapping[str, str]) -> str:
+    """The Redis URL of a ``redis`` backend, from the ``redis_url_env`` variable or the
+    ``redis_url`` key (which may not hold a password); ValueError naming the key if none."""
+    if url_env is not None:
+        url = environ.get(url_env, "")
+        if not url:
+            raise ValueError(f"redis_url_env: environment variable {url_env} is not set or empty")
+    elif url is not None:
+        if "@" in url:
+            raise ValueError("redis_url: has a password: put the URL in redis_url_env instead")
+    else:
+        raise ValueError('backend: the "redis" backend needs redis_url_env or redis_url')
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
+    return url
 
 
 # --------------------------------------------------------------------------- validating

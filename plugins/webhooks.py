@@ -13,11 +13,15 @@ the source's secrets (several while Stripe rolls a secret), compared in constant
 timestamp no older than ``tolerance`` seconds; the body at most ``max_body_bytes``. A bad
 or missing signature, a stale timestamp, an oversized body or a body that is not an event
 (``object`` ``"event"``, or ``"v2.core.event"`` for thin events) gets 400 and nothing is
-stored or delivered. A verified event is committed to the store (SQLite, WAL, fsync'd)
-with one pending delivery per matching subscription *before* the 2xx goes back, so an
-acknowledged event is never lost; an event id seen before is acknowledged and not stored
-again (Stripe delivers at least once). Then every plugin hears that the event's object
-changed (``gateway_objects_changed``): the ``cache`` plugin purges it.
+stored or delivered. A verified event is committed to the store with one pending delivery
+per matching subscription *before* the 2xx goes back, so an acknowledged event is never
+lost: ``backend = "sqlite"`` (:class:`~gateway.webhooks.store.SqliteStore`: WAL, fsync'd;
+the processes of one host) or ``"redis"`` (:class:`~gateway.webhooks.redisstore.RedisStore`:
+one queue for every instance, as durable as that Redis's persistence); if it cannot be
+stored the answer is 503 and Stripe sends it again. An event id seen before is acknowledged
+and not stored again (Stripe delivers at least once), by whichever instance gets it. Then
+every plugin hears that the event's object changed (``gateway_objects_changed``): the
+``cache`` plugin purges it.
 
 **Delivery.** Each subscription (a team's endpoint) gets the events whose type matches one
 of its globs (``invoice.*``), from its sources, with its ``livemode`` and connected
@@ -28,19 +32,22 @@ verifies it. A non-2xx answer, a timeout or a connection failure is retried afte
 At most ``max_concurrency`` attempts per subscription run at once; after
 ``breaker_failures`` failures in a row a subscription's circuit opens for
 ``breaker_seconds`` (then one attempt probes it), so a dead subscriber holds up nobody
-else. Delivery is at least once: a process killed mid-attempt sends that delivery again
-after restart (its lease expires after the subscription's ``timeout`` plus 10 s).
+else. Delivery is at least once: deliveries are claimed with leases in the store, so each
+is sent by one process at a time; one cut off by a killed process is sent again, by any
+process sharing the store, once its lease expires (the subscription's ``timeout`` plus
+``lease_seconds``).
 
 **Operations** (admin listener): ``GET /admin/webhooks/subscriptions``,
 ``POST /admin/webhooks/subscriptions/<name>/pause`` and ``.../resume`` (kept in the
 store: a restart keeps a subscription paused), ``GET /admin/webhooks/events``,
 ``GET /admin/webhooks/deliveries`` (``subscription``, ``status``, ``event_id``, ``limit``),
-``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``event_id``,
-``subscription``); ``stripe-gateway webhooks ...`` calls them from the command line
-(:mod:`gateway.serve.webhooks_cli`). Metrics: ``webhook_events_received{source}``,
-``webhook_events_rejected{source,reason}``, ``webhook_deliveries{subscription,outcome}``
-(``delivered``, ``retry``, ``dead``), ``webhook_queue_depth{subscription}`` and
-``webhook_oldest_pending_seconds{subscription}``.
+``GET /admin/webhooks/dead_letters``, ``POST /admin/webhooks/replay`` (``subscription``,
+and ``event_id``, or ``since`` and ``until`` in Unix seconds: every event received in
+``[since, until)`` that was routed to the subscription); ``stripe-gateway webhooks ...`` calls
+them from the command line (:mod:`gateway.serve.webhooks_cli`). Metrics:
+``webhook_events_received{source}``, ``webhook_events_rejected{source,reason}``,
+``webhook_deliveries{subscription,outcome}`` (``delivered``, ``retry``, ``dead``),
+``webhook_queue_depth{subscription}`` and ``webhook_oldest_pending_seconds{subscription}``.
 
 **Audit.** Each request to a source is one ``webhook_received`` line in the audit file
 (``gateway_audit_event``, written by the ``audit`` plugin next to its request lines):
@@ -58,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import secrets
 import time
@@ -80,8 +88,9 @@ from gateway.hookspecs import hookimpl
 from gateway.keys import PUBLIC_AUDIT, REQUEST_ID
 from gateway.serve.admin import admin_error, form_value
 from gateway.webhooks.events import Rejected, describe, sign, verify
+from gateway.webhooks.redisstore import RedisStore
 from gateway.webhooks.settings import SourceSettings, SubscriptionSettings, WebhooksSettings
-from gateway.webhooks.store import Claimed, EventRecord, SqliteStore
+from gateway.webhooks.store import Claimed, EventRecord, SqliteStore, WebhookStore
 
 __all__ = [
     "SourceSettings",
@@ -127,7 +136,7 @@ class WebhooksPlugin:
         self.settings = WebhooksSettings()
         #: per subscription: its team's stripe_accounts, when the team has them
         self._scopes: dict[str, frozenset[str]] = {}
-        self.store: SqliteStore | None = None
+        self.store: WebhookStore | None = None
         self._host: PluginHost | None = None
         self._session: aiohttp.ClientSession | None = None
         self._subscribers: dict[str, _Subscriber] = {}
@@ -203,7 +212,7 @@ class WebhooksPlugin:
         )
         if not self.enabled:
             return
-        self.store = SqliteStore(self.settings.sqlite_path)
+        self.store = self._open_store()
         await self.store.open()
         self._session = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
@@ -214,6 +223,15 @@ class WebhooksPlugin:
             subscriber = _Subscriber(sub, asyncio.Event(), {})
             subscriber.task = loop.create_task(self._dispatch(subscriber))
             self._subscribers[sub.name] = subscriber
+
+    def _open_store(self) -> WebhookStore:
+        settings = self.settings
+        if settings.backend == "redis":
+            assert settings.url is not None  # resolved at validation
+            return RedisStore(
+                settings.url, prefix=settings.key_prefix, timeout=settings.redis_timeout
+            )
+        return SqliteStore(settings.sqlite_path)
 
     async def _prune_hourly(self) -> None:
         assert self.store is not None and self._host is not None
@@ -369,7 +387,7 @@ class WebhooksPlugin:
         assert self.store is not None and self._host is not None
         name = subscriber.settings.name
         settings = self.settings
-        lease = subscriber.settings.timeout + 10.0
+        lease = subscriber.settings.timeout + settings.lease_seconds
         while True:
             subscriber.wake.clear()
             now = time.time()
@@ -556,20 +574,79 @@ class WebhooksPlugin:
         return _json({"object": "list", "data": rows})
 
     async def _replay_route(self, request: web.Request) -> web.Response:
-        event_id = await form_value(request, "event_id")
+        """``subscription`` and either ``event_id`` (one event) or ``since`` and ``until``
+        (Unix seconds: every event received in ``[since, until)`` that was routed to it)."""
         name = await form_value(request, "subscription")
-        if not event_id or not name:
-            return admin_error(400, "Give event_id and subscription.", code="parameter_missing")
+        event_id = await form_value(request, "event_id")
+        since_text = await form_value(request, "since")
+        until_text = await form_value(request, "until")
+        ranged = since_text is not None or until_text is not None
+        if not name or (not event_id and not ranged):
+            return admin_error(
+                400,
+                "Give subscription, and event_id or since and until.",
+                code="parameter_missing",
+            )
+        if event_id and ranged:
+            return admin_error(
+                400, "Give event_id or since and until, not both.", code="parameter_invalid"
+            )
         subscriber = self._subscribers.get(name)
         if subscriber is None:
             return admin_error(404, f"No subscription named {name!r}.")
         assert self.store is not None
-        if not await self.store.replay(event_id, name, time.time()):
-            return admin_error(404, f"No event {event_id!r} is stored.")
-        subscriber.wake.set()
+        now = time.time()
+        if event_id:
+            if not await self.store.replay(event_id, name, now):
+                return admin_error(404, f"No event {event_id!r} is stored.")
+            subscriber.wake.set()
+            return _json(
+                {
+                    "object": "webhook_replay",
+                    "event_id": event_id,
+                    "subscription": name,
+                    "queued": True,
+                }
+            )
+        bounds = _time_range(since_text, until_text)
+        if isinstance(bounds, web.Response):
+            return bounds
+        since, until = bounds
+        count = await self.store.replay_range(name, since, until, now)
+        if count:
+            subscriber.wake.set()
         return _json(
-            {"object": "webhook_replay", "event_id": event_id, "subscription": name, "queued": True}
+            {
+                "object": "webhook_replay",
+                "subscription": name,
+                "since": since,
+                "until": until,
+                "count": count,
+            }
         )
+
+
+def _time_range(since: str | None, until: str | None) -> tuple[float, float] | web.Response:
+    """``since`` and ``until`` as Unix seconds, ``since < until``; else a 400."""
+    values = []
+    for key, text in (("since", since), ("until", until)):
+        if text is None:
+            return admin_error(
+                400, f"Give since and until (Unix seconds); {key} is missing.",
+                code="parameter_missing",
+            )  # fmt: skip
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            return admin_error(
+                400, f"{key} must be a number of Unix seconds.", code="parameter_invalid"
+            )
+        values.append(value)
+    if values[0] >= values[1]:
+        return admin_error(400, "since must be before until.", code="parameter_invalid")
+    return values[0], values[1]
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:

@@ -1,2 +1,3 @@
 """The engine of the ``webhooks`` plugin: its settings, Stripe's signature scheme and event
-parsing, and the SQLite store that keeps events and deliveries durable."""
+parsing, and the stores that keep events and deliveries durable (SQLite, and Redis for
+several instances sharing one queue)."""

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
 from gateway.public import is_reserved
-from gateway.settings import Settings
+from gateway.settings import Settings, redis_url
 from gateway.webhooks.store import EventRecord
 
 __all__ = ["DEFAULT_RETRY_DELAYS", "SourceSettings", "SubscriptionSettings", "WebhooksSettings"]
@@ -163,11 +163,40 @@ class WebhooksSettings(Settings):
     """Webhook ingress: verify Stripe's events, store them durably, deliver them re-signed
     to the teams' subscriptions, and purge the cache of the objects they name."""
 
-    backend: Literal["sqlite"] = Field("sqlite", description='"sqlite" (a file, WAL)')
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description='"sqlite" (a file, WAL: the processes of one host) or "redis" (one queue '
+        "shared by every gateway instance; an acknowledged event is as durable as that Redis: "
+        "run it with appendonly yes and appendfsync always)",
+    )
     sqlite_path: str = Field(
         "stripe-gateway-webhooks.sqlite3",
         min_length=1,
         description="the SQLite file of received events and pending deliveries",
+    )
+    redis_url_env: str | None = Field(
+        None,
+        description="environment variable holding the Redis URL (redis backend); use it "
+        "when the URL has a password",
+        examples=["STRIPE_GATEWAY_REDIS_URL"],
+    )
+    redis_url: str | None = Field(
+        None,
+        description="the Redis URL itself, when it has no password (redis backend)",
+        examples=["redis://127.0.0.1:6379/0"],
+    )
+    redis_timeout: float = Field(
+        2.0,
+        gt=0,
+        description="seconds per Redis call; an event that cannot be stored in time is "
+        "answered 503 (Stripe sends it again)",
+    )
+    key_prefix: str = Field("sgw:webhooks", min_length=1, description="Redis key prefix")
+    lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="seconds past a subscription's timeout that a claimed delivery stays "
+        "leased to its process: one cut off by a crash is sent again after this",
     )
     sources: list[SourceSettings] = Field(
         default_factory=list,
@@ -207,6 +236,22 @@ class WebhooksSettings(Settings):
         description="seconds between looks at the store for deliveries due (retries, and "
         "events another process received)",
     )
+
+    _url: str | None = PrivateAttr(None)
+
+    @property
+    def url(self) -> str | None:
+        """The Redis URL of the ``redis`` backend, resolved at validation."""
+        return self._url
+
+    @model_validator(mode="after")
+    def _resolve_url(self, info: ValidationInfo) -> WebhooksSettings:
+        if self.backend != "redis":
+            if self.redis_url is not None or self.redis_url_env is not None:
+                raise ValueError('backend: redis_url is set but backend is not "redis"')
+            return self
+        self._url = redis_url(self.redis_url_env, self.redis_url, _environ(info))
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> WebhooksSettings:

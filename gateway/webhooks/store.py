@@ -1,4 +1,8 @@
-"""The ``webhooks`` plugin's durable store: received events and their deliveries, in SQLite.
+"""The ``webhooks`` plugin's durable store: received events and their deliveries.
+
+:class:`WebhookStore` is what the plugin needs of a store; this module's
+:class:`SqliteStore` keeps them in one file, :class:`~gateway.webhooks.redisstore.RedisStore`
+in a Redis that several gateway instances share.
 
 One SQLite file (WAL, ``synchronous=FULL``): a received event and one delivery row per
 matching subscription are written in one transaction, committed (fsync'd) before the
@@ -21,9 +25,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["Claimed", "Due", "EventRecord", "SqliteStore"]
+__all__ = ["Claimed", "Due", "EventRecord", "SqliteStore", "WebhookStore"]
 
 T = TypeVar("T")
 
@@ -57,6 +61,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription, status, next_at);
 CREATE TABLE IF NOT EXISTS paused (subscription TEXT PRIMARY KEY);
 """
+
+#: a replay: the delivery from its first attempt again, due now (then a WHERE clause)
+_REQUEUE = (
+    "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?,"
+    " lease_until = 0, owner = NULL, created = ?, updated = ?,"
+    " last_status = NULL, last_error = NULL"
+)
 
 _DELIVERY_COLUMNS = (
     "event_id, subscription, status, attempts, next_at, created, updated, last_status, last_error"
@@ -97,6 +108,86 @@ class Due:
     pending: int
     oldest: float | None
     paused: bool
+
+
+class WebhookStore(Protocol):
+    """What the ``webhooks`` plugin needs of a store (times are Unix seconds).
+
+    Every delivery is one (event id, subscription) pair, created when the event is recorded
+    and only for the subscriptions it was routed to then; its ``status`` is ``pending``,
+    ``delivered`` or ``dead``. A pending delivery is due when ``now`` has reached both its
+    ``next_at`` and its lease's end."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def record(self, event: EventRecord, subscriptions: list[str], now: float) -> bool:
+        """Store ``event`` and a pending delivery to each of ``subscriptions``, durably
+        (returns once the store has it), atomically; ``False`` (and nothing written) when
+        an event with its id is stored already."""
+        ...
+
+    async def claim(
+        self, subscription: str, owner: str, now: float, limit: int, lease_until: float
+    ) -> Due:
+        """Lease up to ``limit`` due deliveries of ``subscription`` to ``owner`` until
+        ``lease_until`` (none when paused); nobody else claims them before then."""
+        ...
+
+    async def finish(
+        self,
+        event_id: str,
+        subscription: str,
+        *,
+        status: str,
+        attempts: int,
+        next_at: float,
+        last_status: int | None,
+        last_error: str | None,
+        now: float,
+    ) -> None:
+        """Record an attempt's outcome: ``status`` is ``pending`` (retry at ``next_at``),
+        ``delivered`` or ``dead``; the lease is released."""
+        ...
+
+    async def release(self, owner: str) -> None:
+        """Give up ``owner``'s leases (at shutdown: another process may send them now)."""
+        ...
+
+    async def prune(self, before: float) -> int:
+        """Forget the events received before ``before`` whose deliveries are all over,
+        with those deliveries; returns how many events went."""
+        ...
+
+    async def set_paused(self, subscription: str, paused: bool) -> None:
+        """Pause or resume ``subscription`` for every process sharing the store."""
+        ...
+
+    async def replay(self, event_id: str, subscription: str, now: float) -> bool:
+        """Queue ``event_id`` for ``subscription`` again, from its first attempt; ``False``
+        when the event was never routed to that subscription."""
+        ...
+
+    async def replay_range(self, subscription: str, since: float, until: float, now: float) -> int:
+        """:meth:`replay` every stored event received in ``[since, until)`` that was routed
+        to ``subscription``; returns how many were queued."""
+        ...
+
+    async def events(self, limit: int) -> list[dict[str, Any]]:
+        """The most recently received events (newest first), without their bodies."""
+        ...
+
+    async def deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        status: str | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Deliveries, the most recently changed first, filtered by what is given."""
+        ...
 
 
 class SqliteStore:
@@ -286,15 +377,26 @@ class SqliteStore:
 
         def replay(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?,"
-                " lease_until = 0, owner = NULL, created = ?, updated = ?,"
-                " last_status = NULL, last_error = NULL"
-                " WHERE event_id = ? AND subscription = ?",
+                f"{_REQUEUE} WHERE event_id = ? AND subscription = ?",
                 (now, now, now, event_id, subscription),
             )
             return cursor.rowcount > 0
 
         return await self._run(replay)
+
+    async def replay_range(self, subscription: str, since: float, until: float, now: float) -> int:
+        """:meth:`replay` every stored event received in ``[since, until)`` that was routed
+        to ``subscription`` (the others are left alone); returns how many were queued."""
+
+        def replay_range(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                f"{_REQUEUE} WHERE subscription = ? AND event_id IN"
+                " (SELECT id FROM events WHERE received >= ? AND received < ?)",
+                (now, now, now, subscription, since, until),
+            )
+            return int(cursor.rowcount)
+
+        return await self._run(replay_range)
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         """The most recently received events (newest first), without their bodies."""

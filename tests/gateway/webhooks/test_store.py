@@ -1,11 +1,33 @@
-"""The webhooks plugin's SQLite store: durable records, duplicates, leases across processes."""
+"""The webhooks plugin's stores, SQLite and Redis, against the same tests: durable records,
+duplicates, leases across processes, replay (of one event and of a time range), prune."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from gateway.webhooks.store import EventRecord, SqliteStore
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.webhooks.redisstore import RedisStore
+from gateway.webhooks.store import EventRecord, SqliteStore, WebhookStore
+
+#: ``make()``: a new store on the test's file or Redis (two calls: two processes' stores)
+MakeStore = Callable[[], WebhookStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+    if request.param == "sqlite":
+        path = str(tmp_path / "hooks.sqlite3")
+        return lambda: SqliteStore(path)
+    url = request.getfixturevalue("redis_server").url
+    prefix = f"test:{secrets.token_hex(4)}"
+    return lambda: RedisStore(url, prefix=prefix, timeout=5.0)
 
 
 def _event(n: int) -> EventRecord:
@@ -21,9 +43,8 @@ def _event(n: int) -> EventRecord:
     )
 
 
-async def test_two_stores_on_one_file_never_claim_the_same_delivery(tmp_path: Path) -> None:
-    path = str(tmp_path / "hooks.sqlite3")
-    first, second = SqliteStore(path), SqliteStore(path)
+async def test_two_stores_on_one_file_never_claim_the_same_delivery(make_store: MakeStore) -> None:
+    first, second = make_store(), make_store()
     await first.open()
     await second.open()
     try:
@@ -56,8 +77,8 @@ async def test_two_stores_on_one_file_never_claim_the_same_delivery(tmp_path: Pa
         await second.close()
 
 
-async def test_a_finished_delivery_is_never_claimed_again(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "hooks.sqlite3"))
+async def test_a_finished_delivery_is_never_claimed_again(make_store: MakeStore) -> None:
+    store = make_store()
     await store.open()
     try:
         await store.record(_event(1), ["billing", "ops"], now=1.0)
@@ -86,8 +107,10 @@ async def test_a_finished_delivery_is_never_claimed_again(tmp_path: Path) -> Non
         await store.close()
 
 
-async def test_prune_forgets_old_settled_events_and_keeps_pending_ones(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "hooks.sqlite3"))
+async def test_prune_forgets_old_settled_events_and_keeps_pending_ones(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
     await store.open()
     try:
         for n in (1, 2, 3):
@@ -107,5 +130,241 @@ async def test_prune_forgets_old_settled_events_and_keeps_pending_ones(tmp_path:
         assert [e["id"] for e in await store.events(10)] == ["evt_3"]
         assert [d["event_id"] for d in await store.deliveries()] == ["evt_3"]
         assert await store.record(_event(1), ["billing"], now=11.0)  # forgotten: new again
+    finally:
+        await store.close()
+
+
+def _routed(n: int, account: str | None) -> EventRecord:
+    event = _event(n)
+    return EventRecord(**{**event.__dict__, "account": account})
+
+
+async def test_replay_range_queues_only_the_events_in_range_routed_to_the_subscription(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    await store.open()
+    try:
+        # evt_1..evt_6 received at 10..60; evt_3 went to ops only, the others to both
+        for n in range(1, 7):
+            subs = ["ops"] if n == 3 else ["billing", "ops"]
+            assert await store.record(_event(n), subs, now=n * 10.0)
+        for n in range(1, 7):
+            for sub in ["ops"] if n == 3 else ["billing", "ops"]:
+                await store.finish(
+                    f"evt_{n}",
+                    sub,
+                    status="delivered" if n % 2 else "dead",
+                    attempts=2,
+                    next_at=70.0,
+                    last_status=500,
+                    last_error="HTTP 500",
+                    now=70.0,
+                )
+        # [20, 50): evt_2, evt_3, evt_4; evt_3 was never routed to billing; 50 is excluded
+        assert await store.replay_range("billing", since=20.0, until=50.0, now=80.0) == 2
+        due = await store.claim("billing", "a", now=80.0, limit=100, lease_until=90.0)
+        assert sorted(c.event_id for c in due.claimed) == ["evt_2", "evt_4"]
+        assert all(c.attempts == 0 for c in due.claimed)
+        assert (await store.claim("ops", "a", now=80.0, limit=100, lease_until=90.0)).claimed == []
+        rows = await store.deliveries(subscription="billing", status="pending")
+        assert sorted(r["event_id"] for r in rows) == ["evt_2", "evt_4"]
+        assert all(r["last_status"] is None and r["last_error"] is None for r in rows)
+        # an empty range, a range before everything, a subscription with nothing
+        assert await store.replay_range("billing", since=61.0, until=100.0, now=80.0) == 0
+        assert await store.replay_range("billing", since=0.0, until=10.0, now=80.0) == 0
+        assert await store.replay_range("nobody", since=0.0, until=100.0, now=80.0) == 0
+        # the whole range for ops: all six (evt_3 included), in flight or not
+        assert await store.replay_range("ops", since=0.0, until=1e12, now=81.0) == 6
+        assert (await store.claim("ops", "b", now=81.0, limit=100, lease_until=90.0)).pending == 6
+    finally:
+        await store.close()
+
+
+async def test_the_same_event_recorded_at_once_by_two_stores_is_stored_once(
+    make_store: MakeStore,
+) -> None:
+    first, second = make_store(), make_store()
+    await first.open()
+    await second.open()
+    try:
+        results = await asyncio.gather(
+            *(store.record(_event(n), ["billing"], now=1.0) for n in range(20) for store in
+              (first, second, first, second))
+        )  # fmt: skip
+        assert sum(results) == 20
+        due = await second.claim("billing", "a", now=2.0, limit=1000, lease_until=9.0)
+        assert sorted(c.event_id for c in due.claimed) == sorted(f"evt_{n}" for n in range(20))
+        assert len(await first.deliveries(limit=1000)) == 20
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_pause_is_shared_and_listings_match(make_store: MakeStore) -> None:
+    first, second = make_store(), make_store()
+    await first.open()
+    await second.open()
+    try:
+        await first.record(_event(1), ["billing", "ops"], now=1.0)
+        await first.record(_routed(2, "acct_1"), ["ops"], now=2.0)
+        await first.set_paused("billing", True)
+        paused = await second.claim("billing", "b", now=3.0, limit=5, lease_until=9.0)
+        assert paused.paused and paused.claimed == [] and paused.pending == 1
+        assert paused.oldest == 1.0
+        await second.set_paused("billing", False)
+        (claimed,) = (await first.claim("billing", "a", now=3.0, limit=5, lease_until=9.0)).claimed
+        assert claimed.event_id == "evt_1" and claimed.body == b'{"id": "evt_1"}'
+        events = await second.events(10)
+        assert [e["id"] for e in events] == ["evt_2", "evt_1"]
+        assert events[0] == {
+            "id": "evt_2",
+            "source": "main",
+            "type": "invoice.paid",
+            "object": "event",
+            "livemode": False,
+            "account": "acct_1",
+            "object_id": "in_1",
+            "received": 2.0,
+        }
+        await first.finish(
+            "evt_1",
+            "billing",
+            status="pending",
+            attempts=1,
+            next_at=60.5,
+            last_status=503,
+            last_error="HTTP 503",
+            now=4.25,
+        )
+        (row,) = await second.deliveries(subscription="billing")
+        assert row == {
+            "event_id": "evt_1",
+            "subscription": "billing",
+            "status": "pending",
+            "attempts": 1,
+            "next_at": 60.5,
+            "created": 1.0,
+            "updated": 4.25,
+            "last_status": 503,
+            "last_error": "HTTP 503",
+        }
+        assert [r["subscription"] for r in await second.deliveries(event_id="evt_1")] == [
+            "billing",
+            "ops",
+        ]
+        assert await second.deliveries(event_id="evt_1", status="delivered") == []
+        assert [r["event_id"] for r in await second.deliveries(subscription="ops")] == [
+            "evt_2",
+            "evt_1",
+        ]
+        assert len(await second.deliveries(limit=2)) == 2
+        due = await second.claim("billing", "b", now=10.0, limit=5, lease_until=20.0)
+        assert due.claimed == [] and due.next_at == 60.5
+    finally:
+        await first.close()
+        await second.close()
+
+
+# --------------------------------------------------------------------------- both agree
+
+_SUBS = ("billing", "ops")
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("record"), st.integers(0, 5), st.sets(st.sampled_from(_SUBS))),
+        st.tuples(st.just("claim"), st.sampled_from(_SUBS), st.sampled_from("ab")),
+        st.tuples(
+            st.just("finish"),
+            st.integers(0, 5),
+            st.sampled_from(_SUBS),
+            st.sampled_from(["pending", "delivered", "dead"]),
+        ),
+        st.tuples(st.just("replay"), st.integers(0, 5), st.sampled_from(_SUBS)),
+        st.tuples(
+            st.just("replay_range"),
+            st.sampled_from(_SUBS),
+            st.integers(0, 30),
+            st.integers(0, 30),
+        ),
+        st.tuples(st.just("release"), st.sampled_from("ab")),
+        st.tuples(st.just("prune"), st.integers(0, 40)),
+        st.tuples(st.just("pause"), st.sampled_from(_SUBS), st.booleans()),
+        st.tuples(st.just("tick"), st.integers(1, 5)),
+    ),
+    max_size=40,
+)
+
+
+async def _apply(store: WebhookStore, ops: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``ops`` on ``store``; what each answered, in a form both stores can match."""
+    now, seen = 1.0, []
+    await store.open()
+    try:
+        for op in ops:
+            kind = op[0]
+            if kind == "tick":
+                now += op[1]
+            elif kind == "record":
+                seen.append(await store.record(_event(op[1]), sorted(op[2]), now))
+            elif kind == "claim":
+                due = await store.claim(op[1], op[2], now, 100, now + 3)
+                claimed = sorted((c.event_id, c.attempts, c.body) for c in due.claimed)
+                seen.append((claimed, due.next_at, due.pending, due.oldest, due.paused))
+            elif kind == "finish":
+                await store.finish(
+                    f"evt_{op[1]}", op[2], status=op[3], attempts=1, next_at=now + 2,
+                    last_status=500, last_error="HTTP 500", now=now,
+                )  # fmt: skip
+            elif kind == "replay":
+                seen.append(await store.replay(f"evt_{op[1]}", op[2], now))
+            elif kind == "replay_range":
+                seen.append(await store.replay_range(op[1], float(op[2]), float(op[3]), now))
+            elif kind == "release":
+                await store.release(op[1])
+            elif kind == "prune":
+                seen.append(await store.prune(float(op[1])))
+            else:
+                await store.set_paused(op[1], op[2])
+            now += 0.5
+        rows = await store.deliveries(limit=1000)
+        seen.append(sorted(tuple(sorted(r.items())) for r in rows))
+        seen.append(sorted(tuple(sorted(e.items())) for e in await store.events(1000)))
+        for status in ("pending", "delivered", "dead"):
+            seen.append(len(await store.deliveries(status=status, subscription="ops")))
+    finally:
+        await store.close()
+    return seen
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS)
+def test_the_redis_store_answers_as_the_sqlite_store_does(
+    ops: list[tuple[Any, ...]], tmp_path: Path, redis_server: Any
+) -> None:
+    name = secrets.token_hex(4)
+    sqlite = SqliteStore(str(tmp_path / f"{name}.sqlite3"))
+    redis = RedisStore(redis_server.url, prefix=f"prop:{name}", timeout=5.0)
+    assert asyncio.run(_apply(redis, ops)) == asyncio.run(_apply(sqlite, ops))
+
+
+async def test_a_delivery_whose_event_is_gone_from_redis_is_dead_lettered_not_sent_empty(
+    redis_server: Any,
+) -> None:
+    import redis
+
+    store = RedisStore(redis_server.url, prefix="gone", timeout=5.0)
+    try:
+        await store.record(_event(1), ["billing"], now=1.0)
+        await store.record(_event(2), ["billing"], now=1.0)
+        client = redis.Redis.from_url(redis_server.url)
+        client.delete("gone:event:evt_1")  # evicted (a Redis without noeviction)
+        client.close()
+        due = await store.claim("billing", "a", now=2.0, limit=10, lease_until=9.0)
+        assert [c.event_id for c in due.claimed] == ["evt_2"] and due.pending == 1
+        (dead,) = await store.deliveries(status="dead")
+        assert dead["event_id"] == "evt_1"
+        assert dead["last_error"] == "the event is missing from Redis"
     finally:
         await store.close()
