@@ -38,6 +38,7 @@ __all__ = [
     "array_value",
     "bad_request",
     "boolean_value",
+    "checked_expansions",
     "choice_list",
     "choice_value",
     "expand_fields",
@@ -458,6 +459,9 @@ class Call:
     base_url: str
     #: this answer's ``Request-Id`` (streaming handlers set it on their own response)
     request_id: str = ""
+    #: the ``expand[]`` fields asked for, already checked against the route's (see
+    #: :meth:`Registry.route`): handlers test membership (``"data.file" in call.expand``)
+    expand: frozenset[str] = frozenset()
 
     def id(self, name: str = "id") -> str:
         return self.path[name]
@@ -566,22 +570,6 @@ class Call:
             bounds.append((test, integer_value(bound, f"{name}[{op}]")))
         return lambda value: all(test(value, bound) for test, bound in bounds)
 
-    def expansions(
-        self, allowed: Collection[str] = (), *, ignored: tuple[str, ...] = ()
-    ) -> set[str]:
-        """The ``expand[]`` fields asked for, all of them in ``allowed``.
-
-        A field that starts with one of ``ignored`` (an expansion Stripe documents that the
-        sandbox does not do) is left out; any other is Stripe's 400.
-        """
-        wanted: set[str] = set()
-        for name in expand_fields(self):
-            if name in allowed:
-                wanted.add(name)
-            elif not name.startswith(ignored):
-                raise bad_request(f"This property cannot be expanded ({name}).", "expand")
-        return wanted
-
 
 # --------------------------------------------------------------------------- lists
 
@@ -623,8 +611,8 @@ def page(call: Call, objects: Iterable[dict[str, Any]], url: str) -> dict[str, A
     return {"object": "list", "url": url, "has_more": has_more, "data": data}
 
 
-def expand_fields(call: Call) -> list[str]:
-    value = call.params.get("expand")
+def expand_fields(value: Any) -> list[str]:
+    """The ``expand`` parameter's value as a list of field names (Stripe's 400 if it is not)."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -637,6 +625,24 @@ def expand_fields(call: Call) -> list[str]:
         param="expand",
         code="parameter_invalid_array",
     )
+
+
+def checked_expansions(
+    value: Any, allowed: Collection[str], ignored: tuple[str, ...] = ()
+) -> frozenset[str]:
+    """The fields ``expand`` (a decoded parameter) names, every one of them expandable.
+
+    A field in ``allowed`` is kept; one that starts with one of ``ignored`` (an expansion
+    Stripe documents that the sandbox accepts without doing it) is left out; any other is
+    Stripe's 400 ``This property cannot be expanded (<field>).``
+    """
+    wanted: set[str] = set()
+    for name in expand_fields(value):
+        if name in allowed:
+            wanted.add(name)
+        elif not (ignored and name.startswith(ignored)):
+            raise bad_request(f"This property cannot be expanded ({name}).", "expand")
+    return frozenset(wanted)
 
 
 # --------------------------------------------------------------------------- routing
@@ -652,6 +658,14 @@ class Endpoint:
     handler: Handler
     #: top-level parameter names accepted (``expand`` always is); None accepts any
     params: frozenset[str] | None
+    #: the fields ``expand[]`` may name (``data.<field>`` on a list); any other is a 400
+    expandable: frozenset[str] = frozenset()
+    #: prefixes of expansions Stripe documents that the sandbox accepts but does not do
+    expand_ignored: tuple[str, ...] = ()
+
+    def expansions(self, params: dict[str, Any]) -> frozenset[str]:
+        """The request's ``expand[]`` fields, checked against this route's."""
+        return checked_expansions(params.get("expand"), self.expandable, self.expand_ignored)
 
 
 class Registry:
@@ -668,12 +682,21 @@ class Registry:
         return fn
 
     def route(
-        self, method: str, template: str, params: Iterable[str] | None = ()
+        self,
+        method: str,
+        template: str,
+        params: Iterable[str] | None = (),
+        *,
+        expand: Iterable[str] = (),
+        expand_ignored: Iterable[str] = (),
     ) -> Callable[[Handler], Handler]:
         """Register a handler for ``METHOD /v1/path/{id}``; ``params`` lists accepted names.
 
         A ``GET`` of a collection also accepts the list parameters; a retrieve (a path that
-        ends with an id) does not, as on Stripe.
+        ends with an id) does not, as on Stripe. ``expand`` names the fields ``expand[]`` may
+        ask for (``data.<field>`` on a list), ``expand_ignored`` prefixes of those Stripe
+        documents but the sandbox does not do; the app refuses any other field before the
+        handler runs, and gives the handler the accepted ones as :attr:`Call.expand`.
         """
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
         pattern = re.compile(f"^{regex}$")
@@ -688,7 +711,17 @@ class Registry:
         )
 
         def decorate(handler: Handler) -> Handler:
-            self.endpoints.append(Endpoint(method, template, pattern, handler, accepted))
+            self.endpoints.append(
+                Endpoint(
+                    method,
+                    template,
+                    pattern,
+                    handler,
+                    accepted,
+                    frozenset(expand),
+                    tuple(expand_ignored),
+                )
+            )
             return handler
 
         return decorate

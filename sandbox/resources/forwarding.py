@@ -190,7 +190,6 @@ def _headers(raw: Any) -> list[dict[str, str]]:
     params=("metadata", "payment_method", "replacements", "request", "url"),
 )
 async def create(call: Call) -> dict[str, Any]:
-    call.expansions()
     pm_id = call.text("payment_method", required=True)
     url = call.text("url", required=True)
     replacements = call.array("replacements", required=True)
@@ -245,13 +244,11 @@ async def create(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/forwarding/requests/{id}", params=())
 async def retrieve(call: Call) -> dict[str, Any]:
-    call.expansions()
     return call.account.get(TYPE, call.id(), RESOURCE)
 
 
 @api.route("GET", "/v1/forwarding/requests", params=("created",))
 async def list_all(call: Call) -> dict[str, Any]:
-    call.expansions()
     keep = call.range_filter("created")
     found = [r for r in call.account.table(TYPE).values() if keep(r["created"])]
     return page(call, found, "/v1/forwarding/requests")

@@ -209,14 +209,12 @@ def seed(account: Account) -> None:
 
 @api.route("GET", "/v1/reporting/report_types/{id}", params=())
 async def retrieve_type(call: Call) -> dict[str, Any]:
-    call.expansions()
     return call.account.get(TYPE, call.id(), "report type")
 
 
 @api.route("GET", "/v1/reporting/report_types", params=())
 async def list_types(call: Call) -> dict[str, Any]:
     # Stripe lists every report type in one page
-    call.expansions()
     types = list(call.account.table(TYPE).values())
     return {
         "object": "list",
@@ -354,9 +352,10 @@ def _view(account: Account, run: dict[str, Any]) -> dict[str, Any]:
     return {**run, "result": None if result is None else file_object(account, result["id"])}
 
 
-@api.route("POST", "/v1/reporting/report_runs", params=("report_type", "parameters"))
+@api.route(
+    "POST", "/v1/reporting/report_runs", params=("report_type", "parameters"), expand=("result",)
+)
 async def create_run(call: Call) -> dict[str, Any]:
-    call.expansions({"result"})
     report_type = call.text("report_type", required=True)
     assert report_type is not None
     kind = _BY_ID.get(report_type)
@@ -385,15 +384,13 @@ async def create_run(call: Call) -> dict[str, Any]:
     return _view(call.account, run)
 
 
-@api.route("GET", "/v1/reporting/report_runs/{id}", params=())
+@api.route("GET", "/v1/reporting/report_runs/{id}", params=(), expand=("result",))
 async def retrieve_run(call: Call) -> dict[str, Any]:
-    call.expansions({"result"})
     return _view(call.account, call.account.get(RUN, call.id(), "report run"))
 
 
-@api.route("GET", "/v1/reporting/report_runs", params=("created",))
+@api.route("GET", "/v1/reporting/report_runs", params=("created",), expand=("data.result",))
 async def list_runs(call: Call) -> dict[str, Any]:
-    call.expansions({"data.result"})
     keep = call.range_filter("created")
     runs = [_view(call.account, r) for r in call.account.table(RUN).values() if keep(r["created"])]
     return page(call, runs, "/v1/reporting/report_runs")

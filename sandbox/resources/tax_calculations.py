@@ -258,10 +258,10 @@ def _ship_from(call: Call) -> dict[str, Any] | None:
         "shipping_cost",
         "tax_date",
     ),
+    expand=("line_items",),
 )
 async def create_calculation(call: Call) -> dict[str, Any]:
     account = call.account
-    call.expansions({"line_items"})
     currency = string_value(call.text("currency", required=True), "currency").lower()
     if len(currency) != 3 or not currency.isalpha():
         raise bad_request(f"Invalid currency: {currency}.", "currency", "parameter_invalid")
@@ -318,7 +318,7 @@ async def create_calculation(call: Call) -> dict[str, Any]:
     return store(call, obj, items, CALCULATIONS_URL)
 
 
-@api.route("GET", "/v1/tax/calculations/{calculation}", params=())
+@api.route("GET", "/v1/tax/calculations/{calculation}", params=(), expand=("line_items",))
 async def retrieve_calculation(call: Call) -> dict[str, Any]:
     obj = call.account.get(CALCULATION, call.id("calculation"), "tax calculation")
     return with_line_items(call, obj, CALCULATIONS_URL)

@@ -126,10 +126,10 @@ def _reversed(account: Account, transaction_id: str) -> dict[str, Any]:
     "POST",
     "/v1/tax/transactions/create_from_calculation",
     params=("calculation", "metadata", "posted_at", "reference"),
+    expand=("line_items",),
 )
 async def create_from_calculation(call: Call) -> dict[str, Any]:
     account = call.account
-    call.expansions({"line_items"})
     calc_id = string_value(call.text("calculation", required=True), "calculation")
     reference = string_value(call.text("reference", required=True), "reference")
     calc = account.table(CALCULATION).get(calc_id)
@@ -216,10 +216,10 @@ def _split(amounts: list[int], total: int) -> list[int]:
         "reference",
         "shipping_cost",
     ),
+    expand=("line_items",),
 )
 async def create_reversal(call: Call) -> dict[str, Any]:
     account = call.account
-    call.expansions({"line_items"})
     original_id = string_value(
         call.text("original_transaction", required=True), "original_transaction"
     )
@@ -407,7 +407,7 @@ async def create_reversal(call: Call) -> dict[str, Any]:
     return store(call, obj, items, TRANSACTIONS_URL)
 
 
-@api.route("GET", "/v1/tax/transactions/{transaction}", params=())
+@api.route("GET", "/v1/tax/transactions/{transaction}", params=(), expand=("line_items",))
 async def retrieve_transaction(call: Call) -> dict[str, Any]:
     obj = call.account.get(TRANSACTION, call.id("transaction"), "tax transaction")
     return with_line_items(call, obj, TRANSACTIONS_URL)
