@@ -27,6 +27,7 @@ from sandbox.api_versions import API_VERSIONS
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "FOREIGN_PREFIXES",
     "Account",
     "Call",
     "Endpoint",
@@ -133,11 +134,27 @@ def request_log_url(request_id: str) -> str:
     return f"https://dashboard.stripe.com/test/logs/{request_id}?t={int(time.time())}"
 
 
-def missing(resource: str, object_id: str, param: str = "id", *, status: int = 404) -> SandboxError:
-    """``No such <resource>: '<id>'``: 404 for a path id, often 400 for an id in a parameter."""
+def missing(
+    resource: str, object_id: str, param: str = "id", *, status: int | None = None
+) -> SandboxError:
+    """``No such <resource>: '<id>'``, code ``resource_missing``: 404 for the path's id
+    (``param`` ``id``), 400 for an id any other parameter names, as on Stripe."""
+    if status is None:
+        status = 404 if param == "id" else 400
     return SandboxError(
         status, f"No such {resource}: '{object_id}'", code="resource_missing", param=param
     )
+
+
+#: the id prefix of each object type that parameters name but the sandbox does not serve (it
+#: has no API to create them); see :meth:`Account.foreign`
+FOREIGN_PREFIXES: dict[str, str] = {
+    "customer": "cus_",
+    "account": "acct_",
+    "person": "person_",
+    "payout": "po_",
+    "verification flow": "vf_",
+}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> SandboxError:
@@ -295,6 +312,36 @@ class Account:
         if obj is None:
             raise missing(resource or object_type.rsplit(".", 1)[-1].replace("_", " "), object_id)
         return obj
+
+    def find(
+        self, object_type: str, value: Any, param: str, resource: str | None = None
+    ) -> dict[str, Any]:
+        """The object a parameter names (``value``, checked to be a string): Stripe's 400
+        ``resource_missing`` naming ``param`` if this account has none."""
+        object_id = string_value(value, param)
+        obj = self.table(object_type).get(object_id)
+        if obj is None:
+            name = resource or object_type.rsplit(".", 1)[-1].replace("_", " ")
+            raise missing(name, object_id, param)
+        return obj
+
+    def foreign(self, resource: str, value: Any, param: str) -> str:
+        """The id of a ``resource`` of a type the sandbox does not serve (a key of
+        :data:`FOREIGN_PREFIXES`, e.g. ``customer``) that a parameter names.
+
+        The sandbox cannot create such objects, so it cannot know them all: one this account
+        has (a test may add it with :meth:`add`, under ``resource`` with ``_`` for spaces)
+        exists, and so does any id with the type's prefix and something after it. Any other
+        value is Stripe's 400 ``resource_missing``. A handler that needs the object's data
+        (a customer's address, a payment method's card) uses :meth:`find` instead.
+        """
+        object_id = string_value(value, param)
+        if object_id in self.table(resource.replace(" ", "_")):
+            return object_id
+        prefix = FOREIGN_PREFIXES[resource]
+        if object_id.startswith(prefix) and len(object_id) > len(prefix):
+            return object_id
+        raise missing(resource, object_id, param)
 
     def state(self, key: str, kind: type[_T]) -> _T:
         """The object of type ``kind`` a module keeps in ``private[key]`` (made on first use)."""

@@ -280,7 +280,7 @@ async def create_order(call: Call) -> dict[str, Any]:
         )
     product = call.account.table(PRODUCT).get(product_id)
     if product is None:
-        raise missing("climate product", product_id, "product", status=400)
+        raise missing("climate product", product_id, "product")
     currency = (call.text("currency") or _DEFAULT_CURRENCY).lower()
     prices = product["current_prices_per_metric_ton"].get(currency)
     if prices is None:

@@ -453,7 +453,7 @@ async def create_link(call: Call) -> dict[str, Any]:
     assert file_id is not None
     file = call.account.table(FILE).get(file_id)
     if file is None:
-        raise missing("file", file_id, "file", status=400)
+        raise missing("file", file_id, "file")
     _check_linkable(file, "file")
     raw_expiry = call.text("expires_at")
     expires_at = None if raw_expiry is None else _future_timestamp(raw_expiry, "expires_at")

@@ -322,8 +322,7 @@ async def list_accounts(call: Call) -> dict[str, Any]:
     session = call.text("session")
     objects = list(call.account.table(ACCOUNT).values())
     if session is not None:
-        if session not in call.account.table(SESSION):
-            raise missing("financial connections session", session, "session")
+        call.account.find(SESSION, session, "session", "financial connections session")
         wanted = set(_state(call.account).session_accounts.get(session, []))
         objects = [o for o in objects if o["id"] in wanted]
     for key, value in (holder or {}).items():
@@ -453,10 +452,8 @@ def _account_holder(call: Call) -> dict[str, Any]:
         wanted = "customer_account" if "customer_account" in holder else "customer"
     param = f"account_holder[{wanted}]"
     value = required(holder.get(wanted), param)
-    prefix = "cus_" if wanted == "customer" else "acct_"
-    if not isinstance(value, str) or not value.startswith(prefix):
-        raise missing("customer" if wanted == "customer" else "account", str(value), param)
-    return {"type": kind, wanted: value}
+    found = call.account.foreign("customer" if wanted == "customer" else "account", value, param)
+    return {"type": kind, wanted: found}
 
 
 def _subcategories(call: Call) -> list[str]:
@@ -589,9 +586,7 @@ async def retrieve_transaction(call: Call) -> dict[str, Any]:
 async def list_transactions(call: Call) -> dict[str, Any]:
     fca = call.text("account", required=True)
     assert fca is not None
-    obj = call.account.table(ACCOUNT).get(fca)
-    if obj is None:
-        raise missing("financial connections account", fca, "account")
+    obj = call.account.find(ACCOUNT, fca, "account", "financial connections account")
     _settle(call.account, obj)
     keep = call.range_filter("transacted_at")
     objects = [

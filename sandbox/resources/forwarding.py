@@ -107,7 +107,7 @@ def _card(call: Call, pm_id: str) -> Card:
         )
     test = TEST_CARDS.get(pm_id)
     if test is None:
-        raise missing("PaymentMethod", pm_id, "payment_method", status=400)
+        raise missing("PaymentMethod", pm_id, "payment_method")
     number, cvc_length = test
     return Card(number, *_TEST_EXPIRY, "1234"[:cvc_length], "")
 

@@ -30,7 +30,6 @@ from sandbox.core import (
     boolean_value,
     choice_list,
     make_object,
-    missing,
     missing_param,
     page,
     string_value,
@@ -333,9 +332,9 @@ def _provided_details(call: Call, current: dict[str, Any] | None) -> dict[str, A
 
 def _related_customer(call: Call) -> str | None:
     customer = call.text("related_customer")
-    if customer is not None and not customer.startswith("cus_"):
-        raise missing("customer", customer, "related_customer")
-    return customer
+    if customer is None:
+        return None
+    return call.account.foreign("customer", customer, "related_customer")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -414,11 +413,18 @@ async def create(call: Call) -> dict[str, Any]:
         raise bad_request(
             "You may only specify one of these parameters: type, verification_flow.", "type"
         )
-    if flow is not None and not flow.startswith("vf_"):
-        raise missing("verification flow", flow, "verification_flow")
+    if flow is not None:
+        call.account.foreign("verification flow", flow, "verification_flow")
     kind = kind or "verification_flow"
     _check_keys(call, "provided_details", ("email", "phone"), ())
     _check_keys(call, "related_person", ("account", "person"), ("account", "person"))
+    related_person = call.mapping("related_person")
+    if related_person is not None:
+        call.account.foreign("account", related_person["account"], "related_person[account]")
+        call.account.foreign("person", related_person["person"], "related_person[person]")
+    related_customer_account = call.text("related_customer_account")
+    if related_customer_account is not None:
+        call.account.foreign("account", related_customer_account, "related_customer_account")
     call.text("return_url")
     obj = make_object(
         SESSION,
@@ -431,8 +437,8 @@ async def create(call: Call) -> dict[str, Any]:
         provided_details=_provided_details(call, None),
         redaction=None,
         related_customer=_related_customer(call),
-        related_customer_account=call.text("related_customer_account"),
-        related_person=call.mapping("related_person"),
+        related_customer_account=related_customer_account,
+        related_person=related_person,
         type=kind,
         verification_flow=flow,
         verified_outputs=None,

@@ -138,14 +138,8 @@ async def trigger(call: Call) -> dict[str, Any]:
     else:
         object_id = call.text("object", required=True)
         assert object_id is not None
-        found = call.account.table(object_type).get(object_id)
-        if found is None:
-            raise bad_request(
-                f"No such {object_type.replace('_', ' ')}: '{object_id}'",
-                "object",
-                "resource_missing",
-            )
-        obj = found
+        resource = object_type.replace(".", " ").replace("_", " ")
+        obj = call.account.find(object_type, object_id, "object", resource)
     call.account.emit(event_type, copy.deepcopy(obj))
     events = event_log(call.account).events
     return events[next(reversed(events))]  # the event just made

@@ -73,7 +73,7 @@ def _customer_details(call: Call) -> tuple[str | None, dict[str, Any]]:
     if customer_id is not None:
         customer = account.table("customer").get(customer_id)
         if customer is None:
-            raise missing("customer", customer_id, "customer", status=400)
+            raise missing("customer", customer_id, "customer")
         shipping = customer.get("shipping") or {}
         if shipping.get("address") and shipping["address"].get("country"):
             details["address"] = {k: shipping["address"].get(k) for k in ADDRESS_KEYS}
@@ -176,7 +176,7 @@ def _line_items(call: Call, currency: str) -> list[dict[str, Any]]:
             product_id = string_value(entry["product"], f"{p}[product]")
             product = call.account.table("product").get(product_id)
             if product is None:
-                raise missing("product", product_id, f"{p}[product]", status=400)
+                raise missing("product", product_id, f"{p}[product]")
             if isinstance(product.get("tax_code"), str):
                 code = product["tax_code"]
         if "tax_code" in entry:
@@ -223,7 +223,7 @@ def _shipping_cost(call: Call, currency: str) -> dict[str, Any] | None:
         rate_id = string_value(given["shipping_rate"], f"{p}[shipping_rate]")
         rate = call.account.table("shipping_rate").get(rate_id)
         if rate is None:
-            raise missing("shipping rate", rate_id, f"{p}[shipping_rate]", status=400)
+            raise missing("shipping rate", rate_id, f"{p}[shipping_rate]")
         amount = int((rate.get("fixed_amount") or {}).get("amount") or 0)
         if rate.get("tax_behavior") in BEHAVIORS:
             behavior = rate["tax_behavior"]

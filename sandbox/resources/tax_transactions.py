@@ -134,7 +134,7 @@ async def create_from_calculation(call: Call) -> dict[str, Any]:
     reference = string_value(call.text("reference", required=True), "reference")
     calc = account.table(CALCULATION).get(calc_id)
     if calc is None:
-        raise missing("calculation", calc_id, "calculation", status=400)
+        raise missing("calculation", calc_id, "calculation")
     today = now()
     if today >= calc["expires_at"]:
         raise bad_request(
@@ -227,7 +227,7 @@ async def create_reversal(call: Call) -> dict[str, Any]:
     reference = string_value(call.text("reference", required=True), "reference")
     original = account.table(TRANSACTION).get(original_id)
     if original is None:
-        raise missing("transaction", original_id, "original_transaction", status=400)
+        raise missing("transaction", original_id, "original_transaction")
     if original["type"] != "transaction":
         raise bad_request(
             "A reversal transaction cannot itself be reversed.", "original_transaction"
@@ -320,9 +320,7 @@ async def create_reversal(call: Call) -> dict[str, Any]:
             )
             target = originals.get(li_id)
             if target is None:
-                raise missing(
-                    "transaction line item", li_id, f"{p}[original_line_item]", status=400
-                )
+                raise missing("transaction line item", li_id, f"{p}[original_line_item]")
             if li_id in seen:
                 raise bad_request(
                     f"Line item {li_id} is reversed more than once in this request.",
