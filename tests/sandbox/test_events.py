@@ -119,6 +119,39 @@ def test_failing_endpoint_is_retried_until_attempts_run_out(
     assert previous is not None and previous["defaults"]["tax_behavior"] != "exclusive"
 
 
+def test_an_endpoints_api_version_is_applied_to_the_events_delivered_to_it(
+    sandbox_stack: SandboxStack, receivers: Callable[..., Receiver]
+) -> None:
+    """An endpoint created with an ``api_version`` gets events of that version; one without
+    gets the account's default, which is also what ``GET /v1/events`` shows."""
+    client = sandbox_stack.sdk(direct=True)
+    pinned, plain = receivers(), receivers()
+    pinned_endpoint = client.v1.webhook_endpoints.create(
+        {
+            "url": pinned.url,
+            "enabled_events": ["tax.settings.updated"],
+            "api_version": "2024-09-30.acacia",
+        }
+    )
+    assert pinned_endpoint.api_version == "2024-09-30.acacia"
+    assert pinned_endpoint.secret is not None
+    _, plain_secret = _endpoint(client, plain.url, ["*"])
+    client.v1.tax.settings.update({"defaults": {"tax_behavior": "inclusive"}})
+
+    body, header = pinned.wait_for(1)[0]
+    pinned_event = stripe.Webhook.construct_event(body.decode(), header, pinned_endpoint.secret)
+    body, header = plain.wait_for(1)[0]
+    plain_event = stripe.Webhook.construct_event(body.decode(), header, plain_secret)
+    default = sandbox_stack.sandbox.settings.api_version
+    assert default != "2024-09-30.acacia"
+    assert pinned_event.id == plain_event.id and pinned_event.type == "tax.settings.updated"
+    assert pinned_event.api_version == "2024-09-30.acacia"
+    assert plain_event.api_version == default
+    assert client.v1.events.retrieve(plain_event.id).api_version == default
+    # the version is the only difference between the two deliveries
+    assert {**pinned_event.to_dict(), "api_version": default} == plain_event.to_dict()
+
+
 def test_enabled_events_filter_and_disabled_endpoint_gets_nothing(
     sandbox_stack: SandboxStack, receivers: Callable[..., Receiver]
 ) -> None:
