@@ -490,6 +490,8 @@ async def list_links(call: Call) -> dict[str, Any]:
     expand = call.expand
     expired = call.boolean("expired")
     file_id = call.text("file")
+    if file_id is not None:
+        call.account.find(FILE, file_id, "file", "file")
     keep = call.range_filter("created")
     links = []
     for link in call.account.table(LINK).values():

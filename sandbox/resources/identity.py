@@ -504,6 +504,10 @@ async def list_sessions(call: Call) -> dict[str, Any]:
     objects = [o for o in call.account.table(SESSION).values() if keep(o["created"])]
     if status is not None:
         objects = [o for o in objects if o["status"] == status]
+    if (customer := call.text("related_customer")) is not None:
+        call.account.foreign("customer", customer, "related_customer")
+    if (customer_account := call.text("related_customer_account")) is not None:
+        call.account.foreign("account", customer_account, "related_customer_account")
     for name in ("client_reference_id", "related_customer", "related_customer_account"):
         value = call.text(name)
         if value is not None:
@@ -579,6 +583,8 @@ async def list_reports(call: Call) -> dict[str, Any]:
     objects = [o for o in call.account.table(REPORT).values() if keep(o["created"])]
     if kind is not None:
         objects = [o for o in objects if o["type"] == kind]
+    if (session := call.text("verification_session")) is not None:
+        call.account.find(SESSION, session, "verification_session", SESSION_RESOURCE)
     for name in ("client_reference_id", "verification_session"):
         value = call.text(name)
         if value is not None:

@@ -26,6 +26,7 @@ from sandbox.core import (
     bad_request,
     integer_value,
     make_object,
+    missing,
     page,
 )
 from sandbox.resources import REGISTRY as api
@@ -388,11 +389,7 @@ async def create_run(call: Call) -> dict[str, Any]:
     report = call.account.table(TYPE).get(report_type)
     _test_mode(report_type, "report_type")
     if kind is None or report is None:
-        raise bad_request(
-            f"Invalid report_type: {report_type}. See "
-            "https://stripe.com/docs/reporting/statements/api for the available report types.",
-            "report_type",
-        )
+        raise missing("report type", report_type, "report_type")
     parameters = _parameters(call, kind, report)
     run = make_object(
         RUN,

@@ -199,6 +199,43 @@ CASES = [
         ),
     ),
     Case(
+        "GET /v1/identity/verification_sessions",
+        "related_customer",
+        "customer",
+        "user_1",
+        lambda c, _: c.v1.identity.verification_sessions.list({"related_customer": "user_1"}),
+    ),
+    Case(
+        "GET /v1/identity/verification_sessions",
+        "related_customer_account",
+        "account",
+        "user_1",
+        lambda c, _: c.v1.identity.verification_sessions.list(
+            {"related_customer_account": "user_1"}
+        ),
+    ),
+    Case(
+        "GET /v1/identity/verification_reports",
+        "verification_session",
+        "verification session",
+        "vs_nope",
+        lambda c, _: c.v1.identity.verification_reports.list({"verification_session": "vs_nope"}),
+    ),
+    Case(
+        "GET /v1/file_links",
+        "file",
+        "file",
+        "file_nope",
+        lambda c, _: c.v1.file_links.list({"file": "file_nope"}),
+    ),
+    Case(
+        "POST /v1/reporting/report_runs",
+        "report_type",
+        "report type",
+        "balance.summary.99",
+        lambda c, _: c.v1.reporting.report_runs.create({"report_type": "balance.summary.99"}),
+    ),
+    Case(
         "POST /v1/tax/calculations",
         "customer",
         "customer",

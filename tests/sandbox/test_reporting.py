@@ -186,7 +186,7 @@ def test_list_runs_paginates(sandbox_stack: SandboxStack) -> None:
     ("params", "param", "code"),
     [
         ({}, "report_type", "parameter_missing"),
-        ({"report_type": "balance.summary.99"}, "report_type", None),
+        ({"report_type": "balance.summary.99"}, "report_type", "resource_missing"),
         ({"report_type": "balance.summary.1"}, "parameters[interval_start]", "parameter_missing"),
         (
             {
