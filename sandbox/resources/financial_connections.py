@@ -311,7 +311,8 @@ async def retrieve_account(call: Call) -> dict[str, Any]:
 async def list_accounts(call: Call) -> dict[str, Any]:
     holder = call.mapping("account_holder", keys=("account", "customer", "customer_account"))
     for key, value in (holder or {}).items():
-        string_value(value, f"account_holder[{key}]")
+        kind = "customer" if key == "customer" else "account"
+        call.account.foreign(kind, value, f"account_holder[{key}]")
     if holder and len(holder) > 1:
         raise bad_request(
             "You may only specify one of these parameters: "

@@ -106,6 +106,15 @@ CASES = [
     ),
     Case(
         "GET /v1/financial_connections/accounts",
+        "account_holder[customer]",
+        "customer",
+        "nope",
+        lambda c, _: c.v1.financial_connections.accounts.list(
+            {"account_holder": {"customer": "nope"}}
+        ),
+    ),
+    Case(
+        "GET /v1/financial_connections/accounts",
         "session",
         "financial connections session",
         "fcsess_nope",
