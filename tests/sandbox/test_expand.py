@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,50 @@ def test_list_expansions_need_the_data_prefix(sandbox_stack: SandboxStack) -> No
             client.v1.sigma.scheduled_query_runs.list().data[0].id, {"expand": ["data.file"]}
         )
     assert info.value.user_message == "This property cannot be expanded (data.file)."
+
+
+def test_valid_expansions_on_create_update_action_and_list_routes(
+    sandbox_stack: SandboxStack,
+) -> None:
+    """The routes that create, change or act on an object expand like its retrieve does."""
+    client = sandbox_stack.sdk()
+    product = client.v1.climate.products.list().data[0].id
+    order = client.v1.climate.orders.create(
+        {"product": product, "amount": 10_000, "expand": ["product"]}
+    )
+    assert order.product.object == "climate.product" and order.product.id == product
+    canceled = client.v1.climate.orders.cancel(order.id, {"expand": ["product"]})
+    assert canceled.product.id == product
+    assert client.v1.climate.orders.retrieve(order.id).product == product  # stored as an id
+
+    upload = io.BytesIO(b"%PDF-1.4 evidence")
+    upload.name = "evidence.pdf"
+    file = client.v1.files.create({"file": upload, "purpose": "dispute_evidence"})
+    link = client.v1.file_links.create({"file": file.id, "expand": ["file"]})
+    assert link.file.object == "file" and link.file.id == file.id
+    updated = client.v1.file_links.update(link.id, {"metadata": {"a": "b"}, "expand": ["file"]})
+    assert updated.file.id == file.id
+
+    fca = (
+        client.v1.financial_connections.sessions.create(
+            {
+                "account_holder": {"type": "customer", "customer": "cus_expand"},
+                "permissions": ["ownership"],
+            }
+        )
+        .accounts.data[0]
+        .id
+    )
+    accounts = client.v1.financial_connections.accounts
+    accounts.refresh(fca, {"features": ["ownership"]})
+    deadline = time.monotonic() + 30
+    while accounts.retrieve(fca).ownership is None:
+        assert time.monotonic() < deadline, "the ownership refresh never finished"
+        time.sleep(0.05)
+    disconnected = accounts.disconnect(fca, {"expand": ["ownership"]})
+    assert disconnected.ownership.object == "financial_connections.account_ownership"
+    assert disconnected.ownership.owners.data
+
+    runs = client.v1.sigma.scheduled_query_runs.list({"expand": ["data.file"]}).data
+    files = [run.file for run in runs if run.file is not None]  # a failed run has none
+    assert files and all(file.object == "file" for file in files)
