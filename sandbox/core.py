@@ -736,18 +736,23 @@ class Registry:
         *,
         expand: Iterable[str] = (),
         expand_ignored: Iterable[str] = (),
+        lists: bool | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler for ``METHOD /v1/path/{id}``; ``params`` lists accepted names.
 
         A ``GET`` of a collection also accepts the list parameters; a retrieve (a path that
-        ends with an id) does not, as on Stripe. ``expand`` names the fields ``expand[]`` may
-        ask for (``data.<field>`` on a list), ``expand_ignored`` prefixes of those Stripe
-        documents but the sandbox does not do; the app refuses any other field before the
-        handler runs, and gives the handler the accepted ones as :attr:`Call.expand`.
+        ends with an id) does not, as on Stripe. ``lists=False`` marks a ``GET`` that is
+        neither (a singleton, a download, a computed answer), which refuses them too.
+
+        ``expand`` names the fields ``expand[]`` may ask for (``data.<field>`` on a list),
+        ``expand_ignored`` prefixes of those Stripe documents but the sandbox does not do; the
+        app refuses any other field before the handler runs, and gives the handler the
+        accepted ones as :attr:`Call.expand`.
         """
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
         pattern = re.compile(f"^{regex}$")
-        lists = method == "GET" and not template.endswith("}")
+        if lists is None:
+            lists = method == "GET" and not template.endswith("}")
         accepted = (
             None
             if params is None

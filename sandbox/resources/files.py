@@ -406,7 +406,7 @@ async def list_all(call: Call) -> dict[str, Any]:
     return page(call, files, "/v1/files")
 
 
-@api.route("GET", "/v1/files/{id}/contents", params=())
+@api.route("GET", "/v1/files/{id}/contents", params=(), lists=False)
 async def contents(call: Call) -> web.StreamResponse:
     obj = call.account.get(FILE, call.id(), "file")
     data = _contents(call.account).get(obj["id"])

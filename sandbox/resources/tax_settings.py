@@ -14,7 +14,7 @@ from sandbox.resources import REGISTRY as api
 from sandbox.resources._tax_common import address, settings_of, tax_code
 
 
-@api.route("GET", "/v1/tax/settings", params=())
+@api.route("GET", "/v1/tax/settings", params=(), lists=False)
 async def retrieve_settings(call: Call) -> dict[str, Any]:
     return settings_of(call.account)
 
