@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from aiohttp import web
 
@@ -31,6 +31,7 @@ __all__ = [
     "Account",
     "Call",
     "Endpoint",
+    "ExpandRule",
     "Hooks",
     "Registry",
     "SandboxError",
@@ -695,6 +696,14 @@ def checked_expansions(
 # --------------------------------------------------------------------------- routing
 
 Handler = Callable[[Call], Awaitable[dict[str, Any] | web.StreamResponse]]
+
+
+class ExpandRule(TypedDict, total=False):
+    """A route's ``expand`` and ``expand_ignored`` (:meth:`Registry.route`), for routes that
+    share them: ``@api.route(..., **RULE)``."""
+
+    expand: tuple[str, ...]
+    expand_ignored: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 from sandbox.core import (
     Account,
     Call,
+    ExpandRule,
     bad_request,
     boolean_value,
     choice_list,
@@ -270,10 +271,13 @@ def _render_account(account: Account, obj: dict[str, Any], expand: set[str]) -> 
 
 #: what an account's routes may expand: ``ownership`` (``account_holder.*`` is accepted but
 #: not done: the sandbox has no customers or connected accounts to show)
-_ACCOUNT_EXPAND = {"expand": ("ownership",), "expand_ignored": ("account_holder.",)}
-_ACCOUNTS_EXPAND = {"expand": ("data.ownership",), "expand_ignored": ("data.account_holder.",)}
+_ACCOUNT_EXPAND: ExpandRule = {"expand": ("ownership",), "expand_ignored": ("account_holder.",)}
+_ACCOUNTS_EXPAND: ExpandRule = {
+    "expand": ("data.ownership",),
+    "expand_ignored": ("data.account_holder.",),
+}
 #: a session's ``accounts`` are always shown; ``account_holder.*`` is accepted, not done
-SESSION_EXPAND = {"expand_ignored": ("accounts.", "account_holder.")}
+SESSION_EXPAND: ExpandRule = {"expand_ignored": ("accounts.", "account_holder.")}
 
 
 def _account_expand(call: Call, prefix: str = "") -> set[str]:

@@ -26,6 +26,7 @@ from typing import Any
 from sandbox.core import (
     Account,
     Call,
+    ExpandRule,
     bad_request,
     boolean_value,
     choice_list,
@@ -342,17 +343,17 @@ def _related_customer(call: Call) -> str | None:
 
 #: what a session's routes may expand: ``last_verification_report``; ``verified_outputs.*``
 #: (``dob``, ``id_number``) is accepted but not done: the sandbox shows no sensitive data
-SESSION_EXPAND = {
+SESSION_EXPAND: ExpandRule = {
     "expand": ("last_verification_report",),
     "expand_ignored": ("verified_outputs.",),
 }
-_SESSIONS_EXPAND = {
+_SESSIONS_EXPAND: ExpandRule = {
     "expand": ("data.last_verification_report",),
     "expand_ignored": ("data.verified_outputs.",),
 }
 #: a report's sensitive fields (``document.dob``, ``id_number.id_number``...) stay null
-_REPORT_EXPAND = {"expand_ignored": ("document.", "id_number.")}
-_REPORTS_EXPAND = {"expand_ignored": ("data.document.", "data.id_number.")}
+_REPORT_EXPAND: ExpandRule = {"expand_ignored": ("document.", "id_number.")}
+_REPORTS_EXPAND: ExpandRule = {"expand_ignored": ("data.document.", "data.id_number.")}
 
 
 def _expand(call: Call, prefix: str = "") -> set[str]:
