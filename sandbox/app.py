@@ -2,8 +2,9 @@
 
 One :class:`Sandbox` serves the api and files hosts' paths on one port. Every request goes
 through the same steps: faults, authentication (any ``sk_test_``/``rk_test_`` key; state is
-kept per key and ``Stripe-Account``), routing, parameter decoding and checking, idempotency
-(POST with ``Idempotency-Key``), then the resource handler. Every response carries a
+kept per key and ``Stripe-Account``), routing, parameter decoding and checking (names, and
+``expand[]`` against the route's expandable fields), idempotency (POST with
+``Idempotency-Key``), then the resource handler. Every response carries a
 ``Request-Id`` and the ``Stripe-Version`` it was answered with (the request's, checked against
 the versions Stripe has published, or the newest one); an idempotent request's response echoes
 its ``Idempotency-Key`` and names the ``Original-Request``.
@@ -220,9 +221,10 @@ class Sandbox:
                         code="parameter_unknown",
                         param=name,
                     )
+        expand = endpoint.expansions(params)
         account = self._account(key, request)
         base_url = f"{request.scheme}://{request.host}"
-        call = Call(request, account, params, path_params, base_url, request[REQUEST_ID])
+        call = Call(request, account, params, path_params, base_url, request[REQUEST_ID], expand)
         idem = request.headers.get("Idempotency-Key") if request.method == "POST" else None
         if idem is None:
             return await self._run(endpoint.handler, call)

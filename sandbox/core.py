@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 from aiohttp import web
 
@@ -27,9 +27,11 @@ from sandbox.api_versions import API_VERSIONS
 
 __all__ = [
     "DEFAULT_API_VERSION",
+    "FOREIGN_PREFIXES",
     "Account",
     "Call",
     "Endpoint",
+    "ExpandRule",
     "Hooks",
     "Registry",
     "SandboxError",
@@ -38,6 +40,7 @@ __all__ = [
     "array_value",
     "bad_request",
     "boolean_value",
+    "checked_expansions",
     "choice_list",
     "choice_value",
     "expand_fields",
@@ -132,11 +135,27 @@ def request_log_url(request_id: str) -> str:
     return f"https://dashboard.stripe.com/test/logs/{request_id}?t={int(time.time())}"
 
 
-def missing(resource: str, object_id: str, param: str = "id", *, status: int = 404) -> SandboxError:
-    """``No such <resource>: '<id>'``: 404 for a path id, often 400 for an id in a parameter."""
+def missing(
+    resource: str, object_id: str, param: str = "id", *, status: int | None = None
+) -> SandboxError:
+    """``No such <resource>: '<id>'``, code ``resource_missing``: 404 for the path's id
+    (``param`` ``id``), 400 for an id any other parameter names, as on Stripe."""
+    if status is None:
+        status = 404 if param == "id" else 400
     return SandboxError(
         status, f"No such {resource}: '{object_id}'", code="resource_missing", param=param
     )
+
+
+#: the id prefix of each object type that parameters name but the sandbox does not serve (it
+#: has no API to create them); see :meth:`Account.foreign`
+FOREIGN_PREFIXES: dict[str, str] = {
+    "customer": "cus_",
+    "account": "acct_",
+    "person": "person_",
+    "payout": "po_",
+    "verification flow": "vf_",
+}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> SandboxError:
@@ -294,6 +313,36 @@ class Account:
         if obj is None:
             raise missing(resource or object_type.rsplit(".", 1)[-1].replace("_", " "), object_id)
         return obj
+
+    def find(
+        self, object_type: str, value: Any, param: str, resource: str | None = None
+    ) -> dict[str, Any]:
+        """The object a parameter names (``value``, checked to be a string): Stripe's 400
+        ``resource_missing`` naming ``param`` if this account has none."""
+        object_id = string_value(value, param)
+        obj = self.table(object_type).get(object_id)
+        if obj is None:
+            name = resource or object_type.rsplit(".", 1)[-1].replace("_", " ")
+            raise missing(name, object_id, param)
+        return obj
+
+    def foreign(self, resource: str, value: Any, param: str) -> str:
+        """The id of a ``resource`` of a type the sandbox does not serve (a key of
+        :data:`FOREIGN_PREFIXES`, e.g. ``customer``) that a parameter names.
+
+        The sandbox cannot create such objects, so it cannot know them all: one this account
+        has (a test may add it with :meth:`add`, under ``resource`` with ``_`` for spaces)
+        exists, and so does any id with the type's prefix and something after it. Any other
+        value is Stripe's 400 ``resource_missing``. A handler that needs the object's data
+        (a customer's address, a payment method's card) uses :meth:`find` instead.
+        """
+        object_id = string_value(value, param)
+        if object_id in self.table(resource.replace(" ", "_")):
+            return object_id
+        prefix = FOREIGN_PREFIXES[resource]
+        if object_id.startswith(prefix) and len(object_id) > len(prefix):
+            return object_id
+        raise missing(resource, object_id, param)
 
     def state(self, key: str, kind: type[_T]) -> _T:
         """The object of type ``kind`` a module keeps in ``private[key]`` (made on first use)."""
@@ -458,6 +507,9 @@ class Call:
     base_url: str
     #: this answer's ``Request-Id`` (streaming handlers set it on their own response)
     request_id: str = ""
+    #: the ``expand[]`` fields asked for, already checked against the route's (see
+    #: :meth:`Registry.route`): handlers test membership (``"data.file" in call.expand``)
+    expand: frozenset[str] = frozenset()
 
     def id(self, name: str = "id") -> str:
         return self.path[name]
@@ -566,22 +618,6 @@ class Call:
             bounds.append((test, integer_value(bound, f"{name}[{op}]")))
         return lambda value: all(test(value, bound) for test, bound in bounds)
 
-    def expansions(
-        self, allowed: Collection[str] = (), *, ignored: tuple[str, ...] = ()
-    ) -> set[str]:
-        """The ``expand[]`` fields asked for, all of them in ``allowed``.
-
-        A field that starts with one of ``ignored`` (an expansion Stripe documents that the
-        sandbox does not do) is left out; any other is Stripe's 400.
-        """
-        wanted: set[str] = set()
-        for name in expand_fields(self):
-            if name in allowed:
-                wanted.add(name)
-            elif not name.startswith(ignored):
-                raise bad_request(f"This property cannot be expanded ({name}).", "expand")
-        return wanted
-
 
 # --------------------------------------------------------------------------- lists
 
@@ -623,8 +659,8 @@ def page(call: Call, objects: Iterable[dict[str, Any]], url: str) -> dict[str, A
     return {"object": "list", "url": url, "has_more": has_more, "data": data}
 
 
-def expand_fields(call: Call) -> list[str]:
-    value = call.params.get("expand")
+def expand_fields(value: Any) -> list[str]:
+    """The ``expand`` parameter's value as a list of field names (Stripe's 400 if it is not)."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -639,9 +675,35 @@ def expand_fields(call: Call) -> list[str]:
     )
 
 
+def checked_expansions(
+    value: Any, allowed: Collection[str], ignored: tuple[str, ...] = ()
+) -> frozenset[str]:
+    """The fields ``expand`` (a decoded parameter) names, every one of them expandable.
+
+    A field in ``allowed`` is kept; one that starts with one of ``ignored`` (an expansion
+    Stripe documents that the sandbox accepts without doing it) is left out; any other is
+    Stripe's 400 ``This property cannot be expanded (<field>).``
+    """
+    wanted: set[str] = set()
+    for name in expand_fields(value):
+        if name in allowed:
+            wanted.add(name)
+        elif not (ignored and name.startswith(ignored)):
+            raise bad_request(f"This property cannot be expanded ({name}).", "expand")
+    return frozenset(wanted)
+
+
 # --------------------------------------------------------------------------- routing
 
 Handler = Callable[[Call], Awaitable[dict[str, Any] | web.StreamResponse]]
+
+
+class ExpandRule(TypedDict, total=False):
+    """A route's ``expand`` and ``expand_ignored`` (:meth:`Registry.route`), for routes that
+    share them: ``@api.route(..., **RULE)``."""
+
+    expand: tuple[str, ...]
+    expand_ignored: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -652,6 +714,14 @@ class Endpoint:
     handler: Handler
     #: top-level parameter names accepted (``expand`` always is); None accepts any
     params: frozenset[str] | None
+    #: the fields ``expand[]`` may name (``data.<field>`` on a list); any other is a 400
+    expandable: frozenset[str] = frozenset()
+    #: prefixes of expansions Stripe documents that the sandbox accepts but does not do
+    expand_ignored: tuple[str, ...] = ()
+
+    def expansions(self, params: dict[str, Any]) -> frozenset[str]:
+        """The request's ``expand[]`` fields, checked against this route's."""
+        return checked_expansions(params.get("expand"), self.expandable, self.expand_ignored)
 
 
 class Registry:
@@ -668,16 +738,30 @@ class Registry:
         return fn
 
     def route(
-        self, method: str, template: str, params: Iterable[str] | None = ()
+        self,
+        method: str,
+        template: str,
+        params: Iterable[str] | None = (),
+        *,
+        expand: Iterable[str] = (),
+        expand_ignored: Iterable[str] = (),
+        lists: bool | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler for ``METHOD /v1/path/{id}``; ``params`` lists accepted names.
 
         A ``GET`` of a collection also accepts the list parameters; a retrieve (a path that
-        ends with an id) does not, as on Stripe.
+        ends with an id) does not, as on Stripe. ``lists=False`` marks a ``GET`` that is
+        neither (a singleton, a download, a computed answer), which refuses them too.
+
+        ``expand`` names the fields ``expand[]`` may ask for (``data.<field>`` on a list),
+        ``expand_ignored`` prefixes of those Stripe documents but the sandbox does not do; the
+        app refuses any other field before the handler runs, and gives the handler the
+        accepted ones as :attr:`Call.expand`.
         """
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
         pattern = re.compile(f"^{regex}$")
-        lists = method == "GET" and not template.endswith("}")
+        if lists is None:
+            lists = method == "GET" and not template.endswith("}")
         accepted = (
             None
             if params is None
@@ -688,7 +772,17 @@ class Registry:
         )
 
         def decorate(handler: Handler) -> Handler:
-            self.endpoints.append(Endpoint(method, template, pattern, handler, accepted))
+            self.endpoints.append(
+                Endpoint(
+                    method,
+                    template,
+                    pattern,
+                    handler,
+                    accepted,
+                    frozenset(expand),
+                    tuple(expand_ignored),
+                )
+            )
             return handler
 
         return decorate

@@ -2,13 +2,16 @@
 
 The body is the event's JSON; the ``Stripe-Signature`` header is Stripe's scheme,
 ``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed with the endpoint's secret>``, so
-``stripe.Webhook.construct_event(body, header, secret)`` accepts it. An attempt fails on a
-connection error, a timeout (``settings.webhook_timeout``) or a non-2xx answer; it is retried
-after ``settings.webhook_backoff`` seconds, then twice as long each time (at most
-``settings.webhook_backoff_max``), until ``settings.webhook_attempts`` attempts were made. The
-event's ``pending_webhooks`` counts the endpoints still to succeed or give up. At most
-``settings.webhook_max_pending`` deliveries are pending at once; an endpoint beyond that is
-not delivered to (and not counted).
+``stripe.Webhook.construct_event(body, header, secret)`` accepts it. The delivered event's
+``api_version`` is the endpoint's ``api_version`` when it has one, else the event's (the
+account's default, ``settings.api_version``, as ``GET /v1/events`` shows it).
+
+An attempt fails on a connection error, a timeout (``settings.webhook_timeout``) or a non-2xx
+answer; it is retried after ``settings.webhook_backoff`` seconds, then twice as long each time
+(at most ``settings.webhook_backoff_max``), until ``settings.webhook_attempts`` attempts were
+made. The event's ``pending_webhooks`` counts the endpoints still to succeed or give up. At
+most ``settings.webhook_max_pending`` deliveries are pending at once; an endpoint beyond that
+is not delivered to (and not counted).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class Deliverer:
         """Start delivering ``event`` to the account's endpoints that want it."""
         secrets = endpoint_secrets(account)
         targets = [
-            (endpoint["url"], secrets[endpoint["id"]])
+            (endpoint["url"], secrets[endpoint["id"]], endpoint.get("api_version"))
             for endpoint in account.table(ENDPOINT).values()
             if wants(endpoint, event["type"]) and endpoint["id"] in secrets
         ]
@@ -83,8 +86,12 @@ class Deliverer:
         if not targets:
             return
         event["pending_webhooks"] = len(targets)
-        payload = orjson.dumps(event)
-        for url, secret in targets:
+        payloads: dict[str | None, bytes] = {}
+        for url, secret, version in targets:
+            payload = payloads.get(version)
+            if payload is None:
+                shown = event if version is None else {**event, "api_version": version}
+                payload = payloads[version] = orjson.dumps(shown)
             self._spawn(event, url, secret, payload)
 
     def _spawn(self, event: dict[str, Any], url: str, secret: str, payload: bytes) -> None:

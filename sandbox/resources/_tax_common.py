@@ -135,7 +135,7 @@ def line_items(account: Account, owner: str) -> list[dict[str, Any]]:
 
 def with_line_items(call: Call, obj: dict[str, Any], base_url: str) -> dict[str, Any]:
     """``obj``, with (the first page of) its ``line_items`` when they are expanded."""
-    if "line_items" not in call.expansions({"line_items"}):
+    if "line_items" not in call.expand:
         return obj
     items = line_items(call.account, obj["id"])
     listed = {
@@ -158,7 +158,6 @@ def store(
 
 def list_line_items(call: Call, object_type: str, resource: str, base_url: str) -> dict[str, Any]:
     """``GET <base_url>/{id}/line_items``: the owner's id is the route's one path parameter."""
-    call.expansions()
     (owner,) = call.path.values()
     call.account.get(object_type, owner, resource)
     # page() lists newest first; line items are listed in the order they were given

@@ -18,7 +18,6 @@ from sandbox.core import (
     Account,
     Call,
     bad_request,
-    expand_fields,
     make_object,
     missing,
     page,
@@ -213,7 +212,7 @@ def _order(call: Call) -> dict[str, Any]:
 
 def _render(call: Call, order: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``order``, or a copy with ``product`` expanded when asked (``prefix`` for lists)."""
-    if f"{prefix}product" not in expand_fields(call):
+    if f"{prefix}product" not in call.expand:
         return order
     out = dict(order)
     product = call.account.table(PRODUCT).get(order["product"])
@@ -255,6 +254,7 @@ async def list_suppliers(call: Call) -> dict[str, Any]:
     "POST",
     "/v1/climate/orders",
     params=("product", "amount", "metric_tons", "currency", "beneficiary", "metadata"),
+    expand=("product",),
 )
 async def create_order(call: Call) -> dict[str, Any]:
     product_id = call.text("product", required=True)
@@ -280,7 +280,7 @@ async def create_order(call: Call) -> dict[str, Any]:
         )
     product = call.account.table(PRODUCT).get(product_id)
     if product is None:
-        raise missing("climate product", product_id, "product", status=400)
+        raise missing("climate product", product_id, "product")
     currency = (call.text("currency") or _DEFAULT_CURRENCY).lower()
     prices = product["current_prices_per_metric_ton"].get(currency)
     if prices is None:
@@ -353,12 +353,14 @@ async def create_order(call: Call) -> dict[str, Any]:
     return _render(call, order)
 
 
-@api.route("GET", "/v1/climate/orders/{id}", params=())
+@api.route("GET", "/v1/climate/orders/{id}", params=(), expand=("product",))
 async def retrieve_order(call: Call) -> dict[str, Any]:
     return _render(call, _order(call))
 
 
-@api.route("POST", "/v1/climate/orders/{id}", params=("beneficiary", "metadata"))
+@api.route(
+    "POST", "/v1/climate/orders/{id}", params=("beneficiary", "metadata"), expand=("product",)
+)
 async def update_order(call: Call) -> dict[str, Any]:
     order = _order(call)
     given, beneficiary = _beneficiary(call, updating=True)
@@ -368,7 +370,7 @@ async def update_order(call: Call) -> dict[str, Any]:
     return _render(call, order)
 
 
-@api.route("GET", "/v1/climate/orders", params=())
+@api.route("GET", "/v1/climate/orders", params=(), expand=("data.product",))
 async def list_orders(call: Call) -> dict[str, Any]:
     orders = [_advance(call.account, o) for o in call.account.table(ORDER).values()]
     listed = page(call, orders, "/v1/climate/orders")
@@ -376,7 +378,7 @@ async def list_orders(call: Call) -> dict[str, Any]:
     return listed
 
 
-@api.route("POST", "/v1/climate/orders/{id}/cancel", params=())
+@api.route("POST", "/v1/climate/orders/{id}/cancel", params=(), expand=("product",))
 async def cancel_order(call: Call) -> dict[str, Any]:
     order = _order(call)
     if order["status"] not in _CANCELABLE:

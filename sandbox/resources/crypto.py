@@ -464,6 +464,7 @@ async def list_all(call: Call) -> dict[str, Any]:
         "destination_currencies",
         "destination_networks",
     ),
+    lists=False,
 )
 async def quotes(call: Call) -> dict[str, Any]:
     fiat = _enum(call.params.get("source_currency", "usd"), ("usd",), "source_currency")

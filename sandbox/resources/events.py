@@ -16,7 +16,6 @@ _LIST_PARAMS = ("created", "type", "types")
 
 @api.route("GET", "/v1/events/{id}", params=())
 async def retrieve(call: Call) -> dict[str, Any]:
-    call.expansions()
     event = event_log(call.account).events.get(call.id())
     if event is None:
         raise missing("event", call.id())
@@ -25,7 +24,6 @@ async def retrieve(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/events", params=_LIST_PARAMS)
 async def list_all(call: Call) -> dict[str, Any]:
-    call.expansions()
     keep = call.range_filter("created")
     wanted: list[str] | None = None
     kind = call.text("type")

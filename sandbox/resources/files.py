@@ -24,6 +24,7 @@ from sandbox.core import (
     Call,
     bad_request,
     boolean_value,
+    checked_expansions,
     integer_value,
     make_object,
     mapping_value,
@@ -297,7 +298,8 @@ def _upload_call(call: Call, upload: _Upload) -> Call:
     for name in params:
         if name not in ("purpose", "file", "file_link_data", "expand"):
             raise unknown_param(name)
-    return Call(call.request, call.account, params, call.path, call.base_url)
+    expand = checked_expansions(params.get("expand"), ())
+    return Call(call.request, call.account, params, call.path, call.base_url, expand=expand)
 
 
 def _future_timestamp(raw: str, param: str) -> int:
@@ -341,7 +343,6 @@ async def create(call: Call) -> dict[str, Any]:
         )
     upload = await _read_upload(call.request)
     form = _upload_call(call, upload)
-    form.expansions()
     purpose = form.choice("purpose", UPLOAD_PURPOSES, required=True)
     assert purpose is not None
     if upload.data is None:
@@ -390,13 +391,11 @@ async def create(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/files/{id}", params=())
 async def retrieve(call: Call) -> dict[str, Any]:
-    call.expansions()
     return file_object(call.account, call.id())
 
 
 @api.route("GET", "/v1/files", params=("purpose", "created"))
 async def list_all(call: Call) -> dict[str, Any]:
-    call.expansions()
     purpose = call.text("purpose")
     keep = call.range_filter("created")
     files = [
@@ -407,7 +406,7 @@ async def list_all(call: Call) -> dict[str, Any]:
     return page(call, files, "/v1/files")
 
 
-@api.route("GET", "/v1/files/{id}/contents", params=())
+@api.route("GET", "/v1/files/{id}/contents", params=(), lists=False)
 async def contents(call: Call) -> web.StreamResponse:
     obj = call.account.get(FILE, call.id(), "file")
     data = _contents(call.account).get(obj["id"])
@@ -439,7 +438,7 @@ async def contents(call: Call) -> web.StreamResponse:
 
 
 def _link_response(
-    call: Call, link: dict[str, Any], expand: set[str], prefix: str = ""
+    call: Call, link: dict[str, Any], expand: frozenset[str], prefix: str = ""
 ) -> dict[str, Any]:
     view = _link_view(link)
     if f"{prefix}file" in expand:
@@ -447,14 +446,14 @@ def _link_response(
     return view
 
 
-@api.route("POST", "/v1/file_links", params=("file", "expires_at", "metadata"))
+@api.route("POST", "/v1/file_links", params=("file", "expires_at", "metadata"), expand=("file",))
 async def create_link(call: Call) -> dict[str, Any]:
-    expand = call.expansions({"file"})
+    expand = call.expand
     file_id = call.text("file", required=True)
     assert file_id is not None
     file = call.account.table(FILE).get(file_id)
     if file is None:
-        raise missing("file", file_id, "file", status=400)
+        raise missing("file", file_id, "file")
     _check_linkable(file, "file")
     raw_expiry = call.text("expires_at")
     expires_at = None if raw_expiry is None else _future_timestamp(raw_expiry, "expires_at")
@@ -462,16 +461,16 @@ async def create_link(call: Call) -> dict[str, Any]:
     return _link_response(call, link, expand)
 
 
-@api.route("GET", "/v1/file_links/{id}", params=())
+@api.route("GET", "/v1/file_links/{id}", params=(), expand=("file",))
 async def retrieve_link(call: Call) -> dict[str, Any]:
-    expand = call.expansions({"file"})
+    expand = call.expand
     link = call.account.get(LINK, call.id(), "file link")
     return _link_response(call, link, expand)
 
 
-@api.route("POST", "/v1/file_links/{id}", params=("expires_at", "metadata"))
+@api.route("POST", "/v1/file_links/{id}", params=("expires_at", "metadata"), expand=("file",))
 async def update_link(call: Call) -> dict[str, Any]:
-    expand = call.expansions({"file"})
+    expand = call.expand
     link = call.account.get(LINK, call.id(), "file link")
     if _link_view(link)["expired"]:
         raise bad_request("Expired links can no longer be updated.", "id")
@@ -486,11 +485,13 @@ async def update_link(call: Call) -> dict[str, Any]:
     return _link_response(call, link, expand)
 
 
-@api.route("GET", "/v1/file_links", params=("created", "expired", "file"))
+@api.route("GET", "/v1/file_links", params=("created", "expired", "file"), expand=("data.file",))
 async def list_links(call: Call) -> dict[str, Any]:
-    expand = call.expansions({"data.file"})
+    expand = call.expand
     expired = call.boolean("expired")
     file_id = call.text("file")
+    if file_id is not None:
+        call.account.find(FILE, file_id, "file", "file")
     keep = call.range_filter("created")
     links = []
     for link in call.account.table(LINK).values():

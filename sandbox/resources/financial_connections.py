@@ -24,6 +24,7 @@ from typing import Any
 from sandbox.core import (
     Account,
     Call,
+    ExpandRule,
     bad_request,
     boolean_value,
     choice_list,
@@ -268,10 +269,20 @@ def _render_account(account: Account, obj: dict[str, Any], expand: set[str]) -> 
     return out
 
 
+#: what an account's routes may expand: ``ownership`` (``account_holder.*`` is accepted but
+#: not done: the sandbox has no customers or connected accounts to show)
+_ACCOUNT_EXPAND: ExpandRule = {"expand": ("ownership",), "expand_ignored": ("account_holder.",)}
+_ACCOUNTS_EXPAND: ExpandRule = {
+    "expand": ("data.ownership",),
+    "expand_ignored": ("data.account_holder.",),
+}
+#: a session's ``accounts`` are always shown; ``account_holder.*`` is accepted, not done
+SESSION_EXPAND: ExpandRule = {"expand_ignored": ("accounts.", "account_holder.")}
+
+
 def _account_expand(call: Call, prefix: str = "") -> set[str]:
-    """``ownership`` when asked for (``account_holder`` is not expanded)."""
-    fields = call.expansions({f"{prefix}ownership"}, ignored=(f"{prefix}account_holder.",))
-    return {name.removeprefix(prefix) for name in fields}
+    """``ownership`` when asked for (``data.ownership`` on a list: ``prefix``)."""
+    return {name.removeprefix(prefix) for name in call.expand}
 
 
 def _render_session(account: Account, obj: dict[str, Any]) -> dict[str, Any]:
@@ -289,17 +300,23 @@ def _get_account(call: Call) -> dict[str, Any]:
     return call.account.get(ACCOUNT, call.id(), "financial connections account")
 
 
-@api.route("GET", "/v1/financial_connections/accounts/{id}", params=())
+@api.route("GET", "/v1/financial_connections/accounts/{id}", params=(), **_ACCOUNT_EXPAND)
 async def retrieve_account(call: Call) -> dict[str, Any]:
     obj = _get_account(call)
     return _render_account(call.account, obj, _account_expand(call))
 
 
-@api.route("GET", "/v1/financial_connections/accounts", params=("account_holder", "session"))
+@api.route(
+    "GET",
+    "/v1/financial_connections/accounts",
+    params=("account_holder", "session"),
+    **_ACCOUNTS_EXPAND,
+)
 async def list_accounts(call: Call) -> dict[str, Any]:
     holder = call.mapping("account_holder", keys=("account", "customer", "customer_account"))
     for key, value in (holder or {}).items():
-        string_value(value, f"account_holder[{key}]")
+        kind = "customer" if key == "customer" else "account"
+        call.account.foreign(kind, value, f"account_holder[{key}]")
     if holder and len(holder) > 1:
         raise bad_request(
             "You may only specify one of these parameters: "
@@ -310,8 +327,7 @@ async def list_accounts(call: Call) -> dict[str, Any]:
     session = call.text("session")
     objects = list(call.account.table(ACCOUNT).values())
     if session is not None:
-        if session not in call.account.table(SESSION):
-            raise missing("financial connections session", session, "session")
+        call.account.find(SESSION, session, "session", "financial connections session")
         wanted = set(_state(call.account).session_accounts.get(session, []))
         objects = [o for o in objects if o["id"] in wanted]
     for key, value in (holder or {}).items():
@@ -322,7 +338,9 @@ async def list_accounts(call: Call) -> dict[str, Any]:
     return result
 
 
-@api.route("POST", "/v1/financial_connections/accounts/{id}/disconnect", params=())
+@api.route(
+    "POST", "/v1/financial_connections/accounts/{id}/disconnect", params=(), **_ACCOUNT_EXPAND
+)
 async def disconnect(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
     if obj["status"] != "disconnected":
@@ -353,7 +371,12 @@ def _require_permission(obj: dict[str, Any], feature: str) -> None:
         )
 
 
-@api.route("POST", "/v1/financial_connections/accounts/{id}/refresh", params=("features",))
+@api.route(
+    "POST",
+    "/v1/financial_connections/accounts/{id}/refresh",
+    params=("features",),
+    **_ACCOUNT_EXPAND,
+)
 async def refresh(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
     features = call.choices("features", tuple(_FEATURES), required=True)
@@ -366,7 +389,12 @@ async def refresh(call: Call) -> dict[str, Any]:
     return _render_account(call.account, obj, _account_expand(call))
 
 
-@api.route("POST", "/v1/financial_connections/accounts/{id}/subscribe", params=("features",))
+@api.route(
+    "POST",
+    "/v1/financial_connections/accounts/{id}/subscribe",
+    params=("features",),
+    **_ACCOUNT_EXPAND,
+)
 async def subscribe(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
     features = call.choices("features", ("transactions",), required=True)
@@ -378,7 +406,12 @@ async def subscribe(call: Call) -> dict[str, Any]:
     return _render_account(call.account, obj, _account_expand(call))
 
 
-@api.route("POST", "/v1/financial_connections/accounts/{id}/unsubscribe", params=("features",))
+@api.route(
+    "POST",
+    "/v1/financial_connections/accounts/{id}/unsubscribe",
+    params=("features",),
+    **_ACCOUNT_EXPAND,
+)
 async def unsubscribe(call: Call) -> dict[str, Any]:
     obj = _settle(call.account, _get_account(call))
     features = call.choices("features", ("transactions",), required=True)
@@ -424,10 +457,8 @@ def _account_holder(call: Call) -> dict[str, Any]:
         wanted = "customer_account" if "customer_account" in holder else "customer"
     param = f"account_holder[{wanted}]"
     value = required(holder.get(wanted), param)
-    prefix = "cus_" if wanted == "customer" else "acct_"
-    if not isinstance(value, str) or not value.startswith(prefix):
-        raise missing("customer" if wanted == "customer" else "account", str(value), param)
-    return {"type": kind, wanted: value}
+    found = call.account.foreign("customer" if wanted == "customer" else "account", value, param)
+    return {"type": kind, wanted: found}
 
 
 def _subcategories(call: Call) -> list[str]:
@@ -494,6 +525,7 @@ def _link_session(
         "prefetch",
         "return_url",
     ),
+    **SESSION_EXPAND,
 )
 async def create_session(call: Call) -> dict[str, Any]:
     holder = _account_holder(call)
@@ -537,9 +569,8 @@ async def create_session(call: Call) -> dict[str, Any]:
     return _render_session(call.account, session)
 
 
-@api.route("GET", "/v1/financial_connections/sessions/{id}", params=())
+@api.route("GET", "/v1/financial_connections/sessions/{id}", params=(), **SESSION_EXPAND)
 async def retrieve_session(call: Call) -> dict[str, Any]:
-    call.expansions(ignored=("accounts",))
     obj = call.account.get(SESSION, call.id(), "financial connections session")
     return _render_session(call.account, obj)
 
@@ -560,9 +591,7 @@ async def retrieve_transaction(call: Call) -> dict[str, Any]:
 async def list_transactions(call: Call) -> dict[str, Any]:
     fca = call.text("account", required=True)
     assert fca is not None
-    obj = call.account.table(ACCOUNT).get(fca)
-    if obj is None:
-        raise missing("financial connections account", fca, "account")
+    obj = call.account.find(ACCOUNT, fca, "account", "financial connections account")
     _settle(call.account, obj)
     keep = call.range_filter("transacted_at")
     objects = [

@@ -107,7 +107,7 @@ def _card(call: Call, pm_id: str) -> Card:
         )
     test = TEST_CARDS.get(pm_id)
     if test is None:
-        raise missing("PaymentMethod", pm_id, "payment_method", status=400)
+        raise missing("PaymentMethod", pm_id, "payment_method")
     number, cvc_length = test
     return Card(number, *_TEST_EXPIRY, "1234"[:cvc_length], "")
 
@@ -190,7 +190,6 @@ def _headers(raw: Any) -> list[dict[str, str]]:
     params=("metadata", "payment_method", "replacements", "request", "url"),
 )
 async def create(call: Call) -> dict[str, Any]:
-    call.expansions()
     pm_id = call.text("payment_method", required=True)
     url = call.text("url", required=True)
     replacements = call.array("replacements", required=True)
@@ -245,13 +244,11 @@ async def create(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/forwarding/requests/{id}", params=())
 async def retrieve(call: Call) -> dict[str, Any]:
-    call.expansions()
     return call.account.get(TYPE, call.id(), RESOURCE)
 
 
 @api.route("GET", "/v1/forwarding/requests", params=("created",))
 async def list_all(call: Call) -> dict[str, Any]:
-    call.expansions()
     keep = call.range_filter("created")
     found = [r for r in call.account.table(TYPE).values() if keep(r["created"])]
     return page(call, found, "/v1/forwarding/requests")

@@ -26,11 +26,11 @@ from typing import Any
 from sandbox.core import (
     Account,
     Call,
+    ExpandRule,
     bad_request,
     boolean_value,
     choice_list,
     make_object,
-    missing,
     missing_param,
     page,
     string_value,
@@ -333,20 +333,32 @@ def _provided_details(call: Call, current: dict[str, Any] | None) -> dict[str, A
 
 def _related_customer(call: Call) -> str | None:
     customer = call.text("related_customer")
-    if customer is not None and not customer.startswith("cus_"):
-        raise missing("customer", customer, "related_customer")
-    return customer
+    if customer is None:
+        return None
+    return call.account.foreign("customer", customer, "related_customer")
 
 
 # --------------------------------------------------------------------------- rendering
 
 
+#: what a session's routes may expand: ``last_verification_report``; ``verified_outputs.*``
+#: (``dob``, ``id_number``) is accepted but not done: the sandbox shows no sensitive data
+SESSION_EXPAND: ExpandRule = {
+    "expand": ("last_verification_report",),
+    "expand_ignored": ("verified_outputs.",),
+}
+_SESSIONS_EXPAND: ExpandRule = {
+    "expand": ("data.last_verification_report",),
+    "expand_ignored": ("data.verified_outputs.",),
+}
+#: a report's sensitive fields (``document.dob``, ``id_number.id_number``...) stay null
+_REPORT_EXPAND: ExpandRule = {"expand_ignored": ("document.", "id_number.")}
+_REPORTS_EXPAND: ExpandRule = {"expand_ignored": ("data.document.", "data.id_number.")}
+
+
 def _expand(call: Call, prefix: str = "") -> set[str]:
-    """``last_verification_report`` when asked for (``verified_outputs`` is not expanded)."""
-    fields = call.expansions(
-        {f"{prefix}last_verification_report"}, ignored=(f"{prefix}verified_outputs",)
-    )
-    return {name.removeprefix(prefix) for name in fields}
+    """``last_verification_report`` when asked for (``data.`` on a list: ``prefix``)."""
+    return {name.removeprefix(prefix) for name in call.expand}
 
 
 def _render(call: Call, obj: dict[str, Any], expand: set[str] | None = None) -> dict[str, Any]:
@@ -387,7 +399,7 @@ _CREATE = (
 )
 
 
-@api.route("POST", "/v1/identity/verification_sessions", params=_CREATE)
+@api.route("POST", "/v1/identity/verification_sessions", params=_CREATE, **SESSION_EXPAND)
 async def create(call: Call) -> dict[str, Any]:
     kind = call.choice("type", _TYPES)
     flow = call.text("verification_flow")
@@ -402,11 +414,18 @@ async def create(call: Call) -> dict[str, Any]:
         raise bad_request(
             "You may only specify one of these parameters: type, verification_flow.", "type"
         )
-    if flow is not None and not flow.startswith("vf_"):
-        raise missing("verification flow", flow, "verification_flow")
+    if flow is not None:
+        call.account.foreign("verification flow", flow, "verification_flow")
     kind = kind or "verification_flow"
     _check_keys(call, "provided_details", ("email", "phone"), ())
     _check_keys(call, "related_person", ("account", "person"), ("account", "person"))
+    related_person = call.mapping("related_person")
+    if related_person is not None:
+        call.account.foreign("account", related_person["account"], "related_person[account]")
+        call.account.foreign("person", related_person["person"], "related_person[person]")
+    related_customer_account = call.text("related_customer_account")
+    if related_customer_account is not None:
+        call.account.foreign("account", related_customer_account, "related_customer_account")
     call.text("return_url")
     obj = make_object(
         SESSION,
@@ -419,8 +438,8 @@ async def create(call: Call) -> dict[str, Any]:
         provided_details=_provided_details(call, None),
         redaction=None,
         related_customer=_related_customer(call),
-        related_customer_account=call.text("related_customer_account"),
-        related_person=call.mapping("related_person"),
+        related_customer_account=related_customer_account,
+        related_person=related_person,
         type=kind,
         verification_flow=flow,
         verified_outputs=None,
@@ -431,7 +450,7 @@ async def create(call: Call) -> dict[str, Any]:
     return _render(call, obj)
 
 
-@api.route("GET", "/v1/identity/verification_sessions/{id}", params=())
+@api.route("GET", "/v1/identity/verification_sessions/{id}", params=(), **SESSION_EXPAND)
 async def retrieve(call: Call) -> dict[str, Any]:
     return _render(call, _get(call))
 
@@ -440,6 +459,7 @@ async def retrieve(call: Call) -> dict[str, Any]:
     "POST",
     "/v1/identity/verification_sessions/{id}",
     params=("metadata", "options", "provided_details", "type"),
+    **SESSION_EXPAND,
 )
 async def update(call: Call) -> dict[str, Any]:
     obj = _get(call)
@@ -475,6 +495,7 @@ async def update(call: Call) -> dict[str, Any]:
         "related_customer_account",
         "status",
     ),
+    **_SESSIONS_EXPAND,
 )
 async def list_sessions(call: Call) -> dict[str, Any]:
     _settle_all(call.account)
@@ -484,6 +505,10 @@ async def list_sessions(call: Call) -> dict[str, Any]:
     objects = [o for o in call.account.table(SESSION).values() if keep(o["created"])]
     if status is not None:
         objects = [o for o in objects if o["status"] == status]
+    if (customer := call.text("related_customer")) is not None:
+        call.account.foreign("customer", customer, "related_customer")
+    if (customer_account := call.text("related_customer_account")) is not None:
+        call.account.foreign("account", customer_account, "related_customer_account")
     for name in ("client_reference_id", "related_customer", "related_customer_account"):
         value = call.text(name)
         if value is not None:
@@ -493,7 +518,7 @@ async def list_sessions(call: Call) -> dict[str, Any]:
     return result
 
 
-@api.route("POST", "/v1/identity/verification_sessions/{id}/cancel", params=())
+@api.route("POST", "/v1/identity/verification_sessions/{id}/cancel", params=(), **SESSION_EXPAND)
 async def cancel(call: Call) -> dict[str, Any]:
     obj = _get(call)
     _not_redacted(obj, "cancel")
@@ -508,7 +533,7 @@ async def cancel(call: Call) -> dict[str, Any]:
     return _render(call, obj)
 
 
-@api.route("POST", "/v1/identity/verification_sessions/{id}/redact", params=())
+@api.route("POST", "/v1/identity/verification_sessions/{id}/redact", params=(), **SESSION_EXPAND)
 async def redact(call: Call) -> dict[str, Any]:
     obj = _get(call)
     _not_redacted(obj, "redact")
@@ -540,7 +565,7 @@ async def redact(call: Call) -> dict[str, Any]:
 # --------------------------------------------------------------------------- reports
 
 
-@api.route("GET", "/v1/identity/verification_reports/{id}", params=())
+@api.route("GET", "/v1/identity/verification_reports/{id}", params=(), **_REPORT_EXPAND)
 async def retrieve_report(call: Call) -> dict[str, Any]:
     _settle_all(call.account)
     return call.account.get(REPORT, call.id(), REPORT_RESOURCE)
@@ -550,6 +575,7 @@ async def retrieve_report(call: Call) -> dict[str, Any]:
     "GET",
     "/v1/identity/verification_reports",
     params=("client_reference_id", "created", "type", "verification_session"),
+    **_REPORTS_EXPAND,
 )
 async def list_reports(call: Call) -> dict[str, Any]:
     _settle_all(call.account)
@@ -558,6 +584,8 @@ async def list_reports(call: Call) -> dict[str, Any]:
     objects = [o for o in call.account.table(REPORT).values() if keep(o["created"])]
     if kind is not None:
         objects = [o for o in objects if o["type"] == kind]
+    if (session := call.text("verification_session")) is not None:
+        call.account.find(SESSION, session, "verification_session", SESSION_RESOURCE)
     for name in ("client_reference_id", "verification_session"):
         value = call.text(name)
         if value is not None:

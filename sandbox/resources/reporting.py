@@ -5,6 +5,10 @@ after it was created; from then on it reads as ``succeeded`` with ``succeeded_at
 ``result`` file (purpose ``finance_report_run``, a CSV of about
 ``settings.large_result_bytes`` generated on download). The transition happens on time in
 the app (emitting ``reporting.report_run.succeeded``), or when the run is next read.
+
+Report types flagged ``livemode_only`` (the connected accounts' itemized balance change) run
+only on live-mode data: with the sandbox's test keys they are not listed, and retrieving one
+or creating a run of it is a 400, as Stripe refuses them to a test-mode key.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from sandbox.core import (
     bad_request,
     integer_value,
     make_object,
+    missing,
     page,
 )
 from sandbox.resources import REGISTRY as api
@@ -65,6 +70,8 @@ _ACTIVITY_EXTRA = (
     "payment_method_type",
     "automatic_payout_id",
 )
+#: run parameters that name an object (of a type the sandbox does not serve)
+_REFERENCES = {"connected_account": "account", "payout": "payout"}
 _METADATA_COLUMN = re.compile(r"^(payment|refund|transfer|charge|payout)_metadata\[[^\],\"\n]+\]$")
 
 
@@ -80,6 +87,9 @@ class ReportType:
     required: frozenset[str] = frozenset()
     #: metadata columns (payment_metadata[key], ...) allowed
     metadata_columns: bool = False
+    #: run only on live-mode data, with a live-mode key: the sandbox's test keys are refused
+    #: (Stripe: "certain report types can only be run based on your live-mode data")
+    livemode_only: bool = False
 
     @property
     def version(self) -> int:
@@ -122,6 +132,7 @@ REPORT_TYPES: tuple[ReportType, ...] = (
         parameters=frozenset({"reporting_category", "connected_account"}),
         required=_INTERVALS,
         metadata_columns=True,
+        livemode_only=True,
     ),
     ReportType(
         "ending_balance_reconciliation.itemized.4",
@@ -187,6 +198,17 @@ REPORT_TYPES: tuple[ReportType, ...] = (
 _BY_ID = {t.id: t for t in REPORT_TYPES}
 
 
+def _test_mode(report_type: str, param: str) -> None:
+    """Stripe's refusal of a live-mode-only report type to a test key (all the sandbox has)."""
+    kind = _BY_ID.get(report_type)
+    if kind is not None and kind.livemode_only:
+        raise bad_request(
+            f"The report type {report_type} is only available in live mode: it runs on "
+            "live-mode data, so it needs a live-mode API key (this request used a test key).",
+            param,
+        )
+
+
 @api.seeder
 def seed(account: Account) -> None:
     available_end = int(time.time()) // _DAY * _DAY
@@ -209,15 +231,16 @@ def seed(account: Account) -> None:
 
 @api.route("GET", "/v1/reporting/report_types/{id}", params=())
 async def retrieve_type(call: Call) -> dict[str, Any]:
-    call.expansions()
-    return call.account.get(TYPE, call.id(), "report type")
+    found = call.account.get(TYPE, call.id(), "report type")
+    _test_mode(call.id(), "id")
+    return found
 
 
 @api.route("GET", "/v1/reporting/report_types", params=())
 async def list_types(call: Call) -> dict[str, Any]:
     # Stripe lists every report type in one page
-    call.expansions()
-    types = list(call.account.table(TYPE).values())
+    # every key is a test key: the live-mode-only types are not among a test key's
+    types = [t for t in call.account.table(TYPE).values() if not _BY_ID[t["id"]].livemode_only]
     return {
         "object": "list",
         "url": "/v1/reporting/report_types",
@@ -310,6 +333,8 @@ def _parameters(call: Call, kind: ReportType, report: dict[str, Any]) -> dict[st
             continue
         if not isinstance(value, str):
             raise _param_error(name, f"Invalid string: parameters[{name}] must be a string.")
+        if name in _REFERENCES:
+            call.account.foreign(_REFERENCES[name], value, f"parameters[{name}]")
         out[name] = value
     return out
 
@@ -354,19 +379,17 @@ def _view(account: Account, run: dict[str, Any]) -> dict[str, Any]:
     return {**run, "result": None if result is None else file_object(account, result["id"])}
 
 
-@api.route("POST", "/v1/reporting/report_runs", params=("report_type", "parameters"))
+@api.route(
+    "POST", "/v1/reporting/report_runs", params=("report_type", "parameters"), expand=("result",)
+)
 async def create_run(call: Call) -> dict[str, Any]:
-    call.expansions({"result"})
     report_type = call.text("report_type", required=True)
     assert report_type is not None
     kind = _BY_ID.get(report_type)
     report = call.account.table(TYPE).get(report_type)
+    _test_mode(report_type, "report_type")
     if kind is None or report is None:
-        raise bad_request(
-            f"Invalid report_type: {report_type}. See "
-            "https://stripe.com/docs/reporting/statements/api for the available report types.",
-            "report_type",
-        )
+        raise missing("report type", report_type, "report_type")
     parameters = _parameters(call, kind, report)
     run = make_object(
         RUN,
@@ -385,15 +408,13 @@ async def create_run(call: Call) -> dict[str, Any]:
     return _view(call.account, run)
 
 
-@api.route("GET", "/v1/reporting/report_runs/{id}", params=())
+@api.route("GET", "/v1/reporting/report_runs/{id}", params=(), expand=("result",))
 async def retrieve_run(call: Call) -> dict[str, Any]:
-    call.expansions({"result"})
     return _view(call.account, call.account.get(RUN, call.id(), "report run"))
 
 
-@api.route("GET", "/v1/reporting/report_runs", params=("created",))
+@api.route("GET", "/v1/reporting/report_runs", params=("created",), expand=("data.result",))
 async def list_runs(call: Call) -> dict[str, Any]:
-    call.expansions({"data.result"})
     keep = call.range_filter("created")
     runs = [_view(call.account, r) for r in call.account.table(RUN).values() if keep(r["created"])]
     return page(call, runs, "/v1/reporting/report_runs")

@@ -37,22 +37,37 @@ _PREFIX = "/v1/sandbox"
 async def _identity(call: Call, outcome: str, at_once: bool) -> dict[str, Any]:
     step = identity.finish if at_once else identity.submit
     step(call.account, call.id(), outcome)
-    return identity._render(call, call.account.get(identity.SESSION, call.id()), set())
+    return identity._render(call, call.account.get(identity.SESSION, call.id()))
 
 
-@api.route("POST", f"{_PREFIX}/identity/verification_sessions/{{id}}/submit", params=("outcome",))
+@api.route(
+    "POST",
+    f"{_PREFIX}/identity/verification_sessions/{{id}}/submit",
+    params=("outcome",),
+    **identity.SESSION_EXPAND,
+)
 async def identity_submit(call: Call) -> dict[str, Any]:
     outcome = call.choice("outcome", ("verified", "unverified"), default="verified")
     assert outcome is not None
     return await _identity(call, outcome, at_once=False)
 
 
-@api.route("POST", f"{_PREFIX}/identity/verification_sessions/{{id}}/verify", params=())
+@api.route(
+    "POST",
+    f"{_PREFIX}/identity/verification_sessions/{{id}}/verify",
+    params=(),
+    **identity.SESSION_EXPAND,
+)
 async def identity_verify(call: Call) -> dict[str, Any]:
     return await _identity(call, "verified", at_once=True)
 
 
-@api.route("POST", f"{_PREFIX}/identity/verification_sessions/{{id}}/fail", params=())
+@api.route(
+    "POST",
+    f"{_PREFIX}/identity/verification_sessions/{{id}}/fail",
+    params=(),
+    **identity.SESSION_EXPAND,
+)
 async def identity_fail(call: Call) -> dict[str, Any]:
     return await _identity(call, "unverified", at_once=True)
 
@@ -89,6 +104,7 @@ async def onramp_progress(call: Call) -> dict[str, Any]:
     "POST",
     f"{_PREFIX}/financial_connections/sessions/{{id}}/complete",
     params=("account_subcategories",),
+    **financial_connections.SESSION_EXPAND,
 )
 async def financial_connections_complete(call: Call) -> dict[str, Any]:
     fc = financial_connections
@@ -122,14 +138,8 @@ async def trigger(call: Call) -> dict[str, Any]:
     else:
         object_id = call.text("object", required=True)
         assert object_id is not None
-        found = call.account.table(object_type).get(object_id)
-        if found is None:
-            raise bad_request(
-                f"No such {object_type.replace('_', ' ')}: '{object_id}'",
-                "object",
-                "resource_missing",
-            )
-        obj = found
+        resource = object_type.replace(".", " ").replace("_", " ")
+        obj = call.account.find(object_type, object_id, "object", resource)
     call.account.emit(event_type, copy.deepcopy(obj))
     events = event_log(call.account).events
     return events[next(reversed(events))]  # the event just made

@@ -102,14 +102,12 @@ def _view(account: Account, run: dict[str, Any]) -> dict[str, Any]:
     return {**run, "file": None if file is None else file_object(account, file["id"])}
 
 
-@api.route("GET", "/v1/sigma/scheduled_query_runs/{id}", params=())
+@api.route("GET", "/v1/sigma/scheduled_query_runs/{id}", params=(), expand=("file",))
 async def retrieve(call: Call) -> dict[str, Any]:
-    call.expansions({"file"})
     return _view(call.account, call.account.get(TYPE, call.id(), RESOURCE))
 
 
-@api.route("GET", "/v1/sigma/scheduled_query_runs", params=())
+@api.route("GET", "/v1/sigma/scheduled_query_runs", params=(), expand=("data.file",))
 async def list_all(call: Call) -> dict[str, Any]:
-    call.expansions({"data.file"})
     runs = [_view(call.account, run) for run in call.account.table(TYPE).values()]
     return page(call, runs, "/v1/sigma/scheduled_query_runs")

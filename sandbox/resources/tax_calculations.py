@@ -73,7 +73,7 @@ def _customer_details(call: Call) -> tuple[str | None, dict[str, Any]]:
     if customer_id is not None:
         customer = account.table("customer").get(customer_id)
         if customer is None:
-            raise missing("customer", customer_id, "customer", status=400)
+            raise missing("customer", customer_id, "customer")
         shipping = customer.get("shipping") or {}
         if shipping.get("address") and shipping["address"].get("country"):
             details["address"] = {k: shipping["address"].get(k) for k in ADDRESS_KEYS}
@@ -176,7 +176,7 @@ def _line_items(call: Call, currency: str) -> list[dict[str, Any]]:
             product_id = string_value(entry["product"], f"{p}[product]")
             product = call.account.table("product").get(product_id)
             if product is None:
-                raise missing("product", product_id, f"{p}[product]", status=400)
+                raise missing("product", product_id, f"{p}[product]")
             if isinstance(product.get("tax_code"), str):
                 code = product["tax_code"]
         if "tax_code" in entry:
@@ -223,7 +223,7 @@ def _shipping_cost(call: Call, currency: str) -> dict[str, Any] | None:
         rate_id = string_value(given["shipping_rate"], f"{p}[shipping_rate]")
         rate = call.account.table("shipping_rate").get(rate_id)
         if rate is None:
-            raise missing("shipping rate", rate_id, f"{p}[shipping_rate]", status=400)
+            raise missing("shipping rate", rate_id, f"{p}[shipping_rate]")
         amount = int((rate.get("fixed_amount") or {}).get("amount") or 0)
         if rate.get("tax_behavior") in BEHAVIORS:
             behavior = rate["tax_behavior"]
@@ -258,10 +258,10 @@ def _ship_from(call: Call) -> dict[str, Any] | None:
         "shipping_cost",
         "tax_date",
     ),
+    expand=("line_items",),
 )
 async def create_calculation(call: Call) -> dict[str, Any]:
     account = call.account
-    call.expansions({"line_items"})
     currency = string_value(call.text("currency", required=True), "currency").lower()
     if len(currency) != 3 or not currency.isalpha():
         raise bad_request(f"Invalid currency: {currency}.", "currency", "parameter_invalid")
@@ -318,7 +318,7 @@ async def create_calculation(call: Call) -> dict[str, Any]:
     return store(call, obj, items, CALCULATIONS_URL)
 
 
-@api.route("GET", "/v1/tax/calculations/{calculation}", params=())
+@api.route("GET", "/v1/tax/calculations/{calculation}", params=(), expand=("line_items",))
 async def retrieve_calculation(call: Call) -> dict[str, Any]:
     obj = call.account.get(CALCULATION, call.id("calculation"), "tax calculation")
     return with_line_items(call, obj, CALCULATIONS_URL)

@@ -69,7 +69,6 @@ def _country_options(call: Call, country: str) -> dict[str, Any]:
     params=("active_from", "country", "country_options", "expires_at"),
 )
 async def create_registration(call: Call) -> dict[str, Any]:
-    call.expansions()
     place = country(call.text("country", required=True), "country")
     active_from = timestamp_or_now(
         required(call.params.get("active_from"), "active_from"), "active_from"
@@ -108,13 +107,11 @@ async def create_registration(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/tax/registrations/{id}", params=())
 async def retrieve_registration(call: Call) -> dict[str, Any]:
-    call.expansions()
     return _shown(call.account.get(REGISTRATION, call.id(), "tax registration"))
 
 
 @api.route("POST", "/v1/tax/registrations/{id}", params=("active_from", "expires_at"))
 async def update_registration(call: Call) -> dict[str, Any]:
-    call.expansions()
     obj = call.account.get(REGISTRATION, call.id(), "tax registration")
     status = registration_status(obj)
     if status == "expired":
@@ -139,7 +136,6 @@ async def update_registration(call: Call) -> dict[str, Any]:
 
 @api.route("GET", "/v1/tax/registrations", params=("status",))
 async def list_registrations(call: Call) -> dict[str, Any]:
-    call.expansions()
     wanted = call.choice("status", ("active", "all", "expired", "scheduled"), default="all")
     shown = [_shown(r) for r in call.account.table(REGISTRATION).values()]
     if wanted != "all":

@@ -14,15 +14,13 @@ from sandbox.resources import REGISTRY as api
 from sandbox.resources._tax_common import address, settings_of, tax_code
 
 
-@api.route("GET", "/v1/tax/settings", params=())
+@api.route("GET", "/v1/tax/settings", params=(), lists=False)
 async def retrieve_settings(call: Call) -> dict[str, Any]:
-    call.expansions()
     return settings_of(call.account)
 
 
 @api.route("POST", "/v1/tax/settings", params=("defaults", "head_office"))
 async def update_settings(call: Call) -> dict[str, Any]:
-    call.expansions()
     settings = settings_of(call.account)
     before = copy.deepcopy(settings)
     defaults = settings["defaults"]

@@ -126,15 +126,15 @@ def _reversed(account: Account, transaction_id: str) -> dict[str, Any]:
     "POST",
     "/v1/tax/transactions/create_from_calculation",
     params=("calculation", "metadata", "posted_at", "reference"),
+    expand=("line_items",),
 )
 async def create_from_calculation(call: Call) -> dict[str, Any]:
     account = call.account
-    call.expansions({"line_items"})
     calc_id = string_value(call.text("calculation", required=True), "calculation")
     reference = string_value(call.text("reference", required=True), "reference")
     calc = account.table(CALCULATION).get(calc_id)
     if calc is None:
-        raise missing("calculation", calc_id, "calculation", status=400)
+        raise missing("calculation", calc_id, "calculation")
     today = now()
     if today >= calc["expires_at"]:
         raise bad_request(
@@ -216,10 +216,10 @@ def _split(amounts: list[int], total: int) -> list[int]:
         "reference",
         "shipping_cost",
     ),
+    expand=("line_items",),
 )
 async def create_reversal(call: Call) -> dict[str, Any]:
     account = call.account
-    call.expansions({"line_items"})
     original_id = string_value(
         call.text("original_transaction", required=True), "original_transaction"
     )
@@ -227,7 +227,7 @@ async def create_reversal(call: Call) -> dict[str, Any]:
     reference = string_value(call.text("reference", required=True), "reference")
     original = account.table(TRANSACTION).get(original_id)
     if original is None:
-        raise missing("transaction", original_id, "original_transaction", status=400)
+        raise missing("transaction", original_id, "original_transaction")
     if original["type"] != "transaction":
         raise bad_request(
             "A reversal transaction cannot itself be reversed.", "original_transaction"
@@ -320,9 +320,7 @@ async def create_reversal(call: Call) -> dict[str, Any]:
             )
             target = originals.get(li_id)
             if target is None:
-                raise missing(
-                    "transaction line item", li_id, f"{p}[original_line_item]", status=400
-                )
+                raise missing("transaction line item", li_id, f"{p}[original_line_item]")
             if li_id in seen:
                 raise bad_request(
                     f"Line item {li_id} is reversed more than once in this request.",
@@ -407,7 +405,7 @@ async def create_reversal(call: Call) -> dict[str, Any]:
     return store(call, obj, items, TRANSACTIONS_URL)
 
 
-@api.route("GET", "/v1/tax/transactions/{transaction}", params=())
+@api.route("GET", "/v1/tax/transactions/{transaction}", params=(), expand=("line_items",))
 async def retrieve_transaction(call: Call) -> dict[str, Any]:
     obj = call.account.get(TRANSACTION, call.id("transaction"), "tax transaction")
     return with_line_items(call, obj, TRANSACTIONS_URL)

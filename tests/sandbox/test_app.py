@@ -291,3 +291,8 @@ def test_retrieve_endpoints_refuse_list_parameters(sandbox_stack: SandboxStack, 
     assert info.value.user_message == f"Received unknown parameter: {param}"
     assert info.value.code == "parameter_unknown"
     assert client.v1.webhook_endpoints.list({"limit": 1}).data[0].id == hook.id
+    # nor do the GETs that are not lists: a singleton and a computed answer
+    for path in ("/v1/tax/settings", "/v1/crypto/onramp/quotes"):
+        with pytest.raises(stripe.InvalidRequestError) as info:
+            client.raw_request("get", path, **{param: "1"})
+        assert info.value.code == "parameter_unknown" and info.value.param == param

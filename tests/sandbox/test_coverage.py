@@ -74,7 +74,7 @@ def test_everything_listed_and_retrieved_has_stripes_fields(sandbox_stack: Sandb
     required = {"/v1/financial_connections/transactions": "account"}
     fc_account = None
     for endpoint in sorted(lists, key=lambda e: e.template):
-        params: dict[str, str] = {"limit": "3"}
+        params: dict[str, str] = {"limit": "3"} if "limit" in (endpoint.params or ()) else {}
         if endpoint.template in required:
             assert fc_account is not None
             params[required[endpoint.template]] = fc_account

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -119,6 +120,39 @@ def test_failing_endpoint_is_retried_until_attempts_run_out(
     assert previous is not None and previous["defaults"]["tax_behavior"] != "exclusive"
 
 
+def test_an_endpoints_api_version_is_applied_to_the_events_delivered_to_it(
+    sandbox_stack: SandboxStack, receivers: Callable[..., Receiver]
+) -> None:
+    """An endpoint created with an ``api_version`` gets events of that version; one without
+    gets the account's default, which is also what ``GET /v1/events`` shows."""
+    client = sandbox_stack.sdk(direct=True)
+    pinned, plain = receivers(), receivers()
+    pinned_endpoint = client.v1.webhook_endpoints.create(
+        {
+            "url": pinned.url,
+            "enabled_events": ["tax.settings.updated"],
+            "api_version": "2024-09-30.acacia",
+        }
+    )
+    assert pinned_endpoint.api_version == "2024-09-30.acacia"
+    assert pinned_endpoint.secret is not None
+    _, plain_secret = _endpoint(client, plain.url, ["*"])
+    client.v1.tax.settings.update({"defaults": {"tax_behavior": "inclusive"}})
+
+    body, header = pinned.wait_for(1)[0]
+    pinned_event = stripe.Webhook.construct_event(body.decode(), header, pinned_endpoint.secret)
+    body, header = plain.wait_for(1)[0]
+    plain_event = stripe.Webhook.construct_event(body.decode(), header, plain_secret)
+    default = sandbox_stack.sandbox.settings.api_version
+    assert default != "2024-09-30.acacia"
+    assert pinned_event.id == plain_event.id and pinned_event.type == "tax.settings.updated"
+    assert pinned_event.api_version == "2024-09-30.acacia"
+    assert plain_event.api_version == default
+    assert client.v1.events.retrieve(plain_event.id).api_version == default
+    # the version is the only difference between the two deliveries
+    assert {**pinned_event.to_dict(), "api_version": default} == plain_event.to_dict()
+
+
 def test_enabled_events_filter_and_disabled_endpoint_gets_nothing(
     sandbox_stack: SandboxStack, receivers: Callable[..., Receiver]
 ) -> None:
@@ -132,10 +166,13 @@ def test_enabled_events_filter_and_disabled_endpoint_gets_nothing(
     session = client.v1.identity.verification_sessions.create({"type": "document"})
     client.v1.tax.settings.update({"defaults": {"tax_behavior": "inclusive"}})
 
-    got = {e["type"] for e in (json.loads(b) for b, _ in everything.wait_for(2))}
-    assert got == {"identity.verification_session.created", "tax.settings.updated"}
+    got = {e["type"]: e for e in (json.loads(b) for b, _ in everything.wait_for(2))}
+    assert set(got) == {"identity.verification_session.created", "tax.settings.updated"}
     only = json.loads(identity_only.wait_for(1)[0][0])
     assert only["data"]["object"]["id"] == session.id
+    # pending_webhooks counts the enabled endpoints that want the event, not the disabled one
+    assert got["identity.verification_session.created"]["pending_webhooks"] == 2
+    assert got["tax.settings.updated"]["pending_webhooks"] == 1
     _until(lambda: _settled(client), "every delivery to finish")
     assert disabled.received == []
     assert len(identity_only.received) == 1
@@ -285,6 +322,89 @@ def test_financial_connections_completion_and_refresh_events(sandbox_stack: Sand
     )
     assert refreshed[0].data.object.id == linked[1]
     assert refreshed[0].data.object.balance_refresh.status == "succeeded"
+
+
+def test_every_state_change_emits_stripes_event(sandbox_stack: SandboxStack) -> None:
+    """The state changes not driven by the control routes (those have their own tests above):
+    each makes its event, with the object as the API shows it and, for an update, the
+    changed fields' former values."""
+    client = sandbox_stack.sdk(direct=True)
+
+    def event(event_type: str, object_id: str) -> Any:
+        def find() -> Any:
+            listed = client.v1.events.list({"type": event_type, "limit": 100}).data
+            return next((e for e in listed if e.data.object.id == object_id), None)
+
+        return _until(find, event_type)
+
+    product = client.v1.climate.products.list().data[0].id
+    delivered = client.v1.climate.orders.create({"product": product, "amount": 10_000})
+    assert event("climate.order.created", delivered.id).data.object.status == "confirmed"
+    delivery = event("climate.order.delivered", delivered.id)  # on time, by itself
+    assert delivery.data.object.status == "delivered"
+    assert delivery.data.previous_attributes["status"] == "confirmed"
+    canceled = client.v1.climate.orders.create({"product": product, "amount": 10_000})
+    client.v1.climate.orders.cancel(canceled.id)
+    cancel = event("climate.order.canceled", canceled.id)
+    assert cancel.data.object.status == "canceled"
+    assert cancel.data.previous_attributes["status"] == "confirmed"
+
+    upload = io.BytesIO(b"%PDF-1.4 evidence")
+    upload.name = "evidence.pdf"
+    file = client.v1.files.create({"purpose": "dispute_evidence", "file": upload})
+    assert event("file.created", file.id).data.object.size == file.size
+
+    fca = (
+        client.v1.financial_connections.sessions.create(
+            {
+                "account_holder": {"type": "customer", "customer": "cus_events_all"},
+                "permissions": ["balances", "ownership", "transactions"],
+            }
+        )
+        .accounts.data[0]
+        .id
+    )
+    client.v1.financial_connections.accounts.refresh(
+        fca, {"features": ["ownership", "transactions"]}
+    )
+    event("financial_connections.account.refreshed_ownership", fca)
+    event("financial_connections.account.refreshed_transactions", fca)
+    client.v1.financial_connections.accounts.disconnect(fca)
+    disconnect = event("financial_connections.account.disconnected", fca)
+    assert disconnect.data.object.status == "disconnected"
+    assert disconnect.data.previous_attributes["status"] == "active"
+
+    session = client.v1.identity.verification_sessions.create({"type": "document"})
+    client.v1.identity.verification_sessions.cancel(session.id)
+    cancel = event("identity.verification_session.canceled", session.id)
+    assert cancel.data.previous_attributes["status"] == "requires_input"
+    erased = client.v1.identity.verification_sessions.create({"type": "document"})
+    client.v1.identity.verification_sessions.redact(erased.id)
+    redacted = event("identity.verification_session.redacted", erased.id)
+    assert redacted.data.object.redaction.status == "redacted"
+
+
+def test_stripe_has_no_test_helpers_for_the_sandboxs_families() -> None:
+    """Life cycles are driven by /v1/sandbox/ control routes because the SDK (Stripe's API)
+    has no test_helpers routes for these resources."""
+    from stripe._test_helpers_service import _subservices
+
+    families = {
+        "climate",
+        "crypto",
+        "files",
+        "file_links",
+        "financial_connections",
+        "forwarding",
+        "identity",
+        "reporting",
+        "sigma",
+        "tax",
+        "webhook_endpoints",
+        "events",
+    }
+    assert "test_clocks" in _subservices  # the SDK's list is the one read
+    assert not families & set(_subservices)
 
 
 def test_every_emitted_event_type_is_one_stripe_publishes() -> None:

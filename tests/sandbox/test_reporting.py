@@ -42,7 +42,7 @@ def test_report_types(sandbox_stack: SandboxStack) -> None:
     client = sandbox_stack.sdk()
     listed = client.v1.reporting.report_types.list()
     assert listed.has_more is False
-    assert [t.id for t in listed.data] == [t.id for t in REPORT_TYPES]
+    assert [t.id for t in listed.data] == [t.id for t in REPORT_TYPES if not t.livemode_only]
     for kind in listed.data:
         assert kind.object == "reporting.report_type"
         assert kind.version == int(kind.id.rsplit(".", 1)[1])
@@ -186,7 +186,7 @@ def test_list_runs_paginates(sandbox_stack: SandboxStack) -> None:
     ("params", "param", "code"),
     [
         ({}, "report_type", "parameter_missing"),
-        ({"report_type": "balance.summary.99"}, "report_type", None),
+        ({"report_type": "balance.summary.99"}, "report_type", "resource_missing"),
         ({"report_type": "balance.summary.1"}, "parameters[interval_start]", "parameter_missing"),
         (
             {
@@ -240,6 +240,39 @@ def test_create_errors(
         client.v1.reporting.report_runs.create(params)  # type: ignore[arg-type]
     assert info.value.http_status == 400
     assert (info.value.param, info.value.code) == (param, code)
+
+
+LIVE_ONLY = [t.id for t in REPORT_TYPES if t.livemode_only]
+
+
+def test_the_seed_flags_live_mode_only_report_types() -> None:
+    assert LIVE_ONLY == ["connected_account_balance_change_from_activity.itemized.3"]
+
+
+@pytest.mark.parametrize("report_type", LIVE_ONLY)
+def test_live_mode_only_report_types_are_refused_to_test_keys(
+    sandbox_stack: SandboxStack, report_type: str
+) -> None:
+    """A test key cannot run (nor retrieve) a report type that runs on live-mode data only;
+    the refused run is not created, and emits nothing."""
+    client = sandbox_stack.sdk()
+    interval = _interval(client)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.reporting.report_runs.create(
+            {"report_type": report_type, "parameters": {**interval, "connected_account": "acct_1"}}
+        )
+    error = info.value
+    assert error.http_status == 400 and error.param == "report_type"
+    assert error.error is not None and error.error.type == "invalid_request_error"
+    assert error.user_message is not None and "only available in live mode" in error.user_message
+    assert report_type in error.user_message
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.reporting.report_types.retrieve(report_type)
+    assert info.value.http_status == 400 and info.value.param == "id"
+    assert "only available in live mode" in str(info.value.user_message)
+    assert report_type not in [t.id for t in client.v1.reporting.report_types.list().data]
+    assert client.v1.reporting.report_runs.list().data == []
+    assert client.v1.events.list({"type": "reporting.*"}).data == []
 
 
 def test_unknown_run(sandbox_stack: SandboxStack) -> None:
