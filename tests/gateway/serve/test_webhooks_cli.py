@@ -165,6 +165,30 @@ def test_a_dead_letter_is_listed_and_replayed(
           "the replayed delivery to leave the dead letters")  # fmt: skip
 
 
+def test_a_range_replay_re_sends_the_events_received_in_the_range(
+    stack: Stack, webhook_receivers: Callable[..., WebhookReceiver], cli: Run
+) -> None:
+    url, config, team = _gateway(stack, webhook_receivers, events=["invoice.*"])
+    start = datetime.now(UTC) - timedelta(seconds=5)
+    routed = [_event("invoice.paid"), _event("invoice.created")]
+    other = _event("customer.created")  # stored, but not routed to the subscription
+    for body in [*routed, other]:
+        assert _post(url, body).status_code == 200
+    team.wait_for(2)
+    end = datetime.now(UTC) + timedelta(seconds=5)
+    code, out, err = cli("replay", "-c", config, "--subscription", "billing", "--json",
+                         "--since", start.isoformat(), "--until", str(end.timestamp()))  # fmt: skip
+    assert (code, err) == (0, "")
+    answer = json.loads(out)
+    assert answer["object"] == "webhook_replay" and answer["count"] == 2
+    bodies = [body for body, _ in team.wait_for(4)]
+    assert sorted(bodies[2:]) == sorted(routed) and other not in bodies
+    # a range before the events holds none of them
+    code, out, _ = cli("replay", "-c", config, "--subscription", "billing", "--json",
+                       "--since", "0", "--until", str(start.timestamp()))  # fmt: skip
+    assert code == 0 and json.loads(out)["count"] == 0
+
+
 def test_the_servers_refusals_are_printed_with_exit_code_1(
     stack: Stack, webhook_receivers: Callable[..., WebhookReceiver], cli: Run
 ) -> None:
