@@ -46,6 +46,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("auth", "plugins.auth:AuthPlugin"),
     ("metrics", "plugins.metrics:MetricsPlugin"),
     ("webhooks", "plugins.webhooks:WebhooksPlugin"),
+    ("console", "plugins.console:ConsolePlugin"),
 )
 
 ENTRY_POINT_GROUP = "stripe_gateway"
