@@ -89,6 +89,9 @@ def line_chart(
             runs[-1].append(f"{x:.1f},{y:.1f}")
         last = next((v for v in reversed(values) if v is not None), None)
         for run in runs:
+            if len(run) == 1:  # a lone point draws no line: a dot
+                cx, _, cy = run[0].partition(",")
+                out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
             if run:
                 out.append(
                     f'<polyline class="series" data-series="{escape(name)}" '

@@ -1,0 +1,225 @@
+"""The console in a real browser: Debian's chromium, driven by Selenium through Debian's
+chromedriver (``apt-get install chromium chromium-driver``; scripts/test.sh installs them;
+no browser is ever downloaded). The gateway runs in front of the fake Stripe hosts with the
+admin listener, cache, rate limits and audit on; the stripe SDK sends traffic from two
+teams; the page is read with explicit waits for what it must show."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import stripe
+
+from tests.helpers import BILLING_KEY, PASSTHROUGH_KEY, Stack, digest, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()) and not os.environ.get("CI"):
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (scripts/test.sh installs them)",
+        allow_module_level=True,
+    )
+
+# Selenium Manager never fetches a driver or browser here: both paths are given
+os.environ.setdefault("SE_OFFLINE", "true")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+ADMIN_TOKEN = "adm_test_browser_0000000000000001"
+CUSTOMER = "cus_1Nbrowser0001"
+OTHER = "cus_1Nbrowser0002"
+#: an audit line with markup in a field: the page must show it as text
+INJECTED_PATH = '/v1/customers/<img id="injected" src="x">'
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,2400",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
+        options.add_argument(argument)
+    if os.geteuid() == 0:
+        options.add_argument("--no-sandbox")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
+    return WebDriverWait(driver, 30, poll_frequency=0.05).until(condition, message=what)
+
+
+def texts(driver: WebDriver, selector: str) -> list[str]:
+    try:
+        return [e.text for e in driver.find_elements(By.CSS_SELECTOR, selector)]
+    except Exception:  # the table was replaced while it was read: read it again
+        return []
+
+
+def text_is(selector: str, expected: str) -> Callable[[WebDriver], bool]:
+    return lambda d: texts(d, selector) == [expected]
+
+
+def retrieve_cache_status(stack: Stack, object_id: str) -> str:
+    response = requests.get(
+        f"{stack.gateway_url}/v1/customers/{object_id}",
+        headers={"Authorization": f"Bearer {BILLING_KEY}"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    return response.headers["X-Cache"]
+
+
+def test_the_console_shows_the_traffic_and_purges(
+    stack: Stack, browser: WebDriver, tmp_path: Path
+) -> None:
+    assert shutil.which("chromium") or CHROMIUM.exists()
+    stack.start_gateway(
+        admin={"port": free_port(), "token_sha256": digest(ADMIN_TOKEN)},
+        plugins={
+            "audit": {"path": str(stack.audit_path)},
+            "rate_limit": {"teams": {"billing": {"write": {"rate": 0.01, "burst": 1}}}},
+            "console": {"refresh_seconds": 0.5},
+        },
+    )
+    admin = stack.admin_url
+    billing = stripe.StripeClient(
+        BILLING_KEY, base_addresses={"api": stack.gateway_url}, max_network_retries=0
+    )
+    direct = stripe.StripeClient(
+        PASSTHROUGH_KEY, base_addresses={"api": stack.gateway_url}, max_network_retries=0
+    )
+    for _ in range(3):
+        billing.v1.customers.retrieve(CUSTOMER)
+    direct.v1.customers.retrieve(OTHER)
+    billing.v1.customers.update(CUSTOMER, {"name": "n"})
+    with pytest.raises(stripe.RateLimitError):
+        billing.v1.customers.update(CUSTOMER, {"name": "m"})
+    hostile = requests.get(
+        stack.gateway_url + INJECTED_PATH.replace("<", "%3C").replace(">", "%3E"),
+        headers={
+            "Authorization": f"Bearer {BILLING_KEY}",
+            "Idempotency-Key": "<script>window.pwned = 1</script>",
+        },
+        timeout=10,
+    )
+    assert hostile.status_code < 500
+    lines = stack.audit_lines(at_least=7)
+    assert any(line["path"] == INJECTED_PATH for line in lines)
+    per_team = {t: sum(1 for line in lines if line["team"] == t) for t in ("billing", "direct")}
+    assert per_team == {"billing": 6, "direct": 1}
+    statuses = [line.get("cache") for line in lines]
+    lookups = sum(1 for s in statuses if s in ("HIT", "MISS", "COALESCED", "STALE"))
+    hits = sum(1 for s in statuses if s in ("HIT", "STALE"))
+    assert (hits, lookups) == (2, 4)
+
+    # sign in: the page has no data until the token is given
+    browser.get(admin + "/")
+    wait_for(browser, lambda d: d.find_element(By.ID, "login-form").is_displayed(), "login")
+    assert not browser.find_element(By.ID, "console").is_displayed()
+    browser.find_element(By.ID, "token").send_keys("not the token")
+    browser.find_element(By.ID, "login-button").click()
+    wait_for(browser, text_is("#login-error", "That token was refused."), "refusal shown")
+    browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+    browser.find_element(By.ID, "login-button").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "console").is_displayed(), "console")
+    refused = browser.get_log("browser")  # read, so the checks at the end see only what follows
+    assert any("401" in entry["message"] for entry in refused)
+
+    # the numbers are the traffic's
+    for team, count in per_team.items():
+        wait_for(
+            browser,
+            text_is(f'#teams tr[data-team="{team}"] td.requests', str(count)),
+            f"{team} requests",
+        )
+    wait_for(browser, text_is("#cache-hit-ratio", f"{100 * hits / lookups:.1f} %"), "hit ratio")
+    assert texts(browser, "#cache-lookups") == [str(lookups)]
+    assert int(texts(browser, "#cache-bytes")[0]) > 0
+    wait_for(browser, text_is('#rate-limits tr[data-team="billing"] td.refusals', "1"), "refusals")
+    assert texts(browser, '#rate-limits tr[data-team="billing"] td.write') == ["0 / 1 (0.01/s)"]
+    assert texts(browser, '#teams tr[data-team="analytics"] td.requests') == ["0"]
+    # the charts: one line per team, the legend naming each team's total
+    wait_for(
+        browser,
+        lambda d: "billing: 6 requests" in texts(d, "#chart-requests svg text.legend"),
+        "requests chart legend",
+    )
+    polylines = browser.find_elements(By.CSS_SELECTOR, "#chart-requests svg polyline.series")
+    assert {p.get_attribute("data-series") for p in polylines} == {
+        "billing",
+        "analytics",
+        "direct",
+    }
+    assert browser.find_elements(
+        By.CSS_SELECTOR, '#chart-latency svg polyline[data-series="billing p99"]'
+    )
+
+    # the hostile audit line is text in a cell, and nothing of it became an element
+    wait_for(browser, lambda d: INJECTED_PATH in texts(d, "#audit td.path"), "hostile line")
+    assert browser.find_elements(By.CSS_SELECTOR, "#injected") == []
+    assert browser.find_elements(By.CSS_SELECTOR, "#audit img, #audit script") == []
+    assert browser.execute_script("return window.pwned === undefined") is True
+
+    # filter the audit lines by team
+    Select(browser.find_element(By.ID, "filter-team")).select_by_value("direct")
+    browser.find_element(By.ID, "filter-button").click()
+    wait_for(browser, lambda d: texts(d, "#audit td.team") == ["direct"], "filtered by team")
+    Select(browser.find_element(By.ID, "filter-team")).select_by_value("")
+    browser.find_element(By.ID, "filter-status").send_keys("429")
+    browser.find_element(By.ID, "filter-button").click()
+    wait_for(browser, lambda d: texts(d, "#audit td.status") == ["429"], "filtered by status")
+    browser.find_element(By.ID, "filter-status").clear()
+
+    # purge: the next retrieve is a MISS (the update evicted it: cache it again first)
+    assert retrieve_cache_status(stack, CUSTOMER) == "MISS"
+    assert retrieve_cache_status(stack, CUSTOMER) == "HIT"
+    browser.find_element(By.ID, "purge-object").send_keys(CUSTOMER)
+    browser.find_element(By.ID, "purge-button").click()
+    wait_for(
+        browser,
+        lambda d: any(t.startswith("purged ") for t in texts(d, "#purge-result")),
+        "purge done",
+    )
+    assert texts(browser, "#purge-result")[0].endswith(CUSTOMER)
+    assert retrieve_cache_status(stack, CUSTOMER) == "MISS"
+    browser.find_element(By.ID, "filter-object").send_keys(CUSTOMER)
+    browser.find_element(By.ID, "filter-button").click()
+    wait_for(
+        browser,
+        lambda d: texts(d, "#audit td.cache")[:2] == ["MISS", "HIT"],
+        "the MISS after the purge in the audit lines",
+    )
+
+    # the page ran within its policy: no violation, no failed request, no script error
+    assert [
+        entry
+        for entry in browser.get_log("browser")
+        if entry["level"] in ("SEVERE", "WARNING") or "Content Security Policy" in entry["message"]
+    ] == []
+
+    shot = tmp_path / "console.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
