@@ -6,8 +6,10 @@ teams; the page is read with explicit waits for what it must show."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,15 @@ import pytest
 import requests
 import stripe
 
-from tests.helpers import BILLING_KEY, PASSTHROUGH_KEY, Stack, digest, free_port
+from sandbox.delivery import signature_header
+from tests.helpers import (
+    BILLING_KEY,
+    PASSTHROUGH_KEY,
+    Stack,
+    WebhookReceiver,
+    digest,
+    free_port,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -223,3 +233,116 @@ def test_the_console_shows_the_traffic_and_purges(
     shot = tmp_path / "console.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ the webhooks panel
+
+SOURCE_SECRET = "whsec_console_source_000000000001"
+TEAM_SECRET = "whsec_console_team_00000000000001"
+
+
+def _secret_file(tmp: Path, name: str, secret: str) -> str:
+    path = tmp / f"{name}.secret"
+    path.write_text(secret + "\n")
+    return str(path)
+
+
+def _admin_call(admin: str, method: str, path: str) -> Any:
+    response = requests.request(
+        method, admin + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_webhooks_panel_shows_the_queue_and_replays_a_dead_letter(
+    stack: Stack,
+    browser: WebDriver,
+    tmp_path: Path,
+    webhook_receivers: Callable[..., WebhookReceiver],
+) -> None:
+    failing, held = webhook_receivers(status=500), webhook_receivers()
+
+    def subscription(name: str, url: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "team": "billing",
+            "url": url,
+            "secret_file": _secret_file(tmp_path, name, TEAM_SECRET),
+            "retry_delays": [0.05],
+            "jitter": 0.0,
+            "timeout": 5.0,
+        }
+
+    stack.start_gateway(
+        admin={"port": free_port(), "token_sha256": digest(ADMIN_TOKEN)},
+        plugins={
+            "audit": {"path": str(stack.audit_path)},
+            "console": {"refresh_seconds": 0.5},
+            "webhooks": {
+                "sqlite_path": str(tmp_path / "webhooks.sqlite3"),
+                "sources": [
+                    {
+                        "name": "main",
+                        "path": "/webhooks/stripe",
+                        "secret_file": [_secret_file(tmp_path, "source", SOURCE_SECRET)],
+                    }
+                ],
+                "subscriptions": [
+                    subscription("billing", failing.url),
+                    subscription("ledger", held.url),
+                ],
+                "poll_seconds": 0.2,
+                "breaker_failures": 100,
+            },
+        },
+    )
+    admin = stack.admin_url
+    _admin_call(admin, "POST", "/admin/webhooks/subscriptions/ledger/pause")
+    event_id = "evt_test_console000000000001"
+    body = json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "api_version": "2024-06-20",
+            "created": int(time.time()),
+            "data": {"object": {"id": "in_1Nconsole00001", "object": "invoice"}},
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": "invoice.paid",
+        }
+    ).encode()
+    posted = requests.post(
+        stack.gateway_url + "/webhooks/stripe",
+        data=body,
+        headers={
+            "Stripe-Signature": signature_header(body, SOURCE_SECRET, int(time.time())),
+            "Content-Type": "application/json",
+        },
+        timeout=10,
+    )
+    assert posted.status_code == 200
+    failing.wait_for(2)  # the first attempt and its one retry: then a dead letter
+
+    browser.get(admin + "/")
+    wait_for(browser, lambda d: d.find_element(By.ID, "login-form").is_displayed(), "login")
+    browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+    browser.find_element(By.ID, "login-button").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "webhooks").is_displayed(), "panel")
+    wait_for(browser, text_is("#webhook-pending", "1"), "the paused subscription's delivery")
+    assert texts(browser, "#webhook-oldest")[0].endswith("s ago)")
+    wait_for(browser, text_is("#webhook-dead-count", "1"), "the dead letter")
+    assert texts(browser, "#webhook-dead tbody td")[:2] == [event_id, "billing"]
+
+    failing.status = 200
+    browser.find_element(By.CSS_SELECTOR, "#webhook-dead button.replay").click()
+    wait_for(
+        browser,
+        text_is("#replay-result", f"replay queued: {event_id} to billing"),
+        "replay queued",
+    )
+    received = failing.wait_for(3)
+    assert received[2][0] == body
+    wait_for(browser, text_is("#webhook-dead-count", "0"), "the dead letter replayed")
+    assert browser.save_screenshot(str(tmp_path / "console-webhooks.png"))
