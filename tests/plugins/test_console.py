@@ -8,6 +8,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ import stripe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.hookspecs import hookimpl
+from gateway.testing import PluginTest
 from plugins.console import LATENCY_BOUNDS_MS, ConsoleSettings, Window, _quantile
 from tests.helpers import (
     BILLING_KEY,
@@ -375,3 +378,49 @@ def test_the_settings_bound_the_memory() -> None:
         ConsoleSettings.model_validate({"audit_lines": 10**6})
     with pytest.raises(ValueError):
         ConsoleSettings.model_validate({"bucket_seconds": 0})
+
+
+# ------------------------------------------------------------------ the gateway_audit_line hook
+
+
+class _Seer:
+    name = "seer"
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    @hookimpl
+    def gateway_audit_line(self, line: dict[str, Any]) -> None:
+        self.lines.append(dict(line))
+
+
+class _Broken:
+    name = "broken"
+
+    @hookimpl
+    def gateway_audit_line(self, line: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_plugins_see_the_written_line_redacted_and_a_failure_is_skipped(
+    tmp_path: Path,
+) -> None:
+    card = "4242424242424242"
+    audit_file = tmp_path / "audit.jsonl"
+    seer = _Seer()
+    async with PluginTest(
+        _Broken(),
+        seer,
+        builtins=("audit", "redaction"),
+        settings={"audit": {"path": str(audit_file)}},
+    ) as plugins:
+        ctx = plugins.context("GET", f"/v1/customers/{card}?card={card}", team="billing")
+        assert await plugins.request(ctx) is None
+        await plugins.finish(ctx, 200, body=b"{}")
+        assert [line["event"] for line in plugins.logs()] == ["plugin_failed"]
+        assert plugins.logs()[0]["plugin"] == "broken"
+    (seen,) = seer.lines
+    (written,) = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert seen["request_id"] == written["request_id"] == ctx.request_id
+    assert seen["path"] == written["path"] and card not in json.dumps(seen, default=str)
+    assert seen["timestamp"] == written["timestamp"]
