@@ -41,6 +41,10 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()) and not os.environ.get("CI"
 os.environ.setdefault("SE_OFFLINE", "true")
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -82,10 +86,37 @@ def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str
 
 
 def texts(driver: WebDriver, selector: str) -> list[str]:
-    try:
-        return [e.text for e in driver.find_elements(By.CSS_SELECTOR, selector)]
-    except Exception:  # the table was replaced while it was read: read it again
-        return []
+    """The text of every element ``selector`` matches, read in one script: the page
+    replaces its tables on each refresh, so elements found one call earlier may be gone."""
+    got: list[str] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.textContent.trim())",
+        selector,
+    )
+    return got
+
+
+def attributes(driver: WebDriver, selector: str, name: str) -> list[str | None]:
+    """Attribute ``name`` of every element ``selector`` matches, read in one script."""
+    got: list[str | None] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(e => e.getAttribute(arguments[1]))",
+        selector,
+        name,
+    )
+    return got
+
+
+def click(driver: WebDriver, selector: str) -> None:
+    """Click the element ``selector`` matches, finding it again if a refresh replaced it."""
+
+    def clicked(d: WebDriver) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    wait_for(driver, clicked, f"a click on {selector}")
 
 
 def text_is(selector: str, expected: str) -> Callable[[WebDriver], bool]:
@@ -177,15 +208,13 @@ def test_the_console_shows_the_traffic_and_purges(
         lambda d: "billing: 6 requests" in texts(d, "#chart-requests svg text.legend"),
         "requests chart legend",
     )
-    polylines = browser.find_elements(By.CSS_SELECTOR, "#chart-requests svg polyline.series")
-    assert {p.get_attribute("data-series") for p in polylines} == {
+    assert set(attributes(browser, "#chart-requests svg polyline.series", "data-series")) == {
         "billing",
         "analytics",
         "direct",
     }
-    assert browser.find_elements(
-        By.CSS_SELECTOR, '#chart-latency svg polyline[data-series="billing p99"]'
-    )
+    latency = attributes(browser, "#chart-latency svg polyline.series", "data-series")
+    assert {"billing p50", "billing p99", "direct p50", "direct p99"} <= set(latency)
 
     # the hostile audit line is text in a cell, and nothing of it became an element
     wait_for(browser, lambda d: INJECTED_PATH in texts(d, "#audit td.path"), "hostile line")
@@ -336,7 +365,7 @@ def test_the_webhooks_panel_shows_the_queue_and_replays_a_dead_letter(
     assert texts(browser, "#webhook-dead tbody td")[:2] == [event_id, "billing"]
 
     failing.status = 200
-    browser.find_element(By.CSS_SELECTOR, "#webhook-dead button.replay").click()
+    click(browser, "#webhook-dead button.replay")
     wait_for(
         browser,
         text_is("#replay-result", f"replay queued: {event_id} to billing"),
