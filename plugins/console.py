@@ -21,8 +21,10 @@ written, less their bulky fields (``params``, ``request_body``, ``response_body`
 bounded: the teams are the configured ones (plus ``-`` for requests refused before
 authentication), the ring and the lines have fixed lengths. With the ``audit`` plugin
 disabled the console has nothing to show. A config reload keeps both when the bucket and
-window did not change. With ``serve --workers N`` each worker answers with its own
-requests' figures, like ``GET /admin/teams``.
+window did not change. With ``serve --workers N`` each admin request reaches one worker,
+which asks the others for their raw state over their private sockets
+(:func:`gateway.serve.admin.fan_out`) and answers with everything added up (the summary
+says how many ``workers`` it covers and which were ``workers_unreached``).
 
 **Charts are SVG drawn on the server** (:mod:`gateway.console.charts`), not by a JavaScript
 library: the admin network may be offline, so nothing may come from a CDN; no third-party
@@ -57,7 +59,7 @@ import bisect
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -71,7 +73,7 @@ from gateway.console.charts import line_chart
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.logs import json_default
-from gateway.serve.admin import admin_error
+from gateway.serve.admin import FANOUT_HEADER, admin_error, fan_out
 from gateway.settings import Settings
 
 __all__ = ["LATENCY_BOUNDS_MS", "ConsolePlugin", "ConsoleSettings", "Window"]
@@ -149,6 +151,34 @@ class _Counts:
     cache: Counter[str] = field(default_factory=Counter)
     bytes_from_cache: int = 0
     upstream_errors: Counter[str] = field(default_factory=Counter)
+
+    def export(self) -> dict[str, Any]:
+        """JSON-able, the histogram sparse (for another worker to add up)."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "refusals": self.refusals,
+            "latency": {str(i): n for i, n in enumerate(self.latency) if n},
+            "cache": dict(self.cache),
+            "bytes_from_cache": self.bytes_from_cache,
+            "upstream_errors": dict(self.upstream_errors),
+        }
+
+    @classmethod
+    def load(cls, data: Mapping[str, Any]) -> _Counts:
+        """What :meth:`export` gave (raises ``KeyError``, ``ValueError``, ``TypeError``,
+        ``IndexError`` on anything else)."""
+        counts = cls(
+            requests=int(data["requests"]),
+            errors=int(data["errors"]),
+            refusals=int(data["refusals"]),
+            cache=Counter({str(k): int(v) for k, v in data["cache"].items()}),
+            bytes_from_cache=int(data["bytes_from_cache"]),
+            upstream_errors=Counter({str(k): int(v) for k, v in data["upstream_errors"].items()}),
+        )
+        for i, n in data["latency"].items():
+            counts.latency[int(i)] += int(n)
+        return counts
 
     def add(self, other: _Counts) -> None:
         self.requests += other.requests
@@ -235,11 +265,61 @@ class Window:
             if index >= first:
                 yield index - first, teams
 
+    def export(self) -> dict[str, Any]:
+        """The window as JSON, for the worker that answers an admin request
+        (:meth:`combined`)."""
+        return {
+            "seconds": self.seconds,
+            "slots": self.slots,
+            "ring": [
+                [index, {team: c.export() for team, c in teams.items()}]
+                for index, teams in self.ring
+            ],
+            "refusals": [list(r) for r in self.refusals],
+            "account": {team: list(v) for team, v in self.account.items()},
+        }
+
+    @classmethod
+    def combined(cls, seconds: int, slots: int, exports: Iterable[Mapping[str, Any]]) -> Window:
+        """One window adding up the :meth:`export` of several (one per worker process);
+        an export of another bucket size or length (a worker mid-reload) is left out."""
+        window = cls(seconds, slots)
+        buckets: dict[int, dict[str, _Counts]] = {}
+        refusals: list[tuple[float, str, str | None, str | None]] = []
+        for data in exports:
+            if (data["seconds"], data["slots"]) != (seconds, slots):
+                continue
+            for index, teams in data["ring"]:
+                into = buckets.setdefault(int(index), {})
+                for team, counts in teams.items():
+                    into.setdefault(str(team), _Counts()).add(_Counts.load(counts))
+            refusals.extend((float(r[0]), str(r[1]), r[2], r[3]) for r in data["refusals"])
+            for team, (remaining, at) in data["account"].items():
+                known = window.account.get(team)
+                if known is None or known[1] < at:
+                    window.account[str(team)] = (int(remaining), float(at))
+        window.ring.extend(sorted(buckets.items())[-slots:])
+        window.refusals.extend(sorted(refusals, key=lambda r: r[0]))
+        return window
+
     def adopt(self, other: Window) -> None:
         """Take over ``other``'s counts (a reload with the same bucket and window)."""
         self.ring = other.ring
         self.refusals = other.refusals
         self.account = other.account
+
+
+@dataclass(frozen=True, slots=True)
+class _Gathered:
+    """What an admin request reads: one process's state, or every worker's added up."""
+
+    window: Window
+    #: oldest first
+    lines: list[dict[str, Any]]
+    #: worker processes whose state is in it
+    workers: int
+    #: the other workers' socket names that did not answer
+    unreached: list[str]
 
 
 class ConsolePlugin:
@@ -322,8 +402,51 @@ class ConsolePlugin:
             body=body, content_type=content_type, charset="utf-8", headers=SECURITY_HEADERS
         )
 
+    async def _gathered(self, request: web.Request) -> _Gathered | web.Response:
+        """This process's window and lines; with ``serve --workers N``, every worker's,
+        added up (each request reaches one worker: :func:`fan_out` asks the others, which
+        answer with their raw state, never passing the request on)."""
+        want_lines = request.path == "/admin/console/audit"
+        if request.headers.get(FANOUT_HEADER) is not None:  # another worker asks
+            state: dict[str, Any] = {"object": "console_state"}
+            if want_lines:
+                state["lines"] = list(self.lines)
+            else:
+                state["window"] = self.window.export()
+            return _json(state)
+        peers = await fan_out(request, {})
+        if not peers:
+            return _Gathered(self.window, list(self.lines), 1, [])
+        windows = [self.window.export()]
+        lines = list(self.lines)
+        unreached = []
+        for name, peer in sorted(peers.items()):
+            body = peer.body
+            if peer.error is not None or not isinstance(body, dict):
+                unreached.append(name)
+            elif want_lines and isinstance(body.get("lines"), list):
+                lines.extend(line for line in body["lines"] if isinstance(line, dict))
+            elif not want_lines and isinstance(body.get("window"), dict):
+                windows.append(body["window"])
+            else:
+                unreached.append(name)
+        own = self.window
+        try:
+            window = Window.combined(own.seconds, own.slots, windows)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+            window, unreached = own, sorted(peers)
+        lines.sort(key=lambda line: str(line.get("timestamp", "")))
+        del lines[: -self.settings.audit_lines]
+        return _Gathered(window, lines, 1 + len(peers) - len(unreached), unreached)
+
     async def _summary_route(self, request: web.Request) -> web.Response:
-        return _json(self.summary(time.time()))
+        gathered = await self._gathered(request)
+        if isinstance(gathered, web.Response):
+            return gathered
+        answer = self.summary(time.time(), gathered.window)
+        answer["workers"] = gathered.workers
+        answer["workers_unreached"] = gathered.unreached
+        return _json(answer)
 
     async def _audit_route(self, request: web.Request) -> web.Response:
         query = request.query
@@ -344,11 +467,15 @@ class ConsolePlugin:
                 "status must be a status such as 429, or a class such as 4xx.",
                 code="parameter_invalid",
             )
+        gathered = await self._gathered(request)
+        if isinstance(gathered, web.Response):
+            return gathered
         lines = self.audit(
             team=query.get("team") or None,
             status=status or None,
             object_id=query.get("object") or None,
             limit=int(text),
+            lines=gathered.lines,
         )
         return _json({"object": "list", "data": lines})
 
@@ -360,19 +487,22 @@ class ConsolePlugin:
                 f"No chart named {name!r}; there are {', '.join(_CHARTS)}.",
                 code="resource_missing",
             )
+        gathered = await self._gathered(request)
+        if isinstance(gathered, web.Response):
+            return gathered
         return web.Response(
-            text=self.chart(name, time.time()),
+            text=self.chart(name, time.time(), gathered.window),
             content_type="image/svg+xml",
             headers=SECURITY_HEADERS,
         )
 
     # ------------------------------------------------------------------ answers
 
-    def _teams(self) -> list[str]:
+    def _teams(self, window: Window) -> list[str]:
         """The configured teams, then any other team that has counts (``-``)."""
         config = self._host.config if self._host is not None else self._config
         names = [team.name for team in config.teams] if config is not None else []
-        seen = {team for _, teams in self.window.ring for team in teams}
+        seen = {team for _, teams in window.ring for team in teams}
         return [*names, *sorted(seen - set(names))]
 
     def audit(
@@ -382,10 +512,12 @@ class ConsolePlugin:
         status: str | None = None,
         object_id: str | None = None,
         limit: int = 100,
+        lines: Iterable[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        """The most recent audit lines kept, newest first, that match every filter given."""
+        """The most recent audit lines kept (or of ``lines``, oldest first), newest first,
+        that match every filter given."""
         out: list[dict[str, Any]] = []
-        for line in reversed(self.lines):
+        for line in reversed(list(self.lines if lines is None else lines)):
             if team is not None and (line.get("team") or _NO_TEAM) != team:
                 continue
             if status is not None and not _status_matches(line.get("status"), status):
@@ -397,10 +529,11 @@ class ConsolePlugin:
                 break
         return out
 
-    def summary(self, now: float) -> dict[str, Any]:
-        """What ``GET /admin/console/summary`` answers (see docs/operations.md)."""
-        window = self.window
-        totals = {name: _Counts() for name in self._teams()}
+    def summary(self, now: float, window: Window | None = None) -> dict[str, Any]:
+        """What ``GET /admin/console/summary`` answers (docs/plugins/console.md), from
+        ``window`` (this process's by default)."""
+        window = window or self.window
+        totals = {name: _Counts() for name in self._teams(window)}
         last_minute: Counter[str] = Counter()
         minute_from = window.slots - max(1, 60 // window.seconds)
         for position, teams in window.buckets(now):
@@ -469,12 +602,14 @@ class ConsolePlugin:
             team.name: host.fields("gateway_admin_team", team=team) for team in host.config.teams
         }
 
-    def series(self, now: float) -> dict[str, dict[str, list[float | None]]]:
+    def series(
+        self, now: float, window: Window | None = None
+    ) -> dict[str, dict[str, list[float | None]]]:
         """Per team: requests and errors per second, p50 and p99 (ms), one point a bucket."""
-        window = self.window
+        window = window or self.window
         slots = window.slots
         out: dict[str, dict[str, list[float | None]]] = {}
-        for name in self._teams():
+        for name in self._teams(window):
             out[name] = {
                 "requests": [0.0] * slots,
                 "errors": [0.0] * slots,
@@ -498,14 +633,15 @@ class ConsolePlugin:
                 team["p99_ms"][position] = _quantile(counts.latency, 0.99)
         return out
 
-    def chart(self, name: str, now: float) -> str:
+    def chart(self, name: str, now: float, window: Window | None = None) -> str:
         """The SVG of chart ``name`` (``requests``, ``errors`` or ``latency``)."""
-        series = self.series(now)
+        window = window or self.window
+        series = self.series(now, window)
         totals = {team: _Counts() for team in series}
-        for _, teams in self.window.buckets(now):
+        for _, teams in window.buckets(now):
             for team, counts in teams.items():
                 totals[team].add(counts)
-        seconds = self.window.seconds
+        seconds = window.seconds
         if name == "requests":
             return line_chart(
                 "Requests",

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,16 @@ from hypothesis import strategies as st
 from gateway.hookspecs import hookimpl
 from gateway.testing import PluginTest
 from plugins.console import LATENCY_BOUNDS_MS, ConsoleSettings, Window, _quantile
+from tests.fake_stripe import FakeStripe
 from tests.helpers import (
     BILLING_KEY,
     PASSTHROUGH_KEY,
+    Served,
     Stack,
     digest,
     free_port,
 )
+from tests.serving import GatewayConfigFile, get, serve_gateway
 
 ADMIN_TOKEN = "adm_test_console_0000000000000001"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -424,3 +429,61 @@ async def test_plugins_see_the_written_line_redacted_and_a_failure_is_skipped(
     assert seen["request_id"] == written["request_id"] == ctx.request_id
     assert seen["path"] == written["path"] and card not in json.dumps(seen, default=str)
     assert seen["timestamp"] == written["timestamp"]
+
+
+# ------------------------------------------------------------------ several workers
+
+
+def test_windows_of_several_workers_add_up() -> None:
+    a = {"team": "a", "status": 200, "cache": "HIT"}
+    seen_by_one = [(100.0, {**a, "duration_ms": 1.0}), (112.0, {**a, "duration_ms": 50.0})]
+    seen_by_two = [
+        (101.0, {"team": "a", "status": 503, "duration_ms": 9.0, "outcome": "ok"}),
+        (112.0, {"team": "b", "status": 429, "rate_limit": "deny", "rate_limit_name": "read"}),
+    ]
+    one, two, same = Window(5, 6), Window(5, 6), Window(5, 6)
+    for window, events in ((one, seen_by_one), (two, seen_by_two)):
+        for at, line in events:
+            window.record(line, now=at)
+    for at, line in sorted(seen_by_one + seen_by_two, key=lambda e: e[0]):
+        same.record(line, now=at)
+    both = Window.combined(5, 6, [one.export(), two.export()])
+    # the same as one window that saw every line
+    assert [(i, {t: c.export() for t, c in teams.items()}) for i, teams in both.ring] == [
+        (i, {t: c.export() for t, c in teams.items()}) for i, teams in same.ring
+    ]
+    assert [r[1] for r in both.refusals] == ["b"]
+    # an export of another bucket size (a worker mid-reload) is left out
+    assert Window.combined(10, 6, [one.export()]).ring == deque()
+
+
+def test_with_workers_every_answer_covers_every_worker(
+    tmp_path: Path, fake_api: tuple[FakeStripe, Served]
+) -> None:
+    admin_port = free_port()
+    config = GatewayConfigFile(tmp_path, api=fake_api[1].url)
+    config.write(extra=f'[admin]\nport = {admin_port}\ntoken_sha256 = "{digest(ADMIN_TOKEN)}"\n')
+    admin = f"http://127.0.0.1:{admin_port}"
+    with serve_gateway(config.path, "--workers", "2") as gw:
+        sent = 0
+        for _ in range(200):  # fresh connections until both workers served some
+            assert get(gw, f"/v1/customers/{CUSTOMER}", BILLING_KEY)[0] == 200
+            sent += 1
+            workers = {line["worker"] for line in config.audit_lines(at_least=sent)}
+            if workers == {0, 1}:
+                break
+        assert workers == {0, 1}
+        for _ in range(6):  # whichever worker answers, it answers for both
+            body = summary_with(admin, sent)
+            assert (body["requests"], body["workers"], body["workers_unreached"]) == (sent, 2, [])
+            assert team_of(body, "billing")["requests"] == sent
+            lines = audit(admin, limit=str(sent)).json()["data"]
+            assert len(lines) == sent and {line["worker"] for line in lines} == {0, 1}
+            stamps = [line["timestamp"] for line in lines]
+            assert stamps == sorted(stamps, reverse=True)
+            svg = requests.get(
+                admin + "/admin/console/charts/requests.svg", headers=AUTH, timeout=5
+            ).text
+            assert f"billing: {sent} requests" in svg
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(10) == 0
