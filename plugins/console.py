@@ -90,6 +90,8 @@ _REFUSED = frozenset({"deny", "fallback_deny", "unavailable_deny"})
 _FROM_CACHE = frozenset({"HIT", "STALE"})
 _LOOKUPS = frozenset({"HIT", "STALE", "MISS", "COALESCED"})
 _NO_TEAM = "-"
+#: the most audit lines kept (and asked for at once)
+_MAX_LINES = 10_000
 _CHARTS = ("requests", "errors", "latency")
 _JSON = "application/json"
 _STATIC = {
@@ -119,7 +121,7 @@ class ConsoleSettings(Settings):
     bucket_seconds: int = Field(5, ge=1, le=300, description="seconds per point of the charts")
     window_minutes: int = Field(15, ge=1, le=240, description="how far back the charts go")
     audit_lines: int = Field(
-        500, ge=1, le=10_000, description="recent audit lines kept (redacted) for the page"
+        500, ge=1, le=_MAX_LINES, description="recent audit lines kept (redacted) for the page"
     )
     refresh_seconds: float = Field(
         2.0, ge=0.5, le=300, description="how often the page fetches the figures again"
@@ -449,13 +451,15 @@ class ConsolePlugin:
         return _json(answer)
 
     async def _audit_route(self, request: web.Request) -> web.Response:
+        # first: another worker asking for this one's lines sends no query
+        gathered = await self._gathered(request)
+        if isinstance(gathered, web.Response):
+            return gathered
         query = request.query
         text = query.get("limit", "100")
-        if not text.isdigit() or not 1 <= int(text) <= self.settings.audit_lines:
+        if not text.isdigit() or not 1 <= int(text) <= _MAX_LINES:
             return admin_error(
-                400,
-                f"limit must be a number from 1 to {self.settings.audit_lines}.",
-                code="parameter_invalid",
+                400, f"limit must be a number from 1 to {_MAX_LINES}.", code="parameter_invalid"
             )
         status = query.get("status", "").strip().lower()
         if status and not (
@@ -467,9 +471,6 @@ class ConsolePlugin:
                 "status must be a status such as 429, or a class such as 4xx.",
                 code="parameter_invalid",
             )
-        gathered = await self._gathered(request)
-        if isinstance(gathered, web.Response):
-            return gathered
         lines = self.audit(
             team=query.get("team") or None,
             status=status or None,

@@ -209,7 +209,7 @@ def test_the_audit_lines_are_bounded(stack: Stack) -> None:
     for _ in range(5):
         billing.v1.customers.retrieve(CUSTOMER)
     summary_with(admin, 5)
-    assert len(audit(admin, limit="3").json()["data"]) == 3
+    assert len(audit(admin).json()["data"]) == 3  # the page asks for 100: it gets 3
 
 
 # ------------------------------------------------------------------ charts
