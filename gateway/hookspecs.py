@@ -309,6 +309,24 @@ def gateway_audit_fields(ctx: RequestContext) -> dict[str, Any] | None:
     """
 
 
+@hookspec
+def gateway_audit_line(line: dict[str, Any]) -> None:
+    """See a request's audit line as it was written: after every log processor ran (the
+    ``redaction`` plugin's among them), so nothing in it is unredacted. Fires once per line
+    the audit plugin writes, right after :func:`gateway_audit_fields` made it, on the plugins
+    that implement it only (the built-in ``console`` keeps the recent lines for the admin
+    listener's console).
+
+    :param line: the processed fields of the line (``timestamp``, ``request_id``, ``team``,
+        ``status``, the contributed fields, ...). Read it, never change it: copy what you
+        keep. Keep it cheap: it runs on every request.
+
+    Return value: ignored. Must be synchronous.
+
+    Failure: logged and skipped; the line is written all the same.
+    """
+
+
 # --------------------------------------------------------------------------- operations
 
 

@@ -48,6 +48,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("auth", "plugins.auth:AuthPlugin"),
     ("metrics", "plugins.metrics:MetricsPlugin"),
     ("webhooks", "plugins.webhooks:WebhooksPlugin"),
+    ("console", "plugins.console:ConsolePlugin"),
 )
 
 ENTRY_POINT_GROUP = "stripe_gateway"
@@ -269,6 +270,7 @@ class PluginHost:
         """Snapshot every request hook's implementations in call order, and its policy."""
         for hook in (
             *REQUEST_HOOKS,
+            "gateway_audit_line",
             "gateway_startup",
             "gateway_carry_over",
             "gateway_admin_routes",
@@ -400,6 +402,15 @@ class PluginHost:
             except Exception as exc:
                 self._failed(impl, hook, self._fails_closed[hook], exc)
         return out
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call every (synchronous) implementation of ``hook`` in order, for hooks whose
+        answers are ignored (``gateway_audit_line``). A failure is logged and skipped."""
+        for impl in self._impls[hook]:
+            try:
+                impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
+            except Exception as exc:
+                self._failed(impl, hook, self._fails_closed[hook], exc)
 
     def build_admin_router(self) -> web.UrlDispatcher:
         """Collect the plugins' admin routes (``gateway_admin_routes``) into a router of

@@ -154,8 +154,9 @@ class JsonLineSink:
         self._lines: list[bytes] = []
         self._max_write = max_write
 
-    def emit(self, event: str, fields: dict[str, Any]) -> None:
-        """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``.
+    def emit(self, event: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``;
+        returns the processed fields the line was rendered from (``None`` when dropped).
 
         A processor may drop the event by raising ``structlog.DropEvent``, as in structlog.
         """
@@ -164,7 +165,7 @@ class JsonLineSink:
             for processor in self._processors:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
-            return
+            return None
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:
             try:
@@ -172,8 +173,9 @@ class JsonLineSink:
             except RuntimeError:  # no running loop: nothing would flush it later
                 self._lines.append(line)
                 self.flush()
-                return
+                return fields
         self._lines.append(line)
+        return fields
 
     def flush(self) -> None:
         """Write the queued lines now (a no-op when there are none)."""

@@ -34,7 +34,9 @@ through the log processors (the ``redaction`` plugin) before the line is rendere
 ``audit_params_unredacted``.
 
 Lines are buffered and written once per event-loop iteration (and at shutdown), one
-``write`` for all the requests that finished in that iteration.
+``write`` for all the requests that finished in that iteration. Plugins that implement
+``gateway_audit_line`` see each line's processed (redacted) fields as it is queued (the
+``console`` keeps the recent ones).
 
 Failing closed: if lines cannot be written (disk full, file gone), their records go to the
 gateway's error log (stderr) with the reason, and the plugin refuses every further request
@@ -235,6 +237,8 @@ class AuditPlugin:
         self._host: PluginHost | None = None
         #: some plugin contributes fields (``gateway_audit_fields``)
         self._contributed = False
+        #: some plugin sees the written lines (``gateway_audit_line``)
+        self._line_seen = False
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: AuditSettings) -> None:
@@ -256,6 +260,7 @@ class AuditPlugin:
                 self._schedule_check()
         self._host = host
         self._contributed = "gateway_audit_fields" in host.implemented
+        self._line_seen = "gateway_audit_line" in host.implemented
         # in a worker of `serve --workers N`: name the worker on each line, and keep each
         # write to a shared pipe (stdout) atomic so the workers' lines never interleave
         self._process = process_fields()
@@ -433,9 +438,13 @@ class AuditPlugin:
         if self._lost:  # the refused requests' lines are probes: try the path again
             self._reopen("retry")
         try:
-            self._sink.emit("request", fields)
+            line = self._sink.emit("request", fields)
         except (OSError, ValueError) as exc:  # a processor failed: no line for this record
             self._written([fields], exc)
+            return
+        if line is not None and self._line_seen:  # the redacted line, for the console
+            assert self._host is not None
+            self._host.notify("gateway_audit_line", line=line)
 
     @hookimpl
     def gateway_audit_event(self, event: str, fields: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ GATEWAY = REPO / "gateway"
 
 #: the wings below the core; a module directly in gateway/ is core (the sandbox is the
 #: top-level package sandbox/, usable alone)
-WINGS = ("serve", "redaction", "stores", "webhooks")
+WINGS = ("serve", "redaction", "stores", "webhooks", "console")
 
 #: core modules that import the process shell, and why it cannot be otherwise (for now)
 CORE_IMPORTS_OF_SERVE = {
@@ -108,7 +108,7 @@ def test_the_engines_are_used_by_plugins_not_by_the_core_or_the_shell() -> None:
 def test_the_engines_import_the_core_not_the_shell() -> None:
     offenders = {
         f"{path.relative_to(REPO)}: {module}"
-        for wing in ("redaction", "stores", "webhooks")
+        for wing in ("redaction", "stores", "webhooks", "console")
         for path in modules(GATEWAY / wing)
         for module in imported_modules(path)
         if under(module, "gateway.serve")
