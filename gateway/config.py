@@ -33,6 +33,7 @@ from pydantic import (
 from gateway.errors import ConfigError
 from gateway.globs import parse_rule
 from gateway.settings import Settings, validate_settings
+from gateway.tls import server_context
 
 __all__ = [
     "ENV_OVERRIDES",
@@ -64,7 +65,8 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 class ServerConfig(Settings):
     """The public listener. Every `[server]` key is read at start only: a reload (SIGHUP)
-    keeps the running values."""
+    keeps the running values, except that it reads the TLS certificate and key files
+    again (same paths), for the connections that follow."""
 
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
@@ -127,6 +129,32 @@ class ServerConfig(Settings):
         le=256,
         description="worker processes sharing the listening port (1: the gateway is one process)",
     )
+    tls_certificate: str | None = Field(
+        None,
+        description="PEM file of the certificate (then its intermediates) to serve HTTPS "
+        "with, for deployments without a TLS-terminating proxy; re-read on SIGHUP",
+        examples=["/etc/stripe-gateway/tls/fullchain.pem"],
+    )
+    tls_key: str | None = Field(
+        None,
+        description="PEM file of the certificate's private key (unencrypted: protect the file); "
+        "re-read on SIGHUP",
+        examples=["/etc/stripe-gateway/tls/privkey.pem"],
+    )
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerConfig:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_certificate"
+            raise ValueError(f"{missing}: TLS needs both tls_certificate and tls_key")
+        if self.tls_certificate is not None and self.tls_key is not None:
+            server_context(self.tls_certificate, self.tls_key)  # TlsError names the file
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the public listener speaks HTTPS."""
+        return self.tls_certificate is not None
 
 
 class AdminConfig(Settings):

@@ -140,6 +140,21 @@ class GatewayMetrics:
         )
         return metric
 
+    def redis_breaker(self, store: str) -> Any:
+        """The ``redis_breaker_open`` gauge of ``store`` (``cache``, ``rate_limit``, ...), set
+        to 0: a plugin keeping its state in Redis sets it to 1 when a call fails (its circuit
+        breaker opens) and back to 0 at the next call that succeeds. Summed over worker
+        processes, it counts the workers whose last Redis call failed."""
+        gauge = self.gauge(
+            "redis_breaker_open",
+            "1 while a store's last Redis call failed (its circuit breaker opened), 0 once a "
+            "call succeeds again; per store (cache, rate_limit).",
+            ("store",),
+        )
+        child = gauge.labels(store)
+        child.set(0)
+        return child
+
     def _get(
         self,
         kind: type[Any],

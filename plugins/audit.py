@@ -86,6 +86,7 @@ from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.logs import JsonLineSink, process_fields
+from gateway.metrics import GatewayMetrics
 from gateway.redaction.masks import unparsed
 from gateway.redaction.params import LoggedParams
 from gateway.settings import RouteText, Settings
@@ -228,6 +229,8 @@ class AuditPlugin:
         self._sink: JsonLineSink | None = None
         self._broken = False
         self._fallback: Any = None
+        #: counts the records that could not be written (metric ``audit_write_failures``)
+        self._write_failures: Any = None
         self._process: dict[str, Any] = {}
         #: ``(st_dev, st_ino)`` of the file open at ``path``
         self._identity: tuple[int, int] | None = None
@@ -248,7 +251,12 @@ class AuditPlugin:
         self._route_of = settings.route if settings.routes else None
 
     @hookimpl
-    def gateway_startup(self, host: PluginHost) -> None:
+    def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
+        self._write_failures = metrics.counter(
+            "audit_write_failures",
+            "Audit records that could not be written to the audit log (they went to the "
+            "error log; requests are refused with 503 until a line is written again).",
+        )
         path = self.settings.file
         if path is None:
             self._stream = sys.stdout.buffer
@@ -354,6 +362,8 @@ class AuditPlugin:
             return
         # Keep the records: they go to the error log instead, with the reason.
         self._broken = True
+        if self._write_failures is not None:
+            self._write_failures.inc(len(records))
         for record in records:
             fields = {k: v for k, v in record.items() if k not in _SINK_KEYS}
             self._fallback.error("audit_write_failed", reason=str(error), **fields)

@@ -232,6 +232,7 @@ class CachePlugin:
         self._backend_errors: Any = None
         self._evictions: Any = None
         self._requests: Any = None
+        self._breaker: Any = None
         self._outcomes: dict[str, Any] = {}
         #: the store went to the plugin that replaced this one on a reload: not ours to close
         self._store_handed_over = False
@@ -281,7 +282,9 @@ class CachePlugin:
                 breaker_seconds=s.redis_breaker,
                 tombstone_seconds=self._read_timeout + 5,
                 on_error=self._store_error,
+                on_recover=self._store_recovered,
             )
+            self._breaker = metrics.redis_breaker("cache")
         else:
             self.store = MemoryStore(
                 max_bytes=s.max_bytes,
@@ -392,6 +395,8 @@ class CachePlugin:
 
     def _store_error(self, what: str, exc: BaseException) -> None:
         self.counts["errors"] += 1
+        if self._breaker is not None:
+            self._breaker.set(1)
         if self._backend_errors is not None:
             self._backend_errors.inc()
         now = time.monotonic()
@@ -404,6 +409,10 @@ class CachePlugin:
                 error=f"{type(exc).__name__}: {exc}",
                 failures=self.counts["errors"],
             )
+
+    def _store_recovered(self) -> None:
+        if self._breaker is not None:
+            self._breaker.set(0)
 
     # ------------------------------------------------------------------ requests
 

@@ -302,6 +302,7 @@ class RateLimitPlugin:
         self._decisions: Any = None
         self._fallbacks: Any = None
         self._backend_errors: Any = None
+        self._breaker: Any = None
         self._decision_children: dict[tuple[str, str], Any] = {}
         self._logged_at: dict[str, float] = {}
         #: decisions by kind (``allow``, ``deny``, ``fallback_allow``, ...) and
@@ -350,6 +351,7 @@ class RateLimitPlugin:
                 on_error=self._backend_error,
                 on_recover=self._backend_recovered,
             )
+            self._breaker = metrics.redis_breaker("rate_limit")
 
     @hookimpl
     async def gateway_carry_over(self, previous: object) -> None:
@@ -432,6 +434,8 @@ class RateLimitPlugin:
         self.counts["backend_errors"] += 1
         if self._backend_errors is not None:
             self._backend_errors.inc()
+        if self._breaker is not None:
+            self._breaker.set(1)
         if self._once("backend"):
             self._log.warning(
                 "rate_limit_backend_unavailable",
@@ -443,6 +447,8 @@ class RateLimitPlugin:
             )
 
     def _backend_recovered(self) -> None:
+        if self._breaker is not None:
+            self._breaker.set(0)
         self._logged_at.pop("backend", None)
         self._log.info("rate_limit_backend_recovered", backend=self.settings.backend)
 

@@ -128,14 +128,14 @@ class GatewayProcess:
             except queue.Empty:
                 continue
             assert line is not None, f"gateway exited before listening: {self.stderr}"
-            m = re.search(r"listening on (http://[\d.]+:\d+)", line)
+            m = re.search(r"listening on (https?://[\d.]+:\d+)", line)
             if m:
                 self.url = m[1]
                 return self.url
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        host, port = self.url.partition("://")[2].rsplit(":", 1)
         return host, int(port)
 
     def output(self) -> str:

@@ -25,6 +25,7 @@ from gateway.serve import webhooks_cli
 if TYPE_CHECKING:
     from gateway.serve.demo import SandboxOptions
     from gateway.serve.workers import WorkerRole
+    from gateway.tls import ReloadableTls
 
 __all__ = ["main"]
 
@@ -234,6 +235,34 @@ def _serve(args: argparse.Namespace) -> int:
     return _serve_one(config, load, early, role)
 
 
+def _tls(config: GatewayConfig) -> ReloadableTls | None:
+    """The public listener's TLS, when ``[server]`` names a certificate and key."""
+    from gateway.tls import ReloadableTls, TlsError
+
+    server = config.server
+    if server.tls_certificate is None or server.tls_key is None:
+        return None
+    try:
+        return ReloadableTls(server.tls_certificate, server.tls_key)
+    except TlsError as exc:  # changed since the config was validated
+        key, _, reason = str(exc).partition(": ")
+        raise ConfigError(f"server.{key}", reason) from None
+
+
+def _reload_tls(tls: ReloadableTls, log: Any) -> None:
+    """After a config reload: serve the certificate files as they are now; if they do not
+    load, keep the running certificate and log why."""
+    from gateway.tls import TlsError
+
+    try:
+        tls.reload()
+    except TlsError as exc:
+        key, _, reason = str(exc).partition(": ")
+        log.error("tls_reload_failed", path=f"server.{key}", reason=reason)
+    else:
+        log.info("tls_reloaded", certificate=tls.certificate)
+
+
 def _serve_one(
     config: GatewayConfig,
     load: Callable[[], GatewayConfig],
@@ -249,9 +278,12 @@ def _serve_one(
     from gateway.logs import route_stdlib_logging
     from gateway.serve.server import serve
 
+    tls = _tls(config)
     app = create_app(config, reload_from=load, reuse_port=role is not None and role.reuse_port)
     route_stdlib_logging(app[GENERATIONS].current.host.log_processors)
     app[GENERATIONS].on_swap.append(lambda g: route_stdlib_logging(g.host.log_processors))
+    if tls is not None:  # a reload reads the certificate files again (validated by then)
+        app[GENERATIONS].on_swap.append(lambda g: _reload_tls(tls, g.host.log))
     loop = _event_loop_factory(config)
     tasks: set[asyncio.Task[object]] = set()
 
@@ -289,6 +321,7 @@ def _serve_one(
                 reuse_port=role is not None and role.reuse_port,
                 on_hangup=hangup,
                 on_reopen=reopen,
+                ssl_context=tls.context if tls is not None else None,
             )
         )
     except OSError as exc:

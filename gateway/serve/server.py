@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -224,6 +225,7 @@ async def serve(
     reuse_port: bool = False,
     on_hangup: Callable[[], None] | None = None,
     on_reopen: Callable[[], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     **runner_kwargs: Any,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop``), then drain and return.
@@ -237,6 +239,7 @@ async def serve(
     config); it is installed before ``on_listening`` is called. ``on_reopen`` is called
     on SIGUSR1 the same way (the CLI has the plugins reopen their log files), and stays
     installed through the drain, when lines are still written; after it SIGUSR1 is ignored.
+    With ``ssl_context`` the listener speaks HTTPS only (:mod:`gateway.tls`).
     """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -254,7 +257,13 @@ async def serve(
     reopen = False
     try:
         site = web.TCPSite(
-            runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None
+            runner,
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            ssl_context=ssl_context,
         )
         await site.start()
         if on_hangup is not None:
@@ -265,8 +274,9 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(signal.SIGUSR1, on_reopen)
                 reopen = True
+        scheme = "https" if ssl_context is not None else "http"
         listening = [
-            f"http://[{a[0]}]:{a[1]}" if ":" in a[0] else f"http://{a[0]}:{a[1]}"
+            f"{scheme}://[{a[0]}]:{a[1]}" if ":" in a[0] else f"{scheme}://{a[0]}:{a[1]}"
             for a in runner.addresses
             if isinstance(a, tuple)
         ]

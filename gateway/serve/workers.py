@@ -92,8 +92,9 @@ STOP_GRACE = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
-def listen_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def listen_url(host: str, port: int, *, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 # --------------------------------------------------------------------------- worker side
@@ -241,7 +242,7 @@ class Supervisor:
         self.log.info(
             "supervisor_started",
             workers=self.count,
-            listen=listen_url(self._host, self._port),
+            listen=listen_url(self._host, self._port, tls=self.config.server.tls),
             metrics_dir=self._metrics_dir or self._environ.get(METRICS_DIR_ENV),
             run_dir=self._run_dir,
         )
@@ -252,9 +253,9 @@ class Supervisor:
         up.cancel()
         stopped.cancel()
         if self._up.is_set() and self._failed is None:
+            url = listen_url(self._host, self._port, tls=self.config.server.tls)
             print(
-                f"stripe-gateway {__version__} listening on "
-                f"{listen_url(self._host, self._port)} ({self.count} workers)",
+                f"stripe-gateway {__version__} listening on {url} ({self.count} workers)",
                 file=sys.stderr,
                 flush=True,
             )

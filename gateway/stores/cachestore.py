@@ -303,7 +303,8 @@ class RedisStore:
     Redis trouble never fails a request: the caller gets :class:`StoreUnavailable` and
     treats it as a miss. After a failure the store stops asking Redis for
     ``breaker_seconds`` (a circuit breaker), so an outage does not add a timeout to every
-    request; ``on_error`` is told about each failure (for logs and counters).
+    request; ``on_error`` is told about each failure and ``on_recover`` of the first success
+    after one (for logs, counters and the breaker gauge).
 
     Calls go through one pipelined connection (:mod:`gateway.stores.resp`): a hit costs one
     ``GET`` framed by hand, not a pool checkout and redis-py's general machinery, and a
@@ -320,6 +321,7 @@ class RedisStore:
         breaker_seconds: float,
         tombstone_seconds: float,
         on_error: Callable[[str, BaseException], None],
+        on_recover: Callable[[], None] = lambda: None,
     ) -> None:
         self._conn = RespConnection(url, connect_timeout=timeout)
         self._timeout = timeout
@@ -327,7 +329,9 @@ class RedisStore:
         self._breaker_seconds = breaker_seconds
         self._tombstone_ms = int(tombstone_seconds * 1000)
         self._open_until = 0.0
+        self._failing = False
         self._on_error = on_error
+        self._on_recover = on_recover
 
     def _entry_key(self, key: str) -> str:
         return f"{self._prefix}:e:{key}"
@@ -353,10 +357,18 @@ class RedisStore:
             if isinstance(reply, Exception):
                 raise reply
         except Exception as exc:  # connection refused or lost, timeouts, error replies
-            self._open_until = time.monotonic() + self._breaker_seconds
-            self._on_error(what, exc)
+            self._fail(what, exc)
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if self._failing:
+            self._failing = False
+            self._on_recover()
         return reply
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        """Open the circuit for ``breaker_seconds`` and tell ``on_error``."""
+        self._open_until = time.monotonic() + self._breaker_seconds
+        self._failing = True
+        self._on_error(what, exc)
 
     async def get(self, key: str) -> Entry | None:
         data = await self._call("get", encode_command("GET", self._entry_key(key)))
@@ -367,8 +379,7 @@ class RedisStore:
                 raise TypeError(f"unexpected reply to GET: {type(data).__name__}")
             return Entry.decode(data)
         except (TypeError, ValueError) as exc:  # not an entry this gateway wrote
-            self._open_until = time.monotonic() + self._breaker_seconds
-            self._on_error("get", exc)
+            self._fail("get", exc)
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def put(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:

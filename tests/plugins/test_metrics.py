@@ -390,3 +390,57 @@ def test_redaction_fail_closed_events_are_counted(stack: Stack) -> None:
     assert line["redaction_error"] is True and line["value"] == "[unparsed _Unlistable]"
     scrape = _eventually(admin, "redaction_fail_closed_total", {}, 1)
     assert scrape["redaction_fail_closed_total"] == 1
+
+
+# ------------------------------------------------------------------ Redis breakers, audit
+
+
+def test_redis_breaker_gauges_open_on_a_failure_and_close_on_the_next_success(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    import redis
+
+    shared = {"backend": "redis", "redis_url": redis_server.url, "redis_timeout": 0.2}
+    admin = _start(
+        stack,
+        plugins={
+            "cache": {**shared, "redis_breaker": 0.2},
+            "rate_limit": {**shared, "redis_breaker": 0.2, "default": {"read": {"rate": 100}}},
+        },
+    )
+    path = f"/v1/customers/{CUSTOMER}"
+    assert _get(stack, path).status_code == 200
+    scrape = Scrape(admin)
+    breakers = {
+        labels["store"]: value
+        for name, labels, value in scrape.samples
+        if name == P + "redis_breaker_open"
+    }
+    assert breakers == {"cache": 0, "rate_limit": 0}  # exported from the start, closed
+    # Redis stops answering for a while: both stores' calls time out, their breakers open
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.client_pause(5000)
+    assert _get(stack, path + "?expand[]=a").status_code == 200  # a miss; the fallback limiter
+    scrape = Scrape(admin)
+    assert scrape["redis_breaker_open", {"store": "cache"}] == 1
+    assert scrape["redis_breaker_open", {"store": "rate_limit"}] == 1
+    assert scrape["cache_backend_errors_total"] >= 1
+    # once Redis answers again, the next calls succeed and the breakers close
+    deadline = time.monotonic() + 30
+    while (scrape := Scrape(admin))["redis_breaker_open"] != 0:
+        open_ = [s for s in ("cache", "rate_limit") if scrape["redis_breaker_open", {"store": s}]]
+        assert time.monotonic() < deadline, f"the breakers did not close: {open_}"
+        assert _get(stack, path).status_code == 200  # the cache's Redis
+        assert _get(stack, "/v1/customers").status_code == 200  # the rate limiter's
+        time.sleep(0.1)
+
+
+def test_audit_write_failures_are_counted(stack: Stack) -> None:
+    admin = _start(stack, plugins={"audit": {"path": "/dev/full"}})
+    assert Scrape(admin)["audit_write_failures_total"] == 0
+    assert _get(stack, "/v1/customers").status_code == 200  # answered; its line fails
+    scrape = _eventually(admin, "audit_write_failures_total", {}, 1)
+    assert scrape["audit_write_failures_total"] == 1
+    assert _get(stack, "/v1/customers").status_code == 503  # refused; its line fails too
+    scrape = _eventually(admin, "audit_write_failures_total", {}, 2)
+    assert scrape["audit_write_failures_total"] == 2
