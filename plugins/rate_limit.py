@@ -551,7 +551,7 @@ class RateLimitPlugin:
         self, ctx: RequestContext, decision: Decision, *, fallback: bool
     ) -> StripeErrorResponse:
         v = decision.binding
-        retry = max(1, math.ceil(v.retry_after))
+        retry = max(1, _whole_seconds(v.retry_after))
         team = ctx.team.name if ctx.team is not None else None
         if v.limit.name == "account":
             whose = f"team {team!r}" if team else "this request"
@@ -605,5 +605,11 @@ def _headers(limit: int, verdict: Verdict) -> dict[str, str]:
     return {
         "RateLimit-Limit": str(limit),
         "RateLimit-Remaining": str(verdict.remaining),
-        "RateLimit-Reset": str(math.ceil(verdict.reset)),
+        "RateLimit-Reset": str(_whole_seconds(verdict.reset)),
     }
+
+
+def _whole_seconds(seconds: float) -> int:
+    """Seconds rounded up, ignoring float noise: ``(now + 100.0) - now`` can be 100.00000000001,
+    which is 100 s, not 101."""
+    return math.ceil(seconds - 1e-6)

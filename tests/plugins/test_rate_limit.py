@@ -15,11 +15,14 @@ import pytest
 import redis
 import requests
 import stripe
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
 from gateway.keys import GENERATIONS
+from gateway.stores.ratestore import Limit, MemoryLimiter
 from gateway.testing import PluginTest
-from plugins.rate_limit import RateLimitPlugin
+from plugins.rate_limit import RateLimitPlugin, _headers
 from tests.conftest import RedisServer
 from tests.helpers import (
     ANALYTICS_KEY,
@@ -482,3 +485,17 @@ async def test_decision_audit_field_metric_and_team_state_without_a_server() -> 
         state = t.admin_team("billing")["rate_limit"]
         assert state["limited"] is True and state["limits"][0]["remaining"] == 0
         assert t.admin_team("analytics")["rate_limit"]["limited"] is False
+
+
+@given(now=st.floats(min_value=1.0, max_value=1e9), interval=st.sampled_from([1.0, 10.0, 100.0]))
+@example(now=2047.3, interval=100.0)  # now + interval crosses a power of two: rounded up
+def test_a_fresh_buckets_reset_is_its_interval_in_whole_seconds(
+    now: float, interval: float
+) -> None:
+    """``(now + interval) - now`` is not always ``interval`` in floats (it is a little more
+    when the sum crosses a power of two, as a monotonic clock near 2048 s does): the header
+    must be."""
+    limiter = MemoryLimiter(clock=lambda: now)
+    limit = Limit(name="read", rate=1 / interval, burst=1)
+    verdict = limiter.decide_now([("k", limit)], shadow=False).binding
+    assert _headers(1, verdict)["RateLimit-Reset"] == str(int(interval))
