@@ -17,6 +17,7 @@ first served, and a slot given back goes straight to the first waiter still wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 __all__ = ["PoolExhausted", "TeamBusy", "UpstreamSlots"]
@@ -104,10 +105,8 @@ class UpstreamSlots:
         self._free += 1
 
     def _remove(self, waiter: asyncio.Future[None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def _drop(self, team: str | None) -> None:
         if team is not None:
