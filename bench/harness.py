@@ -568,10 +568,18 @@ class Bench:
     # ------------------------------------------------------------------ load
 
     def load(
-        self, url: str, conns: int, seconds: float, *, timeout_s: float = 10.0
+        self,
+        url: str,
+        conns: int,
+        seconds: float,
+        *,
+        timeout_s: float = 10.0,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """One closed-loop run; the dict has requests, seconds, bytes, errors, p50_ms, p99_ms."""
-        headers = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+        """One closed-loop run; the dict has requests, seconds, bytes, errors, p50_ms, p99_ms.
+
+        ``headers`` are sent with every request besides the team key's ``Authorization``."""
+        headers = {"Authorization": f"Bearer {GATEWAY_KEY}", **(headers or {})}
         if self.wrk is not None:
             return self._wrk(url, conns, seconds, headers, timeout_s)
         return self._python_load(url, conns, seconds, headers)
@@ -641,25 +649,37 @@ class Bench:
         return result
 
     def measure(
-        self, target: Child, scenario: str, path: str, conns: int, upstream: Child
+        self,
+        target: Child,
+        scenario: str,
+        path: str,
+        conns: int,
+        upstream: Child,
+        *,
+        headers: dict[str, str] | None = None,
+        label: str | None = None,
+        others: tuple[Child, ...] = (),
     ) -> Result:
+        """One warm-up and one timed run against ``target``; ``others`` (a redis-server)
+        are counted with the upstream, not as other processes'."""
         url = target.url + path
         if self.args.warmup > 0:
-            self.load(url, conns, self.args.warmup)
-        pids = (target.info["pid"], upstream.info["pid"])
+            self.load(url, conns, self.args.warmup, headers=headers)
+        pids = (target.info["pid"], upstream.info["pid"], *(c.info["pid"] for c in others))
         cpu_before = [_cpu_seconds(pid) for pid in pids]
         load_before = _children_cpu_seconds()
         machine_before = _machine_cpu_seconds()
         wall = time.monotonic()
-        raw = self.load(url, conns, self.args.duration)
+        raw = self.load(url, conns, self.args.duration, headers=headers)
         wall = time.monotonic() - wall
         used = [_cpu_seconds(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
+        used[1:] = [sum(used[1:])]  # the upstream and the others given
         used.append(_children_cpu_seconds() - load_before)
         other = max(0.0, _machine_cpu_seconds() - machine_before - sum(used)) / wall * 100.0
         cpu = [u / wall * 100.0 for u in used]
         seconds = raw["seconds"] or float("nan")
         result = Result(
-            target=target.role,
+            target=label or target.role,
             scenario=scenario,
             rps=raw["requests"] / seconds,
             p50_ms=raw["p50_ms"],
@@ -677,7 +697,7 @@ class Bench:
         else:
             extra = f"cpu/req {result.cpu_us:4.0f} us"
         print(
-            f"  {scenario:<8} {target.role:<8} c={conns:<3}{result.rps:8.1f} req/s  "
+            f"  {scenario:<8} {label or target.role:<8} c={conns:<3}{result.rps:8.1f} req/s  "
             f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  {extra}  "
             f"| cpu% proxy {cpu[0]:3.0f} upstream {cpu[1]:3.0f} load {cpu[2]:3.0f} "
             f"other {other:3.0f}{flag}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import entry_points
@@ -81,11 +81,21 @@ class _Impl:
     argnames: tuple[str, ...]
     #: the function takes every argument of the spec, so it can be called with all of them
     takes_all: bool
+    #: the positions, in the spec's argument order, of the arguments the function takes
+    picks: tuple[int, ...] = ()
+    #: it takes exactly the spec's arguments in the spec's order: ``function(*args)``
+    in_order: bool = False
 
     def call(self, kwargs: dict[str, Any]) -> Any:
         if self.takes_all:
             return self.function(**kwargs)
         return self.function(**{name: kwargs[name] for name in self.argnames})
+
+    def call_args(self, args: tuple[Any, ...]) -> Any:
+        """Call with the spec's arguments given by position (in the spec's order)."""
+        if self.in_order:
+            return self.function(*args)
+        return self.function(*[args[i] for i in self.picks])
 
 
 def load_object(spec: str) -> object:
@@ -126,6 +136,8 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._impls: dict[str, tuple[_Impl, ...]] = {}
+        #: each snapshotted hook's argument names, in its spec's order
+        self._spec_args: dict[str, tuple[str, ...]] = {}
         #: the failure policy of each snapshotted hook, from its spec
         self._fails_closed: dict[str, bool] = {}
         #: the plugins' admin routes (built by :meth:`build_admin_router`, after start-up)
@@ -283,10 +295,18 @@ class PluginHost:
         ):
             caller: pluggy.HookCaller = getattr(self.pm.hook, hook)
             assert caller.spec is not None, f"{hook} has a spec in gateway.hookspecs"
-            spec_args = set(caller.spec.argnames)
+            spec_order = tuple(caller.spec.argnames)
+            self._spec_args[hook] = spec_order
             self._fails_closed[hook] = hookspecs.fails_closed_hook(hook)
             self._impls[hook] = tuple(
-                _Impl(i.plugin_name, i.function, tuple(i.argnames), set(i.argnames) == spec_args)
+                _Impl(
+                    i.plugin_name,
+                    i.function,
+                    tuple(i.argnames),
+                    set(i.argnames) == set(spec_order),
+                    picks=tuple(spec_order.index(a) for a in i.argnames),
+                    in_order=tuple(i.argnames) == spec_order,
+                )
                 for i in reversed(caller.get_hookimpls())
             )
         self.implemented = frozenset(hook for hook, impls in self._impls.items() if impls)
@@ -296,56 +316,133 @@ class PluginHost:
 
     # ----------------------------------------------------------------- calling
 
+    def _args(self, hook: str, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(kwargs[name] for name in self._spec_args[hook])
+
     async def first(self, hook: str, **kwargs: Any) -> web.StreamResponse | None:
         """Call ``hook`` in order until an implementation answers (non-``None``).
 
-        ``kwargs`` are all the spec's arguments.
+        ``kwargs`` are all the spec's arguments. (The request path calls
+        :meth:`first_now`, which awaits only what needs awaiting.)
         """
-        fail_closed = self._fails_closed[hook]
-        for impl in self._impls[hook]:
+        answer = self._first_from(hook, 0, self._args(hook, kwargs))
+        if answer is None or isinstance(answer, web.StreamResponse):
+            return answer
+        return await answer
+
+    def first_now(
+        self, hook: str, *args: Any
+    ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
+        """:meth:`first` without a coroutine of its own: the spec's arguments by position,
+        in its order. Calls the implementations in order while they answer at once, and
+        returns the answer (a response, or ``None`` when none answered); at the first
+        that returns an awaitable, returns an awaitable of the rest of the walk instead
+        (the caller awaits it)."""
+        return self._first_from(hook, 0, args)
+
+    def _first_from(
+        self, hook: str, start: int, args: tuple[Any, ...]
+    ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
+        impls = self._impls[hook]
+        for index in range(start, len(impls)):
+            impl = impls[index]
             try:
-                result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
-                if (
-                    result is not None
-                    and not isinstance(result, web.StreamResponse)
-                    and inspect.isawaitable(result)
-                ):
-                    result = await result
+                result = impl.function(*args) if impl.in_order else impl.call_args(args)
             except StripeErrorResponse:
                 raise
             except Exception as exc:
-                self._failed(impl, hook, fail_closed, exc)
+                self._failed(impl, hook, self._fails_closed[hook], exc)
                 continue
-            if result is not None:
-                if isinstance(result, web.StreamResponse):
-                    return result
-                self.log.error(
-                    "plugin_bad_answer",
-                    plugin=impl.plugin,
-                    hook=hook,
-                    answer=type(result).__name__,
-                )
-                if fail_closed:
-                    raise PluginFailure(impl.plugin, hook)
+            if result is None:
+                continue
+            if isinstance(result, web.StreamResponse):
+                return result
+            if inspect.isawaitable(result):
+                return self._first_rest(hook, index, result, args)
+            self._bad_answer(impl, hook, result)
         return None
+
+    async def _first_rest(
+        self, hook: str, index: int, pending: Awaitable[Any], args: tuple[Any, ...]
+    ) -> web.StreamResponse | None:
+        """Await implementation ``index``'s answer, then walk on from the next one."""
+        impl = self._impls[hook][index]
+        try:
+            result = await pending
+        except StripeErrorResponse:
+            raise
+        except Exception as exc:
+            self._failed(impl, hook, self._fails_closed[hook], exc)
+            result = None
+        if result is not None:
+            if isinstance(result, web.StreamResponse):
+                return result
+            self._bad_answer(impl, hook, result)
+        answer = self._first_from(hook, index + 1, args)
+        if answer is None or isinstance(answer, web.StreamResponse):
+            return answer
+        return await answer
+
+    def _bad_answer(self, impl: _Impl, hook: str, result: object) -> None:
+        self.log.error(
+            "plugin_bad_answer", plugin=impl.plugin, hook=hook, answer=type(result).__name__
+        )
+        if self._fails_closed[hook]:
+            raise PluginFailure(impl.plugin, hook)
 
     async def each(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of ``hook`` in order, awaiting each.
 
-        ``kwargs`` are all the spec's arguments.
+        ``kwargs`` are all the spec's arguments. (The request path calls
+        :meth:`each_now`, which awaits only what needs awaiting.)
         """
-        fail_closed = self._fails_closed[hook]
-        for impl in self._impls[hook]:
+        rest = self._each_from(hook, 0, self._args(hook, kwargs))
+        if rest is not None:
+            await rest
+
+    def each_now(self, hook: str, *args: Any) -> Awaitable[None] | None:
+        """:meth:`each` without a coroutine of its own: the spec's arguments by position,
+        in its order. ``None`` when every implementation ran at once; otherwise an
+        awaitable of the rest of the walk, from the first that returned an awaitable
+        (the caller awaits it)."""
+        return self._each_from(hook, 0, args)
+
+    def _each_from(self, hook: str, start: int, args: tuple[Any, ...]) -> Awaitable[None] | None:
+        impls = self._impls[hook]
+        for index in range(start, len(impls)):
+            impl = impls[index]
             try:
-                result = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except StripeErrorResponse:
-                if fail_closed:
-                    raise
-                self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
+                result = impl.function(*args) if impl.in_order else impl.call_args(args)
+            except StripeErrorResponse as exc:
+                self._error_answer(impl, hook, exc)
+                continue
             except Exception as exc:
-                self._failed(impl, hook, fail_closed, exc)
+                self._failed(impl, hook, self._fails_closed[hook], exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return self._each_rest(hook, index, result, args)
+        return None
+
+    async def _each_rest(
+        self, hook: str, index: int, pending: Awaitable[Any], args: tuple[Any, ...]
+    ) -> None:
+        impl = self._impls[hook][index]
+        try:
+            await pending
+        except StripeErrorResponse as exc:
+            self._error_answer(impl, hook, exc)
+        except Exception as exc:
+            self._failed(impl, hook, self._fails_closed[hook], exc)
+        rest = self._each_from(hook, index + 1, args)
+        if rest is not None:
+            await rest
+
+    def _error_answer(self, impl: _Impl, hook: str, exc: StripeErrorResponse) -> None:
+        """A plugin raised StripeErrorResponse in a hook that calls every implementation:
+        raised on where the hook fails closed, else logged and ignored."""
+        if self._fails_closed[hook]:
+            raise exc
+        self.log.error("plugin_error_answer_ignored", plugin=impl.plugin, hook=hook)
 
     async def rewrite(self, hook: str, body: bytes, **kwargs: Any) -> bytes:
         """Pass ``body`` through every implementation of ``hook`` in order, each getting
@@ -393,10 +490,14 @@ class PluginHost:
         order (an earlier plugin's field wins); for ``gateway_audit_fields`` and
         ``gateway_admin_team``. A failure is logged and skipped."""
         out: dict[str, Any] = {}
+        args = self._args(hook, kwargs)
         for impl in self._impls[hook]:
             try:
-                got = impl.function(**kwargs) if impl.takes_all else impl.call(kwargs)
+                got = impl.function(*args) if impl.in_order else impl.call_args(args)
                 if got:
+                    if not out:  # the first contribution: taken as is (a copy)
+                        out = dict(got)
+                        continue
                     for name, value in dict(got).items():
                         out.setdefault(name, value)
             except Exception as exc:

@@ -21,7 +21,7 @@ calls :func:`mark_process_dead` for a worker that exited. The directory must be 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,7 @@ class GatewayMetrics:
     _named: dict[str, tuple[type[Any], tuple[str, ...], Any]] = field(
         default_factory=dict, repr=False
     )
+    _flushers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -114,6 +115,25 @@ class GatewayMetrics:
                 registry=registry,
             ),
         )
+
+    def on_flush(self, flush: Callable[[], None]) -> None:
+        """Have :meth:`flush` call ``flush``: a plugin that keeps counts of its own on the
+        request path (cheaper than a metric's locked update each time) adds them to its
+        metrics there. Single-process mode only: in multiprocess mode another process's
+        ``/metrics`` could not flush this one's counts."""
+        self._flushers.append(flush)
+
+    def remove_flush(self, flush: Callable[[], None]) -> None:
+        """Stop calling ``flush`` (a plugin shutting down, after its last flush)."""
+        if flush in self._flushers:
+            self._flushers.remove(flush)
+
+    def flush(self) -> None:
+        """Add every count kept aside (:meth:`on_flush`) to its metric. Call it on the
+        event loop's thread (the counts are kept there); :func:`exposition` does, by
+        default."""
+        for flush in tuple(self._flushers):
+            flush()
 
     def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
         """The counter ``stripe_gateway_<name>`` (exported as ``..._total``)."""
@@ -177,9 +197,13 @@ class GatewayMetrics:
         return metric
 
 
-def exposition(metrics: GatewayMetrics) -> bytes:
+def exposition(metrics: GatewayMetrics, flush: bool = True) -> bytes:
     """The text ``/metrics`` answers: this app's registry, or in multiprocess mode the sum
-    over every process writing to the directory. Reads files: call it off the event loop."""
+    over every process writing to the directory. Reads files: the admin listener calls
+    it off the event loop, after :meth:`GatewayMetrics.flush` on the loop (``flush=False``:
+    the flush must not run on another thread)."""
+    if flush:
+        metrics.flush()
     if metrics.multiprocess:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

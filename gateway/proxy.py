@@ -217,11 +217,15 @@ class Proxy:
             self._check(request)
             # (a hook nobody implements is skipped here, without a call into the host)
             if "gateway_authenticate" in hooks:
-                answer = await host.first("gateway_authenticate", ctx=ctx)
+                answer = host.first_now("gateway_authenticate", ctx)
+                if answer is not None and not isinstance(answer, web.StreamResponse):
+                    answer = await answer
                 if answer is not None:
                     return await self._answer(ctx, answer, "refused")
             if "gateway_request" in hooks:
-                answer = await host.first("gateway_request", ctx=ctx)
+                answer = host.first_now("gateway_request", ctx)
+                if answer is not None and not isinstance(answer, web.StreamResponse):
+                    answer = await answer
                 if answer is not None:
                     return await self._answer(ctx, answer)
             return await self._forward(ctx)
@@ -259,7 +263,9 @@ class Proxy:
             if ctx.outcome is None:
                 self._settle(ctx)
             if "gateway_request_finished" in hooks:
-                await host.each("gateway_request_finished", ctx=ctx)
+                rest = host.each_now("gateway_request_finished", ctx)
+                if rest is not None:
+                    await rest
 
     async def _answer(
         self, ctx: RequestContext, response: web.StreamResponse, error: str | None = None
@@ -278,11 +284,9 @@ class Proxy:
         if not response.prepared:
             response.headers.setdefault("X-Gateway-Request-Id", ctx.request_id)
             if "gateway_response_headers" in self.host.implemented:
-                await self.host.each(
-                    "gateway_response_headers",
-                    ctx=ctx,
-                    headers=response.headers,
-                )
+                rest = self.host.each_now("gateway_response_headers", ctx, response.headers)
+                if rest is not None:
+                    await rest
         if isinstance(response, web.Response) and response.body is not None:
             body = response.body
             if isinstance(body, bytes | bytearray):
@@ -356,7 +360,10 @@ class Proxy:
         """Let plugins replace Stripe's answer (or the gateway's 502/504) before it is sent."""
         if "gateway_upstream_response" not in self.host.implemented:
             return None
-        return await self.host.first("gateway_upstream_response", ctx=ctx, headers=headers)
+        answer = self.host.first_now("gateway_upstream_response", ctx, headers)
+        if answer is None or isinstance(answer, web.StreamResponse):
+            return answer
+        return await answer
 
     # ----------------------------------------------------------------- upstream
 
@@ -518,7 +525,9 @@ class Proxy:
         request = ctx.request
         headers = self._upstream_headers(ctx)
         if "gateway_upstream_headers" in self.host.implemented:
-            await self.host.each("gateway_upstream_headers", ctx=ctx, headers=headers)
+            rest = self.host.each_now("gateway_upstream_headers", ctx, headers)
+            if rest is not None:
+                await rest
         ctx.idempotency_key = headers.get("Idempotency-Key")
         # retries only with a key: the same key on every attempt makes them safe
         policy = ctx.retry if ctx.idempotency_key is not None else None
@@ -528,7 +537,13 @@ class Proxy:
             if policy is not None and (body is None or len(body) > policy.body_cap):
                 policy = None  # too large to replay: sent once
         team = ctx.team
-        await self._take_slot(ctx)
+        name, cap = (team.name, team.max_in_flight) if team is not None else (None, None)
+        try:
+            taken = self.slots.try_take(name, cap)  # a free slot: no wait, no coroutine
+        except TeamBusy:
+            raise self._team_busy(name, cap) from None
+        if not taken:
+            await self._take_slot(ctx)
         try:
             return await self._exchange(ctx, headers, body, policy)
         finally:
@@ -542,13 +557,7 @@ class Proxy:
         try:
             await self.slots.take(name, cap, self.config.upstream.pool_timeout)
         except TeamBusy:
-            raise StripeErrorResponse(
-                429,
-                f"Too many requests in flight for team {name!r} (max_in_flight = {cap}). "
-                "Nothing was sent to Stripe; retry shortly.",
-                code="team_in_flight_limit",
-                should_retry=True,
-            ) from None
+            raise self._team_busy(name, cap) from None
         except PoolExhausted:
             ctx.error = "upstream_pool_exhausted"
             raise StripeErrorResponse(
@@ -560,6 +569,16 @@ class Proxy:
                 code="upstream_pool_exhausted",
                 should_retry=True,
             ) from None
+
+    @staticmethod
+    def _team_busy(name: str | None, cap: int | None) -> StripeErrorResponse:
+        return StripeErrorResponse(
+            429,
+            f"Too many requests in flight for team {name!r} (max_in_flight = {cap}). "
+            "Nothing was sent to Stripe; retry shortly.",
+            code="team_in_flight_limit",
+            should_retry=True,
+        )
 
     async def _exchange(
         self,
@@ -767,7 +786,9 @@ class Proxy:
             chunks = read
         response.headers["X-Gateway-Request-Id"] = ctx.request_id
         if "gateway_response_headers" in hooks:
-            await self.host.each("gateway_response_headers", ctx=ctx, headers=response.headers)
+            rest = self.host.each_now("gateway_response_headers", ctx, response.headers)
+            if rest is not None:
+                await rest
         limit = ctx.capture_limit
         captured: list[bytes] | None = [] if limit > 0 else None
         # a client that stops reading must not hold the upstream connection

@@ -359,6 +359,7 @@ class PluginTest:
 
     def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
         """A sample's value in the app's registry (``stripe_gateway_cache_requests_total``)."""
+        self.metrics.flush()
         return self.metrics.registry.get_sample_value(name, dict(labels or {}))
 
     def logs(self) -> list[dict[str, Any]]:

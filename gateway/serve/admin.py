@@ -199,7 +199,8 @@ async def _metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_APP]
     metrics = gateway[METRICS]
     _refresh_in_flight(gateway)
-    text = await asyncio.get_running_loop().run_in_executor(None, exposition, metrics)
+    metrics.flush()  # on the loop, where the plugins keep their counts
+    text = await asyncio.get_running_loop().run_in_executor(None, exposition, metrics, False)
     return web.Response(body=text, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
 

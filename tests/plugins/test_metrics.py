@@ -14,6 +14,8 @@ import pytest
 import requests
 import stripe
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.context import RequestContext
 from gateway.hookspecs import hookimpl
@@ -444,3 +446,45 @@ def test_audit_write_failures_are_counted(stack: Stack) -> None:
     assert _get(stack, "/v1/customers").status_code == 503  # refused; its line fails too
     scrape = _eventually(admin, "audit_write_failures_total", {}, 2)
     assert scrape["audit_write_failures_total"] == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=0, max_value=200, allow_nan=False),
+            st.sampled_from([0.005, 0.01, 2.5, 80.0, 80.0000001]),  # on and past the bounds
+        ),
+        max_size=50,
+    )
+)
+def test_a_tally_flushed_into_a_histogram_equals_observing_one_by_one(
+    values: list[float],
+) -> None:
+    """The metrics plugin sorts latencies into buckets itself (single-process mode) and
+    adds them on flush: the histogram must read as if each had been observed."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gateway.metrics import LATENCY_BUCKETS
+    from plugins.metrics import _Tally
+
+    registry = CollectorRegistry()
+    direct = Histogram("direct", "d", buckets=LATENCY_BUCKETS, registry=registry)
+    tallied = Histogram("tallied", "t", buckets=LATENCY_BUCKETS, registry=registry)
+    tally = _Tally(tallied)
+    for i, value in enumerate(values):
+        direct.observe(value)
+        tally.observe(value)
+        if i % 7 == 3:  # flushed now and then: nothing counted twice or lost
+            tally.flush_into(tallied)
+    tally.flush_into(tallied)
+    tally.flush_into(tallied)
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        (family,) = [m for m in registry.collect() if m.name == name]
+        return [(s.name.removeprefix(name), s.labels, s.value) for s in family.samples]
+
+    got, want = samples("tallied"), samples("direct")
+    assert [(n, labels) for n, labels, _ in got] == [(n, labels) for n, labels, _ in want]
+    for (_, _, a), (_, _, b) in zip(got, want, strict=True):
+        assert a == pytest.approx(b)

@@ -904,3 +904,26 @@ def _events(draw: st.DrawFn) -> dict[str, Any]:
 @example({"note": '\u3000{"card": "4242424242424242"}'})
 def test_fast_paths_write_what_a_full_scan_writes(event: dict[str, Any]) -> None:
     assert Redactor().event(dict(event)) == _FULL_SCAN.event(dict(event))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    harmless=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**11), 10**11),
+        st.text(alphabet=st.characters(categories=["L"]), min_size=1, max_size=20),
+    ),
+)
+def test_a_key_seen_with_harmless_values_still_redacts_a_secret_later(harmless: Any) -> None:
+    """A key first seen with harmless values (None, bools, short numbers, letters, all
+    written as they are) is still redacted when it later holds a secret, a card number or a
+    long number: nothing learnt about a key lets a later value through unread."""
+    redactor = Redactor()
+    for _ in range(2):  # the key's handling is cached after the first line
+        assert redactor.event({"note": harmless, "event": "x"})["note"] == harmless
+    card = 4242424242424242
+    key = "sk_test_" + "a1B2c3D4e5F6g7H8i9J0k1L2"
+    for secret in (card, str(card), key, f"Bearer {key}", {"number": str(card)}, [str(card)]):
+        out = json.dumps(redactor.event({"note": secret, "event": "x"}))
+        assert "4242424242424242" not in out and key not in out, out
