@@ -1,5 +1,5 @@
 """The ``stripe-gateway`` command: serve (one process, or ``--workers N``), check-config,
-hash-key, sandbox, demo.
+hash-key, new-key, sandbox, demo.
 
 Configuration problems end the process with exit code 2 and one line naming the key
 path and the reason, never a traceback.
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes sharing the port (overrides [server] workers; default 1)",
     )
+    serve.add_argument(
+        "--allow-demo-keys",
+        action="store_true",
+        help="start even when a team accepts one of the publicly known demo keys "
+        "(config.example.toml's): for trying the example, never in production",
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", metavar="FILE")
@@ -73,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         "hash-key",
         help="print the SHA-256 digest of a key read from stdin (for teams[].key_sha256)",
     )
+    new_key = sub.add_parser(
+        "new-key",
+        help="print a new random gateway key (shown once) and the key_sha256 line to paste",
+    )
+    new_key.add_argument("--team", required=True, metavar="NAME", help="the [[teams]] name")
     return parser
 
 
@@ -186,6 +197,32 @@ def _hash_key() -> int:
     return 0
 
 
+def _new_key(team: str) -> int:
+    from gateway.demokeys import digest, new_key
+
+    key = new_key()
+    print(key)
+    print(f'key_sha256 = ["{digest(key)}"]')
+    print(
+        f"The first line is team {team!r}'s new key, shown only now: store it as a secret "
+        "of the team's services (their Stripe API key). Paste the second line into the "
+        f'[[teams]] table with name = "{team}" (or add the digest to its list, to keep the '
+        "old key working while the services move).",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _demo_key_warning(config: GatewayConfig) -> str | None:
+    from gateway.demokeys import refuse_demo_keys
+
+    try:
+        refuse_demo_keys(config)
+    except ConfigError as exc:
+        return f"stripe-gateway: warning: serve refuses this file: {exc}"
+    return None
+
+
 def _event_loop_factory(config: GatewayConfig) -> asyncio.AbstractEventLoop:
     if config.server.uvloop:
         try:
@@ -211,8 +248,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         env_overrides["STRIPE_GATEWAY_PORT"] = str(args.port)
 
+    from gateway.demokeys import ALLOW_ENV, refuse_demo_keys
+
+    allow_demo_keys = args.allow_demo_keys or os.environ.get(ALLOW_ENV) == "1"
+
     def load() -> GatewayConfig:
-        return load_config(args.config, {**os.environ, **env_overrides})
+        config = load_config(args.config, {**os.environ, **env_overrides})
+        if not allow_demo_keys:  # at start and at every reload
+            refuse_demo_keys(config)
+        return config
 
     config = load()
     role = worker_role()
@@ -225,6 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
             count=workers,
             load=load,
             log_processors=host.log_processors,
+            environ={**os.environ, ALLOW_ENV: "1"} if allow_demo_keys else os.environ,
         )
         return supervisor.run()
     if role is not None and not role.tie_to_supervisor():
@@ -316,12 +361,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "hash-key":
             return _hash_key()
+        if args.command == "new-key":
+            return _new_key(args.team)
         if args.command == "check-config":
             config, host = _load(args.file)
             print(
                 f"{args.file}: OK ({len(config.teams)} teams; plugins: "
                 f"{', '.join(host.plugin_names())})"
             )
+            warning = _demo_key_warning(config)
+            if warning:
+                print(warning, file=sys.stderr)
             return 0
         if args.command == "serve":
             return _serve(args)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.demokeys import DEMO_KEYS
 from gateway.serve.server import GatewayRunner
 from sandbox.app import Sandbox, create_sandbox_app
 from sandbox.core import SandboxSettings
@@ -19,11 +20,6 @@ from sandbox.faults import Faults, control_app
 
 __all__ = ["DEMO_KEYS", "DemoOptions", "SandboxOptions", "run_demo", "run_sandbox"]
 
-#: the demo's gateway keys, printed at start: (team, key, what it may do)
-DEMO_KEYS = (
-    ("readonly", "gw_demo_readonly_key", "GET only"),
-    ("full", "gw_demo_full_key", "everything"),
-)
 DEMO_UPSTREAM_KEY = "sk_test_demo_sandbox_key"
 
 
