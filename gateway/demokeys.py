@@ -18,6 +18,7 @@ from gateway.errors import ConfigError
 
 __all__ = [
     "ALLOW_ENV",
+    "DEMO_ADMIN_TOKEN",
     "DEMO_KEYS",
     "EXAMPLE_KEYS",
     "digest",
@@ -30,6 +31,8 @@ DEMO_KEYS = (
     ("readonly", "gw_demo_readonly_key", "GET only"),
     ("full", "gw_demo_full_key", "everything"),
 )
+#: ``stripe-gateway demo``'s admin token (``[admin] token_sha256``)
+DEMO_ADMIN_TOKEN = "adm_demo_admin_token"
 #: the keys whose digests ``config.example.toml``'s teams accept, by team
 EXAMPLE_KEYS = {
     "billing": "gw_demo_billing_key",
@@ -51,8 +54,15 @@ _PUBLIC = {digest(key): key for key in (*(k for _, k, _ in DEMO_KEYS), *EXAMPLE_
 
 
 def refuse_demo_keys(config: GatewayConfig) -> None:
-    """Raise :class:`ConfigError` naming the first team that accepts a publicly known key,
-    what to do instead, and the flag that allows it."""
+    """Raise :class:`ConfigError` naming the first team that accepts a publicly known key
+    (or an admin token that is the demo's), what to do instead, and the flag that allows it."""
+    if config.admin.token_sha256 == digest(DEMO_ADMIN_TOKEN):
+        raise ConfigError(
+            "admin.token_sha256",
+            f"is the digest of the demo's public admin token {DEMO_ADMIN_TOKEN!r}, so anyone "
+            "could use the admin endpoints: make a token with `stripe-gateway new-key --team "
+            "admin` and put its digest here (or start with --allow-demo-keys)",
+        )
     for index, team in enumerate(config.teams):
         for position, hexdigest in enumerate(team.key_sha256):
             key = _PUBLIC.get(hexdigest.lower())

@@ -64,6 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the gateway in front of the built-in Stripe sandbox")
     demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="admin listener port (default: the gateway port + 1; ephemeral if that is 0)",
+    )
+    demo.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="your own config in front of the sandbox: its teams, plugins and [admin] "
+        "(demo keys allowed); the listen address and the upstreams are the demo's",
+    )
     _sandbox_flags(demo, port=12111, prefix="sandbox-")
 
     reference = sub.add_parser(
@@ -388,7 +401,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.command == "sandbox":
                     run_sandbox(options)
                 else:
-                    run_demo(DemoOptions(host=args.host, port=args.port, sandbox=options))
+                    run_demo(
+                        DemoOptions(
+                            host=args.host,
+                            port=args.port,
+                            sandbox=options,
+                            admin_port=args.admin_port,
+                            config=args.config,
+                        )
+                    )
             except OSError as exc:
                 print(f"stripe-gateway: cannot listen: {exc.strerror or exc}", file=sys.stderr)
                 return 1

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config, parse_config
-from gateway.demokeys import DEMO_KEYS, EXAMPLE_KEYS, digest, new_key, refuse_demo_keys
+from gateway.demokeys import (
+    DEMO_ADMIN_TOKEN,
+    DEMO_KEYS,
+    EXAMPLE_KEYS,
+    digest,
+    new_key,
+    refuse_demo_keys,
+)
 from gateway.errors import ConfigError
 from gateway.redaction.sensitive import KEYS
 from tests.helpers import BILLING_KEY
@@ -60,3 +67,13 @@ def test_new_keys_are_long_random_and_masked_by_the_redaction_patterns() -> None
         assert re.fullmatch(r"gw_live_[A-Za-z0-9]{40}", key)
         found = KEYS.search(f"a line with {key} in it")
         assert found and found.group(0) == key
+
+
+def test_the_demos_admin_token_is_refused_too() -> None:
+    config = parse_config(
+        {"admin": {"port": 9090, "token_sha256": digest(DEMO_ADMIN_TOKEN)}}, environ={}
+    )
+    with pytest.raises(ConfigError) as info:
+        refuse_demo_keys(config)
+    assert info.value.path == "admin.token_sha256"
+    assert "new-key" in info.value.reason and "--allow-demo-keys" in info.value.reason
