@@ -60,8 +60,8 @@ def refuse_demo_keys(config: GatewayConfig) -> None:
         raise ConfigError(
             "admin.token_sha256",
             f"is the digest of the demo's public admin token {DEMO_ADMIN_TOKEN!r}, so anyone "
-            "could use the admin endpoints: make a token with `stripe-gateway new-key --team "
-            "admin` and put its digest here (or start with --allow-demo-keys)",
+            "could use the admin endpoints: put the digest of a token of your own here "
+            "(`stripe-gateway hash-key`), or start with --allow-demo-keys",
         )
     for index, team in enumerate(config.teams):
         for position, hexdigest in enumerate(team.key_sha256):

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -96,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         "new-key",
         help="print a new random gateway key (shown once) and the key_sha256 line to paste",
     )
-    new_key.add_argument("--team", required=True, metavar="NAME", help="the [[teams]] name")
+    new_key.add_argument(
+        "--team", required=True, type=_team_name, metavar="NAME", help="the [[teams]] name"
+    )
     return parser
 
 
@@ -112,6 +115,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return value
+
+
+def _team_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise argparse.ArgumentTypeError("letters, digits, `_`, `.`, `-`; up to 64")
+    return text
 
 
 def _non_negative(text: str) -> float:

@@ -76,4 +76,4 @@ def test_the_demos_admin_token_is_refused_too() -> None:
     with pytest.raises(ConfigError) as info:
         refuse_demo_keys(config)
     assert info.value.path == "admin.token_sha256"
-    assert "new-key" in info.value.reason and "--allow-demo-keys" in info.value.reason
+    assert "hash-key" in info.value.reason and "--allow-demo-keys" in info.value.reason

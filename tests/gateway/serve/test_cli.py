@@ -394,6 +394,8 @@ def test_new_key_prints_a_key_once_and_the_line_that_lets_it_in(
     assert key not in gw.output() and key not in (tmp_path / "audit.jsonl").read_text()
 
 
-def test_new_key_needs_a_team() -> None:
+def test_new_key_needs_a_team_name() -> None:
     result = run_cli("new-key")
     assert result.returncode == 2 and "--team" in result.stderr and result.stdout == ""
+    result = run_cli("new-key", "--team", "a b\x1b[2J")
+    assert result.returncode == 2 and "letters, digits" in result.stderr and result.stdout == ""
