@@ -58,7 +58,8 @@ def _dumps(obj: Any, **_: Any) -> bytes:
 class _UtcTimestamp:
     """``timestamp``: ISO 8601 UTC with microseconds and ``Z`` (structlog's
     ``TimeStamper(fmt="iso", utc=True)`` writes the same text), formatting the date and
-    time only once a second."""
+    time only once a second. It is the line's first key: an event that already has a
+    ``timestamp`` key (a placeholder) keeps its place, any other gets it in front."""
 
     __slots__ = ("_prefix", "_second")
 
@@ -73,8 +74,11 @@ class _UtcTimestamp:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._second = second
         # str(1_000_000 + n)[1:] is n zero-padded to 6 digits, cheaper than a format spec
-        event_dict["timestamp"] = self._prefix + str(1_000_000 + micros % 1_000_000)[1:] + "Z"
-        return event_dict
+        stamp = self._prefix + str(1_000_000 + micros % 1_000_000)[1:] + "Z"
+        if "timestamp" in event_dict:  # a place kept for it (the audit line's first key)
+            event_dict["timestamp"] = stamp
+            return event_dict
+        return {"timestamp": stamp, **event_dict}  # the first key of every line
 
 
 def utc_timestamp() -> Processor:

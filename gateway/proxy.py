@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
@@ -110,6 +112,29 @@ def failure_kind(exc: BaseException) -> str:
     return "other"
 
 
+#: getaddrinfo's error numbers by name (``EAI_NONAME``), which ``errno`` does not know
+_EAI_NAMES = {
+    value: name
+    for name in dir(socket)
+    if name.startswith("EAI_") and isinstance(value := getattr(socket, name), int)
+}
+
+
+def os_error_of(exc: BaseException) -> dict[str, str | None]:
+    """For the operator's log line: the OS-level error behind an upstream failure, as
+    ``errno`` (``ECONNREFUSED``, ``EAI_NONAME``) and ``reason`` (its ``strerror``: "Connection
+    refused", "Name or service not known"), or the exception's type when there is none."""
+    found: BaseException | None = exc
+    while found is not None and not isinstance(found, OSError):
+        found = getattr(found, "os_error", None) or found.__cause__
+    if found is None or found.errno is None:
+        return {"errno": None, "reason": type(exc).__name__}
+    number = found.errno
+    if number in errno.errorcode:  # asyncio's strerror is "Connect call failed (...)"
+        return {"errno": errno.errorcode[number], "reason": os.strerror(number)}
+    return {"errno": _EAI_NAMES.get(number, str(number)), "reason": found.strerror}
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -179,6 +204,11 @@ class Proxy:
             "files": up.files,
             "connect": up.connect,
             "meter_events": up.meter_events,
+        }
+        #: each upstream's ``host:port``, for the operator's log lines
+        self._hosts = {
+            name: f"{url.host}:{url.port}"
+            for name, url in ((n, URL(str(b))) for n, b in self._upstreams.items())
         }
         self._rng = random.Random()
         self._timeout = aiohttp.ClientTimeout(
@@ -501,13 +531,15 @@ class Proxy:
         return ctx.method in _SAFE_METHODS or ctx.idempotency_key is not None
 
     def _upstream_error(
-        self, ctx: RequestContext, status: int, kind: str, message: str
+        self, ctx: RequestContext, status: int, kind: str, message: str, exc: BaseException
     ) -> web.Response:
         ctx.error = kind
         self.host.log.warning(
             "upstream_error",
             kind=kind,
             upstream=ctx.upstream_name,
+            host=self._hosts.get(ctx.upstream_name or ""),
+            **os_error_of(exc),
             method=ctx.method,
             path=ctx.path,
             request_id=ctx.request_id,
@@ -617,7 +649,11 @@ class Proxy:
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 ctx.upstream_failures += (failure_kind(exc),)
                 failed = self._upstream_error(
-                    ctx, 504, "upstream_timeout", "Stripe did not answer in time (gateway timeout)."
+                    ctx,
+                    504,
+                    "upstream_timeout",
+                    "Stripe did not answer in time (gateway timeout).",
+                    exc,
                 )
             except (aiohttp.ClientError, OSError) as exc:
                 self._body_failed(ctx, exc)  # aiohttp wraps the body generator's errors
@@ -640,6 +676,7 @@ class Proxy:
                     502,
                     "upstream_unreachable",
                     f"The gateway could not reach Stripe ({type(exc).__name__}).",
+                    exc,
                 )
             if failed is not None:
                 wait = self._retry_wait(ctx, policy, started) if policy is not None else None

@@ -30,6 +30,7 @@ from gateway.config import (
     TeamConfig,
     UpstreamConfig,
 )
+from gateway.demokeys import EXAMPLE_KEYS, digest
 from gateway.host import DEFAULT_PLUGINS, load_object
 from gateway.settings import NoSettings, describe_bounds
 
@@ -65,10 +66,12 @@ go in the file. `config.example.toml` lists every key with its default.
 _EXAMPLE_TEAMS: tuple[tuple[str, dict[str, Any]], ...] = (
     (
         "A team whose services present a gateway key; the gateway sends the team's own "
-        'Stripe key upstream. This digest is of the demo key "gw_demo_billing_key".',
+        f'Stripe key upstream. This digest is of the public demo key "{EXAMPLE_KEYS["billing"]}", '
+        "which `serve` refuses: replace it with the line `stripe-gateway new-key --team "
+        "billing` prints.",
         {
             "name": "billing",
-            "key_sha256": ["53982dbf892d996d3276bd7d84fd5403ff7dc4ff4c29c240db19390c11805980"],
+            "key_sha256": [digest(EXAMPLE_KEYS["billing"])],
             "upstream_key_env": "STRIPE_SECRET_KEY",
             "allow": [
                 "GET /v1/**",
@@ -79,11 +82,13 @@ _EXAMPLE_TEAMS: tuple[tuple[str, dict[str, Any]], ...] = (
         },
     ),
     (
-        "A team with no upstream key: it presents its own Stripe key (this digest is of the "
-        'test key "sk_test_demo_passthrough_key"), which the gateway forwards unchanged.',
+        "A team with no upstream key: it presents its own Stripe key, which the gateway "
+        "forwards unchanged. This digest is of the public test key "
+        f'"{EXAMPLE_KEYS["analytics"]}", which `serve` refuses: put the digest of the '
+        "team's own Stripe key here (`stripe-gateway hash-key`).",
         {
             "name": "analytics",
-            "key_sha256": ["76a1557433da28bf4fa06dd552d6206e1368370aab5eef8f742bba9356ae5954"],
+            "key_sha256": [digest(EXAMPLE_KEYS["analytics"])],
             "allow": [
                 "GET /v1/sigma/**",
                 "GET /v1/reporting/**",

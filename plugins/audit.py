@@ -3,10 +3,12 @@
 Settings (``[plugins.audit]``, all optional): :class:`AuditSettings`, listed in
 ``docs/configuration.md``; ``reopen_check_seconds`` is explained under *Rotation* below.
 
-The line carries: timestamp, gateway request id, team, method, path, Stripe object id,
-``Stripe-Account``, livemode (from the upstream key's prefix), status, upstream name and
-``Request-Id``, total and upstream latency in ms, bytes in and out, ``Idempotency-Key``,
-the fields other plugins contribute (``gateway_audit_fields``: the cache status as
+The line carries: timestamp (always the first key), gateway request id, team, method,
+path, Stripe object id, ``Stripe-Account``, livemode (from the upstream key's prefix),
+status, upstream name and ``Request-Id``, total and upstream latency in ms, bytes in and
+out, ``Idempotency-Key``, the client's pinned API version (``stripe_version``) and Stripe
+SDK (``sdk``, ``sdk_version``; shaped by :mod:`gateway.clients`, never the headers as
+sent), the fields other plugins contribute (``gateway_audit_fields``: the cache status as
 ``cache``, the rate-limit decision as ``rate_limit``), client address, the
 error kind when the gateway answered itself, and, where configured, the request's
 parameters and the response body; with ``serve --workers N``, the worker's index
@@ -79,6 +81,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field, PrivateAttr, field_validator
 
+from gateway.clients import client_fields
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, milliseconds, object_id_of
 from gateway.errors import StripeErrorResponse
@@ -402,6 +405,7 @@ class AuditPlugin:
         team = ctx.team
         upstream_seconds = ctx.upstream_seconds
         fields: dict[str, Any] = {
+            "timestamp": None,  # first in the line; the sink's processors set it
             "request_id": ctx.request_id,
             "team": team.name if team is not None else None,
             "method": request.method,
@@ -422,6 +426,7 @@ class AuditPlugin:
             "idempotency_key": ctx.idempotency_key,
             "attempts": ctx.attempts,
             "client": request.remote,
+            **client_fields(request.headers),
             "error": ctx.error,
         }
         route_of = self._route_of
@@ -439,9 +444,9 @@ class AuditPlugin:
         if self._contributed:  # plugins add fields; they never replace the core ones
             assert self._host is not None
             contributed = self._host.fields("gateway_audit_fields", ctx=ctx)
-            fields = {**ctx.audit, **contributed, **fields}
+            fields = {"timestamp": None, **ctx.audit, **contributed, **fields}
         elif ctx.audit:
-            fields = {**ctx.audit, **fields}
+            fields = {"timestamp": None, **ctx.audit, **fields}
         if self._process:  # worker index and pid, with `serve --workers N`
             fields.update(self._process)
         assert self._sink is not None, "the sink opens at start-up"

@@ -1,5 +1,5 @@
 """The ``stripe-gateway`` command: serve (one process, or ``--workers N``), check-config,
-hash-key, sandbox, demo, and ``webhooks`` (:mod:`gateway.serve.webhooks_cli`).
+hash-key, new-key, sandbox, demo, and ``webhooks`` (:mod:`gateway.serve.webhooks_cli`).
 
 Configuration problems end the process with exit code 2 and one line naming the key
 path and the reason, never a traceback.
@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes sharing the port (overrides [server] workers; default 1)",
     )
+    serve.add_argument(
+        "--allow-demo-keys",
+        action="store_true",
+        help="start even when a team accepts one of the publicly known demo keys "
+        "(config.example.toml's): for trying the example, never in production",
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", metavar="FILE")
@@ -60,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the gateway in front of the built-in Stripe sandbox")
     demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="admin listener port (default: the gateway port + 1; ephemeral if that is 0)",
+    )
+    demo.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="your own config in front of the sandbox: its teams, plugins and [admin] "
+        "(demo keys allowed); the listen address and the upstreams are the demo's",
+    )
     _sandbox_flags(demo, port=12111, prefix="sandbox-")
 
     reference = sub.add_parser(
@@ -74,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "hash-key",
         help="print the SHA-256 digest of a key read from stdin (for teams[].key_sha256)",
+    )
+    new_key = sub.add_parser(
+        "new-key",
+        help="print a new random gateway key (shown once) and the key_sha256 line to paste",
+    )
+    new_key.add_argument(
+        "--team", required=True, type=_team_name, metavar="NAME", help="the [[teams]] name"
     )
     webhooks_cli.add_parser(sub)
     return parser
@@ -91,6 +118,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return value
+
+
+def _team_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise argparse.ArgumentTypeError("letters, digits, `_`, `.`, `-`; up to 64")
+    return text
 
 
 def _non_negative(text: str) -> float:
@@ -189,6 +222,32 @@ def _hash_key() -> int:
     return 0
 
 
+def _new_key(team: str) -> int:
+    from gateway.demokeys import digest, new_key
+
+    key = new_key()
+    print(key)
+    print(f'key_sha256 = ["{digest(key)}"]')
+    print(
+        f"The first line is team {team!r}'s new key, shown only now: store it as a secret "
+        "of the team's services (their Stripe API key). Paste the second line into the "
+        f'[[teams]] table with name = "{team}" (or add the digest to its list, to keep the '
+        "old key working while the services move).",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _demo_key_warning(config: GatewayConfig) -> str | None:
+    from gateway.demokeys import refuse_demo_keys
+
+    try:
+        refuse_demo_keys(config)
+    except ConfigError as exc:
+        return f"stripe-gateway: warning: serve refuses this file: {exc}"
+    return None
+
+
 def _event_loop_factory(config: GatewayConfig) -> asyncio.AbstractEventLoop:
     if config.server.uvloop:
         try:
@@ -214,8 +273,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         env_overrides["STRIPE_GATEWAY_PORT"] = str(args.port)
 
+    from gateway.demokeys import ALLOW_ENV, refuse_demo_keys
+
+    allow_demo_keys = args.allow_demo_keys or os.environ.get(ALLOW_ENV) == "1"
+
     def load() -> GatewayConfig:
-        return load_config(args.config, {**os.environ, **env_overrides})
+        config = load_config(args.config, {**os.environ, **env_overrides})
+        if not allow_demo_keys:  # at start and at every reload
+            refuse_demo_keys(config)
+        return config
 
     config = load()
     role = worker_role()
@@ -228,6 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
             count=workers,
             load=load,
             log_processors=host.log_processors,
+            environ={**os.environ, ALLOW_ENV: "1"} if allow_demo_keys else os.environ,
         )
         return supervisor.run()
     if role is not None and not role.tie_to_supervisor():
@@ -351,12 +418,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "hash-key":
             return _hash_key()
+        if args.command == "new-key":
+            return _new_key(args.team)
         if args.command == "check-config":
             config, host = _load(args.file)
             print(
                 f"{args.file}: OK ({len(config.teams)} teams; plugins: "
                 f"{', '.join(host.plugin_names())})"
             )
+            warning = _demo_key_warning(config)
+            if warning:
+                print(warning, file=sys.stderr)
             return 0
         if args.command == "serve":
             return _serve(args)
@@ -375,7 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.command == "sandbox":
                     run_sandbox(options)
                 else:
-                    run_demo(DemoOptions(host=args.host, port=args.port, sandbox=options))
+                    run_demo(
+                        DemoOptions(
+                            host=args.host,
+                            port=args.port,
+                            sandbox=options,
+                            admin_port=args.admin_port,
+                            config=args.config,
+                        )
+                    )
             except OSError as exc:
                 print(f"stripe-gateway: cannot listen: {exc.strerror or exc}", file=sys.stderr)
                 return 1

@@ -35,11 +35,19 @@ def test_sink_lines_have_the_structlog_loggers_fields_and_order() -> None:
     logged = io.BytesIO()
     json_line_logger(logged).info("request", status=200, team=None)
     sink_line, log_line = orjson.loads(stream.getvalue()), orjson.loads(logged.getvalue())
-    assert list(sink_line) == list(log_line) == ["status", "team", "event", "timestamp", "level"]
+    assert list(sink_line) == list(log_line) == ["timestamp", "status", "team", "event", "level"]
     assert sink_line["timestamp"].endswith("Z") and len(sink_line["timestamp"]) == 27
     assert {k: v for k, v in sink_line.items() if k != "timestamp"} == {
         k: v for k, v in log_line.items() if k != "timestamp"
     }
+
+
+def test_a_timestamp_placeholder_keeps_its_place_first() -> None:
+    stream = io.BytesIO()
+    JsonLineSink(stream).emit("request", {"timestamp": None, "status": 200})
+    line = orjson.loads(stream.getvalue())
+    assert list(line) == ["timestamp", "status", "event", "level"]
+    assert line["timestamp"].endswith("Z")
 
 
 async def test_lines_of_one_loop_iteration_go_out_in_one_write() -> None:

@@ -292,6 +292,30 @@ def test_upstream_refused_is_502_api_error_retryable_only_when_safe(stack: Stack
     assert stack.audit_lines(3)[-1]["error"] == "upstream_unreachable"
 
 
+def test_the_upstream_error_line_names_the_host_and_the_os_error(stack: Stack) -> None:
+    port = _closed_port()
+    stack.start_gateway(upstream={"api": f"http://127.0.0.1:{port}"})
+    response = requests.get(f"{stack.gateway_url}/v1/customers", auth=(BILLING_KEY, ""), timeout=10)
+    assert response.status_code == 502
+    (line,) = stack.error_events("upstream_error")
+    assert line["host"] == f"127.0.0.1:{port}" and line["upstream"] == "api"
+    assert line["errno"] == "ECONNREFUSED" and line["reason"] == "Connection refused"
+    assert line["kind"] == "upstream_unreachable"
+    assert BILLING_KEY not in stack.errors_path.read_text()
+
+
+def test_the_upstream_error_line_names_a_host_that_does_not_resolve(stack: Stack) -> None:
+    # .invalid never resolves (RFC 2606): fails at once, also with no network at all
+    stack.start_gateway(upstream={"api": "http://api.stripe.invalid:8443"})
+    response = requests.get(f"{stack.gateway_url}/v1/customers", auth=(BILLING_KEY, ""), timeout=30)
+    assert response.status_code == 502
+    (line,) = stack.error_events("upstream_error", timeout=30)
+    assert line["host"] == "api.stripe.invalid:8443"
+    assert line["errno"].startswith("EAI_"), line  # EAI_NONAME, or EAI_AGAIN offline
+    assert line["reason"] and line["reason"] != "ClientConnectorDNSError"
+    assert BILLING_KEY not in stack.errors_path.read_text()
+
+
 def test_upstream_reset_before_response_is_502(gateway: Stack) -> None:
     with pytest.raises(stripe.APIError) as info:
         client_for(gateway).raw_request("get", "/v1/test_faults/reset_before")

@@ -21,7 +21,15 @@ from gateway.settings import validate_settings
 from plugins.audit import AuditRoute, AuditSettings
 from tests.cli_helpers import wait_until
 from tests.fake_stripe import WEBHOOK_SECRET
-from tests.helpers import ANALYTICS_KEY, BILLING_KEY, BILLING_UPSTREAM_KEY, ENVIRON, Stack
+from tests.helpers import (
+    ANALYTICS_KEY,
+    BILLING_KEY,
+    BILLING_UPSTREAM_KEY,
+    ENVIRON,
+    Stack,
+    complete_lines,
+    raw_request,
+)
 from tests.serving import GatewayConfigFile, get, serve_gateway, wait_for_events
 
 
@@ -57,6 +65,60 @@ def test_one_line_per_request_with_the_documented_fields(gateway: Stack) -> None
     assert second["idempotency_key"] == "billing:idem-1"
     assert second["idempotency_key_client"] == "idem-1"
     assert second["bytes_in"] == len("email=x%40example.com")
+
+
+def test_the_line_names_the_sdk_and_api_version_and_starts_with_the_timestamp(
+    gateway: Stack,
+) -> None:
+    client = stripe.StripeClient(
+        BILLING_KEY, base_addresses={"api": gateway.gateway_url}, max_network_retries=0
+    )
+    client.v1.customers.list()
+    requests.get(
+        f"{gateway.gateway_url}/v1/customers",
+        auth=(BILLING_KEY, ""),
+        headers={"Stripe-Version": "2024-06-20"},
+        timeout=5,
+    )
+    requests.get(f"{gateway.gateway_url}/v1/customers", timeout=5)  # refused: no key
+    by_sdk, by_requests, refused = gateway.audit_lines(3)
+    assert by_sdk["sdk"] == "python" and by_sdk["sdk_version"] == stripe.VERSION
+    assert by_sdk["stripe_version"] == stripe.api_version
+    assert by_requests["sdk"] is None and by_requests["sdk_version"] is None
+    assert by_requests["stripe_version"] == "2024-06-20"
+    assert refused["status"] == 401 and refused["sdk"] is None
+    for line in complete_lines(gateway.audit_path.read_text()):
+        assert next(iter(json.loads(line))) == "timestamp", line
+
+
+HOSTILE_AGENTS = [
+    "A" * 7000,
+    '{"lang": "python", "bindings_version": "' + BILLING_KEY + '"}',
+    f"Stripe/v1 PythonBindings/{BILLING_KEY}",
+    f'Stripe/v1 {BILLING_KEY}Bindings/1.0 "}}, "team": "other", "x": {{"',
+    '\\u0000\\n\\r{}[]"",',
+    f"curl/8.5.0 {BILLING_UPSTREAM_KEY}",
+]
+
+
+def test_hostile_client_headers_never_reach_the_line_as_sent(gateway: Stack) -> None:
+    host = gateway.gateway_url.removeprefix("http://")
+    for agent in HOSTILE_AGENTS:
+        request = (
+            f"GET /v1/customers HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {BILLING_KEY}\r\n"
+            f"User-Agent: {agent}\r\nX-Stripe-Client-User-Agent: {agent}\r\n"
+            f"Stripe-Version: {agent}\r\nConnection: close\r\n\r\n"
+        )
+        assert raw_request(gateway.gateway_url, request.encode()).status == 200
+    lines = gateway.audit_lines(len(HOSTILE_AGENTS))
+    assert len(lines) == len(HOSTILE_AGENTS)
+    text = gateway.audit_path.read_text()
+    assert text.count("\n") == len(HOSTILE_AGENTS)
+    assert BILLING_KEY not in text and BILLING_UPSTREAM_KEY not in text and "AAAA" not in text
+    for line in lines:
+        assert line["team"] == "billing" and line["stripe_version"] == "[invalid]"
+        assert line["sdk"] in (None, "python", "other") and line["sdk_version"] is None
 
 
 def test_refused_requests_are_audited_too(gateway: Stack) -> None:

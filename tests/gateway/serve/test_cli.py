@@ -304,3 +304,98 @@ def test_sigterm_drains_in_flight_request_refuses_new_ones_and_exits_0(
     assert BILLING_KEY not in audit_text
     assert BILLING_UPSTREAM_KEY not in audit_text
     assert "seconds=1.5" not in audit_text
+
+
+# --------------------------------------------------------------------------- demo keys
+
+
+def test_serve_refuses_the_example_config_naming_the_team_and_the_fixes() -> None:
+    env = subprocess_env(STRIPE_SECRET_KEY="sk_test_example0000000000000001")
+    result = run_cli("serve", "--config", "config.example.toml", "--port", "0", env=env)
+    assert_one_line_config_error(
+        result,
+        "teams[0].key_sha256[0]",
+        "'billing'",
+        "publicly known demo key",
+        "stripe-gateway new-key --team billing",
+        "--allow-demo-keys",
+    )
+    assert "listening" not in result.stderr
+    # check-config accepts the file, and says serve will not
+    result = run_cli("check-config", "config.example.toml", env=env)
+    assert result.returncode == 0
+    assert "OK (2 teams" in result.stdout
+    assert "warning: serve refuses this file" in result.stderr
+    assert "sk_test_example" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_allow_demo_keys_serves_the_example_config_with_its_demo_key(
+    fake_api: tuple[FakeStripe, Served], workers: str
+) -> None:
+    env = subprocess_env(
+        STRIPE_SECRET_KEY=BILLING_UPSTREAM_KEY, STRIPE_GATEWAY_API_UPSTREAM=fake_api[1].url
+    )
+    with serving(
+        REPO / "config.example.toml",
+        "--allow-demo-keys",
+        "--port",
+        "0",
+        "--workers",
+        workers,
+        env=env,
+    ) as gw:
+        for i in range(4):  # fresh connections: each worker is reached in time
+            status, _, _ = http_get(
+                gw.host_port,
+                f"/v1/tax/calculations/taxcalc_{i}",
+                {"Authorization": "Bearer gw_demo_billing_key"},
+            )
+            assert status == 200
+        assert "gw_demo_billing_key" not in gw.output()
+
+
+def test_new_key_prints_a_key_once_and_the_line_that_lets_it_in(
+    tmp_path: Path, fake_api: tuple[FakeStripe, Served]
+) -> None:
+    result = run_cli("new-key", "--team", "billing")
+    assert result.returncode == 0, result.stderr
+    key, line = result.stdout.splitlines()
+    assert key.startswith("gw_live_") and line == f'key_sha256 = ["{digest(key)}"]'
+    assert "shown only now" in result.stderr and 'name = "billing"' in result.stderr
+    assert key not in result.stderr
+    again = run_cli("new-key", "--team", "billing").stdout.splitlines()[0]
+    assert again != key
+
+    config = write_config(
+        tmp_path,
+        f"""\
+        [server]
+        port = 0
+
+        [upstream]
+        api = "{fake_api[1].url}"
+
+        [plugins.audit]
+        path = "{tmp_path / "audit.jsonl"}"
+
+        [[teams]]
+        name = "billing"
+        {line}
+        upstream_key_env = "BILLING_STRIPE_KEY"
+        """,
+    )
+    env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY)
+    with serving(config, env=env) as gw:
+        path = "/v1/customers/cus_1"
+        assert http_get(gw.host_port, path, {"Authorization": f"Bearer {key}"})[0] == 200
+        assert http_get(gw.host_port, path, {"Authorization": f"Bearer {again}"})[0] == 401
+        wait_until(lambda: (tmp_path / "audit.jsonl").exists(), 10, "no audit line")
+    assert key not in gw.output() and key not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_new_key_needs_a_team_name() -> None:
+    result = run_cli("new-key")
+    assert result.returncode == 2 and "--team" in result.stderr and result.stdout == ""
+    result = run_cli("new-key", "--team", "a b\x1b[2J")
+    assert result.returncode == 2 and "letters, digits" in result.stderr and result.stdout == ""

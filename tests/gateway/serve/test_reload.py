@@ -31,6 +31,7 @@ from tests.helpers import (
     Served,
     Stack,
     default_teams,
+    digest,
     team,
 )
 from tests.serving import (
@@ -454,3 +455,24 @@ def test_the_admin_endpoint_reloads_every_worker(
             assert get(gw, f"{CUSTOMER}?n={i}", NEW_KEY)[0] == 200
         gw.proc.send_signal(signal.SIGTERM)
         assert gw.proc.wait(10) == 0
+
+
+def test_a_reload_to_a_public_demo_key_is_refused_and_the_running_config_stays(
+    tmp_path: Path, fake_api: tuple[FakeStripe, Served]
+) -> None:
+    config = GatewayConfigFile(tmp_path, api=fake_api[1].url)
+    config.write()
+    with serve_gateway(config.path) as gw:
+        config.write(
+            extra=f"""
+            [[teams]]
+            name = "copied"
+            key_sha256 = ["{digest("gw_demo_full_key")}"]
+            """
+        )
+        gw.proc.send_signal(signal.SIGHUP)
+        (failed,) = wait_for_events(gw, "config_reload_failed", 1)
+        assert failed["path"] == "teams[2].key_sha256[0]"
+        assert "'copied'" in failed["reason"] and "new-key" in failed["reason"]
+        assert get(gw, CUSTOMER, "gw_demo_full_key")[0] == 401
+        assert get(gw, CUSTOMER, BILLING_KEY)[0] == 200
