@@ -779,6 +779,7 @@ class Proxy:
                     504 if timeout else 502,
                     "upstream_timeout_mid_body" if timeout else "upstream_broken_body",
                     "Stripe's answer broke off before its end; nothing of it was sent.",
+                    exc,
                 )
                 return await self._answer(ctx, failed)
             preread = b"".join(parts)
