@@ -62,7 +62,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 _PREFIX = "/admin/webhooks"
 _DELIVERY_STATUSES = ("pending", "delivered", "dead")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _SECONDS = re.compile(r"\d{1,12}(?:\.\d*)?")
 
 
@@ -301,6 +301,17 @@ def admin_target(
     return AdminTarget(url, token)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not a place to send the admin token."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+#: no proxies (``http_proxy`` in the environment would see the token) and no redirects
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
 def call(
     target: AdminTarget,
     method: str,
@@ -317,12 +328,13 @@ def call(
         url += "?" + urllib.parse.urlencode(query)
     body = urllib.parse.urlencode(form).encode() if form is not None else None
     request = urllib.request.Request(url, data=body, method=method)
-    request.add_header("Authorization", f"Bearer {target.token}")
+    # never to a proxy from the environment, never along a redirect: the token is the admin's
+    request.add_unredirected_header("Authorization", f"Bearer {target.token}")
     request.add_header("Accept", "application/json")
     if body is not None:
         request.add_header("Content-Type", "application/x-www-form-urlencoded")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise CommandError(_refusal(exc.code, exc.read())) from None
@@ -472,7 +484,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
         print(f"stripe-gateway: {exc}", file=sys.stderr)
         return exc.code
     if args.json:
-        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        print(json.dumps(answer, indent=2))  # ASCII: no control or bidi character raw
     else:
         print(_render(args.action, answer))
     return 0

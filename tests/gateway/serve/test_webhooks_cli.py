@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.serve.cli import main
@@ -341,6 +342,63 @@ def test_a_range_replay_sends_since_and_until_as_unix_seconds(
     assert all(s["auth"] == f"Bearer {ADMIN_TOKEN}" for s in seen)
     assert all(s["type"] == "application/x-www-form-urlencoded" for s in seen)
     assert "queued: 3" in out
+
+
+def test_the_admin_token_goes_to_no_proxy_and_along_no_redirect(
+    loop_thread: LoopThread,
+    tmp_path: Path,
+    cli: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``http_proxy`` in the environment and a 3xx from the listener never see the token."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.path_qs, request.headers.get("Authorization")))
+        return web.json_response({"object": "list", "data": []})
+
+    elsewhere = web.Application()
+    elsewhere.router.add_route("*", "/{tail:.*}", record)
+    other = loop_thread.run(start_app(elsewhere))
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(other.url + "/stolen")
+
+    admin = web.Application()
+    admin.router.add_get("/admin/webhooks/subscriptions", record)
+    admin.router.add_get("/admin/webhooks/events", redirect)
+    served = loop_thread.run(start_app(admin))
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, other.url)  # a proxy that records what it is sent
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        config = _config_file(tmp_path, served.url)
+        code, _, err = cli("subscriptions", "--config", config, "--json")
+        assert (code, err) == (0, "")
+        assert seen == [("/admin/webhooks/subscriptions", f"Bearer {ADMIN_TOKEN}")]  # direct
+        code, _, err = cli("events", "--config", config)
+        assert code == 1 and "302" in err
+        assert len(seen) == 1  # the redirect was not followed, to the token's loss
+    finally:
+        loop_thread.run(served.runner.cleanup())
+        loop_thread.run(other.runner.cleanup())
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+@example("invoice.\u202egnp.exe")  # right-to-left override
+@example("a\x1b[2Jb\x9b")  # an escape sequence, a C1 control
+def test_a_table_cell_holds_no_control_or_bidi_character(text: str) -> None:
+    from gateway.serve.webhooks_cli import _clean
+
+    cleaned = _clean(text)
+    assert not any(
+        unicodedata.category(c) == "Cc" or unicodedata.bidirectional(c) in _BIDI_CONTROLS
+        for c in cleaned
+    )
+
+
+_BIDI_CONTROLS = {"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"}
 
 
 def test_range_replay_usage_errors(tmp_path: Path, cli: Run) -> None:
