@@ -138,7 +138,8 @@ class TracingSettings(Settings):
         1.0,
         ge=0,
         le=1,
-        description="share of new traces recorded; a caller's sampled flag is followed",
+        description="share of traces recorded; a caller's unsampled flag is followed, its "
+        "sampled flag is subject to this ratio too",
     )
     trust_incoming: bool = Field(
         True, description="continue the caller's trace from its W3C `traceparent` header"
@@ -301,7 +302,12 @@ class TracingPlugin:
         self.exporter = exporter
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": s.service_name}),
-            sampler=ParentBased(TraceIdRatioBased(s.sample_ratio)),
+            # a caller's sampled flag cannot lift the ratio: a client could otherwise have
+            # every one of its requests recorded and exported
+            sampler=ParentBased(
+                TraceIdRatioBased(s.sample_ratio),
+                remote_parent_sampled=TraceIdRatioBased(s.sample_ratio),
+            ),
         )
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self.provider.get_tracer("stripe-gateway")

@@ -209,6 +209,21 @@ def test_an_untrusted_or_malformed_traceparent_starts_a_new_trace(stack: Stack) 
     assert server.context is not None and format(server.context.trace_id, "032x") != TRACE_ID
 
 
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_a_callers_sampled_flag_does_not_lift_the_sample_ratio(stack: Stack, ratio: float) -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _start(stack, {"sample_ratio": ratio})
+    provider = _plugin(stack).provider
+    assert provider is not None
+    for flags in ("01", "00"):
+        parent = TraceContextTextMapPropagator().extract(
+            {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-{flags}"}
+        )
+        result = provider.sampler.should_sample(parent, int(TRACE_ID, 16), "GET /v1/customers")
+        assert result.decision.is_sampled() is (ratio == 1.0 and flags == "01")
+
+
 _TRACE_NAMES = st.sampled_from(
     ["traceparent", "tracestate", "baggage", "b3", "x-b3-traceid", "x-b3-sampled", "uber-trace-id"]
 )
