@@ -212,8 +212,9 @@ def gateway_request(ctx: RequestContext) -> MaybeAwaitable:
 @fails_closed
 def gateway_upstream_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> MaybeAwaitable:
     """Change the headers about to be sent upstream, in place (e.g. inject an
-    ``Idempotency-Key``). Fires once per upstream attempt, after hop-by-hop headers were
-    removed and ``Authorization`` was set from ``ctx.upstream_key``.
+    ``Idempotency-Key``). Fires once per request that goes upstream, before its first
+    attempt, after hop-by-hop headers were removed and ``Authorization`` was set from
+    ``ctx.upstream_key``; a retry sends the same headers (the same ``Idempotency-Key``).
 
     Return value: ignored.
 
