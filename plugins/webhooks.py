@@ -231,7 +231,11 @@ class WebhooksPlugin:
         if settings.backend == "redis":
             assert settings.url is not None  # resolved at validation
             return RedisStore(
-                settings.url, prefix=settings.key_prefix, timeout=settings.redis_timeout
+                settings.url,
+                prefix=settings.key_prefix,
+                timeout=settings.redis_timeout,
+                log=self._host.log if self._host is not None else None,
+                require_durable=settings.require_durable_redis,
             )
         return SqliteStore(settings.sqlite_path)
 

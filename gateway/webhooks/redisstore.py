@@ -44,7 +44,9 @@ claim the caller gave up on leaves leases that expire.
 
 Redis Cluster is not supported (the scripts touch keys they compute). Run the Redis with
 ``maxmemory-policy noeviction``: an evicted event cannot be delivered (its deliveries are
-dead-lettered, "the event is missing from Redis").
+dead-lettered, "the event is missing from Redis"). :meth:`RedisStore.open` reads these
+settings (``CONFIG GET``) and logs an error naming what to set when AOF is off or keys may
+be evicted (or refuses to start, with ``require_durable_redis``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ import hashlib
 from typing import Any
 
 import orjson
+import structlog
 
+from gateway.errors import ConfigError
 from gateway.stores.resp import Reply, ReplyError, RespConnection, encode_command
 from gateway.webhooks.store import Claimed, Due, EventRecord
 
@@ -345,10 +349,20 @@ class RedisStore:
     the plugin answers an event it could not store with 503, and a dispatcher that could
     not claim tries again at its next poll."""
 
-    def __init__(self, url: str, *, prefix: str, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        timeout: float,
+        log: Any = None,
+        require_durable: bool = False,
+    ) -> None:
         self._conn = RespConnection(url, connect_timeout=timeout)
         self._prefix = prefix
         self._timeout = timeout
+        self._log = structlog.get_logger("gateway") if log is None else log
+        self._require_durable = require_durable
 
     async def _run(self, name: str, *args: bytes | str | int | float) -> Reply:
         script = _SCRIPTS[name]
@@ -364,8 +378,69 @@ class RedisStore:
         return reply
 
     async def open(self) -> None:
-        """Nothing to do: the connection is made by the first call (Redis may be down at
-        start-up; events are refused with 503 until it is back)."""
+        """Check that the Redis keeps what it acknowledges (``CONFIG GET appendonly``,
+        ``appendfsync``, ``maxmemory-policy``): one error line (``webhook_redis_not_durable``)
+        naming what to set when AOF is off or keys may be evicted, a warning when
+        ``appendfsync`` is not ``always``, and a warning when it cannot be checked (CONFIG
+        disabled, or Redis down: events are refused with 503 until it is back). With
+        ``require_durable`` the first and the last stop start-up (:class:`ConfigError`)."""
+        where = "plugins.webhooks.require_durable_redis"
+        try:
+            aof, fsync, policy = [
+                await self._config_get(name)
+                for name in ("appendonly", "appendfsync", "maxmemory-policy")
+            ]
+        except (OSError, TimeoutError, ReplyError, TypeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._require_durable:
+                await self._conn.close()  # start-up stops: nobody else will
+                raise ConfigError(
+                    where, f"cannot check the webhooks Redis's persistence ({reason})"
+                ) from None
+            self._log.warning(
+                "webhook_redis_durability_unchecked",
+                error=reason,
+                message="could not read appendonly and maxmemory-policy (CONFIG GET); "
+                "make sure this Redis runs with appendonly yes, appendfsync always and "
+                "maxmemory-policy noeviction, or acknowledged events may be lost",
+            )
+            return
+        wanted = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+        found = {"appendonly": aof, "appendfsync": fsync, "maxmemory-policy": policy}
+        change = [f"{k} {v}" for k, v in wanted.items() if found[k] != v]
+        if aof != "yes" or policy != "noeviction":
+            message = (
+                "the webhooks Redis can lose acknowledged events ("
+                + ("no append-only file" if aof != "yes" else "keys may be evicted")
+                + (" and keys may be evicted" if aof != "yes" and policy != "noeviction" else "")
+                + f"): set {', '.join(change)}"
+            )
+            if self._require_durable:
+                await self._conn.close()
+                raise ConfigError(where, message)
+            self._log.error(
+                "webhook_redis_not_durable",
+                appendonly=aof,
+                appendfsync=fsync,
+                maxmemory_policy=policy,
+                message=message,
+            )
+        elif fsync != "always":
+            self._log.warning(
+                "webhook_redis_not_durable",
+                appendonly=aof,
+                appendfsync=fsync,
+                maxmemory_policy=policy,
+                message="a crash of the Redis host may lose the last second of acknowledged "
+                "events: set appendfsync always",
+            )
+
+    async def _config_get(self, name: str) -> str:
+        reply = await self._conn.call(encode_command("CONFIG", "GET", name), self._timeout)
+        if isinstance(reply, Exception):
+            raise reply
+        pairs = _list(reply)
+        return _text(pairs[1]) if len(pairs) == 2 else ""
 
     async def close(self) -> None:
         await self._conn.close()

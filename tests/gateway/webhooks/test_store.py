@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.errors import ConfigError
 from gateway.webhooks.redisstore import RedisStore
 from gateway.webhooks.store import EventRecord, SqliteStore, WebhookStore
 
@@ -559,3 +561,93 @@ async def test_an_older_sqlite_file_gets_the_new_columns(tmp_path: Path) -> None
         assert a.claim == 1 and await _finish(store, "A", a.claim, "delivered", now=3.0)
     finally:
         await store.close()
+
+
+# --------------------------------------------------------------------------- Redis durability
+
+_DURABLE = ["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"]
+
+
+async def _open_logged(url: str, require: bool = False) -> list[dict[str, Any]]:
+    store = RedisStore(url, prefix="dur", timeout=5.0, require_durable=require)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await store.open()
+    finally:
+        await store.close()
+    return [line for line in logs if line["event"].startswith("webhook_redis")]
+
+
+@pytest.mark.parametrize("redis_server", [_DURABLE], indirect=True)
+async def test_a_durable_redis_opens_quietly_even_when_durability_is_required(
+    redis_server: Any,
+) -> None:
+    assert await _open_logged(redis_server.url) == []
+    assert await _open_logged(redis_server.url, require=True) == []
+
+
+async def test_a_redis_without_aof_is_one_error_line_naming_what_to_set(
+    redis_server: Any,
+) -> None:
+    (line,) = await _open_logged(redis_server.url)  # the fixture's default: no persistence
+    assert line["log_level"] == "error" and line["event"] == "webhook_redis_not_durable"
+    assert line["appendonly"] == "no"
+    assert "set appendonly yes, appendfsync always" in line["message"]
+    with pytest.raises(ConfigError, match=r"require_durable_redis: .*set appendonly yes"):
+        await _open_logged(redis_server.url, require=True)
+
+
+@pytest.mark.parametrize(
+    "redis_server",
+    [["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "allkeys-lru"]],
+    indirect=True,
+)
+async def test_a_redis_that_may_evict_keys_is_an_error_too(redis_server: Any) -> None:
+    (line,) = await _open_logged(redis_server.url)
+    assert line["log_level"] == "error" and line["maxmemory_policy"] == "allkeys-lru"
+    assert "keys may be evicted" in line["message"]
+    assert line["message"].endswith("set maxmemory-policy noeviction")
+    with pytest.raises(ConfigError, match="maxmemory-policy noeviction"):
+        await _open_logged(redis_server.url, require=True)
+
+
+@pytest.mark.parametrize(
+    "redis_server", [["--appendonly", "yes", "--appendfsync", "everysec"]], indirect=True
+)
+async def test_a_redis_fsyncing_every_second_is_a_warning(redis_server: Any) -> None:
+    (line,) = await _open_logged(redis_server.url)
+    assert line["log_level"] == "warning" and "appendfsync always" in line["message"]
+    assert await _open_logged(redis_server.url, require=True) != []  # still starts
+
+
+@pytest.mark.parametrize(
+    "redis_server", [[*_DURABLE, "--rename-command", "CONFIG", ""]], indirect=True
+)
+async def test_a_redis_without_config_is_a_warning_that_it_could_not_be_checked(
+    redis_server: Any,
+) -> None:
+    (line,) = await _open_logged(redis_server.url)
+    assert line["log_level"] == "warning"
+    assert line["event"] == "webhook_redis_durability_unchecked"
+    assert "unknown command" in line["error"]
+    with pytest.raises(ConfigError, match="cannot check the webhooks Redis's persistence"):
+        await _open_logged(redis_server.url, require=True)
+    # the store works all the same
+    store = RedisStore(redis_server.url, prefix="dur", timeout=5.0)
+    try:
+        await store.open()
+        assert await store.record(_event(1), ["billing"], now=1.0)
+    finally:
+        await store.close()
+
+
+async def test_a_redis_that_is_down_at_start_up_is_a_warning(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+        (line,) = await _open_logged(url)
+        assert line["event"] == "webhook_redis_durability_unchecked"
+        with pytest.raises(ConfigError, match="cannot check"):
+            await _open_logged(url, require=True)
