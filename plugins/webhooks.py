@@ -114,7 +114,9 @@ class _Subscriber:
 
     settings: SubscriptionSettings
     wake: asyncio.Event
-    in_flight: dict[str, asyncio.Task[None]]
+    #: attempts running, by event id and claim (a delivery claimed again, its lease
+    #: having expired, while its earlier attempt still runs, is two attempts)
+    in_flight: dict[tuple[str, int], asyncio.Task[None]]
     failures: int = 0
     open_until: float = 0.0
     paused: bool = False
@@ -229,7 +231,11 @@ class WebhooksPlugin:
         if settings.backend == "redis":
             assert settings.url is not None  # resolved at validation
             return RedisStore(
-                settings.url, prefix=settings.key_prefix, timeout=settings.redis_timeout
+                settings.url,
+                prefix=settings.key_prefix,
+                timeout=settings.redis_timeout,
+                log=self._host.log if self._host is not None else None,
+                require_durable=settings.require_durable_redis,
             )
         return SqliteStore(settings.sqlite_path)
 
@@ -404,7 +410,7 @@ class WebhooksPlugin:
             self._oldest.labels(name).set(0.0 if due.oldest is None else max(0.0, now - due.oldest))
             for claimed in due.claimed:
                 task = asyncio.get_running_loop().create_task(self._attempt(subscriber, claimed))
-                subscriber.in_flight[claimed.event_id] = task
+                subscriber.in_flight[claimed.event_id, claimed.claim] = task
             if due.paused:
                 pass  # until resumed (which wakes it), or another process resumed it
             elif now < subscriber.open_until:
@@ -471,9 +477,11 @@ class WebhooksPlugin:
                     delay = sub.retry_delays[attempt - 1]
                     delay *= 1 + random.uniform(-sub.jitter, sub.jitter)
                     outcome, next_at = "retry", now + delay
-            await self.store.finish(
+            current = await self.store.finish(
                 claimed.event_id,
                 sub.name,
+                owner=self._owner,
+                claim=claimed.claim,
                 status="pending" if outcome == "retry" else outcome,
                 attempts=attempt,
                 next_at=next_at,
@@ -481,6 +489,14 @@ class WebhooksPlugin:
                 last_error=error,
                 now=now,
             )
+            if not current:  # its lease ran out and it was claimed again, or replayed
+                self._host.log.warning(
+                    "webhook_delivery_superseded",
+                    subscription=sub.name,
+                    event_id=claimed.event_id,
+                    attempt=attempt,
+                    outcome=outcome,
+                )
             self._deliveries.labels(sub.name, outcome).inc()
             line = {
                 "subscription": sub.name,
@@ -501,7 +517,7 @@ class WebhooksPlugin:
                 "webhook_delivery_failed", subscription=sub.name, event_id=claimed.event_id
             )
         finally:
-            subscriber.in_flight.pop(claimed.event_id, None)
+            subscriber.in_flight.pop((claimed.event_id, claimed.claim), None)
             subscriber.wake.set()
 
     # ------------------------------------------------------------------ admin

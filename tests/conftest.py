@@ -67,9 +67,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_redis(binary: str, tmp_path: Path) -> RedisServer | None:
+def _start_redis(binary: str, tmp_path: Path, extra: tuple[str, ...] = ()) -> RedisServer | None:
     """One redis-server on a free loopback port, answering PING; None when it exited
-    (the port was taken between choosing it and binding it: another process's)."""
+    (the port was taken between choosing it and binding it: another process's).
+    ``extra``: more arguments, after (so overriding) the defaults."""
     port = _free_port()
     log = tmp_path / f"redis-{port}.log"
     process = subprocess.Popen(
@@ -87,6 +88,7 @@ def _start_redis(binary: str, tmp_path: Path) -> RedisServer | None:
             str(tmp_path),
             "--logfile",
             str(log),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -111,12 +113,15 @@ def _start_redis(binary: str, tmp_path: Path) -> RedisServer | None:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for this test: no persistence; more arguments for it with
+    ``@pytest.mark.parametrize("redis_server", [["--appendonly", "yes"]], indirect=True)``."""
+    extra = tuple(getattr(request, "param", ()))
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (scripts/test.sh installs Debian's package)")
     for _ in range(5):  # a port taken by another process makes redis exit: take another
-        server = _start_redis(binary, tmp_path)
+        server = _start_redis(binary, tmp_path, extra)
         if server is not None:
             break
     else:

@@ -8,7 +8,8 @@ script to its end before any other command. Keys, under ``key_prefix`` (``P``)::
     P:event:<id>               hash: meta (JSON), body, received, subs (space-separated)
     P:received                 zset: event ids by received time (listing, range replay, prune)
     P:delivery:<sub>:<id>      hash: status, attempts, next_at, lease_until, owner, created,
-                               updated, last (JSON [last_status, last_error])
+                               updated, last (JSON [last_status, last_error]), claims (how
+                               many times claimed), replay ("1": replayed while leased)
     P:due:<sub>                zset: pending deliveries' event ids by max(next_at, lease_until)
     P:created:<sub>            zset: pending deliveries' event ids by creation (oldest pending)
     P:status:<sub>:<status>    zset: deliveries' event ids by last change (listing)
@@ -43,7 +44,9 @@ claim the caller gave up on leaves leases that expire.
 
 Redis Cluster is not supported (the scripts touch keys they compute). Run the Redis with
 ``maxmemory-policy noeviction``: an evicted event cannot be delivered (its deliveries are
-dead-lettered, "the event is missing from Redis").
+dead-lettered, "the event is missing from Redis"). :meth:`RedisStore.open` reads these
+settings (``CONFIG GET``) and logs an error naming what to set when AOF is off or keys may
+be evicted (or refuses to start, with ``require_durable_redis``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ import hashlib
 from typing import Any
 
 import orjson
+import structlog
 
+from gateway.errors import ConfigError
 from gateway.stores.resp import Reply, ReplyError, RespConnection, encode_command
 from gateway.webhooks.store import Claimed, Due, EventRecord
 
@@ -92,12 +97,14 @@ if limit > 0 and paused == 0 then
     local d = p .. ':delivery:' .. sub .. ':' .. id
     local body = redis.call('HGET', p .. ':event:' .. id, 'body')
     if body then
-      redis.call('HSET', d, 'lease_until', lease, 'owner', owner)
+      redis.call('HSET', d, 'lease_until', lease, 'owner', owner, 'replay', 0)
+      local claims = redis.call('HINCRBY', d, 'claims', 1)
       redis.call('ZADD', due, lease, id)
       redis.call('SADD', leases, sub .. ' ' .. id)
       claimed[#claimed + 1] = id
       claimed[#claimed + 1] = redis.call('HGET', d, 'attempts')
       claimed[#claimed + 1] = body
+      claimed[#claimed + 1] = claims
     else  -- the event is gone (deleted by hand, or evicted: run Redis with noeviction)
       local old = redis.call('HGET', d, 'status') or 'pending'
       redis.call('HSET', d, 'status', 'dead', 'updated', now,
@@ -118,13 +125,22 @@ local oldest = redis.call('ZRANGE', p .. ':created:' .. sub, 0, 0, 'WITHSCORES')
 return {paused, claimed, first[2] or false, redis.call('ZCARD', due), oldest[2] or false}
 """
 
+# ARGV: prefix, subscription, event id, status, attempts, next_at, last, now, owner, claim;
+# returns 1, or 0 when owner's claim is not the delivery's current one (nothing changes)
 _FINISH = """
 local p, sub, id, status, next_at, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[8]
+local owner, claim = ARGV[9], tonumber(ARGV[10])
 local d = p .. ':delivery:' .. sub .. ':' .. id
 local old = redis.call('HGET', d, 'status')
-if not old then return 0 end
-local owner = redis.call('HGET', d, 'owner')
-if owner and owner ~= '' then redis.call('SREM', p .. ':leases:' .. owner, sub .. ' ' .. id) end
+if not old or owner == '' or redis.call('HGET', d, 'owner') ~= owner then return 0 end
+if tonumber(redis.call('HGET', d, 'claims') or '0') ~= claim then return 0 end
+redis.call('SREM', p .. ':leases:' .. owner, sub .. ' ' .. id)
+if redis.call('HGET', d, 'replay') == '1' then  -- replayed in flight: queued again instead
+  redis.call('HSET', d, 'lease_until', 0, 'owner', '', 'replay', 0, 'updated', now)
+  redis.call('ZADD', p .. ':status:' .. sub .. ':pending', now, id)
+  redis.call('ZADD', p .. ':due:' .. sub, redis.call('HGET', d, 'next_at'), id)
+  return 1
+end
 redis.call('HSET', d, 'status', status, 'attempts', ARGV[5], 'next_at', next_at,
   'lease_until', 0, 'owner', '', 'updated', now, 'last', ARGV[7])
 redis.call('ZREM', p .. ':status:' .. sub .. ':' .. old, id)
@@ -146,7 +162,7 @@ for _, member in ipairs(redis.call('SMEMBERS', leases)) do
   local sub, id = string.match(member, '^(%S+) (.*)$')
   local d = p .. ':delivery:' .. sub .. ':' .. id
   if redis.call('HGET', d, 'owner') == owner and redis.call('HGET', d, 'status') == 'pending' then
-    redis.call('HSET', d, 'lease_until', 0, 'owner', '')
+    redis.call('HSET', d, 'lease_until', 0, 'owner', '', 'replay', 0)
     redis.call('ZADD', p .. ':due:' .. sub, redis.call('HGET', d, 'next_at'), id)
     count = count + 1
   end
@@ -156,7 +172,8 @@ return count
 """
 
 # ARGV: prefix, subscription, now, then "one" and an event id, or "range", since, until,
-# offset, count; returns {queued, events scanned}
+# offset, count; returns {queued, events scanned}. A delivery with a live lease (an attempt
+# in flight) keeps it, marked replay: its finish queues it again (see _FINISH).
 _REPLAY = """
 local p, sub, now = ARGV[1], ARGV[2], ARGV[3]
 local function requeue(id)
@@ -164,9 +181,17 @@ local function requeue(id)
   local old = redis.call('HGET', d, 'status')
   if not old then return 0 end
   local owner = redis.call('HGET', d, 'owner')
-  if owner and owner ~= '' then redis.call('SREM', p .. ':leases:' .. owner, sub .. ' ' .. id) end
+  local leased = owner and owner ~= ''
+  if leased and tonumber(redis.call('HGET', d, 'lease_until')) > tonumber(now) then
+    redis.call('HSET', d, 'attempts', 0, 'next_at', now, 'created', now, 'updated', now,
+      'last', '[null,null]', 'replay', 1)
+    redis.call('ZADD', p .. ':status:' .. sub .. ':pending', now, id)
+    redis.call('ZADD', p .. ':created:' .. sub, now, id)
+    return 1
+  end
+  if leased then redis.call('SREM', p .. ':leases:' .. owner, sub .. ' ' .. id) end
   redis.call('HSET', d, 'status', 'pending', 'attempts', 0, 'next_at', now, 'lease_until', 0,
-    'owner', '', 'created', now, 'updated', now, 'last', '[null,null]')
+    'owner', '', 'created', now, 'updated', now, 'last', '[null,null]', 'replay', 0)
   redis.call('ZREM', p .. ':status:' .. sub .. ':' .. old, id)
   redis.call('ZADD', p .. ':status:' .. sub .. ':pending', now, id)
   redis.call('ZADD', p .. ':due:' .. sub, now, id)
@@ -324,10 +349,20 @@ class RedisStore:
     the plugin answers an event it could not store with 503, and a dispatcher that could
     not claim tries again at its next poll."""
 
-    def __init__(self, url: str, *, prefix: str, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        timeout: float,
+        log: Any = None,
+        require_durable: bool = False,
+    ) -> None:
         self._conn = RespConnection(url, connect_timeout=timeout)
         self._prefix = prefix
         self._timeout = timeout
+        self._log = structlog.get_logger("gateway") if log is None else log
+        self._require_durable = require_durable
 
     async def _run(self, name: str, *args: bytes | str | int | float) -> Reply:
         script = _SCRIPTS[name]
@@ -343,8 +378,69 @@ class RedisStore:
         return reply
 
     async def open(self) -> None:
-        """Nothing to do: the connection is made by the first call (Redis may be down at
-        start-up; events are refused with 503 until it is back)."""
+        """Check that the Redis keeps what it acknowledges (``CONFIG GET appendonly``,
+        ``appendfsync``, ``maxmemory-policy``): one error line (``webhook_redis_not_durable``)
+        naming what to set when AOF is off or keys may be evicted, a warning when
+        ``appendfsync`` is not ``always``, and a warning when it cannot be checked (CONFIG
+        disabled, or Redis down: events are refused with 503 until it is back). With
+        ``require_durable`` the first and the last stop start-up (:class:`ConfigError`)."""
+        where = "plugins.webhooks.require_durable_redis"
+        try:
+            aof, fsync, policy = [
+                await self._config_get(name)
+                for name in ("appendonly", "appendfsync", "maxmemory-policy")
+            ]
+        except (OSError, TimeoutError, ReplyError, TypeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._require_durable:
+                await self._conn.close()  # start-up stops: nobody else will
+                raise ConfigError(
+                    where, f"cannot check the webhooks Redis's persistence ({reason})"
+                ) from None
+            self._log.warning(
+                "webhook_redis_durability_unchecked",
+                error=reason,
+                message="could not read appendonly and maxmemory-policy (CONFIG GET); "
+                "make sure this Redis runs with appendonly yes, appendfsync always and "
+                "maxmemory-policy noeviction, or acknowledged events may be lost",
+            )
+            return
+        wanted = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+        found = {"appendonly": aof, "appendfsync": fsync, "maxmemory-policy": policy}
+        change = [f"{k} {v}" for k, v in wanted.items() if found[k] != v]
+        if aof != "yes" or policy != "noeviction":
+            message = (
+                "the webhooks Redis can lose acknowledged events ("
+                + ("no append-only file" if aof != "yes" else "keys may be evicted")
+                + (" and keys may be evicted" if aof != "yes" and policy != "noeviction" else "")
+                + f"): set {', '.join(change)}"
+            )
+            if self._require_durable:
+                await self._conn.close()
+                raise ConfigError(where, message)
+            self._log.error(
+                "webhook_redis_not_durable",
+                appendonly=aof,
+                appendfsync=fsync,
+                maxmemory_policy=policy,
+                message=message,
+            )
+        elif fsync != "always":
+            self._log.warning(
+                "webhook_redis_not_durable",
+                appendonly=aof,
+                appendfsync=fsync,
+                maxmemory_policy=policy,
+                message="a crash of the Redis host may lose the last second of acknowledged "
+                "events: set appendfsync always",
+            )
+
+    async def _config_get(self, name: str) -> str:
+        reply = await self._conn.call(encode_command("CONFIG", "GET", name), self._timeout)
+        if isinstance(reply, Exception):
+            raise reply
+        pairs = _list(reply)
+        return _text(pairs[1]) if len(pairs) == 2 else ""
 
     async def close(self) -> None:
         await self._conn.close()
@@ -381,11 +477,11 @@ class RedisStore:
         paused, rows, next_at, pending, oldest = reply
         flat = _list(rows)
         claimed = []
-        for i in range(0, len(flat), 3):
+        for i in range(0, len(flat), 4):
             body = flat[i + 2]
             if not isinstance(body, bytes):
                 raise TypeError(f"unexpected reply from Redis: {type(body).__name__}")
-            claimed.append(Claimed(_text(flat[i]), _int(flat[i + 1]), body))
+            claimed.append(Claimed(_text(flat[i]), _int(flat[i + 1]), body, _int(flat[i + 3])))
         return Due(
             claimed,
             None if next_at is None else float(_text(next_at)),
@@ -399,21 +495,35 @@ class RedisStore:
         event_id: str,
         subscription: str,
         *,
+        owner: str,
+        claim: int,
         status: str,
         attempts: int,
         next_at: float,
         last_status: int | None,
         last_error: str | None,
         now: float,
-    ) -> None:
-        """Record an attempt's outcome: ``status`` is ``pending`` (retry at ``next_at``),
-        ``delivered`` or ``dead``; the lease is released."""
+    ) -> bool:
+        """Record an attempt's outcome (``pending``: retry at ``next_at``, ``delivered``,
+        ``dead``) and release the lease, when ``owner``'s ``claim`` is the delivery's
+        current one (else nothing changes: ``False``); a delivery replayed meanwhile is
+        queued again instead."""
         if status not in ("pending", "delivered", "dead"):
             raise ValueError(f"not a delivery status: {status!r}")
         last = orjson.dumps([last_status, last_error])
-        await self._run(
-            "finish", subscription, event_id, status, attempts, repr(next_at), last, repr(now)
+        reply = await self._run(
+            "finish",
+            subscription,
+            event_id,
+            status,
+            attempts,
+            repr(next_at),
+            last,
+            repr(now),
+            owner,
+            claim,
         )
+        return _int(reply) == 1
 
     async def release(self, owner: str) -> None:
         """Give up ``owner``'s leases (at shutdown: another process may send them now)."""

@@ -192,6 +192,11 @@ class WebhooksSettings(Settings):
         "answered 503 (Stripe sends it again)",
     )
     key_prefix: str = Field("sgw:webhooks", min_length=1, description="Redis key prefix")
+    require_durable_redis: bool = Field(
+        False,
+        description="refuse to start unless the Redis runs with appendonly yes and "
+        "maxmemory-policy noeviction (else that is logged as an error at start-up)",
+    )
     lease_seconds: float = Field(
         10.0,
         gt=0,
@@ -249,6 +254,8 @@ class WebhooksSettings(Settings):
         if self.backend != "redis":
             if self.redis_url is not None or self.redis_url_env is not None:
                 raise ValueError('backend: redis_url is set but backend is not "redis"')
+            if self.require_durable_redis:
+                raise ValueError('require_durable_redis: is set but backend is not "redis"')
             return self
         self._url = redis_url(self.redis_url_env, self.redis_url, _environ(info))
         return self

@@ -13,8 +13,13 @@ Deliveries are claimed with a lease (``lease_until``, ``owner``): a dispatcher t
 rows whose lease has expired in one ``UPDATE ... RETURNING``, so several processes (the
 workers of ``serve --workers N``, or a reload's two generations) sharing the file never
 send the same delivery at once; a process killed mid-attempt leaves a lease that expires,
-and the delivery is sent again (at least once). Times are Unix seconds (wall clock): they
-outlive the process.
+and the delivery is sent again (at least once). Each claim is numbered (``claims``), and
+an attempt's outcome is recorded only by the claim that holds the delivery now: an attempt
+that outlived its lease (claimed again by another process, or by this one) changes nothing
+when it ends. A replay of a delivery whose attempt is in flight marks it (``replay``): that
+attempt's end queues it again instead of recording an outcome, so the replay is never lost
+and never sent alongside the attempt. Times are Unix seconds (wall clock): they outlive the
+process.
 """
 
 from __future__ import annotations
@@ -56,17 +61,29 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated REAL NOT NULL,
     last_status INTEGER,
     last_error TEXT,
+    claims INTEGER NOT NULL DEFAULT 0,
+    replay INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (event_id, subscription)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription, status, next_at);
 CREATE TABLE IF NOT EXISTS paused (subscription TEXT PRIMARY KEY);
 """
 
-#: a replay: the delivery from its first attempt again, due now (then a WHERE clause)
+#: columns added since the first schema (added to an older file when it is opened)
+_ADDED_COLUMNS = {
+    "claims": "claims INTEGER NOT NULL DEFAULT 0",
+    "replay": "replay INTEGER NOT NULL DEFAULT 0",
+}
+
+#: a replay: the delivery from its first attempt again, due now; one whose lease is live (an
+#: attempt in flight) keeps its lease, marked ``replay``: its finish queues it again instead
+#: of recording the attempt's outcome. Parameters: now, now, now, now (then a WHERE clause)
 _REQUEUE = (
-    "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?,"
-    " lease_until = 0, owner = NULL, created = ?, updated = ?,"
-    " last_status = NULL, last_error = NULL"
+    "UPDATE deliveries SET status = 'pending', attempts = 0, next_at = ?1, created = ?1,"
+    " updated = ?1, last_status = NULL, last_error = NULL,"
+    " replay = (owner IS NOT NULL AND lease_until > ?1),"
+    " lease_until = CASE WHEN owner IS NOT NULL AND lease_until > ?1 THEN lease_until ELSE 0 END,"
+    " owner = CASE WHEN owner IS NOT NULL AND lease_until > ?1 THEN owner ELSE NULL END"
 )
 
 _DELIVERY_COLUMNS = (
@@ -90,11 +107,15 @@ class EventRecord:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A delivery this process has leased: send ``body`` now."""
+    """A delivery this process has leased: send ``body`` now, then
+    :meth:`~WebhookStore.finish` it with the same owner and ``claim``."""
 
     event_id: str
     attempts: int
     body: bytes
+    #: which claim of the delivery this is (1, 2, ...): tells a late attempt's finish
+    #: from the current one's, even when both are by the same owner
+    claim: int
 
 
 @dataclass(frozen=True)
@@ -140,15 +161,21 @@ class WebhookStore(Protocol):
         event_id: str,
         subscription: str,
         *,
+        owner: str,
+        claim: int,
         status: str,
         attempts: int,
         next_at: float,
         last_status: int | None,
         last_error: str | None,
         now: float,
-    ) -> None:
+    ) -> bool:
         """Record an attempt's outcome: ``status`` is ``pending`` (retry at ``next_at``),
-        ``delivered`` or ``dead``; the lease is released."""
+        ``delivered`` or ``dead``; the lease is released. Only the delivery's current claim
+        (``owner`` and :attr:`Claimed.claim`) may finish it: a late attempt whose lease
+        expired and was claimed again, or that a replay queued afresh, changes nothing and
+        gets ``False``. A delivery replayed while this attempt was in flight is queued
+        again (from its first attempt) instead of taking this outcome."""
         ...
 
     async def release(self, owner: str) -> None:
@@ -166,7 +193,8 @@ class WebhookStore(Protocol):
 
     async def replay(self, event_id: str, subscription: str, now: float) -> bool:
         """Queue ``event_id`` for ``subscription`` again, from its first attempt; ``False``
-        when the event was never routed to that subscription."""
+        when the event was never routed to that subscription. One with an attempt in
+        flight (a live lease) is queued again when that attempt finishes."""
         ...
 
     async def replay_range(self, subscription: str, since: float, until: float, now: float) -> int:
@@ -213,6 +241,10 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = FULL")
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
+            for name, column in _ADDED_COLUMNS.items():
+                if name not in have:  # a file from an older version
+                    db.execute(f"ALTER TABLE deliveries ADD COLUMN {column}")
             self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
@@ -281,17 +313,18 @@ class SqliteStore:
             claimed: list[Claimed] = []
             if limit > 0 and not paused:
                 rows = db.execute(
-                    "UPDATE deliveries SET lease_until = ?, owner = ? WHERE rowid IN ("
+                    "UPDATE deliveries SET lease_until = ?, owner = ?, claims = claims + 1,"
+                    " replay = 0 WHERE rowid IN ("
                     " SELECT rowid FROM deliveries WHERE subscription = ? AND status = 'pending'"
                     " AND next_at <= ? AND lease_until <= ? ORDER BY next_at LIMIT ?"
-                    ") RETURNING event_id, attempts",
+                    ") RETURNING event_id, attempts, claims",
                     (lease_until, owner, subscription, now, now, limit),
                 ).fetchall()
-                for event_id, attempts in rows:
+                for event_id, attempts, claims in rows:
                     body = db.execute(
                         "SELECT body FROM events WHERE id = ?", (event_id,)
                     ).fetchone()
-                    claimed.append(Claimed(event_id, attempts, bytes(body[0])))
+                    claimed.append(Claimed(event_id, attempts, bytes(body[0]), claims))
             next_at, pending, oldest = db.execute(
                 "SELECT MIN(MAX(next_at, lease_until)), COUNT(*), MIN(created) FROM deliveries"
                 " WHERE subscription = ? AND status = 'pending'",
@@ -306,32 +339,47 @@ class SqliteStore:
         event_id: str,
         subscription: str,
         *,
+        owner: str,
+        claim: int,
         status: str,
         attempts: int,
         next_at: float,
         last_status: int | None,
         last_error: str | None,
         now: float,
-    ) -> None:
-        """Record an attempt's outcome: ``status`` is ``pending`` (retry at ``next_at``),
-        ``delivered`` or ``dead``; the lease is released."""
+    ) -> bool:
+        """Record an attempt's outcome (``pending``: retry at ``next_at``, ``delivered``,
+        ``dead``) and release the lease, when ``owner``'s ``claim`` is the delivery's
+        current one (else nothing changes: ``False``); a delivery replayed meanwhile is
+        queued again instead (one statement: atomic for every process on the file)."""
+        if status not in ("pending", "delivered", "dead"):
+            raise ValueError(f"not a delivery status: {status!r}")
 
-        def finish(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE deliveries SET status = ?, attempts = ?, next_at = ?, lease_until = 0,"
-                " owner = NULL, updated = ?, last_status = ?, last_error = ?"
-                " WHERE event_id = ? AND subscription = ?",
-                (status, attempts, next_at, now, last_status, last_error, event_id, subscription),
+        row = (status, attempts, next_at, last_status, last_error, now)
+        key = (event_id, subscription, owner, claim)
+
+        def finish(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE deliveries SET"
+                " status = CASE WHEN replay THEN 'pending' ELSE ? END,"
+                " attempts = CASE WHEN replay THEN attempts ELSE ? END,"
+                " next_at = CASE WHEN replay THEN next_at ELSE ? END,"
+                " last_status = CASE WHEN replay THEN last_status ELSE ? END,"
+                " last_error = CASE WHEN replay THEN last_error ELSE ? END,"
+                " lease_until = 0, owner = NULL, replay = 0, updated = ?"
+                " WHERE event_id = ? AND subscription = ? AND owner = ? AND claims = ?",
+                (*row, *key),
             )
+            return cursor.rowcount == 1
 
-        await self._run(finish)
+        return await self._run(finish)
 
     async def release(self, owner: str) -> None:
         """Give up ``owner``'s leases (at shutdown: another process may send them now)."""
 
         def release(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE deliveries SET lease_until = 0, owner = NULL"
+                "UPDATE deliveries SET lease_until = 0, owner = NULL, replay = 0"
                 " WHERE owner = ? AND status = 'pending'",
                 (owner,),
             )
@@ -372,13 +420,14 @@ class SqliteStore:
 
     async def replay(self, event_id: str, subscription: str, now: float) -> bool:
         """Queue ``event_id`` for ``subscription`` again, from its first attempt (whatever
-        happened to it before); ``False`` when the event was never routed to that
-        subscription (a replay never reaches a subscription the event did not match)."""
+        happened to it before; with an attempt in flight, once that attempt finishes);
+        ``False`` when the event was never routed to that subscription (a replay never
+        reaches a subscription the event did not match)."""
 
         def replay(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
-                f"{_REQUEUE} WHERE event_id = ? AND subscription = ?",
-                (now, now, now, event_id, subscription),
+                f"{_REQUEUE} WHERE event_id = ?2 AND subscription = ?3",
+                (now, event_id, subscription),
             )
             return cursor.rowcount > 0
 
@@ -390,9 +439,9 @@ class SqliteStore:
 
         def replay_range(db: sqlite3.Connection) -> int:
             cursor = db.execute(
-                f"{_REQUEUE} WHERE subscription = ? AND event_id IN"
-                " (SELECT id FROM events WHERE received >= ? AND received < ?)",
-                (now, now, now, subscription, since, until),
+                f"{_REQUEUE} WHERE subscription = ?2 AND event_id IN"
+                " (SELECT id FROM events WHERE received >= ?3 AND received < ?4)",
+                (now, subscription, since, until),
             )
             return int(cursor.rowcount)
 

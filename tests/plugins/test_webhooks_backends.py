@@ -25,6 +25,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.errors import ConfigError
+from gateway.host import PluginFailure
 from gateway.keys import ADMIN_URLS, METRICS
 from tests.cli_helpers import GatewayProcess
 from tests.conftest import RedisServer
@@ -522,3 +524,43 @@ def test_the_redis_backend_needs_a_url_and_only_it_takes_one(tmp_path: Path) -> 
     host = _config(tmp_path, _plugin(tmp_path, [sub], backend="redis", redis_url="unix:///r.sock"))
     plugin: Any = host.pm.get_plugin("webhooks")
     assert plugin.settings.url == "unix:///r.sock"
+
+
+# --------------------------------------------------------------------------- Redis durability
+
+
+def test_a_gateway_on_a_redis_without_persistence_says_so_once_or_refuses_when_required(
+    stack: Stack, webhook_receivers: Callable[..., WebhookReceiver], redis_server: RedisServer
+) -> None:
+    team = webhook_receivers()
+    subs = [_subscription(stack.tmp, team.url)]
+    with pytest.raises(PluginFailure) as failed:
+        _start(
+            stack,
+            _plugin(
+                stack.tmp,
+                subs,
+                backend="redis",
+                redis_url=redis_server.url,
+                require_durable_redis=True,
+            ),
+        )
+    assert isinstance(failed.value.__cause__, ConfigError)
+    assert "require_durable_redis: the webhooks Redis can lose acknowledged events" in str(
+        failed.value.__cause__
+    )
+    _start(stack, _plugin(stack.tmp, subs, backend="redis", redis_url=redis_server.url))
+    (line,) = stack.error_events("webhook_redis_not_durable", timeout=DEADLINE)
+    assert line["level"] == "error" and line["appendonly"] == "no"
+    body = _event()
+    assert _post(stack.gateway_url, body).status_code == 200  # it serves all the same
+    (received,) = team.wait_for(1)
+    assert received[0] == body
+
+
+def test_require_durable_redis_is_for_the_redis_backend_only(tmp_path: Path) -> None:
+    from tests.plugins.test_webhooks import _config
+
+    sub = _subscription(tmp_path, "http://127.0.0.1:9/hook")
+    with pytest.raises(ConfigError, match=r"require_durable_redis: .*backend is not \"redis\""):
+        _config(tmp_path, _plugin(tmp_path, [sub], require_durable_redis=True))

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.errors import ConfigError
 from gateway.webhooks.redisstore import RedisStore
 from gateway.webhooks.store import EventRecord, SqliteStore, WebhookStore
 
@@ -84,9 +86,11 @@ async def test_a_finished_delivery_is_never_claimed_again(make_store: MakeStore)
         await store.record(_event(1), ["billing", "ops"], now=1.0)
         (claimed,) = (await store.claim("billing", "a", now=2.0, limit=5, lease_until=9.0)).claimed
         assert claimed.body == b'{"id": "evt_1"}' and claimed.attempts == 0
-        await store.finish(
+        assert await store.finish(
             "evt_1",
             "billing",
+            owner="a",
+            claim=claimed.claim,
             status="delivered",
             attempts=1,
             next_at=2.0,
@@ -115,10 +119,14 @@ async def test_prune_forgets_old_settled_events_and_keeps_pending_ones(
     try:
         for n in (1, 2, 3):
             await store.record(_event(n), ["billing"], now=float(n))
+        due = await store.claim("billing", "a", now=4.0, limit=10, lease_until=9.0)
+        claims = {c.event_id: c.claim for c in due.claimed}
         for n, status in ((1, "delivered"), (2, "dead")):
             await store.finish(
                 f"evt_{n}",
                 "billing",
+                owner="a",
+                claim=claims[f"evt_{n}"],
                 status=status,
                 attempts=1,
                 next_at=5.0,
@@ -149,11 +157,18 @@ async def test_replay_range_queues_only_the_events_in_range_routed_to_the_subscr
         for n in range(1, 7):
             subs = ["ops"] if n == 3 else ["billing", "ops"]
             assert await store.record(_event(n), subs, now=n * 10.0)
+        claims = {
+            (sub, c.event_id): c.claim
+            for sub in ("billing", "ops")
+            for c in (await store.claim(sub, "a", now=65.0, limit=100, lease_until=70.0)).claimed
+        }
         for n in range(1, 7):
             for sub in ["ops"] if n == 3 else ["billing", "ops"]:
                 await store.finish(
                     f"evt_{n}",
                     sub,
+                    owner="a",
+                    claim=claims[sub, f"evt_{n}"],
                     status="delivered" if n % 2 else "dead",
                     attempts=2,
                     next_at=70.0,
@@ -230,6 +245,8 @@ async def test_pause_is_shared_and_listings_match(make_store: MakeStore) -> None
         await first.finish(
             "evt_1",
             "billing",
+            owner="a",
+            claim=claimed.claim,
             status="pending",
             attempts=1,
             next_at=60.5,
@@ -278,6 +295,9 @@ _OPS = st.lists(
             st.integers(0, 5),
             st.sampled_from(_SUBS),
             st.sampled_from(["pending", "delivered", "dead"]),
+            st.sampled_from("ab"),
+            # the owner's latest claim of the delivery, or its first (a late attempt)
+            st.sampled_from(["latest", "first"]),
         ),
         st.tuples(st.just("replay"), st.integers(0, 5), st.sampled_from(_SUBS)),
         st.tuples(
@@ -298,6 +318,8 @@ _OPS = st.lists(
 async def _apply(store: WebhookStore, ops: list[tuple[Any, ...]]) -> list[Any]:
     """Run ``ops`` on ``store``; what each answered, in a form both stores can match."""
     now, seen = 1.0, []
+    #: (owner, event id, subscription): the claims that owner got, in order
+    claims: dict[tuple[str, str, str], list[int]] = {}
     await store.open()
     try:
         for op in ops:
@@ -308,13 +330,17 @@ async def _apply(store: WebhookStore, ops: list[tuple[Any, ...]]) -> list[Any]:
                 seen.append(await store.record(_event(op[1]), sorted(op[2]), now))
             elif kind == "claim":
                 due = await store.claim(op[1], op[2], now, 100, now + 3)
-                claimed = sorted((c.event_id, c.attempts, c.body) for c in due.claimed)
+                for c in due.claimed:
+                    claims.setdefault((op[2], c.event_id, op[1]), []).append(c.claim)
+                claimed = sorted((c.event_id, c.attempts, c.body, c.claim) for c in due.claimed)
                 seen.append((claimed, due.next_at, due.pending, due.oldest, due.paused))
             elif kind == "finish":
-                await store.finish(
-                    f"evt_{op[1]}", op[2], status=op[3], attempts=1, next_at=now + 2,
-                    last_status=500, last_error="HTTP 500", now=now,
-                )  # fmt: skip
+                got = claims.get((op[4], f"evt_{op[1]}", op[2]), [0])
+                seen.append(await store.finish(
+                    f"evt_{op[1]}", op[2], owner=op[4], claim=got[-1 if op[5] == "latest" else 0],
+                    status=op[3], attempts=1, next_at=now + 2, last_status=500,
+                    last_error="HTTP 500", now=now,
+                ))  # fmt: skip
             elif kind == "replay":
                 seen.append(await store.replay(f"evt_{op[1]}", op[2], now))
             elif kind == "replay_range":
@@ -368,3 +394,260 @@ async def test_a_delivery_whose_event_is_gone_from_redis_is_dead_lettered_not_se
         assert dead["last_error"] == "the event is missing from Redis"
     finally:
         await store.close()
+
+
+# --------------------------------------------------------------------------- leases and finish
+
+
+async def _finish(
+    store: WebhookStore, owner: str, claim: int, status: str, now: float, n: int = 1
+) -> bool:
+    return await store.finish(
+        f"evt_{n}",
+        "billing",
+        owner=owner,
+        claim=claim,
+        status=status,
+        attempts=1,
+        next_at=now + 1.0 if status == "pending" else now,
+        last_status=200 if status == "delivered" else 500,
+        last_error=None if status == "delivered" else "HTTP 500",
+        now=now,
+    )
+
+
+async def _status(store: WebhookStore, n: int = 1) -> str:
+    (row,) = await store.deliveries(event_id=f"evt_{n}", subscription="billing")
+    return str(row["status"])
+
+
+async def test_a_late_finish_neither_ends_the_next_lease_nor_overwrites_its_outcome(
+    make_store: MakeStore,
+) -> None:
+    """A claims; A's lease expires and B claims; A's late finish changes nothing (C
+    cannot claim while B's lease runs), and B's outcome stands whichever lands last."""
+    first, second = make_store(), make_store()
+    await first.open()
+    await second.open()
+    try:
+        await first.record(_event(1), ["billing"], now=100.0)
+        (a,) = (await first.claim("billing", "A", now=100.0, limit=10, lease_until=140.0)).claimed
+        (b,) = (await second.claim("billing", "B", now=141.0, limit=10, lease_until=181.0)).claimed
+        assert b.event_id == a.event_id and b.claim != a.claim
+        # A wakes up: its retry must not end B's lease
+        assert not await _finish(first, "A", a.claim, "pending", now=141.5)
+        c = await first.claim("billing", "C", now=142.0, limit=10, lease_until=182.0)
+        assert c.claimed == [] and c.next_at == 181.0
+        assert await _finish(second, "B", b.claim, "delivered", now=150.0)
+        # the finishes landing the other way round: A's dead or pending never undoes B's
+        assert not await _finish(first, "A", a.claim, "dead", now=151.0)
+        assert not await _finish(first, "A", a.claim, "pending", now=151.0)
+        assert await _status(first) == "delivered"
+        late = await first.claim("billing", "C", now=500.0, limit=10, lease_until=600.0)
+        assert late.claimed == [] and late.pending == 0
+        # a finish repeated by the current owner lands once
+        assert not await _finish(second, "B", b.claim, "dead", now=152.0)
+        assert await _status(second) == "delivered"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_two_claims_by_the_same_owner_are_told_apart(make_store: MakeStore) -> None:
+    store = make_store()
+    await store.open()
+    try:
+        await store.record(_event(1), ["billing"], now=1.0)
+        (old,) = (await store.claim("billing", "A", now=1.0, limit=10, lease_until=5.0)).claimed
+        (new,) = (await store.claim("billing", "A", now=6.0, limit=10, lease_until=20.0)).claimed
+        assert new.claim == old.claim + 1
+        assert not await _finish(store, "A", old.claim, "dead", now=7.0)
+        held = await store.claim("billing", "C", now=8.0, limit=10, lease_until=30.0)
+        assert held.claimed == [] and held.next_at == 20.0
+        assert await _finish(store, "A", new.claim, "delivered", now=9.0)
+        assert await _status(store) == "delivered"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("outcome", ["delivered", "dead", "pending"])
+async def test_a_replay_during_an_attempt_is_sent_again_after_that_attempt(
+    make_store: MakeStore, outcome: str
+) -> None:
+    """An operator replays while an attempt is in flight: whatever that attempt's outcome,
+    the delivery is queued again (from its first attempt) when it finishes, not before."""
+    store = make_store()
+    await store.open()
+    try:
+        await store.record(_event(1), ["billing"], now=1.0)
+        await store.record(_event(2), ["billing"], now=1.0)
+        due = await store.claim("billing", "A", now=2.0, limit=10, lease_until=30.0)
+        claims = {c.event_id: c.claim for c in due.claimed}
+        assert await store.replay("evt_1", "billing", now=3.0)
+        assert await store.replay_range("billing", since=0.0, until=2.0, now=3.0) == 2
+        # the attempts still hold their leases: nobody sends them twice at once
+        held = await store.claim("billing", "B", now=4.0, limit=10, lease_until=40.0)
+        assert held.claimed == [] and held.pending == 2
+        assert await _finish(store, "A", claims["evt_1"], outcome, now=5.0, n=1)
+        assert await _finish(store, "A", claims["evt_2"], outcome, now=5.0, n=2)
+        rows = await store.deliveries(subscription="billing")
+        assert [(r["status"], r["attempts"], r["last_status"]) for r in rows] == [
+            ("pending", 0, None)
+        ] * 2
+        again = await store.claim("billing", "B", now=6.0, limit=10, lease_until=40.0)
+        assert sorted((c.event_id, c.attempts) for c in again.claimed) == [
+            ("evt_1", 0),
+            ("evt_2", 0),
+        ]
+        # that attempt's outcome is recorded as usual (the replay was honoured once)
+        for c in again.claimed:
+            n = int(c.event_id.removeprefix("evt_"))
+            assert await _finish(store, "B", c.claim, "delivered", now=7.0, n=n)
+        assert {await _status(store, 1), await _status(store, 2)} == {"delivered"}
+    finally:
+        await store.close()
+
+
+async def test_a_replay_after_the_lease_expired_drops_the_late_attempts_finish(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    await store.open()
+    try:
+        await store.record(_event(1), ["billing"], now=1.0)
+        (a,) = (await store.claim("billing", "A", now=2.0, limit=10, lease_until=5.0)).claimed
+        assert await store.replay("evt_1", "billing", now=6.0)  # A's lease is over
+        assert not await _finish(store, "A", a.claim, "delivered", now=7.0)
+        (b,) = (await store.claim("billing", "B", now=8.0, limit=10, lease_until=20.0)).claimed
+        assert b.attempts == 0
+    finally:
+        await store.close()
+
+
+async def test_a_release_after_a_replay_in_flight_queues_it_once(make_store: MakeStore) -> None:
+    store = make_store()
+    await store.open()
+    try:
+        await store.record(_event(1), ["billing"], now=1.0)
+        (a,) = (await store.claim("billing", "A", now=2.0, limit=10, lease_until=30.0)).claimed
+        assert await store.replay("evt_1", "billing", now=3.0)
+        await store.release("A")  # a graceful stop cancelled the attempt
+        assert not await _finish(store, "A", a.claim, "delivered", now=4.0)
+        (b,) = (await store.claim("billing", "B", now=5.0, limit=10, lease_until=20.0)).claimed
+        assert await _finish(store, "B", b.claim, "delivered", now=6.0)
+        assert await _status(store) == "delivered"  # not queued again by the old replay
+    finally:
+        await store.close()
+
+
+async def test_an_older_sqlite_file_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE deliveries (event_id TEXT NOT NULL, subscription TEXT NOT NULL,"
+        " status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL,"
+        " lease_until REAL NOT NULL DEFAULT 0, owner TEXT, created REAL NOT NULL,"
+        " updated REAL NOT NULL, last_status INTEGER, last_error TEXT,"
+        " PRIMARY KEY (event_id, subscription));"
+    )
+    db.close()
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        await store.record(_event(1), ["billing"], now=1.0)
+        (a,) = (await store.claim("billing", "A", now=2.0, limit=10, lease_until=30.0)).claimed
+        assert a.claim == 1 and await _finish(store, "A", a.claim, "delivered", now=3.0)
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- Redis durability
+
+_DURABLE = ["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"]
+
+
+async def _open_logged(url: str, require: bool = False) -> list[dict[str, Any]]:
+    store = RedisStore(url, prefix="dur", timeout=5.0, require_durable=require)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await store.open()
+    finally:
+        await store.close()
+    return [line for line in logs if line["event"].startswith("webhook_redis")]
+
+
+@pytest.mark.parametrize("redis_server", [_DURABLE], indirect=True)
+async def test_a_durable_redis_opens_quietly_even_when_durability_is_required(
+    redis_server: Any,
+) -> None:
+    assert await _open_logged(redis_server.url) == []
+    assert await _open_logged(redis_server.url, require=True) == []
+
+
+async def test_a_redis_without_aof_is_one_error_line_naming_what_to_set(
+    redis_server: Any,
+) -> None:
+    (line,) = await _open_logged(redis_server.url)  # the fixture's default: no persistence
+    assert line["log_level"] == "error" and line["event"] == "webhook_redis_not_durable"
+    assert line["appendonly"] == "no"
+    assert "set appendonly yes, appendfsync always" in line["message"]
+    with pytest.raises(ConfigError, match=r"require_durable_redis: .*set appendonly yes"):
+        await _open_logged(redis_server.url, require=True)
+
+
+@pytest.mark.parametrize(
+    "redis_server",
+    [["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "allkeys-lru"]],
+    indirect=True,
+)
+async def test_a_redis_that_may_evict_keys_is_an_error_too(redis_server: Any) -> None:
+    (line,) = await _open_logged(redis_server.url)
+    assert line["log_level"] == "error" and line["maxmemory_policy"] == "allkeys-lru"
+    assert "keys may be evicted" in line["message"]
+    assert line["message"].endswith("set maxmemory-policy noeviction")
+    with pytest.raises(ConfigError, match="maxmemory-policy noeviction"):
+        await _open_logged(redis_server.url, require=True)
+
+
+@pytest.mark.parametrize(
+    "redis_server", [["--appendonly", "yes", "--appendfsync", "everysec"]], indirect=True
+)
+async def test_a_redis_fsyncing_every_second_is_a_warning(redis_server: Any) -> None:
+    (line,) = await _open_logged(redis_server.url)
+    assert line["log_level"] == "warning" and "appendfsync always" in line["message"]
+    assert await _open_logged(redis_server.url, require=True) != []  # still starts
+
+
+@pytest.mark.parametrize(
+    "redis_server", [[*_DURABLE, "--rename-command", "CONFIG", ""]], indirect=True
+)
+async def test_a_redis_without_config_is_a_warning_that_it_could_not_be_checked(
+    redis_server: Any,
+) -> None:
+    (line,) = await _open_logged(redis_server.url)
+    assert line["log_level"] == "warning"
+    assert line["event"] == "webhook_redis_durability_unchecked"
+    assert "unknown command" in line["error"]
+    with pytest.raises(ConfigError, match="cannot check the webhooks Redis's persistence"):
+        await _open_logged(redis_server.url, require=True)
+    # the store works all the same
+    store = RedisStore(redis_server.url, prefix="dur", timeout=5.0)
+    try:
+        await store.open()
+        assert await store.record(_event(1), ["billing"], now=1.0)
+    finally:
+        await store.close()
+
+
+async def test_a_redis_that_is_down_at_start_up_is_a_warning(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+        (line,) = await _open_logged(url)
+        assert line["event"] == "webhook_redis_durability_unchecked"
+        with pytest.raises(ConfigError, match="cannot check"):
+            await _open_logged(url, require=True)
