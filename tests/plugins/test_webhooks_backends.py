@@ -501,9 +501,12 @@ def test_a_killed_process_leased_deliveries_are_finished_by_the_other(
         client.close()
         resent = {i for sender, i, _, _ in subscriber.arrivals if sender == survivor}
         assert held <= resent  # the killed process's deliveries, sent again by the other
-        lines = events(gateways[survivor], "webhook_delivery")
-        delivered = {line["event_id"] for line in lines if line["outcome"] == "delivered"}
-        assert held <= delivered
+
+        def logged() -> bool:  # the line is written just after the store's write
+            lines = events(gateways[survivor], "webhook_delivery")
+            return held <= {line["event_id"] for line in lines if line["outcome"] == "delivered"}
+
+        _wait(logged, "the survivor's webhook_delivery lines")
         after = [a for a in subscriber.arrivals if a[0] == survivor and a[1] in held]
         assert all(_verified((body, header)) for _, _, body, header in after)
 
