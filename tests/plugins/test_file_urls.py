@@ -24,7 +24,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
-from plugins.file_urls import STRIPE_FILES, rewrite_file_urls
+from plugins.file_urls import (
+    FORM_MAX_BYTES,
+    STRIPE_FILES,
+    FileUrlsSettings,
+    asks_to_expand,
+    rewrite_file_urls,
+)
 from sandbox.app import Sandbox, create_sandbox_app
 from sandbox.core import SandboxSettings
 from tests.helpers import BILLING_KEY, BILLING_UPSTREAM_KEY, Stack, start_app
@@ -294,6 +300,95 @@ def test_answers_it_cannot_or_need_not_read_pass_untouched(stack: Stack, crafted
     assert zipped.raw.read() == gzip.compress(small)
 
 
+def _file_doc(name: str) -> bytes:
+    """A Stripe-indented answer holding a file object, and numbers as Stripe need not write
+    them (a re-serialiser would change their text)."""
+    inner = orjson.dumps({"object": "file", "id": "file_1", "url": FILE_URL}).decode()
+    return (
+        '{\n  "id": "%s",\n  "amount": 1.0e2,\n  "rate": 0.50,\n  "data": {"object": %s}\n}'
+        % (name, inner)
+    ).encode()
+
+
+def _moved(body: bytes) -> bytes:
+    return body.replace(STRIPE_FILES.encode(), BASE.encode())
+
+
+def test_events_answers_are_rewritten_byte_for_byte(stack: Stack, crafted: Crafted) -> None:
+    paths = ["/v1/events", "/v1/events/evt_1", "/v2/core/events", "/v2/core/events/evt_2"]
+    for path in paths:
+        crafted.answers[path] = (_file_doc(path), _JSON, False)
+    for path in paths:
+        got = _get(stack, path)
+        # only the URL's bytes changed: 1.0e2 and 0.50 are as Stripe wrote them
+        assert got.status_code == 200 and got.content == _moved(_file_doc(path)), path
+        assert crafted.headers[-1]["Accept-Encoding"] == "identity", path
+
+
+def _post(stack: Stack, path: str, form: str, **headers: str) -> requests.Response:
+    return requests.post(
+        stack.gateway_url + path,
+        data=form,
+        headers={
+            "Authorization": f"Bearer {BILLING_KEY}",
+            "Content-Type": "application/x-www-form-urlencoded",
+            **headers,
+        },
+        timeout=10,
+    )
+
+
+def test_a_write_asking_to_expand_in_its_form_body_is_rewritten(
+    stack: Stack, crafted: Crafted
+) -> None:
+    body = _file_doc("dp_1")
+    crafted.answers["/v1/disputes/dp_1"] = (body, _JSON, False)
+    for form in [
+        "expand[]=evidence.receipt",
+        "evidence[product_description]=x&expand[0]=evidence.receipt",
+        "%65xpand%5B%5D=evidence.receipt",  # percent-encoded name: what Stripe reads
+        "expand=evidence.receipt",
+    ]:
+        got = _post(stack, "/v1/disputes/dp_1", form)
+        assert got.status_code == 200 and got.content == _moved(body), form
+    # no expand parameter (a value or another name that merely contains the word)
+    for form in ["metadata[expand]=1", "description=expand[]", "expandx=1", "a=1"]:
+        got = _post(stack, "/v1/disputes/dp_1", form)
+        assert got.status_code == 200 and got.content == body, form
+    # a form body larger than the plugin looks into streams untouched
+    big = "metadata[pad]=" + "x" * (FORM_MAX_BYTES + 10) + "&expand[]=evidence.receipt"
+    got = _post(stack, "/v1/disputes/dp_1", big)
+    assert got.status_code == 200 and got.content == body
+
+
+def test_expand_must_be_a_parameter_name_to_read_an_answer_whole(
+    stack: Stack, crafted: Crafted
+) -> None:
+    body = _file_doc("cus_1")
+    crafted.answers["/v1/customers/cus_1"] = (body, _JSON, False)
+    for query in ["q=expand", "expandx=1", "metadata[expand]=1", "a=expand%5B%5D"]:
+        got = _get(stack, f"/v1/customers/cus_1?{query}")
+        assert got.content == body, query
+        assert crafted.headers[-1].get("Accept-Encoding") != "identity", query
+    for query in ["expand[]=x", "expand=x", "%65xpand%5B0%5D=x", "a=1&expand[1]=y"]:
+        got = _get(stack, f"/v1/customers/cus_1?{query}")
+        assert got.content == _moved(body), query
+        assert crafted.headers[-1]["Accept-Encoding"] == "identity", query
+
+
+def test_what_covers_reads() -> None:
+    settings = FileUrlsSettings(public_base_url=BASE)
+    assert not settings.covers("POST", "/v1/disputes/dp_1", "")
+    assert settings.covers("POST", "/v1/disputes/dp_1", "", b"expand[]=evidence.receipt")
+    assert settings.covers("POST", "/v1/disputes/dp_1", "expand[]=evidence")
+    assert settings.covers("GET", "/v1/events", "") and settings.covers("GET", "/v1/events/e", "")
+    assert settings.covers("GET", "/v2/core/events/evt_1", "")
+    for path in ["/v1/files/file_1/contents", "/v1/files/file_1/contents/x"]:
+        assert not settings.covers("GET", path, "expand[]=x", b"expand[]=x")
+    assert asks_to_expand("a=1&expand%5B%5D=x") and not asks_to_expand("expandable=1")
+    assert not asks_to_expand("=expand&x=expand[]")
+
+
 def test_a_public_base_url_must_be_an_address(stack: Stack) -> None:
     for bad in ["gateway:8080", "ftp://gw", "https://user@gw", "https://gw/?x=1", "https://gw/#a"]:
         with pytest.raises(ConfigError) as info:
@@ -302,8 +397,8 @@ def test_a_public_base_url_must_be_an_address(stack: Stack) -> None:
 
 
 def test_a_5_mb_download_streams_even_when_its_answer_would_be_read(stack: Stack) -> None:
-    # expand in the query makes any route one whose JSON answers are read: file contents
-    # are not JSON, so they stream, the first half before the upstream sends the second
+    # expand in the query makes any route one whose JSON answers are read, but file
+    # contents never are: they stream, the first half before the upstream sends the second
     stack.start_gateway(plugins={"file_urls": {"public_base_url": BASE}})
     files = stack.upstreams["files"]
     release = stack.loop.call(asyncio.Event)
@@ -324,7 +419,8 @@ def test_a_5_mb_download_streams_even_when_its_answer_would_be_read(stack: Stack
         for chunk in chunks:
             received += len(chunk)
     assert received == size
-    assert files.last().headers.get("Accept-Encoding") == "identity"
+    # never read whole, so the client's own Accept-Encoding went up
+    assert files.last().headers.get("Accept-Encoding") != "identity"
 
 
 # --------------------------------------------------------------------------- the rewrite
@@ -335,10 +431,10 @@ def test_the_rewrite_survives_hostile_json() -> None:
         inner = b'{"object": "file", "url": "' + FILE_URL.encode() + b'"}'
         return b"[" * depth + inner + b"]" * depth
 
-    new, count = rewrite_file_urls(nested(200), ORIGINS, BASE)
-    assert count == 1 and new is not None and BASE.encode() in new
-    # deeper than any answer of Stripe's: left as it is, without a failure
-    assert rewrite_file_urls(nested(900), ORIGINS, BASE) == (None, 0)
+    for depth in (200, 900):  # no recursion: only the URL's bytes are replaced
+        new, count = rewrite_file_urls(nested(depth), ORIGINS, BASE)
+        assert count == 1 and new == nested(depth).replace(STRIPE_FILES.encode(), BASE.encode())
+    # deeper than the parser reads: left as it is, without a failure
     assert rewrite_file_urls(nested(5000), ORIGINS, BASE) == (None, 0)
     assert rewrite_file_urls(b"not json files.stripe.com", ORIGINS, BASE) == (None, 0)
     huge = b'{"n": 123456789012345678901234567890, "u": "files.stripe.com"}'
