@@ -343,9 +343,7 @@ class FileUrlsPlugin:
             form = ctx.request_body  # None: the body was larger than asked for, or cut
             if form is not None and self.settings.covers(request.method, request.path, "", form):
                 ctx.state[_STATE] = True
-                ctx.response_body_limit = max(
-                    ctx.response_body_limit, self.settings.max_body_bytes
-                )
+                ctx.response_body_limit = max(ctx.response_body_limit, self.settings.max_body_bytes)
 
     @hookimpl
     def gateway_response_body(

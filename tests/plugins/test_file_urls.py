@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -304,10 +305,8 @@ def _file_doc(name: str) -> bytes:
     """A Stripe-indented answer holding a file object, and numbers as Stripe need not write
     them (a re-serialiser would change their text)."""
     inner = orjson.dumps({"object": "file", "id": "file_1", "url": FILE_URL}).decode()
-    return (
-        '{\n  "id": "%s",\n  "amount": 1.0e2,\n  "rate": 0.50,\n  "data": {"object": %s}\n}'
-        % (name, inner)
-    ).encode()
+    head = f'{{\n  "id": "{name}",\n  "amount": 1.0e2,\n  "rate": 0.50,\n'
+    return (head + f'  "data": {{"object": {inner}}}\n}}').encode()
 
 
 def _moved(body: bytes) -> bytes:
@@ -439,6 +438,22 @@ def test_the_rewrite_survives_hostile_json() -> None:
     assert rewrite_file_urls(b"not json files.stripe.com", ORIGINS, BASE) == (None, 0)
     huge = b'{"n": 123456789012345678901234567890, "u": "files.stripe.com"}'
     assert rewrite_file_urls(huge, ORIGINS, BASE) == (None, 0)
+    # what a parser reads decides: the last of repeated keys, escapes in keys, quotes in keys
+    url = orjson.dumps(FILE_URL)
+    moved = orjson.dumps(BASE + FILE_URL.removeprefix(STRIPE_FILES))
+    for body, changed in [
+        (b'{"object": "file", "url": ' + url + b', "url": 5}', False),
+        (b'{"url": 5, "object": "file", "url": ' + url + b"}", True),
+        (b'{"object": "file", "url": ' + url + b', "object": "x"}', False),
+        (b'{"\\u006fbject": "fil\\u0065", "\\u0075rl": ' + url + b"}", True),
+        (b'{"object": "file", "ab\\"url": ' + url + b', "u\\"": [' + url + b"]}", False),
+        (b'[{"object": "file", "x": {"url": ' + url + b'}}, {"url": ' + url + b"}]", False),
+    ]:
+        new, count = rewrite_file_urls(body, ORIGINS, BASE)
+        if changed:
+            assert count == 1 and new == body.replace(url, moved), body
+        else:
+            assert (new, count) == (None, 0), body
     # no files host in the bytes: not even parsed
     assert rewrite_file_urls(b"{", ORIGINS, BASE) == (None, 0)
     # Stripe's two-space indentation is kept
@@ -497,6 +512,131 @@ def test_the_rewrite_changes_only_file_urls(doc: Any, pretty: bool) -> None:
     assert count > 0
     assert orjson.loads(new) == expected  # valid JSON, every other value as it was
     assert list(_keys(orjson.loads(new))) == list(_keys(doc))  # and in the same order
+
+
+# Documents written the way any JSON writer might: each is a tree of (kind, value) nodes
+# that _write turns into text, recording where each url of a file object that must change
+# is, so the expected answer is built from the text itself, not by the code under test.
+_NUMBERS = st.sampled_from(["0", "-0", "7", "1.0e2", "1E+2", "0.50", "100.00", "-1.5e-3", "12e0"])
+_WORDS = st.sampled_from(["true", "false", "null"])
+_STRINGS = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["file", "url", "object", FILE_URL, f"{STRIPE_FILES}/links/a"]),
+)
+_URLS = st.sampled_from(
+    [FILE_URL, FILE_URL + "?a=b", "https://evil.example/v1/files/file_1/contents", "file"]
+)
+_LEAVES = st.one_of(
+    st.tuples(st.just("raw"), st.one_of(_NUMBERS, _WORDS)),
+    st.tuples(st.just("str"), _STRINGS),
+)
+
+
+_TREES = st.recursive(
+    _LEAVES,
+    lambda children: st.one_of(
+        st.tuples(st.just("arr"), st.lists(children, max_size=4)),
+        st.tuples(
+            st.just("obj"),
+            st.lists(
+                st.tuples(_STRINGS.filter(lambda k: k not in ("url", "object")), children),
+                max_size=4,
+                unique_by=lambda pair: pair[0],  # (a repeated key: the last one counts)
+            ),
+            st.one_of(
+                st.none(),
+                st.tuples(st.sampled_from(["file", "file_link"]), _URLS, st.booleans()),
+            ),
+            st.booleans(),
+        ),
+    ),
+    max_leaves=20,
+)
+
+
+class _Writer:
+    def __init__(self, draw_space: Iterator[str], escape_slashes: bool, ascii_only: bool) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.spans: list[tuple[int, int, str]] = []  # (start, end, new url) in characters
+        self.space = draw_space
+        self.escape_slashes = escape_slashes
+        self.ascii_only = ascii_only
+
+    def put(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+
+    def string(self, value: str) -> str:
+        text = json.dumps(value, ensure_ascii=self.ascii_only)
+        return text.replace("/", "\\/") if self.escape_slashes else text
+
+    def write(self, node: Any) -> None:
+        kind = node[0]
+        if kind == "raw":
+            self.put(node[1])
+        elif kind == "str":
+            self.put(self.string(node[1]))
+        elif kind == "arr":
+            self.put("[" + next(self.space))
+            for i, child in enumerate(node[1]):
+                if i:
+                    self.put("," + next(self.space))
+                self.write(child)
+            self.put(next(self.space) + "]")
+        else:
+            _, pairs, fields, url_first = node
+            entries: list[tuple[str, Any]] = [(self.string(k), v) for k, v in pairs]
+            if fields is not None:
+                type_, url, escaped_key = fields
+                key = '"\\u0075rl"' if escaped_key else '"url"'
+                url_entry = (key, ("url", type_, url))
+                object_entry = ('"object"', ("str", type_))
+                at = len(entries) // 2
+                both = [url_entry, object_entry] if url_first else [object_entry, url_entry]
+                entries[at:at] = both
+            self.put("{" + next(self.space))
+            for i, (key, value) in enumerate(entries):
+                if i:
+                    self.put("," + next(self.space))
+                self.put(key + next(self.space) + ":" + next(self.space))
+                if value[0] == "url":
+                    _, type_, url = value
+                    start = self.size
+                    self.put(self.string(url))
+                    if type_ == "file" and url.startswith(FILE_URL):
+                        new = BASE + url.removeprefix(STRIPE_FILES)
+                        self.spans.append((start, self.size, new))
+                else:
+                    self.write(value)
+            self.put(next(self.space) + "}")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _TREES,
+    st.lists(st.sampled_from(["", " ", "\n  ", "\t"]), min_size=1, max_size=8),
+    st.booleans(),
+    st.booleans(),
+)
+def test_only_the_file_urls_bytes_change(
+    tree: Any, spaces: list[str], escape_slashes: bool, ascii_only: bool
+) -> None:
+    writer = _Writer(itertools.cycle(spaces), escape_slashes, ascii_only)
+    writer.write(tree)
+    text = "".join(writer.parts)
+    body = text.encode()
+    # the expected answer: the written text with each such url's string replaced, and
+    # nothing else (character offsets become byte offsets through the prefix's encoding)
+    expected = text
+    for start, end, new in reversed(writer.spans):
+        expected = expected[:start] + orjson.dumps(new).decode() + expected[end:]
+    new_body, count = rewrite_file_urls(body, ORIGINS, BASE)
+    assert count == len(writer.spans)
+    if count == 0:
+        assert new_body is None
+    else:
+        assert new_body == expected.encode()
 
 
 def _keys(value: Any) -> Iterator[str]:
