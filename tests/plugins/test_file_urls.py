@@ -156,6 +156,24 @@ def test_file_retrieves_are_rewritten_on_a_miss_and_on_a_hit(
     assert files and all(f.url.startswith(f"{stack.gateway_url}/v1/files/") for f in files)
 
 
+def test_events_carry_file_urls_through_the_gateway(
+    stack: Stack, sandbox: tuple[Sandbox, str]
+) -> None:
+    _rewrite_to_the_gateway(stack, sandbox[1])
+    client = _client(stack)
+    run = _report_run(client)
+    expected = f"{stack.gateway_url}/v1/files/{run.result.id}/contents"
+    listed = [
+        e
+        for e in client.v1.events.list({"limit": 100}).data
+        if e.type == "reporting.report_run.succeeded" and e.data.object.id == run.id
+    ]
+    assert len(listed) == 1
+    assert listed[0].data.object.result.url == expected
+    event = client.v1.events.retrieve(listed[0].id)
+    assert event.data.object.result.url == expected
+
+
 def test_a_file_links_public_url_is_left_alone(stack: Stack, sandbox: tuple[Sandbox, str]) -> None:
     _rewrite_to_the_gateway(stack, sandbox[1])
     client = _client(stack)
@@ -373,6 +391,30 @@ def test_expand_must_be_a_parameter_name_to_read_an_answer_whole(
         got = _get(stack, f"/v1/customers/cus_1?{query}")
         assert got.content == _moved(body), query
         assert crafted.headers[-1]["Accept-Encoding"] == "identity", query
+
+
+def test_the_audit_logs_no_form_it_would_not_have(stack: Stack) -> None:
+    # file_urls asks for a copy of write bodies up to FORM_MAX_BYTES; the audit still logs
+    # the parameters of bodies within its own params_max_bytes only
+    upstream = Crafted()
+    served = stack.loop.run(start_app(upstream.app()))
+    stack._runners.append(served.runner)
+    stack.start_gateway(
+        upstream={"api": served.url, "files": served.url},
+        plugins={
+            "audit": {"path": str(stack.audit_path), "params_max_bytes": 64},
+            "file_urls": {"public_base_url": BASE},
+        },
+    )
+    body = _file_doc("dp_1")
+    upstream.answers["/v1/disputes/dp_1"] = (body, _JSON, False)
+    form = "metadata[note]=" + "x" * 100 + "&expand[]=evidence.receipt"
+    got = _post(stack, "/v1/disputes/dp_1", form)
+    assert got.content == _moved(body)
+    line = stack.audit_lines(at_least=1, timeout=10)[-1]
+    assert line["file_urls_rewritten"] == 1
+    assert "metadata" not in line["params"] and "x" * 100 not in json.dumps(line)
+    assert line["request_body"] == f"[body {len(form)} bytes, not logged]"
 
 
 def test_what_covers_reads() -> None:
