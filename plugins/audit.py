@@ -492,6 +492,8 @@ class AuditPlugin:
             return
         body = ctx.request_body
         content_type = request.content_type
+        if body is not None and len(body) > self.settings.params_max_bytes:
+            body = None  # a copy another plugin asked for (a larger limit): not logged
         if body is None or not _is_decoded(content_type):
             size = ctx.bytes_in or request.content_length or 0
             if content_type.startswith("multipart/"):

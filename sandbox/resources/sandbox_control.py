@@ -14,6 +14,9 @@ these resources. The state changes they make emit events like any other.
 * ``POST /v1/sandbox/financial_connections/sessions/{id}/complete``
   (``account_subcategories[]``): the user links more accounts to a session (emits
   ``financial_connections.account.created`` for each).
+* ``POST /v1/sandbox/reporting/report_runs/{id}/succeed``: a pending report run succeeds
+  now, whatever ``settings.report_delay`` (emits ``reporting.report_run.succeeded``); a run
+  that is no longer pending is answered as it is.
 * ``POST /v1/sandbox/trigger`` (``type``, ``object``): emits an event of ``type`` with the
   object's current state as ``data.object``, like ``stripe trigger`` (``object`` is not
   needed for ``tax.settings.*``); answers the event.
@@ -28,7 +31,7 @@ from typing import Any
 from sandbox.core import Call, bad_request, choice_value
 from sandbox.events import EMITTED_EVENT_TYPES, event_log
 from sandbox.resources import REGISTRY as api
-from sandbox.resources import crypto, financial_connections, identity
+from sandbox.resources import crypto, financial_connections, identity, reporting
 from sandbox.resources._tax_common import settings_of
 
 _PREFIX = "/v1/sandbox"
@@ -125,6 +128,12 @@ async def financial_connections_complete(call: Call) -> dict[str, Any]:
         state.session_of[obj["id"]] = session["id"]
         call.account.emit("financial_connections.account.created", obj)
     return fc._render_session(call.account, session)
+
+
+@api.route("POST", f"{_PREFIX}/reporting/report_runs/{{id}}/succeed", params=(), expand=("result",))
+async def report_run_succeed(call: Call) -> dict[str, Any]:
+    run = call.account.get(reporting.RUN, call.id(), "report run")
+    return reporting.succeed_now(call.account, run)
 
 
 @api.route("POST", f"{_PREFIX}/trigger", params=("type", "object"))

@@ -407,36 +407,44 @@ def _poll(condition: Any, deadline: float, pause: float = 0.05) -> Any:
 def test_a_report_run_polled_through_the_gateway_succeeds_soon_after_the_sandbox(
     stack: Stack,
 ) -> None:
-    # the default final and default TTLs (3600 s, 30 s): only transitional_ttl keeps a
-    # pending run from being served after the sandbox finished it
-    _, sandbox_url = _sandbox_gateway(stack, report_delay=3.0)
+    # The run stays pending until the test finishes it (the sandbox's control route), and
+    # a pending copy may be served for transitional_ttl only, never default_ttl (an hour
+    # here): no step depends on how fast the machine is. Every hit says its Age, which
+    # must stay within transitional_ttl; the old behaviour (a pending run cached for
+    # default_ttl) serves it ever older and never shows the run succeeded.
+    ttl = 2.0
+    _, sandbox_url = _sandbox_gateway(
+        stack, report_delay=3600.0, default_ttl=3600.0, transitional_ttl=ttl
+    )
     client = _client(stack)
     run = _create_report_run(client)
     assert run.status == "pending"
-    # the pending run is cached (a hit), for at most transitional_ttl
-    first = client.v1.reporting.report_runs.retrieve(run.id)
+    pending_ages: list[int] = []
 
-    def hit_status() -> str | None:
+    def retrieve() -> Any:
         got = client.v1.reporting.report_runs.retrieve(run.id)
-        return str(got.status) if got.last_response.headers["X-Cache"] == "HIT" else None
+        headers = got.last_response.headers
+        if got.status == "pending" and headers["X-Cache"] == "HIT":
+            pending_ages.append(int(headers["Age"]))
+            assert pending_ages[-1] <= ttl, "a pending copy served older than transitional_ttl"
+        return got
 
+    # the pending run is cached: a hit (it stays pending however long this takes)
+    first = retrieve()
     assert first.status == "pending"
-    assert _poll(hit_status, deadline=30, pause=0.01) == "pending"
+    assert _poll(lambda: retrieve().last_response.headers["X-Cache"] == "HIT", deadline=30)
+    assert pending_ages, "a pending run should be cached for transitional_ttl"
     direct = stripe.StripeClient(
         "sk_test_billingupstream000000001",
         base_addresses={"api": sandbox_url},
         max_network_retries=0,
     )
-    done = _poll(
-        lambda: direct.v1.reporting.report_runs.retrieve(run.id).status == "succeeded",
-        deadline=30,
-    )
-    assert done, "the sandbox never finished the run"
-    # within transitional_ttl (1 s) plus slack; the old 30 s TTL fails this
-    seen = _poll(
-        lambda: client.v1.reporting.report_runs.retrieve(run.id).status == "succeeded",
-        deadline=5,
-    )
+    # to the sandbox itself: a write through the gateway would invalidate the cached copy
+    finished = direct.raw_request("post", f"/v1/sandbox/reporting/report_runs/{run.id}/succeed")
+    assert direct.deserialize(finished, api_mode="V1").status == "succeeded"
+    assert direct.v1.reporting.report_runs.retrieve(run.id).status == "succeeded"
+    # the gateway shows it once the pending copy is older than transitional_ttl
+    seen = _poll(lambda: retrieve().status == "succeeded", deadline=60)
     assert seen, "the gateway still serves the pending run"
     # a succeeded run is final: cached, and a hit from then on
     again = client.v1.reporting.report_runs.retrieve(run.id)

@@ -284,3 +284,35 @@ def test_unknown_run(sandbox_stack: SandboxStack) -> None:
     with pytest.raises(stripe.InvalidRequestError) as info:
         client.v1.reporting.report_runs.list({"limit": 101})
     assert info.value.code == "parameter_invalid_integer" and info.value.param == "limit"
+
+
+def test_the_control_route_finishes_a_run_now(sandbox_stack: SandboxStack) -> None:
+    sandbox_stack.sandbox.settings.report_delay = 3600.0  # pending until told
+    client = sandbox_stack.sdk()
+    run = client.v1.reporting.report_runs.create(
+        {"report_type": ITEMIZED, "parameters": _interval(client)}
+    )
+    assert client.v1.reporting.report_runs.retrieve(run.id).status == "pending"
+    path = f"/v1/sandbox/reporting/report_runs/{run.id}/succeed"
+    done = sandbox_stack.raw("POST", path)
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["status"] == "succeeded" and body["result"]["object"] == "file"
+    got = client.v1.reporting.report_runs.retrieve(run.id)
+    assert got.status == "succeeded" and got.result.id == body["result"]["id"]
+
+    def succeeded_events() -> list[Any]:
+        events = client.v1.events.list({"limit": 100}).data
+        return [
+            e
+            for e in events
+            if e.type == "reporting.report_run.succeeded" and e.data.object.id == run.id
+        ]
+
+    assert len(succeeded_events()) == 1
+    # a run no longer pending is answered as it is: nothing new
+    again = sandbox_stack.raw("POST", path)
+    assert again.status_code == 200 and again.json()["result"]["id"] == body["result"]["id"]
+    assert len(succeeded_events()) == 1
+    missing = sandbox_stack.raw("POST", "/v1/sandbox/reporting/report_runs/frr_missing/succeed")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "resource_missing"
