@@ -4,7 +4,9 @@ duplicates, leases across processes, replay (of one event and of a time range), 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -366,5 +368,66 @@ async def test_a_delivery_whose_event_is_gone_from_redis_is_dead_lettered_not_se
         (dead,) = await store.deliveries(status="dead")
         assert dead["event_id"] == "evt_1"
         assert dead["last_error"] == "the event is missing from Redis"
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+def _stored_ids(path: Path) -> set[str]:
+    """The event ids another connection (another process) sees committed in ``path``."""
+    db = sqlite3.connect(path)
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM events")}
+    finally:
+        db.close()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ids=st.lists(st.integers(0, 30), min_size=1, max_size=40))
+async def test_concurrent_records_are_each_committed_before_they_return(
+    tmp_path: Path, ids: list[int]
+) -> None:
+    """Group commit: however many records arrive at once (duplicates among them), each
+    returns only once its event is visible to another connection, and an id is new once."""
+    path = tmp_path / f"{secrets.token_hex(4)}.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+
+        async def record(n: int) -> bool:
+            new = await store.record(_event(n), ["billing"], now=1.0)
+            assert f"evt_{n}" in _stored_ids(path)  # committed, not merely queued
+            return new
+
+        results = await asyncio.gather(*(record(n) for n in ids))
+        news = [n for n, new in zip(ids, results, strict=True) if new]
+        assert sorted(news) == sorted(set(ids))  # each id new exactly once
+        assert len(await store.deliveries(limit=1000)) == len(set(ids))
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_does_not_take_the_others_in_its_group_commit_down(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hooks.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        bad = dataclasses.replace(_event(99), body=object())  # type: ignore[arg-type]
+        results = await asyncio.gather(
+            *(store.record(e, ["billing"], now=1.0) for e in (_event(0), _event(1), bad)),
+            store.record(_event(2), ["billing"], now=1.0),
+            return_exceptions=True,
+        )
+        assert results[:2] == [True, True] and results[3] is True
+        assert isinstance(results[2], sqlite3.Error)
+        assert _stored_ids(path) == {"evt_0", "evt_1", "evt_2"}
+        # the failed one was not stored: it is new when it comes again
+        assert await store.record(_event(99), ["billing"], now=2.0)
     finally:
         await store.close()
