@@ -504,6 +504,8 @@ def _print_profile(path: Path, top: int = 30) -> None:
     stats.sort_stats("tottime").print_stats(top)
     print("by cumulative time:")
     stats.sort_stats("cumulative").print_stats(top)
+    print("what the webhooks plugin's ingest and delivery call:")
+    stats.print_callees(r"webhooks.py:\d+\((_receive|_ingest|_verified|_attempt|_dispatch)\)")
 
 
 def run(args: argparse.Namespace, backend: str) -> tuple[int, dict[str, Any]]:
