@@ -220,7 +220,14 @@ class SqliteStore:
         """Hand the queued writes to the thread as one batch; when it is done, answer each
         caller and start the next batch (the writes queued while this one was on disk)."""
         batch, self._queued = self._queued, []
-        done = loop.run_in_executor(self._executor, partial(self._commit, batch))
+        try:
+            done = loop.run_in_executor(self._executor, partial(self._commit, batch))
+        except RuntimeError as exc:  # the store is closed: nothing written
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            self._writing = False
+            return
 
         def answer(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
             try:

@@ -431,3 +431,12 @@ async def test_a_failing_write_does_not_take_the_others_in_its_group_commit_down
         assert await store.record(_event(99), ["billing"], now=2.0)
     finally:
         await store.close()
+
+
+async def test_a_write_after_close_fails_instead_of_waiting_forever(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "hooks.sqlite3"))
+    await store.open()
+    await store.close()
+    for _ in range(2):  # and again: the failed one left nothing behind
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(store.record(_event(1), ["billing"], now=1.0), 30)
