@@ -382,7 +382,7 @@ class SqliteStore:
             ).fetchone()
             return Due(claimed, next_at, pending, oldest, paused)
 
-        return await self._run(claim)
+        return await self._write(claim)  # a write (the leases): group-committed
 
     async def finish(
         self,
