@@ -8,9 +8,9 @@ One SQLite file (WAL, ``synchronous=FULL``): a received event and one delivery r
 matching subscription are written in one transaction, committed (fsync'd) before the
 event is acknowledged. Every call runs on one dedicated thread, so the event loop never
 waits on the disk. Writes that arrive while the thread is busy (the events and attempt
-outcomes of concurrent requests) are committed together in one transaction when it is
-free (group commit: one fsync and one thread hop for the lot); each call still returns
-only once its own rows are committed.
+outcomes of concurrent requests, and the dispatchers' claims) are committed together in
+one transaction when it is free (group commit: one fsync and one thread hop for the lot);
+each call still returns only once its own rows are committed.
 
 Deliveries are claimed with a lease (``lease_until``, ``owner``): a dispatcher takes due
 rows whose lease has expired in one ``UPDATE ... RETURNING``, so several processes (the
