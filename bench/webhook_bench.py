@@ -207,12 +207,16 @@ async def _poster(params: dict[str, Any]) -> dict[str, Any]:
             except (aiohttp.ClientError, OSError, TimeoutError):
                 counts["errors"] += 1
                 return False
-            latencies.append(time.perf_counter() - since)
+            latency = time.perf_counter() - since
+            latencies.append(latency)
             acked.append(event_id)
+            if latency > slow[0]:
+                slow[:] = [latency, since - started]
             return True
 
         started = time.perf_counter()
         deadline = started + float(params["duration"])
+        slow = [0.0, 0.0]  # the slowest acknowledgement, and when (s into the load) it was due
         if rate > 0:
             tasks: set[asyncio.Task[bool]] = set()
             n = 0
@@ -250,6 +254,8 @@ async def _poster(params: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": hb._percentile(latencies, 50) * 1000.0,
         "p99_ms": hb._percentile(latencies, 99) * 1000.0,
         "max_ms": (latencies[-1] if latencies else 0.0) * 1000.0,
+        "max_at": slow[1],
+        "slow_100ms": sum(1 for latency in latencies if latency > 0.1),
     }
 
 
@@ -460,7 +466,8 @@ def _print_load(result: dict[str, Any]) -> None:
         f"  acknowledged {result['acked']} of {result['sent']} events in "
         f"{result['seconds']:.1f} s: {result['rate']:7.1f} events/s  p50 "
         f"{result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  max "
-        f"{result['max_ms']:6.1f} ms  errors {result['errors_total']}",
+        f"{result['max_ms']:6.1f} ms (sent {result['max_at']:.1f} s in; "
+        f"{result['slow_100ms']} over 100 ms)  errors {result['errors_total']}",
         flush=True,
     )
     cpu_us = result["cpu_us"]
