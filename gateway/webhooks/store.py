@@ -23,6 +23,7 @@ outlive the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -252,37 +253,33 @@ class SqliteStore:
         self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
     ) -> list[tuple[bool, Any]]:
         """On the thread: ``batch`` in one transaction, each result ``(True, value)`` or
-        ``(False, exception)``. If the shared transaction fails, each write is tried again
-        in its own, so one failing write never takes the others down with it."""
+        ``(False, exception)``. When one of the writes raises, the transaction is rolled
+        back and each write is tried again in its own, so a failing write never takes the
+        others down with it; when the transaction itself cannot begin or commit (locked
+        past ``busy_timeout``, disk full), nothing is written and every write fails."""
         db = self._db
         if db is None:
             return [(False, RuntimeError("the store is closed"))] * len(batch)
-        if len(batch) > 1:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    values = [fn(db) for fn, _ in batch]
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                return [(True, value) for value in values]
-            except Exception:
-                pass  # one at a time below
-        results: list[tuple[bool, Any]] = []
-        for fn, _ in batch:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    value = fn(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                results.append((True, value))
-            except Exception as exc:
-                results.append((False, exc))
-        return results
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            return [(False, exc)] * len(batch)
+        try:
+            values = [fn(db) for fn, _ in batch]
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            if len(batch) == 1 or not isinstance(exc, Exception):
+                if isinstance(exc, Exception):
+                    return [(False, exc)]
+                raise
+            return [self._commit([item])[0] for item in batch]  # one at a time
+        try:
+            db.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):  # (SQLite may have rolled back already)
+                db.execute("ROLLBACK")
+            return [(False, exc)] * len(batch)
+        return [(True, value) for value in values]
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:

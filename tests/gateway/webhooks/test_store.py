@@ -440,3 +440,28 @@ async def test_a_write_after_close_fails_instead_of_waiting_forever(tmp_path: Pa
     for _ in range(2):  # and again: the failed one left nothing behind
         with pytest.raises(RuntimeError):
             await asyncio.wait_for(store.record(_event(1), ["billing"], now=1.0), 30)
+
+
+async def test_a_group_commit_that_cannot_begin_fails_every_write_in_it(tmp_path: Path) -> None:
+    """Another process holding the write lock past ``busy_timeout`` (10 s): each write of
+    the group fails (Stripe gets 503 and sends again), none is stored; later they succeed."""
+    path = tmp_path / "hooks.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        results = await asyncio.gather(
+            *(store.record(_event(n), ["billing"], now=1.0) for n in range(4)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+        other.execute("ROLLBACK")
+        assert _stored_ids(path) == set()
+        again = await asyncio.gather(
+            *(store.record(_event(n), ["billing"], now=2.0) for n in range(4))
+        )
+        assert again == [True] * 4
+    finally:
+        other.close()
+        await store.close()
