@@ -119,11 +119,18 @@ def _start_gateway(tmp: Path, workers: int, upstream: str) -> Gateway:
     return start_serve(config, audit, workers, {hb.UPSTREAM_KEY_ENV: hb.UPSTREAM_KEY})
 
 
-def start_serve(config: Path, audit: Path, workers: int, environ: dict[str, str]) -> Gateway:
-    """``stripe-gateway serve --config CONFIG --workers N``; its stderr lines are kept."""
+def start_serve(
+    config: Path,
+    audit: Path,
+    workers: int,
+    environ: dict[str, str],
+    python: list[str] | None = None,
+) -> Gateway:
+    """``stripe-gateway serve --config CONFIG --workers N``; its stderr lines are kept.
+    ``python``: the interpreter's command line (default ``sys.executable``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_GATEWAY_")}
     env.update(environ)
-    command = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+    command = [*(python or [sys.executable]), "-m", "gateway", "serve", "--config", str(config)]
     proc = subprocess.Popen(
         [*command, "--workers", str(workers)],
         cwd=REPO,

@@ -69,7 +69,7 @@ import math
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -103,6 +103,7 @@ __all__ = [
 
 _USER_AGENT = "stripe-gateway-webhooks/1"
 _JSON = "application/json"
+_OUTCOMES = ("delivered", "retry", "dead")
 
 
 # --------------------------------------------------------------------------- delivery
@@ -121,6 +122,13 @@ class _Subscriber:
     open_until: float = 0.0
     paused: bool = False
     task: asyncio.Task[None] | None = None
+    #: prepared once (not per attempt): the signing secret, the attempt's timeout, and the
+    #: subscription's metric children (``outcomes``: by ``delivered``, ``retry``, ``dead``)
+    secret: str = ""
+    timeout: aiohttp.ClientTimeout | None = None
+    depth: Any = None
+    oldest: Any = None
+    outcomes: dict[str, Any] = field(default_factory=dict)
 
     def room(self, breaker_failures: int) -> int:
         if self.failures >= breaker_failures:  # half-open: one probe at a time
@@ -145,6 +153,9 @@ class WebhooksPlugin:
         self._pruner: asyncio.Task[None] | None = None
         self._owner = secrets.token_hex(8)
         self._received: Any = None
+        #: per source: its secrets and its ``webhook_events_received`` child (prepared once)
+        self._secrets: dict[str, tuple[str, ...]] = {}
+        self._received_by: dict[str, Any] = {}
         self._rejected: Any = None
         self._deliveries: Any = None
         self._depth: Any = None
@@ -221,8 +232,20 @@ class WebhooksPlugin:
         )
         loop = asyncio.get_running_loop()
         self._pruner = loop.create_task(self._prune_hourly())
+        for source in self.settings.sources:
+            self._secrets[source.name] = source.secrets
+            self._received_by[source.name] = self._received.labels(source.name)
         for sub in self.settings.subscriptions:
-            subscriber = _Subscriber(sub, asyncio.Event(), {})
+            subscriber = _Subscriber(
+                sub,
+                asyncio.Event(),
+                {},
+                secret=sub.secret,
+                timeout=aiohttp.ClientTimeout(total=sub.timeout),
+                depth=self._depth.labels(sub.name),
+                oldest=self._oldest.labels(sub.name),
+                outcomes={o: self._deliveries.labels(sub.name, o) for o in _OUTCOMES},
+            )
             subscriber.task = loop.create_task(self._dispatch(subscriber))
             self._subscribers[sub.name] = subscriber
 
@@ -346,7 +369,7 @@ class WebhooksPlugin:
                 code="webhook_store_unavailable",
                 should_retry=True,
             ) from None
-        self._received.labels(source.name).inc()
+        self._received_by[source.name].inc()
         audit.update(webhook_duplicate=not new, webhook_deliveries=len(wanted) if new else 0)
         line.update(
             outcome="accepted" if new else "duplicate", deliveries=len(wanted) if new else 0
@@ -370,20 +393,28 @@ class WebhooksPlugin:
         too_large = Rejected("too_large", f"The body is larger than {cap} bytes.")
         if request.content_length is not None and request.content_length > cap:
             raise too_large
-        body = bytearray()
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > cap:
-                raise too_large
+        if request.content_length is not None:  # one read (a short body fails to verify)
+            try:
+                body = await request.content.readexactly(request.content_length)
+            except asyncio.IncompleteReadError as exc:
+                body = exc.partial
+        else:  # chunked: read up to the cap
+            buffer = bytearray()
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                buffer += chunk
+                if len(buffer) > cap:
+                    raise too_large
+            body = bytes(buffer)
         header = request.headers.get("Stripe-Signature", "")
-        reason = verify(bytes(body), header, source.secrets, source.tolerance, time.time())
+        secrets_ = self._secrets.get(source.name) or source.secrets
+        reason = verify(body, header, secrets_, source.tolerance, time.time())
         if reason == "no_signature":
             raise Rejected(reason, "No Stripe-Signature header with t= and v1= was found.")
         if reason == "bad_signature":
             raise Rejected(reason, "No signature matches the body with this source's secrets.")
         if reason == "stale":
             raise Rejected(reason, "The signature's timestamp is outside the tolerance.")
-        return describe(source.name, bytes(body))
+        return describe(source.name, body)
 
     # ------------------------------------------------------------------ delivery
 
@@ -406,8 +437,8 @@ class WebhooksPlugin:
                 await asyncio.sleep(wait)
                 continue
             subscriber.paused = due.paused
-            self._depth.labels(name).set(due.pending)
-            self._oldest.labels(name).set(0.0 if due.oldest is None else max(0.0, now - due.oldest))
+            subscriber.depth.set(due.pending)
+            subscriber.oldest.set(0.0 if due.oldest is None else max(0.0, now - due.oldest))
             for claimed in due.claimed:
                 task = asyncio.get_running_loop().create_task(self._attempt(subscriber, claimed))
                 subscriber.in_flight[claimed.event_id, claimed.claim] = task
@@ -436,7 +467,7 @@ class WebhooksPlugin:
             started = time.monotonic()
             headers = {
                 "Content-Type": "application/json; charset=utf-8",
-                "Stripe-Signature": sign(claimed.body, sub.secret, int(time.time())),
+                "Stripe-Signature": sign(claimed.body, subscriber.secret, int(time.time())),
                 "User-Agent": _USER_AGENT,
             }
             try:
@@ -444,7 +475,7 @@ class WebhooksPlugin:
                     sub.url,
                     data=claimed.body,
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=sub.timeout),
+                    timeout=subscriber.timeout,
                     allow_redirects=False,
                 ) as response:
                     status = response.status
@@ -497,7 +528,7 @@ class WebhooksPlugin:
                     attempt=attempt,
                     outcome=outcome,
                 )
-            self._deliveries.labels(sub.name, outcome).inc()
+            subscriber.outcomes[outcome].inc()
             line = {
                 "subscription": sub.name,
                 "team": sub.team,

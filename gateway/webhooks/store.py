@@ -7,7 +7,10 @@ in a Redis that several gateway instances share.
 One SQLite file (WAL, ``synchronous=FULL``): a received event and one delivery row per
 matching subscription are written in one transaction, committed (fsync'd) before the
 event is acknowledged. Every call runs on one dedicated thread, so the event loop never
-waits on the disk.
+waits on the disk. Writes that arrive while the thread is busy (the events and attempt
+outcomes of concurrent requests, and the dispatchers' claims) are committed together in
+one transaction when it is free (group commit: one fsync and one thread hop for the lot);
+each call still returns only once its own rows are committed.
 
 Deliveries are claimed with a lease (``lease_until``, ``owner``): a dispatcher takes due
 rows whose lease has expired in one ``UPDATE ... RETURNING``, so several processes (the
@@ -25,10 +28,12 @@ process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -225,6 +230,84 @@ class SqliteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhooks-sqlite")
         self._db: sqlite3.Connection | None = None
+        #: writes waiting for the next group commit, with their callers' futures
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._writing = False
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a write transaction shared with the writes queued meanwhile (group
+        commit); returns once that transaction is committed, with ``fn``'s result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queued.append((fn, future))
+        if not self._writing:
+            self._writing = True
+            self._commit_queued(loop)
+        return await future
+
+    def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand the queued writes to the thread as one batch; when it is done, answer each
+        caller and start the next batch (the writes queued while this one was on disk)."""
+        batch, self._queued = self._queued, []
+        try:
+            done = loop.run_in_executor(self._executor, partial(self._commit, batch))
+        except RuntimeError as exc:  # the store is closed: nothing written
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            self._writing = False
+            return
+
+        def answer(done: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+            try:
+                results = done.result()
+            except BaseException as exc:  # the executor is gone (closing): nothing written
+                results = [(False, exc)] * len(batch)
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # the caller gave up; its write stands (or not) anyway
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            if self._queued:
+                self._commit_queued(loop)
+            else:
+                self._writing = False
+
+        done.add_done_callback(answer)
+
+    def _commit(
+        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[bool, Any]]:
+        """On the thread: ``batch`` in one transaction, each result ``(True, value)`` or
+        ``(False, exception)``. When one of the writes raises, the transaction is rolled
+        back and each write is tried again in its own, so a failing write never takes the
+        others down with it; when the transaction itself cannot begin or commit (locked
+        past ``busy_timeout``, disk full), nothing is written and every write fails."""
+        db = self._db
+        if db is None:
+            return [(False, RuntimeError("the store is closed"))] * len(batch)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            return [(False, exc)] * len(batch)
+        try:
+            values = [fn(db) for fn, _ in batch]
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            if len(batch) == 1 or not isinstance(exc, Exception):
+                if isinstance(exc, Exception):
+                    return [(False, exc)]
+                raise
+            return [self._commit([item])[0] for item in batch]  # one at a time
+        try:
+            db.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):  # (SQLite may have rolled back already)
+                db.execute("ROLLBACK")
+            return [(False, exc)] * len(batch)
+        return [(True, value) for value in values]
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -250,6 +333,9 @@ class SqliteStore:
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
     async def close(self) -> None:
+        while self._writing:  # let the group commit under way (and any queued) finish
+            await asyncio.sleep(0.001)
+
         def close() -> None:
             if self._db is not None:
                 self._db.close()
@@ -264,37 +350,31 @@ class SqliteStore:
         """Store ``event`` and a pending delivery to each of ``subscriptions``, durably;
         ``False`` (and nothing written) when an event with its id is stored already."""
 
-        def record(db: sqlite3.Connection) -> bool:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        event.id,
-                        event.source,
-                        event.type,
-                        event.object,
-                        None if event.livemode is None else int(event.livemode),
-                        event.account,
-                        event.object_id,
-                        now,
-                        event.body,
-                    ),
+        def record(db: sqlite3.Connection) -> bool:  # in a transaction (_write)
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.source,
+                    event.type,
+                    event.object,
+                    None if event.livemode is None else int(event.livemode),
+                    event.account,
+                    event.object_id,
+                    now,
+                    event.body,
+                ),
+            )
+            new = cursor.rowcount == 1
+            if new:
+                db.executemany(
+                    "INSERT INTO deliveries (event_id, subscription, status, next_at, "
+                    "created, updated) VALUES (?, ?, 'pending', ?, ?, ?)",
+                    [(event.id, name, now, now, now) for name in subscriptions],
                 )
-                new = cursor.rowcount == 1
-                if new:
-                    db.executemany(
-                        "INSERT INTO deliveries (event_id, subscription, status, next_at, "
-                        "created, updated) VALUES (?, ?, 'pending', ?, ?, ?)",
-                        [(event.id, name, now, now, now) for name in subscriptions],
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             return new
 
-        return await self._run(record)
+        return await self._write(record)
 
     # ----------------------------------------------------------------- delivery
 
@@ -332,7 +412,7 @@ class SqliteStore:
             ).fetchone()
             return Due(claimed, next_at, pending, oldest, paused)
 
-        return await self._run(claim)
+        return await self._write(claim)  # a write (the leases): group-committed
 
     async def finish(
         self,
@@ -358,7 +438,7 @@ class SqliteStore:
         row = (status, attempts, next_at, last_status, last_error, now)
         key = (event_id, subscription, owner, claim)
 
-        def finish(db: sqlite3.Connection) -> bool:
+        def finish(db: sqlite3.Connection) -> bool:  # in a transaction (_write)
             cursor = db.execute(
                 "UPDATE deliveries SET"
                 " status = CASE WHEN replay THEN 'pending' ELSE ? END,"
@@ -372,7 +452,7 @@ class SqliteStore:
             )
             return cursor.rowcount == 1
 
-        return await self._run(finish)
+        return await self._write(finish)
 
     async def release(self, owner: str) -> None:
         """Give up ``owner``'s leases (at shutdown: another process may send them now)."""

@@ -4,7 +4,9 @@ duplicates, leases across processes, replay (of one event and of a time range), 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -651,3 +653,98 @@ async def test_a_redis_that_is_down_at_start_up_is_a_warning(tmp_path: Path) -> 
         assert line["event"] == "webhook_redis_durability_unchecked"
         with pytest.raises(ConfigError, match="cannot check"):
             await _open_logged(url, require=True)
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+def _stored_ids(path: Path) -> set[str]:
+    """The event ids another connection (another process) sees committed in ``path``."""
+    db = sqlite3.connect(path)
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM events")}
+    finally:
+        db.close()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ids=st.lists(st.integers(0, 30), min_size=1, max_size=40))
+async def test_concurrent_records_are_each_committed_before_they_return(
+    tmp_path: Path, ids: list[int]
+) -> None:
+    """Group commit: however many records arrive at once (duplicates among them), each
+    returns only once its event is visible to another connection, and an id is new once."""
+    path = tmp_path / f"{secrets.token_hex(4)}.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+
+        async def record(n: int) -> bool:
+            new = await store.record(_event(n), ["billing"], now=1.0)
+            assert f"evt_{n}" in _stored_ids(path)  # committed, not merely queued
+            return new
+
+        results = await asyncio.gather(*(record(n) for n in ids))
+        news = [n for n, new in zip(ids, results, strict=True) if new]
+        assert sorted(news) == sorted(set(ids))  # each id new exactly once
+        assert len(await store.deliveries(limit=1000)) == len(set(ids))
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_does_not_take_the_others_in_its_group_commit_down(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hooks.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        bad = dataclasses.replace(_event(99), body=object())  # type: ignore[arg-type]
+        results = await asyncio.gather(
+            *(store.record(e, ["billing"], now=1.0) for e in (_event(0), _event(1), bad)),
+            store.record(_event(2), ["billing"], now=1.0),
+            return_exceptions=True,
+        )
+        assert results[:2] == [True, True] and results[3] is True
+        assert isinstance(results[2], sqlite3.Error)
+        assert _stored_ids(path) == {"evt_0", "evt_1", "evt_2"}
+        # the failed one was not stored: it is new when it comes again
+        assert await store.record(_event(99), ["billing"], now=2.0)
+    finally:
+        await store.close()
+
+
+async def test_a_write_after_close_fails_instead_of_waiting_forever(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "hooks.sqlite3"))
+    await store.open()
+    await store.close()
+    for _ in range(2):  # and again: the failed one left nothing behind
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(store.record(_event(1), ["billing"], now=1.0), 30)
+
+
+async def test_a_group_commit_that_cannot_begin_fails_every_write_in_it(tmp_path: Path) -> None:
+    """Another process holding the write lock past ``busy_timeout`` (10 s): each write of
+    the group fails (Stripe gets 503 and sends again), none is stored; later they succeed."""
+    path = tmp_path / "hooks.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        results = await asyncio.gather(
+            *(store.record(_event(n), ["billing"], now=1.0) for n in range(4)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
+        other.execute("ROLLBACK")
+        assert _stored_ids(path) == set()
+        again = await asyncio.gather(
+            *(store.record(_event(n), ["billing"], now=2.0) for n in range(4))
+        )
+        assert again == [True] * 4
+    finally:
+        other.close()
+        await store.close()
