@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,6 +224,7 @@ class CachePlugin:
         self.store: CacheStore | None = None
         self._flights: dict[str, _Flight] = {}
         self._read_timeout = 80.0
+        self._max_entry_bytes = self.settings.max_entry_bytes
         self._log: Any = None
         self._last_error_log = 0.0
         # metrics (registered at start-up): served and stored bytes, backend errors,
@@ -247,6 +249,7 @@ class CachePlugin:
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: CacheSettings) -> None:
         self.settings = settings
+        self._max_entry_bytes = settings.max_entry_bytes
         self._read_timeout = config.upstream.read_timeout
 
     @hookimpl
@@ -417,21 +420,29 @@ class CachePlugin:
     # ------------------------------------------------------------------ requests
 
     @hookimpl
-    async def gateway_request(self, ctx: RequestContext) -> web.StreamResponse | None:
+    def gateway_request(
+        self, ctx: RequestContext
+    ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
+        """A hit from the memory store is answered at once (no coroutine); the Redis store
+        and a wait for an identical request in flight return an awaitable."""
         request = ctx.request
-        if not is_cacheable_retrieve(request.method, request.path):
-            if request.method != "GET" and object_ids_in(request.path):
+        method, path = request.method, request.path
+        if not is_cacheable_retrieve(method, path):
+            if method != "GET" and object_ids_in(path):
                 ctx.state["cache.writes"] = True
             ctx.state[STATUS] = "BYPASS"
             return None
-        directives = {
-            d.strip().lower() for d in request.headers.get("Cache-Control", "").split(",")
-        }
-        if "no-store" in directives:
-            ctx.state[STATUS] = "BYPASS"
-            self.counts["bypass"] += 1
-            return None
         headers = request.headers
+        no_cache = False
+        control = headers.get("Cache-Control")
+        if control:
+            directives = {d.strip().lower() for d in control.split(",")}
+            if "no-store" in directives:
+                ctx.state[STATUS] = "BYPASS"
+                self.counts["bypass"] += 1
+                return None
+            no_cache = "no-cache" in directives
+        raw_path, _, query_string = request.raw_path.partition("?")
         key = cache_key(
             credential=ctx.credential or "",
             account=headers.get("Stripe-Account"),
@@ -439,30 +450,53 @@ class CachePlugin:
             version=headers.get("Stripe-Version"),
             # as sent upstream: the raw path, and the raw query (decoded once, by
             # normal_query; `a=1%26b=2` and `a=1&b=2` are different requests)
-            path=request.raw_path.partition("?")[0],
-            query_string=request.rel_url.raw_query_string,
+            path=raw_path,
+            query_string=query_string,
         )
         state = _State(key=key, started=time.time())
         ctx.state["cache"] = state
-        if "no-cache" not in directives:
-            entry = await self._get(key)
-            if entry is not None:
-                if entry.fresh_until > time.time():
-                    ctx.state[STATUS] = "HIT"
-                    self.counts["hit"] += 1
-                    return self._response(entry, "HIT")
-                state.stale = entry
-            flight = self._flights.get(key)
-            if flight is not None:
-                return await self._wait(ctx, flight)
+        if no_cache:
+            self._lead(ctx, state)
+            return None
+        store = self.store
+        if isinstance(store, MemoryStore):
+            return self._found(ctx, state, store.get_now(key))
+        return self._get_then(ctx, state)
+
+    async def _get_then(self, ctx: RequestContext, state: _State) -> web.StreamResponse | None:
+        """The lookup in a store that must be awaited (Redis)."""
+        answer = self._found(ctx, state, await self._get(state.key))
+        if answer is None or isinstance(answer, web.StreamResponse):
+            return answer
+        return await answer
+
+    def _found(
+        self, ctx: RequestContext, state: _State, entry: Entry | None
+    ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
+        """After the lookup: a fresh entry's answer, a wait for the same request in
+        flight, or the lead of a new flight (``None``: the request goes upstream)."""
+        if entry is not None:
+            if entry.fresh_until > time.time():
+                ctx.state[STATUS] = "HIT"
+                self.counts["hit"] += 1
+                return self._response(entry, "HIT")
+            state.stale = entry
+        flight = self._flights.get(state.key)
+        if flight is not None:
+            return self._wait(ctx, flight)
+        self._lead(ctx, state)
+        return None
+
+    def _lead(self, ctx: RequestContext, state: _State) -> None:
+        """This request fetches the answer; identical ones wait for it."""
         flight = _Flight()
-        self._flights[key] = flight
+        self._flights[state.key] = flight
         state.leader = flight
         ctx.state[STATUS] = "MISS"
         # another plugin (the audit log) may want a copy of larger bodies
-        ctx.capture_limit = max(ctx.capture_limit, self.settings.max_entry_bytes)
+        if ctx.capture_limit < self._max_entry_bytes:
+            ctx.capture_limit = self._max_entry_bytes
         self.counts["miss"] += 1
-        return None
 
     async def _get(self, key: str) -> Entry | None:
         assert self.store is not None
@@ -503,25 +537,19 @@ class CachePlugin:
         return response
 
     @hookimpl
-    async def gateway_upstream_response(
+    def gateway_upstream_response(
         self, ctx: RequestContext, headers: CIMultiDict[str]
-    ) -> web.StreamResponse | None:
+    ) -> web.StreamResponse | Awaitable[None] | None:
+        """A successful write evicts (awaited); a failure with a stale entry is answered
+        with it; anything else returns ``None`` at once."""
         if ctx.state.get("cache.writes") and 200 <= ctx.status < 300:
             # a successful write: evict every variant before the client sees the answer
-            assert self.store is not None
-            try:
-                evicted = await self.store.evict(object_ids_in(ctx.path))
-                self.counts["evicted"] += evicted
-                if evicted and self._evictions is not None:
-                    self._evictions.labels("write").inc(evicted)
-            except StoreUnavailable:
-                ctx.audit["cache_evict_failed"] = True
-            return None
+            return self._evict_written(ctx)
         state: _State | None = ctx.state.get("cache")
-        if state is None:
+        if state is None or state.stale is None:
             return None
         failed = ctx.status >= 500 or ctx.error in ("upstream_timeout", "upstream_unreachable")
-        if failed and state.stale is not None and state.stale.stale_until > time.time():
+        if failed and state.stale.stale_until > time.time():
             ctx.state[STATUS] = "STALE"
             self.counts["stale"] += 1
             state.store = False
@@ -529,6 +557,16 @@ class CachePlugin:
             response.headers["Warning"] = '111 - "Revalidation Failed"'
             return response
         return None
+
+    async def _evict_written(self, ctx: RequestContext) -> None:
+        assert self.store is not None
+        try:
+            evicted = await self.store.evict(object_ids_in(ctx.path))
+            self.counts["evicted"] += evicted
+            if evicted and self._evictions is not None:
+                self._evictions.labels("write").inc(evicted)
+        except StoreUnavailable:
+            ctx.audit["cache_evict_failed"] = True
 
     @hookimpl
     def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
@@ -541,7 +579,9 @@ class CachePlugin:
         return {"cache": ctx.state.get(STATUS)}
 
     @hookimpl
-    async def gateway_request_finished(self, ctx: RequestContext) -> None:
+    def gateway_request_finished(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """Count the outcome; a leader stores its answer (at once in the memory store,
+        awaited in Redis) and hands it to its waiters."""
         status = ctx.state.get(STATUS)
         if status is not None and self._requests is not None:
             counter = self._outcomes.get(status)
@@ -550,31 +590,52 @@ class CachePlugin:
             counter.inc()
         state: _State | None = ctx.state.get("cache")
         if state is None or state.leader is None:
-            return
-        flight = state.leader
+            return None
         result: Entry | web.Response | None = None
         try:
             entry = self._entry_for(ctx, state)
             if entry is not None:
                 result = entry
-                assert self.store is not None
-                object_ids = object_ids_in(ctx.path)
-                try:
-                    if await self.store.put(state.key, entry, object_ids, state.started):
-                        self.counts["stored"] += 1
-                        if self._stored is not None:
-                            self._stored.inc(len(entry.body))
-                except StoreUnavailable:
-                    pass
+                store = self.store
+                assert store is not None
+                if not isinstance(store, MemoryStore):
+                    return self._store_then_land(ctx, state, entry)
+                if store.put_now(state.key, entry, object_ids_in(ctx.path), state.started):
+                    self._count_stored(entry)
             elif self._upstream_failed(ctx):
                 result = self._failure(ctx)
             # otherwise (an answer too large or secret to share, the leader's client gone,
             # a refusal of the leader alone): the waiters fetch their own
+        except BaseException:
+            self._land(state, result)
+            raise
+        self._land(state, result)
+        return None
+
+    async def _store_then_land(self, ctx: RequestContext, state: _State, entry: Entry) -> None:
+        """Store in a store that must be awaited (Redis), then hand the entry to the waiters."""
+        assert self.store is not None
+        try:
+            if await self.store.put(state.key, entry, object_ids_in(ctx.path), state.started):
+                self._count_stored(entry)
+        except StoreUnavailable:
+            pass
         finally:
-            if self._flights.get(state.key) is flight:
-                del self._flights[state.key]
-            if not flight.done.done():
-                flight.done.set_result(result)
+            self._land(state, entry)
+
+    def _count_stored(self, entry: Entry) -> None:
+        self.counts["stored"] += 1
+        if self._stored is not None:
+            self._stored.inc(len(entry.body))
+
+    def _land(self, state: _State, result: Entry | web.Response | None) -> None:
+        """The leader is done: its flight ends, and its waiters get ``result``."""
+        flight = state.leader
+        assert flight is not None
+        if self._flights.get(state.key) is flight:
+            del self._flights[state.key]
+        if not flight.done.done():
+            flight.done.set_result(result)
 
     def _entry_for(self, ctx: RequestContext, state: _State) -> Entry | None:
         body = ctx.response_body

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import cachetools
@@ -40,6 +41,15 @@ class Entry:
     fresh_until: float
     #: time.time() until which it may be served stale on upstream errors
     stale_until: float
+    #: bytes it counts for in a store's bound (body, headers and a fixed overhead),
+    #: computed once: the LRU asks on every put and every drop
+    size: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        size = len(self.body) + 64
+        for k, v in self.headers:
+            size += len(k) + len(v)
+        object.__setattr__(self, "size", size)
 
     def encode(self) -> bytes:
         head = orjson.dumps(
@@ -59,10 +69,6 @@ class Entry:
             fresh_until=float(fresh_until),
             stale_until=float(stale_until),
         )
-
-    @property
-    def size(self) -> int:
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 64
 
 
 class CacheStore(Protocol):
@@ -102,8 +108,8 @@ class _Lru(cachetools.LRUCache[str, Entry]):
             return None
 
 
-def _entry_size(entry: Entry) -> int:
-    return entry.size
+#: an entry's size for the LRU (a C call, not a Python function)
+_entry_size: Callable[[Entry], int] = operator.attrgetter("size")
 
 
 #: expired entries reclaimed (at most) per put; each put adds one to reclaim, so a
@@ -159,6 +165,11 @@ class MemoryStore:
         return len(self._entries)
 
     async def get(self, key: str) -> Entry | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> Entry | None:
+        """:meth:`get`, synchronously (nothing here waits): the cache plugin's hit path
+        makes no coroutine for it."""
         entry = self._entries.get(key)
         if entry is not None and entry.stale_until < self._clock():
             self._entries.pop(key, None)
@@ -166,6 +177,10 @@ class MemoryStore:
         return entry
 
     async def put(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
+        return self.put_now(key, entry, object_ids, started)
+
+    def put_now(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
+        """:meth:`put`, synchronously."""
         now = self._clock()
         self._prune_tombstones(now)
         if started <= self._tombstone_floor:
