@@ -39,10 +39,10 @@ from gateway.settings import RedisSettings, RouteText, Settings
 from gateway.stores.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.stores.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 
-__all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings", "state_of"]
+__all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings", "TtlPolicy", "state_of"]
 
 #: headers of a stored answer that are replayed on a hit
-_KEPT = ("Content-Type", "Request-Id", "Stripe-Version", "Cache-Control")
+_KEPT = frozenset({"Content-Type", "Request-Id", "Stripe-Version", "Cache-Control"})
 #: the leader's failures that its waiters share (see gateway/proxy.py)
 _UPSTREAM_ERRORS = frozenset(
     {
@@ -53,7 +53,7 @@ _UPSTREAM_ERRORS = frozenset(
     }
 )
 #: markers of secrets in a body: such answers are never stored
-_SECRETS = (b'"client_secret"', b'"secret"')
+_SECRET, _CLIENT_SECRET = b'"secret"', b'"client_secret"'
 #: ``ctx.state`` key of the request's cache status: HIT, MISS, BYPASS, COALESCED, STALE
 STATUS = "cache.status"
 
@@ -168,10 +168,36 @@ class CacheSettings(RedisSettings):
     max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="most bytes of the memory backend")
     key_prefix: str = Field("sgw:cache", min_length=1, description="Redis key prefix")
 
-    _rules: tuple[tuple[RouteRule, float], ...] = PrivateAttr(())
+    _policy: TtlPolicy = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
-        self._rules = tuple((parse_rule(r.route), r.ttl) for r in self.routes)
+        self._policy = TtlPolicy(
+            rules=tuple((parse_rule(r.route), r.ttl) for r in self.routes),
+            default_ttl=self.default_ttl,
+            transitional_ttl=self.transitional_ttl,
+            final_ttl=self.final_ttl,
+        )
+
+    @property
+    def policy(self) -> TtlPolicy:
+        """The TTL rules, prepared: a plain object (a pydantic private attribute costs a
+        ``__getattr__`` call on every read, so the request path holds this instead)."""
+        return self._policy
+
+    def ttl_for(self, method: str, path: str, obj: dict[str, Any] | None) -> float:
+        """:meth:`TtlPolicy.ttl_for` of these settings."""
+        return self._policy.ttl_for(method, path, obj)
+
+
+@dataclass(frozen=True, slots=True)
+class TtlPolicy:
+    """How long an answer stays fresh, from :class:`CacheSettings`, prepared at start-up
+    (compared by value: a reload with the same settings keeps the memory store)."""
+
+    rules: tuple[tuple[RouteRule, float], ...]
+    default_ttl: float
+    transitional_ttl: float
+    final_ttl: float
 
     def ttl_for(self, method: str, path: str, obj: dict[str, Any] | None) -> float:
         """Seconds an answer (``obj``, its parsed body) stays fresh: ``transitional_ttl``
@@ -186,7 +212,7 @@ class CacheSettings(RedisSettings):
                 ttl = min(ttl, expires - time.time())
             return ttl
         route_ttl = self.default_ttl
-        for rule, ttl in self._rules:
+        for rule, ttl in self.rules:
             if rule.matches(method, path):
                 route_ttl = ttl
                 break
@@ -225,6 +251,7 @@ class CachePlugin:
         self._flights: dict[str, _Flight] = {}
         self._read_timeout = 80.0
         self._max_entry_bytes = self.settings.max_entry_bytes
+        self._policy = self.settings.policy
         self._log: Any = None
         self._last_error_log = 0.0
         # metrics (registered at start-up): served and stored bytes, backend errors,
@@ -249,6 +276,7 @@ class CachePlugin:
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: CacheSettings) -> None:
         self.settings = settings
+        self._policy = settings.policy
         self._max_entry_bytes = settings.max_entry_bytes
         self._read_timeout = config.upstream.read_timeout
 
@@ -648,19 +676,19 @@ class CachePlugin:
             return None
         if not headers.get("Content-Type", "").startswith("application/json"):
             return None
-        if any(marker in body for marker in _SECRETS):
+        if _SECRET in body or _CLIENT_SECRET in body:
             return None
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        ttl = self.settings.ttl_for(ctx.method, ctx.path, obj if isinstance(obj, dict) else None)
+        ttl = self._policy.ttl_for(ctx.method, ctx.path, obj if isinstance(obj, dict) else None)
         if ttl <= 0:
             return None
         now = time.time()
         return Entry(
             status=ctx.status,
-            headers=tuple((k, v) for k, v in headers.items() if k in _KEPT),
+            headers=tuple([(k, v) for k, v in headers.items() if k in _KEPT]),
             body=body,
             stored_at=now,
             fresh_until=now + ttl,

@@ -45,6 +45,8 @@ def object_ids_in(path: str) -> list[str]:
 def normal_query(query_string: str) -> str:
     """A canonical form of a query string: ``expand`` values sorted and de-duplicated,
     other parameters sorted by name, everything percent-encoded one way."""
+    if not query_string:  # most retrieves: nothing to parse
+        return ""
     expand: set[str] = set()
     other: list[tuple[str, str]] = []
     for name, value in parse_qsl(query_string, keep_blank_values=True):
