@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -221,16 +221,18 @@ class TtlPolicy:
         return route_ttl
 
 
-@dataclass
 class _Flight:
     """An upstream fetch that identical concurrent misses wait for."""
 
-    done: asyncio.Future[Entry | web.Response | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[Entry | web.Response | None] = (
+            asyncio.get_running_loop().create_future()
+        )
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     key: str
     started: float

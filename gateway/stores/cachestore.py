@@ -144,6 +144,7 @@ class MemoryStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._entries = _Lru(max_bytes, self._unlink)
+        self._max_bytes = max_bytes
         self._max_entries = max_entries
         #: object id -> keys of its entries in the store (never an empty set)
         self._index: dict[str, set[str]] = {}
@@ -182,28 +183,37 @@ class MemoryStore:
     def put_now(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
         """:meth:`put`, synchronously."""
         now = self._clock()
-        self._prune_tombstones(now)
+        tombstones = self._tombstones
+        if tombstones:
+            self._prune_tombstones(now)
+            for object_id in object_ids:
+                evicted = tombstones.get(object_id)
+                if evicted is not None and evicted >= started:
+                    return False
         if started <= self._tombstone_floor:
             return False
-        for object_id in object_ids:
-            evicted = self._tombstones.get(object_id)
-            if evicted is not None and evicted >= started:
-                return False
-        if entry.size > self._entries.maxsize:
+        if entry.size > self._max_bytes:
             return False
-        self._sweep(now)
+        expiry = self._expiry
+        if expiry and expiry[0][0] < now:
+            self._sweep(now)
+        # (the LRU's len() and ``in`` are Python calls: each asked once)
         entries = self._entries
-        expected = len(entries) + (key not in entries)
+        before = len(entries)
+        expected = before if key in entries else before + 1
         entries[key] = entry  # the LRU drops the least recent entries past max_bytes
-        while len(entries) > self._max_entries:
+        count = len(entries)
+        while count > self._max_entries:
             entries.popitem()
-        if len(entries) < expected and self._on_drop is not None:
-            self._on_drop(expected - len(entries))
-        if key in entries:
-            self._link(key, tuple(object_ids))
-            heapq.heappush(self._expiry, (entry.stale_until, key))
-            if len(self._expiry) > 2 * len(entries) + 64:
-                self._rebuild_expiry()
+            count -= 1
+        if count < expected and self._on_drop is not None:
+            self._on_drop(expected - count)
+        # the new entry is the most recent: neither bound above drops it (the LRU makes
+        # room for it first; max_entries >= 1)
+        self._link(key, tuple(object_ids))
+        heapq.heappush(expiry, (entry.stale_until, key))
+        if len(expiry) > 2 * count + 64:
+            self._rebuild_expiry()
         return True
 
     async def evict(self, object_ids: list[str]) -> int:
