@@ -559,12 +559,10 @@ class CachePlugin:
     def _response(self, entry: Entry, status: str) -> web.Response:
         if self._served is not None:
             self._served.inc(len(entry.body))
-        response = web.Response(
-            status=entry.status, body=entry.body, headers=CIMultiDict(entry.headers)
-        )
-        response.headers["X-Cache"] = status
-        response.headers["Age"] = str(max(0, int(time.time() - entry.stored_at)))
-        return response
+        age = int(time.time() - entry.stored_at)
+        # one header list, made into the response's CIMultiDict once
+        headers = [*entry.headers, ("X-Cache", status), ("Age", str(age if age > 0 else 0))]
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     @hookimpl
     def gateway_upstream_response(
