@@ -483,35 +483,42 @@ class CachePlugin:
             path=raw_path,
             query_string=query_string,
         )
-        state = _State(key=key, started=time.time())
-        ctx.state["cache"] = state
         if no_cache:
-            self._lead(ctx, state)
+            self._lead(ctx, self._state(ctx, key))
             return None
         store = self.store
         if isinstance(store, MemoryStore):
-            return self._found(ctx, state, store.get_now(key))
-        return self._get_then(ctx, state)
+            return self._found(ctx, key, store.get_now(key))
+        return self._get_then(ctx, key)
 
-    async def _get_then(self, ctx: RequestContext, state: _State) -> web.StreamResponse | None:
+    @staticmethod
+    def _state(ctx: RequestContext, key: str) -> _State:
+        """The request goes upstream (or waits for one that does): its cache state, from
+        now (a hit needs none)."""
+        state = ctx.state["cache"] = _State(key=key, started=time.time())
+        return state
+
+    async def _get_then(self, ctx: RequestContext, key: str) -> web.StreamResponse | None:
         """The lookup in a store that must be awaited (Redis)."""
-        answer = self._found(ctx, state, await self._get(state.key))
+        answer = self._found(ctx, key, await self._get(key))
         if answer is None or isinstance(answer, web.StreamResponse):
             return answer
         return await answer
 
     def _found(
-        self, ctx: RequestContext, state: _State, entry: Entry | None
+        self, ctx: RequestContext, key: str, entry: Entry | None
     ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
         """After the lookup: a fresh entry's answer, a wait for the same request in
         flight, or the lead of a new flight (``None``: the request goes upstream)."""
-        if entry is not None:
-            if entry.fresh_until > time.time():
-                ctx.state[STATUS] = "HIT"
-                self.counts["hit"] += 1
-                return self._response(entry, "HIT")
-            state.stale = entry
-        flight = self._flights.get(state.key)
+        if entry is not None and entry.fresh_until > time.time():
+            ctx.state[STATUS] = "HIT"
+            self.counts["hit"] += 1
+            return self._response(entry, "HIT")
+        # (taken after the lookup, before any fetch: a write that ends after this time
+        # still keeps the fetched answer out of the store)
+        state = self._state(ctx, key)
+        state.stale = entry
+        flight = self._flights.get(key)
         if flight is not None:
             return self._wait(ctx, flight)
         self._lead(ctx, state)
