@@ -44,6 +44,7 @@ ROWS: dict[str, tuple[str, dict[str, str]]] = {
     "idempotency": ("idempotency", {}),
     "metrics": ("metrics", {}),
     "cache-miss": ("cache", NO_CACHE),
+    "cache-hit": ("cache", {}),
     "A": ("A", {}),
     "B": ("B", {}),
     "C-miss": ("C", NO_CACHE),

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -38,10 +39,10 @@ from gateway.settings import RedisSettings, RouteText, Settings
 from gateway.stores.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.stores.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 
-__all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings", "state_of"]
+__all__ = ["STATUS", "CachePlugin", "CacheRoute", "CacheSettings", "TtlPolicy", "state_of"]
 
 #: headers of a stored answer that are replayed on a hit
-_KEPT = ("Content-Type", "Request-Id", "Stripe-Version", "Cache-Control")
+_KEPT = frozenset({"Content-Type", "Request-Id", "Stripe-Version", "Cache-Control"})
 #: the leader's failures that its waiters share (see gateway/proxy.py)
 _UPSTREAM_ERRORS = frozenset(
     {
@@ -52,7 +53,7 @@ _UPSTREAM_ERRORS = frozenset(
     }
 )
 #: markers of secrets in a body: such answers are never stored
-_SECRETS = (b'"client_secret"', b'"secret"')
+_SECRET, _CLIENT_SECRET = b'"secret"', b'"client_secret"'
 #: ``ctx.state`` key of the request's cache status: HIT, MISS, BYPASS, COALESCED, STALE
 STATUS = "cache.status"
 
@@ -167,10 +168,36 @@ class CacheSettings(RedisSettings):
     max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="most bytes of the memory backend")
     key_prefix: str = Field("sgw:cache", min_length=1, description="Redis key prefix")
 
-    _rules: tuple[tuple[RouteRule, float], ...] = PrivateAttr(())
+    _policy: TtlPolicy = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
-        self._rules = tuple((parse_rule(r.route), r.ttl) for r in self.routes)
+        self._policy = TtlPolicy(
+            rules=tuple((parse_rule(r.route), r.ttl) for r in self.routes),
+            default_ttl=self.default_ttl,
+            transitional_ttl=self.transitional_ttl,
+            final_ttl=self.final_ttl,
+        )
+
+    @property
+    def policy(self) -> TtlPolicy:
+        """The TTL rules, prepared: a plain object (a pydantic private attribute costs a
+        ``__getattr__`` call on every read, so the request path holds this instead)."""
+        return self._policy
+
+    def ttl_for(self, method: str, path: str, obj: dict[str, Any] | None) -> float:
+        """:meth:`TtlPolicy.ttl_for` of these settings."""
+        return self._policy.ttl_for(method, path, obj)
+
+
+@dataclass(frozen=True, slots=True)
+class TtlPolicy:
+    """How long an answer stays fresh, from :class:`CacheSettings`, prepared at start-up
+    (compared by value: a reload with the same settings keeps the memory store)."""
+
+    rules: tuple[tuple[RouteRule, float], ...]
+    default_ttl: float
+    transitional_ttl: float
+    final_ttl: float
 
     def ttl_for(self, method: str, path: str, obj: dict[str, Any] | None) -> float:
         """Seconds an answer (``obj``, its parsed body) stays fresh: ``transitional_ttl``
@@ -185,7 +212,7 @@ class CacheSettings(RedisSettings):
                 ttl = min(ttl, expires - time.time())
             return ttl
         route_ttl = self.default_ttl
-        for rule, ttl in self._rules:
+        for rule, ttl in self.rules:
             if rule.matches(method, path):
                 route_ttl = ttl
                 break
@@ -194,16 +221,18 @@ class CacheSettings(RedisSettings):
         return route_ttl
 
 
-@dataclass
 class _Flight:
     """An upstream fetch that identical concurrent misses wait for."""
 
-    done: asyncio.Future[Entry | web.Response | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[Entry | web.Response | None] = (
+            asyncio.get_running_loop().create_future()
+        )
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     key: str
     started: float
@@ -223,6 +252,8 @@ class CachePlugin:
         self.store: CacheStore | None = None
         self._flights: dict[str, _Flight] = {}
         self._read_timeout = 80.0
+        self._max_entry_bytes = self.settings.max_entry_bytes
+        self._policy = self.settings.policy
         self._log: Any = None
         self._last_error_log = 0.0
         # metrics (registered at start-up): served and stored bytes, backend errors,
@@ -247,6 +278,8 @@ class CachePlugin:
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: CacheSettings) -> None:
         self.settings = settings
+        self._policy = settings.policy
+        self._max_entry_bytes = settings.max_entry_bytes
         self._read_timeout = config.upstream.read_timeout
 
     @hookimpl
@@ -417,21 +450,29 @@ class CachePlugin:
     # ------------------------------------------------------------------ requests
 
     @hookimpl
-    async def gateway_request(self, ctx: RequestContext) -> web.StreamResponse | None:
+    def gateway_request(
+        self, ctx: RequestContext
+    ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
+        """A hit from the memory store is answered at once (no coroutine); the Redis store
+        and a wait for an identical request in flight return an awaitable."""
         request = ctx.request
-        if not is_cacheable_retrieve(request.method, request.path):
-            if request.method != "GET" and object_ids_in(request.path):
+        method, path = request.method, request.path
+        if not is_cacheable_retrieve(method, path):
+            if method != "GET" and object_ids_in(path):
                 ctx.state["cache.writes"] = True
             ctx.state[STATUS] = "BYPASS"
             return None
-        directives = {
-            d.strip().lower() for d in request.headers.get("Cache-Control", "").split(",")
-        }
-        if "no-store" in directives:
-            ctx.state[STATUS] = "BYPASS"
-            self.counts["bypass"] += 1
-            return None
         headers = request.headers
+        no_cache = False
+        control = headers.get("Cache-Control")
+        if control:
+            directives = {d.strip().lower() for d in control.split(",")}
+            if "no-store" in directives:
+                ctx.state[STATUS] = "BYPASS"
+                self.counts["bypass"] += 1
+                return None
+            no_cache = "no-cache" in directives
+        raw_path, _, query_string = request.raw_path.partition("?")
         key = cache_key(
             credential=ctx.credential or "",
             account=headers.get("Stripe-Account"),
@@ -439,30 +480,60 @@ class CachePlugin:
             version=headers.get("Stripe-Version"),
             # as sent upstream: the raw path, and the raw query (decoded once, by
             # normal_query; `a=1%26b=2` and `a=1&b=2` are different requests)
-            path=request.raw_path.partition("?")[0],
-            query_string=request.rel_url.raw_query_string,
+            path=raw_path,
+            query_string=query_string,
         )
-        state = _State(key=key, started=time.time())
-        ctx.state["cache"] = state
-        if "no-cache" not in directives:
-            entry = await self._get(key)
-            if entry is not None:
-                if entry.fresh_until > time.time():
-                    ctx.state[STATUS] = "HIT"
-                    self.counts["hit"] += 1
-                    return self._response(entry, "HIT")
-                state.stale = entry
-            flight = self._flights.get(key)
-            if flight is not None:
-                return await self._wait(ctx, flight)
+        if no_cache:
+            self._lead(ctx, self._state(ctx, key))
+            return None
+        store = self.store
+        if isinstance(store, MemoryStore):
+            return self._found(ctx, key, store.get_now(key))
+        return self._get_then(ctx, key)
+
+    @staticmethod
+    def _state(ctx: RequestContext, key: str) -> _State:
+        """The request goes upstream (or waits for one that does): its cache state, from
+        now (a hit needs none)."""
+        state = ctx.state["cache"] = _State(key=key, started=time.time())
+        return state
+
+    async def _get_then(self, ctx: RequestContext, key: str) -> web.StreamResponse | None:
+        """The lookup in a store that must be awaited (Redis)."""
+        answer = self._found(ctx, key, await self._get(key))
+        if answer is None or isinstance(answer, web.StreamResponse):
+            return answer
+        return await answer
+
+    def _found(
+        self, ctx: RequestContext, key: str, entry: Entry | None
+    ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
+        """After the lookup: a fresh entry's answer, a wait for the same request in
+        flight, or the lead of a new flight (``None``: the request goes upstream)."""
+        if entry is not None and entry.fresh_until > time.time():
+            ctx.state[STATUS] = "HIT"
+            self.counts["hit"] += 1
+            return self._response(entry, "HIT")
+        # (taken after the lookup, before any fetch: a write that ends after this time
+        # still keeps the fetched answer out of the store)
+        state = self._state(ctx, key)
+        state.stale = entry
+        flight = self._flights.get(key)
+        if flight is not None:
+            return self._wait(ctx, flight)
+        self._lead(ctx, state)
+        return None
+
+    def _lead(self, ctx: RequestContext, state: _State) -> None:
+        """This request fetches the answer; identical ones wait for it."""
         flight = _Flight()
-        self._flights[key] = flight
+        self._flights[state.key] = flight
         state.leader = flight
         ctx.state[STATUS] = "MISS"
         # another plugin (the audit log) may want a copy of larger bodies
-        ctx.capture_limit = max(ctx.capture_limit, self.settings.max_entry_bytes)
+        if ctx.capture_limit < self._max_entry_bytes:
+            ctx.capture_limit = self._max_entry_bytes
         self.counts["miss"] += 1
-        return None
 
     async def _get(self, key: str) -> Entry | None:
         assert self.store is not None
@@ -495,33 +566,25 @@ class CachePlugin:
     def _response(self, entry: Entry, status: str) -> web.Response:
         if self._served is not None:
             self._served.inc(len(entry.body))
-        response = web.Response(
-            status=entry.status, body=entry.body, headers=CIMultiDict(entry.headers)
-        )
-        response.headers["X-Cache"] = status
-        response.headers["Age"] = str(max(0, int(time.time() - entry.stored_at)))
-        return response
+        age = int(time.time() - entry.stored_at)
+        # one header list, made into the response's CIMultiDict once
+        headers = [*entry.headers, ("X-Cache", status), ("Age", str(age if age > 0 else 0))]
+        return web.Response(status=entry.status, body=entry.body, headers=headers)
 
     @hookimpl
-    async def gateway_upstream_response(
+    def gateway_upstream_response(
         self, ctx: RequestContext, headers: CIMultiDict[str]
-    ) -> web.StreamResponse | None:
+    ) -> web.StreamResponse | Awaitable[None] | None:
+        """A successful write evicts (awaited); a failure with a stale entry is answered
+        with it; anything else returns ``None`` at once."""
         if ctx.state.get("cache.writes") and 200 <= ctx.status < 300:
             # a successful write: evict every variant before the client sees the answer
-            assert self.store is not None
-            try:
-                evicted = await self.store.evict(object_ids_in(ctx.path))
-                self.counts["evicted"] += evicted
-                if evicted and self._evictions is not None:
-                    self._evictions.labels("write").inc(evicted)
-            except StoreUnavailable:
-                ctx.audit["cache_evict_failed"] = True
-            return None
+            return self._evict_written(ctx)
         state: _State | None = ctx.state.get("cache")
-        if state is None:
+        if state is None or state.stale is None:
             return None
         failed = ctx.status >= 500 or ctx.error in ("upstream_timeout", "upstream_unreachable")
-        if failed and state.stale is not None and state.stale.stale_until > time.time():
+        if failed and state.stale.stale_until > time.time():
             ctx.state[STATUS] = "STALE"
             self.counts["stale"] += 1
             state.store = False
@@ -529,6 +592,16 @@ class CachePlugin:
             response.headers["Warning"] = '111 - "Revalidation Failed"'
             return response
         return None
+
+    async def _evict_written(self, ctx: RequestContext) -> None:
+        assert self.store is not None
+        try:
+            evicted = await self.store.evict(object_ids_in(ctx.path))
+            self.counts["evicted"] += evicted
+            if evicted and self._evictions is not None:
+                self._evictions.labels("write").inc(evicted)
+        except StoreUnavailable:
+            ctx.audit["cache_evict_failed"] = True
 
     @hookimpl
     def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
@@ -541,7 +614,9 @@ class CachePlugin:
         return {"cache": ctx.state.get(STATUS)}
 
     @hookimpl
-    async def gateway_request_finished(self, ctx: RequestContext) -> None:
+    def gateway_request_finished(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """Count the outcome; a leader stores its answer (at once in the memory store,
+        awaited in Redis) and hands it to its waiters."""
         status = ctx.state.get(STATUS)
         if status is not None and self._requests is not None:
             counter = self._outcomes.get(status)
@@ -550,31 +625,52 @@ class CachePlugin:
             counter.inc()
         state: _State | None = ctx.state.get("cache")
         if state is None or state.leader is None:
-            return
-        flight = state.leader
+            return None
         result: Entry | web.Response | None = None
         try:
             entry = self._entry_for(ctx, state)
             if entry is not None:
                 result = entry
-                assert self.store is not None
-                object_ids = object_ids_in(ctx.path)
-                try:
-                    if await self.store.put(state.key, entry, object_ids, state.started):
-                        self.counts["stored"] += 1
-                        if self._stored is not None:
-                            self._stored.inc(len(entry.body))
-                except StoreUnavailable:
-                    pass
+                store = self.store
+                assert store is not None
+                if not isinstance(store, MemoryStore):
+                    return self._store_then_land(ctx, state, entry)
+                if store.put_now(state.key, entry, object_ids_in(ctx.path), state.started):
+                    self._count_stored(entry)
             elif self._upstream_failed(ctx):
                 result = self._failure(ctx)
             # otherwise (an answer too large or secret to share, the leader's client gone,
             # a refusal of the leader alone): the waiters fetch their own
+        except BaseException:
+            self._land(state, result)
+            raise
+        self._land(state, result)
+        return None
+
+    async def _store_then_land(self, ctx: RequestContext, state: _State, entry: Entry) -> None:
+        """Store in a store that must be awaited (Redis), then hand the entry to the waiters."""
+        assert self.store is not None
+        try:
+            if await self.store.put(state.key, entry, object_ids_in(ctx.path), state.started):
+                self._count_stored(entry)
+        except StoreUnavailable:
+            pass
         finally:
-            if self._flights.get(state.key) is flight:
-                del self._flights[state.key]
-            if not flight.done.done():
-                flight.done.set_result(result)
+            self._land(state, entry)
+
+    def _count_stored(self, entry: Entry) -> None:
+        self.counts["stored"] += 1
+        if self._stored is not None:
+            self._stored.inc(len(entry.body))
+
+    def _land(self, state: _State, result: Entry | web.Response | None) -> None:
+        """The leader is done: its flight ends, and its waiters get ``result``."""
+        flight = state.leader
+        assert flight is not None
+        if self._flights.get(state.key) is flight:
+            del self._flights[state.key]
+        if not flight.done.done():
+            flight.done.set_result(result)
 
     def _entry_for(self, ctx: RequestContext, state: _State) -> Entry | None:
         body = ctx.response_body
@@ -587,19 +683,19 @@ class CachePlugin:
             return None
         if not headers.get("Content-Type", "").startswith("application/json"):
             return None
-        if any(marker in body for marker in _SECRETS):
+        if _SECRET in body or _CLIENT_SECRET in body:
             return None
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None
-        ttl = self.settings.ttl_for(ctx.method, ctx.path, obj if isinstance(obj, dict) else None)
+        ttl = self._policy.ttl_for(ctx.method, ctx.path, obj if isinstance(obj, dict) else None)
         if ttl <= 0:
             return None
         now = time.time()
         return Entry(
             status=ctx.status,
-            headers=tuple((k, v) for k, v in headers.items() if k in _KEPT),
+            headers=tuple([(k, v) for k, v in headers.items() if k in _KEPT]),
             body=body,
             stored_at=now,
             fresh_until=now + ttl,

@@ -249,6 +249,9 @@ def credential_digest(credential: str) -> str:
 
 # ------------------------------------------------------------------ the plugin
 
+#: most header sets _allowed_headers keeps (then it starts over)
+_MAX_HEADER_SETS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class _TeamPlan:
@@ -297,6 +300,8 @@ class RateLimitPlugin:
         self._memory_handed_over = False
         #: the account bucket of each credential seen (its digest is made once)
         self._accounts: dict[str, Bucket] = {}
+        #: RateLimit-* headers by (limit, remaining, reset), see _allowed_headers
+        self._header_sets: dict[tuple[int, int, int], dict[str, str]] = {}
         self._log: Any = None
         # metrics (registered at start-up), labelled children looked up once
         self._decisions: Any = None
@@ -514,7 +519,7 @@ class RateLimitPlugin:
         if decision.allowed:
             self._decided(ctx, source + "allow")
             if not shadow:  # shadowed limits are not the client's business yet
-                ctx.state[self.name] = _headers(binding.limit.burst, binding)
+                ctx.state[self.name] = self._allowed_headers(binding.limit.burst, binding)
             return
         if shadow:
             self._decided(ctx, source + "shadow_deny")
@@ -528,6 +533,17 @@ class RateLimitPlugin:
             return
         self._decided(ctx, source + "deny")
         raise self._refusal(ctx, decision, fallback=bool(source))
+
+    def _allowed_headers(self, limit: int, verdict: Verdict) -> dict[str, str]:
+        """:func:`_headers`, made once per (limit, remaining, reset): a steady client gets
+        the same few sets over and over (read-only once made)."""
+        key = (limit, verdict.remaining, _whole_seconds(verdict.reset))
+        values = self._header_sets.get(key)
+        if values is None:
+            if len(self._header_sets) >= _MAX_HEADER_SETS:
+                self._header_sets.clear()
+            values = self._header_sets[key] = _headers(limit, verdict)
+        return values
 
     def _decided(self, ctx: RequestContext, decision: str) -> None:
         ctx.state[DECISION] = decision

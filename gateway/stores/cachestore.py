@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import cachetools
@@ -40,6 +41,15 @@ class Entry:
     fresh_until: float
     #: time.time() until which it may be served stale on upstream errors
     stale_until: float
+    #: bytes it counts for in a store's bound (body, headers and a fixed overhead),
+    #: computed once: the LRU asks on every put and every drop
+    size: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        size = len(self.body) + 64
+        for k, v in self.headers:
+            size += len(k) + len(v)
+        object.__setattr__(self, "size", size)
 
     def encode(self) -> bytes:
         head = orjson.dumps(
@@ -59,10 +69,6 @@ class Entry:
             fresh_until=float(fresh_until),
             stale_until=float(stale_until),
         )
-
-    @property
-    def size(self) -> int:
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 64
 
 
 class CacheStore(Protocol):
@@ -102,8 +108,8 @@ class _Lru(cachetools.LRUCache[str, Entry]):
             return None
 
 
-def _entry_size(entry: Entry) -> int:
-    return entry.size
+#: an entry's size for the LRU (a C call, not a Python function)
+_entry_size: Callable[[Entry], int] = operator.attrgetter("size")
 
 
 #: expired entries reclaimed (at most) per put; each put adds one to reclaim, so a
@@ -138,6 +144,7 @@ class MemoryStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._entries = _Lru(max_bytes, self._unlink)
+        self._max_bytes = max_bytes
         self._max_entries = max_entries
         #: object id -> keys of its entries in the store (never an empty set)
         self._index: dict[str, set[str]] = {}
@@ -159,6 +166,11 @@ class MemoryStore:
         return len(self._entries)
 
     async def get(self, key: str) -> Entry | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> Entry | None:
+        """:meth:`get`, synchronously (nothing here waits): the cache plugin's hit path
+        makes no coroutine for it."""
         entry = self._entries.get(key)
         if entry is not None and entry.stale_until < self._clock():
             self._entries.pop(key, None)
@@ -166,29 +178,42 @@ class MemoryStore:
         return entry
 
     async def put(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
+        return self.put_now(key, entry, object_ids, started)
+
+    def put_now(self, key: str, entry: Entry, object_ids: list[str], started: float) -> bool:
+        """:meth:`put`, synchronously."""
         now = self._clock()
-        self._prune_tombstones(now)
+        tombstones = self._tombstones
+        if tombstones:
+            self._prune_tombstones(now)
+            for object_id in object_ids:
+                evicted = tombstones.get(object_id)
+                if evicted is not None and evicted >= started:
+                    return False
         if started <= self._tombstone_floor:
             return False
-        for object_id in object_ids:
-            evicted = self._tombstones.get(object_id)
-            if evicted is not None and evicted >= started:
-                return False
-        if entry.size > self._entries.maxsize:
+        if entry.size > self._max_bytes:
             return False
-        self._sweep(now)
+        expiry = self._expiry
+        if expiry and expiry[0][0] < now:
+            self._sweep(now)
+        # (the LRU's len() and ``in`` are Python calls: each asked once)
         entries = self._entries
-        expected = len(entries) + (key not in entries)
+        before = len(entries)
+        expected = before if key in entries else before + 1
         entries[key] = entry  # the LRU drops the least recent entries past max_bytes
-        while len(entries) > self._max_entries:
+        count = len(entries)
+        while count > self._max_entries:
             entries.popitem()
-        if len(entries) < expected and self._on_drop is not None:
-            self._on_drop(expected - len(entries))
-        if key in entries:
-            self._link(key, tuple(object_ids))
-            heapq.heappush(self._expiry, (entry.stale_until, key))
-            if len(self._expiry) > 2 * len(entries) + 64:
-                self._rebuild_expiry()
+            count -= 1
+        if count < expected and self._on_drop is not None:
+            self._on_drop(expected - count)
+        # the new entry is the most recent: neither bound above drops it (the LRU makes
+        # room for it first; max_entries >= 1)
+        self._link(key, tuple(object_ids))
+        heapq.heappush(expiry, (entry.stale_until, key))
+        if len(expiry) > 2 * count + 64:
+            self._rebuild_expiry()
         return True
 
     async def evict(self, object_ids: list[str]) -> int:

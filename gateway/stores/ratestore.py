@@ -145,11 +145,12 @@ class MemoryLimiter:
         if now >= self._next_sweep:
             self._sweep(now)
         tats = self._tats
+        scale = self._share != 1.0
         verdicts: list[Verdict] = []
         charges: list[tuple[str, float]] = []
         allowed = True
         for key, limit in buckets:
-            if self._share != 1.0:
+            if scale:
                 limit = self._scale(limit)
             interval = limit.interval
             tat = tats.get(key, now)
@@ -162,7 +163,10 @@ class MemoryLimiter:
                 verdicts.append(_verdict(limit, False, tat - now, allow_at - now))
             else:
                 charges.append((key, new_tat))
-                verdicts.append(_verdict(limit, True, new_tat - now, 0.0))
+                # _verdict(limit, True, debt, 0.0), inline: this runs for every request
+                debt = new_tat - now
+                remaining = int(limit.burst - debt / interval + 1e-6)
+                verdicts.append(Verdict(limit, True, remaining if remaining > 0 else 0, debt, 0.0))
         if allowed or shadow:
             for key, new_tat in charges:
                 tats[key] = new_tat

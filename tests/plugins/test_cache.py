@@ -738,3 +738,36 @@ async def test_objects_changed_elsewhere_are_purged_in_every_variant() -> None:
         assert t.metric("stripe_gateway_cache_evictions_total", {"reason": "changed"}) == 2.0
         for team in ("billing", "analytics"):
             assert await t.request(t.context("GET", path, team=team)) is None  # misses
+
+
+async def test_memory_backend_hooks_answer_without_a_coroutine() -> None:
+    """With the memory store, a miss, the store of its answer and a hit are decided at
+    once (the hooks return no awaitable); a no-store request is a bypass, also at once."""
+    path = "/v1/customers/cus_1234567890abcdef"
+    body = b'{"id": "cus_1234567890abcdef", "object": "customer"}'
+    async with PluginTest(CachePlugin) as t:
+        cache = t.plugin("cache")
+        miss = t.context("GET", path, team="billing")
+        assert cache.gateway_request(miss) is None
+        miss.status = 200
+        assert cache.gateway_upstream_response(miss, CIMultiDict()) is None
+        miss.response_body = body
+        miss.response_headers = CIMultiDict({"Content-Type": "application/json"})
+        assert cache.gateway_request_finished(miss) is None
+        assert cache.counts["stored"] == 1
+        hit = cache.gateway_request(t.context("GET", path, team="billing"))
+        assert hit is not None and not asyncio.iscoroutine(hit)
+        assert hit.headers["X-Cache"] == "HIT" and hit.body == body
+        bypass = t.context("GET", path, {"Cache-Control": "no-store"}, team="billing")
+        assert cache.gateway_request(bypass) is None
+        assert t.audit_fields(bypass) == {"cache": "BYPASS"}
+
+
+def test_settings_parsed_twice_compare_equal() -> None:
+    """A reload with the same settings keeps the memory store: the prepared TTL rules
+    compare by value."""
+    table = {"routes": [{"route": "GET /v1/climate/**", "ttl": 300}], "default_ttl": 10}
+    first, second = CacheSettings.model_validate(table), CacheSettings.model_validate(table)
+    assert first == second
+    assert first.policy == second.policy
+    assert first != CacheSettings.model_validate({**table, "default_ttl": 11})
