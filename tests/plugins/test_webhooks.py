@@ -427,7 +427,12 @@ def test_after_the_last_attempt_the_delivery_is_dead_lettered_and_can_be_replaye
     (letter,) = _wait(dead, "a dead letter")
     assert letter["event_id"] == event_id and letter["subscription"] == "billing"
     assert letter["attempts"] == 3 and letter["last_error"] == "HTTP 500"
-    assert _metric(stack, "webhook_deliveries_total", subscription="billing", outcome="dead") == 1
+    _wait(  # counted just after the store's write the dead letter shows
+        lambda: (
+            _metric(stack, "webhook_deliveries_total", subscription="billing", outcome="dead") == 1
+        ),
+        "the dead delivery to be counted",
+    )
     team.status = 200
     answer = _admin(
         stack, "POST", "/admin/webhooks/replay", event_id=event_id, subscription="billing"
