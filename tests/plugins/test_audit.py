@@ -176,7 +176,8 @@ def _tags(path: Path) -> list[str]:
     """The ``n`` parameter of each line of the audit file at ``path`` (none: no file)."""
     if not path.exists():
         return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+    # a worker may be writing the last line as it is read: only whole lines count
+    lines = [json.loads(line) for line in complete_lines(path.read_text()) if line]
     return [line["params"]["n"] for line in lines]
 
 
