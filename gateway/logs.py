@@ -126,8 +126,9 @@ class JsonLineSink:
     """One JSON object per line on a binary stream, written once per event-loop iteration.
 
     :meth:`emit` runs the event through the same processor chain as
-    :func:`json_line_logger` (ISO UTC timestamp → level → exception formatting →
-    ``extra_processors`` → orjson) at once, so a processor's or the renderer's error is
+    :func:`json_line_logger` at once, but with the timestamp last (level → exception
+    formatting → ``extra_processors`` → ISO UTC timestamp → orjson: the gateway's own clock
+    reading needs no redaction; it is still the line's first key), so a processor's or the renderer's error is
     raised to the caller; the rendered line is kept and every line of one loop iteration
     goes to the stream in one ``write`` (then ``flush``), scheduled with
     ``loop.call_soon``. Outside a running loop a line is written at once.
@@ -153,7 +154,10 @@ class JsonLineSink:
     ) -> None:
         self._stream: BinaryIO | None = stream
         self._unwritable = "the sink is closed"
-        self._processors = tuple(_pipeline(extra_processors))
+        # the timestamp is stamped after the processors: it is the gateway's own clock
+        # reading, so no processor (redaction) needs to look at it
+        self._processors = tuple(_pipeline(extra_processors)[1:])
+        self._stamp = _UtcTimestamp()
         self._on_written = on_written
         self._lines: list[bytes] = []
         self._max_write = max_write
@@ -170,6 +174,7 @@ class JsonLineSink:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return None
+        fields = self._stamp(None, "info", fields)
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:
             try:
