@@ -128,10 +128,10 @@ class JsonLineSink:
     :meth:`emit` runs the event through the same processor chain as
     :func:`json_line_logger` at once, but with the timestamp last (level → exception
     formatting → ``extra_processors`` → ISO UTC timestamp → orjson: the gateway's own clock
-    reading needs no redaction; it is still the line's first key), so a processor's or the renderer's error is
-    raised to the caller; the rendered line is kept and every line of one loop iteration
-    goes to the stream in one ``write`` (then ``flush``), scheduled with
-    ``loop.call_soon``. Outside a running loop a line is written at once.
+    reading needs no redaction; it is still the line's first key), so a processor's or the
+    renderer's error is raised to the caller; the rendered line is kept and every line of
+    one loop iteration goes to the stream in one ``write`` (then ``flush``), scheduled
+    with ``loop.call_soon``. Outside a running loop a line is written at once.
 
     After each write ``on_written(records, error)`` is called: ``((), None)`` when it
     succeeded; when it failed, the processed event dicts that write carried (read back from
@@ -162,9 +162,16 @@ class JsonLineSink:
         self._lines: list[bytes] = []
         self._max_write = max_write
 
-    def emit(self, event: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    def emit(
+        self, event: str, fields: dict[str, Any], head: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``;
         returns the processed fields the line was rendered from (``None`` when dropped).
+
+        ``head``: fields that skip the processors, first in the line (``timestamp`` first
+        of all) and never replaced by a key of ``fields``. Only for values the caller
+        knows the processors would leave as they are (the audit plugin's gateway-owned
+        fields of a fixed shape, checked against the processors at start-up).
 
         A processor may drop the event by raising ``structlog.DropEvent``, as in structlog.
         """
@@ -174,6 +181,8 @@ class JsonLineSink:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return None
+        if head is not None:  # head's keys first and with head's values: one C-level merge
+            fields = {**head, **fields, **head}
         fields = self._stamp(None, "info", fields)
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:
