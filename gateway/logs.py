@@ -157,6 +157,7 @@ class JsonLineSink:
         # the timestamp is stamped after the processors: it is the gateway's own clock
         # reading, so no processor (redaction) needs to look at it
         self._processors = tuple(_pipeline(extra_processors)[1:])
+        self._extra = self._processors[1:]  # without the level: for lines with a head
         self._stamp = _UtcTimestamp()
         self._on_written = on_written
         self._lines: list[bytes] = []
@@ -171,13 +172,20 @@ class JsonLineSink:
         ``head``: fields that skip the processors, first in the line (``timestamp`` first
         of all) and never replaced by a key of ``fields``. Only for values the caller
         knows the processors would leave as they are (the audit plugin's gateway-owned
-        fields of a fixed shape, checked against the processors at start-up).
+        fields of a fixed shape, checked against the processors at start-up); ``event``
+        and ``level`` then go in the head as well.
 
         A processor may drop the event by raising ``structlog.DropEvent``, as in structlog.
         """
-        fields["event"] = event
+        if head is None:
+            fields["event"] = event
+            processors = self._processors
+        else:  # the event's name and level are the caller's constants: in the head too
+            head["event"] = event
+            head["level"] = "info"
+            processors = self._extra
         try:
-            for processor in self._processors:
+            for processor in processors:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return None

@@ -107,6 +107,8 @@ _METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS")
 _FLAGS = (True, False, None)
 #: durations below this many milliseconds (31 years) are numbers no redactor changes
 _MAX_MS = 1e12
+#: byte counts below this (1 TB) are numbers no redactor changes
+_MAX_BYTES = 10**12
 _JSON = "application/json"
 
 
@@ -235,6 +237,12 @@ class SafeValues:
         may want to see every field of every line."""
         if not processors or not all(isinstance(p, RedactingProcessor) for p in processors):
             return None
+        constants = {"event": "request", "level": "info"}  # the sink puts them in the head
+        out: Any = dict(constants)
+        for processor in processors:
+            out = processor(None, "info", dict(out))
+        if out != constants:
+            return None
 
         def unchanged(key: str, candidates: Sequence[Any]) -> frozenset[Any]:
             kept = set()
@@ -264,9 +272,12 @@ class SafeValues:
         attempts: Any,
         duration_ms: Any,
         upstream_ms: Any,
+        bytes_in: Any,
+        bytes_out: Any,
     ) -> bool:
         """Whether these head values may skip the processors: text of the verified sets,
-        flags, and numbers no redactor changes (too short for a card number)."""
+        flags, and numbers no redactor changes (too short for a card number: durations and
+        byte counts the gateway measured)."""
         return (
             team in self.teams
             and method in self.methods
@@ -282,6 +293,10 @@ class SafeValues:
             and (
                 upstream_ms is None or (type(upstream_ms) is float and 0.0 <= upstream_ms < _MAX_MS)
             )
+            and type(bytes_in) is int
+            and 0 <= bytes_in < _MAX_BYTES
+            and type(bytes_out) is int
+            and 0 <= bytes_out < _MAX_BYTES
         )
 
 
@@ -493,6 +508,8 @@ class AuditPlugin:
         livemode = ctx.livemode
         attempts = ctx.attempts
         duration = ctx.elapsed_ms()
+        bytes_in = ctx.bytes_in
+        bytes_out = ctx.bytes_out
         upstream_seconds = ctx.upstream_seconds
         upstream_ms = milliseconds(upstream_seconds) if upstream_seconds is not None else None
         # gateway-owned values: config names, fixed vocabularies, the gateway's own numbers
@@ -507,6 +524,8 @@ class AuditPlugin:
             "duration_ms": duration,
             "upstream_ms": upstream_ms,
             "attempts": attempts,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
         }
         fields: dict[str, Any] = {
             "request_id": ctx.request_id,
@@ -514,8 +533,6 @@ class AuditPlugin:
             "object_id": object_id_of(path),
             "stripe_account": ctx.stripe_account,
             "upstream_request_id": ctx.upstream_request_id,
-            "bytes_in": ctx.bytes_in,
-            "bytes_out": ctx.bytes_out,
             "idempotency_key": ctx.idempotency_key,
             "client": request.remote,
             **client_fields(request.headers),
@@ -523,7 +540,17 @@ class AuditPlugin:
         }
         safe = self._safe
         if safe is None or not safe.admits(
-            team_name, method, outcome, upstream, livemode, status, attempts, duration, upstream_ms
+            team_name,
+            method,
+            outcome,
+            upstream,
+            livemode,
+            status,
+            attempts,
+            duration,
+            upstream_ms,
+            bytes_in,
+            bytes_out,
         ):
             # any other value, or no safe sets (no redaction, or a processor other than
             # redaction): every field through the processors, in the same order

@@ -60,6 +60,8 @@ _numbers = st.one_of(
     attempts=_numbers,
     duration=_numbers,
     upstream_ms=_numbers,
+    bytes_in=_numbers,
+    bytes_out=_numbers,
 )
 def test_an_admitted_head_is_one_redaction_leaves_as_it_is(
     team_name: Any,
@@ -71,6 +73,8 @@ def test_an_admitted_head_is_one_redaction_leaves_as_it_is(
     attempts: Any,
     duration: Any,
     upstream_ms: Any,
+    bytes_in: Any,
+    bytes_out: Any,
 ) -> None:
     head = {
         "team": team_name,
@@ -82,9 +86,13 @@ def test_an_admitted_head_is_one_redaction_leaves_as_it_is(
         "duration_ms": duration,
         "upstream_ms": upstream_ms,
         "attempts": attempts,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "event": "request",
+        "level": "info",
     }
     args = (team_name, method, outcome, upstream, livemode, status, attempts, duration)
-    if SAFE.admits(*args, upstream_ms):
+    if SAFE.admits(*args, upstream_ms, bytes_in, bytes_out):
         redacted = PROCESSOR(None, "info", dict(head))
         assert redacted == head
         assert [type(v) for v in redacted.values()] == [type(v) for v in head.values()]
@@ -94,7 +102,7 @@ def test_hostile_or_unknown_text_is_never_admitted() -> None:
     assert "billing" in SAFE.teams and None in SAFE.teams
     assert HOSTILE_TEAM not in SAFE.teams
     assert "whsec_abcdefghijklmnop" not in SAFE.teams
-    ok = ("billing", "GET", "ok", "api", False, 200, 1, 1.5, 0.9)
+    ok = ("billing", "GET", "ok", "api", False, 200, 1, 1.5, 0.9, 0, 712)
     assert SAFE.admits(*ok)
     for i, bad in enumerate(
         [
@@ -116,6 +124,12 @@ def test_a_configured_pattern_takes_its_matches_out_of_the_sets() -> None:
     safe, _ = _safe(patterns=[re.compile("bill"), re.compile("GE")])
     assert "billing" not in safe.teams and "analytics" in safe.teams
     assert "GET" not in safe.methods and "POST" in safe.methods
+
+
+def test_a_pattern_matching_the_event_or_level_means_no_head_at_all() -> None:
+    for pattern in ("quest", "inf"):
+        processor = RedactingProcessor(Redactor(patterns=[re.compile(pattern)]))
+        assert SafeValues.verified([processor], TEAMS) is None
 
 
 def test_no_head_without_redaction_or_with_another_processor() -> None:
