@@ -191,7 +191,7 @@ class JsonLineSink:
             return None
         if head is not None:  # head's keys first and with head's values: one C-level merge
             fields = {**head, **fields, **head}
-        fields = self._stamp(None, "info", fields)
+        fields = self._stamp(None, "info", fields)  # type: ignore[assignment]
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:
             try:

@@ -35,6 +35,17 @@ through the log processors (the ``redaction`` plugin) before the line is rendere
 ``redaction`` disabled they are logged as sent, and start-up logs
 ``audit_params_unredacted``.
 
+**The head.** The gateway's own fields of a fixed shape skip the processors and open the
+line (after ``timestamp``): ``team``, ``method``, ``livemode``, ``status``, ``outcome``,
+``upstream``, ``duration_ms``, ``upstream_ms``, ``attempts``, ``bytes_in``, ``bytes_out``,
+``event``, ``level`` (:class:`SafeValues`). A text value is admitted only if it is one of a
+closed set (configured team names, HTTP methods, outcomes, upstream names) that the
+processors were run over at start-up and left unchanged; numbers only when too short to be a
+card number. Any other value (a team named like a key, a method outside the set) sends the
+whole line through the processors; so does any processor other than redaction's. Whatever
+the client or Stripe sent (path, ids, headers, keys, errors, parameters) always goes through
+them.
+
 Lines are buffered and written once per event-loop iteration (and at shutdown), one
 ``write`` for all the requests that finished in that iteration. Plugins that implement
 ``gateway_audit_line`` see each line's processed (redacted) fields as it is queued (the
