@@ -126,11 +126,12 @@ class JsonLineSink:
     """One JSON object per line on a binary stream, written once per event-loop iteration.
 
     :meth:`emit` runs the event through the same processor chain as
-    :func:`json_line_logger` (ISO UTC timestamp → level → exception formatting →
-    ``extra_processors`` → orjson) at once, so a processor's or the renderer's error is
-    raised to the caller; the rendered line is kept and every line of one loop iteration
-    goes to the stream in one ``write`` (then ``flush``), scheduled with
-    ``loop.call_soon``. Outside a running loop a line is written at once.
+    :func:`json_line_logger` at once, but with the timestamp last (level → exception
+    formatting → ``extra_processors`` → ISO UTC timestamp → orjson: the gateway's own clock
+    reading needs no redaction; it is still the line's first key), so a processor's or the
+    renderer's error is raised to the caller; the rendered line is kept and every line of
+    one loop iteration goes to the stream in one ``write`` (then ``flush``), scheduled
+    with ``loop.call_soon``. Outside a running loop a line is written at once.
 
     After each write ``on_written(records, error)`` is called: ``((), None)`` when it
     succeeded; when it failed, the processed event dicts that write carried (read back from
@@ -153,23 +154,44 @@ class JsonLineSink:
     ) -> None:
         self._stream: BinaryIO | None = stream
         self._unwritable = "the sink is closed"
-        self._processors = tuple(_pipeline(extra_processors))
+        # the timestamp is stamped after the processors: it is the gateway's own clock
+        # reading, so no processor (redaction) needs to look at it
+        self._processors = tuple(_pipeline(extra_processors)[1:])
+        self._extra = self._processors[1:]  # without the level: for lines with a head
+        self._stamp = _UtcTimestamp()
         self._on_written = on_written
         self._lines: list[bytes] = []
         self._max_write = max_write
 
-    def emit(self, event: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    def emit(
+        self, event: str, fields: dict[str, Any], head: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``;
         returns the processed fields the line was rendered from (``None`` when dropped).
 
+        ``head``: fields that skip the processors, first in the line (``timestamp`` first
+        of all) and never replaced by a key of ``fields``. Only for values the caller
+        knows the processors would leave as they are (the audit plugin's gateway-owned
+        fields of a fixed shape, checked against the processors at start-up); ``event``
+        and ``level`` then go in the head as well.
+
         A processor may drop the event by raising ``structlog.DropEvent``, as in structlog.
         """
-        fields["event"] = event
+        if head is None:
+            fields["event"] = event
+            processors = self._processors
+        else:  # the event's name and level are the caller's constants: in the head too
+            head["event"] = event
+            head["level"] = "info"
+            processors = self._extra
         try:
-            for processor in self._processors:
+            for processor in processors:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return None
+        if head is not None:  # head's keys first and with head's values: one C-level merge
+            fields = {**head, **fields, **head}
+        fields = self._stamp(None, "info", fields)  # type: ignore[assignment]
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:
             try:

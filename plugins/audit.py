@@ -35,6 +35,17 @@ through the log processors (the ``redaction`` plugin) before the line is rendere
 ``redaction`` disabled they are logged as sent, and start-up logs
 ``audit_params_unredacted``.
 
+**The head.** The gateway's own fields of a fixed shape skip the processors and open the
+line (after ``timestamp``): ``team``, ``method``, ``livemode``, ``status``, ``outcome``,
+``upstream``, ``duration_ms``, ``upstream_ms``, ``attempts``, ``bytes_in``, ``bytes_out``,
+``event``, ``level`` (:class:`SafeValues`). A text value is admitted only if it is one of a
+closed set (configured team names, HTTP methods, outcomes, upstream names) that the
+processors were run over at start-up and left unchanged; numbers only when too short to be a
+card number. Any other value (a team named like a key, a method outside the set) sends the
+whole line through the processors; so does any processor other than redaction's. Whatever
+the client or Stripe sent (path, ids, headers, keys, errors, parameters) always goes through
+them.
+
 Lines are buffered and written once per event-loop iteration (and at shutdown), one
 ``write`` for all the requests that finished in that iteration. Plugins that implement
 ``gateway_audit_line`` see each line's processed (redacted) fields as it is queued (the
@@ -83,7 +94,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from gateway.clients import client_fields
 from gateway.config import GatewayConfig
-from gateway.context import RequestContext, milliseconds, object_id_of
+from gateway.context import OUTCOMES, RequestContext, milliseconds, object_id_of
 from gateway.errors import StripeErrorResponse
 from gateway.globs import RouteRule, parse_rule
 from gateway.hookspecs import hookimpl
@@ -92,6 +103,8 @@ from gateway.logs import JsonLineSink, process_fields
 from gateway.metrics import GatewayMetrics
 from gateway.redaction.masks import unparsed
 from gateway.redaction.params import LoggedParams
+from gateway.redaction.redact import RedactingProcessor
+from gateway.routing import UPSTREAM_NAMES
 from gateway.settings import RouteText, Settings
 
 __all__ = ["AuditPlugin", "AuditRoute", "AuditRouteSettings", "AuditSettings"]
@@ -100,6 +113,13 @@ __all__ = ["AuditPlugin", "AuditRoute", "AuditRouteSettings", "AuditSettings"]
 _SINK_KEYS = frozenset({"event", "level", "timestamp"})
 _MAX_CAP = 1 << 20
 _FORM = "application/x-www-form-urlencoded"
+#: the methods whose names may skip the log processors (``SafeValues``)
+_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS")
+_FLAGS = (True, False, None)
+#: durations below this many milliseconds (31 years) are numbers no redactor changes
+_MAX_MS = 1e12
+#: byte counts below this (1 TB) are numbers no redactor changes
+_MAX_BYTES = 10**12
 _JSON = "application/json"
 
 
@@ -208,6 +228,89 @@ class AuditSettings(Settings):
         return any(r.params or r.response_body for r in routes)
 
 
+@dataclass(frozen=True, slots=True)
+class SafeValues:
+    """The values of the audit line's gateway-owned text fields that skip the log
+    processors (the line's ``head``): each one was run through the processors at
+    start-up, alone in its field, and came back unchanged. A value not in its set (a
+    method outside these, a team added later) sends the whole line through the processors.
+    """
+
+    teams: frozenset[str | None]
+    methods: frozenset[str]
+    outcomes: frozenset[str | None]
+    upstreams: frozenset[str | None]
+
+    @classmethod
+    def verified(cls, processors: Sequence[Any], teams: Sequence[str]) -> SafeValues | None:
+        """The values the ``processors`` leave as they are; ``None`` (no head, every field
+        processed) unless every processor is the redaction plugin's: another processor
+        may want to see every field of every line."""
+        if not processors or not all(isinstance(p, RedactingProcessor) for p in processors):
+            return None
+        constants = {"event": "request", "level": "info"}  # the sink puts them in the head
+        out: Any = dict(constants)
+        for processor in processors:
+            out = processor(None, "info", dict(out))
+        if out != constants:
+            return None
+
+        def unchanged(key: str, candidates: Sequence[Any]) -> frozenset[Any]:
+            kept = set()
+            for value in candidates:
+                out: Any = {key: value}
+                for processor in processors:
+                    out = processor(None, "info", dict(out))
+                if out == {key: value} and type(out[key]) is type(value):
+                    kept.add(value)
+            return frozenset(kept)
+
+        return cls(
+            teams=unchanged("team", [*teams, None]),
+            methods=unchanged("method", _METHODS),
+            outcomes=unchanged("outcome", [*OUTCOMES, None]),
+            upstreams=unchanged("upstream", [*UPSTREAM_NAMES, None]),
+        )
+
+    def admits(
+        self,
+        team: Any,
+        method: Any,
+        outcome: Any,
+        upstream: Any,
+        livemode: Any,
+        status: Any,
+        attempts: Any,
+        duration_ms: Any,
+        upstream_ms: Any,
+        bytes_in: Any,
+        bytes_out: Any,
+    ) -> bool:
+        """Whether these head values may skip the processors: text of the verified sets,
+        flags, and numbers no redactor changes (too short for a card number: durations and
+        byte counts the gateway measured)."""
+        return (
+            team in self.teams
+            and method in self.methods
+            and outcome in self.outcomes
+            and upstream in self.upstreams
+            and livemode in _FLAGS
+            and type(status) is int
+            and 0 <= status < 1000
+            and type(attempts) is int
+            and 0 <= attempts < 1000
+            and type(duration_ms) is float
+            and 0.0 <= duration_ms < _MAX_MS
+            and (
+                upstream_ms is None or (type(upstream_ms) is float and 0.0 <= upstream_ms < _MAX_MS)
+            )
+            and type(bytes_in) is int
+            and 0 <= bytes_in < _MAX_BYTES
+            and type(bytes_out) is int
+            and 0 <= bytes_out < _MAX_BYTES
+        )
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
@@ -245,6 +348,9 @@ class AuditPlugin:
         self._contributed = False
         #: some plugin sees the written lines (``gateway_audit_line``)
         self._line_seen = False
+        self._team_names: tuple[str, ...] = ()
+        #: values that skip the log processors; None: every field is processed
+        self._safe: SafeValues | None = None
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: AuditSettings) -> None:
@@ -252,6 +358,7 @@ class AuditPlugin:
         # read once: a pydantic model's private attributes cost a microsecond a read
         self._default_route = settings.default
         self._route_of = settings.route if settings.routes else None
+        self._team_names = tuple(team.name for team in config.teams)
 
     @hookimpl
     def gateway_startup(self, host: PluginHost, metrics: GatewayMetrics) -> None:
@@ -283,6 +390,7 @@ class AuditPlugin:
             max_write=select.PIPE_BUF if shared_pipe else 0,
         )
         self._fallback = host.log
+        self._safe = SafeValues.verified(host.log_processors, self._team_names)
         if self.settings.anything_logged and "redaction" not in host.plugin_names():
             host.log.warning(
                 "audit_params_unredacted",
@@ -402,33 +510,63 @@ class AuditPlugin:
     def gateway_request_finished(self, ctx: RequestContext) -> None:
         request = ctx.request
         path = request.path
+        method = request.method
         team = ctx.team
+        team_name = team.name if team is not None else None
+        status = ctx.status
+        outcome = ctx.outcome
+        upstream = ctx.upstream_name
+        livemode = ctx.livemode
+        attempts = ctx.attempts
+        duration = ctx.elapsed_ms()
+        bytes_in = ctx.bytes_in
+        bytes_out = ctx.bytes_out
         upstream_seconds = ctx.upstream_seconds
+        upstream_ms = milliseconds(upstream_seconds) if upstream_seconds is not None else None
+        # gateway-owned values: config names, fixed vocabularies, the gateway's own numbers
+        head: dict[str, Any] | None = {
+            "timestamp": None,  # first in the line; the sink sets it
+            "team": team_name,
+            "method": method,
+            "livemode": livemode,
+            "status": status,
+            "outcome": outcome,
+            "upstream": upstream,
+            "duration_ms": duration,
+            "upstream_ms": upstream_ms,
+            "attempts": attempts,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        }
         fields: dict[str, Any] = {
-            "timestamp": None,  # first in the line; the sink's processors set it
             "request_id": ctx.request_id,
-            "team": team.name if team is not None else None,
-            "method": request.method,
             "path": path,
             "object_id": object_id_of(path),
             "stripe_account": ctx.stripe_account,
-            "livemode": ctx.livemode,
-            "status": ctx.status,
-            "outcome": ctx.outcome,
-            "upstream": ctx.upstream_name,
             "upstream_request_id": ctx.upstream_request_id,
-            "duration_ms": ctx.elapsed_ms(),
-            "upstream_ms": (
-                milliseconds(upstream_seconds) if upstream_seconds is not None else None
-            ),
-            "bytes_in": ctx.bytes_in,
-            "bytes_out": ctx.bytes_out,
             "idempotency_key": ctx.idempotency_key,
-            "attempts": ctx.attempts,
             "client": request.remote,
             **client_fields(request.headers),
             "error": ctx.error,
         }
+        safe = self._safe
+        if safe is None or not safe.admits(
+            team_name,
+            method,
+            outcome,
+            upstream,
+            livemode,
+            status,
+            attempts,
+            duration,
+            upstream_ms,
+            bytes_in,
+            bytes_out,
+        ):
+            # any other value, or no safe sets (no redaction, or a processor other than
+            # redaction): every field through the processors, in the same order
+            fields = {**head, **fields}  # type: ignore[dict-item]
+            head = None
         route_of = self._route_of
         route = self._default_route
         if route_of is not None:  # found in gateway_request, unless the request stopped before
@@ -453,9 +591,9 @@ class AuditPlugin:
         if self._lost:  # the refused requests' lines are probes: try the path again
             self._reopen("retry")
         try:
-            line = self._sink.emit("request", fields)
+            line = self._sink.emit("request", fields, head)
         except (OSError, ValueError) as exc:  # a processor failed: no line for this record
-            self._written([fields], exc)
+            self._written([{**fields, **(head or {})}], exc)
             return
         if line is not None and self._line_seen:  # the redacted line, for the console
             assert self._host is not None
