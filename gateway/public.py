@@ -134,9 +134,14 @@ def build_public_router(defs: Iterable[web.AbstractRouteDef], log: Any) -> web.U
     return router
 
 
-class PublicRoutes(AbstractResource):
-    """The current generation's public routes (:attr:`gateway.host.PluginHost.public_router`),
-    on the gateway app's router before the proxy's catch-all."""
+class GenerationRoutes(AbstractResource):
+    """A resource on an app's router that resolves against a router of the current plugin
+    generation (a reload swaps it with the plugins); subclasses give :meth:`resolve`. The
+    rest of aiohttp's resource interface, which such a resource has no use for, is here
+    once."""
+
+    #: said when something asks to mount the resource under a prefix
+    no_prefix = "these routes take no prefix"
 
     def __init__(self, gateway: web.Application) -> None:
         super().__init__(name=None)
@@ -148,6 +153,28 @@ class PublicRoutes(AbstractResource):
 
     def url_for(self, **kwargs: str) -> URL:
         return URL("/")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError(self.no_prefix)
+
+    def get_info(self) -> _InfoDict:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator[AbstractRoute]:
+        return iter(())
+
+
+class PublicRoutes(GenerationRoutes):
+    """The current generation's public routes (:attr:`gateway.host.PluginHost.public_router`),
+    on the gateway app's router before the proxy's catch-all."""
+
+    no_prefix = "the public routes take no prefix"
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
         generation = self._gateway[GENERATIONS].current
@@ -162,18 +189,3 @@ class PublicRoutes(AbstractResource):
             return None, set()
         request[_GENERATION] = generation
         return match, set()
-
-    def add_prefix(self, prefix: str) -> None:
-        raise RuntimeError("the public routes take no prefix")
-
-    def get_info(self) -> _InfoDict:
-        return {}
-
-    def raw_match(self, path: str) -> bool:
-        return False
-
-    def __len__(self) -> int:
-        return 0
-
-    def __iter__(self) -> Iterator[AbstractRoute]:
-        return iter(())

@@ -43,7 +43,7 @@ import inspect
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,12 +52,8 @@ import aiohttp
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import (
-    AbstractResource,
-    AbstractRoute,
     UrlMappingMatchInfo,
-    _InfoDict,
 )
-from yarl import URL
 
 from gateway import __version__
 from gateway.context import new_request_id
@@ -72,6 +68,7 @@ from gateway.keys import (
     SESSION,
 )
 from gateway.metrics import CONTENT_TYPE_LATEST, exposition
+from gateway.public import GenerationRoutes
 from gateway.serve.workers import RUN_DIR_ENV, worker_role
 
 if TYPE_CHECKING:
@@ -398,21 +395,12 @@ async def _reload(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ the app
 
 
-class _PluginRoutes(AbstractResource):
+class _PluginRoutes(GenerationRoutes):
     """The plugins' admin routes: resolved against the current generation's router
     (:meth:`gateway.host.PluginHost.build_admin_router`), after the core's routes, so a
     reload swaps them with the plugins."""
 
-    def __init__(self, gateway: web.Application) -> None:
-        super().__init__(name=None)
-        self._gateway = gateway
-
-    @property
-    def canonical(self) -> str:
-        return "/"
-
-    def url_for(self, **kwargs: str) -> URL:
-        return URL("/")
+    no_prefix = "the admin listener's plugin routes take no prefix"
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
         router = _current(self._gateway).host.admin_router
@@ -423,21 +411,6 @@ class _PluginRoutes(AbstractResource):
         if exc is None:
             return match, set()
         return None, set(getattr(exc, "allowed_methods", ()))
-
-    def add_prefix(self, prefix: str) -> None:
-        raise RuntimeError("the admin listener's plugin routes take no prefix")
-
-    def get_info(self) -> _InfoDict:
-        return {}
-
-    def raw_match(self, path: str) -> bool:
-        return False
-
-    def __len__(self) -> int:
-        return 0
-
-    def __iter__(self) -> Iterator[AbstractRoute]:
-        return iter(())
 
 
 def create_admin_app(gateway: web.Application) -> web.Application:
