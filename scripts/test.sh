@@ -14,6 +14,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# promtool (in Debian's prometheus package; not its recommended node exporter) checks and
+# unit-tests deploy/prometheus/alerts.yml
+if ! command -v promtool >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 # pytest exits 5 when it collected no tests: that is a failure here too.
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
