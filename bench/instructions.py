@@ -35,6 +35,9 @@ from stack_bench import GATEWAYS, NO_CACHE, StackBench
 
 #: row -> (gateway of stack_bench.GATEWAYS, request headers)
 ROWS: dict[str, tuple[str, dict[str, str]]] = {
+    # the floor: the bench's upstream itself, an aiohttp web.Application answering the
+    # customer from memory (no client, no proxying): what any aiohttp server pays a request
+    "aiohttp-static": ("upstream", {}),
     "baseline": ("baseline", {}),
     "bare": ("bare", {}),
     "auth": ("auth", {}),
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 "name": name,
                 "upstream": upstream.url,
             }
-            if name != "baseline":
+            if name not in ("baseline", "upstream"):
                 g = specs[name]
                 params.update(
                     audit_path=str(tmp / f"audit-{row}.jsonl"),
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.executable,
                 str(Path(__file__).resolve().parent / "stack_bench.py"),
                 hb.CHILD_FLAG,
-                "baseline" if name == "baseline" else "gateway",
+                name if name in ("baseline", "upstream") else "gateway",
                 json.dumps(params),
             ]
             log = tmp / f"valgrind-{row}.log"
