@@ -246,28 +246,37 @@ def test_charts_are_svg_with_a_line_per_team(stack: Stack) -> None:
 # ------------------------------------------------------------------ the page and the token
 
 
+def signed_in(admin: str) -> requests.Session:
+    """A client holding the console's session cookie (``POST /admin/console/session``)."""
+    browser = requests.Session()
+    answer = browser.post(admin + "/admin/console/session", headers=AUTH, timeout=5)
+    assert answer.status_code == 200, answer.text
+    return browser
+
+
 def test_the_page_is_static_with_a_strict_policy(stack: Stack) -> None:
     admin = start(stack)
     client(stack, BILLING_KEY).v1.customers.retrieve(CUSTOMER)
     summary_with(admin, 1)
-    page = requests.get(admin + "/", timeout=5)
-    assert page.status_code == 200
+    browser = signed_in(admin)
+    page = browser.get(admin + "/", timeout=5)
+    assert page.status_code == 200 and 'id="console"' in page.text
     assert page.headers["Content-Type"].startswith("text/html")
     policy = page.headers["Content-Security-Policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert "unsafe-inline" not in policy and "http" not in policy
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["Cache-Control"] == "no-store"
-    # no data in the page (it is served without the token): no team, no id, no script body
+    # no data in the page (it needs no token, only the cookie): no team, no id, no script body
     assert "billing" not in page.text and CUSTOMER not in page.text
     assert re.findall(r"<script[^>]*>([^<]*)</script>", page.text) == [""]
     assert re.findall(r'src="([^"]+)"', page.text) == ["/console/console.js"]
     assert "http://" not in page.text and "https://" not in page.text
-    script = requests.get(admin + "/console/console.js", timeout=5)
+    script = browser.get(admin + "/console/console.js", timeout=5)
     assert script.headers["Content-Type"].startswith("text/javascript")
     assert "innerHTML" not in script.text and "eval(" not in script.text
     assert "http://" not in script.text.replace("http://www.w3.org/2000/svg", "")
-    css = requests.get(admin + "/console/console.css", timeout=5)
+    css = browser.get(admin + "/console/console.css", timeout=5)
     assert css.headers["Content-Type"].startswith("text/css")
 
 
