@@ -9,7 +9,7 @@ import math
 import re
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +438,35 @@ async def test_plugins_see_the_written_line_redacted_and_a_failure_is_skipped(
     assert seen["request_id"] == written["request_id"] == ctx.request_id
     assert seen["path"] == written["path"] and card not in json.dumps(seen, default=str)
     assert seen["timestamp"] == written["timestamp"]
+
+
+class _Levels:
+    """A plugin adding a field to each team in ``GET /admin/teams``, counting the calls."""
+
+    name = "levels"
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    @hookimpl
+    def gateway_admin_team(self, team: Any) -> dict[str, Any]:
+        self.calls[team.name] += 1
+        return {"rate_limit": {"read": self.calls[team.name]}}
+
+
+async def test_the_team_fields_are_read_at_most_once_a_second() -> None:
+    levels = _Levels()
+    async with PluginTest(levels, builtins=("console",)) as plugins:
+        console = plugins.plugin("console")
+        for _ in range(5):  # five pages refreshing at once
+            body = console.summary(time.time())
+        assert levels.calls == {"billing": 1, "analytics": 1}
+        assert team_of(body, "billing")["rate_limit"] == {"read": 1}
+        at, fields = console._admin_fields_at
+        console._admin_fields_at = (at - 1.0, fields)  # a second later
+        body = console.summary(time.time())
+        assert levels.calls == {"billing": 2, "analytics": 2}
+        assert team_of(body, "billing")["rate_limit"] == {"read": 2}
 
 
 # ------------------------------------------------------------------ several workers
