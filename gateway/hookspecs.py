@@ -445,7 +445,8 @@ def gateway_audit_event(event: str, fields: dict[str, Any]) -> MaybeAwaitable:
 def gateway_admin_team(team: TeamConfig) -> dict[str, Any] | None:
     """Contribute fields to one team's entry in the admin listener's ``GET /admin/teams``
     (the ``rate_limit`` plugin adds ``rate_limit``: the team's limits and levels). Fires
-    for each team on every such request, never on the request path.
+    for each team on every such request, and for the ``console`` plugin's summary (at most
+    once a second), never on the request path.
 
     :param team: the team's config, from the current generation.
 

@@ -35,14 +35,19 @@ SVG uses presentation attributes, no inline style or script). The page's own sma
 (``gateway/console/static/console.js``, package data) fetches the JSON and the SVG and
 puts every value into the page as text (``textContent``), never as markup.
 
-**Authentication.** The page itself (``GET /``, ``/console/console.js``,
-``/console/console.css``) is static package data with no data in it, served without the
-token: a browser's navigation cannot send an ``Authorization`` header. Everything it shows
-comes from paths under ``/admin/``, which need the admin token like every admin endpoint.
-The page asks for the token in a form, keeps it in ``sessionStorage`` (gone with the tab,
-never in a cookie) and sends it as ``Authorization: Bearer``; with no cookie there is no
-ambient credential, so another site cannot make the browser purge or replay (CSRF), and the
-purge and replay buttons call the existing ``POST`` endpoints, never a ``GET`` with side
+**Authentication.** The page (``GET /``, ``/console/console.js``, ``/console/console.css``:
+static package data, no figures in it) is served only to a browser that showed the admin
+token: with a valid session cookie (:mod:`gateway.console.session`). Without one, ``GET /``
+answers a sign-in page (``login.html``, its ``/console/login.js`` and ``/console/login.css``,
+open) and the script and stylesheet answer 401. The sign-in page sends the token to ``POST
+/admin/console/session`` as ``Authorization: Bearer`` (checked by the admin listener like
+every ``/admin/`` path), which sets the cookie: ``HttpOnly; SameSite=Strict; Path=/``,
+``Secure`` on HTTPS, for ``session_hours``; ``POST /console/logout`` clears it. The cookie
+opens the page and nothing else: everything the page shows or does goes to paths under
+``/admin/``, which take only the token. The page keeps the token in ``sessionStorage``
+(gone with the tab) and sends it as ``Authorization: Bearer``, never the cookie
+(``credentials: "omit"``), so another site cannot make the browser purge or replay (CSRF);
+the purge and replay buttons call the existing ``POST`` endpoints, never a ``GET`` with side
 effects. Every console response carries ``Content-Security-Policy: default-src 'self'``
 (no inline script, no framing), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
 no-referrer`` and ``Cache-Control: no-store``.
@@ -50,13 +55,14 @@ no-referrer`` and ``Cache-Control: no-store``.
 **JSON endpoints** (admin token; documented in docs/operations.md, "Console"):
 ``GET /admin/console/summary``, ``GET /admin/console/audit`` (``team``, ``status``: ``429``
 or ``4xx``, ``object``: an object id, ``limit``), ``GET /admin/console/charts/<name>.svg``
-(``requests``, ``errors``, ``latency``).
+(``requests``, ``errors``, ``latency``), ``POST /admin/console/session`` (the cookie).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -70,10 +76,12 @@ from pydantic import Field
 
 from gateway.config import GatewayConfig
 from gateway.console.charts import line_chart
+from gateway.console.session import COOKIE, Sessions, shared_key
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.logs import json_default
 from gateway.serve.admin import FANOUT_HEADER, admin_error, fan_out
+from gateway.serve.workers import RUN_DIR_ENV
 from gateway.settings import Settings
 
 __all__ = ["LATENCY_BOUNDS_MS", "ConsolePlugin", "ConsoleSettings", "Window"]
@@ -94,11 +102,21 @@ _NO_TEAM = "-"
 _MAX_LINES = 10_000
 _CHARTS = ("requests", "errors", "latency")
 _JSON = "application/json"
-_STATIC = {
+#: the console: served only with a valid session cookie
+_PAGE = {
     "/": ("index.html", "text/html"),
     "/console/console.js": ("console.js", "text/javascript"),
     "/console/console.css": ("console.css", "text/css"),
 }
+#: the sign-in page (``GET /`` without the cookie) and what it loads: open
+_LOGIN = ("login.html", "text/html")
+_OPEN = {
+    "/console/login.js": ("login.js", "text/javascript"),
+    "/console/login.css": ("login.css", "text/css"),
+}
+#: seconds the ``gateway_admin_team`` fields are reused (they are levels that move: not
+#: per generation), so that any number of open pages costs one call per team per second
+_ADMIN_FIELDS_TTL = 1.0
 #: on every console response: nothing from elsewhere, no inline script or style, no frames
 SECURITY_HEADERS: Mapping[str, str] = {
     "Content-Security-Policy": (
@@ -125,6 +143,13 @@ class ConsoleSettings(Settings):
     )
     refresh_seconds: float = Field(
         2.0, ge=0.5, le=300, description="how often the page fetches the figures again"
+    )
+    session_hours: float = Field(
+        12.0,
+        gt=0,
+        le=168,
+        description="how long a browser that signed in with the admin token gets the page "
+        "(its session cookie's lifetime; the admin endpoints always need the token itself)",
     )
 
 
@@ -338,6 +363,10 @@ class ConsolePlugin:
         self._host: PluginHost | None = None
         self._config: GatewayConfig | None = None
         self._static: dict[str, tuple[bytes, str]] = {}
+        self._login: tuple[bytes, str] = (b"", "text/html")
+        self._sessions: Sessions | None = None
+        #: (monotonic time, fields by team) of the last ``gateway_admin_team`` round
+        self._admin_fields_at: tuple[float, dict[str, dict[str, Any]]] | None = None
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: ConsoleSettings) -> None:
@@ -362,13 +391,20 @@ class ConsolePlugin:
         files = resources.files("gateway.console") / "static"
         self._static = {
             path: ((files / name).read_bytes(), content_type)
-            for path, (name, content_type) in _STATIC.items()
+            for path, (name, content_type) in {**_PAGE, **_OPEN}.items()
         }
+        self._login = ((files / _LOGIN[0]).read_bytes(), _LOGIN[1])
+        self._sessions = Sessions(
+            shared_key(os.environ.get(RUN_DIR_ENV)), self.settings.session_hours * 3600
+        )
 
     @hookimpl
     def gateway_carry_over(self, previous: object) -> None:
         if not isinstance(previous, ConsolePlugin):
             return
+        if self._sessions is not None and previous._sessions is not None:
+            # the same key: a reload that keeps the token keeps the browsers signed in
+            self._sessions = Sessions(previous._sessions.key, self._sessions.lifetime)
         old, new = previous.window, self.window
         if (old.seconds, old.slots) == (new.seconds, new.slots):
             new.adopt(old)
@@ -390,19 +426,67 @@ class ConsolePlugin:
     def gateway_admin_routes(self) -> list[web.RouteDef]:
         if not self._on:
             return []
-        routes = [web.get(path, self._static_route) for path in _STATIC]
+        routes = [web.get(path, self._static_route) for path in {**_PAGE, **_OPEN}]
         return [
             *routes,
+            web.post("/admin/console/session", self._session_route),
+            web.post("/console/logout", self._logout_route),
             web.get("/admin/console/summary", self._summary_route),
             web.get("/admin/console/audit", self._audit_route),
             web.get("/admin/console/charts/{name}.svg", self._chart_route),
         ]
 
+    def signed_in(self, request: web.Request) -> bool:
+        """Whether ``request`` carries a valid session cookie for the current admin token."""
+        if self._sessions is None or self._host is None:
+            return False
+        return self._sessions.valid(
+            request.cookies.get(COOKIE), self._host.config.admin.token_sha256, time.time()
+        )
+
     async def _static_route(self, request: web.Request) -> web.Response:
-        body, content_type = self._static[request.path]
+        path = request.path
+        if path in _PAGE and not self.signed_in(request):
+            if path != "/":
+                return _refused("This file of the console needs a signed-in browser: open /.")
+            body, content_type = self._login
+        else:
+            body, content_type = self._static[path]
         return web.Response(
             body=body, content_type=content_type, charset="utf-8", headers=SECURITY_HEADERS
         )
+
+    async def _session_route(self, request: web.Request) -> web.Response:
+        """``POST /admin/console/session``: the admin listener checked the token (every
+        ``/admin/`` path needs it); answer with a session cookie for the page."""
+        assert self._sessions is not None and self._host is not None  # routes come after
+        digest = self._host.config.admin.token_sha256
+        if digest is None:  # unreachable: without a digest every token is refused
+            return _refused("No admin token is configured.")
+        value, expires = self._sessions.issue(digest, time.time())
+        response = _json({"object": "console_session", "expires_at": _iso(expires)})
+        response.set_cookie(
+            COOKIE,
+            value,
+            max_age=max(1, int(self._sessions.lifetime)),
+            path="/",
+            secure=request.secure or None,
+            httponly=True,
+            samesite="Strict",
+        )
+        self._host.log.info("console_signed_in", remote=request.remote, expires_at=_iso(expires))
+        return response
+
+    async def _logout_route(self, request: web.Request) -> web.Response:
+        """``POST /console/logout``: clear the cookie of a signed-in browser (another site's
+        form sends no cookie: ``SameSite=Strict``)."""
+        if not self.signed_in(request):
+            return _refused("Not signed in.")
+        response = _json({"object": "console_session", "signed_out": True})
+        response.del_cookie(
+            COOKIE, path="/", secure=request.secure or None, httponly=True, samesite="Strict"
+        )
+        return response
 
     async def _gathered(self, request: web.Request) -> _Gathered | web.Response:
         """This process's window and lines; with ``serve --workers N``, every worker's,
@@ -599,9 +683,15 @@ class ConsolePlugin:
         host = self._host
         if host is None or "gateway_admin_team" not in host.implemented:
             return {}
-        return {
+        now = time.monotonic()
+        cached = self._admin_fields_at
+        if cached is not None and now - cached[0] < _ADMIN_FIELDS_TTL:
+            return cached[1]
+        fields = {
             team.name: host.fields("gateway_admin_team", team=team) for team in host.config.teams
         }
+        self._admin_fields_at = (now, fields)
+        return fields
 
     def series(
         self, now: float, window: Window | None = None
@@ -685,6 +775,13 @@ def _ratio(part: int, whole: int) -> float | None:
 
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _refused(message: str) -> web.Response:
+    """401, Stripe-shaped, with the console's headers."""
+    response = admin_error(401, message, code="console_signed_out")
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 def _json(obj: Any) -> web.Response:

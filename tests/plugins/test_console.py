@@ -9,7 +9,7 @@ import math
 import re
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -246,28 +246,37 @@ def test_charts_are_svg_with_a_line_per_team(stack: Stack) -> None:
 # ------------------------------------------------------------------ the page and the token
 
 
+def signed_in(admin: str) -> requests.Session:
+    """A client holding the console's session cookie (``POST /admin/console/session``)."""
+    browser = requests.Session()
+    answer = browser.post(admin + "/admin/console/session", headers=AUTH, timeout=5)
+    assert answer.status_code == 200, answer.text
+    return browser
+
+
 def test_the_page_is_static_with_a_strict_policy(stack: Stack) -> None:
     admin = start(stack)
     client(stack, BILLING_KEY).v1.customers.retrieve(CUSTOMER)
     summary_with(admin, 1)
-    page = requests.get(admin + "/", timeout=5)
-    assert page.status_code == 200
+    browser = signed_in(admin)
+    page = browser.get(admin + "/", timeout=5)
+    assert page.status_code == 200 and 'id="console"' in page.text
     assert page.headers["Content-Type"].startswith("text/html")
     policy = page.headers["Content-Security-Policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert "unsafe-inline" not in policy and "http" not in policy
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["Cache-Control"] == "no-store"
-    # no data in the page (it is served without the token): no team, no id, no script body
+    # no data in the page (it needs no token, only the cookie): no team, no id, no script body
     assert "billing" not in page.text and CUSTOMER not in page.text
     assert re.findall(r"<script[^>]*>([^<]*)</script>", page.text) == [""]
     assert re.findall(r'src="([^"]+)"', page.text) == ["/console/console.js"]
     assert "http://" not in page.text and "https://" not in page.text
-    script = requests.get(admin + "/console/console.js", timeout=5)
+    script = browser.get(admin + "/console/console.js", timeout=5)
     assert script.headers["Content-Type"].startswith("text/javascript")
     assert "innerHTML" not in script.text and "eval(" not in script.text
     assert "http://" not in script.text.replace("http://www.w3.org/2000/svg", "")
-    css = requests.get(admin + "/console/console.css", timeout=5)
+    css = browser.get(admin + "/console/console.css", timeout=5)
     assert css.headers["Content-Type"].startswith("text/css")
 
 
@@ -429,6 +438,35 @@ async def test_plugins_see_the_written_line_redacted_and_a_failure_is_skipped(
     assert seen["request_id"] == written["request_id"] == ctx.request_id
     assert seen["path"] == written["path"] and card not in json.dumps(seen, default=str)
     assert seen["timestamp"] == written["timestamp"]
+
+
+class _Levels:
+    """A plugin adding a field to each team in ``GET /admin/teams``, counting the calls."""
+
+    name = "levels"
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    @hookimpl
+    def gateway_admin_team(self, team: Any) -> dict[str, Any]:
+        self.calls[team.name] += 1
+        return {"rate_limit": {"read": self.calls[team.name]}}
+
+
+async def test_the_team_fields_are_read_at_most_once_a_second() -> None:
+    levels = _Levels()
+    async with PluginTest(levels, builtins=("console",)) as plugins:
+        console = plugins.plugin("console")
+        for _ in range(5):  # five pages refreshing at once
+            body = console.summary(time.time())
+        assert levels.calls == {"billing": 1, "analytics": 1}
+        assert team_of(body, "billing")["rate_limit"] == {"read": 1}
+        at, fields = console._admin_fields_at
+        console._admin_fields_at = (at - 1.0, fields)  # a second later
+        body = console.summary(time.time())
+        assert levels.calls == {"billing": 2, "analytics": 2}
+        assert team_of(body, "billing")["rate_limit"] == {"read": 2}
 
 
 # ------------------------------------------------------------------ several workers

@@ -42,6 +42,7 @@ os.environ.setdefault("SE_OFFLINE", "true")
 
 from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import (  # noqa: E402
+    JavascriptException,
     NoSuchElementException,
     StaleElementReferenceException,
 )
@@ -81,8 +82,29 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
+#: what a condition may meet while the page it reads is being replaced (a sign-in loads
+#: the console in place of the sign-in page)
+NAVIGATING = (NoSuchElementException, StaleElementReferenceException, JavascriptException)
+
+
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
-    return WebDriverWait(driver, 30, poll_frequency=0.05).until(condition, message=what)
+    return WebDriverWait(driver, 30, poll_frequency=0.05, ignored_exceptions=NAVIGATING).until(
+        condition, message=what
+    )
+
+
+def displayed(element_id: str) -> Callable[[WebDriver], bool]:
+    return lambda d: d.find_element(By.ID, element_id).is_displayed()
+
+
+def sign_in(driver: WebDriver, admin: str, token: str) -> None:
+    """Open the console: the sign-in page first (no cookie yet), then the console."""
+    driver.get(admin + "/")
+    wait_for(driver, displayed("login-form"), "the sign-in page")
+    assert driver.find_elements(By.ID, "console") == []  # not the console's page at all
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "login-button").click()
+    wait_for(driver, displayed("console"), "the console")
 
 
 def texts(driver: WebDriver, selector: str) -> list[str]:
@@ -176,18 +198,25 @@ def test_the_console_shows_the_traffic_and_purges(
     hits = sum(1 for s in statuses if s in ("HIT", "STALE"))
     assert (hits, lookups) == (2, 4)
 
-    # sign in: the page has no data until the token is given
+    # without the cookie the console's files are refused, and / is the sign-in page
+    browser.get(admin + "/console/console.js")
+    assert "console_signed_out" in browser.find_element(By.TAG_NAME, "body").text
     browser.get(admin + "/")
-    wait_for(browser, lambda d: d.find_element(By.ID, "login-form").is_displayed(), "login")
-    assert not browser.find_element(By.ID, "console").is_displayed()
+    wait_for(browser, displayed("login-form"), "the sign-in page")
+    assert browser.find_elements(By.ID, "console") == []
     browser.find_element(By.ID, "token").send_keys("not the token")
     browser.find_element(By.ID, "login-button").click()
     wait_for(browser, text_is("#login-error", "That token was refused."), "refusal shown")
+    assert browser.get_cookies() == []  # a wrong token gets no cookie
     browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
     browser.find_element(By.ID, "login-button").click()
-    wait_for(browser, lambda d: d.find_element(By.ID, "console").is_displayed(), "console")
+    wait_for(browser, displayed("console"), "the console")
     refused = browser.get_log("browser")  # read, so the checks at the end see only what follows
     assert any("401" in entry["message"] for entry in refused)
+    (cookie,) = browser.get_cookies()
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/")
+    assert ADMIN_TOKEN not in cookie["value"] and digest(ADMIN_TOKEN) not in cookie["value"]
+    assert browser.execute_script("return document.cookie") == ""  # out of the script's reach
 
     # the numbers are the traffic's
     for team, count in per_team.items():
@@ -262,6 +291,24 @@ def test_the_console_shows_the_traffic_and_purges(
     shot = tmp_path / "console.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+    # a new tab of the same browser has the cookie but not the token: the page asks for it
+    browser.switch_to.new_window("tab")
+    browser.get(admin + "/")
+    wait_for(browser, displayed("login"), "the console's own token form")
+    assert not browser.find_element(By.ID, "console").is_displayed()
+    browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+    browser.find_element(By.ID, "login-button").click()
+    wait_for(browser, text_is('#teams tr[data-team="direct"] td.requests', "1"), "figures")
+
+    # sign out: the cookie is gone, / is the sign-in page again
+    browser.find_element(By.ID, "logout").click()
+    wait_for(
+        browser,
+        lambda d: not d.find_elements(By.ID, "console") and displayed("login-form")(d),
+        "the sign-in page after signing out",
+    )
+    assert browser.get_cookies() == []
 
 
 # ------------------------------------------------------------------ the webhooks panel
@@ -354,11 +401,8 @@ def test_the_webhooks_panel_shows_the_queue_and_replays_a_dead_letter(
     assert posted.status_code == 200
     failing.wait_for(2)  # the first attempt and its one retry: then a dead letter
 
-    browser.get(admin + "/")
-    wait_for(browser, lambda d: d.find_element(By.ID, "login-form").is_displayed(), "login")
-    browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
-    browser.find_element(By.ID, "login-button").click()
-    wait_for(browser, lambda d: d.find_element(By.ID, "webhooks").is_displayed(), "panel")
+    sign_in(browser, admin, ADMIN_TOKEN)
+    wait_for(browser, displayed("webhooks"), "panel")
     wait_for(browser, text_is("#webhook-pending", "1"), "the paused subscription's delivery")
     assert texts(browser, "#webhook-oldest")[0].endswith("s ago)")
     wait_for(browser, text_is("#webhook-dead-count", "1"), "the dead letter")

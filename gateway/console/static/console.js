@@ -1,5 +1,5 @@
 // The stripe-gateway console: fetches the admin JSON endpoints with the admin token and
-// shows them. Every value goes into the page as text (textContent), never as markup; the
+// shows them. The page itself is served only with the session cookie (login.js gets it). Every value goes into the page as text (textContent), never as markup; the
 // charts are SVG drawn by the gateway, parsed as SVG and stripped of anything active.
 "use strict";
 
@@ -15,9 +15,11 @@
 
   class Unauthorized extends Error {}
 
-  async function call(method, path, body) {
+  // The admin endpoints take the token, never the cookie: it is not even sent to them
+  // (credentials "omit"), except to POST /admin/console/session, which renews it.
+  async function call(method, path, body, credentials) {
     const headers = { Authorization: "Bearer " + token() };
-    const init = { method, headers, cache: "no-store", credentials: "omit" };
+    const init = { method, headers, cache: "no-store", credentials: credentials || "omit" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -79,6 +81,8 @@
     $("login-error").textContent = message || "";
   }
 
+  // This page was served for the session cookie, but the tab has no token (a new tab, or
+  // the token was refused since): ask for it again; signing in renews the cookie too.
   async function signIn(event) {
     event.preventDefault();
     const value = $("token").value.trim();
@@ -86,12 +90,24 @@
     sessionStorage.setItem(TOKEN_KEY, value);
     $("token").value = "";
     try {
-      await getJson("/admin/console/summary");
+      const response = await call("POST", "/admin/console/session", undefined, "same-origin");
+      if (!response.ok) throw new Error("sign-in failed: " + response.status);
     } catch (err) {
       showLogin(err instanceof Unauthorized ? "That token was refused." : String(err.message));
       return;
     }
     start();
+  }
+
+  // Sign out: the server clears the cookie (the page then answers the sign-in form), and
+  // the tab forgets the token.
+  async function signOut() {
+    showLogin("");
+    try {
+      await fetch("/console/logout", { method: "POST", cache: "no-store", credentials: "same-origin" });
+    } finally {
+      window.location.replace("/");
+    }
   }
 
   function start() {
@@ -356,7 +372,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     $("login-form").addEventListener("submit", signIn);
-    $("logout").addEventListener("click", () => showLogin(""));
+    $("logout").addEventListener("click", signOut);
     $("purge-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const value = $("purge-object").value.trim();
