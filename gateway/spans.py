@@ -12,13 +12,14 @@ What is instrumented (the names are the tracing plugin's span names):
 
 * ``redis <COMMAND>``, a client span per command sent to Redis (``redis GET``,
   ``redis EVALSHA``), in :meth:`gateway.stores.resp.RespConnection.call`: the cache's and
-  the rate limiter's calls, and the webhooks store's when one runs in a request;
+  the rate limiter's calls;
 * ``cache coalesced wait``, in the cache plugin: a miss waiting for the answer of an
   identical request already on its way to Stripe.
 
-Only work in a request's task (and tasks it starts) is traced: background work (webhook
-delivery workers, the hourly pruner, start-up and health checks) runs with ``TRACER``
-unset, so it makes no spans and no stream of one-span root traces.
+Only work in the task of a proxied request (and tasks it starts) is traced: background
+work (webhook delivery workers, the hourly pruner, start-up and readiness checks) and the
+plugins' own routes (the webhook ingress) run with ``TRACER`` unset, so they make no
+spans, and no stream of one-span root traces.
 
 Attributes must never carry keys, ids, query strings or bodies: the instrumented code
 passes only names it chose (a Redis command's name, an outcome word) and the server's

@@ -14,10 +14,11 @@ Not one of the default plugins: it needs the ``otel`` extra
 Spans, for every request that reaches the plugins:
 
 * one **server span** ``METHOD /route/template`` (ids replaced by ``{id}``: bounded
-  names), from the request's arrival to the end of its response, with the team, the route
-  template, the status, the upstream and its ``Request-Id``, the attempts, the outcome,
-  and the cache and rate-limit outcomes (the ``cache`` and ``rate_limit`` fields those
-  plugins give the audit line); its status is an error for 5xx answers;
+  names), from the request's arrival to the end of its response and of the plugins' work
+  after it (the cache storing the answer in Redis), with the team, the route template,
+  the status, the upstream and its ``Request-Id``, the attempts, the outcome, and the
+  cache and rate-limit outcomes (the ``cache`` and ``rate_limit`` fields those plugins
+  give the audit line); its status is an error for 5xx answers;
 * a child ``plugins gateway_request`` span for the request phase of the plugins (the
   cache lookup, a wait coalesced behind another request, the rate-limit decision),
   ending when the request goes upstream or is answered;
