@@ -195,7 +195,9 @@ class _RequestTrace:
         try:
             span = self.tracer.start_span(
                 name,
-                context=trace.set_span_in_context(self.phase or self.server),
+                context=trace.set_span_in_context(
+                    self.phase if self.phase is not None else self.server
+                ),
                 kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
                 attributes=attributes,
             )
