@@ -206,7 +206,8 @@ def test_redis_calls_outside_a_request_make_no_span(
 class _HeldUpstream:
     """Stripe's api host answering retrieves only once the test releases them."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int) -> None:
+        self.status = status
         self.arrived = 0
         self.release = asyncio.Event()
 
@@ -214,9 +215,10 @@ class _HeldUpstream:
         self.arrived += 1
         await self.release.wait()
         object_id = request.path.rsplit("/", 1)[-1]
-        return web.json_response(
-            {"id": object_id, "object": "customer"}, headers={"Request-Id": "req_held000001"}
-        )
+        body: dict[str, Any] = {"id": object_id, "object": "customer"}
+        if self.status != 200:
+            body = {"error": {"type": "invalid_request_error", "message": "No such customer"}}
+        return web.json_response(body, status=self.status, headers={"Request-Id": "req_held000001"})
 
 
 def _finished(stack: Stack, check: Callable[[list[ReadableSpan]], bool]) -> list[ReadableSpan]:
@@ -232,10 +234,11 @@ def _finished(stack: Stack, check: Callable[[list[ReadableSpan]], bool]) -> list
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize(("status", "outcome"), [(200, "answer"), (404, "leader_failed")])
 def test_a_coalesced_wait_is_a_span_on_the_follower(
-    stack: Stack, redis_server: RedisServer
+    stack: Stack, redis_server: RedisServer, status: int, outcome: str
 ) -> None:
-    held = _HeldUpstream()
+    held = _HeldUpstream(status)
     upstream = web.Application()
     upstream.router.add_get("/v1/customers/{id}", held.handle)
     served = stack.loop.run(start_app(upstream))
@@ -262,8 +265,8 @@ def test_a_coalesced_wait_is_a_span_on_the_follower(
     finally:
         stack.loop.run(served.runner.cleanup())
     assert sorted(r.headers["X-Cache"] for r in responses) == ["COALESCED", "MISS"]
-    assert all(r.status_code == 200 for r in responses)
-    assert held.arrived == 1
+    assert [r.status_code for r in responses] == [status, status]
+    assert held.arrived == 1  # (a 404 is not retried)
     spans = _spans(stack, 2)
     by_cache = {dict(s.attributes or {})["stripe_gateway.cache"]: s for s in _servers(spans)}
     follower, leader = by_cache["COALESCED"], by_cache["MISS"]
@@ -275,7 +278,7 @@ def test_a_coalesced_wait_is_a_span_on_the_follower(
         "redis GET",
     ]
     assert "cache coalesced wait" not in {s.name for s in _children(spans, _phase(spans, leader))}
-    assert dict(wait.attributes or {}) == {"stripe_gateway.cache.wait": "answer"}
+    assert dict(wait.attributes or {}) == {"stripe_gateway.cache.wait": outcome}
     assert wait.status.status_code == StatusCode.UNSET
     assert wait.start_time is not None and wait.end_time is not None
     assert wait.start_time < released <= wait.end_time  # it covers the wait
