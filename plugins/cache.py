@@ -36,6 +36,7 @@ from gateway.host import PluginHost
 from gateway.metrics import GatewayMetrics
 from gateway.serve.admin import admin_error, fan_out, form_value
 from gateway.settings import RedisSettings, RouteText, Settings
+from gateway.spans import span
 from gateway.stores.cachekeys import cache_key, is_cacheable_retrieve, object_ids_in
 from gateway.stores.cachestore import CacheStore, Entry, MemoryStore, RedisStore, StoreUnavailable
 
@@ -54,6 +55,8 @@ _UPSTREAM_ERRORS = frozenset(
 )
 #: markers of secrets in a body: such answers are never stored
 _SECRET, _CLIENT_SECRET = b'"secret"', b'"client_secret"'
+#: the outcome of a coalesced wait, on its span (see plugins/tracing.py)
+_WAIT = "stripe_gateway.cache.wait"
 #: ``ctx.state`` key of the request's cache status: HIT, MISS, BYPASS, COALESCED, STALE
 STATUS = "cache.status"
 
@@ -543,10 +546,15 @@ class CachePlugin:
             return None
 
     async def _wait(self, ctx: RequestContext, flight: _Flight) -> web.StreamResponse | None:
-        try:
-            result = await asyncio.wait_for(asyncio.shield(flight.done), self._read_timeout + 5)
-        except TimeoutError:
-            result = None
+        with span("cache coalesced wait") as traced:  # a no-op unless the request is traced
+            try:
+                result = await asyncio.wait_for(asyncio.shield(flight.done), self._read_timeout + 5)
+            except TimeoutError:
+                result = None
+                traced.set_attribute(_WAIT, "timeout")
+            else:
+                shared = "answer" if isinstance(result, Entry) else "leader_failed"
+                traced.set_attribute(_WAIT, shared if result is not None else "not_shared")
         if isinstance(result, Entry):
             ctx.state[STATUS] = "COALESCED"
             self.counts["coalesced"] += 1

@@ -14,17 +14,39 @@ Not one of the default plugins: it needs the ``otel`` extra
 Spans, for every request that reaches the plugins:
 
 * one **server span** ``METHOD /route/template`` (ids replaced by ``{id}``: bounded
-  names), from the request's arrival to the end of its response, with the team, the route
-  template, the status, the upstream and its ``Request-Id``, the attempts, the outcome,
-  and the cache and rate-limit outcomes (the ``cache`` and ``rate_limit`` fields those
-  plugins give the audit line); its status is an error for 5xx answers;
+  names), from the request's arrival to the end of its response and of the plugins' work
+  after it (the cache storing the answer in Redis), with the team, the route template,
+  the status, the upstream and its ``Request-Id``, the attempts, the outcome, and the
+  cache and rate-limit outcomes (the ``cache`` and ``rate_limit`` fields those plugins
+  give the audit line); its status is an error for 5xx answers;
 * a child ``plugins gateway_request`` span for the request phase of the plugins (the
-  cache lookup, a wait coalesced behind another request, the rate-limit decision: the
-  Redis calls of both), ending when the request goes upstream or is answered;
+  cache lookup, a wait coalesced behind another request, the rate-limit decision),
+  ending when the request goes upstream or is answered;
+* a ``redis <COMMAND>`` client span (``redis GET``, ``redis EVALSHA``) for each call to
+  Redis (the cache's and the rate limiter's with their ``redis`` backend): a child of the
+  plugins' span during their request phase, of the server span after it (the eviction
+  after a write, the store of a fetched answer). Attributes: ``db.system`` and
+  ``db.system.name`` (``redis``), ``db.operation`` and ``db.operation.name`` (the
+  command), ``db.namespace`` (the database number), ``server.address`` and
+  ``server.port``; never the command's arguments (keys hold object ids and team names,
+  values Stripe's answers). An error reply, a timeout or a lost connection makes it an
+  error, with ``error.type`` the exception's type (never its message). Redis calls
+  outside a request (the webhook delivery workers, readiness checks) are not traced;
+* a ``cache coalesced wait`` span, a child of the plugins' span, for a miss that waits
+  for an identical request already on its way to Stripe, with
+  ``stripe_gateway.cache.wait``: ``answer`` (it got the leader's answer),
+  ``leader_failed`` (it shares the leader's failure), ``not_shared`` (the leader's answer
+  could not be shared: it goes to Stripe itself) or ``timeout``;
 * a child ``stripe <upstream> attempt`` client span for each attempt to reach Stripe
   (retries included), from sending the request to Stripe's status and headers, with the
   attempt's status code or failure. They come from an ``aiohttp`` trace config on the
   upstream session.
+
+The Redis and wait spans come from the core's instrumentation points
+(:mod:`gateway.spans`): the plugin puts the request's :class:`_RequestTrace` in
+:data:`gateway.spans.TRACER` for the request's task, for sampled requests only; without
+the plugin, or for an unsampled request, that variable stays ``None`` and the
+instrumented code does nothing more than read it.
 
 An incoming W3C ``traceparent`` (and ``tracestate``) continues the caller's trace
 (``trust_incoming``). Nothing trace-related goes to Stripe: the gateway injects no
@@ -37,10 +59,10 @@ dropped spans, never a request. No key, query string or body goes into a span.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +79,7 @@ from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.keys import SESSION
 from gateway.settings import Settings
+from gateway.spans import TRACER, AttributeValue
 
 try:
     from opentelemetry import trace
@@ -92,12 +115,6 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"
 _STATIC = re.compile(r"^[a-z_]{1,64}$")
 _MAX_SEGMENTS = 8
 _PROPAGATOR = TraceContextTextMapPropagator()
-
-#: the trace of the request this task is serving (read by the upstream session's trace
-#: config, which runs in the same task)
-_CURRENT: contextvars.ContextVar[_RequestTrace | None] = contextvars.ContextVar(
-    "stripe_gateway_trace", default=None
-)
 
 
 def route_template(path: str) -> str:
@@ -156,7 +173,9 @@ class TracingSettings(Settings):
 
 @dataclass(slots=True)
 class _RequestTrace:
-    """The spans of one request."""
+    """The spans of one request; the :class:`gateway.spans.Tracer` of its task (in
+    :data:`gateway.spans.TRACER`, read by the upstream session's trace config and the
+    core's instrumented code, which run in the same task)."""
 
     tracer: trace.Tracer
     server: Span
@@ -164,6 +183,45 @@ class _RequestTrace:
     upstream: str
     #: the plugins' request phase, while it runs
     phase: Span | None = None
+
+    def start_span(
+        self,
+        name: str,
+        *,
+        client: bool = False,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> _Span:
+        """A child of the plugins' phase while it runs, else of the server span."""
+        try:
+            span = self.tracer.start_span(
+                name,
+                context=trace.set_span_in_context(
+                    self.phase if self.phase is not None else self.server
+                ),
+                kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
+                attributes=attributes,
+            )
+        except Exception:  # never fail the traced work over its span
+            span = trace.INVALID_SPAN
+        return _Span(span)
+
+
+class _Span:
+    """An OpenTelemetry span behind :class:`gateway.spans.Span`."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self.span.set_attribute(key, value)
+
+    def end(self, error: str | None = None) -> None:
+        if error is not None:
+            self.span.set_attribute("error.type", error)
+            self.span.set_status(Status(StatusCode.ERROR, error))
+        self.span.end()
 
 
 def _now_ns() -> int:
@@ -199,7 +257,7 @@ def _collector_headers(settings: TracingSettings, environ: dict[str, str]) -> di
 class _AttemptTraceConfig(aiohttp.TraceConfig):
     """Spans for the upstream session's requests (each attempt), as children of the
     server span of the request the task serves. Installed once per session: a request
-    started by any generation's plugin finds its own tracer in :data:`_CURRENT`."""
+    started by any generation's plugin finds its own tracer in :data:`gateway.spans.TRACER`."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -214,8 +272,8 @@ class _AttemptTraceConfig(aiohttp.TraceConfig):
         trace_ctx: SimpleNamespace,
         params: aiohttp.TraceRequestStartParams,
     ) -> None:
-        current = _CURRENT.get()
-        if current is None:
+        current = TRACER.get()
+        if not isinstance(current, _RequestTrace):
             return
         phase = current.phase
         if phase is not None:  # the request left the plugins' phase for Stripe
@@ -354,7 +412,8 @@ class TracingPlugin:
         )
         state = _RequestTrace(tracer, server, ctx.upstream_name or "none")
         ctx.state[self.name] = state
-        _CURRENT.set(state)
+        if server.is_recording():  # an unsampled request's Redis calls pay nothing more
+            TRACER.set(state)
         return state
 
     @hookimpl(tryfirst=True)
@@ -388,8 +447,10 @@ class TracingPlugin:
             state.phase.end()
             state.phase = None
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def gateway_request_finished(self, ctx: RequestContext) -> None:
+        """Last, so that the other plugins' work after the response (the cache storing
+        the answer in Redis) is in the request's trace, inside its server span."""
         try:
             state: _RequestTrace | None = ctx.state.get(self.name)
             if state is None:  # stopped before the plugins' request hooks
@@ -398,7 +459,7 @@ class TracingPlugin:
                     return
             self._finish(ctx, state)
         finally:
-            _CURRENT.set(None)
+            TRACER.set(None)
 
     def _finish(self, ctx: RequestContext, state: _RequestTrace) -> None:
         if state.phase is not None:

@@ -341,3 +341,36 @@ class WebhookReceiver:
     def events(self) -> list[dict[str, Any]]:
         with self._changed:
             return [json.loads(body) for body, _ in self.received]
+
+
+@dataclass
+class RecordedSpan:
+    """A span of :class:`RecordingTracer`."""
+
+    name: str
+    client: bool
+    attributes: dict[str, Any]
+    error: str | None = None
+    ended: int = 0
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def end(self, error: str | None = None) -> None:
+        self.ended += 1
+        self.error = error
+
+
+@dataclass
+class RecordingTracer:
+    """A :class:`gateway.spans.Tracer` that keeps its spans, for the core's tests (the
+    tracing plugin's own tests use OpenTelemetry's SDK)."""
+
+    spans: list[RecordedSpan] = field(default_factory=list)
+
+    def start_span(
+        self, name: str, *, client: bool = False, attributes: Mapping[str, Any] | None = None
+    ) -> RecordedSpan:
+        span = RecordedSpan(name, client, dict(attributes or {}))
+        self.spans.append(span)
+        return span

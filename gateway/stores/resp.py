@@ -16,17 +16,34 @@ Failures are plain exceptions: :class:`OSError` (including :class:`ConnectionErr
 the connection cannot be made or is lost, :class:`TimeoutError`, and :class:`ReplyError`
 for an error reply. A caller that gives up waiting (a timeout) leaves its reply to be
 read and dropped, so the replies of the others stay in step.
+
+Tracing: when the task's request is traced (:data:`gateway.spans.TRACER` set by the tracing
+plugin), each :meth:`RespConnection.call` is a client span ``redis <COMMAND>`` with the
+command's name and the server's address, never its arguments (keys hold object ids and team
+names, values hold Stripe's answers); an error reply, a timeout or a lost connection fails
+the span with the exception's type. Untraced, the cost is one context-variable lookup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["Reply", "ReplyError", "RespConnection", "bulk", "encode_command", "parse_reply"]
+from gateway.spans import TRACER, AttributeValue, Tracer
+
+__all__ = [
+    "Reply",
+    "ReplyError",
+    "RespConnection",
+    "bulk",
+    "command_name",
+    "encode_command",
+    "parse_reply",
+]
 
 #: what a reply decodes to: an int, bytes, None (a nil), a ReplyError, or a list of those
 Reply = int | bytes | None | Exception | list["Reply"]
@@ -44,6 +61,17 @@ def bulk(value: bytes | str | int | float) -> bytes:
 
 def encode_command(*args: bytes | str | int | float) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+
+
+#: the start of an encoded command: the array's header, then its first bulk string (the name)
+_COMMAND = re.compile(rb"\*\d{1,9}\r\n\$\d{1,2}\r\n([A-Za-z]{1,32})\r\n")
+
+
+def command_name(payload: bytes) -> str:
+    """The name of the encoded command ``payload`` (``GET``, ``EVALSHA``), upper-case;
+    ``_OTHER`` when it does not start with one (nothing else of it is ever read)."""
+    match = _COMMAND.match(payload)
+    return match.group(1).decode().upper() if match is not None else "_OTHER"
 
 
 def parse_reply(buf: bytes | bytearray, pos: int) -> tuple[Reply, int] | None:
@@ -180,6 +208,18 @@ class RespConnection:
             self._setup.append(encode_command("SELECT", int(db)))
         self._connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
+        #: the attributes of this connection's spans (OpenTelemetry's names for databases)
+        self._span_attributes: dict[str, AttributeValue] = {
+            "db.system": "redis",
+            "db.system.name": "redis",
+            "db.namespace": db or "0",
+        }
+        if self._unix:
+            self._span_attributes.update(
+                {"server.address": self._path, "network.transport": "unix"}
+            )
+        else:
+            self._span_attributes.update({"server.address": self._host, "server.port": self._port})
         self._connecting: asyncio.Future[_Protocol] | None = None
 
     async def _connected(self) -> _Protocol:
@@ -226,11 +266,38 @@ class RespConnection:
         """Send one encoded command (:func:`encode_command`) and wait for its reply.
 
         An error reply is returned, not raised (see :class:`ReplyError`)."""
+        tracer = TRACER.get()
+        if tracer is not None:
+            return await self._traced_call(tracer, payload, timeout)
         async with asyncio.timeout(timeout):
             protocol = self._protocol
             if protocol is None or protocol.lost is not None:
                 protocol = await self._connected()
             return await protocol.send(payload)
+
+    async def _traced_call(self, tracer: Tracer, payload: bytes, timeout: float) -> Reply:
+        """:meth:`call` in a span ``redis <COMMAND>`` (see the module's docstring)."""
+        name = command_name(payload)
+        span = tracer.start_span(
+            f"redis {name}",
+            client=True,
+            attributes={**self._span_attributes, "db.operation": name, "db.operation.name": name},
+        )
+        error: str | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                protocol = self._protocol
+                if protocol is None or protocol.lost is not None:
+                    protocol = await self._connected()
+                reply = await protocol.send(payload)
+            if isinstance(reply, Exception):
+                error = type(reply).__name__
+            return reply
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            span.end(error)
 
     async def close(self) -> None:
         protocol, self._protocol = self._protocol, None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
+import string
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,9 +14,20 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.stores.resp import ReplyError, RespConnection, encode_command, parse_reply
+from gateway.spans import TRACER
+from gateway.stores.resp import (
+    ReplyError,
+    RespConnection,
+    bulk,
+    command_name,
+    encode_command,
+    parse_reply,
+)
 from tests.conftest import RedisServer
+from tests.helpers import RecordingTracer
 
 
 def test_parse_reply_waits_for_whole_replies() -> None:
@@ -161,3 +174,137 @@ def test_parse_reply_from_a_bytearray_gives_bytes() -> None:
     assert parse_reply(bytearray(b"$3\r\nabc\r\n"), 0) == (b"abc", 9)
     reply = parse_reply(bytearray(b"$3\r\nabc\r\n"), 0)
     assert reply is not None and type(reply[0]) is bytes
+
+
+# --------------------------------------------------------------------------- spans
+
+
+def _span_attributes(port: int, command: str) -> dict[str, object]:
+    return {
+        "db.system": "redis",
+        "db.system.name": "redis",
+        "db.namespace": "0",
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "db.operation": command,
+        "db.operation.name": command,
+    }
+
+
+async def test_a_traced_call_is_a_client_span_named_after_its_command_without_arguments(
+    redis_server: RedisServer,
+) -> None:
+    tracer = RecordingTracer()
+    conn = RespConnection(redis_server.url, connect_timeout=1.0)
+    token = TRACER.set(tracer)
+    try:
+        assert await conn.call(encode_command("SET", "cus_key_1", "secret-value"), 1.0) == b"OK"
+        assert await conn.call(encode_command("GET", "cus_key_1"), 1.0) == b"secret-value"
+        missing = await conn.call(encode_command("EVALSHA", "0" * 40, 1, "cus_key_1"), 1.0)
+        assert isinstance(missing, ReplyError)  # NOSCRIPT: returned, and the span failed
+        assert await conn.call(encode_command("ping"), 1.0) == b"PONG"
+    finally:
+        TRACER.reset(token)
+        await conn.close()
+    assert [(s.name, s.client, s.error, s.ended) for s in tracer.spans] == [
+        ("redis SET", True, None, 1),
+        ("redis GET", True, None, 1),
+        ("redis EVALSHA", True, "ReplyError", 1),
+        ("redis PING", True, None, 1),
+    ]
+    for span, command in zip(tracer.spans, ["SET", "GET", "EVALSHA", "PING"], strict=True):
+        assert span.attributes == _span_attributes(redis_server.port, command)
+
+
+async def test_only_the_traced_tasks_calls_are_spans(redis_server: RedisServer) -> None:
+    tracer = RecordingTracer()
+    conn = RespConnection(redis_server.url, connect_timeout=1.0)
+
+    async def traced() -> None:
+        TRACER.set(tracer)
+        for i in range(20):
+            await conn.call(encode_command("ECHO", str(i)), 2.0)
+
+    async def untraced() -> None:
+        for _ in range(20):
+            await conn.call(encode_command("PING"), 2.0)
+
+    try:
+        await asyncio.gather(traced(), untraced(), untraced())
+    finally:
+        await conn.close()
+    assert [s.name for s in tracer.spans] == ["redis ECHO"] * 20
+    assert TRACER.get() is None
+
+
+async def test_a_timeout_or_a_lost_redis_fails_the_span_with_the_exception_type(
+    redis_server: RedisServer,
+) -> None:
+    tracer = RecordingTracer()
+    conn = RespConnection(redis_server.url, connect_timeout=0.5)
+    token = TRACER.set(tracer)
+    try:
+        assert await conn.call(encode_command("PING"), 1.0) == b"PONG"
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                await conn.call(encode_command("GET", "late"), 0.2)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        redis_server.kill()
+        with pytest.raises(OSError) as lost:
+            await conn.call(encode_command("GET", "gone"), 1.0)
+    finally:
+        TRACER.reset(token)
+        await conn.close()
+    assert [(s.name, s.error, s.ended) for s in tracer.spans] == [
+        ("redis PING", None, 1),
+        ("redis GET", "TimeoutError", 1),
+        ("redis GET", type(lost.value).__name__, 1),
+    ]
+
+
+async def test_a_unix_socket_span_names_the_socket(unix_redis: Path) -> None:
+    tracer = RecordingTracer()
+    conn = RespConnection(f"unix://{unix_redis}?db=2", connect_timeout=1.0)
+    token = TRACER.set(tracer)
+    try:
+        assert await conn.call(encode_command("PING"), 1.0) == b"PONG"
+    finally:
+        TRACER.reset(token)
+        await conn.close()
+    (span,) = tracer.spans
+    assert span.attributes == {
+        "db.system": "redis",
+        "db.system.name": "redis",
+        "db.namespace": "2",
+        "server.address": str(unix_redis),
+        "network.transport": "unix",
+        "db.operation": "PING",
+        "db.operation.name": "PING",
+    }
+
+
+_NAMES = st.text(alphabet=string.ascii_letters, min_size=1, max_size=32)
+_ARGS = st.lists(st.binary(max_size=64) | st.text(max_size=32) | st.integers(), max_size=6)
+
+
+@given(name=_NAMES, args=_ARGS)
+def test_command_name_reads_the_name_and_nothing_else(name: str, args: list[object]) -> None:
+    payload = encode_command(name, *args)  # type: ignore[arg-type]
+    assert command_name(payload) == name.upper()
+
+
+@given(name=_NAMES, args=_ARGS)
+def test_a_script_call_framed_by_the_stores_is_named_by_its_command(
+    name: str, args: list[object]
+) -> None:
+    """The stores frame a script call as a header, the command and its SHA, then the rest."""
+    head = b"*%d\r\n" % (2 + len(args))
+    body = b"".join(bulk(a) for a in args)  # type: ignore[arg-type]
+    assert command_name(head + bulk(name) + bulk("0" * 40) + body) == name.upper()
+
+
+@given(payload=st.binary(max_size=200))
+def test_anything_else_is_named_other_or_a_bounded_word(payload: bytes) -> None:
+    assert re.fullmatch(r"_OTHER|[A-Z]{1,32}", command_name(payload))
