@@ -73,11 +73,12 @@ from multidict import CIMultiDict
 from pydantic import Field, field_validator
 
 from gateway.config import GatewayConfig
-from gateway.context import OBJECT_ID, RequestContext
+from gateway.context import RequestContext
 from gateway.errors import ConfigError
 from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.keys import SESSION
+from gateway.pathwords import PATH_WORDS
 from gateway.settings import Settings
 from gateway.spans import TRACER, AttributeValue
 
@@ -112,21 +113,21 @@ TRACE_HEADERS = frozenset(
 #: prefixes of such headers (B3's multi-header form, Jaeger and OpenTracing baggage)
 TRACE_HEADER_PREFIXES = ("x-b3-", "uberctx-", "ot-baggage-", "ot-tracer-")
 _METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
-_STATIC = re.compile(r"^[a-z_]{1,64}$")
 _MAX_SEGMENTS = 8
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def route_template(path: str) -> str:
-    """``path`` with every segment that is not a plain lower-case word (an id, anything
-    with a digit or punctuation) replaced by ``{id}``, the version kept:
-    ``/v1/customers/cus_123/sources`` -> ``/v1/customers/{id}/sources``."""
+    """``path`` with every segment that is not one of the fixed words of Stripe's API paths
+    (:data:`gateway.pathwords.PATH_WORDS`) replaced by ``{id}``, the version kept:
+    ``/v1/customers/cus_123/sources`` -> ``/v1/customers/{id}/sources``, and a custom id
+    that looks like a word too (``/v1/coupons/summer_sale`` -> ``/v1/coupons/{id}``):
+    names from a bounded set, whatever the client sends."""
     parts = path.split("/")[1:]
     out = []
     for i, part in enumerate(parts[:_MAX_SEGMENTS]):
         version = i == 0 and part in ("v1", "v2", "oauth")
-        static = _STATIC.match(part) is not None and OBJECT_ID.match(part) is None
-        out.append(part if version or static else "{id}")
+        out.append(part if version or part in PATH_WORDS else "{id}")
     if len(parts) > _MAX_SEGMENTS:
         out.append("...")
     return "/" + "/".join(out)

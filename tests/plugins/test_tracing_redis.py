@@ -336,8 +336,9 @@ def test_without_tracing_or_for_unsampled_requests_no_tracer_is_set(
 
 _BASE62 = string.ascii_letters + string.digits
 _TEXT = st.text(alphabet=_BASE62, min_size=4, max_size=12)
-#: Stripe's ids: a prefix, then base62 with a digit or a capital (an id of lower-case
-#: letters only, like a custom coupon id, reads as a word: the route template keeps it)
+#: Stripe's ids: a prefix, then base62 with a digit or a capital (the shape the cache
+#: takes as an object id, so each request makes Redis calls; ids that look like words are
+#: covered by tests/plugins/test_tracing.py's route-template property)
 _IDS = st.tuples(_TEXT, st.sampled_from(string.ascii_uppercase + string.digits), _TEXT).map("".join)
 
 
