@@ -108,6 +108,8 @@ _PAGE = {
     "/console/console.js": ("console.js", "text/javascript"),
     "/console/console.css": ("console.css", "text/css"),
 }
+#: the webhooks plugin's endpoint the page reads first
+_WEBHOOK_SUBSCRIPTIONS = "/admin/webhooks/subscriptions"
 #: the sign-in page (``GET /`` without the cookie) and what it loads: open
 _LOGIN = ("login.html", "text/html")
 _OPEN = {
@@ -676,7 +678,18 @@ class ConsolePlugin:
             },
             "upstream_errors": dict(everything.upstream_errors.most_common()),
             "plugins": self._host.plugin_names() if self._host is not None else [],
+            "webhooks": self._webhooks_on(),
         }
+
+    def _webhooks_on(self) -> bool:
+        """Whether the admin listener serves the webhooks endpoints (the plugin is loaded by
+        default but on only when configured): the page asks for them only then."""
+        router = self._host.admin_router if self._host is not None else None
+        if router is None:
+            return False
+        return any(
+            resource.canonical == _WEBHOOK_SUBSCRIPTIONS for resource in router.resources()
+        )
 
     def _admin_fields(self) -> dict[str, dict[str, Any]]:
         """What plugins add to each team in ``GET /admin/teams`` (``rate_limit``)."""

@@ -132,6 +132,9 @@ def test_summary_counts_each_teams_requests_cache_and_refusals(stack: Stack) -> 
     assert (cache["lookups"], cache["from_cache"], cache["hit_ratio"]) == (4, 2, 0.5)
     assert cache["bytes_from_cache"] > 0
     assert body["upstream_errors"] == {}
+    # the webhooks plugin is loaded by default but not configured: the page must not ask
+    # for its endpoints (a 404 in the browser's log)
+    assert "webhooks" in body["plugins"] and body["webhooks"] is False
 
 
 def test_upstream_errors_are_counted_by_kind(stack: Stack) -> None:

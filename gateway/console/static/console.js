@@ -285,7 +285,7 @@
 
   async function showWebhooks(summary) {
     const section = $("webhooks");
-    if (!summary.plugins.includes("webhooks") || webhooksSeen === false) {
+    if (!summary.webhooks || webhooksSeen === false) {
       section.hidden = true;
       return;
     }
