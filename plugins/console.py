@@ -687,9 +687,7 @@ class ConsolePlugin:
         router = self._host.admin_router if self._host is not None else None
         if router is None:
             return False
-        return any(
-            resource.canonical == _WEBHOOK_SUBSCRIPTIONS for resource in router.resources()
-        )
+        return any(resource.canonical == _WEBHOOK_SUBSCRIPTIONS for resource in router.resources())
 
     def _admin_fields(self) -> dict[str, dict[str, Any]]:
         """What plugins add to each team in ``GET /admin/teams`` (``rate_limit``)."""
