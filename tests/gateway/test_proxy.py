@@ -836,3 +836,75 @@ def test_expect_100_continue_still_gets_its_interim_answer(gateway: Stack) -> No
         response.begin()
         assert response.status == 200
     assert gateway.upstreams["api"].last().body == b"a=1"
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = conn.recv(1)
+        assert byte, f"the connection closed after {head!r}"
+        head += byte
+    return head
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Bearer gw_test_nobody_000000000000001", 401),
+        ("Basic !!!", 401),
+        # a good key, but the team may not make this call: refused by authentication too
+        (f"Bearer {ANALYTICS_KEY}", 403),
+    ],
+)
+def test_expect_100_continue_is_not_answered_before_the_key_is_accepted(
+    gateway: Stack, authorization: str | None, status: int
+) -> None:
+    # The 100 Continue went out as soon as the headers were parsed: a client with no key
+    # or a bad one was invited to send its body, then refused.
+    host, _, port = gateway.gateway_url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/charges HTTP/1.1\r\nHost: gateway\r\n"
+            + (f"Authorization: {authorization}\r\n".encode() if authorization else b"")
+            + b"Expect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        )
+        head = _read_head(conn)  # the first answer: the final one, no 100 before it
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        assert status_line.startswith(f"HTTP/1.1 {status} "), head
+        headers = {
+            name.lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines if line)
+        }
+        # the body may or may not follow now: the connection is not reused
+        assert headers["connection"] == "close"
+        body = b""
+        while len(body) < int(headers["content-length"]):
+            chunk = conn.recv(65536)
+            assert chunk, "the answer was cut short"
+            body += chunk
+    response = RawResponse(status, dict(h.split(": ", 1) for h in lines if h), body)
+    _assert_stripe_shaped(response, status)
+    _nothing_upstream(gateway)
+    line = gateway.audit_lines()[-1]
+    assert line["request_id"] == headers["request-id"]
+    assert line["status"] == status
+
+
+def test_expect_100_continue_with_a_good_key_keeps_the_connection(gateway: Stack) -> None:
+    host, _, port = gateway.gateway_url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        for body in (b"a=1", b"a=22"):
+            conn.sendall(
+                b"POST /v1/charges HTTP/1.1\r\nHost: gateway\r\n"
+                + f"Authorization: Bearer {BILLING_KEY}\r\n".encode()
+                + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            assert _read_head(conn) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            conn.sendall(body)
+            response = http.client.HTTPResponse(conn)
+            response.begin()
+            assert response.status == 200
+            assert response.getheader("Connection") is None  # kept alive
+            response.read()
+            assert gateway.upstreams["api"].last().body == body
