@@ -802,6 +802,55 @@ def test_an_identity_encoded_request_body_is_forwarded(gateway: Stack) -> None:
     assert gateway.upstreams["api"].last().body == b"a=1"
 
 
+_CODINGS = ["chunked", "Chunked", "CHUNKED", "gzip", "deflate", "identity", "x-custom", ""]
+
+
+@st.composite
+def _transfer_encodings(draw: st.DrawFn) -> list[bytes]:
+    """One or two Transfer-Encoding header values, each a list of transfer codings."""
+    values = []
+    for _ in range(draw(st.integers(1, 2))):
+        codings = draw(st.lists(st.sampled_from(_CODINGS), min_size=1, max_size=3))
+        space = draw(st.sampled_from(["", " ", "  "]))
+        values.append(f"{space}{(',' + space).join(codings)}{space}".encode())
+    return values
+
+
+@given(values=_transfer_encodings(), with_length=st.booleans())
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@example(values=[b"gzip, chunked"], with_length=False)
+@example(values=[b"chunked"], with_length=True)
+@example(values=[b"chunked"], with_length=False)
+def test_a_transfer_encoding_other_than_a_lone_chunked_is_refused_and_never_forwarded(
+    gateway: Stack, values: list[bytes], with_length: bool
+) -> None:
+    # `Transfer-Encoding: gzip, chunked` was de-chunked and forwarded: Stripe got the
+    # body still gzip-coded, as a form
+    marks = {name: len(fake.received) for name, fake in gateway.upstreams.items()}
+    body = b"a=1"
+    request = (
+        b"POST /v1/charges HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+        + f"Authorization: Bearer {BILLING_KEY}\r\n".encode()
+        + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + b"".join(b"Transfer-Encoding: " + value + b"\r\n" for value in values)
+        + (b"Content-Length: %d\r\n" % len(body) if with_length else b"")
+        + b"\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    response = raw_request(gateway.gateway_url, request)
+    got = [r for name, fake in gateway.upstreams.items() for r in fake.received[marks[name] :]]
+    lone_chunked = len(values) == 1 and values[0].strip().lower() == b"chunked"
+    if lone_chunked and not with_length:
+        assert response.status == 200
+        assert [r.body for r in got] == [body]
+    else:
+        # refused by the proxy (invalid_header) or by aiohttp's parser (no code)
+        _assert_stripe_shaped(response, 400)
+        assert response.json()["error"].get("code") in ("invalid_header", None)
+        assert got == []
+
+
 def test_an_unknown_expectation_is_a_stripe_shaped_417_with_an_audit_line(gateway: Stack) -> None:
     # aiohttp's default answer was a plain-text 417 with no request id and no audit line
     response = _raw(
