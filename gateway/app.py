@@ -39,7 +39,7 @@ from gateway.public import PublicRoutes
 from gateway.serve.admin import admin_listener
 from gateway.serve.reload import Generation, Generations
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "log_started"]
 
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
@@ -51,7 +51,6 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     generations = app[GENERATIONS]
     config = generations.current.config
-    host = generations.current.host
     connector = aiohttp.TCPConnector(
         limit=config.upstream.max_connections,
         limit_per_host=0,
@@ -74,16 +73,23 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     generations.current.proxy.session = session
     try:
         await generations.start()
-        host.log.info(
-            "gateway_started",
-            plugins=host.plugin_names(),
-            teams=[t.name for t in config.teams],
-            upstream_api=config.upstream.api,
-        )
         yield
     finally:
         await generations.close()  # every generation's gateway_shutdown
         await session.close()
+
+
+def log_started(app: web.Application) -> None:
+    """Log ``gateway_started`` (plugins, teams, api upstream) on the gateway's log. Whoever
+    serves the app calls it once its listeners are bound (the CLI's ``serve``, the demo),
+    so a gateway that could not listen never says it started."""
+    current = app[GENERATIONS].current
+    current.host.log.info(
+        "gateway_started",
+        plugins=current.host.plugin_names(),
+        teams=[t.name for t in current.config.teams],
+        upstream_api=current.config.upstream.api,
+    )
 
 
 class _EverythingRouter(UrlDispatcher):
