@@ -21,6 +21,7 @@ from aiohttp.web_urldispatcher import AbstractRoute, UrlDispatcher, UrlMappingMa
 
 from gateway import __version__
 from gateway.config import GatewayConfig
+from gateway.expect import continue_at_once, continue_later
 from gateway.host import PluginHost
 from gateway.keys import (
     GENERATIONS,
@@ -38,20 +39,9 @@ from gateway.public import PublicRoutes
 from gateway.serve.admin import admin_listener
 from gateway.serve.reload import Generation, Generations
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "log_started"]
 
 _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
-
-
-async def _expect_continue(request: web.Request) -> None:
-    """Answer ``Expect: 100-continue`` with its interim ``100 Continue``, as aiohttp does;
-    let any other expectation through to the proxy, which answers it with a Stripe-shaped
-    417 and an audit line (aiohttp's own 417 is plain text)."""
-    if request.version == aiohttp.HttpVersion11 and all(
-        value.strip().lower() == "100-continue" for value in request.headers.getall("Expect")
-    ):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the response itself has not started
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -61,7 +51,6 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     generations = app[GENERATIONS]
     config = generations.current.config
-    host = generations.current.host
     connector = aiohttp.TCPConnector(
         limit=config.upstream.max_connections,
         limit_per_host=0,
@@ -84,16 +73,23 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     generations.current.proxy.session = session
     try:
         await generations.start()
-        host.log.info(
-            "gateway_started",
-            plugins=host.plugin_names(),
-            teams=[t.name for t in config.teams],
-            upstream_api=config.upstream.api,
-        )
         yield
     finally:
         await generations.close()  # every generation's gateway_shutdown
         await session.close()
+
+
+def log_started(app: web.Application) -> None:
+    """Log ``gateway_started`` (plugins, teams, api upstream) on the gateway's log. Whoever
+    serves the app calls it once its listeners are bound (the CLI's ``serve``, the demo),
+    so a gateway that could not listen never says it started."""
+    current = app[GENERATIONS].current
+    current.host.log.info(
+        "gateway_started",
+        plugins=current.host.plugin_names(),
+        teams=[t.name for t in current.config.teams],
+        upstream_api=current.config.upstream.api,
+    )
 
 
 class _EverythingRouter(UrlDispatcher):
@@ -150,11 +146,11 @@ def create_app(
     app[GENERATIONS] = generations
     app[RELOAD] = generations.reload
     app[REOPEN_LOGS] = generations.reopen_logs
-    app.router.add_get("/healthz", _healthz, allow_head=True, expect_handler=_expect_continue)
+    app.router.add_get("/healthz", _healthz, allow_head=True, expect_handler=continue_at_once)
     # the plugins' public routes (gateway_public_routes), of the current generation
     app.router.register_resource(PublicRoutes(app))
     catch_all = app.router.add_route(
-        "*", "/{tail:.*}", generations.handle, expect_handler=_expect_continue
+        "*", "/{tail:.*}", generations.handle, expect_handler=continue_later
     )
     # The catch-all route cannot match every request target (`OPTIONS *`, `CONNECT
     # host:443`, a path with an encoded newline): the router sends those to the proxy too,

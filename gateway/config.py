@@ -105,7 +105,7 @@ class ServerConfig(Settings):
         8190,
         ge=1024,
         le=1024 * 1024,
-        description="largest request line or single header accepted (a Stripe-shaped 400 above it)",
+        description="largest request line or single header accepted (a Stripe-shaped 431 above it)",
     )
     header_timeout: float = Field(
         20.0,

@@ -64,7 +64,10 @@ def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | N
       key, allow-lists, audit line) and what Stripe gets would differ. Other headers named
       in ``Connection`` are dropped on the way, as RFC 9110 asks;
     - ``Stripe-Account``, ``Stripe-Context``, ``Stripe-Version`` or ``Idempotency-Key`` is
-      not printable ASCII.
+      not printable ASCII;
+    - ``Transfer-Encoding`` is anything but one ``chunked`` (``gzip, chunked`` would reach
+      Stripe still gzip-coded), or comes with a ``Content-Length`` (the request smuggling
+      shape; aiohttp's parser refuses it too).
     """
     if len(headers) != (len(headers.keys()) if _KEYS_FOLD else _distinct(headers)):
         seen: set[str] = set()  # a name repeats (len counts every value): which one?
@@ -80,6 +83,12 @@ def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | N
                     f"The Connection header names {_title(name)}, which this request "
                     "carries: the gateway does not drop end-to-end headers."
                 )
+    if "Transfer-Encoding" in headers:
+        codings = headers.getall("Transfer-Encoding")
+        if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+            return "The only Transfer-Encoding the gateway accepts is 'chunked', alone."
+        if "Content-Length" in headers:
+            return "A request may not carry both Transfer-Encoding and Content-Length."
     for key in _ASCII_VALUED:
         text = headers.get(key)
         if text is not None and not (text.isascii() and text.isprintable()):

@@ -26,6 +26,7 @@ from yarl import URL
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, new_request_id
 from gateway.errors import StripeErrorResponse, error_response
+from gateway.expect import close_if_uninvited, send_continue
 from gateway.headers import header_problem, relay_headers, strip_hop_by_hop
 from gateway.host import PluginFailure, PluginHost
 from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
@@ -252,6 +253,8 @@ class Proxy:
                     answer = await answer
                 if answer is not None:
                     return await self._answer(ctx, answer, "refused")
+            if "Expect" in request.headers:  # 100-continue (_check): the key is good, now
+                await send_continue(request)
             if "gateway_request" in hooks:
                 answer = host.first_now("gateway_request", ctx)
                 if answer is not None and not isinstance(answer, web.StreamResponse):
@@ -313,6 +316,8 @@ class Proxy:
             await self._rewrite_answer(ctx, response)
         if not response.prepared:
             response.headers.setdefault("X-Gateway-Request-Id", ctx.request_id)
+            if "Expect" in ctx.request.headers:
+                close_if_uninvited(ctx.request, response)
             if "gateway_response_headers" in self.host.implemented:
                 rest = self.host.each_now("gateway_response_headers", ctx, response.headers)
                 if rest is not None:

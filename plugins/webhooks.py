@@ -11,12 +11,13 @@ listener (``gateway_public_routes``): ``POST <path>``, no gateway key. The
 or more ``v1=`` HMAC-SHA256 signatures of ``"<t>.<raw body>"``; any ``v1`` matching any of
 the source's secrets (several while Stripe rolls a secret), compared in constant time; the
 timestamp no older than ``tolerance`` seconds; the body at most ``max_body_bytes``. A bad
-or missing signature, a stale timestamp, an oversized body or a body that is not an event
-(``object`` ``"event"``, or ``"v2.core.event"`` for thin events) gets 400 and nothing is
-stored or delivered. A verified event is committed to the store with one pending delivery
-per matching subscription *before* the 2xx goes back, so an acknowledged event is never
-lost: ``backend = "sqlite"`` (:class:`~gateway.webhooks.store.SqliteStore`: WAL, fsync'd;
-the processes of one host) or ``"redis"`` (:class:`~gateway.webhooks.redisstore.RedisStore`:
+or missing signature, more than one ``Stripe-Signature`` header, a stale timestamp, an
+oversized body or a body that is not an event (``object`` ``"event"``, or
+``"v2.core.event"`` for thin events) gets 400 and nothing is stored or delivered. A
+verified event is committed to the store with one pending delivery per matching
+subscription *before* the 2xx goes back, so an acknowledged event is never lost:
+``backend = "sqlite"`` (:class:`~gateway.webhooks.store.SqliteStore`: WAL, fsync'd; the
+processes of one host) or ``"redis"`` (:class:`~gateway.webhooks.redisstore.RedisStore`:
 one queue for every instance, as durable as that Redis's persistence); if it cannot be
 stored the answer is 503 and Stripe sends it again. An event id seen before is acknowledged
 and not stored again (Stripe delivers at least once), by whichever instance gets it. Then
@@ -206,8 +207,8 @@ class WebhooksPlugin:
         )
         self._rejected = metrics.counter(
             "webhook_events_rejected",
-            "Webhook requests refused (no_signature, bad_signature, stale, too_large, "
-            "invalid_event, store_unavailable).",
+            "Webhook requests refused (no_signature, duplicate_signature, bad_signature, "
+            "stale, too_large, invalid_event, store_unavailable).",
             ("source", "reason"),
         )
         self._deliveries = metrics.counter(
@@ -389,6 +390,12 @@ class WebhooksPlugin:
         )
 
     async def _verified(self, source: SourceSettings, request: web.Request) -> EventRecord:
+        if len(request.headers.getall("Stripe-Signature", ())) > 1:
+            # Stripe sends one. With several, which one counts would be a guess (only the
+            # first was checked), so none does: a valid one beside another is refused too
+            raise Rejected(
+                "duplicate_signature", "More than one Stripe-Signature header: send one."
+            )
         cap = source.max_body_bytes
         too_large = Rejected("too_large", f"The body is larger than {cap} bytes.")
         if request.content_length is not None and request.content_length > cap:

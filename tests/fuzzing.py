@@ -30,6 +30,8 @@ The invariants (:meth:`FuzzStack.check`), numbered as in the test module:
 6. Every answer the gateway makes itself (nothing reached Stripe, not from the cache) is
    an error status with a ``Request-Id`` header and a Stripe-shaped JSON body
    ``{"error": {"type": str, "message": str}}``.
+7. The body and its ``Content-Encoding`` reach Stripe as the client sent them; a request
+   whose ``Transfer-Encoding`` is anything but a lone ``chunked`` never reaches Stripe.
 """
 
 from __future__ import annotations
@@ -776,6 +778,10 @@ class FuzzStack:
             # 7. the body and its encoding reach Stripe as the client sent them
             if rec.body != request.body:
                 fail(7, f"the client sent body {request.body[:80]!r}, Stripe got {rec.body[:80]!r}")
+            # ... framed as the client framed it: a lone chunked, or a Content-Length
+            te = request.header("Transfer-Encoding")
+            if te and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
+                fail(7, f"a request with Transfer-Encoding {te} went upstream")
             sent_ce = [v.decode("latin-1").strip() for v in request.header("Content-Encoding")]
             if [v.strip() for v in rec.headers.getall("Content-Encoding", [])] != sent_ce:
                 fail(

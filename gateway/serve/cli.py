@@ -340,7 +340,7 @@ def _serve_one(
 
     SIGHUP reloads the config; SIGUSR1 has the plugins reopen their log files (the audit
     file, after logrotate renamed it), as nginx does."""
-    from gateway.app import create_app
+    from gateway.app import create_app, log_started
     from gateway.keys import GENERATIONS, RELOAD, REOPEN_LOGS
     from gateway.logs import route_stdlib_logging
     from gateway.serve.server import serve
@@ -370,6 +370,7 @@ def _serve_one(
             role.report_ready()  # the supervisor prints the one "listening on" line
         else:
             print(f"stripe-gateway {__version__} listening on {', '.join(urls)}", file=sys.stderr)
+        log_started(app)  # not before: a port in use stops it first
         pending = set(early)
         early.clear()
         if signal.SIGUSR1 in pending:

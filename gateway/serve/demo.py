@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import create_app, log_started
 from gateway.config import GatewayConfig, parse_config
 from gateway.demokeys import DEMO_ADMIN_TOKEN, DEMO_KEYS, EXAMPLE_KEYS, digest
 from gateway.errors import ConfigError
@@ -313,6 +313,7 @@ async def _demo_main(options: DemoOptions) -> None:
         admin_sock.close()  # the admin listener binds the port itself, as it starts
         await _serve_on(gateway, gateway_sock)
         runners.append(gateway)
+        log_started(app)
         url = _url(gateway_sock)
         sandbox.settings.files_base = url  # file URLs lead through the gateway
         admin_urls = app[ADMIN_URLS]

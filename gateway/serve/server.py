@@ -32,6 +32,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
@@ -171,6 +172,8 @@ class _GatewayRequestHandler(RequestHandler):
                 raise ConnectionError("the client disconnected") from None
         if request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong):  # aiohttp says 400 for the request line or a header
+            status = 431  # over max_header_bytes: the head is too large, not malformed
         if status == 500:
             self.log_exception("Error handling request", exc_info=exc)
             text = "The gateway hit an unexpected error. Nothing more is known about it here."

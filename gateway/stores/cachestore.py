@@ -291,9 +291,15 @@ class MemoryStore:
                 self._tombstone_floor = max(self._tombstone_floor, evicted)
 
 
+#: members of an object's index checked per put, at random: those whose entry is gone
+#: (expired, or dropped by Redis' maxmemory policy) leave the index. A put adds at most one
+#: member, so an index holds at most about 4/3 of its live entries (exactly them while it
+#: has at most this many members), however long the object stays busy.
+_PRUNE_SAMPLE = 4
+
 # Store only when no tombstone of the object is newer than the fetch's start, and record
-# the key under each object id, all in one round trip.
-_PUT_SOURCE = """
+# the key under each object id (pruning a few dead members), all in one round trip.
+_PUT_SOURCE = f"""
 local started = tonumber(ARGV[3])
 for i = 3, #KEYS, 2 do
   local evicted = redis.call('GET', KEYS[i + 1])
@@ -302,6 +308,9 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 for i = 3, #KEYS, 2 do
   redis.call('SADD', KEYS[i], KEYS[1])
+  for _, key in ipairs(redis.call('SRANDMEMBER', KEYS[i], {_PRUNE_SAMPLE})) do
+    if redis.call('EXISTS', key) == 0 then redis.call('SREM', KEYS[i], key) end
+  end
   if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
   end

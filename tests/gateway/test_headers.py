@@ -54,3 +54,29 @@ def test_an_h2c_upgrade_is_dropped_not_relayed() -> None:
 def test_a_header_the_gateway_reads_must_be_printable_ascii(name: str, value: str) -> None:
     problem = header_problem(CIMultiDictProxy(CIMultiDict({name: value})))
     assert problem == f"The header {name} must be printable ASCII."
+
+
+@pytest.mark.parametrize(
+    ("codings", "length", "refused"),
+    [
+        (["chunked"], None, False),
+        (["Chunked "], None, False),
+        (["gzip, chunked"], None, True),
+        (["identity, chunked"], None, True),
+        (["chunked, chunked"], None, True),
+        (["gzip", "chunked"], None, True),
+        ([",chunked"], None, True),
+        (["identity"], None, True),
+        (["chunked"], "3", True),  # the smuggling shape: never both
+    ],
+)
+def test_only_a_lone_chunked_transfer_encoding_passes(
+    codings: list[str], length: str | None, refused: bool
+) -> None:
+    headers = CIMultiDict([("Transfer-Encoding", c) for c in codings])
+    if length is not None:
+        headers["Content-Length"] = length
+    problem = header_problem(CIMultiDictProxy(headers))
+    assert (problem is not None) == refused
+    if refused:
+        assert problem is not None and "Transfer-Encoding" in problem

@@ -29,6 +29,7 @@ from tests.helpers import (
     WebhookReceiver,
     digest,
     free_port,
+    raw_request,
     start_app,
 )
 
@@ -343,6 +344,52 @@ def test_bad_requests_get_400_and_nothing_is_stored_or_delivered(
     assert _post(url, good).status_code == 200
     assert [body for body, _ in team.wait_for(1)] == [good]
     assert len(_admin(stack, "GET", "/admin/webhooks/events")["data"]) == 1
+
+
+@pytest.mark.parametrize(
+    "signatures",
+    [
+        ("valid", "wrong_secret"),
+        ("wrong_secret", "valid"),  # only the first was checked: this one was refused...
+        ("valid", "valid"),
+        ("valid", "stale"),
+        ("stale", "valid"),
+        ("valid", "empty"),
+    ],
+)
+def test_more_than_one_stripe_signature_header_is_refused(
+    stack: Stack, subscribers: Callable[..., Subscriber], signatures: tuple[str, str]
+) -> None:
+    # ...and a valid first one let a second, unchecked one through
+    team = subscribers()
+    url = _start(stack, _plugin(stack.tmp, [_subscription(stack.tmp, team.url)]))
+    body = _event()
+    now = int(time.time())
+    headers = {
+        "valid": signature_header(body, SOURCE_SECRET, now),
+        "wrong_secret": signature_header(body, "whsec_not_the_source_secret", now),
+        "stale": signature_header(body, SOURCE_SECRET, now - 301),
+        "empty": "",
+    }
+    response = raw_request(
+        url,
+        f"POST {PATH} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n".encode()
+        + b"Content-Type: application/json\r\n"
+        + b"".join(f"Stripe-Signature: {headers[s]}\r\n".encode() for s in signatures)
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body,
+    )
+    assert response.status == 400, response.body
+    assert response.json()["error"]["code"] == "webhook_duplicate_signature"
+    assert response.headers["Request-Id"].startswith("gwreq_")
+    assert (
+        _metric(stack, "webhook_events_rejected_total", source="main", reason="duplicate_signature")
+        == 1
+    )
+    assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
+    # the same event with one valid signature is accepted, and delivered once
+    assert _post(url, body).status_code == 200
+    assert [received for received, _ in team.wait_for(1)] == [body]
 
 
 def test_either_secret_verifies_while_the_source_secret_rolls(

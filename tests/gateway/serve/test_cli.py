@@ -199,6 +199,26 @@ def test_serve_on_a_port_in_use_exits_1_without_traceback(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    # it never started: gateway_started was logged before the listener failed to bind
+    assert "gateway_started" not in result.stderr
+    assert "listening on" not in result.stderr
+
+
+def test_serve_logs_gateway_started_once_it_listens(tmp_path: Path) -> None:
+    env = subprocess_env(BILLING_STRIPE_KEY=BILLING_UPSTREAM_KEY)
+    with serving(good_config(tmp_path), env=env) as gw:
+        status, _, _ = http_get(gw.host_port, "/healthz")
+        assert status == 200
+        gw.proc.send_signal(signal.SIGINT)
+        assert gw.proc.wait(DRAIN_TIMEOUT + 2) == 0
+    output = gw.output()
+    lines = output.splitlines()
+    listening = next(i for i, line in enumerate(lines) if " listening on http://" in line)
+    started = [i for i, line in enumerate(lines) if '"gateway_started"' in line]
+    assert len(started) == 1 and started[0] > listening, output
+    record = json.loads(lines[started[0]])
+    assert record["teams"] == ["billing", "direct"]
+    assert "audit" in record["plugins"]
 
 
 def test_a_plugin_failing_at_start_up_exits_1_with_one_line(tmp_path: Path) -> None:

@@ -1,17 +1,22 @@
-"""The memory cache store's bookkeeping stays bounded: its object index lists only keys in
-the store, expired entries are reclaimed, tombstones age out and are capped, on a
-hand-driven clock. (The Redis store is covered through the cache plugin's tests.)"""
+"""The cache stores' bookkeeping stays bounded. The memory store's object index lists only
+keys in the store, expired entries are reclaimed, tombstones age out and are capped, on a
+hand-driven clock; the Redis store's object indexes shed expired entries, on a real
+redis-server. (The Redis store is otherwise covered through the cache plugin's tests.)"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
+import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.stores.cachestore import Entry, MemoryStore
+from gateway.stores.cachestore import Entry, MemoryStore, RedisStore
+from tests.conftest import RedisServer
 
 T = TypeVar("T")
 
@@ -196,3 +201,84 @@ def test_a_write_stays_visible_when_the_tombstone_cap_drops_its_tombstone() -> N
     assert not run(store.put("k", entry(clock.now, 30), ["cus_0"], started))
     # a retrieve that started after the update is
     assert run(store.put("k", entry(clock.now, 30), ["cus_0"], clock.now))
+
+
+# ---------------------------------------------------------------------------- Redis
+
+
+class _RedisCheck:
+    """A RedisStore on a real redis-server, and a plain client to look at its keys."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.errors: list[str] = []
+        self.store = RedisStore(
+            server.url,
+            prefix="t",
+            timeout=5.0,
+            breaker_seconds=0.1,
+            tombstone_seconds=TOMBSTONE_SECONDS,
+            on_error=lambda what, exc: self.errors.append(f"{what}: {exc!r}"),
+        )
+        self.client = redis.Redis.from_url(server.url)
+        self.loop = asyncio.new_event_loop()
+
+    def put(self, key: str, ttl: float, object_id: str = "cus_1") -> None:
+        stored = self.loop.run_until_complete(
+            self.store.put(key, entry(time.time(), ttl), [object_id], time.time())
+        )
+        assert stored, self.errors
+
+    def gone(self, key: str) -> None:
+        """Wait until the entry ``key`` expired (EXISTS expires it as Redis reads it)."""
+        deadline = time.monotonic() + 30
+        while self.client.exists(f"t:e:{key}"):
+            assert time.monotonic() < deadline, f"{key} did not expire"
+
+    def index(self, object_id: str = "cus_1") -> set[bytes]:
+        return set(self.client.smembers(f"t:i:{object_id}"))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+        self.client.close()
+
+
+@pytest.fixture
+def redis_check(redis_server: RedisServer) -> Iterator[_RedisCheck]:
+    check = _RedisCheck(redis_server)
+    yield check
+    check.close()
+
+
+def test_a_busy_objects_redis_index_lists_only_live_entries(redis_check: _RedisCheck) -> None:
+    # Every variant key of an object stayed in its index set until the set's own TTL,
+    # which a put extends to its entry's: an object with one long-lived variant and a
+    # stream of short-lived ones had a set that grew with every expired variant.
+    redis_check.put("anchor", 60.0)
+    for i in range(300):
+        redis_check.put(f"v{i}", 0.001)
+        assert redis_check.index() == {b"t:e:anchor", b"t:e:v%d" % i}
+        redis_check.gone(f"v{i}")
+    assert redis_check.errors == []
+
+
+def test_a_redis_index_sheds_a_mass_expiry_and_keeps_its_live_entries(
+    redis_check: _RedisCheck,
+) -> None:
+    live = {f"live{i}" for i in range(3)}
+    for key in sorted(live):
+        redis_check.put(key, 60.0)
+    burst = [f"burst{i}" for i in range(400)]
+    for key in burst:
+        redis_check.put(key, 0.001)
+    for key in burst:
+        redis_check.gone(key)
+    assert len(redis_check.index()) > len(live)  # what the burst left behind
+    # each put checks 4 members at random: at least one of them is dead while any is
+    for _ in range(len(burst)):
+        redis_check.put("live0", 60.0)
+    assert redis_check.index() == {b"t:e:" + key.encode() for key in live}
+    # pruning never drops a live entry from the index: an eviction still finds them all
+    assert redis_check.loop.run_until_complete(redis_check.store.evict(["cus_1"])) == len(live)
+    assert not any(redis_check.client.exists(f"t:e:{key}") for key in live)
+    assert redis_check.errors == []
