@@ -581,10 +581,14 @@ class UpstreamClient:
         if self.closed:
             raise ClientConnectionError("the upstream client is closed")
         head, body, stream, length = _request_head(method, origin, target, headers, data)
+        # as aiohttp: the body waits for an interim answer when the (first) Expect says so
+        expect = "Expect" in headers and headers["Expect"].lower() == "100-continue"
         conn = await self._acquire(origin, timeouts[0])
         conn.begin(method == "HEAD", timeouts[1])
         try:
-            return await self._exchange(conn, method, origin, target, head, body, stream, length)
+            return await self._exchange(
+                conn, method, origin, target, head, body, stream, length, expect
+            )
         except BaseException:
             writer = conn._writer
             if writer is not None and not writer.done():
@@ -604,18 +608,18 @@ class UpstreamClient:
         body: bytes | None,
         stream: AsyncIterator[bytes] | None,
         length: int | None,
+        expect: bool,
     ) -> UpstreamResponse:
         transport = conn.transport
         if transport is None:
             raise ServerDisconnectedError()
-        expect = body is not None and _expects_continue(head)
         if stream is not None:
             transport.write(head)
-            conn._writer = asyncio.ensure_future(self._send_stream(conn, stream, length, head))
-        elif expect:
+            conn._writer = asyncio.ensure_future(self._send_stream(conn, stream, length, expect))
+        elif expect and body:
             transport.write(head)
             if await conn.wait_continue():
-                transport.write(body)  # type: ignore[arg-type]
+                transport.write(body)
                 conn.start_timeout()
             else:
                 conn.should_close = True  # the body was never sent
@@ -640,12 +644,12 @@ class UpstreamClient:
         conn: _Connection,
         stream: AsyncIterator[bytes],
         length: int | None,
-        head: bytes,
+        expect: bool,
     ) -> None:
         """Write a streamed body (chunked when its length is unknown), with flow control;
         a failure of the body's source fails the request, as in aiohttp."""
         try:
-            if _expects_continue(head) and not await conn.wait_continue():
+            if expect and not await conn.wait_continue():
                 conn.should_close = True
                 return
             left = length
@@ -687,10 +691,6 @@ class UpstreamClient:
             )
             if conn.transport is not None:
                 conn.transport.close()
-
-
-def _expects_continue(head: bytes) -> bool:
-    return b"\r\nexpect:" in head.lower() and b"100-continue" in head.lower()
 
 
 def _headers_as_sent(headers: CIMultiDict[str]) -> CIMultiDict[str]:

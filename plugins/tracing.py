@@ -294,7 +294,7 @@ class TracingPlugin:
         else:
             host.log.warning(
                 "tracing_attempt_spans_unavailable",
-                reason="the upstream session takes no trace config; no spans per attempt",
+                reason="the upstream client takes no tracer; no spans per attempt",
             )
 
     @hookimpl
