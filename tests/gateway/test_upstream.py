@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 import requests
 import trustme
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
@@ -27,7 +28,9 @@ from yarl import URL
 
 from gateway.proxy import SKIP_AUTO_HEADERS
 from gateway.upstream import Origin, UpstreamClient
-from tests.helpers import BILLING_KEY, Stack
+from tests.fake_stripe import FakeStripe
+from tests.helpers import BILLING_KEY, LoopThread, Stack
+from tests.serving import GatewayConfigFile, gateway_env, serve_gateway, wait_for_events
 
 # --------------------------------------------------------------------------- a scripted upstream
 
@@ -537,3 +540,43 @@ def test_tls_upstream_is_verified(tmp_path: Path, ca: trustme.CA) -> None:
         await listener.wait_closed()
 
     _run(main())
+
+
+def test_the_gateway_reaches_an_https_upstream_its_trust_store_knows(
+    tmp_path: Path, ca: trustme.CA, loop_thread: LoopThread
+) -> None:
+    cert = ca.issue_cert("127.0.0.1")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    fake = FakeStripe(name="api")
+
+    async def start() -> web.AppRunner:
+        runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server).start()
+        return runner
+
+    runner = loop_thread.run(start())
+    port = runner.addresses[0][1]
+    try:
+        config = GatewayConfigFile(tmp_path, api=f"https://127.0.0.1:{port}").write()
+        with serve_gateway(config, env=gateway_env(SSL_CERT_FILE=str(ca_file))) as gw:
+            response = requests.get(
+                f"{gw.url}/v1/customers/cus_1Ntls0000001", auth=(BILLING_KEY, ""), timeout=10
+            )
+            assert response.status_code == 200
+            assert response.json()["id"] == "cus_1Ntls0000001"
+            assert fake.last().headers["Host"] == f"127.0.0.1:{port}"
+        # a gateway that does not trust that CA refuses the upstream: a Stripe-shaped 502
+        with serve_gateway(config) as gw:
+            response = requests.get(
+                f"{gw.url}/v1/customers/cus_1Ntls0000001", auth=(BILLING_KEY, ""), timeout=10
+            )
+            assert _is_stripe_502(response)
+            (line,) = wait_for_events(gw, "upstream_error", 1)
+            assert line["kind"] == "upstream_unreachable"
+        assert len(fake.received) == 1
+    finally:
+        loop_thread.run(runner.cleanup())
