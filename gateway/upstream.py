@@ -16,12 +16,14 @@ else closes it. Data arriving on an idle connection closes it too.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+import aiohappyeyeballs
 from aiohttp import (
     ClientConnectionError,
     ClientConnectorCertificateError,
@@ -50,9 +52,14 @@ __all__ = ["AttemptTracer", "Origin", "UpstreamClient", "UpstreamResponse"]
 _READ_LIMIT = 2**16
 #: idle connections older than this are closed rather than reused (aiohttp's default)
 KEEPALIVE_TIMEOUT = 15.0
+#: how long a host name's addresses are kept (aiohttp's ``ttl_dns_cache`` as configured)
+DNS_TTL = 300.0
+#: the wait before the next address is tried alongside (aiohttp's default)
+HAPPY_EYEBALLS_DELAY = 0.25
 #: methods aiohttp sends no ``Content-Length: 0`` for when there is no body
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
+_AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
 
 
 class AttemptTracer(Protocol):
@@ -70,7 +77,7 @@ class Origin:
     """Scheme, host and port of one upstream, prepared once: the pool's key, the ``Host``
     header, the TLS server name."""
 
-    __slots__ = ("base", "host", "host_header", "key", "port", "tls")
+    __slots__ = ("base", "host", "host_header", "key", "literal", "port", "tls")
 
     def __init__(self, base: str) -> None:
         url = URL(base)
@@ -84,6 +91,17 @@ class Origin:
         assert host_header is not None
         self.host_header = host_header
         self.key = ConnectionKey(self.host, self.port, self.tls, True, None, None, None)
+        #: the address of an IP literal host (nothing to resolve)
+        self.literal: list[_AddrInfo] | None = None
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            pass
+        else:
+            family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            self.literal = [
+                (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (self.host, self.port))
+            ]
 
 
 class UpstreamResponse:
@@ -406,6 +424,8 @@ class UpstreamClient:
         self._idle: dict[ConnectionKey, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
+        #: (host, port) -> (expiry in loop time, addresses)
+        self._dns: dict[tuple[str, int], tuple[float, list[_AddrInfo]]] = {}
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -454,22 +474,45 @@ class UpstreamClient:
                 return True
         return False
 
+    async def _addresses(self, origin: Origin) -> list[_AddrInfo]:
+        """``origin``'s addresses, as aiohttp resolved them: an IP literal as it is, a name
+        by ``getaddrinfo`` (``AI_ADDRCONFIG``), kept for ``DNS_TTL`` seconds."""
+        if origin.literal is not None:
+            return origin.literal
+        loop = asyncio.get_running_loop()
+        cached = self._dns.get((origin.host, origin.port))
+        if cached is not None and cached[0] > loop.time():
+            return cached[1]
+        infos: list[_AddrInfo] = await loop.getaddrinfo(  # type: ignore[assignment]
+            origin.host, origin.port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+        )
+        self._dns[(origin.host, origin.port)] = (loop.time() + DNS_TTL, infos)
+        return infos
+
     async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        """A new connection (TLS for https), within ``timeout``; addresses are tried as
+        aiohttp does (happy eyeballs, 0.25 s apart)."""
         loop = asyncio.get_running_loop()
         conn = _Connection(loop, self, origin)
         self._open.add(conn)
         try:
+            try:
+                addresses = await self._addresses(origin)
+            except OSError as exc:
+                raise ClientConnectorDNSError(origin.key, exc) from exc
             async with asyncio.timeout(timeout):
+                sock = await aiohappyeyeballs.start_connection(
+                    addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, loop=loop
+                )
                 if origin.tls:
                     await loop.create_connection(
                         lambda: conn,
-                        origin.host,
-                        origin.port,
+                        sock=sock,
                         ssl=self._ssl_context(),
                         server_hostname=origin.host,
                     )
                 else:
-                    await loop.create_connection(lambda: conn, origin.host, origin.port)
+                    await loop.create_connection(lambda: conn, sock=sock)
         except BaseException as exc:
             self._forget(conn)
             if conn.transport is not None:
@@ -480,8 +523,6 @@ class UpstreamClient:
                 raise ClientConnectorCertificateError(origin.key, exc) from exc
             if isinstance(exc, ssl.SSLError):
                 raise ClientConnectorSSLError(origin.key, exc) from exc
-            if isinstance(exc, socket.gaierror):
-                raise ClientConnectorDNSError(origin.key, exc) from exc
             if isinstance(exc, OSError):
                 raise ClientConnectorError(origin.key, exc) from exc
             raise

@@ -305,6 +305,24 @@ def test_max_connections_bounds_the_pool() -> None:
     assert _run(main()) == 2
 
 
+def test_a_host_name_is_resolved_and_its_addresses_tried_in_turn() -> None:
+    # localhost may resolve to ::1 first, where nothing listens: 127.0.0.1 is tried too
+    async def main() -> bytes:
+        upstream = Scripted(lambda request, n: (_ok(b'{"local": true}'), False))
+        base = await upstream.start()
+        client = UpstreamClient(limit=10)
+        origin = Origin(base.replace("127.0.0.1", "localhost"))
+        got = await client.request("GET", origin, "/v1/x", CIMultiDict(), None)
+        body = await got.read()
+        got.release()
+        assert b"\r\nHost: localhost:" in upstream.requests[0][1]
+        await client.close()
+        await upstream.stop()
+        return body
+
+    assert _run(main()) == b'{"local": true}'
+
+
 # --------------------------------------------------------------------------- any bytes at all
 
 _PIECES = [
