@@ -760,31 +760,32 @@ def _request_head(
 ) -> tuple[bytes, bytes | None, AsyncIterator[bytes] | None, int | None]:
     """The request line and headers as aiohttp writes them, the body (bytes), the
     streamed body and the number of its bytes to send (None: chunked)."""
-    sent = _headers_as_sent(headers)
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
-    lines.extend([f"{name}: {value}\r\n" for name, value in sent.items()])
+    fields = [f"{name}: {value}" for name, value in _headers_as_sent(headers).items()]
     has_length = "Content-Length" in headers
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
     length: int | None = None
     if data is None:
         if method not in _NO_BODY_METHODS and not has_length:
-            lines.append("Content-Length: 0\r\n")
+            fields.append("Content-Length: 0")
     elif isinstance(data, bytes | bytearray):
         body = bytes(data)
         if not has_length:
-            lines.append(f"Content-Length: {len(body)}\r\n")
+            fields.append(f"Content-Length: {len(body)}")
     else:
         stream = data
         if has_length:
             length = int(headers["Content-Length"])
         else:
-            lines.append("Transfer-Encoding: chunked\r\n")
-    lines.append("\r\n")
-    text = "".join(lines)
-    if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+            fields.append("Transfer-Encoding: chunked")
+    blob = "".join(fields)
+    if "\r" in blob or "\n" in blob or "\r" in target or "\n" in target:
         raise ValueError(
             "Newline or carriage return character detected in HTTP status line or "
             "headers. Potential header injection attack."
         )
-    return text.encode("utf-8", "surrogateescape"), body, stream, length
+    first = f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
+    text = first + "\r\n".join(fields) + "\r\n\r\n" if fields else first + "\r\n"
+    # UTF-8 as aiohttp's writer, which leaves out a lone surrogate (a byte the client sent
+    # that was not UTF-8, decoded with surrogateescape)
+    return text.encode("utf-8", "ignore"), body, stream, length
