@@ -784,6 +784,8 @@ def _request_head(
             "Newline or carriage return character detected in HTTP status line or "
             "headers. Potential header injection attack."
         )
+    if target.endswith("?") and target.find("?") == len(target) - 1:
+        target = target[:-1]  # an empty query: aiohttp's URL (yarl) dropped its "?"
     first = f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
     text = first + "\r\n".join(fields) + "\r\n\r\n" if fields else first + "\r\n"
     # UTF-8 as aiohttp's writer, which leaves out a lone surrogate (a byte the client sent

@@ -162,7 +162,15 @@ async def _aiter(chunks: list[bytes]) -> AsyncIterator[bytes]:
 @given(
     method=st.sampled_from(["GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]),
     target=st.sampled_from(
-        ["/v1/customers", "/v1/customers?limit=3&expand[]=data.x", "/v1/a%20b/c?q=%C3%A9", "/v1//x"]
+        [
+            "/v1/customers",
+            "/v1/customers?limit=3&expand[]=data.x",
+            "/v1/a%20b/c?q=%C3%A9",
+            "/v1//x",
+            "/v1/x?",
+            "/v1/x?a?",
+            "/v1/ä?q=%zz",
+        ]
     ),
     headers=st.lists(st.tuples(st.sampled_from(_NAMES), _VALUES), max_size=6),
     body=st.one_of(st.none(), _CHUNK, st.lists(_CHUNK, max_size=4)),
