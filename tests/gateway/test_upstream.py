@@ -282,8 +282,9 @@ def test_a_pooled_connection_the_upstream_closed_is_not_used() -> None:
             got = await client.request("GET", origin, "/v1/x", CIMultiDict(), None)
             assert await got.read() == b"{}"
             got.release()
-            while client._open:  # the close has reached the client
-                await asyncio.sleep(0)
+            async with asyncio.timeout(10):
+                while client._open:  # the close has reached the client
+                    await asyncio.sleep(0.001)
         await client.close()
         await upstream.stop()
         return [n for n, _ in upstream.requests]
@@ -306,8 +307,9 @@ def test_max_connections_bounds_the_pool() -> None:
             got.release()
 
         tasks = [asyncio.ensure_future(one()) for _ in range(4)]
-        while len(upstream.requests) < 2:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while len(upstream.requests) < 2:
+                await asyncio.sleep(0.01)
         assert len(client._open) == 2 and len(upstream.requests) == 2
         release.set()
         await asyncio.gather(*tasks)
@@ -390,7 +392,9 @@ def test_whatever_an_upstream_sends_the_next_request_gets_its_own_answer(
         except (aiohttp.ClientError, TimeoutError):
             pass
         for expected in (1, 2):
-            second = await client.request("GET", origin, "/second", CIMultiDict(), None)
+            second = await client.request(
+                "GET", origin, "/second", CIMultiDict(), None, read_timeout=10
+            )
             assert second.status == 200
             assert await second.read() == b'{"nonce": %d}' % expected
             second.release()
