@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import BinaryIO, cast
 
-import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute, UrlDispatcher, UrlMappingMatchInfo
@@ -34,10 +33,11 @@ from gateway.keys import (
 )
 from gateway.logs import make_error_logger
 from gateway.metrics import GatewayMetrics
-from gateway.proxy import SKIP_AUTO_HEADERS, Proxy
+from gateway.proxy import Proxy
 from gateway.public import PublicRoutes
 from gateway.serve.admin import admin_listener
 from gateway.serve.reload import Generation, Generations
+from gateway.upstream import UpstreamClient
 
 __all__ = ["create_app", "log_started"]
 
@@ -51,24 +51,9 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     generations = app[GENERATIONS]
     config = generations.current.config
-    connector = aiohttp.TCPConnector(
-        limit=config.upstream.max_connections,
-        limit_per_host=0,
-        ttl_dns_cache=300,
-        enable_cleanup_closed=False,
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        raise_for_status=False,
-    )
-    # aiohttp retries an idempotent request once, silently, when a pooled connection turns
-    # out closed; the proxy makes that decision itself (GET/HEAD once, counted in the
-    # audit line's attempts), so the client library must not retry behind its back
-    if hasattr(session, "_retry_connection"):
-        session._retry_connection = False
+    # the gateway's own pooled client (gateway/upstream.py): it never retries behind the
+    # proxy's back (the proxy tries a GET/HEAD once more itself, counted in the audit line)
+    session = UpstreamClient(limit=config.upstream.max_connections)
     app[SESSION] = session
     generations.current.proxy.session = session
     try:

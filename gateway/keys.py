@@ -10,7 +10,8 @@ The gateway app (built by :func:`gateway.app.create_app`):
   ``config``, ``host`` (the :class:`~gateway.host.PluginHost`) and ``proxy``; a config
   reload replaces ``current`` (see :mod:`gateway.serve.reload`)
 * :data:`METRICS` the app's metrics registry (:class:`~gateway.metrics.GatewayMetrics`)
-* :data:`SESSION` the upstream ``aiohttp.ClientSession``, shared by every generation
+* :data:`SESSION` the upstream client (:class:`~gateway.upstream.UpstreamClient`), shared by
+  every generation
 * :data:`RELOAD`, :data:`REOPEN_LOGS` what SIGHUP and SIGUSR1 run
 * :data:`SERVER_CONFIG` the ``[server]`` limits :class:`~gateway.serve.server.GatewayRunner`
   applies
@@ -31,11 +32,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from gateway.config import ServerConfig
     from gateway.metrics import GatewayMetrics
     from gateway.serve.reload import Generations, ReloadResult
+    from gateway.upstream import UpstreamClient
 
 __all__ = [
     "ADMIN_URLS",
@@ -56,7 +56,7 @@ GENERATIONS: web.AppKey[Generations] = web.AppKey("generations")
 #: the app's metrics: core metrics, and where plugins register theirs
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 #: the upstream client session (set while the app runs)
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
+SESSION: web.AppKey[UpstreamClient] = web.AppKey("session")
 #: ``await app[RELOAD]()``: re-read the config and swap it in under traffic; returns a
 #: JSON-able ``{"reloaded": bool, "error": str | None, ...}`` (see Generations.reload)
 RELOAD: web.AppKey[Callable[[], Coroutine[Any, Any, ReloadResult]]] = web.AppKey("reload")

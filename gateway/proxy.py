@@ -32,15 +32,16 @@ from gateway.host import PluginFailure, PluginHost
 from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
 from gateway.routing import upstream_for
 from gateway.slots import PoolExhausted, TeamBusy, UpstreamSlots
+from gateway.upstream import Origin, UpstreamClient, UpstreamResponse
 
-__all__ = ["SKIP_AUTO_HEADERS", "Proxy", "failure_kind", "upstream_url"]
+__all__ = ["SKIP_AUTO_HEADERS", "Proxy", "failure_kind"]
 
 CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: failures before any answer after which a GET or HEAD is tried once more, at once
 _RETRY_AT_ONCE = frozenset({"reset", "disconnected"})
 #: headers aiohttp would add to a request of its own: a relayed request carries only what
-#: the client sent (set on the upstream session, so no request pays for it again)
+#: the client sent (the upstream client adds none of them either)
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 #: an error answer read whole to see whether its code makes it retryable
 _DECIDE_BODY_CAP = 64 * 1024
@@ -68,17 +69,6 @@ def _body_hook_applies(ctx: RequestContext, status: int, headers: CIMultiDict[st
         return False
     length = headers.get("Content-Length")
     return length is None or not length.isdigit() or int(length) <= ctx.response_body_limit
-
-
-def upstream_url(base: str | URL, raw_path: str) -> URL:
-    """The URL sent upstream: scheme, host and port from ``base`` (the configured upstream),
-    nothing else; path and query exactly as the client sent them (``raw_path`` is
-    origin-form, checked by :meth:`Proxy._check`)."""
-    if not raw_path.startswith("/") or "#" in raw_path:
-        raise ValueError("only an origin-form request target can go upstream")
-    # ``base`` has no path, so its authority ends where ``raw_path``'s leading "/" starts:
-    # nothing in the path can reach the scheme, host or port
-    return URL(f"{base}{raw_path}", encoded=True)
 
 
 def _unsafe_path(raw_path: str) -> bool:
@@ -197,8 +187,8 @@ class Proxy:
     def __init__(self, config: GatewayConfig, host: PluginHost) -> None:
         self.config = config
         self.host = host
-        #: the pooled upstream session, opened when the app starts
-        self.session: aiohttp.ClientSession | None = None
+        #: the pooled upstream client, opened when the app starts
+        self.session: UpstreamClient | None = None
         up = config.upstream
         self._upstreams = {
             "api": up.api,
@@ -211,10 +201,11 @@ class Proxy:
             name: f"{url.host}:{url.port}"
             for name, url in ((n, URL(str(b))) for n, b in self._upstreams.items())
         }
+        #: each upstream's origin, prepared once (the client's pool key, its Host header)
+        self._origins = {name: Origin(str(base)) for name, base in self._upstreams.items()}
         self._rng = random.Random()
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout
-        )
+        self._connect_timeout = up.connect_timeout
+        self._read_timeout = up.read_timeout
         self._max_body = self.config.server.max_body_bytes
         server = config.server
         self._body_timeout = server.body_timeout
@@ -558,7 +549,7 @@ class Proxy:
         )
 
     async def _forward(self, ctx: RequestContext) -> web.StreamResponse:
-        assert self.session is not None, "the upstream session opens at start-up"
+        assert self.session is not None, "the upstream client opens at start-up"
         request = ctx.request
         headers = self._upstream_headers(ctx)
         if "gateway_upstream_headers" in self.host.implemented:
@@ -625,11 +616,14 @@ class Proxy:
         policy: RetryPolicy | None,
     ) -> web.StreamResponse:
         """Send the request upstream (again, under ``policy``) and relay the answer."""
-        assert self.session is not None, "the upstream session opens at start-up"
+        session = self.session
+        assert session is not None, "the upstream client opens at start-up"
         request = ctx.request
         assert ctx.upstream_name is not None, "only routed requests are forwarded"
-        # the configured base, the only source of the upstream's scheme, host and port
-        url = upstream_url(self._upstreams[ctx.upstream_name], request.raw_path)
+        # the configured base, the only source of the upstream's scheme, host and port; the
+        # target is origin-form (checked by _check_target), as the client sent it
+        origin = self._origins[ctx.upstream_name]
+        target = request.raw_path
         started = time.perf_counter()
         while True:
             ctx.attempts += 1
@@ -641,13 +635,14 @@ class Proxy:
             sent = time.perf_counter()
             failed: web.Response | None = None
             try:
-                upstream = await self.session.request(
+                upstream = await session.request(
                     request.method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=self._timeout,
+                    origin,
+                    target,
+                    headers,
+                    data,
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
                 )
             except _BodyTooLarge:
                 raise self._too_large() from None
@@ -673,8 +668,8 @@ class Proxy:
                 ):
                     # A kept-alive connection Stripe closed as the request went out: a GET
                     # or HEAD is tried once more, at once, on a new connection (the
-                    # gateway's decision, counted in ctx.attempts; aiohttp's own silent
-                    # retry is off, see gateway/app.py)
+                    # gateway's decision, counted in ctx.attempts; the client never retries
+                    # on its own)
                     continue
                 failed = self._upstream_error(
                     ctx,
@@ -754,7 +749,7 @@ class Proxy:
     async def _read_for_rewrite(
         self,
         ctx: RequestContext,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         response: web.StreamResponse,
         sent: float,
         preread: bytes | None,
@@ -799,7 +794,7 @@ class Proxy:
     async def _relay(
         self,
         ctx: RequestContext,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         sent: float,
         preread: bytes | None = None,
     ) -> web.StreamResponse:

@@ -39,8 +39,8 @@ Spans, for every request that reaches the plugins:
   could not be shared: it goes to Stripe itself) or ``timeout``;
 * a child ``stripe <upstream> attempt`` client span for each attempt to reach Stripe
   (retries included), from sending the request to Stripe's status and headers, with the
-  attempt's status code or failure. They come from an ``aiohttp`` trace config on the
-  upstream session.
+  attempt's status code or failure. They come from a tracer on the upstream client
+  (:attr:`gateway.upstream.UpstreamClient.tracers`).
 
 The Redis and wait spans come from the core's instrumentation points
 (:mod:`gateway.spans`): the plugin puts the request's :class:`_RequestTrace` in
@@ -64,13 +64,12 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from pydantic import Field, field_validator
+from yarl import URL
 
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
@@ -255,71 +254,46 @@ def _collector_headers(settings: TracingSettings, environ: dict[str, str]) -> di
     return headers
 
 
-class _AttemptTraceConfig(aiohttp.TraceConfig):
-    """Spans for the upstream session's requests (each attempt), as children of the
-    server span of the request the task serves. Installed once per session: a request
+class _AttemptTracer:
+    """Spans for the upstream client's requests (each attempt), as children of the
+    server span of the request the task serves. Installed once per client: a request
     started by any generation's plugin finds its own tracer in :data:`gateway.spans.TRACER`."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.on_request_start.append(self._start)
-        self.on_request_end.append(self._end)
-        self.on_request_exception.append(self._failed)
-        self.freeze()
-
     @staticmethod
-    async def _start(
-        _session: aiohttp.ClientSession,
-        trace_ctx: SimpleNamespace,
-        params: aiohttp.TraceRequestStartParams,
-    ) -> None:
+    def start(method: str, url: URL) -> Span | None:
         current = TRACER.get()
         if not isinstance(current, _RequestTrace):
-            return
+            return None
         phase = current.phase
         if phase is not None:  # the request left the plugins' phase for Stripe
             phase.end()
             current.phase = None
-        url = params.url
-        span = current.tracer.start_span(
+        return current.tracer.start_span(
             f"stripe {current.upstream} attempt",
             context=trace.set_span_in_context(current.server),
             kind=SpanKind.CLIENT,
             attributes={
-                "http.request.method": params.method,
+                "http.request.method": method,
                 "server.address": url.host or "",
                 "server.port": url.port or 0,
                 "url.scheme": url.scheme,
                 "http.route": route_template(url.path),
             },
         )
-        trace_ctx.span = span
 
     @staticmethod
-    async def _end(
-        _session: aiohttp.ClientSession,
-        trace_ctx: SimpleNamespace,
-        params: aiohttp.TraceRequestEndParams,
-    ) -> None:
-        span: Span | None = getattr(trace_ctx, "span", None)
+    def end(span: Span | None, status: int) -> None:
         if span is None:
             return
-        status = params.response.status
         span.set_attribute("http.response.status_code", status)
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR))
         span.end()
 
     @staticmethod
-    async def _failed(
-        _session: aiohttp.ClientSession,
-        trace_ctx: SimpleNamespace,
-        params: aiohttp.TraceRequestExceptionParams,
-    ) -> None:
-        span: Span | None = getattr(trace_ctx, "span", None)
+    def failed(span: Span | None, exc: BaseException) -> None:
         if span is None:
             return
-        exc = params.exception
         span.set_attribute("error.type", type(exc).__name__)
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         span.end()
@@ -372,14 +346,14 @@ class TracingPlugin:
         self._tracer = self.provider.get_tracer("stripe-gateway")
         self._host = host
         session = app.get(SESSION)
-        configs = getattr(session, "_trace_configs", None)
-        if isinstance(configs, list):
-            if not any(isinstance(c, _AttemptTraceConfig) for c in configs):
-                configs.append(_AttemptTraceConfig())
+        tracers = getattr(session, "tracers", None)
+        if isinstance(tracers, list):
+            if not any(isinstance(t, _AttemptTracer) for t in tracers):
+                tracers.append(_AttemptTracer())
         else:
             host.log.warning(
                 "tracing_attempt_spans_unavailable",
-                reason="the upstream session takes no trace config; no spans per attempt",
+                reason="the upstream client takes no tracer; no spans per attempt",
             )
 
     @hookimpl

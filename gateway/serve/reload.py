@@ -12,7 +12,7 @@ or dropped meanwhile, and a config that does not validate changes nothing.
 What a running process cannot change (the listening socket, the HTTP parser's limits, the
 event loop, the worker count, the upstream connection pool) is kept from the running
 config: :func:`fixed_changes` names such keys, and the reload logs them in a warning.
-The upstream ``ClientSession`` is shared by every generation.
+The upstream client (:class:`~gateway.upstream.UpstreamClient`) is shared by every generation.
 """
 
 from __future__ import annotations

@@ -9,18 +9,15 @@ import socket
 import time
 import zlib
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import requests
 import stripe
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from yarl import URL
 
 from gateway.context import RequestContext
 from gateway.hookspecs import hookimpl
-from gateway.proxy import upstream_url
 from tests.helpers import (
     ANALYTICS_KEY,
     BILLING_KEY,
@@ -626,38 +623,6 @@ def test_an_encoded_newline_in_the_path_is_answered_by_the_gateway(gateway: Stac
     response = _raw(gateway, "/v1/cust%0Aomers/x", f"Authorization: Bearer {BILLING_KEY}")
     _assert_stripe_shaped(response, 403, "route_not_allowed")
     _nothing_upstream(gateway)
-
-
-@given(
-    base=st.sampled_from(
-        ["https://api.stripe.com", "http://127.0.0.1:8081", "https://files.stripe.com:443"]
-    ),
-    path=st.text(st.characters(codec="utf-8", exclude_characters="?#"), max_size=40).map(
-        lambda t: "/" + quote(t, safe="/:@!$&'()*+,;=%")
-    ),
-    query=st.text(max_size=30).map(lambda t: quote(t, safe="=&")),
-)
-@example(base="https://api.stripe.com", path="//evil.example/v1/x", query="")
-@example(base="https://api.stripe.com", path="/@evil.example/v1/x", query="a=b@c")
-def test_upstream_url_keeps_the_configured_scheme_host_and_port(
-    base: str, path: str, query: str
-) -> None:
-    raw = f"{path}?{query}" if query else path
-    url = upstream_url(URL(base), raw)
-    configured = URL(base)
-    assert (url.scheme, url.raw_host, url.port) == (
-        configured.scheme,
-        configured.raw_host,
-        configured.port,
-    )
-    assert url.raw_path == path
-    assert url.raw_query_string == query
-
-
-def test_upstream_url_refuses_a_target_that_is_not_origin_form() -> None:
-    for raw in ("munity://x/v1/customers", "api.stripe.com:443", "*", ""):
-        with pytest.raises(ValueError):
-            upstream_url(URL("https://api.stripe.com"), raw)
 
 
 # ------------------------------------------------------------------ duplicate headers
