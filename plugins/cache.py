@@ -222,14 +222,20 @@ class TtlPolicy:
 
 
 class _Flight:
-    """An upstream fetch that identical concurrent misses wait for."""
+    """An upstream fetch that identical concurrent misses wait for. Its future is made by
+    the first waiter (most fetches have none: no future to make and resolve for them)."""
 
     __slots__ = ("done",)
 
     def __init__(self) -> None:
-        self.done: asyncio.Future[Entry | web.Response | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.done: asyncio.Future[Entry | web.Response | None] | None = None
+
+    def waited(self) -> asyncio.Future[Entry | web.Response | None]:
+        """The future a waiter awaits (taken while the flight is in the air)."""
+        done = self.done
+        if done is None:
+            done = self.done = asyncio.get_running_loop().create_future()
+        return done
 
 
 @dataclass(slots=True)
@@ -265,6 +271,13 @@ class CachePlugin:
         self._requests: Any = None
         self._breaker: Any = None
         self._outcomes: dict[str, Any] = {}
+        #: single-process mode: outcomes and byte counts are kept here, on the request
+        #: path, and added to their metrics when ``/metrics`` is read (:meth:`flush`)
+        self._metrics: GatewayMetrics | None = None
+        self._deferred = False
+        self._pending: dict[str, int] = {}
+        self._pending_served = 0
+        self._pending_stored = 0
         #: the store went to the plugin that replaced this one on a reload: not ours to close
         self._store_handed_over = False
         #: counters, for metrics and tests
@@ -304,6 +317,10 @@ class CachePlugin:
             "cache_backend_errors",
             "Cache store calls that failed (Redis down, timed out, circuit open).",
         )
+        self._metrics = metrics
+        self._deferred = not metrics.multiprocess
+        if self._deferred:
+            metrics.on_flush(self.flush)
         s = self.settings
         keep = max(s.final_ttl, s.default_ttl, *(r.ttl for r in s.routes)) + s.stale_if_error
         if s.backend == "redis":
@@ -347,8 +364,31 @@ class CachePlugin:
 
     @hookimpl
     async def gateway_shutdown(self, app: web.Application) -> None:
+        if self._deferred and self._metrics is not None:
+            self.flush()
+            self._metrics.remove_flush(self.flush)
+            self._deferred = False  # a request finishing after this counts at once
         if self.store is not None and not self._store_handed_over:
             await self.store.close()
+
+    def flush(self) -> None:
+        """Add the outcomes and byte counts kept since the last flush to the metrics."""
+        pending, self._pending = self._pending, {}
+        for status, n in pending.items():
+            self._outcome(status).inc(n)
+        served, self._pending_served = self._pending_served, 0
+        if served and self._served is not None:
+            self._served.inc(served)
+        stored, self._pending_stored = self._pending_stored, 0
+        if stored and self._stored is not None:
+            self._stored.inc(stored)
+
+    def _outcome(self, status: str) -> Any:
+        """The ``cache_requests`` child of ``status`` (looked up once)."""
+        counter = self._outcomes.get(status)
+        if counter is None:
+            counter = self._outcomes[status] = self._requests.labels(status.lower())
+        return counter
 
     @hookimpl
     async def gateway_ready(self, app: web.Application) -> dict[str, bool] | None:
@@ -520,7 +560,7 @@ class CachePlugin:
         state.stale = entry
         flight = self._flights.get(key)
         if flight is not None:
-            return self._wait(ctx, flight)
+            return self._wait(ctx, flight.waited())
         self._lead(ctx, state)
         return None
 
@@ -542,9 +582,11 @@ class CachePlugin:
         except StoreUnavailable:
             return None
 
-    async def _wait(self, ctx: RequestContext, flight: _Flight) -> web.StreamResponse | None:
+    async def _wait(
+        self, ctx: RequestContext, done: asyncio.Future[Entry | web.Response | None]
+    ) -> web.StreamResponse | None:
         try:
-            result = await asyncio.wait_for(asyncio.shield(flight.done), self._read_timeout + 5)
+            result = await asyncio.wait_for(asyncio.shield(done), self._read_timeout + 5)
         except TimeoutError:
             result = None
         if isinstance(result, Entry):
@@ -564,7 +606,9 @@ class CachePlugin:
         return None
 
     def _response(self, entry: Entry, status: str) -> web.Response:
-        if self._served is not None:
+        if self._deferred:
+            self._pending_served += len(entry.body)
+        elif self._served is not None:
             self._served.inc(len(entry.body))
         age = int(time.time() - entry.stored_at)
         # one header list, made into the response's CIMultiDict once
@@ -618,11 +662,12 @@ class CachePlugin:
         """Count the outcome; a leader stores its answer (at once in the memory store,
         awaited in Redis) and hands it to its waiters."""
         status = ctx.state.get(STATUS)
-        if status is not None and self._requests is not None:
-            counter = self._outcomes.get(status)
-            if counter is None:
-                counter = self._outcomes[status] = self._requests.labels(status.lower())
-            counter.inc()
+        if status is not None:
+            if self._deferred:
+                pending = self._pending
+                pending[status] = pending.get(status, 0) + 1
+            elif self._requests is not None:
+                self._outcome(status).inc()
         state: _State | None = ctx.state.get("cache")
         if state is None or state.leader is None:
             return None
@@ -660,7 +705,9 @@ class CachePlugin:
 
     def _count_stored(self, entry: Entry) -> None:
         self.counts["stored"] += 1
-        if self._stored is not None:
+        if self._deferred:
+            self._pending_stored += len(entry.body)
+        elif self._stored is not None:
             self._stored.inc(len(entry.body))
 
     def _land(self, state: _State, result: Entry | web.Response | None) -> None:
@@ -669,8 +716,9 @@ class CachePlugin:
         assert flight is not None
         if self._flights.get(state.key) is flight:
             del self._flights[state.key]
-        if not flight.done.done():
-            flight.done.set_result(result)
+        done = flight.done
+        if done is not None and not done.done():
+            done.set_result(result)
 
     def _entry_for(self, ctx: RequestContext, state: _State) -> Entry | None:
         body = ctx.response_body
@@ -683,7 +731,8 @@ class CachePlugin:
             return None
         if not headers.get("Content-Type", "").startswith("application/json"):
             return None
-        if _SECRET in body or _CLIENT_SECRET in body:
+        # (find, not ``in``: ``in`` on bytes formats a TypeError before it searches)
+        if body.find(_SECRET) >= 0 or body.find(_CLIENT_SECRET) >= 0:
             return None
         try:
             obj = orjson.loads(body)
