@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 from pydantic import Field, PrivateAttr
 
 from gateway.config import GatewayConfig
@@ -56,6 +56,16 @@ _UPSTREAM_ERRORS = frozenset(
 _SECRET, _CLIENT_SECRET = b'"secret"', b'"client_secret"'
 #: ``ctx.state`` key of the request's cache status: HIT, MISS, BYPASS, COALESCED, STALE
 STATUS = "cache.status"
+#: the memo of cache keys: at most this many, each of a request target and credential of
+#: at most this many characters together (its size stays within a few MB)
+_MEMO_KEYS = 4096
+_MEMO_SIZE = 512
+# header names as istr: multidict looks them up without case-folding them first
+_ACCOUNT, _CONTEXT, _VERSION = (
+    istr("Stripe-Account"),
+    istr("Stripe-Context"),
+    istr("Stripe-Version"),
+)
 
 
 #: objects whose ``status`` Stripe changes on its own: type -> (transitional states, final
@@ -257,6 +267,8 @@ class CachePlugin:
         self.settings = CacheSettings()
         self.store: CacheStore | None = None
         self._flights: dict[str, _Flight] = {}
+        #: request parts -> their cache key (see _key)
+        self._keys: dict[tuple[str, str | None, str | None, str | None, str], str] = {}
         self._read_timeout = 80.0
         self._max_entry_bytes = self.settings.max_entry_bytes
         self._policy = self.settings.policy
@@ -512,17 +524,19 @@ class CachePlugin:
                 self.counts["bypass"] += 1
                 return None
             no_cache = "no-cache" in directives
-        raw_path, _, query_string = request.raw_path.partition("?")
-        key = cache_key(
-            credential=ctx.credential or "",
-            account=headers.get("Stripe-Account"),
-            context=headers.get("Stripe-Context"),
-            version=headers.get("Stripe-Version"),
-            # as sent upstream: the raw path, and the raw query (decoded once, by
-            # normal_query; `a=1%26b=2` and `a=1&b=2` are different requests)
-            path=raw_path,
-            query_string=query_string,
+        # what the key is made of, as sent upstream: the raw path and query (decoded once,
+        # by normal_query; `a=1%26b=2` and `a=1&b=2` are different requests)
+        parts = (
+            ctx.credential or "",
+            headers.get(_ACCOUNT),
+            headers.get(_CONTEXT),
+            headers.get(_VERSION),
+            request.raw_path,
         )
+        # the digest of parts already seen (cache_key is a function of them alone)
+        key = self._keys.get(parts)
+        if key is None:
+            key = self._key(parts)
         if no_cache:
             self._lead(ctx, self._state(ctx, key))
             return None
@@ -530,6 +544,26 @@ class CachePlugin:
         if isinstance(store, MemoryStore):
             return self._found(ctx, key, store.get_now(key))
         return self._get_then(ctx, key)
+
+    def _key(self, parts: tuple[str, str | None, str | None, str | None, str]) -> str:
+        """:func:`cache_key` of a request's parts, remembered for the next request with the
+        same parts (the same credential, headers and target) when they are short."""
+        credential, account, context, version, target = parts
+        raw_path, _, query_string = target.partition("?")
+        key = cache_key(
+            credential=credential,
+            account=account,
+            context=context,
+            version=version,
+            path=raw_path,
+            query_string=query_string,
+        )
+        if len(target) + len(credential) <= _MEMO_SIZE:
+            keys = self._keys
+            if len(keys) >= _MEMO_KEYS:
+                keys.clear()
+            keys[parts] = key
+        return key
 
     @staticmethod
     def _state(ctx: RequestContext, key: str) -> _State:

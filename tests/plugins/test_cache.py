@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import requests
 import stripe
@@ -771,3 +772,86 @@ def test_settings_parsed_twice_compare_equal() -> None:
     assert first == second
     assert first.policy == second.policy
     assert first != CacheSettings.model_validate({**table, "default_ttl": 11})
+
+
+# ------------------------------------------------------------------ adversaries, as properties
+
+_TEAMS = ("billing", "analytics")  # two upstream credentials
+_ACCOUNTS = (None, "acct_1Nabcdefghijklmn", "acct_1Nopqrstuvwxyzab")
+_VERSIONS = (None, "2024-06-20", "2025-01-27.acacia")
+_IDS = ("cus_1Nabcdefghij", "cus_1Nklmnopqrst", "pi_1Nabcdefghijkl")
+_QUERIES = ("", "expand[]=customer", "expand[0]=customer", "expand[]=a&expand[]=b")
+_request_strategy = st.tuples(
+    st.sampled_from(_TEAMS),
+    st.sampled_from(_ACCOUNTS),
+    st.sampled_from(_VERSIONS),
+    st.sampled_from(_IDS),
+    st.sampled_from(_QUERIES),
+)
+
+
+def _answer_for(team: str, account: str | None, version: str | None, oid: str, query: str) -> bytes:
+    """An answer naming everything that partitions the cache (the expand forms are one)."""
+    expand = sorted(set(query.replace("expand[]=", "").replace("expand[0]=", "").split("&")))
+    return orjson.dumps({"id": oid, "object": "x", "who": [team, account, version, expand]})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests_=st.lists(_request_strategy, min_size=1, max_size=25))
+async def test_a_hit_is_only_ever_the_answer_to_the_same_request(
+    requests_: list[tuple[str, str | None, str | None, str, str]],
+) -> None:
+    """Whatever the order of requests (teams with their own credentials, accounts,
+    versions, objects, expand forms; the same parts over and over, so the plugin's memo of
+    keys is exercised), a hit answers with what Stripe answered to that same request: never
+    another team's, account's or version's answer."""
+    async with PluginTest(CachePlugin) as t:
+        hits = 0
+        for team_name, account, version, oid, query in requests_:
+            headers = {}
+            if account is not None:
+                headers["Stripe-Account"] = account
+            if version is not None:
+                headers["Stripe-Version"] = version
+            path = f"/v1/customers/{oid}" + (f"?{query}" if query else "")
+            ctx = t.context("GET", path, headers, team=team_name)
+            expected = _answer_for(team_name, account, version, oid, query)
+            answer = await t.request(ctx)
+            if answer is None:
+                await t.finish(ctx, body=expected)
+                continue
+            hits += 1
+            assert answer.headers["X-Cache"] == "HIT"
+            assert answer.body == expected, (team_name, account, version, path)
+            await t.finish(ctx)
+        assert hits == t.plugin("cache").counts["hit"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    key=st.one_of(
+        st.from_regex(r"(sk|rk|gw)_(test|live)_[A-Za-z0-9]{8,30}", fullmatch=True),
+        st.just(ANALYTICS_KEY + "x"),
+        st.just(""),
+    ),
+    scheme=st.sampled_from(["Bearer", "bearer", "Basic"]),
+)
+async def test_a_cached_answer_never_answers_a_request_auth_refuses(key: str, scheme: str) -> None:
+    """The answer is cached (for billing's upstream key); a request without a team's key,
+    for the same path and with the same upstream credential in its own header, is refused
+    by auth, never served from the cache."""
+    path = "/v1/customers/cus_1Nabcdefghij"
+    body = b'{"id": "cus_1Nabcdefghij", "object": "customer"}'
+    async with PluginTest(CachePlugin, builtins=("auth",)) as t:
+        first = t.context("GET", path, {"Authorization": f"Bearer {BILLING_KEY}"})
+        assert await t.request(first) is None
+        await t.finish(first, body=body)
+        again = t.context("GET", path, {"Authorization": f"Bearer {BILLING_KEY}"})
+        hit = await t.request(again)
+        assert hit is not None and hit.headers["X-Cache"] == "HIT"
+        # the upstream credential itself, or anything else that is not a team's key
+        for presented in (key, "sk_test_billing"):
+            ctx = t.context("GET", path, {"Authorization": f"{scheme} {presented}"})
+            refused = await t.request(ctx)
+            assert refused is not None and refused.status == 401
+            assert "X-Cache" not in refused.headers
