@@ -37,6 +37,8 @@ from stack_bench import GATEWAYS, NO_CACHE, StackBench
 ROWS: dict[str, tuple[str, dict[str, str]]] = {
     "baseline": ("baseline", {}),
     "bare": ("bare", {}),
+    # the bare gateway with the cache-miss row's request header (what the cache alone adds)
+    "bare-no-cache": ("bare", NO_CACHE),
     "auth": ("auth", {}),
     "audit": ("audit", {}),
     "audit+red": ("audit+red", {}),

@@ -581,7 +581,7 @@ class AuditPlugin:
                 fields["params"] = fields["response_body"] = "[unparsed]"
         if self._contributed:  # plugins add fields; they never replace the core ones
             assert self._host is not None
-            contributed = self._host.fields("gateway_audit_fields", ctx=ctx)
+            contributed = self._host.fields_now("gateway_audit_fields", ctx)
             fields = {"timestamp": None, **ctx.audit, **contributed, **fields}
         elif ctx.audit:
             fields = {"timestamp": None, **ctx.audit, **fields}

@@ -93,6 +93,8 @@ _ALWAYS_FINAL = frozenset(
 #: the whole object transitional
 _NESTED = ("balance_refresh", "ownership_refresh", "transaction_refresh", "redaction")
 _NESTED_TRANSITIONAL = frozenset({"pending", "processing"})
+#: the object types state_of looks at; any other object without a _NESTED field has no state
+_KINDS = _ALWAYS_FINAL | _STATUS_STATES.keys() | {"financial_connections.session"}
 
 
 def _nested_transitional(obj: dict[str, Any]) -> bool:
@@ -214,7 +216,12 @@ class TtlPolicy:
         for an object Stripe will change on its own (or its route's TTL, if shorter),
         ``final_ttl`` (capped by ``expires_at``) for one that never changes again, else its
         route's TTL or ``default_ttl``."""
-        state = state_of(obj) if obj is not None else None
+        state = None
+        if obj is not None:
+            kind = obj.get("object")
+            # most objects (customers, payment intents, ...): no state, known at once
+            if (isinstance(kind, str) and kind in _KINDS) or not obj.keys().isdisjoint(_NESTED):
+                state = state_of(obj)
         if state == "final":
             ttl = self.final_ttl
             expires = obj.get("expires_at") if obj is not None else None

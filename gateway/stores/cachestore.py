@@ -15,8 +15,7 @@ import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import cachetools
 import orjson
@@ -30,8 +29,7 @@ class StoreUnavailable(Exception):
     """The store could not answer (Redis down, timed out, or its circuit is open)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class _EntryFields(NamedTuple):
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
@@ -43,13 +41,32 @@ class Entry:
     stale_until: float
     #: bytes it counts for in a store's bound (body, headers and a fixed overhead),
     #: computed once: the LRU asks on every put and every drop
-    size: int = field(init=False, compare=False, repr=False)
+    size: int
 
-    def __post_init__(self) -> None:
-        size = len(self.body) + 64
-        for k, v in self.headers:
+
+class Entry(_EntryFields):
+    """A cached answer: immutable, made by keyword (``size`` is computed). A named tuple
+    rather than a frozen dataclass: one is made for every answer stored, and a frozen
+    dataclass sets each field through ``object.__setattr__`` (twice as slow)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        *,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        stored_at: float,
+        fresh_until: float,
+        stale_until: float,
+    ) -> Entry:
+        size = len(body) + 64
+        for k, v in headers:
             size += len(k) + len(v)
-        object.__setattr__(self, "size", size)
+        return tuple.__new__(
+            cls, (status, headers, body, stored_at, fresh_until, stale_until, size)
+        )
 
     def encode(self) -> bytes:
         head = orjson.dumps(

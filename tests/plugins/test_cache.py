@@ -855,3 +855,63 @@ async def test_a_cached_answer_never_answers_a_request_auth_refuses(key: str, sc
             refused = await t.request(ctx)
             assert refused is not None and refused.status == 401
             assert "X-Cache" not in refused.headers
+
+
+_KIND_NAMES = [
+    "customer",
+    "reporting.report_run",
+    "scheduled_query_run",
+    "identity.verification_session",
+    "tax.calculation",
+    "tax.settings",
+    "financial_connections.session",
+    "financial_connections.account",
+    "climate.order",
+]
+_STATUS_NAMES = st.sampled_from(
+    ["pending", "running", "completed", "succeeded", "processing", "open", "requires_input"]
+)
+_nested = st.fixed_dictionaries({}, optional={"status": _STATUS_NAMES})
+_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "object": st.one_of(st.sampled_from(_KIND_NAMES), st.integers(), st.just([1])),
+        "status": _STATUS_NAMES,
+        "expires_at": st.integers(min_value=0, max_value=2**40),
+        "redaction": st.one_of(_nested, st.none()),
+        "balance_refresh": _nested,
+        "accounts": st.fixed_dictionaries(
+            {
+                "data": st.lists(
+                    st.fixed_dictionaries(
+                        {}, optional={"ownership_refresh": _nested, "transaction_refresh": _nested}
+                    ),
+                    max_size=3,
+                )
+            }
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=_objects)
+def test_the_ttl_of_an_object_without_a_state_is_found_without_looking_for_one(
+    obj: dict[str, Any],
+) -> None:
+    """ttl_for's shortcut (an object of a type with no states and no refresh or redaction
+    field has no state) gives what the whole state_of walk gives."""
+    settings = validate_settings(
+        CacheSettings, {"default_ttl": 30, "transitional_ttl": 2, "final_ttl": 3600}
+    )
+    policy = settings.policy
+    state = state_of(obj)
+    if state == "final":
+        expires = obj.get("expires_at")
+        expected = 3600.0
+        if isinstance(expires, int) and expires > 0:
+            expected = min(expected, expires - time.time())
+        assert abs(policy.ttl_for("GET", "/v1/x/y_1", obj) - expected) < 60
+        return
+    expected = 2.0 if state == "transitional" else 30.0
+    assert policy.ttl_for("GET", "/v1/x/y_1", obj) == expected
