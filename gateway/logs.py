@@ -189,8 +189,10 @@ class JsonLineSink:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return None
-        if head is not None:  # head's keys first and with head's values: one C-level merge
-            fields = {**head, **fields, **head}
+        if head is not None:  # head's keys first and with head's values
+            merged = {**head, **fields}
+            merged.update(head)  # a field named like a head key keeps the head's value
+            fields = merged
         fields = self._stamp(None, "info", fields)  # type: ignore[assignment]
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:

@@ -481,7 +481,8 @@ class RateLimitPlugin:
         plan = self._plans.get(ctx.team.name) if ctx.team is not None else None
         if plan is not None:
             shadow = shadow or plan.shadow
-            bucket = plan.bucket_for(ctx.method, ctx.path)
+            request = ctx.request
+            bucket = plan.bucket_for(request.method, request.path)
             if bucket is not None:
                 buckets.append(bucket)
         account = self._account_bucket(ctx)
@@ -550,7 +551,8 @@ class RateLimitPlugin:
     def _allowed_headers(self, limit: int, verdict: Verdict) -> dict[str, str]:
         """:func:`_headers`, made once per (limit, remaining, reset): a steady client gets
         the same few sets over and over (read-only once made)."""
-        key = (limit, verdict.remaining, _whole_seconds(verdict.reset))
+        # (_whole_seconds, inline: this runs for every request let through)
+        key = (limit, verdict.remaining, math.ceil(verdict.reset - 1e-6))
         values = self._header_sets.get(key)
         if values is None:
             if len(self._header_sets) >= _MAX_HEADER_SETS:
