@@ -254,7 +254,13 @@ def _whole_lines(lines: Sequence[bytes], limit: int) -> Iterator[bytes]:
 
 
 def _write_all(stream: BinaryIO, data: bytes) -> None:
-    view = memoryview(data)
+    written = stream.write(data)
+    if written == len(data):  # as a rule: all of it at once
+        stream.flush()
+        return
+    if written is None:  # a non-blocking stream that would block
+        raise OSError("the stream would block")
+    view = memoryview(data)[written:]
     while view:
         written = stream.write(view)
         if written is None:  # a non-blocking stream that would block
