@@ -117,6 +117,14 @@ class _Lru(cachetools.LRUCache[str, Entry]):
         super().__delitem__(key)
         self._on_delete(key)
 
+    def get(self, key: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
+        """The entry under ``key``, made the most recently used: one Python call fewer on
+        a hit than ``Cache.get`` (which asks ``in`` first, then reads)."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
     def peek(self, key: str) -> Entry | None:
         """The entry under ``key`` without making it the most recently used."""
         try:
@@ -214,12 +222,15 @@ class MemoryStore:
         expiry = self._expiry
         if expiry and expiry[0][0] < now:
             self._sweep(now)
-        # (the LRU's len() and ``in`` are Python calls: each asked once)
+        # (the LRU's len() and ``in`` are Python calls; ``_objects`` holds the same keys
+        # as the LRU between calls, in a plain dict: asked instead)
         entries = self._entries
-        before = len(entries)
-        expected = before if key in entries else before + 1
+        objects = self._objects
+        before = len(objects)
+        expected = before if key in objects else before + 1
         entries[key] = entry  # the LRU drops the least recent entries past max_bytes
-        count = len(entries)
+        # the LRU now holds key, which _objects does only if it stayed (link comes next)
+        count = len(objects) if key in objects else len(objects) + 1
         while count > self._max_entries:
             entries.popitem()
             count -= 1
