@@ -242,17 +242,29 @@ class _Flight:
     """An upstream fetch that identical concurrent misses wait for. Its future is made by
     the first waiter (most fetches have none: no future to make and resolve for them)."""
 
-    __slots__ = ("done",)
+    __slots__ = ("_done",)
 
     def __init__(self) -> None:
-        self.done: asyncio.Future[Entry | web.Response | None] | None = None
+        self._done: asyncio.Future[Entry | web.Response | None] | None = None
 
-    def waited(self) -> asyncio.Future[Entry | web.Response | None]:
-        """The future a waiter awaits (taken while the flight is in the air)."""
-        done = self.done
+    @property
+    def done(self) -> asyncio.Future[Entry | web.Response | None]:
+        """The future waiters await; made by the first waiter, at once (in ``_found``,
+        while the flight is still in the air, so that its landing resolves it)."""
+        done = self._done
         if done is None:
-            done = self.done = asyncio.get_running_loop().create_future()
+            done = self._done = asyncio.get_running_loop().create_future()
         return done
+
+    def expect_waiter(self) -> None:
+        """A request is about to wait for this flight: make the future it will await."""
+        self.done  # noqa: B018 - the property makes it
+
+    def land(self, result: Entry | web.Response | None) -> None:
+        """Hand ``result`` to the waiters, if any came."""
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(result)
 
 
 @dataclass(slots=True)
@@ -601,7 +613,8 @@ class CachePlugin:
         state.stale = entry
         flight = self._flights.get(key)
         if flight is not None:
-            return self._wait(ctx, flight.waited())
+            flight.expect_waiter()  # its future made now, while the flight is in the air
+            return self._wait(ctx, flight)
         self._lead(ctx, state)
         return None
 
@@ -623,11 +636,9 @@ class CachePlugin:
         except StoreUnavailable:
             return None
 
-    async def _wait(
-        self, ctx: RequestContext, done: asyncio.Future[Entry | web.Response | None]
-    ) -> web.StreamResponse | None:
+    async def _wait(self, ctx: RequestContext, flight: _Flight) -> web.StreamResponse | None:
         try:
-            result = await asyncio.wait_for(asyncio.shield(done), self._read_timeout + 5)
+            result = await asyncio.wait_for(asyncio.shield(flight.done), self._read_timeout + 5)
         except TimeoutError:
             result = None
         if isinstance(result, Entry):
@@ -757,9 +768,7 @@ class CachePlugin:
         assert flight is not None
         if self._flights.get(state.key) is flight:
             del self._flights[state.key]
-        done = flight.done
-        if done is not None and not done.done():
-            done.set_result(result)
+        flight.land(result)
 
     def _entry_for(self, ctx: RequestContext, state: _State) -> Entry | None:
         body = ctx.response_body

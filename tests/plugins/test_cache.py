@@ -915,3 +915,29 @@ def test_the_ttl_of_an_object_without_a_state_is_found_without_looking_for_one(
         return
     expected = 2.0 if state == "transitional" else 30.0
     assert policy.ttl_for("GET", "/v1/x/y_1", obj) == expected
+
+
+async def test_a_waiter_gets_the_leaders_answer_and_a_lone_leader_makes_no_future() -> None:
+    path = "/v1/customers/cus_1Nabcdefghij"
+    body = b'{"id": "cus_1Nabcdefghij", "object": "customer"}'
+    async with PluginTest(CachePlugin) as t:
+        cache = t.plugin("cache")
+        alone = t.context("GET", path, team="billing")
+        assert await t.request(alone) is None
+        (flight,) = cache._flights.values()
+        await t.finish(alone, body=body)
+        assert flight._done is None and not cache._flights  # nobody waited: no future
+        other = "/v1/customers/cus_1Nklmnopqrst"
+        leader = t.context("GET", other, team="billing")
+        assert await t.request(leader) is None
+        stranger = t.context("GET", other, team="analytics")  # another credential
+        assert await t.request(stranger) is None  # leads its own flight, waits for none
+        waiting = asyncio.ensure_future(t.request(t.context("GET", other, team="billing")))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # waits for the leader
+        await t.finish(leader, body=body)
+        answer = await asyncio.wait_for(waiting, 10)
+        assert answer is not None and answer.headers["X-Cache"] == "COALESCED"
+        assert answer.body == body
+        await t.finish(stranger, body=b'{"id": "cus_1Nklmnopqrst", "object": "customer"}')
+        assert not cache._flights
