@@ -40,6 +40,8 @@ ROWS: dict[str, tuple[str, dict[str, str]]] = {
     "aiohttp-static": ("upstream", {}),
     "baseline": ("baseline", {}),
     "bare": ("bare", {}),
+    # the bare gateway with the cache-miss row's request header (what the cache alone adds)
+    "bare-no-cache": ("bare", NO_CACHE),
     "auth": ("auth", {}),
     "audit": ("audit", {}),
     "audit+red": ("audit+red", {}),

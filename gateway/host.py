@@ -489,8 +489,12 @@ class PluginHost:
         """The dicts the (synchronous) implementations of ``hook`` return, merged in hook
         order (an earlier plugin's field wins); for ``gateway_audit_fields`` and
         ``gateway_admin_team``. A failure is logged and skipped."""
+        return self.fields_now(hook, *self._args(hook, kwargs))
+
+    def fields_now(self, hook: str, *args: Any) -> dict[str, Any]:
+        """:meth:`fields` with the spec's arguments by position, in its order (the audit
+        line's call, once per request: no keyword dict to unpack)."""
         out: dict[str, Any] = {}
-        args = self._args(hook, kwargs)
         for impl in self._impls[hook]:
             try:
                 got = impl.function(*args) if impl.in_order else impl.call_args(args)

@@ -189,8 +189,10 @@ class JsonLineSink:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return None
-        if head is not None:  # head's keys first and with head's values: one C-level merge
-            fields = {**head, **fields, **head}
+        if head is not None:  # head's keys first and with head's values
+            merged = {**head, **fields}
+            merged.update(head)  # a field named like a head key keeps the head's value
+            fields = merged
         fields = self._stamp(None, "info", fields)  # type: ignore[assignment]
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:
@@ -252,7 +254,13 @@ def _whole_lines(lines: Sequence[bytes], limit: int) -> Iterator[bytes]:
 
 
 def _write_all(stream: BinaryIO, data: bytes) -> None:
-    view = memoryview(data)
+    written = stream.write(data)
+    if written == len(data):  # as a rule: all of it at once
+        stream.flush()
+        return
+    if written is None:  # a non-blocking stream that would block
+        raise OSError("the stream would block")
+    view = memoryview(data)[written:]
     while view:
         written = stream.write(view)
         if written is None:  # a non-blocking stream that would block

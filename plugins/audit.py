@@ -83,6 +83,7 @@ import contextlib
 import os
 import select
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -518,7 +519,7 @@ class AuditPlugin:
         upstream = ctx.upstream_name
         livemode = ctx.livemode
         attempts = ctx.attempts
-        duration = ctx.elapsed_ms()
+        duration = milliseconds(time.perf_counter() - ctx.started)  # ctx.elapsed_ms()
         bytes_in = ctx.bytes_in
         bytes_out = ctx.bytes_out
         upstream_seconds = ctx.upstream_seconds
@@ -581,7 +582,7 @@ class AuditPlugin:
                 fields["params"] = fields["response_body"] = "[unparsed]"
         if self._contributed:  # plugins add fields; they never replace the core ones
             assert self._host is not None
-            contributed = self._host.fields("gateway_audit_fields", ctx=ctx)
+            contributed = self._host.fields_now("gateway_audit_fields", ctx)
             fields = {"timestamp": None, **ctx.audit, **contributed, **fields}
         elif ctx.audit:
             fields = {"timestamp": None, **ctx.audit, **fields}
@@ -624,10 +625,12 @@ class AuditPlugin:
         that is not decoded (what it is and its size, never its content)."""
         request = ctx.request
         query = request.rel_url.raw_query_string
+        if not request.body_exists:
+            # most requests: a GET without a query has no parameters (no decoding to defer)
+            fields["params"] = LoggedParams([query]) if query else {}
+            return
         params = LoggedParams([query] if query else [])
         fields["params"] = params
-        if not request.body_exists:
-            return
         body = ctx.request_body
         content_type = request.content_type
         if body is not None and len(body) > self.settings.params_max_bytes:

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 from pydantic import Field, PrivateAttr
 
 from gateway.config import GatewayConfig
@@ -59,6 +59,16 @@ _SECRET, _CLIENT_SECRET = b'"secret"', b'"client_secret"'
 _WAIT = "stripe_gateway.cache.wait"
 #: ``ctx.state`` key of the request's cache status: HIT, MISS, BYPASS, COALESCED, STALE
 STATUS = "cache.status"
+#: the memo of cache keys: at most this many, each of a request target and credential of
+#: at most this many characters together (its size stays within a few MB)
+_MEMO_KEYS = 4096
+_MEMO_SIZE = 512
+# header names as istr: multidict looks them up without case-folding them first
+_ACCOUNT, _CONTEXT, _VERSION = (
+    istr("Stripe-Account"),
+    istr("Stripe-Context"),
+    istr("Stripe-Version"),
+)
 
 
 #: objects whose ``status`` Stripe changes on its own: type -> (transitional states, final
@@ -86,6 +96,8 @@ _ALWAYS_FINAL = frozenset(
 #: the whole object transitional
 _NESTED = ("balance_refresh", "ownership_refresh", "transaction_refresh", "redaction")
 _NESTED_TRANSITIONAL = frozenset({"pending", "processing"})
+#: the object types state_of looks at; any other object without a _NESTED field has no state
+_KINDS = _ALWAYS_FINAL | _STATUS_STATES.keys() | {"financial_connections.session"}
 
 
 def _nested_transitional(obj: dict[str, Any]) -> bool:
@@ -207,7 +219,12 @@ class TtlPolicy:
         for an object Stripe will change on its own (or its route's TTL, if shorter),
         ``final_ttl`` (capped by ``expires_at``) for one that never changes again, else its
         route's TTL or ``default_ttl``."""
-        state = state_of(obj) if obj is not None else None
+        state = None
+        if obj is not None:
+            kind = obj.get("object")
+            # most objects (customers, payment intents, ...): no state, known at once
+            if (isinstance(kind, str) and kind in _KINDS) or not obj.keys().isdisjoint(_NESTED):
+                state = state_of(obj)
         if state == "final":
             ttl = self.final_ttl
             expires = obj.get("expires_at") if obj is not None else None
@@ -225,14 +242,32 @@ class TtlPolicy:
 
 
 class _Flight:
-    """An upstream fetch that identical concurrent misses wait for."""
+    """An upstream fetch that identical concurrent misses wait for. Its future is made by
+    the first waiter (most fetches have none: no future to make and resolve for them)."""
 
-    __slots__ = ("done",)
+    __slots__ = ("_done",)
 
     def __init__(self) -> None:
-        self.done: asyncio.Future[Entry | web.Response | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._done: asyncio.Future[Entry | web.Response | None] | None = None
+
+    @property
+    def done(self) -> asyncio.Future[Entry | web.Response | None]:
+        """The future waiters await; made by the first waiter, at once (in ``_found``,
+        while the flight is still in the air, so that its landing resolves it)."""
+        done = self._done
+        if done is None:
+            done = self._done = asyncio.get_running_loop().create_future()
+        return done
+
+    def expect_waiter(self) -> None:
+        """A request is about to wait for this flight: make the future it will await."""
+        self.done  # noqa: B018 - the property makes it
+
+    def land(self, result: Entry | web.Response | None) -> None:
+        """Hand ``result`` to the waiters, if any came."""
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(result)
 
 
 @dataclass(slots=True)
@@ -254,6 +289,8 @@ class CachePlugin:
         self.settings = CacheSettings()
         self.store: CacheStore | None = None
         self._flights: dict[str, _Flight] = {}
+        #: request parts -> their cache key (see _key)
+        self._keys: dict[tuple[str, str | None, str | None, str | None, str], str] = {}
         self._read_timeout = 80.0
         self._max_entry_bytes = self.settings.max_entry_bytes
         self._policy = self.settings.policy
@@ -268,6 +305,13 @@ class CachePlugin:
         self._requests: Any = None
         self._breaker: Any = None
         self._outcomes: dict[str, Any] = {}
+        #: single-process mode: outcomes and byte counts are kept here, on the request
+        #: path, and added to their metrics when ``/metrics`` is read (:meth:`flush`)
+        self._metrics: GatewayMetrics | None = None
+        self._deferred = False
+        self._pending: dict[str, int] = {}
+        self._pending_served = 0
+        self._pending_stored = 0
         #: the store went to the plugin that replaced this one on a reload: not ours to close
         self._store_handed_over = False
         #: counters, for metrics and tests
@@ -307,6 +351,10 @@ class CachePlugin:
             "cache_backend_errors",
             "Cache store calls that failed (Redis down, timed out, circuit open).",
         )
+        self._metrics = metrics
+        self._deferred = not metrics.multiprocess
+        if self._deferred:
+            metrics.on_flush(self.flush)
         s = self.settings
         keep = max(s.final_ttl, s.default_ttl, *(r.ttl for r in s.routes)) + s.stale_if_error
         if s.backend == "redis":
@@ -350,8 +398,31 @@ class CachePlugin:
 
     @hookimpl
     async def gateway_shutdown(self, app: web.Application) -> None:
+        if self._deferred and self._metrics is not None:
+            self.flush()
+            self._metrics.remove_flush(self.flush)
+            self._deferred = False  # a request finishing after this counts at once
         if self.store is not None and not self._store_handed_over:
             await self.store.close()
+
+    def flush(self) -> None:
+        """Add the outcomes and byte counts kept since the last flush to the metrics."""
+        pending, self._pending = self._pending, {}
+        for status, n in pending.items():
+            self._outcome(status).inc(n)
+        served, self._pending_served = self._pending_served, 0
+        if served and self._served is not None:
+            self._served.inc(served)
+        stored, self._pending_stored = self._pending_stored, 0
+        if stored and self._stored is not None:
+            self._stored.inc(stored)
+
+    def _outcome(self, status: str) -> Any:
+        """The ``cache_requests`` child of ``status`` (looked up once)."""
+        counter = self._outcomes.get(status)
+        if counter is None:
+            counter = self._outcomes[status] = self._requests.labels(status.lower())
+        return counter
 
     @hookimpl
     async def gateway_ready(self, app: web.Application) -> dict[str, bool] | None:
@@ -475,17 +546,19 @@ class CachePlugin:
                 self.counts["bypass"] += 1
                 return None
             no_cache = "no-cache" in directives
-        raw_path, _, query_string = request.raw_path.partition("?")
-        key = cache_key(
-            credential=ctx.credential or "",
-            account=headers.get("Stripe-Account"),
-            context=headers.get("Stripe-Context"),
-            version=headers.get("Stripe-Version"),
-            # as sent upstream: the raw path, and the raw query (decoded once, by
-            # normal_query; `a=1%26b=2` and `a=1&b=2` are different requests)
-            path=raw_path,
-            query_string=query_string,
+        # what the key is made of, as sent upstream: the raw path and query (decoded once,
+        # by normal_query; `a=1%26b=2` and `a=1&b=2` are different requests)
+        parts = (
+            ctx.credential or "",
+            headers.get(_ACCOUNT),
+            headers.get(_CONTEXT),
+            headers.get(_VERSION),
+            request.raw_path,
         )
+        # the digest of parts already seen (cache_key is a function of them alone)
+        key = self._keys.get(parts)
+        if key is None:
+            key = self._key(parts)
         if no_cache:
             self._lead(ctx, self._state(ctx, key))
             return None
@@ -493,6 +566,26 @@ class CachePlugin:
         if isinstance(store, MemoryStore):
             return self._found(ctx, key, store.get_now(key))
         return self._get_then(ctx, key)
+
+    def _key(self, parts: tuple[str, str | None, str | None, str | None, str]) -> str:
+        """:func:`cache_key` of a request's parts, remembered for the next request with the
+        same parts (the same credential, headers and target) when they are short."""
+        credential, account, context, version, target = parts
+        raw_path, _, query_string = target.partition("?")
+        key = cache_key(
+            credential=credential,
+            account=account,
+            context=context,
+            version=version,
+            path=raw_path,
+            query_string=query_string,
+        )
+        if len(target) + len(credential) <= _MEMO_SIZE:
+            keys = self._keys
+            if len(keys) >= _MEMO_KEYS:
+                keys.clear()
+            keys[parts] = key
+        return key
 
     @staticmethod
     def _state(ctx: RequestContext, key: str) -> _State:
@@ -523,6 +616,7 @@ class CachePlugin:
         state.stale = entry
         flight = self._flights.get(key)
         if flight is not None:
+            flight.expect_waiter()  # its future made now, while the flight is in the air
             return self._wait(ctx, flight)
         self._lead(ctx, state)
         return None
@@ -572,7 +666,9 @@ class CachePlugin:
         return None
 
     def _response(self, entry: Entry, status: str) -> web.Response:
-        if self._served is not None:
+        if self._deferred:
+            self._pending_served += len(entry.body)
+        elif self._served is not None:
             self._served.inc(len(entry.body))
         age = int(time.time() - entry.stored_at)
         # one header list, made into the response's CIMultiDict once
@@ -626,11 +722,12 @@ class CachePlugin:
         """Count the outcome; a leader stores its answer (at once in the memory store,
         awaited in Redis) and hands it to its waiters."""
         status = ctx.state.get(STATUS)
-        if status is not None and self._requests is not None:
-            counter = self._outcomes.get(status)
-            if counter is None:
-                counter = self._outcomes[status] = self._requests.labels(status.lower())
-            counter.inc()
+        if status is not None:
+            if self._deferred:
+                pending = self._pending
+                pending[status] = pending.get(status, 0) + 1
+            elif self._requests is not None:
+                self._outcome(status).inc()
         state: _State | None = ctx.state.get("cache")
         if state is None or state.leader is None:
             return None
@@ -668,7 +765,9 @@ class CachePlugin:
 
     def _count_stored(self, entry: Entry) -> None:
         self.counts["stored"] += 1
-        if self._stored is not None:
+        if self._deferred:
+            self._pending_stored += len(entry.body)
+        elif self._stored is not None:
             self._stored.inc(len(entry.body))
 
     def _land(self, state: _State, result: Entry | web.Response | None) -> None:
@@ -677,8 +776,7 @@ class CachePlugin:
         assert flight is not None
         if self._flights.get(state.key) is flight:
             del self._flights[state.key]
-        if not flight.done.done():
-            flight.done.set_result(result)
+        flight.land(result)
 
     def _entry_for(self, ctx: RequestContext, state: _State) -> Entry | None:
         body = ctx.response_body
@@ -691,7 +789,8 @@ class CachePlugin:
             return None
         if not headers.get("Content-Type", "").startswith("application/json"):
             return None
-        if _SECRET in body or _CLIENT_SECRET in body:
+        # (find, not ``in``: ``in`` on bytes formats a TypeError before it searches)
+        if body.find(_SECRET) >= 0 or body.find(_CLIENT_SECRET) >= 0:
             return None
         try:
             obj = orjson.loads(body)

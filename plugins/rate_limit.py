@@ -309,6 +309,11 @@ class RateLimitPlugin:
         self._backend_errors: Any = None
         self._breaker: Any = None
         self._decision_children: dict[tuple[str, str], Any] = {}
+        #: single-process mode: decisions by (team, decision) are counted here on the
+        #: request path and added to their metrics when ``/metrics`` is read (:meth:`flush`)
+        self._metrics: GatewayMetrics | None = None
+        self._deferred = False
+        self._pending: dict[tuple[str, str], int] = {}
         self._logged_at: dict[str, float] = {}
         #: decisions by kind (``allow``, ``deny``, ``fallback_allow``, ...) and
         #: ``backend_errors``, for metrics and tests
@@ -344,6 +349,10 @@ class RateLimitPlugin:
             "rate_limit_backend_errors",
             "Calls to the shared rate-limit store (Redis) that failed.",
         )
+        self._metrics = metrics
+        self._deferred = not metrics.multiprocess
+        if self._deferred:
+            metrics.on_flush(self.flush)
         s = self.settings
         self.memory = MemoryLimiter(share=s.fallback_share if s.backend == "redis" else 1.0)
         if s.backend == "redis" and self._on:
@@ -379,6 +388,10 @@ class RateLimitPlugin:
 
     @hookimpl
     async def gateway_shutdown(self, app: web.Application) -> None:
+        if self._deferred and self._metrics is not None:
+            self.flush()
+            self._metrics.remove_flush(self.flush)
+            self._deferred = False  # a decision made after this counts at once
         if not self._memory_handed_over:
             await self.memory.close()
         if self.redis is not None:
@@ -468,7 +481,8 @@ class RateLimitPlugin:
         plan = self._plans.get(ctx.team.name) if ctx.team is not None else None
         if plan is not None:
             shadow = shadow or plan.shadow
-            bucket = plan.bucket_for(ctx.method, ctx.path)
+            request = ctx.request
+            bucket = plan.bucket_for(request.method, request.path)
             if bucket is not None:
                 buckets.append(bucket)
         account = self._account_bucket(ctx)
@@ -537,7 +551,8 @@ class RateLimitPlugin:
     def _allowed_headers(self, limit: int, verdict: Verdict) -> dict[str, str]:
         """:func:`_headers`, made once per (limit, remaining, reset): a steady client gets
         the same few sets over and over (read-only once made)."""
-        key = (limit, verdict.remaining, _whole_seconds(verdict.reset))
+        # (_whole_seconds, inline: this runs for every request let through)
+        key = (limit, verdict.remaining, math.ceil(verdict.reset - 1e-6))
         values = self._header_sets.get(key)
         if values is None:
             if len(self._header_sets) >= _MAX_HEADER_SETS:
@@ -551,13 +566,28 @@ class RateLimitPlugin:
         if self._decisions is None:
             return
         team = ctx.team.name if ctx.team is not None else _NO_TEAM
+        if self._deferred:
+            key = (team, decision)
+            pending = self._pending
+            pending[key] = pending.get(key, 0) + 1
+            return
+        self._count(team, decision, 1)
+
+    def _count(self, team: str, decision: str, n: int) -> None:
+        """Add ``n`` decisions to the metrics (and the fallbacks among them)."""
         child = self._decision_children.get((team, decision))
         if child is None:
             outcome = decision.removeprefix("fallback_")
             child = self._decision_children[team, decision] = self._decisions.labels(team, outcome)
-        child.inc()
+        child.inc(n)
         if decision.startswith("fallback_"):
-            self._fallbacks.labels(team).inc()
+            self._fallbacks.labels(team).inc(n)
+
+    def flush(self) -> None:
+        """Add the decisions counted since the last flush to the metrics."""
+        pending, self._pending = self._pending, {}
+        for (team, decision), n in pending.items():
+            self._count(team, decision, n)
 
     @hookimpl
     def gateway_audit_fields(self, ctx: RequestContext) -> dict[str, Any]:

@@ -138,6 +138,9 @@ class Redactor:
                 if step is None:
                     step = self._step(None, key)
                     top = self._steps.get(None) or {}  # made, or cleared by the bound
+                if value is None:  # most fields of a line: masked or not, None stays None
+                    out[step[2]] = None
+                    continue
                 category, parent, safe_key = step
                 t = type(value)
                 if category is not None:

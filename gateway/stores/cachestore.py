@@ -15,8 +15,7 @@ import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import cachetools
 import orjson
@@ -30,8 +29,7 @@ class StoreUnavailable(Exception):
     """The store could not answer (Redis down, timed out, or its circuit is open)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class _EntryFields(NamedTuple):
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
@@ -43,13 +41,32 @@ class Entry:
     stale_until: float
     #: bytes it counts for in a store's bound (body, headers and a fixed overhead),
     #: computed once: the LRU asks on every put and every drop
-    size: int = field(init=False, compare=False, repr=False)
+    size: int
 
-    def __post_init__(self) -> None:
-        size = len(self.body) + 64
-        for k, v in self.headers:
+
+class Entry(_EntryFields):
+    """A cached answer: immutable, made by keyword (``size`` is computed). A named tuple
+    rather than a frozen dataclass: one is made for every answer stored, and a frozen
+    dataclass sets each field through ``object.__setattr__`` (twice as slow)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        *,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        stored_at: float,
+        fresh_until: float,
+        stale_until: float,
+    ) -> Entry:
+        size = len(body) + 64
+        for k, v in headers:
             size += len(k) + len(v)
-        object.__setattr__(self, "size", size)
+        return tuple.__new__(
+            cls, (status, headers, body, stored_at, fresh_until, stale_until, size)
+        )
 
     def encode(self) -> bytes:
         head = orjson.dumps(
@@ -99,6 +116,14 @@ class _Lru(cachetools.LRUCache[str, Entry]):
     def __delitem__(self, key: str) -> None:
         super().__delitem__(key)
         self._on_delete(key)
+
+    def get(self, key: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
+        """The entry under ``key``, made the most recently used: one Python call fewer on
+        a hit than ``Cache.get`` (which asks ``in`` first, then reads)."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def peek(self, key: str) -> Entry | None:
         """The entry under ``key`` without making it the most recently used."""
@@ -197,12 +222,15 @@ class MemoryStore:
         expiry = self._expiry
         if expiry and expiry[0][0] < now:
             self._sweep(now)
-        # (the LRU's len() and ``in`` are Python calls: each asked once)
+        # (the LRU's len() and ``in`` are Python calls; ``_objects`` holds the same keys
+        # as the LRU between calls, in a plain dict: asked instead)
         entries = self._entries
-        before = len(entries)
-        expected = before if key in entries else before + 1
+        objects = self._objects
+        before = len(objects)
+        expected = before if key in objects else before + 1
         entries[key] = entry  # the LRU drops the least recent entries past max_bytes
-        count = len(entries)
+        # the LRU now holds key, which _objects does only if it stayed (link comes next)
+        count = len(objects) if key in objects else len(objects) + 1
         while count > self._max_entries:
             entries.popitem()
             count -= 1

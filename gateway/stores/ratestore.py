@@ -102,6 +102,9 @@ class Decision:
         return best
 
 
+_new_tuple = tuple.__new__
+
+
 def _wait(verdict: Verdict) -> float:
     return verdict.retry_after
 
@@ -163,10 +166,13 @@ class MemoryLimiter:
                 verdicts.append(_verdict(limit, False, tat - now, allow_at - now))
             else:
                 charges.append((key, new_tat))
-                # _verdict(limit, True, debt, 0.0), inline: this runs for every request
+                # _verdict(limit, True, debt, 0.0), inline: this runs for every request (and
+                # made by tuple.__new__: a named tuple's own __new__ is a Python function)
                 debt = new_tat - now
                 remaining = int(limit.burst - debt / interval + 1e-6)
-                verdicts.append(Verdict(limit, True, remaining if remaining > 0 else 0, debt, 0.0))
+                verdicts.append(
+                    _new_tuple(Verdict, (limit, True, remaining if remaining > 0 else 0, debt, 0.0))
+                )
         if allowed or shadow:
             for key, new_tat in charges:
                 tats[key] = new_tat

@@ -95,3 +95,31 @@ def test_extra_processors_run_before_the_renderer_and_may_drop_an_event() -> Non
     sink.emit("request", {"drop": True})
     [line] = stream.getvalue().splitlines()
     assert orjson.loads(line)["secret"] == "[redacted]"
+
+
+class _ShortWrites(io.RawIOBase):
+    """A raw stream that takes at most ``step`` bytes a write, as a pipe or socket may."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.data = bytearray()
+        self.calls = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.calls += 1
+        taken = bytes(b[: self.step])
+        self.data += taken
+        return len(taken)
+
+
+def test_a_short_write_is_followed_by_the_rest_in_order() -> None:
+    stream = _ShortWrites(step=7)
+    sink = JsonLineSink(stream)  # type: ignore[arg-type]
+    for n in range(3):  # outside a loop: each line written at once
+        sink.emit("request", {"n": n, "path": "/v1/customers/cus_1Nabcdefghij"})
+    lines = [orjson.loads(line) for line in bytes(stream.data).splitlines()]
+    assert [line["n"] for line in lines] == [0, 1, 2]
+    assert stream.calls > 3  # every line took several writes

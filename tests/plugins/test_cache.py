@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import requests
 import stripe
@@ -771,3 +772,172 @@ def test_settings_parsed_twice_compare_equal() -> None:
     assert first == second
     assert first.policy == second.policy
     assert first != CacheSettings.model_validate({**table, "default_ttl": 11})
+
+
+# ------------------------------------------------------------------ adversaries, as properties
+
+_TEAMS = ("billing", "analytics")  # two upstream credentials
+_ACCOUNTS = (None, "acct_1Nabcdefghijklmn", "acct_1Nopqrstuvwxyzab")
+_VERSIONS = (None, "2024-06-20", "2025-01-27.acacia")
+_IDS = ("cus_1Nabcdefghij", "cus_1Nklmnopqrst", "pi_1Nabcdefghijkl")
+_QUERIES = ("", "expand[]=customer", "expand[0]=customer", "expand[]=a&expand[]=b")
+_request_strategy = st.tuples(
+    st.sampled_from(_TEAMS),
+    st.sampled_from(_ACCOUNTS),
+    st.sampled_from(_VERSIONS),
+    st.sampled_from(_IDS),
+    st.sampled_from(_QUERIES),
+)
+
+
+def _answer_for(team: str, account: str | None, version: str | None, oid: str, query: str) -> bytes:
+    """An answer naming everything that partitions the cache (the expand forms are one)."""
+    expand = sorted(set(query.replace("expand[]=", "").replace("expand[0]=", "").split("&")))
+    return orjson.dumps({"id": oid, "object": "x", "who": [team, account, version, expand]})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests_=st.lists(_request_strategy, min_size=1, max_size=25))
+async def test_a_hit_is_only_ever_the_answer_to_the_same_request(
+    requests_: list[tuple[str, str | None, str | None, str, str]],
+) -> None:
+    """Whatever the order of requests (teams with their own credentials, accounts,
+    versions, objects, expand forms; the same parts over and over, so the plugin's memo of
+    keys is exercised), a hit answers with what Stripe answered to that same request: never
+    another team's, account's or version's answer."""
+    async with PluginTest(CachePlugin) as t:
+        hits = 0
+        for team_name, account, version, oid, query in requests_:
+            headers = {}
+            if account is not None:
+                headers["Stripe-Account"] = account
+            if version is not None:
+                headers["Stripe-Version"] = version
+            path = f"/v1/customers/{oid}" + (f"?{query}" if query else "")
+            ctx = t.context("GET", path, headers, team=team_name)
+            expected = _answer_for(team_name, account, version, oid, query)
+            answer = await t.request(ctx)
+            if answer is None:
+                await t.finish(ctx, body=expected)
+                continue
+            hits += 1
+            assert answer.headers["X-Cache"] == "HIT"
+            assert answer.body == expected, (team_name, account, version, path)
+            await t.finish(ctx)
+        assert hits == t.plugin("cache").counts["hit"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    key=st.one_of(
+        st.from_regex(r"(sk|rk|gw)_(test|live)_[A-Za-z0-9]{8,30}", fullmatch=True),
+        st.just(ANALYTICS_KEY + "x"),
+        st.just(""),
+    ),
+    scheme=st.sampled_from(["Bearer", "bearer", "Basic"]),
+)
+async def test_a_cached_answer_never_answers_a_request_auth_refuses(key: str, scheme: str) -> None:
+    """The answer is cached (for billing's upstream key); a request without a team's key,
+    for the same path and with the same upstream credential in its own header, is refused
+    by auth, never served from the cache."""
+    path = "/v1/customers/cus_1Nabcdefghij"
+    body = b'{"id": "cus_1Nabcdefghij", "object": "customer"}'
+    async with PluginTest(CachePlugin, builtins=("auth",)) as t:
+        first = t.context("GET", path, {"Authorization": f"Bearer {BILLING_KEY}"})
+        assert await t.request(first) is None
+        await t.finish(first, body=body)
+        again = t.context("GET", path, {"Authorization": f"Bearer {BILLING_KEY}"})
+        hit = await t.request(again)
+        assert hit is not None and hit.headers["X-Cache"] == "HIT"
+        # the upstream credential itself, or anything else that is not a team's key
+        for presented in (key, "sk_test_billing"):
+            ctx = t.context("GET", path, {"Authorization": f"{scheme} {presented}"})
+            refused = await t.request(ctx)
+            assert refused is not None and refused.status == 401
+            assert "X-Cache" not in refused.headers
+
+
+_KIND_NAMES = [
+    "customer",
+    "reporting.report_run",
+    "scheduled_query_run",
+    "identity.verification_session",
+    "tax.calculation",
+    "tax.settings",
+    "financial_connections.session",
+    "financial_connections.account",
+    "climate.order",
+]
+_STATUS_NAMES = st.sampled_from(
+    ["pending", "running", "completed", "succeeded", "processing", "open", "requires_input"]
+)
+_nested = st.fixed_dictionaries({}, optional={"status": _STATUS_NAMES})
+_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "object": st.one_of(st.sampled_from(_KIND_NAMES), st.integers(), st.just([1])),
+        "status": _STATUS_NAMES,
+        "expires_at": st.integers(min_value=0, max_value=2**40),
+        "redaction": st.one_of(_nested, st.none()),
+        "balance_refresh": _nested,
+        "accounts": st.fixed_dictionaries(
+            {
+                "data": st.lists(
+                    st.fixed_dictionaries(
+                        {}, optional={"ownership_refresh": _nested, "transaction_refresh": _nested}
+                    ),
+                    max_size=3,
+                )
+            }
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=_objects)
+def test_the_ttl_of_an_object_without_a_state_is_found_without_looking_for_one(
+    obj: dict[str, Any],
+) -> None:
+    """ttl_for's shortcut (an object of a type with no states and no refresh or redaction
+    field has no state) gives what the whole state_of walk gives."""
+    settings = validate_settings(
+        CacheSettings, {"default_ttl": 30, "transitional_ttl": 2, "final_ttl": 3600}
+    )
+    policy = settings.policy
+    state = state_of(obj)
+    if state == "final":
+        expires = obj.get("expires_at")
+        expected = 3600.0
+        if isinstance(expires, int) and expires > 0:
+            expected = min(expected, expires - time.time())
+        assert abs(policy.ttl_for("GET", "/v1/x/y_1", obj) - expected) < 60
+        return
+    expected = 2.0 if state == "transitional" else 30.0
+    assert policy.ttl_for("GET", "/v1/x/y_1", obj) == expected
+
+
+async def test_a_waiter_gets_the_leaders_answer_and_a_lone_leader_makes_no_future() -> None:
+    path = "/v1/customers/cus_1Nabcdefghij"
+    body = b'{"id": "cus_1Nabcdefghij", "object": "customer"}'
+    async with PluginTest(CachePlugin) as t:
+        cache = t.plugin("cache")
+        alone = t.context("GET", path, team="billing")
+        assert await t.request(alone) is None
+        (flight,) = cache._flights.values()
+        await t.finish(alone, body=body)
+        assert flight._done is None and not cache._flights  # nobody waited: no future
+        other = "/v1/customers/cus_1Nklmnopqrst"
+        leader = t.context("GET", other, team="billing")
+        assert await t.request(leader) is None
+        stranger = t.context("GET", other, team="analytics")  # another credential
+        assert await t.request(stranger) is None  # leads its own flight, waits for none
+        waiting = asyncio.ensure_future(t.request(t.context("GET", other, team="billing")))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # waits for the leader
+        await t.finish(leader, body=body)
+        answer = await asyncio.wait_for(waiting, 10)
+        assert answer is not None and answer.headers["X-Cache"] == "COALESCED"
+        assert answer.body == body
+        await t.finish(stranger, body=b'{"id": "cus_1Nklmnopqrst", "object": "customer"}')
+        assert not cache._flights
