@@ -118,10 +118,52 @@ class Redactor:
                 old = event_dict.get("exception")
                 event_dict["exception"] = text if old is None else f"{old}\n{text}"
         if not self.patterns:
-            out = self._fields(event_dict, [])
+            out = self._short_fields(event_dict)
+            if out is None:
+                out = self._fields(event_dict, [])
             if out is not None:
                 return out
         return self._fields(event_dict, None)  # type: ignore[return-value]
+
+    def _short_fields(self, event_dict: EventDict) -> EventDict | None:
+        """:meth:`_fields` with a list ``plain``, and fewer checks a field: every short
+        string (at most ``_SHORT`` characters, not empty, no structured start) is kept and
+        put in the list, and :func:`_plain`'s substring checks (``=``, ``:``, ``,``) run
+        once over all of them joined with NULs (none of the three spans a NUL), with
+        :func:`_nothing_to_find`. ``None`` when a check finds something, or on any field
+        this does not take at once (a category, another type, a new key): the caller runs
+        :meth:`_fields` then, which looks at each string alone. Most audit lines pass."""
+        out: EventDict = {}
+        plain: list[str] = []
+        top = self._steps.get(None)
+        if top is None:
+            return None
+        for key, value in event_dict.items():
+            step = top.get(key)
+            if step is None:
+                return None
+            if value is None:  # masked or not, None stays None
+                out[step[2]] = None
+                continue
+            if step[0] is not None:  # a category: masked by _fields
+                return None
+            t = type(value)
+            if t is str:
+                if not value or len(value) > _SHORT or value[0] in _STRUCTURED_START:
+                    return None
+                plain.append(value)
+            elif t is dict:
+                if value:  # an empty one (a request without parameters) is written as {}
+                    return None
+                value = {}
+            elif not (t is bool or (t in (int, float) and -_BIG < value < _BIG)):
+                return None
+            out[step[2]] = value
+        if plain:
+            joined = "\x00".join(plain)
+            if "=" in joined or ":" in joined or "," in joined or not _nothing_to_find(joined):
+                return None
+        return out
 
     def _fields(self, event_dict: EventDict, plain: list[str] | None) -> EventDict | None:
         """:meth:`event` after ``exc_info``. With a list ``plain``, short strings that
