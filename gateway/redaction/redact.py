@@ -65,6 +65,7 @@ _FILENAME = re.compile(r'(?P<param>\bfilename\*?=)(?P<name>"[^"\r\n]*"|[^;\r\n]*
 _STRUCTURED_START = frozenset("{[-") | frozenset(c for c in map(chr, range(0x3001)) if c.isspace())
 _SHORT = 256
 _STEP_CACHE_MAX = 4096
+_SHAPES_MAX = 256
 _BIG = 10**12  # numbers with at least 13 digits may be card numbers
 _PLAIN = (type(None), bool, date, datetime, time, timedelta, UUID)
 
@@ -105,6 +106,8 @@ class Redactor:
         #: parent -> raw form name -> what the one-pass form redaction needs (_form_field)
         self._form_fields: dict[str | None, dict[str, _FormField]] = {}
         self._step_count = 0
+        #: the events' key tuples seen, and whether :meth:`_short_fields` takes them
+        self._shapes: dict[tuple[Any, ...], bool] = {}
 
     # ----------------------------------------------------------------- the event
 
@@ -126,27 +129,25 @@ class Redactor:
         return self._fields(event_dict, None)  # type: ignore[return-value]
 
     def _short_fields(self, event_dict: EventDict) -> EventDict | None:
-        """:meth:`_fields` with a list ``plain``, and fewer checks a field: every short
-        string (at most ``_SHORT`` characters, not empty, no structured start) is kept and
-        put in the list, and :func:`_plain`'s substring checks (``=``, ``:``, ``,``) run
-        once over all of them joined with NULs (none of the three spans a NUL), with
-        :func:`_nothing_to_find`. ``None`` when a check finds something, or on any field
-        this does not take at once (a category, another type, a new key): the caller runs
-        :meth:`_fields` then, which looks at each string alone. Most audit lines pass."""
-        out: EventDict = {}
-        plain: list[str] = []
-        top = self._steps.get(None)
-        if top is None:
+        """:meth:`_fields` with a list ``plain``, and fewer checks a field, for an event whose
+        keys (in this order: a *shape*) were seen before and are all written as they are,
+        none of a category (the audit line's). ``None``, safe values written as they are,
+        an empty dict, and short strings (at most ``_SHORT`` characters, not empty, no
+        structured start) are kept; :func:`_plain`'s substring checks (``=``, ``:``,
+        ``,``) run once over all the strings joined with NULs (none of the three spans a
+        NUL), with :func:`_nothing_to_find`. ``None`` when a check finds something, or on
+        anything this does not take at once (a new shape, another value): the caller runs
+        :meth:`_fields` then, which looks at each field alone. Most audit lines pass."""
+        shape = tuple(event_dict)
+        known = self._shapes.get(shape)
+        if not known:
+            if known is None:
+                self._learn_shape(shape)
             return None
-        for key, value in event_dict.items():
-            step = top.get(key)
-            if step is None:
-                return None
-            if value is None:  # masked or not, None stays None
-                out[step[2]] = None
+        plain: list[str] = []
+        for value in event_dict.values():
+            if value is None:
                 continue
-            if step[0] is not None:  # a category: masked by _fields
-                return None
             t = type(value)
             if t is str:
                 if not value or len(value) > _SHORT or value[0] in _STRUCTURED_START:
@@ -155,15 +156,29 @@ class Redactor:
             elif t is dict:
                 if value:  # an empty one (a request without parameters) is written as {}
                     return None
-                value = {}
             elif not (t is bool or (t in (int, float) and -_BIG < value < _BIG)):
                 return None
-            out[step[2]] = value
         if plain:
             joined = "\x00".join(plain)
             if "=" in joined or ":" in joined or "," in joined or not _nothing_to_find(joined):
                 return None
-        return out
+        return dict(event_dict)
+
+    def _learn_shape(self, shape: tuple[Any, ...]) -> None:
+        """Whether every key of ``shape`` is of no category and written as it is (then
+        :meth:`_short_fields` takes events of this shape), remembered."""
+        if len(self._shapes) >= _SHAPES_MAX:  # bounded: the error log's keys vary
+            self._shapes.clear()
+        plain = True
+        for key in shape:
+            if type(key) is not str or key in PASSTHROUGH:
+                plain = False
+                break
+            category, _, safe_key = self._step(None, key)
+            if category is not None or safe_key != key:
+                plain = False
+                break
+        self._shapes[shape] = plain
 
     def _fields(self, event_dict: EventDict, plain: list[str] | None) -> EventDict | None:
         """:meth:`event` after ``exc_info``. With a list ``plain``, short strings that

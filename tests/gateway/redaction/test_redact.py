@@ -916,6 +916,8 @@ _WARM = Redactor()
 @example({"path": "/v1/x", "client": "::1"}, {})
 @example({"request_id": "gwreq_1", "note": "Bearer"}, {})
 @example({"request_id": "", "team": "a"}, {})
+@example({"request_id": "\x1f[{", "path": "/v1/x"}, {})  # white space that starts JSON
+@example({"note": " [[4242424242424242]]"}, {})
 def test_a_redactor_that_has_seen_the_keys_writes_what_a_full_scan_writes(
     event: dict[str, Any], params: dict[str, Any]
 ) -> None:
