@@ -169,11 +169,11 @@ class JsonLineSink:
         """Queue ``fields`` (taken over, not copied) as one ``info`` line named ``event``;
         returns the processed fields the line was rendered from (``None`` when dropped).
 
-        ``head``: fields that skip the processors, first in the line (``timestamp`` first
-        of all) and never replaced by a key of ``fields``. Only for values the caller
-        knows the processors would leave as they are (the audit plugin's gateway-owned
-        fields of a fixed shape, checked against the processors at start-up); ``event``
-        and ``level`` then go in the head as well.
+        ``head``: fields that skip the processors (taken over too), first in the line
+        (``timestamp`` first of all) and never replaced by a key of ``fields``. Only for
+        values the caller knows the processors would leave as they are (the audit plugin's
+        gateway-owned fields of a fixed shape, checked against the processors at start-up);
+        ``event`` and ``level`` then go in the head as well.
 
         A processor may drop the event by raising ``structlog.DropEvent``, as in structlog.
         """
@@ -190,9 +190,13 @@ class JsonLineSink:
         except structlog.DropEvent:
             return None
         if head is not None:  # head's keys first and with head's values
-            merged = {**head, **fields}
-            merged.update(head)  # a field named like a head key keeps the head's value
-            fields = merged
+            if head.keys().isdisjoint(fields):  # as a rule: the head is taken over
+                head.update(fields)
+                fields = head
+            else:  # a field named like a head key keeps the head's value
+                merged = {**head, **fields}
+                merged.update(head)
+                fields = merged
         fields = self._stamp(None, "info", fields)  # type: ignore[assignment]
         line = orjson.dumps(fields, default=json_default, option=orjson.OPT_APPEND_NEWLINE)
         if not self._lines:

@@ -93,7 +93,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field, PrivateAttr, field_validator
 
-from gateway.clients import client_fields
+from gateway.clients import api_version, sdk
 from gateway.config import GatewayConfig
 from gateway.context import OUTCOMES, RequestContext, milliseconds, object_id_of
 from gateway.errors import StripeErrorResponse
@@ -524,6 +524,8 @@ class AuditPlugin:
         bytes_out = ctx.bytes_out
         upstream_seconds = ctx.upstream_seconds
         upstream_ms = milliseconds(upstream_seconds) if upstream_seconds is not None else None
+        headers = request.headers
+        found = sdk(headers.get("X-Stripe-Client-User-Agent"), headers.get("User-Agent"))
         # gateway-owned values: config names, fixed vocabularies, the gateway's own numbers
         head: dict[str, Any] | None = {
             "timestamp": None,  # first in the line; the sink sets it
@@ -547,7 +549,9 @@ class AuditPlugin:
             "upstream_request_id": ctx.upstream_request_id,
             "idempotency_key": ctx.idempotency_key,
             "client": request.remote,
-            **client_fields(request.headers),
+            "stripe_version": api_version(headers.get("Stripe-Version")),
+            "sdk": found.sdk,
+            "sdk_version": found.sdk_version,
             "error": ctx.error,
         }
         safe = self._safe

@@ -50,6 +50,27 @@ def test_a_timestamp_placeholder_keeps_its_place_first() -> None:
     assert line["timestamp"].endswith("Z")
 
 
+def test_a_head_skips_the_processors_opens_the_line_and_keeps_its_values() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def redact(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        seen.append(dict(event_dict))
+        return {k: "[redacted]" if k == "status" else v for k, v in event_dict.items()}
+
+    stream = io.BytesIO()
+    sink = JsonLineSink(stream, [redact])
+    head = {"timestamp": None, "team": "billing", "method": "GET"}
+    sink.emit("request", {"path": "/v1/x"}, dict(head))
+    # a field named like a head key: the head's value, in the head's place
+    sink.emit("request", {"path": "/v1/y", "team": "sk_live_x", "status": 1}, dict(head))
+    first, second = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert list(first) == ["timestamp", "team", "method", "event", "level", "path"]
+    assert first["team"] == "billing" and first["event"] == "request"
+    assert list(second) == [*first, "status"] and second["team"] == "billing"
+    assert second["status"] == "[redacted]" and second["path"] == "/v1/y"
+    assert seen == [{"path": "/v1/x"}, {"path": "/v1/y", "team": "sk_live_x", "status": 1}]
+
+
 async def test_lines_of_one_loop_iteration_go_out_in_one_write() -> None:
     stream = CountingStream()
     written: list[BaseException | None] = []
