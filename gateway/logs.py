@@ -156,8 +156,9 @@ class JsonLineSink:
         self._unwritable = "the sink is closed"
         # the timestamp is stamped after the processors: it is the gateway's own clock
         # reading, so no processor (redaction) needs to look at it
-        self._processors = tuple(_pipeline(extra_processors)[1:])
-        self._extra = self._processors[1:]  # without the level: for lines with a head
+        # level -> exception formatting -> extra_processors; the first two are done inline
+        # (every line is an info line; most have no exc_info): a call each saved a line
+        self._extra = tuple(extra_processors or ())
         self._stamp = _UtcTimestamp()
         self._on_written = on_written
         self._lines: list[bytes] = []
@@ -179,13 +180,14 @@ class JsonLineSink:
         """
         if head is None:
             fields["event"] = event
-            processors = self._processors
+            fields["level"] = "info"  # structlog's add_log_level
         else:  # the event's name and level are the caller's constants: in the head too
             head["event"] = event
             head["level"] = "info"
-            processors = self._extra
         try:
-            for processor in processors:
+            if "exc_info" in fields:
+                fields = _format_exc_info(None, "info", fields)  # type: ignore[assignment]
+            for processor in self._extra:
                 fields = processor(None, "info", fields)  # type: ignore[assignment]
         except structlog.DropEvent:
             return None

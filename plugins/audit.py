@@ -122,6 +122,8 @@ _MAX_MS = 1e12
 #: byte counts below this (1 TB) are numbers no redactor changes
 _MAX_BYTES = 10**12
 _JSON = "application/json"
+#: the most ``Stripe-Version`` headers whose logged form is remembered
+_MAX_VERSIONS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +354,9 @@ class AuditPlugin:
         self._team_names: tuple[str, ...] = ()
         #: values that skip the log processors; None: every field is processed
         self._safe: SafeValues | None = None
+        #: ``Stripe-Version`` as sent -> as logged (``api_version``; a client sends the
+        #: same one every time); at most ``_MAX_VERSIONS`` entries
+        self._versions: dict[str | None, str | None] = {}
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig, settings: AuditSettings) -> None:
@@ -526,6 +531,15 @@ class AuditPlugin:
         upstream_ms = milliseconds(upstream_seconds) if upstream_seconds is not None else None
         headers = request.headers
         found = sdk(headers.get("X-Stripe-Client-User-Agent"), headers.get("User-Agent"))
+        sent = headers.get("Stripe-Version")
+        try:
+            version = self._versions[sent]
+        except KeyError:
+            version = api_version(sent)
+            if len(self._versions) >= _MAX_VERSIONS:
+                self._versions.clear()
+            if sent is None or len(sent) <= 64:  # longer ones are no version: not kept
+                self._versions[sent] = version
         # gateway-owned values: config names, fixed vocabularies, the gateway's own numbers
         head: dict[str, Any] | None = {
             "timestamp": None,  # first in the line; the sink sets it
@@ -549,7 +563,7 @@ class AuditPlugin:
             "upstream_request_id": ctx.upstream_request_id,
             "idempotency_key": ctx.idempotency_key,
             "client": request.remote,
-            "stripe_version": api_version(headers.get("Stripe-Version")),
+            "stripe_version": version,
             "sdk": found.sdk,
             "sdk_version": found.sdk_version,
             "error": ctx.error,

@@ -144,3 +144,18 @@ def test_a_short_write_is_followed_by_the_rest_in_order() -> None:
     lines = [orjson.loads(line) for line in bytes(stream.data).splitlines()]
     assert [line["n"] for line in lines] == [0, 1, 2]
     assert stream.calls > 3  # every line took several writes
+
+
+def test_a_sink_line_formats_its_exception_as_the_structlog_logger_does() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        error = exc
+    stream = io.BytesIO()
+    JsonLineSink(stream).emit("failed", {"exc_info": error})
+    logged = io.BytesIO()
+    json_line_logger(logged).info("failed", exc_info=error)
+    sink_line, log_line = orjson.loads(stream.getvalue()), orjson.loads(logged.getvalue())
+    assert "exc_info" not in sink_line and "ValueError: boom" in sink_line["exception"]
+    assert sink_line["exception"] == log_line["exception"]
+    assert sink_line["level"] == log_line["level"] == "info"
