@@ -598,12 +598,21 @@ class AuditPlugin:
                     fields["response_body"] = self._response_body(ctx)
             except Exception:  # never lose the line over its optional parts
                 fields["params"] = fields["response_body"] = "[unparsed]"
-        if self._contributed:  # plugins add fields; they never replace the core ones
+        # plugins add fields; they never replace the core ones. The timestamp's place is
+        # the head's first key, else kept first here (a key shared with the head would
+        # cost the sink a merged copy)
+        if self._contributed:
             assert self._host is not None
             contributed = self._host.fields_now("gateway_audit_fields", ctx)
-            fields = {"timestamp": None, **ctx.audit, **contributed, **fields}
+            if head is None:
+                fields = {"timestamp": None, **ctx.audit, **contributed, **fields}
+            else:
+                fields = {**ctx.audit, **contributed, **fields}
         elif ctx.audit:
-            fields = {"timestamp": None, **ctx.audit, **fields}
+            if head is None:
+                fields = {"timestamp": None, **ctx.audit, **fields}
+            else:
+                fields = {**ctx.audit, **fields}
         if self._process:  # worker index and pid, with `serve --workers N`
             fields.update(self._process)
         assert self._sink is not None, "the sink opens at start-up"

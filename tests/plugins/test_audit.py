@@ -44,6 +44,12 @@ def test_one_line_per_request_with_the_documented_fields(gateway: Stack) -> None
     lines = gateway.audit_lines(2)
     assert len(lines) == 2
     first, second = lines
+    # the gateway's own fields of a fixed shape first, then the contributed ones, then the rest
+    head = ["timestamp", "team", "method", "livemode", "status", "outcome", "upstream"]
+    head += ["duration_ms", "upstream_ms", "attempts", "bytes_in", "bytes_out", "event", "level"]
+    rest = ["request_id", "path", "object_id", "stripe_account", "upstream_request_id"]
+    rest += ["idempotency_key", "client", "stripe_version", "sdk", "sdk_version", "error"]
+    assert list(first) == [*head, "cache", "rate_limit", *rest, "params"]
     assert first["event"] == "request"
     assert first["timestamp"].endswith("Z")
     assert first["request_id"].startswith("gwreq_")
