@@ -16,7 +16,12 @@ from typing import BinaryIO, cast
 
 import orjson
 from aiohttp import web
-from aiohttp.web_urldispatcher import AbstractRoute, UrlDispatcher, UrlMappingMatchInfo
+from aiohttp.web_urldispatcher import (
+    AbstractResource,
+    AbstractRoute,
+    UrlDispatcher,
+    UrlMappingMatchInfo,
+)
 
 from gateway import __version__
 from gateway.config import GatewayConfig
@@ -77,12 +82,28 @@ def log_started(app: web.Application) -> None:
     )
 
 
+#: paths no other route may take (gateway/public.py reserves them for the proxy)
+_PROXY_ONLY = ("/v1/", "/v2/")
+
+
 class _EverythingRouter(UrlDispatcher):
     """A router whose every miss is the proxy's catch-all route."""
 
     fallback: AbstractRoute
+    #: the routes are create_app's own: a ``/v1/`` or ``/v2/`` path can only be the
+    #: catch-all's, so it is matched without walking the resources (and the catch-all's
+    #: regex); a route registered later turns this off
+    direct = False
+
+    def register_resource(self, resource: AbstractResource) -> None:
+        self.direct = False
+        super().register_resource(resource)
 
     async def resolve(self, request: web.Request) -> UrlMappingMatchInfo:
+        if self.direct:
+            path = request.rel_url.path
+            if path.startswith(_PROXY_ONLY):
+                return UrlMappingMatchInfo({"tail": path[1:]}, self.fallback)
         match = await super().resolve(request)
         if match.http_exception is None:
             return match
@@ -142,7 +163,9 @@ def create_app(
     # which answers them Stripe-shaped, with a request id and an audit line. (A router
     # subclass, not a middleware: nothing is added to the requests that match.)
     app.router.__class__ = _EverythingRouter
-    cast(_EverythingRouter, app.router).fallback = catch_all
+    router = cast(_EverythingRouter, app.router)
+    router.fallback = catch_all
+    router.direct = True
     app.cleanup_ctx.append(_upstream_session)
     # after the session's: plugins have opened their stores when /readyz can first be asked
     app.cleanup_ctx.append(admin_listener)

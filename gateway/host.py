@@ -108,6 +108,11 @@ def load_object(spec: str) -> object:
     return obj
 
 
+def _position(impls: tuple[_Impl, ...], impl: _Impl, start: int) -> int:
+    """Where ``impl`` (the very object) is in ``impls``, from ``start`` on."""
+    return next(i for i in range(start, len(impls)) if impls[i] is impl)
+
+
 def _identity(obj: object) -> object:
     return obj
 
@@ -344,8 +349,9 @@ class PluginHost:
         self, hook: str, start: int, args: tuple[Any, ...]
     ) -> web.StreamResponse | Awaitable[web.StreamResponse | None] | None:
         impls = self._impls[hook]
-        for index in range(start, len(impls)):
-            impl = impls[index]
+        # (a plain loop over the tuple: no range object on every request; the position
+        # is only needed when an implementation awaits)
+        for impl in impls[start:] if start else impls:
             try:
                 result = impl.function(*args) if impl.in_order else impl.call_args(args)
             except StripeErrorResponse:
@@ -358,7 +364,7 @@ class PluginHost:
             if isinstance(result, web.StreamResponse):
                 return result
             if inspect.isawaitable(result):
-                return self._first_rest(hook, index, result, args)
+                return self._first_rest(hook, _position(impls, impl, start), result, args)
             self._bad_answer(impl, hook, result)
         return None
 
@@ -409,8 +415,7 @@ class PluginHost:
 
     def _each_from(self, hook: str, start: int, args: tuple[Any, ...]) -> Awaitable[None] | None:
         impls = self._impls[hook]
-        for index in range(start, len(impls)):
-            impl = impls[index]
+        for impl in impls[start:] if start else impls:
             try:
                 result = impl.function(*args) if impl.in_order else impl.call_args(args)
             except StripeErrorResponse as exc:
@@ -420,7 +425,7 @@ class PluginHost:
                 self._failed(impl, hook, self._fails_closed[hook], exc)
                 continue
             if result is not None and inspect.isawaitable(result):
-                return self._each_rest(hook, index, result, args)
+                return self._each_rest(hook, _position(impls, impl, start), result, args)
         return None
 
     async def _each_rest(

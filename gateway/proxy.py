@@ -807,7 +807,10 @@ class Proxy:
         strip_hop_by_hop(response.headers)
         hooks = self.host.implemented
         if "gateway_upstream_response" in hooks:
-            replacement = await self._upstream_answer(ctx, response.headers)
+            # (the host's walk, not _upstream_answer: no coroutine unless a plugin awaits)
+            replacement = self.host.first_now("gateway_upstream_response", ctx, response.headers)
+            if replacement is not None and not isinstance(replacement, web.StreamResponse):
+                replacement = await replacement
             if replacement is not None:
                 upstream.close()
                 ctx.upstream_seconds = time.perf_counter() - sent

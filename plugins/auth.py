@@ -83,6 +83,12 @@ def _parse_authorization(header: str | None) -> str:
     return key
 
 
+#: most Authorization headers remembered with their team (then it starts over), and the
+#: longest remembered
+_MAX_KNOWN = 4096
+_MAX_KNOWN_LENGTH = 512
+
+
 def _tail(key: str) -> str:
     return "…" + key[-4:] if len(key) >= 12 else "…"
 
@@ -104,6 +110,12 @@ class AuthPlugin:
 
     def __init__(self) -> None:
         self._digests: tuple[tuple[bytes, _Team], ...] = ()
+        #: ``Authorization`` headers that authenticated -> (their team, the key in them).
+        #: Only headers that succeeded are kept, so an unknown key always takes the
+        #: constant-time walk of :meth:`_team_for`; a lookup here compares strings only
+        #: when their (randomly seeded) hashes match, which a caller cannot aim at. Emptied
+        #: by ``gateway_configure``, so it never outlives the teams it names.
+        self._known: dict[str, tuple[_Team, str]] = {}
 
     @hookimpl
     def gateway_configure(self, config: GatewayConfig) -> None:
@@ -119,6 +131,7 @@ class AuthPlugin:
             )
             digests.extend((bytes.fromhex(d), prepared) for d in team.key_sha256)
         self._digests = tuple(digests)
+        self._known = {}  # (teams may have changed: nothing remembered carries over)
 
     def _team_for(self, key: str) -> _Team | None:
         digest = hashlib.sha256(key.encode()).digest()
@@ -131,10 +144,20 @@ class AuthPlugin:
     @hookimpl(tryfirst=True)
     def gateway_authenticate(self, ctx: RequestContext) -> None:
         request = ctx.request
-        key = presented_key(request.headers.get(hdrs.AUTHORIZATION))
-        team = self._team_for(key)
-        if team is None:
-            raise StripeErrorResponse(401, f"Invalid API Key provided: {_tail(key)}")
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        known = self._known.get(header) if header is not None else None
+        if known is not None:
+            team, key = known
+        else:
+            key = presented_key(header)
+            found = self._team_for(key)
+            if found is None:
+                raise StripeErrorResponse(401, f"Invalid API Key provided: {_tail(key)}")
+            team = found
+            if header is not None and len(header) <= _MAX_KNOWN_LENGTH:
+                if len(self._known) >= _MAX_KNOWN:
+                    self._known.clear()
+                self._known[header] = (team, key)
         ctx.team = team.config
         ctx.upstream_key = team.upstream_key or key
         method, path = request.method, request.path

@@ -596,7 +596,12 @@ class CachePlugin:
 
     async def _get_then(self, ctx: RequestContext, key: str) -> web.StreamResponse | None:
         """The lookup in a store that must be awaited (Redis)."""
-        answer = self._found(ctx, key, await self._get(key))
+        assert self.store is not None
+        try:
+            entry = await self.store.get(key)
+        except StoreUnavailable:
+            entry = None
+        answer = self._found(ctx, key, entry)
         if answer is None or isinstance(answer, web.StreamResponse):
             return answer
         return await answer
@@ -631,13 +636,6 @@ class CachePlugin:
         if ctx.capture_limit < self._max_entry_bytes:
             ctx.capture_limit = self._max_entry_bytes
         self.counts["miss"] += 1
-
-    async def _get(self, key: str) -> Entry | None:
-        assert self.store is not None
-        try:
-            return await self.store.get(key)
-        except StoreUnavailable:
-            return None
 
     async def _wait(self, ctx: RequestContext, flight: _Flight) -> web.StreamResponse | None:
         with span("cache coalesced wait") as traced:  # a no-op unless the request is traced

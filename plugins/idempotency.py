@@ -162,8 +162,6 @@ class IdempotencyPlugin:
         if keys is not None:
             return keys
         request = ctx.request
-        if request.method in _READS:
-            return None
         client = request.headers.get("Idempotency-Key")
         covered = self.settings.covers(request.method, request.path)
         if client is None and not covered:
@@ -185,12 +183,18 @@ class IdempotencyPlugin:
             ctx.retry = self.settings.retry
         return keys
 
+    # A read (GET, HEAD, OPTIONS) never gets a key: each request hook tests the method
+    # first and returns, so a read costs this plugin a set lookup per hook.
+
     @hookimpl
     def gateway_request(self, ctx: RequestContext) -> None:
-        self._keys(ctx)
+        if ctx.request.method not in _READS:
+            self._keys(ctx)
 
     @hookimpl
     def gateway_upstream_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        if ctx.request.method in _READS:
+            return
         keys = self._keys(ctx)
         if keys is not None:
             headers["Idempotency-Key"] = keys.upstream  # the same key on every attempt
@@ -199,6 +203,8 @@ class IdempotencyPlugin:
 
     @hookimpl
     def gateway_upstream_response(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        if ctx.status < 400 or ctx.request.method in _READS:
+            return
         keys: _Keys | None = ctx.state.get("idempotency")
         if keys is not None and keys.namespaced and ctx.status >= 400:
             ctx.response_body_limit = max(ctx.response_body_limit, _ERROR_BODY_LIMIT)
@@ -221,6 +227,8 @@ class IdempotencyPlugin:
 
     @hookimpl
     def gateway_response_headers(self, ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+        if ctx.request.method in _READS:
+            return
         keys: _Keys | None = ctx.state.get("idempotency")
         if keys is not None:
             upstream = keys.upstream

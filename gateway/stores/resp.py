@@ -181,6 +181,12 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(ConnectionError(str(exc) or type(exc).__name__))
 
 
+def _expire(waiter: asyncio.Future[Reply]) -> None:
+    """A call's time is up: it raises TimeoutError (unless its reply came meanwhile)."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no reply from Redis in time"))
+
+
 def _retrieve(future: asyncio.Future[_Protocol]) -> None:
     if not future.cancelled():
         future.exception()
@@ -269,11 +275,20 @@ class RespConnection:
         tracer = TRACER.get()
         if tracer is not None:
             return await self._traced_call(tracer, payload, timeout)
-        async with asyncio.timeout(timeout):
-            protocol = self._protocol
-            if protocol is None or protocol.lost is not None:
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            async with asyncio.timeout(timeout):  # the connect, then the reply
                 protocol = await self._connected()
-            return await protocol.send(payload)
+                return await protocol.send(payload)
+        # connected (nearly every call): one timer on the reply's future instead of an
+        # asyncio.timeout scope; when it fires, the call raises TimeoutError as that would,
+        # and the reply, when it comes, is dropped (data_received skips a done future)
+        waiter = protocol.send(payload)
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            handle.cancel()
 
     async def _traced_call(self, tracer: Tracer, payload: bytes, timeout: float) -> Reply:
         """:meth:`call` in a span ``redis <COMMAND>`` (see the module's docstring)."""

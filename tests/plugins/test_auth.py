@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 import requests
 import stripe
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.config import parse_config
 from gateway.errors import StripeErrorResponse
-from plugins.auth import presented_key
+from gateway.testing import request_context
+from plugins.auth import AuthPlugin, presented_key
 from tests.helpers import (
     ANALYTICS_KEY,
     ANALYTICS_UPSTREAM_KEY,
@@ -195,3 +200,67 @@ def test_presented_key_refuses_a_key_that_is_not_ascii() -> None:
     with pytest.raises(StripeErrorResponse) as info:
         presented_key("Bearer gw_test_\udcff")
     assert info.value.status == 401
+
+
+# --------------------------------------------------------------------------- remembered keys
+
+_KEYS = st.sampled_from([BILLING_KEY, ANALYTICS_KEY, BILLING_KEY + "x", "sk_test_unknown_0123"])
+_HEADERS = st.one_of(
+    st.builds(lambda key: f"Bearer {key}", _KEYS),
+    st.builds(lambda key: f"bearer  {key} ", _KEYS),
+    st.builds(lambda key: "Basic " + base64.b64encode(f"{key}:".encode()).decode(), _KEYS),
+    st.sampled_from(["", "Bearer ", "Token abc", f"Bearer {BILLING_KEY[:-1]}"]),
+)
+
+
+def _configured(teams: list[dict[str, Any]]) -> AuthPlugin:
+    plugin = AuthPlugin()
+    plugin.gateway_configure(parse_config({"teams": teams}, environ=_UPSTREAM_ENV))
+    return plugin
+
+
+_UPSTREAM_ENV = {"BILLING_STRIPE_KEY": BILLING_UPSTREAM_KEY}
+_TEAMS = [
+    team("billing", BILLING_KEY, upstream_env="BILLING_STRIPE_KEY"),
+    team("analytics", ANALYTICS_KEY),
+]
+
+
+def _outcome(plugin: AuthPlugin, header: str, path: str = "/v1/customers") -> tuple[Any, ...]:
+    ctx = request_context("GET", path, {"Authorization": header})
+    try:
+        plugin.gateway_authenticate(ctx)
+    except StripeErrorResponse as exc:
+        return ("refused", exc.status, str(exc))
+    assert ctx.team is not None
+    return (ctx.team.name, ctx.upstream_key)
+
+
+@settings(max_examples=150, deadline=None)
+@given(headers=st.lists(_HEADERS, min_size=1, max_size=12))
+def test_a_remembered_key_authenticates_exactly_as_the_first_time(headers: list[str]) -> None:
+    """The plugin remembers headers that authenticated: whatever the order, each header
+    gets what a plugin that never saw one before gives it (team, upstream key, refusal)."""
+    remembering = _configured(_TEAMS)
+    for header in headers:
+        assert _outcome(remembering, header) == _outcome(_configured(_TEAMS), header)
+    # only headers that authenticated are remembered: unknown keys cannot fill it
+    assert all(_outcome(_configured(_TEAMS), h)[0] != "refused" for h in remembering._known)
+
+
+def test_a_remembered_key_is_forgotten_when_the_teams_change() -> None:
+    plugin = _configured(_TEAMS)
+    header = f"Bearer {ANALYTICS_KEY}"
+    assert _outcome(plugin, header) == ("analytics", ANALYTICS_KEY)
+    # the analytics team is removed (a reload configures the plugin again)
+    plugin.gateway_configure(parse_config({"teams": _TEAMS[:1]}, environ=_UPSTREAM_ENV))
+    assert _outcome(plugin, header)[:2] == ("refused", 401)
+
+
+def test_a_remembered_key_still_meets_the_allow_rules() -> None:
+    teams = [team("billing", BILLING_KEY, allow=["GET /v1/customers*"])]
+    plugin = _configured(teams)
+    header = f"Bearer {BILLING_KEY}"
+    assert _outcome(plugin, header) == ("billing", BILLING_KEY)
+    assert _outcome(plugin, header, "/v1/charges")[:2] == ("refused", 403)
+    assert _outcome(plugin, header)[0] == "billing"
