@@ -504,15 +504,21 @@ class UpstreamClient:
                 sock = await aiohappyeyeballs.start_connection(
                     addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, loop=loop
                 )
-                if origin.tls:
-                    await loop.create_connection(
-                        lambda: conn,
-                        sock=sock,
-                        ssl=self._ssl_context(),
-                        server_hostname=origin.host,
-                    )
-                else:
-                    await loop.create_connection(lambda: conn, sock=sock)
+                try:
+                    if origin.tls:
+                        await loop.create_connection(
+                            lambda: conn,
+                            sock=sock,
+                            ssl=self._ssl_context(),
+                            server_hostname=origin.host,
+                        )
+                    else:
+                        await loop.create_connection(lambda: conn, sock=sock)
+                except BaseException:
+                    # cancelled or timed out before a transport took the socket over (the
+                    # transport closes it when there is one; closing twice does nothing)
+                    sock.close()
+                    raise
         except BaseException as exc:
             self._forget(conn)
             if conn.transport is not None:
