@@ -612,8 +612,12 @@ class UpstreamClient:
             for tracer, token in tokens:
                 tracer.failed(token, exc)
             raise
-        for tracer, token in tokens:
-            tracer.end(token, response.status)
+        try:
+            for tracer, token in tokens:
+                tracer.end(token, response.status)
+        except BaseException:
+            response.close()  # a tracer that fails must not keep the connection
+            raise
         return response
 
     async def _request(

@@ -580,7 +580,11 @@ class CachePlugin:
             path=raw_path,
             query_string=query_string,
         )
-        if len(target) + len(credential) <= _MEMO_SIZE:
+        # every part counts against the bound: Stripe-Account, -Context and -Version are
+        # limited only by the header size, and a memo of 4096 long ones would be large
+        size = len(target) + len(credential)
+        size += len(account or "") + len(context or "") + len(version or "")
+        if size <= _MEMO_SIZE:
             keys = self._keys
             if len(keys) >= _MEMO_KEYS:
                 keys.clear()

@@ -941,3 +941,19 @@ async def test_a_waiter_gets_the_leaders_answer_and_a_lone_leader_makes_no_futur
         assert answer.body == body
         await t.finish(stranger, body=b'{"id": "cus_1Nklmnopqrst", "object": "customer"}')
         assert not cache._flights
+
+
+def test_the_key_memo_is_bounded_by_every_part_of_the_request() -> None:
+    """The memo of request parts -> cache key keeps only short parts, all of them counted:
+    a client sending 8 KB Stripe-Account, -Context or -Version headers (limited only by the
+    header size) gets its key computed each time, never 4096 such entries kept."""
+    plugin = CachePlugin()
+    short = ("sk_test_x", "acct_1", None, "2024-06-20", "/v1/customers/cus_1")
+    assert plugin._key(short) == plugin._key(short) and short in plugin._keys
+    for index in (1, 2, 3):
+        long = list(short)
+        long[index] = "a" * 8000
+        parts = (long[0], long[1], long[2], long[3], long[4])
+        key = plugin._key(parts)
+        assert parts not in plugin._keys
+        assert key != plugin._key(short)  # and still a key of its own
