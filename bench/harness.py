@@ -442,6 +442,40 @@ def _child_main(role: str, params: dict[str, Any]) -> int:
 # =============================================================================== parent
 
 
+def load_parser(
+    doc: str | None, quick: str, conns: int, conns_help: str
+) -> argparse.ArgumentParser:
+    """The options every load bench shares (``--quick`` runs about ``quick``); a bench adds
+    its own to the parser returned, and reads them back with :func:`load_args`."""
+    parser = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help=f"short smoke run ({quick})")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (order alternates)")
+    parser.add_argument("--conns", type=int, default=conns, help=conns_help)
+    parser.add_argument(
+        "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="load generator"
+    )
+    parser.add_argument("--asyncio", action="store_true", help="use asyncio even with uvloop")
+    return parser
+
+
+def load_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed by a :func:`load_parser`: ``--quick`` applied (2 s runs, one round)
+    and the shared options checked."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
+    if not 0 < args.duration <= 60 or not 0 <= args.warmup <= 30 or not 1 <= args.rounds <= 5:
+        raise SystemExit("--duration must be in (0, 60], --warmup in [0, 30], --rounds in [1, 5]")
+    if args.conns < 1:
+        raise SystemExit("--conns must be at least 1")
+    return args
+
+
 def free_port() -> int:
     """A port free on the loopback address now (the kernel's pick)."""
     with socket.socket() as s:

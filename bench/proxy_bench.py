@@ -67,6 +67,8 @@ from harness import (
     _get,
     _rss_kb,
     _rss_sampler,
+    load_args,
+    load_parser,
 )
 
 TARGET_RPS_RATIO = 0.75
@@ -320,20 +322,9 @@ def _print_profile(path: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 20 s)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (order alternates)")
-    parser.add_argument("--conns", type=int, default=50, help="connections, throughput run")
+    parser = load_parser(__doc__, "about 20 s", 50, "connections, throughput run")
     parser.add_argument("--latency-conns", type=int, default=10, help="connections, p99 run")
     parser.add_argument("--download-conns", type=int, default=8, help="connections, 5 MB run")
-    parser.add_argument(
-        "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="load generator"
-    )
     parser.add_argument(
         "--only",
         type=lambda text: [part for part in text.split(",") if part],
@@ -349,7 +340,6 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated plugins left on in the gateway; every other one is disabled "
         "(the cache too, unless listed: it would answer the repeated retrieve itself)",
     )
-    parser.add_argument("--asyncio", action="store_true", help="use asyncio even with uvloop")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
         "--cprofile",
@@ -361,11 +351,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
-    if not 0 < args.duration <= 60 or not 0 <= args.warmup <= 30 or not 1 <= args.rounds <= 5:
-        raise SystemExit("--duration must be in (0, 60], --warmup in [0, 30], --rounds in [1, 5]")
+    args = load_args(_parser(), argv)
     if min(args.conns, args.latency_conns, args.download_conns) < 1:
         raise SystemExit("connection counts must be at least 1")
     if not {"auth", "audit"} <= set(args.plugins):

@@ -529,20 +529,8 @@ def _summary(args: argparse.Namespace, runs: Runs) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 1 minute)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (order alternates)")
-    parser.add_argument("--conns", type=int, default=50, help="connections, throughput runs")
+    parser = hb.load_parser(__doc__, "about 1 minute", 50, "connections, throughput runs")
     parser.add_argument("--latency-conns", type=int, default=10, help="connections, p99 runs")
-    parser.add_argument(
-        "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="load generator"
-    )
-    parser.add_argument("--asyncio", action="store_true", help="use asyncio even with uvloop")
     parser.add_argument("--strict", action="store_true", help="exit 1 when an aim is missed")
     return parser
 
@@ -551,11 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [hb.CHILD_FLAG]:
         return _child_main(argv[1], json.loads(argv[2]))
-    args = _parser().parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
-    if not 0 < args.duration <= 60 or not 0 <= args.warmup <= 30 or not 1 <= args.rounds <= 5:
-        raise SystemExit("--duration must be in (0, 60], --warmup in [0, 30], --rounds in [1, 5]")
+    args = hb.load_args(_parser(), argv)
     return run(args)
 
 

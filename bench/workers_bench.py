@@ -310,28 +310,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (about 15 s)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (order alternates)")
-    parser.add_argument("--conns", type=int, default=64, help="connections")
-    parser.add_argument(
-        "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="load generator"
-    )
-    parser.add_argument("--asyncio", action="store_true", help="use asyncio even with uvloop")
+    parser = hb.load_parser(__doc__, "about 15 s", 64, "connections")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.quick:
-        args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
-    if not 0 < args.duration <= 60 or not 0 <= args.warmup <= 30 or not 1 <= args.rounds <= 5:
-        raise SystemExit("--duration must be in (0, 60], --warmup in [0, 30], --rounds in [1, 5]")
+    args = hb.load_args(_parser(), sys.argv[1:] if argv is None else argv)
     return run(args)
 
 
