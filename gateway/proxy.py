@@ -34,15 +34,12 @@ from gateway.routing import upstream_for
 from gateway.slots import PoolExhausted, TeamBusy, UpstreamSlots
 from gateway.upstream import Origin, UpstreamClient, UpstreamResponse
 
-__all__ = ["SKIP_AUTO_HEADERS", "Proxy", "failure_kind"]
+__all__ = ["Proxy", "failure_kind"]
 
 CHUNK = 64 * 1024
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: failures before any answer after which a GET or HEAD is tried once more, at once
 _RETRY_AT_ONCE = frozenset({"reset", "disconnected"})
-#: headers aiohttp would add to a request of its own: a relayed request carries only what
-#: the client sent (the upstream client adds none of them either)
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 #: an error answer read whole to see whether its code makes it retryable
 _DECIDE_BODY_CAP = 64 * 1024
 
