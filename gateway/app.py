@@ -56,7 +56,7 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     generations = app[GENERATIONS]
     config = generations.current.config
-    # the gateway's own pooled client (gateway/upstream.py): it never retries behind the
+    # the gateway's own pooled client (gateway/upstream/): it never retries behind the
     # proxy's back (the proxy tries a GET/HEAD once more itself, counted in the audit line)
     session = UpstreamClient(limit=config.upstream.max_connections)
     app[SESSION] = session

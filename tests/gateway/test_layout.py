@@ -18,6 +18,8 @@ GATEWAY = REPO / "gateway"
 #: the wings below the core; a module directly in gateway/ is core (the sandbox is the
 #: top-level package sandbox/, usable alone)
 WINGS = ("serve", "redaction", "stores", "webhooks", "console")
+#: packages of the core itself, split into modules (held to the core's rules)
+CORE_PACKAGES = ("upstream",)
 
 #: core modules that import the process shell, and why it cannot be otherwise (for now)
 CORE_IMPORTS_OF_SERVE = {
@@ -60,7 +62,9 @@ def modules(where: Path) -> list[Path]:
 
 
 def is_core(path: Path) -> bool:
-    return path.parent == GATEWAY
+    return path.parent == GATEWAY or (
+        path.parent.parent == GATEWAY and path.parent.name in CORE_PACKAGES
+    )
 
 
 def under(module: str, package: str) -> bool:
@@ -70,6 +74,16 @@ def under(module: str, package: str) -> bool:
 def test_the_wings_are_packages() -> None:
     for wing in WINGS:
         assert (GATEWAY / wing / "__init__.py").is_file(), wing
+
+
+def test_every_package_under_gateway_is_a_wing_or_part_of_the_core() -> None:
+    packages = {path.parent.name for path in GATEWAY.glob("*/__init__.py")}
+    assert packages == set(WINGS) | set(CORE_PACKAGES)
+
+
+def test_the_core_packages_count_as_core() -> None:
+    assert is_core(GATEWAY / "upstream" / "client.py")
+    assert not is_core(GATEWAY / "serve" / "server.py")
 
 
 def test_nothing_under_gateway_imports_plugins() -> None:

@@ -1,0 +1,343 @@
+"""One connection to one origin (an ``asyncio.Protocol``) and the answer read from it.
+
+The answer is parsed by aiohttp's own (C) response parser into aiohttp's ``StreamReader``;
+failures are raised as the aiohttp exceptions its session raised. A connection goes back to
+the pool only when its answer was read to the end, keep-alive holds, nothing was received
+after the answer and the request was sent whole; anything else closes it. Data arriving on
+an idle connection closes it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import (
+    ClientOSError,
+    ClientPayloadError,
+    ServerDisconnectedError,
+    SocketTimeoutError,
+)
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import HttpResponseParser, RawResponseMessage
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDictProxy
+
+from gateway.upstream.origin import Origin
+
+if TYPE_CHECKING:
+    from gateway.upstream.client import UpstreamClient
+
+__all__ = ["Connection", "UpstreamResponse"]
+
+#: aiohttp's read buffer (and the body reader's flow-control mark)
+_READ_LIMIT = 2**16
+_EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
+
+
+class UpstreamResponse:
+    """What the proxy reads of an answer (a subset of ``aiohttp.ClientResponse``)."""
+
+    __slots__ = ("_conn", "_released", "content", "headers", "reason", "status", "version")
+
+    def __init__(self, conn: Connection, message: RawResponseMessage, content: Any) -> None:
+        self._conn: Connection | None = conn
+        self._released = False
+        self.status: int = message.code
+        self.reason: str = message.reason
+        self.version = message.version
+        self.headers: CIMultiDictProxy[str] = message.headers
+        #: the body, an aiohttp ``StreamReader`` (``iter_any()``, ``read()``)
+        self.content: StreamReader = content
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return None if value is None else int(value)
+
+    async def read(self) -> bytes:
+        """The whole body (the connection goes back to the pool once it has ended)."""
+        try:
+            return await self.content.read()
+        except BaseException:
+            self.close()
+            raise
+
+    def release(self) -> None:
+        """Done with the answer: its connection is pooled if the answer was read to the
+        end and the connection is fit for another request, else closed."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.finish()
+
+    def close(self) -> None:
+        """Done with the answer, whatever is left of it: its connection is closed."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.should_close = True
+            conn.finish()
+
+
+class Connection(BaseProtocol):
+    """One connection to one origin, one request at a time."""
+
+    __slots__ = (
+        "_body_done",
+        "_continue",
+        "_exception",
+        "_head",
+        "_last_data",
+        "_message",
+        "_payload",
+        "_read_timeout",
+        "_timer",
+        "_writer",
+        "client",
+        "idle_since",
+        "origin",
+        "should_close",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: UpstreamClient, origin: Origin):
+        super().__init__(loop)
+        self.client = client
+        self.origin = origin
+        self.should_close = False
+        self.idle_since = 0.0
+        self._read_timeout: float | None = None
+        self._head: asyncio.Future[None] | None = None
+        self._continue: asyncio.Future[None] | None = None
+        self._message: RawResponseMessage | None = None
+        self._payload: Any = None
+        self._body_done = False
+        self._exception: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_data = 0.0
+        self._writer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------- the request
+
+    def begin(self, head_only: bool, read_timeout: float | None) -> None:
+        """Prepare for one request's answer (a new parser per request, as aiohttp)."""
+        self._read_timeout = read_timeout
+        self._message = None
+        self._payload = None
+        self._body_done = False
+        self._exception = None
+        self._head = self._loop.create_future()
+        self._parser = HttpResponseParser(
+            self,
+            self._loop,
+            _READ_LIMIT,
+            payload_exception=ClientPayloadError,
+            response_with_body=not head_only,
+            read_until_eof=True,
+            auto_decompress=False,
+        )
+
+    def start_timeout(self) -> None:
+        """The request has been sent: from now on, ``read_timeout`` between reads."""
+        if self._timer is None and self._read_timeout:
+            self._last_data = now = self._loop.time()
+            self._timer = self._loop.call_at(now + self._read_timeout, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        timeout = self._read_timeout
+        assert timeout is not None, "armed only with a read timeout"
+        due = self._last_data + timeout
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check_timeout)
+            return
+        self._timer = None
+        exc = SocketTimeoutError("Timeout on reading data from socket")
+        self._fail(exc)
+        payload = self._payload
+        if payload is not None and payload is not EMPTY_PAYLOAD:
+            payload.set_exception(exc)
+
+    def _drop_timeout(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, exc: BaseException, cause: BaseException | None = None) -> None:
+        self.should_close = True
+        self._drop_timeout()
+        if self._exception is None:
+            if cause is not None and cause is not exc:
+                exc.__cause__ = cause
+            self._exception = exc
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(self._exception)
+            head.exception()  # retrieved here: no "never retrieved" warning if unawaited
+        waiter = self._continue
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self._exception)
+            waiter.exception()
+
+    async def answer(self) -> tuple[RawResponseMessage, Any]:
+        """Wait for the answer's status and headers (1xx interim answers skipped)."""
+        head = self._head
+        assert head is not None
+        await head
+        assert self._message is not None
+        return self._message, self._payload
+
+    async def wait_continue(self) -> bool:
+        """After ``Expect: 100-continue``: True once an interim answer came, False when
+        the final answer came first (the body is then not sent)."""
+        if self._message is not None:
+            return False
+        self._continue = self._loop.create_future()
+        self.start_timeout()
+        head = self._head
+        assert head is not None
+        await asyncio.wait((self._continue, head), return_when=asyncio.FIRST_COMPLETED)
+        if self._exception is not None:
+            raise self._exception
+        self._drop_timeout()
+        return self._message is None
+
+    # ------------------------------------------------------------- asyncio
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None or self._body_done:
+            if data:  # bytes nobody asked for (on an idle connection, after the answer)
+                self.should_close = True
+                if self.transport is not None:
+                    self.transport.close()
+            return
+        if data and self._timer is not None:
+            self._last_data = self._loop.time()
+        try:
+            messages, upgraded, tail = parser.feed_data(data)
+        except BaseException as underlying:
+            if self.transport is not None:
+                self.transport.close()
+            if not isinstance(underlying, Exception):
+                raise
+            if isinstance(underlying, HttpProcessingError):
+                exc = HttpProcessingError(
+                    code=underlying.code, message=underlying.message, headers=underlying.headers
+                )
+            else:
+                exc = HttpProcessingError()
+            self._fail(exc, underlying)
+            payload = self._payload
+            if payload is not None and payload is not EMPTY_PAYLOAD:
+                payload.set_exception(ClientPayloadError("Response payload is not completed"))
+            return
+        if upgraded or tail:
+            self.should_close = True
+        for message, payload in messages:
+            code = message.code
+            if 100 <= code < 200 and code != 101:  # interim: what aiohttp skips too
+                waiter = self._continue
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                continue
+            if self._message is not None:  # a second answer to one request
+                self.should_close = True
+                continue
+            if message.should_close or code == 101:
+                self.should_close = True
+            if code in _EMPTY_BODY_STATUS:
+                payload = EMPTY_PAYLOAD
+            self._message = message
+            self._payload = payload
+            if payload is EMPTY_PAYLOAD:
+                self._body_end()
+            else:
+                payload.on_eof(self._body_end)
+            head = self._head
+            if head is not None and not head.done():
+                head.set_result(None)
+
+    def _body_end(self) -> None:
+        self._body_done = True
+        self._drop_timeout()
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self._drop_timeout()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        was_paused = self._reading_paused
+        super().resume_reading(resume_parser)
+        if was_paused and self.transport is not None and not self._body_done:
+            self.start_timeout()
+
+    def eof_received(self) -> bool | None:
+        self._drop_timeout()
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._drop_timeout()
+        self.should_close = True
+        self.client._lost(self)
+        uncompleted = None
+        parser = self._parser
+        if parser is not None:
+            try:
+                uncompleted = parser.feed_eof()
+            except Exception as underlying:
+                payload = self._payload
+                if payload is not None and payload is not EMPTY_PAYLOAD:
+                    text = f"Response payload is not completed: {underlying!r}"
+                    if exc is not None:
+                        text = f"{text}. {exc!r}"
+                    payload.set_exception(ClientPayloadError(text), underlying)
+        head = self._head
+        if head is not None and not head.done():
+            if exc is None:
+                self._fail(ServerDisconnectedError(uncompleted))
+            elif isinstance(exc, OSError):
+                self._fail(ClientOSError(*exc.args), exc)
+            else:
+                self._fail(exc)
+        elif self._exception is None and exc is not None:
+            self._exception = exc
+        self._parser = None
+        super().connection_lost(exc)
+
+    # ------------------------------------------------------------- the end
+
+    def finish(self) -> None:
+        """The response is done with: pool the connection or close it."""
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            if not writer.done():
+                writer.cancel()  # the answer ended before the body was sent: never reused
+                self.should_close = True
+        self._drop_timeout()
+        parser = self._parser
+        self._parser = None
+        self._head = self._continue = None
+        self._payload = None
+        reusable = (
+            not self.should_close
+            and self._body_done
+            and self._exception is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and not self._reading_paused
+        )
+        if reusable and parser is not None:
+            try:  # a next answer begun after this one's end: the connection is not clean
+                reusable = parser.feed_eof() is None
+            except Exception:
+                reusable = False
+        self._message = None
+        if reusable:
+            self.client._pool(self)
+        else:
+            self.should_close = True
+            if self.transport is not None:
+                self.transport.close()
+            self.client._gone(self)
