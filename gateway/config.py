@@ -200,7 +200,7 @@ class UpstreamConfig(Settings):
         80.0,
         gt=0,
         description="longest wait for any read from Stripe (headers or a body chunk), like "
-        "the SDKs' 80 s",
+        "the SDKs' 80 s, and for Stripe to take more of a streamed request body",
     )
     max_connections: int = Field(
         100, ge=0, description="pooled connections to all upstreams together (0 = unlimited)"

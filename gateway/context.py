@@ -123,7 +123,7 @@ class RequestContext:
     outcome: str | None = None
     #: what went wrong with each failed upstream attempt, retried ones included, in order:
     #: ``connect``, ``dns``, ``tls``, ``reset``, ``disconnected``, ``connect_timeout``,
-    #: ``read_timeout``, ``broken_body``, ``timeout_mid_body``, ``other``
+    #: ``read_timeout``, ``write_timeout``, ``broken_body``, ``timeout_mid_body``, ``other``
     upstream_failures: tuple[str, ...] = ()
     #: set by a plugin (in gateway_request) to get a copy of the response body, up to this
     #: many bytes, in ``response_body`` when the request is finished; 0: no copy

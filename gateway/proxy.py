@@ -32,7 +32,7 @@ from gateway.host import PluginFailure, PluginHost
 from gateway.retry import RetryPolicy, answer_is_retryable, needs_body_to_decide
 from gateway.routing import upstream_for
 from gateway.slots import PoolExhausted, TeamBusy, UpstreamSlots
-from gateway.upstream import Origin, UpstreamClient, UpstreamResponse
+from gateway.upstream import Origin, UpstreamClient, UpstreamResponse, WriteTimeoutError
 
 __all__ = ["Proxy", "failure_kind"]
 
@@ -85,6 +85,8 @@ def failure_kind(exc: BaseException) -> str:
     """A short, bounded name for why an upstream attempt failed (for metrics)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "connect_timeout"
+    if isinstance(exc, WriteTimeoutError):  # Stripe took none of the request body
+        return "write_timeout"
     if isinstance(exc, TimeoutError):  # aiohttp's other timeouts are TimeoutErrors too
         return "read_timeout"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):

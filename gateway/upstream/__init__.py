@@ -14,8 +14,9 @@ else closes it. Data arriving on an idle connection closes it too.
 
 The modules, in the order a request meets them: ``client`` (the pool, addresses,
 connecting, the tracers), ``request`` (the head and body as written), ``connection`` (the
-protocol: the answer's parse, the read timer, pooling or closing) and ``origin`` (an
-upstream's scheme, host and port).
+protocol: the answer's parse, the read timer, pooling or closing), ``progress`` (how
+much of a request the upstream took, for the time limits) and ``origin`` (an upstream's
+scheme, host and port).
 """
 
 from __future__ import annotations
@@ -26,5 +27,6 @@ from gateway.upstream.client import KEEPALIVE_TIMEOUT as KEEPALIVE_TIMEOUT
 from gateway.upstream.client import AttemptTracer, UpstreamClient
 from gateway.upstream.connection import UpstreamResponse
 from gateway.upstream.origin import Origin
+from gateway.upstream.progress import WriteTimeoutError
 
-__all__ = ["AttemptTracer", "Origin", "UpstreamClient", "UpstreamResponse"]
+__all__ = ["AttemptTracer", "Origin", "UpstreamClient", "UpstreamResponse", "WriteTimeoutError"]

@@ -25,6 +25,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
 from gateway.upstream.origin import Origin
+from gateway.upstream.progress import WriteTimeoutError, unsent
 
 if TYPE_CHECKING:
     from gateway.upstream.client import UpstreamClient
@@ -34,6 +35,8 @@ __all__ = ["Connection", "UpstreamResponse"]
 #: aiohttp's read buffer (and the body reader's flow-control mark)
 _READ_LIMIT = 2**16
 _EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
+#: how often, as a share of the limit, a stalled body's write buffer is looked at
+_STALL_CHECKS = 4
 
 
 class UpstreamResponse:
@@ -94,6 +97,7 @@ class Connection(BaseProtocol):
         "_payload",
         "_read_timeout",
         "_timer",
+        "_unsent",
         "_writer",
         "client",
         "idle_since",
@@ -116,6 +120,8 @@ class Connection(BaseProtocol):
         self._exception: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
+        #: bytes of the request not yet taken by the upstream, when last looked at
+        self._unsent = 0
         self._writer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------- the request
@@ -139,16 +145,30 @@ class Connection(BaseProtocol):
         )
 
     def start_timeout(self) -> None:
-        """The request has been sent: from now on, ``read_timeout`` between reads."""
+        """The request has been sent: from now on, ``read_timeout`` between reads.
+
+        "Sent" is handed to the kernel: the tail of a large body may still be in the
+        socket's buffers, and an upstream still reading it slowly is making progress, so
+        the timer, when due, also looks at how much is unsent (:func:`unsent`) and counts a
+        smaller amount as progress (the answer may then come up to twice the limit after
+        the last progress; nothing is looked at before the timer is due)."""
         if self._timer is None and self._read_timeout:
             self._last_data = now = self._loop.time()
+            self._unsent = unsent(self.transport)
             self._timer = self._loop.call_at(now + self._read_timeout, self._check_timeout)
 
     def _check_timeout(self) -> None:
         timeout = self._read_timeout
         assert timeout is not None, "armed only with a read timeout"
         due = self._last_data + timeout
-        if self._loop.time() < due:
+        now = self._loop.time()
+        if now >= due and self._unsent:
+            left = unsent(self.transport)
+            if left < self._unsent:  # the upstream is still taking the request
+                self._unsent = left
+                self._last_data = now
+                due = now + timeout
+        if now < due:
             self._timer = self._loop.call_at(due, self._check_timeout)
             return
         self._timer = None
@@ -201,6 +221,52 @@ class Connection(BaseProtocol):
             raise self._exception
         self._drop_timeout()
         return self._message is None
+
+    async def drain(self) -> None:
+        """Wait until the transport wants more of the request body, failing with
+        :class:`WriteTimeoutError` after ``read_timeout`` seconds in which the upstream took
+        nothing of it.
+
+        The limit is on no progress, not on the whole body: an upstream (or a proxy in
+        between) that stopped reading would otherwise pin the request and the connection
+        for ever, while one that reads slowly but steadily must be let finish, like the read
+        timer that bounds each wait for the answer's bytes rather than the download.
+        Progress is fewer bytes unsent (:func:`unsent`: the transport's buffer and, on
+        Linux, the socket's send queue, which shrinks as the peer acknowledges what it
+        read) or the transport resuming writing. That is looked at every
+        ``read_timeout / 4`` seconds (a wait per drain, not per chunk), so the limit fires
+        between ``read_timeout`` and 1.25 x ``read_timeout`` after the last progress.
+        Without the send queue (other systems) progress is seen when the kernel takes
+        more from the transport's buffer: coarser, but progress all the same.
+        """
+        timeout = self._read_timeout
+        transport = self.transport
+        if not timeout or transport is None:
+            await self._drain_helper()
+            return
+        if not self._paused:
+            return
+        waiter = self._drain_waiter
+        if waiter is None:
+            waiter = self._drain_waiter = self._loop.create_future()
+        size = unsent(transport)
+        progress = self._loop.time()
+        while not waiter.done():
+            # asyncio.wait leaves the waiter alone when it times out (or this task is
+            # cancelled): it is the protocol's, resolved by resume_writing/connection_lost
+            await asyncio.wait((waiter,), timeout=timeout / _STALL_CHECKS)
+            if waiter.done():
+                break
+            now = self._loop.time()
+            current = unsent(self.transport)
+            if current < size:
+                progress = now
+            elif now - progress >= timeout:
+                raise WriteTimeoutError(
+                    f"Timeout on writing the request body: nothing sent for {timeout:g} s"
+                )
+            size = current
+        await waiter
 
     # ------------------------------------------------------------- asyncio
 
@@ -338,6 +404,15 @@ class Connection(BaseProtocol):
             self.client._pool(self)
         else:
             self.should_close = True
-            if self.transport is not None:
-                self.transport.close()
+            self.close_now()
             self.client._gone(self)
+
+    def close_now(self) -> None:
+        """Close the connection; aborted when some of the request is still unsent (a
+        graceful close would wait for a peer that may never read it)."""
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()

@@ -76,7 +76,10 @@ async def send_stream(
     expect: bool,
 ) -> None:
     """Write a streamed body (chunked when its length is unknown), with flow control;
-    a failure of the body's source fails the request, as in aiohttp."""
+    a failure of the body's source fails the request, as in aiohttp. An upstream that
+    takes none of the body for ``read_timeout`` seconds fails it with
+    :class:`~gateway.upstream.progress.WriteTimeoutError` (see
+    :meth:`~gateway.upstream.connection.Connection.drain`) and the connection is aborted."""
     try:
         if expect and not await conn.wait_continue():
             conn.should_close = True
@@ -98,7 +101,7 @@ async def send_stream(
             else:
                 transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
             if conn._paused:
-                await conn._drain_helper()
+                await conn.drain()
         if left is None and conn.transport is not None:
             conn.transport.write(b"0\r\n\r\n")
         conn.start_timeout()
@@ -109,8 +112,7 @@ async def send_stream(
         if underlying.errno is not None or not isinstance(underlying, TimeoutError):
             exc = ClientOSError(underlying.errno, "Can not write request body")
         conn._fail(exc, underlying)
-        if conn.transport is not None:
-            conn.transport.close()
+        conn.close_now()
     except Exception as underlying:
         conn._fail(
             ClientConnectionError(
@@ -118,8 +120,7 @@ async def send_stream(
             ),
             underlying,
         )
-        if conn.transport is not None:
-            conn.transport.close()
+        conn.close_now()
 
 
 def headers_as_sent(headers: CIMultiDict[str]) -> CIMultiDict[str]:
