@@ -120,8 +120,8 @@ class Connection(BaseProtocol):
         self._exception: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
-        #: bytes of the request not yet taken by the upstream, when last looked at
-        self._unsent = 0
+        #: bytes of the request not yet taken by the upstream, when last looked at (-1: not)
+        self._unsent = -1
         self._writer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------- the request
@@ -149,12 +149,13 @@ class Connection(BaseProtocol):
 
         "Sent" is handed to the kernel: the tail of a large body may still be in the
         socket's buffers, and an upstream still reading it slowly is making progress, so
-        the timer, when due, also looks at how much is unsent (:func:`unsent`) and counts a
-        smaller amount as progress (the answer may then come up to twice the limit after
-        the last progress; nothing is looked at before the timer is due)."""
+        the timer, when due, also looks at how much is unsent (:func:`unsent`): some unsent
+        the first time, or less than the time before, counts as progress. Nothing is
+        looked at before the timer is due (no system call per request), so an upstream
+        that stopped reading the tail is cut off up to twice the limit after it stopped."""
         if self._timer is None and self._read_timeout:
             self._last_data = now = self._loop.time()
-            self._unsent = unsent(self.transport)
+            self._unsent = -1  # not looked at yet
             self._timer = self._loop.call_at(now + self._read_timeout, self._check_timeout)
 
     def _check_timeout(self) -> None:
@@ -162,9 +163,9 @@ class Connection(BaseProtocol):
         assert timeout is not None, "armed only with a read timeout"
         due = self._last_data + timeout
         now = self._loop.time()
-        if now >= due and self._unsent:
+        if now >= due:
             left = unsent(self.transport)
-            if left < self._unsent:  # the upstream is still taking the request
+            if left and (self._unsent < 0 or left < self._unsent):  # still taking the request
                 self._unsent = left
                 self._last_data = now
                 due = now + timeout

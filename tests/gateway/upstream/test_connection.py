@@ -177,6 +177,31 @@ def test_a_stalled_upload_fails_after_the_limit_and_its_connection_is_closed(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("size", [48 * 1024, 512 * 1024, 3 * MB])
+def test_a_body_whose_tail_is_never_read_times_out_whatever_its_size(
+    paced: PacedUpstream, size: int
+) -> None:
+    # small bodies fit the buffers whole (then the read timer, which sees nothing taken,
+    # fires); larger ones stall in the drain: a timeout either way, and never pooled
+    limit = 0.5
+    origin = Origin(paced.start())
+
+    async def main() -> None:
+        client = UpstreamClient(limit=10)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await client.request(
+                "POST", origin, "/v1/stall", _headers(size), _body(size), read_timeout=limit
+            )
+        assert limit <= time.monotonic() - started < 2 * limit + 15
+        async with asyncio.timeout(15):
+            while client._open:
+                await asyncio.sleep(0.01)
+        await client.close()
+
+    asyncio.run(main())
+
+
 def test_without_a_read_timeout_the_drain_waits_as_before(paced: PacedUpstream) -> None:
     # no limit configured in the client's call: the request waits (the proxy always
     # passes read_timeout, which must be > 0)
