@@ -270,9 +270,19 @@ class PostBench(hb.Bench):
         self.wrk_script.write_text(_lua_post(body))
 
     def load(
-        self, url: str, conns: int, seconds: float, *, timeout_s: float = 10.0
+        self,
+        url: str,
+        conns: int,
+        seconds: float,
+        *,
+        timeout_s: float = 10.0,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {hb.GATEWAY_KEY}", "Content-Type": FORM}
+        headers = {
+            "Authorization": f"Bearer {hb.GATEWAY_KEY}",
+            "Content-Type": FORM,
+            **(headers or {}),
+        }
         if self.wrk is not None:
             return self._wrk(url, conns, seconds, headers, timeout_s)
         return self._python_load(url, conns, seconds, headers, method="POST", body=self.body)

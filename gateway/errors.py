@@ -13,12 +13,15 @@ APIError) and read ``error.type``, ``error.code`` and ``error.message`` from the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal
 
 import orjson
 from aiohttp import web
 
 __all__ = [
+    "CLOSE",
     "ConfigError",
     "GatewayError",
     "StripeErrorResponse",
@@ -27,6 +30,9 @@ __all__ = [
 ]
 
 ErrorType = Literal["api_error", "invalid_request_error", "idempotency_error"]
+
+#: the headers of an error after which the connection cannot be trusted (faulty framing)
+CLOSE: Mapping[str, str] = MappingProxyType({"Connection": "close"})
 
 
 class GatewayError(Exception):
@@ -95,13 +101,19 @@ def error_response(
     should_retry: bool | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """A complete Stripe-shaped error response carrying the gateway's request id."""
+    """A complete Stripe-shaped error response carrying the gateway's request id.
+
+    With ``Connection: close`` among ``headers`` the connection is closed once it is sent
+    (aiohttp would otherwise keep a kept-alive one open whatever the header says).
+    """
     response = web.Response(
         status=status,
         body=error_body(message, type=type, code=code),
         content_type="application/json",
         headers=headers,
     )
+    if headers and headers.get("Connection", "").lower() == "close":
+        response.force_close()
     response.headers["Request-Id"] = request_id
     if should_retry is not None:
         response.headers["Stripe-Should-Retry"] = "true" if should_retry else "false"

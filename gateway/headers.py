@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from aiohttp import HttpVersion, HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["HOP_BY_HOP", "SINGLE", "header_problem", "relay_headers", "strip_hop_by_hop"]
+__all__ = [
+    "HOP_BY_HOP",
+    "SINGLE",
+    "framing_problem",
+    "header_problem",
+    "relay_headers",
+    "strip_hop_by_hop",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -54,7 +62,41 @@ def _connection_tokens(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set
     return tokens
 
 
-def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
+def framing_problem(
+    version: HttpVersion, headers: CIMultiDictProxy[str] | CIMultiDict[str]
+) -> str | None:
+    """Why a request's body framing is faulty (RFC 9112 §6), or None when it is sound.
+
+    - an HTTP/1.0 request carries ``Transfer-Encoding`` (§6.1: HTTP/1.0 has no transfer
+      codings, so a message with one "MUST" be treated as faulty framing, even with a
+      ``Content-Length``: an HTTP/1.0 hop behind or in front of the gateway may frame it
+      by ``Content-Length`` or by the connection's end where aiohttp reads chunks, the
+      request smuggling shape);
+    - ``Transfer-Encoding`` is anything but one ``chunked`` (``gzip, chunked`` would reach
+      Stripe still gzip-coded), or comes with a ``Content-Length`` (the request smuggling
+      shape; aiohttp's parser refuses it too).
+
+    The answer to such a request closes the connection: whatever follows it on the same
+    connection cannot be told apart from its body.
+    """
+    if "Transfer-Encoding" not in headers:
+        return None
+    if version < HttpVersion11:
+        return (
+            "HTTP/1.0 requests may not carry a Transfer-Encoding header: send the body "
+            "with a Content-Length, or use HTTP/1.1."
+        )
+    codings = headers.getall("Transfer-Encoding")
+    if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+        return "The only Transfer-Encoding the gateway accepts is 'chunked', alone."
+    if "Content-Length" in headers:
+        return "A request may not carry both Transfer-Encoding and Content-Length."
+    return None
+
+
+def header_problem(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], version: HttpVersion = HttpVersion11
+) -> str | None:
     """Why a request's headers cannot be forwarded as they are, or None when they can.
 
     - a header of :data:`SINGLE` or a ``Stripe-*`` header appears more than once;
@@ -65,9 +107,8 @@ def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | N
       in ``Connection`` are dropped on the way, as RFC 9110 asks;
     - ``Stripe-Account``, ``Stripe-Context``, ``Stripe-Version`` or ``Idempotency-Key`` is
       not printable ASCII;
-    - ``Transfer-Encoding`` is anything but one ``chunked`` (``gzip, chunked`` would reach
-      Stripe still gzip-coded), or comes with a ``Content-Length`` (the request smuggling
-      shape; aiohttp's parser refuses it too).
+    - the body's framing is faulty (:func:`framing_problem`, for the request's HTTP
+      ``version``).
     """
     if len(headers) != (len(headers.keys()) if _KEYS_FOLD else _distinct(headers)):
         seen: set[str] = set()  # a name repeats (len counts every value): which one?
@@ -84,11 +125,9 @@ def header_problem(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | N
                     "carries: the gateway does not drop end-to-end headers."
                 )
     if "Transfer-Encoding" in headers:
-        codings = headers.getall("Transfer-Encoding")
-        if len(codings) != 1 or codings[0].strip().lower() != "chunked":
-            return "The only Transfer-Encoding the gateway accepts is 'chunked', alone."
-        if "Content-Length" in headers:
-            return "A request may not carry both Transfer-Encoding and Content-Length."
+        problem = framing_problem(version, headers)
+        if problem is not None:
+            return problem
     for key in _ASCII_VALUED:
         text = headers.get(key)
         if text is not None and not (text.isascii() and text.isprintable()):

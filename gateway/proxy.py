@@ -25,7 +25,7 @@ from yarl import URL
 
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext, new_request_id
-from gateway.errors import StripeErrorResponse, error_response
+from gateway.errors import CLOSE, StripeErrorResponse, error_response
 from gateway.expect import close_if_uninvited, send_continue
 from gateway.headers import header_problem, relay_headers, strip_hop_by_hop
 from gateway.host import PluginFailure, PluginHost
@@ -410,9 +410,17 @@ class Proxy:
 
     def _check(self, request: web.Request) -> None:
         """Refuse, before any hook runs, what must never go upstream."""
-        problem = header_problem(request.headers)
+        problem = header_problem(request.headers, request.version)
         if problem is not None:
-            raise StripeErrorResponse(400, problem, code="invalid_header", should_retry=False)
+            raise StripeErrorResponse(
+                400,
+                problem,
+                code="invalid_header",
+                should_retry=False,
+                # RFC 9112 §6.1 and §6.3: after a request with a Transfer-Encoding is
+                # refused, where its body ends (and the next request starts) is in doubt
+                headers=dict(CLOSE) if "Transfer-Encoding" in request.headers else None,
+            )
         if _unsafe_path(request.raw_path):
             raise StripeErrorResponse(
                 400,

@@ -25,7 +25,8 @@ from aiohttp.web_urldispatcher import (
 from yarl import URL
 
 from gateway.context import milliseconds, new_request_id
-from gateway.errors import StripeErrorResponse, error_response
+from gateway.errors import CLOSE, StripeErrorResponse, error_response
+from gateway.headers import framing_problem
 from gateway.keys import GENERATIONS, PUBLIC_AUDIT, REQUEST_ID
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def _wrap(handler: Handler, log: Any) -> Handler:
         request[PUBLIC_AUDIT] = fields
         started = time.monotonic()
         try:
+            if "Transfer-Encoding" in request.headers:
+                _check_framing(request)
             response = await handler(request)
         except StripeErrorResponse as exc:
             response = exc.to_response(request_id)
@@ -99,6 +102,15 @@ def _wrap(handler: Handler, log: Any) -> Handler:
         return response
 
     return public
+
+
+def _check_framing(request: web.Request) -> None:
+    """Refuse a request whose body framing is faulty (an HTTP/1.0 one with a
+    Transfer-Encoding: RFC 9112 §6.1), and close its connection, before the handler reads
+    the body."""
+    problem = framing_problem(request.version, request.headers)
+    if problem is not None:
+        raise StripeErrorResponse(400, problem, code="invalid_header", headers=dict(CLOSE))
 
 
 async def _method_not_allowed(request: web.Request) -> web.StreamResponse:

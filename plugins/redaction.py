@@ -53,7 +53,7 @@ class RedactionSettings(Settings):
     Stripe-Signature headers; card data, bank and identity numbers, secrets and tokens,
     Forwarding request bodies and header values, wallet addresses, personal data; Stripe
     keys, webhook secrets, client secrets, Basic credentials and Luhn-valid card numbers
-    anywhere in any text."""
+    anywhere in any text, and e-mail addresses too while personal_data is on."""
 
     fields: list[str] = Field(
         default_factory=list,

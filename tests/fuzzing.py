@@ -31,7 +31,8 @@ The invariants (:meth:`FuzzStack.check`), numbered as in the test module:
    an error status with a ``Request-Id`` header and a Stripe-shaped JSON body
    ``{"error": {"type": str, "message": str}}``.
 7. The body and its ``Content-Encoding`` reach Stripe as the client sent them; a request
-   whose ``Transfer-Encoding`` is anything but a lone ``chunked`` never reaches Stripe.
+   whose ``Transfer-Encoding`` is anything but a lone ``chunked``, or an HTTP/1.0 request
+   with any ``Transfer-Encoding`` (RFC 9112 §6.1), never reaches Stripe.
 """
 
 from __future__ import annotations
@@ -374,7 +375,8 @@ def raw_requests(draw: st.DrawFn) -> FuzzRequest:
     else:
         target = b"*"
         method = draw(st.sampled_from([b"OPTIONS", b"OPTIONS", method]))
-    version = b"HTTP/1.1"
+    # (a plausible HTTP/1.0 request is forwarded, unless it is chunked: invariant 7)
+    version = draw(st.sampled_from([b"HTTP/1.1"] * 7 + [b"HTTP/1.0"]))
     if not plausible:
         version = draw(st.sampled_from([b"HTTP/1.1"] * 16 + [b"HTTP/1.0", b"HTTP/2.0"]))
 
@@ -782,6 +784,8 @@ class FuzzStack:
             te = request.header("Transfer-Encoding")
             if te and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
                 fail(7, f"a request with Transfer-Encoding {te} went upstream")
+            if te and request.version == b"HTTP/1.0":
+                fail(7, f"an HTTP/1.0 request with Transfer-Encoding {te} went upstream")
             sent_ce = [v.decode("latin-1").strip() for v in request.header("Content-Encoding")]
             if [v.strip() for v in rec.headers.getall("Content-Encoding", [])] != sent_ce:
                 fail(

@@ -5,7 +5,10 @@ only when at least twelve characters follow the prefix), card numbers their last
 (``…4242``), anything else the marker ``[redacted]`` or, with a key,
 ``[hmac:<16 hex>]`` (HMAC-SHA256 of the value, truncated), so equal values can still be
 correlated. :meth:`Masks.values` finds secret values in any text (see
-:mod:`gateway.redaction.sensitive`) and masks them in place.
+:mod:`gateway.redaction.sensitive`) and masks them in place; e-mail addresses, with
+personal data on, get the same marker as an ``email`` field's value (the keyed hash of
+the address as written, ``%40`` read as ``@``), so an address in a path or a message can
+still be matched with the same address in a field.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from gateway.redaction.sensitive import (
     DIGITS,
     KEY,
     KEYS,
+    address_spans,
     card_digits,
     may_hold_card,
 )
@@ -66,10 +70,16 @@ class Masks:
     """The masks of one redactor: the marker or a keyed hash, and extra value patterns."""
 
     def __init__(
-        self, *, hmac_key: bytes | None = None, patterns: Iterable[re.Pattern[str]] = ()
+        self,
+        *,
+        hmac_key: bytes | None = None,
+        patterns: Iterable[re.Pattern[str]] = (),
+        emails: bool = True,
     ) -> None:
         self.hmac_key = hmac_key
         self.patterns = tuple(patterns)
+        #: whether e-mail addresses in text are masked (the ``personal_data`` category)
+        self.emails = emails
 
     def marker(self, text: str) -> str:
         """The mask of a value that shows nothing of itself."""
@@ -99,7 +109,22 @@ class Masks:
                 s = CLIENT_SECRET.sub(self._client_secret, s)
         if len(s) >= 13 and may_hold_card(s):
             s = DIGITS.sub(self._digits, s)
+        if self.emails and ("@" in s or "%40" in s):
+            s = self.addresses(s)
         return self.configured(s)
+
+    def addresses(self, s: str) -> str:
+        """``s`` with every e-mail address in it masked (:func:`address_spans`)."""
+        spans = address_spans(s)
+        if not spans:
+            return s
+        pieces: list[str] = []
+        done = 0
+        for start, end in spans:
+            pieces += (s[done:start], self.marker(s[start:end].replace("%40", "@")))
+            done = end
+        pieces.append(s[done:])
+        return "".join(pieces)
 
     def configured(self, s: str) -> str:
         """``s`` with every match of the configured patterns masked."""

@@ -44,7 +44,14 @@ from gateway.redaction.masks import MARKER, Masks, kept, unparsed
 from gateway.redaction.params import MAX_DEPTH as FORM_MAX_DEPTH
 from gateway.redaction.params import LoggedParams, NameConflict, nest_lists, put, split_name
 from gateway.redaction.params import decode_component as form_component
-from gateway.redaction.sensitive import CATEGORIES, KEYS, FieldTable, may_hold_card, normalize
+from gateway.redaction.sensitive import (
+    CATEGORIES,
+    KEYS,
+    FieldTable,
+    may_hold_address,
+    may_hold_card,
+    normalize,
+)
 
 __all__ = ["MARKER", "RedactingProcessor", "Redactor", "unparsed"]
 
@@ -93,8 +100,12 @@ class Redactor:
         max_chars: int = 1 << 20,
         max_depth: int = 32,
     ) -> None:
+        categories = tuple(categories)
         self.table = FieldTable(categories, fields=fields, headers=headers)
-        self.masks = Masks(hmac_key=hmac_key, patterns=patterns)
+        # addresses in any text are personal data, as the value of an ``email`` field is
+        self.masks = Masks(
+            hmac_key=hmac_key, patterns=patterns, emails="personal_data" in categories
+        )
         self.patterns = self.masks.patterns
         self.hmac_key = hmac_key
         self.max_chars = max_chars
@@ -617,7 +628,7 @@ class Redactor:
         lower = s.lower()
         scan_all = bool(self.patterns) or any(
             marker in lower
-            for marker in ("_test_", "_live_", "whsec_", "_secret_", "basic", "bearer")
+            for marker in ("_test_", "_live_", "whsec_", "_secret_", "basic", "bearer", "@")
         )
         quick_mask = self.hmac_key is None
         plain = _PLAIN_VALUE.fullmatch
@@ -752,8 +763,9 @@ def _all_placeholders(event_dict: EventDict) -> EventDict:
 def _plain(s: str) -> bool:
     """Whether no step of :meth:`Redactor._text` could act on ``s``: no form or assignment
     (``=``, ``:``, ``,``), no key or client secret, no run of digits long enough for a card
-    number, no Basic or Bearer credential, no JSON or multipart start. A few substring
-    checks (C loops), cheaper than the steps' own; most values in a log line pass."""
+    number, no e-mail address, no Basic or Bearer credential, no JSON or multipart start.
+    A few substring checks (C loops), cheaper than the steps' own; most values in a log
+    line pass."""
     if "=" in s or ":" in s or "," in s or not s or s[0] in _STRUCTURED_START:
         return not s
     return _nothing_to_find(s)
@@ -761,10 +773,13 @@ def _plain(s: str) -> bool:
 
 def _nothing_to_find(s: str) -> bool:
     """:func:`_plain`'s checks that hold for strings joined with NULs as for each of them
-    (no key, client secret, card number or credential spans a NUL)."""
+    (no key, client secret, card number, e-mail address or credential spans a NUL). The
+    address check runs only on text with ``@`` or ``%40`` in it, and is linear."""
     if "_" in s and ("_test_" in s or "_live_" in s or "whsec_" in s or "_secret_" in s):
         return False
     if len(s) >= 13 and may_hold_card(s):
+        return False
+    if ("@" in s or "%40" in s) and may_hold_address(s):
         return False
     lower = s.lower()
     return "basic" not in lower and "bearer" not in lower

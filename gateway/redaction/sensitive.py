@@ -8,9 +8,9 @@ a few fields (``number`` below ``card``, not an invoice ``number``); numeric lis
 everything below it.
 
 Values are found in any text whatever the field: Stripe secret, restricted and ephemeral
-keys, webhook secrets, gateway keys, client secrets, Basic and Bearer credentials, and card
+keys, webhook secrets, gateway keys, client secrets, Basic and Bearer credentials, card
 numbers (13 to 19 digits, spaces, dashes or ``+`` between them, Luhn-valid, also inside
-longer digit runs).
+longer digit runs), and e-mail addresses (:func:`address_spans`, personal data).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ __all__ = [
     "KEY",
     "KEYS",
     "FieldTable",
+    "address_spans",
     "card_digits",
+    "may_hold_address",
     "may_hold_card",
     "normalize",
 ]
@@ -265,6 +267,63 @@ _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 _GROUP = re.compile(r"[0-9]+")
 _TRIM = 3  # digits next to a card number that do not hide it
 _MAX_GROUPS = 256
+
+
+#: what separates an address's local part from its domain: ``@``, or ``%40`` (URL-encoded)
+_AT = re.compile(r"@|%40")
+#: an address's local part, read backwards from its ``@``: word characters (any script),
+#: ``.``, ``+`` (plus-addressing), ``-``, ``'`` and ``%`` (URL escapes); ``/``, ``:``,
+#: ``=``, ``&``, ``?``, quotes and white space end it, so a path, ``email:'...'`` or a
+#: query's ``name=`` before it stays as written
+_LOCAL_BACKWARDS = re.compile(r"[\w.+%'-]*")
+#: an address's domain: dot-separated labels of word characters (any script) and ``-``, at
+#: least two, the last (the top-level domain) starting with a letter, so ``1.2.3`` is not
+#: one; ``a@b.com.`` leaves the last dot out, ``a@b.com1`` takes the ``1`` in
+_DOMAIN = re.compile(r"(?:[\w-]+\.)+[^\W\d_][\w-]*")
+
+
+def address_spans(s: str) -> list[tuple[int, int]]:
+    """Where e-mail addresses are in ``s``: ``(start, end)`` of each ``local@domain``, in
+    order, not overlapping.
+
+    An address is a local part (see ``_LOCAL_BACKWARDS``; its leading ``'`` are not part
+    of it) right before an ``@`` or ``%40``, and a domain with a dot whose last label
+    starts with a letter (``_DOMAIN``) right after it. Not addresses: ``user@`` or
+    ``user@localhost`` (no dot), ``@example.com`` (no local part), ``pkg@1.2.3`` (a
+    version, not a domain), anything without ``@`` or ``%40`` (Stripe ids, URLs without
+    user info). Upper case, plus-addressing, percent-escapes in the local part and
+    non-ASCII letters (IDN) are addresses; so is ``pass@host.example`` in a URL's user
+    info. Not looked for: an ``@`` escaped any other way (``%2540``, ``&#64;``, ``(at)``),
+    or a domain's dots escaped (``%2E``).
+
+    Linear in ``len(s)`` by construction, whatever the input: each ``@`` is found once;
+    the local part is read backwards from it, only as far as the previous ``@`` (or the
+    end of the previous address), and the domain forwards, stopping at the next ``@`` or
+    ``%`` (not label characters), so no character is read by more than one local part or
+    domain; the domain's pattern backtracks at most over its own labels.
+    """
+    spans: list[tuple[int, int]] = []
+    floor = 0  # where the previous separator, or address, ended
+    for at in _AT.finditer(s):
+        sep, after = at.span()
+        if sep < floor:  # "%40" inside an address already found
+            continue
+        domain = _DOMAIN.match(s, after)
+        if domain is not None:
+            run = _LOCAL_BACKWARDS.match(s[floor:sep][::-1])
+            local = run[0].rstrip("'") if run is not None else ""  # (reversed: leading ')
+            if local:
+                spans.append((sep - len(local), domain.end()))
+                floor = domain.end()
+                continue
+        floor = after
+    return spans
+
+
+def may_hold_address(s: str) -> bool:
+    """Whether ``s`` holds an e-mail address (:func:`address_spans`); two substring checks
+    (C loops) first, so text without ``@`` or ``%40`` costs next to nothing."""
+    return ("@" in s or "%40" in s) and bool(address_spans(s))
 
 
 def card_digits(run: str) -> str | None:

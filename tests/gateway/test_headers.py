@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import HttpVersion10, HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.headers import header_problem, relay_headers
+from gateway.headers import framing_problem, header_problem, relay_headers
 
 
 @pytest.mark.parametrize("drop", [(), ("X-Drop",)])
@@ -80,3 +81,25 @@ def test_only_a_lone_chunked_transfer_encoding_passes(
     assert (problem is not None) == refused
     if refused:
         assert problem is not None and "Transfer-Encoding" in problem
+
+
+@pytest.mark.parametrize("codings", [["chunked"], ["Chunked"], ["gzip"], ["identity"], [""]])
+@pytest.mark.parametrize("length", [None, "3"])
+def test_an_http10_request_with_any_transfer_encoding_is_faulty_framing(
+    codings: list[str], length: str | None
+) -> None:
+    # RFC 9112 §6.1: even with a Content-Length beside it
+    headers = CIMultiDict([("Transfer-Encoding", c) for c in codings])
+    if length is not None:
+        headers["Content-Length"] = length
+    problem = framing_problem(HttpVersion10, CIMultiDictProxy(headers))
+    assert problem is not None and "HTTP/1.0" in problem
+    assert header_problem(CIMultiDictProxy(headers), HttpVersion10) == problem
+
+
+def test_an_http10_request_framed_by_content_length_is_sound() -> None:
+    headers = CIMultiDictProxy(CIMultiDict({"Content-Length": "3"}))
+    assert framing_problem(HttpVersion10, headers) is None
+    assert header_problem(headers, HttpVersion10) is None
+    chunked = CIMultiDictProxy(CIMultiDict({"Transfer-Encoding": "chunked"}))
+    assert framing_problem(HttpVersion11, chunked) is None

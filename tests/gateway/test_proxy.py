@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import io
+import json
 import socket
 import time
 import zlib
@@ -853,6 +854,106 @@ def test_a_transfer_encoding_other_than_a_lone_chunked_is_refused_and_never_forw
         _assert_stripe_shaped(response, 400)
         assert response.json()["error"].get("code") in ("invalid_header", None)
         assert got == []
+
+
+def _until_closed(stack: Stack, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and read until the gateway closes it (a kept-alive
+    connection fails the read by timeout: the test then fails)."""
+    host, _, port = stack.gateway_url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(data)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        return received
+
+
+def _http10_post(*headers: bytes, body: bytes = b"a=1", chunked: bool = True) -> bytes:
+    return (
+        b"POST /v1/charges HTTP/1.0\r\nHost: gateway\r\n"
+        + f"Authorization: Bearer {BILLING_KEY}\r\n".encode()
+        + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"\r\n"
+        + (b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body)
+    )
+
+
+def test_an_http10_request_with_a_content_length_is_forwarded(gateway: Stack) -> None:
+    response = raw_request(
+        gateway.gateway_url, _http10_post(b"Content-Length: 3", body=b"a=1", chunked=False)
+    )
+    assert response.status == 200
+    assert gateway.upstreams["api"].last().body == b"a=1"
+    assert gateway.audit_lines()[-1]["status"] == 200
+
+
+def test_an_http10_request_with_transfer_encoding_is_refused_and_its_connection_closed(
+    gateway: Stack,
+) -> None:
+    # RFC 9112 §6.1: HTTP/1.0 has no transfer codings; an HTTP/1.0 hop in front would frame
+    # this by the connection's end while aiohttp reads chunks. Kept alive, what follows the
+    # chunks (here a second request, smuggled) would be served as a request of its own.
+    smuggled = b"GET /v1/customers HTTP/1.1\r\nHost: gateway\r\n" + (
+        f"Authorization: Bearer {BILLING_KEY}\r\n\r\n".encode()
+    )
+    raw = _until_closed(
+        gateway,
+        _http10_post(b"Transfer-Encoding: chunked", b"Connection: keep-alive") + smuggled,
+    )
+    assert raw.count(b"\r\nRequest-Id: ") == 1, raw  # one answer, then the connection closed
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    assert status_line.split()[1] == "400"
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    assert headers["connection"].lower() == "close"
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_header"
+    assert "HTTP/1.0" in error["message"] and "Transfer-Encoding" in error["message"]
+    _nothing_upstream(gateway)
+    lines_ = gateway.audit_lines()
+    assert [line["request_id"] for line in lines_] == [headers["request-id"]]
+    assert lines_[0]["status"] == 400
+    assert lines_[0]["error"] == "invalid_header"
+
+
+@given(
+    values=_transfer_encodings(),
+    with_length=st.booleans(),
+    keep_alive=st.booleans(),
+    method=st.sampled_from([b"POST", b"GET", b"DELETE"]),
+)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@example(values=[b"chunked"], with_length=False, keep_alive=True, method=b"POST")
+@example(values=[b"chunked"], with_length=True, keep_alive=False, method=b"POST")
+@example(values=[b"Chunked"], with_length=False, keep_alive=False, method=b"GET")
+def test_an_http10_request_with_any_transfer_encoding_never_reaches_stripe(
+    gateway: Stack, values: list[bytes], with_length: bool, keep_alive: bool, method: bytes
+) -> None:
+    marks = {name: len(fake.received) for name, fake in gateway.upstreams.items()}
+    body = b"a=1"
+    request = (
+        method
+        + b" /v1/charges HTTP/1.0\r\nHost: gateway\r\n"
+        + f"Authorization: Bearer {BILLING_KEY}\r\n".encode()
+        + (b"Connection: keep-alive\r\n" if keep_alive else b"")
+        + b"".join(b"Transfer-Encoding: " + value + b"\r\n" for value in values)
+        + (b"Content-Length: %d\r\n" % len(body) if with_length else b"")
+        + b"\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    raw = _until_closed(gateway, request)  # whatever the refusal, the connection closes
+    got = [r for name, fake in gateway.upstreams.items() for r in fake.received[marks[name] :]]
+    assert got == []
+    head, _, answer = raw.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split()[1] == b"400"
+    # refused by the proxy (invalid_header) or by aiohttp's parser (no code)
+    error = json.loads(answer)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error.get("code") in ("invalid_header", None)
 
 
 def test_an_unknown_expectation_is_a_stripe_shaped_417_with_an_audit_line(gateway: Stack) -> None:

@@ -134,6 +134,25 @@ GZIP_POST = [
     )
 ]
 
+# RFC 9112 §6.1: HTTP/1.0 has no transfer codings (a 1.0 hop would frame this otherwise)
+HTTP10_CHUNKED = [
+    FuzzRequest(
+        b"POST",
+        b"/v1/customers",
+        b"HTTP/1.0",
+        (
+            (b"Host", b"x"),
+            (b"Authorization", BILLING),
+            (b"Connection", b"keep-alive"),
+            (b"Transfer-Encoding", b"chunked"),
+        ),
+        b"a=1",
+        True,
+        ("billing",),
+        "origin",
+    )
+]
+
 KNOWN_ATTACKS = {
     "absolute_form": ABSOLUTE_FORM,
     "trap_authority": TRAP_AUTHORITY,
@@ -147,6 +166,7 @@ KNOWN_ATTACKS = {
     "options_asterisk": OPTIONS_ASTERISK,
     "newline_in_path": NEWLINE_IN_PATH,
     "gzip_body": GZIP_POST,
+    "http10_chunked": HTTP10_CHUNKED,
 }
 
 
@@ -171,5 +191,6 @@ def test_known_attack(fuzz: FuzzStack, name: str) -> None:
 @example(requests=OPTIONS_ASTERISK)
 @example(requests=NEWLINE_IN_PATH)
 @example(requests=GZIP_POST)
+@example(requests=HTTP10_CHUNKED)
 def test_raw_requests_keep_the_invariants(fuzz: FuzzStack, requests: list[FuzzRequest]) -> None:
     run_sequence(fuzz, requests)

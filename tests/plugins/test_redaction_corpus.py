@@ -47,6 +47,9 @@ BTC_WALLET = "bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"
 ONRAMP_IP = "198.51.100.23"
 ONRAMP_EMAIL = "onramp.buyer@example.com"
 LEAKED_KEY = "sk_test_51LeakedKeyInMetadata0000001"
+#: addresses with no e-mail field name near them: in a path, in a search query
+PATH_EMAIL = "Path.Person+vip@example.com"
+SEARCH_EMAIL = "search.person@example.co.uk"
 
 #: every value that must never be written to a log, in any encoding
 SECRETS = (
@@ -69,6 +72,8 @@ SECRETS = (
     BTC_WALLET,
     ONRAMP_IP,
     ONRAMP_EMAIL,
+    PATH_EMAIL,
+    SEARCH_EMAIL,
     WEBHOOK_SECRET,
     LEAKED_KEY,
     BILLING_KEY,
@@ -245,12 +250,18 @@ def test_no_secret_reaches_any_log(
         auth=(PASSTHROUGH_KEY, ""),
         timeout=5,
     )
+    # addresses in free text: a customer's id in the path, a search query
+    direct = client_for(stack, PASSTHROUGH_KEY)
+    direct.v1.customers.retrieve(PATH_EMAIL)
+    direct.v1.customers.search({"query": f"email:'{SEARCH_EMAIL}'"})
     # a refused request (the analytics team may not create payment intents)
     with pytest.raises(stripe.PermissionError):
         keys_and_cards(client_for(stack, ANALYTICS_KEY))
 
-    lines = stack.audit_lines(len(CORPUS) + 2)
-    assert len(lines) == len(CORPUS) + 2
+    lines = stack.audit_lines(len(CORPUS) + 4)
+    assert len(lines) == len(CORPUS) + 4
+    paths = {line["path"] for line in lines if line["team"] == "direct"}
+    assert "/v1/customers/[redacted]" in paths and "/v1/customers/search" in paths
     by_path = {line["path"]: line for line in lines if line["team"] == "billing"}
     assert set(by_path) == {path for _, path, _ in CORPUS}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -389,6 +390,63 @@ def test_more_than_one_stripe_signature_header_is_refused(
     assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
     # the same event with one valid signature is accepted, and delivered once
     assert _post(url, body).status_code == 200
+    assert [received for received, _ in team.wait_for(1)] == [body]
+
+
+def _until_closed(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` and read until the server closes the connection (a kept-alive one
+    fails the read by timeout): the status, headers (lower-case names) and body."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=DEADLINE) as conn:
+        conn.sendall(data)
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_http10_with_transfer_encoding_is_refused_on_every_listener(
+    stack: Stack, subscribers: Callable[..., Subscriber]
+) -> None:
+    # RFC 9112 §6.1: faulty framing, answered and the connection closed; the ingress,
+    # /healthz and the admin listener do not go through the proxy's checks
+    team = subscribers()
+    url = _start(stack, _plugin(stack.tmp, [_subscription(stack.tmp, team.url)]))
+    body = _event()
+    signature = signature_header(body, SOURCE_SECRET, int(time.time()))
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    webhook = (
+        f"POST {PATH} HTTP/1.0\r\nHost: gateway\r\n".encode()
+        + f"Stripe-Signature: {signature}\r\nContent-Type: application/json\r\n".encode()
+    )
+    admin_token = f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
+    attempts = [
+        (url, webhook + b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked),
+        (url, b"GET /healthz HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        (
+            stack.admin_url,
+            b"GET /admin/webhooks/events HTTP/1.0\r\nConnection: keep-alive\r\n"
+            + admin_token
+            + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+    ]
+    for where, data in attempts:
+        status, headers, answer = _until_closed(where, data)
+        assert status == 400, answer
+        assert headers["connection"].lower() == "close"
+        assert headers["request-id"].startswith("gwreq_")
+        error = json.loads(answer)["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_header")
+        assert "HTTP/1.0" in error["message"]
+    assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
+    # HTTP/1.0 with a Content-Length is still accepted, and delivered
+    status, _, answer = _until_closed(
+        url, webhook + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    assert status == 200, answer
     assert [received for received, _ in team.wait_for(1)] == [body]
 
 

@@ -330,6 +330,74 @@ def test_sensitive_names_in_free_text_hide_their_values(text: str, secret: str) 
     assert MARKER in out
 
 
+# --------------------------------------------------------------------------- e-mail addresses
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("/v1/customers/jane@example.com", "/v1/customers/[redacted]"),
+        ("/v1/customers/jane%40example.com", "/v1/customers/[redacted]"),
+        ("jane@example.com/v1/customers", "[redacted]/v1/customers"),
+        ("No such customer: 'JANE.DOE+vip@Example.COM'", "No such customer: '[redacted]'"),
+        ("jané.rosé@exämple.co.jp said hi", "[redacted] said hi"),
+        (
+            "/v1/customers/search?query=email:'jane@example.com'",
+            "/v1/customers/search?query=email:%27[redacted]%27",
+        ),
+        (
+            "/v1/customers/search?query=email%3A%27jane%40example.com%27&limit=3",
+            "/v1/customers/search?query=email:%27[redacted]%27&limit=3",
+        ),
+        ("/v1/customers?limit=3&q=jane+x@example.com", "/v1/customers?limit=3&q=[redacted]"),
+        ("/v1/customers?q=jane@example.com&limit=3", "/v1/customers?q=[redacted]&limit=3"),
+        ("to a@b.com, c@d.org.", "to [redacted], [redacted]."),
+    ],
+)
+def test_email_addresses_are_masked_in_any_text(text: str, masked: str) -> None:
+    assert R.text(text) == masked
+    assert R.value({"path": text}) == {"path": masked}
+    assert run({"event": "request", "path": text, "status": 404})["path"] == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/v1/accounts/acct_1Nabcdefghij/persons",
+        "acct_1Nabcdefghij",
+        "cus_NffrFeUfNV2Hib",
+        "https://api.stripe.com/v1/customers?expand[]=data.customer",
+        "user@",
+        "user@localhost",
+        "@example.com",
+        "stripe-node@14.2.0 node@20.1.0",
+        "a%2540b.com",
+    ],
+)
+def test_what_is_not_an_address_is_kept(text: str) -> None:
+    assert R.text(text) == text
+    assert run({"event": "request", "note": text})["note"] == text
+
+
+def test_an_address_in_text_hashes_as_the_email_field_does() -> None:
+    # with a key, the same address in a path and in an email field can still be matched
+    r = Redactor(hmac_key=b"k" * 32)
+    field = r.value({"email": "jenny@example.com"})["email"]
+    assert r.text("/v1/customers/jenny@example.com") == f"/v1/customers/{field}"
+    assert r.text("/v1/customers/jenny%40example.com") == f"/v1/customers/{field}"
+
+
+def test_addresses_in_text_are_kept_with_personal_data_off() -> None:
+    no_personal = Redactor(categories=[c for c in CATEGORIES if c != "personal_data"])
+    assert no_personal.text("/v1/customers/jane@example.com") == "/v1/customers/jane@example.com"
+
+
+def test_a_100kb_value_with_addresses_is_redacted() -> None:
+    text = ("x" * 1000 + " jane@example.com ") * 100
+    out = R.text(text)
+    assert "jane@example.com" not in out and out.count(MARKER) == 100
+
+
 def test_tracebacks_and_exception_messages_are_redacted() -> None:
     def fail() -> None:
         raise ValueError(f"card[number]={CARD}&card[cvc]=123 sent with {LIVE_KEY}")
@@ -681,10 +749,27 @@ _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _PREFIXES = ["sk_live_", "sk_test_", "rk_live_", "rk_test_", "ek_live_", "ek_test_", "whsec_"]
 
 
+_LOCAL_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789éß_.+-"
+_LABEL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-üé"
+
+
+@st.composite
+def addresses(draw: st.DrawFn) -> str:
+    """An e-mail address as gateway.redaction.sensitive.address_spans reads them (plus-
+    addressing, upper case, non-ASCII letters; not the rarer local-part characters)."""
+    local = draw(st.text(_LOCAL_CHARS, min_size=1, max_size=20))
+    labels = draw(st.lists(st.text(_LABEL_CHARS, min_size=1, max_size=12), min_size=1, max_size=3))
+    tld = draw(st.text("abcdefghijklmnopqrstuvwxyzABCDEF", min_size=2, max_size=6))
+    return f"{local}@{'.'.join([*labels, tld])}"
+
+
 @st.composite
 def secrets(draw: st.DrawFn) -> tuple[str, list[str]]:
     """A secret as written, and the substrings of it no log line may contain."""
-    kind = draw(st.sampled_from(["key", "client_secret", "basic", "card"]))
+    kind = draw(st.sampled_from(["key", "client_secret", "basic", "card", "email"]))
+    if kind == "email":
+        address = draw(addresses())
+        return address, [address]
     if kind == "key":
         secret = draw(st.sampled_from(_PREFIXES)) + draw(st.text(_ALNUM, min_size=24, max_size=40))
         return secret, [secret[:-4]]
@@ -877,7 +962,7 @@ _PIECES = st.sampled_from(
         CARD, "4242 4242 4242 4242", LIVE_KEY, TEST_KEY, "whsec_abcdefghijklmnop",
         "pi_123_secret_abcdefghijkl", "Bearer ", "basic ", "Basic dXNlcjpwYXNz", "=", ":",
         ",", "{", "[", " ", "--", "a=b", "cvc=123", "card[number]=", "\x00", "é", "+",
-        "%20", "x" * 300,
+        "%20", "x" * 300, "jane@example.com", "@", "%40", "jane", "example.com", "'",
     ]
 )  # fmt: skip
 
@@ -1002,3 +1087,65 @@ def test_a_line_is_redacted_field_by_field_and_nothing_leaks(line: dict[str, Any
             assert value not in written, (value, written)
     for secret in secrets:
         assert_hidden(written, secret)
+
+
+_AUDIT_FIELDS = [
+    "event",
+    "request_id",
+    "method",
+    "path",
+    "team",
+    "status",
+    "error",
+    "client",
+    "stripe_account",
+    "idempotency_key",
+    "user_agent",
+    "exception",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    address=addresses(),
+    at=st.sampled_from(["@", "%40"]),
+    before=st.text(max_size=30),
+    after=st.text(max_size=30),
+    field=st.sampled_from(_AUDIT_FIELDS),
+    warm=st.booleans(),
+)
+@example("jane@example.com", "@", "/v1/customers/", "", "path", True)
+@example("jane@example.com", "@", "/v1/customers/search?query=email:'", "'", "path", True)
+@example("jane@example.com", "%40", "/v1/customers/", "?expand[]=x", "path", False)
+@example("Jane+x@Example.COM", "@", "No such customer: ", "", "error", True)
+def test_no_generated_address_survives_in_an_audit_line(
+    address: str, at: str, before: str, after: str, field: str, warm: bool
+) -> None:
+    """Any address, embedded in any text, in any field of an audit-shaped line: the line
+    written (after the processor, by the JSON renderer) holds no ``local@domain`` of it,
+    with the fast path for known line shapes (``warm``) or without."""
+    written = address.replace("@", at)
+    line: dict[str, Any] = {
+        "event": "request",
+        "request_id": "gwreq_a1B2c3",
+        "method": "GET",
+        "path": "/v1/customers/cus_1",
+        "team": "billing",
+        "status": 200,
+        "error": None,
+        "client": "127.0.0.1",
+        "stripe_account": None,
+        "idempotency_key": None,
+        "user_agent": "Stripe/v1 PythonBindings/12.0.0",
+        "exception": None,
+    }
+    processor = _WARM_PROCESS if warm else RedactingProcessor(Redactor())
+    if warm:
+        rendered(line, processor)  # the line's shape is known from now on
+    line[field] = before + written + after
+    out = rendered(line, processor)
+    for form in forms_of(address) | {written}:
+        assert form not in out, f"{form!r} leaked in {field}: {out}"
+
+
+_WARM_PROCESS = RedactingProcessor(Redactor())
