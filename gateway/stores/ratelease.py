@@ -333,6 +333,10 @@ class LeasedRedisLimiter(RedisLimiter):
             lease = self._leases.get(bucket[0])
             if lease is None:
                 lease = self._leases[bucket[0]] = _Lease(limit=bucket[1])
+                if self._sweeper is None and not self._closed:  # it also forgets idle ones
+                    self._sweeper = asyncio.get_running_loop().create_task(
+                        self._sweep_forever(), context=contextvars.Context()
+                    )
             sent = (lease.reported, lease.handed)
             lease.reported = lease.handed
             lease.pending.append(sent)
@@ -387,10 +391,6 @@ class LeasedRedisLimiter(RedisLimiter):
                 verdicts.append(Verdict(limit, True, remaining, reset, 0.0))
             else:
                 verdicts.append(_verdict(limit, False, debt / _MICRO, wait / _MICRO))
-            if own > 0 and self._sweeper is None and not self._closed:
-                self._sweeper = asyncio.get_running_loop().create_task(
-                    self._sweep_forever(), context=contextvars.Context()
-                )
         return Decision(all(v.allowed for v in verdicts), tuple(verdicts))
 
     # ------------------------------------------------------------------ giving back

@@ -14,7 +14,9 @@ through are charged and only the refusing ones are left as they were.
 
 The Redis store makes each decision with one Lua script (one round trip), takes the time
 from Redis (``TIME``), so the gateways' clocks do not matter, and gives every bucket an
-expiry at the moment it is full again, so idle buckets vanish by themselves.
+expiry at the moment it is full again, so idle buckets vanish by themselves. With token
+leases (:mod:`gateway.stores.ratelease`) each instance reserves a few units of a bucket at
+once and hands them out without a round trip, within the same bound.
 """
 
 from __future__ import annotations
