@@ -25,7 +25,11 @@ twice, and admissions over any span ``t``, summed over every instance, stay with
 ``burst + rate * t``. This holds while each report reaches Redis before the reservation
 it spends expires there: an instance stops using a lease ``lease_seconds / 2`` after the
 call that granted it was sent, Redis keeps it ``lease_seconds`` after it ran, and the
-sweeper reports (and releases) expired leases every ``lease_seconds / 4``.
+sweeper reports (and releases) expired leases every ``lease_seconds / 4``. (An instance
+cut off from Redis for longer than that may have handed out units Redis no longer holds
+for it; they are charged when it reaches Redis again.) A request asked of Redis does not
+spend a unit its own instance holds: those may have been handed out locally after the
+call was sent, and are reported by a later call.
 
 The price: another instance's reserved units make a bucket refuse slightly early
 (under-admission, bounded by the reservations, for at most ``lease_seconds``), and the
@@ -113,9 +117,9 @@ for i = 1, n do
     own = math.max(0, own - used)
   end
   if release then own = 0 end
-  -- a request asked of Redis spends a unit this instance holds, if it holds one
-  b.take = math.min(own, cost)
-  local allow_at = tat + (others + own - b.take + cost - b.burst) * b.interval
+  -- every reservation counts as used, this instance's too: units it holds may have been
+  -- handed out since this call was sent (they are reported by a later call)
+  local allow_at = tat + (others + own + cost - b.burst) * b.interval
   b.ok = allow_at - now <= 1
   if not b.ok then all = false end
   b.wait = allow_at - now
@@ -128,10 +132,7 @@ for i = 1, n do
   local b = s[i]
   local interval = b.interval
   local tat, own = b.tat, b.own
-  if b.ok and charge then
-    tat = tat + cost * interval
-    own = own - b.take
-  end
+  if b.ok and charge then tat = tat + cost * interval end
   local room = now + 1 + b.burst * interval - tat - (b.others + own) * interval
   local free = math.floor(room / interval)
   if free < 0 then free = 0 end
