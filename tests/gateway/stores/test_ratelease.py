@@ -181,18 +181,23 @@ async def test_leased_decisions_estimate_remaining_and_refusals_say_when(
 async def test_another_instances_reservation_counts_as_used(
     redis_server: RedisServer, errors: list[BaseException]
 ) -> None:
-    burst = 40
+    burst = 80
     b = [bucket("a:both", NEGLIGIBLE, burst, "account")]
     one, two = _leased(redis_server, errors), _leased(redis_server, errors)
     try:
         assert await _one(one, b)
         held = one.lease_of("a:both")
-        assert held is not None and held[0] == 4  # an eighth of the 39 units free
+        assert held is not None and held[0] == 9  # an eighth of the 79 units free
         drained = 0
         while await _one(two, b):
             drained += 1
-        assert drained == burst - 1 - 4  # the other's 4 are not there to take
-        assert sum([await _one(one, b) for _ in range(10)]) == 4  # but they are its own
+            await _settle(two)  # its syncs too are granted only what the other does not hold
+        for _ in range(3):  # nor are the syncs of a drained bucket
+            two._sync_soon(b)
+            await _settle(two)
+        assert sum([await _one(two, b) for _ in range(10)]) == 0
+        assert drained == burst - 1 - 9  # the other's 9 are not there to take
+        assert sum([await _one(one, b) for _ in range(20)]) == 9  # but they are its own
     finally:
         await one.close()
         await two.close()
