@@ -34,6 +34,14 @@ decisions of each kind and of Redis failures. The admin listener's ``GET /admin/
 shows each team's limits and levels (``gateway_admin_team``); the metrics
 ``stripe_gateway_rate_limit_decisions``, ``_rate_limit_fallbacks`` and
 ``_rate_limit_backend_errors`` count decisions and Redis failures.
+
+With the Redis backend each instance reserves up to ``lease`` units of a shared bucket
+(at most an eighth of its free room) and hands them out without a round trip
+(:mod:`gateway.stores.ratelease`); ``lease = 0`` asks Redis for every request. Leases
+never let more through than the limit, across every instance together; the price is
+that ``RateLimit-Remaining`` is this instance's estimate, and another instance's reserved
+units can make a bucket refuse slightly early (by at most those units, for at most
+``lease_seconds``).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from gateway.hookspecs import hookimpl
 from gateway.host import PluginHost
 from gateway.metrics import GatewayMetrics
 from gateway.settings import RedisSettings, RouteText, Settings
+from gateway.stores.ratelease import LeasedRedisLimiter
 from gateway.stores.ratestore import (
     Bucket,
     Decision,
@@ -205,6 +214,20 @@ class RateLimitSettings(RedisSettings):
         "unavailable, e.g. 0.5 with two instances",
     )
     key_prefix: str = Field("sgw:rl", min_length=1, description="Redis key prefix")
+    lease: int = Field(
+        32,
+        ge=0,
+        description="most units of a shared bucket one instance reserves at once and hands "
+        "out without a Redis round trip; at most an eighth of the bucket's free room, so "
+        "near the limit every request asks Redis; 0: ask Redis for every request "
+        "(redis backend)",
+    )
+    lease_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="seconds a reservation lives in Redis; an instance stops using it after "
+        "half of that and gives back what it did not use (redis backend)",
+    )
 
     _default: TeamLimits = PrivateAttr(default_factory=TeamLimits)
     _teams: dict[str, TeamLimits] = PrivateAttr(default_factory=dict)
@@ -357,14 +380,26 @@ class RateLimitPlugin:
         self.memory = MemoryLimiter(share=s.fallback_share if s.backend == "redis" else 1.0)
         if s.backend == "redis" and self._on:
             assert s.url is not None
-            self.redis = RedisLimiter(
-                s.url,
-                prefix=s.key_prefix,
-                timeout=s.redis_timeout,
-                breaker_seconds=s.redis_breaker,
-                on_error=self._backend_error,
-                on_recover=self._backend_recovered,
-            )
+            if s.lease > 0:
+                self.redis = LeasedRedisLimiter(
+                    s.url,
+                    prefix=s.key_prefix,
+                    timeout=s.redis_timeout,
+                    breaker_seconds=s.redis_breaker,
+                    on_error=self._backend_error,
+                    on_recover=self._backend_recovered,
+                    lease=s.lease,
+                    lease_seconds=s.lease_seconds,
+                )
+            else:
+                self.redis = RedisLimiter(
+                    s.url,
+                    prefix=s.key_prefix,
+                    timeout=s.redis_timeout,
+                    breaker_seconds=s.redis_breaker,
+                    on_error=self._backend_error,
+                    on_recover=self._backend_recovered,
+                )
             self._breaker = metrics.redis_breaker("rate_limit")
 
     @hookimpl
@@ -490,8 +525,13 @@ class RateLimitPlugin:
             buckets.append(account)
         if not buckets:
             return None
-        if self.redis is None:
+        redis = self.redis
+        if redis is None:
             self._apply(ctx, self.memory.decide_now(buckets, shadow=shadow), shadow, "")
+            return None
+        leased = redis.decide_local(buckets)  # units this instance holds: no round trip
+        if leased is not None:
+            self._apply(ctx, leased, shadow, "")
             return None
         return self._decide_shared(ctx, buckets, shadow)
 

@@ -14,7 +14,9 @@ through are charged and only the refusing ones are left as they were.
 
 The Redis store makes each decision with one Lua script (one round trip), takes the time
 from Redis (``TIME``), so the gateways' clocks do not matter, and gives every bucket an
-expiry at the moment it is full again, so idle buckets vanish by themselves.
+expiry at the moment it is full again, so idle buckets vanish by themselves. With token
+leases (:mod:`gateway.stores.ratelease`) each instance reserves a few units of a bucket at
+once and hands them out without a round trip, within the same bound.
 """
 
 from __future__ import annotations
@@ -328,14 +330,28 @@ class RedisLimiter:
                 for i, (_, limit) in enumerate(buckets)
             )
         except Exception as exc:  # connection refused or lost, timeouts, error replies
-            self._open_until = time.monotonic() + self._breaker_seconds
-            self._failing = True
-            self._on_error(exc)
-            raise LimiterUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise self._failed(exc) from exc
+        if self._failing:
+            self._succeeded()
+        return Decision(all(v.allowed for v in verdicts), verdicts)
+
+    def decide_local(self, buckets: Sequence[Bucket]) -> Decision | None:
+        """A decision made without asking Redis, or None (always, here: see
+        :class:`gateway.stores.ratelease.LeasedRedisLimiter`)."""
+        return None
+
+    def _failed(self, exc: Exception) -> LimiterUnavailable:
+        """Open the circuit, tell ``on_error``; the exception for the caller to raise."""
+        self._open_until = time.monotonic() + self._breaker_seconds
+        self._failing = True
+        self._on_error(exc)
+        return LimiterUnavailable(f"{type(exc).__name__}: {exc}")
+
+    def _succeeded(self) -> None:
+        """A call succeeded: the first after a failure tells ``on_recover``."""
         if self._failing:
             self._failing = False
             self._on_recover()
-        return Decision(all(v.allowed for v in verdicts), verdicts)
 
     async def ping(self) -> bool:
         """Whether Redis answers now (for readiness checks; the circuit is left alone)."""

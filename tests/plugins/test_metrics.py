@@ -313,6 +313,7 @@ def test_rate_limit_backend_fallbacks(stack: Stack, redis_server: RedisServer) -
                 "redis_url": redis_server.url,
                 "redis_timeout": 1.0,
                 "default": {"read": {"rate": 100}},
+                "lease": 0,  # each request asks Redis (a lease would decide the next ones)
             },
         },
     )
@@ -407,7 +408,13 @@ def test_redis_breaker_gauges_open_on_a_failure_and_close_on_the_next_success(
         stack,
         plugins={
             "cache": {**shared, "redis_breaker": 0.2},
-            "rate_limit": {**shared, "redis_breaker": 0.2, "default": {"read": {"rate": 100}}},
+            # lease 0: each request asks Redis, so the paused Redis is met at once
+            "rate_limit": {
+                **shared,
+                "redis_breaker": 0.2,
+                "default": {"read": {"rate": 100}},
+                "lease": 0,
+            },
         },
     )
     path = f"/v1/customers/{CUSTOMER}"

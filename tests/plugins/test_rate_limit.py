@@ -8,6 +8,7 @@ import io
 import signal
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -15,14 +16,15 @@ import pytest
 import redis
 import requests
 import stripe
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
 from gateway.keys import GENERATIONS
+from gateway.stores.ratelease import LeasedRedisLimiter
 from gateway.stores.ratestore import Limit, MemoryLimiter
 from gateway.testing import PluginTest
-from plugins.rate_limit import RateLimitPlugin, _headers
+from plugins.rate_limit import RateLimitPlugin, _headers, credential_digest
 from tests.conftest import RedisServer
 from tests.helpers import (
     ANALYTICS_KEY,
@@ -270,6 +272,9 @@ def test_shadow_mode_counts_and_logs_but_refuses_nothing(stack: Stack, where: st
         ({"on_redis_error": "maybe"}, "on_redis_error"),
         ({"shadow": "yes"}, "shadow"),
         ({"fallback_share": 2}, "fallback_share"),
+        ({"lease": -1}, "lease"),
+        ({"lease": 1.5}, "lease"),
+        ({"lease_seconds": 0}, "lease_seconds"),
         ({"account": 90}, "account"),
         ({"account": "unlimited"}, "account"),
         ({"account": {"burst": 5}}, "account.rate"),
@@ -426,6 +431,7 @@ def test_killing_redis_with_the_deny_policy_refuses_with_a_reason(
         default={"read": {"rate": 100}},
         on_redis_error="deny",
         redis_breaker=3.0,
+        lease=0,  # every request asks Redis (with a lease: see the test below)
     )
     client = _client(stack)
     client.v1.customers.list()
@@ -449,6 +455,7 @@ def test_a_hung_redis_costs_one_timeout_not_one_per_request(
         default={"read": {"rate": 100}},
         redis_timeout=0.3,
         redis_breaker=30.0,
+        lease=0,  # every request asks Redis: the first after the hang waits for the timeout
     )
     url = stack.gateway_url
     assert _get(url, "/v1/customers").status_code == 200
@@ -464,6 +471,31 @@ def test_a_hung_redis_costs_one_timeout_not_one_per_request(
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
     assert _decisions(stack, 12)[1:] == ["fallback_allow"] * 11
+
+
+@pytest.mark.parametrize("policy", ["allow", "deny"])
+def test_killing_redis_while_a_lease_is_held_spends_it_then_applies_the_policy(
+    stack: Stack, redis_server: RedisServer, policy: str
+) -> None:
+    _redis(
+        stack,
+        redis_server,
+        default={"read": {"rate": SLOW, "burst": 100}},
+        on_redis_error=policy,
+        redis_breaker=30.0,
+        lease_seconds=60.0,  # the lease stays valid however slow the machine is
+    )
+    url = stack.gateway_url
+    assert _get(url, "/v1/customers").status_code == 200  # from Redis: a lease of 12
+    redis_server.kill()
+    statuses = [_get(url, "/v1/customers").status_code for _ in range(15)]
+    # the 12 leased units pass (Redis holds them for this instance); then the policy
+    assert statuses == [200] * 12 + ([200] * 3 if policy == "allow" else [429] * 3)
+    after = "fallback_allow" if policy == "allow" else "unavailable_deny"
+    assert _decisions(stack, 16) == ["allow"] * 13 + [after] * 3
+    plugin = _plugin(stack)
+    assert plugin.counts["backend_errors"] >= 1  # the background sync failed, and said so
+    assert len(stack.error_events("rate_limit_backend_unavailable", 2, timeout=0.3)) == 1
 
 
 # ------------------------------------------------------------------ without a server
@@ -499,3 +531,105 @@ def test_a_fresh_buckets_reset_is_its_interval_in_whole_seconds(
     limit = Limit(name="read", rate=1 / interval, burst=1)
     verdict = limiter.decide_now([("k", limit)], shadow=False).binding
     assert _headers(1, verdict)["RateLimit-Reset"] == str(int(interval))
+
+
+# ------------------------------------------------------------------ leases, in process
+
+
+def _evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def _redis_settings(server: RedisServer, **table: Any) -> dict[str, Any]:
+    return {"backend": "redis", "redis_url": server.url, "redis_timeout": 2.0, **table}
+
+
+@pytest.mark.parametrize(("lease", "calls"), [(None, range(200 // 4 + 1)), (0, range(200, 201))])
+async def test_a_lease_saves_round_trips_and_lease_0_asks_redis_every_time(
+    redis_server: RedisServer, lease: int | None, calls: range
+) -> None:
+    table = _redis_settings(
+        redis_server,
+        default={"read": {"rate": 10_000, "burst": 1000}},
+        account={"rate": 10_000, "burst": 1000},
+    )
+    if lease is not None:
+        table["lease"] = lease
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        async with PluginTest(RateLimitPlugin, settings={"rate_limit": table}) as t:
+            first = t.context("GET", "/v1/customers", team="billing")
+            assert await t.request(first) is None  # the script may be loaded (EVAL) here
+            before = _evalsha_calls(client)
+            for _ in range(200):
+                ctx = t.context("GET", "/v1/customers", team="billing")
+                assert await t.request(ctx) is None
+                assert t.audit_fields(ctx)["rate_limit"] == "allow"
+                await asyncio.sleep(0)  # the background syncs get their turn
+            assert _evalsha_calls(client) - before in calls
+    finally:
+        client.close()
+
+
+@dataclass
+class _Shared:
+    """The server, kept out of hypothesis's report of a failing example."""
+
+    server: RedisServer = field(repr=False)
+
+
+@pytest.fixture
+def shared_redis(redis_server: RedisServer) -> _Shared:
+    return _Shared(redis_server)
+
+
+_REQUESTS = st.lists(
+    st.tuples(st.sampled_from(["billing", "analytics"]), st.sampled_from(["GET", "POST"])),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(requests_=_REQUESTS)
+def test_a_teams_requests_only_spend_leases_of_their_own_buckets(
+    shared_redis: _Shared, requests_: list[tuple[str, str]]
+) -> None:
+    """Two teams, two upstream credentials: a request takes leased units only from the
+    buckets it counts against (its team's read or write limit, its credential's budget)."""
+    flush = redis.Redis.from_url(shared_redis.server.url)
+    flush.flushall()
+    flush.close()
+    limit = {"rate": SLOW, "burst": 400}
+    table = _redis_settings(
+        shared_redis.server, default={"read": limit, "write": limit}, account=limit, lease=8
+    )
+    credentials = {"billing": "sk_test_billing", "analytics": "sk_test_analytics"}
+
+    async def run() -> None:
+        async with PluginTest(RateLimitPlugin, settings={"rate_limit": table}) as t:
+            plugin: RateLimitPlugin = t.plugin("rate_limit")
+            limiter = plugin.redis
+            assert isinstance(limiter, LeasedRedisLimiter)
+            for team_name, method in requests_:
+                own = {
+                    f"t:{team_name}:{'read' if method == 'GET' else 'write'}",
+                    f"a:{credential_digest(credentials[team_name])}",
+                }
+                before = {key: lease.handed for key, lease in limiter._leases.items()}
+                ctx = t.context(method, "/v1/customers", team=team_name)
+                assert await t.request(ctx) is None
+                spent = {
+                    key
+                    for key, lease in limiter._leases.items()
+                    if lease.handed != before.get(key, 0)
+                }
+                assert spent <= own, (team_name, method, spent)
+                if t.audit_fields(ctx)["rate_limit"] == "allow" and spent:
+                    assert spent == own  # all or nothing: a leased decision takes from each
+                await asyncio.sleep(0)
+
+    asyncio.run(run())

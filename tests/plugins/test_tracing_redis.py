@@ -134,11 +134,8 @@ def test_a_redis_cache_hit_is_a_redis_get_span_in_the_requests_trace(
 def test_a_redis_rate_limit_decision_is_a_redis_span_in_the_plugins_phase(
     stack: Stack, redis_server: RedisServer
 ) -> None:
-    _start(
-        stack,
-        disable=["cache"],
-        rate_limit={**_redis(redis_server), "default": {"read": {"rate": 100, "burst": 100}}},
-    )
+    limits = {"default": {"read": {"rate": 100, "burst": 100}}, "lease": 0}
+    _start(stack, disable=["cache"], rate_limit={**_redis(redis_server), **limits})
     client = _client(stack)
     client.v1.customers.list()
     client.v1.customers.list()
@@ -151,6 +148,27 @@ def test_a_redis_rate_limit_decision_is_a_redis_span_in_the_plugins_phase(
     assert decision.status.status_code == StatusCode.UNSET
 
 
+def test_a_leased_rate_limit_decision_makes_no_redis_span(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    """With a lease (the default) the first request asks Redis and takes a lease; the next
+    ones are decided from it, and the background syncs belong to no request's trace."""
+    limits = {"default": {"read": {"rate": 100, "burst": 100}}}
+    _start(stack, disable=["cache"], rate_limit={**_redis(redis_server), **limits})
+    client = _client(stack)
+    for _ in range(10):  # a lease of 12: a sync starts at 6 left
+        client.v1.customers.list()
+    spans = _spans(stack, 10)
+    servers = _servers(spans)
+    assert [dict(s.attributes or {})["stripe_gateway.rate_limit"] for s in servers] == [
+        "allow"
+    ] * 10
+    _lua_calls(_children(spans, _phase(spans, servers[0])))
+    for server in servers[1:]:
+        assert _children(spans, _phase(spans, server)) == []
+    assert all(s.parent is not None for s in _redis_spans(spans))
+
+
 def test_a_killed_redis_makes_error_spans_and_the_request_is_still_answered(
     stack: Stack, redis_server: RedisServer
 ) -> None:
@@ -158,7 +176,8 @@ def test_a_killed_redis_makes_error_spans_and_the_request_is_still_answered(
     _start(
         stack,
         cache=shared,
-        rate_limit={**shared, "default": {"read": {"rate": 100, "burst": 100}}},
+        # lease 0: the request after the kill asks Redis (with a lease it would not)
+        rate_limit={**shared, "default": {"read": {"rate": 100, "burst": 100}}, "lease": 0},
     )
     client = _client(stack)
     client.v1.customers.retrieve(CUSTOMER)
