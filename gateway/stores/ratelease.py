@@ -379,8 +379,10 @@ class LeasedRedisLimiter(RedisLimiter):
         for i, ((_, limit), lease, sent) in enumerate(zip(buckets, leases, ranges, strict=True)):
             allowed, debt, wait, own, free, granted = values[6 * i : 6 * i + 6]
             lease.pending.remove(sent)
-            # units handed out after the earliest report Redis may not have applied yet
-            base = min([sent[1], *(start for start, _ in lease.pending)])
+            # units handed out after the earliest report Redis may not have applied yet:
+            # a call still in flight, or one that failed (its report is sent again, so
+            # ``reported`` went back): the units it carried may still count as held
+            base = min([sent[1], lease.reported, *(start for start, _ in lease.pending)])
             lease.left = max(0, own - (lease.handed - base))
             lease.held = own > 0
             lease.free = free

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.stores.ratelease import LeasedRedisLimiter
-from gateway.stores.ratestore import Bucket, Limit, RedisLimiter
+from gateway.stores.ratestore import Bucket, Limit, LimiterUnavailable, RedisLimiter
 from tests.conftest import RedisServer
 
 #: one unit per 10^4 s: no test lasts long enough to get one back
@@ -420,3 +422,46 @@ async def test_a_killed_redis_leaves_the_leased_units_usable(
         assert len(errors) >= 1  # the sync's failure went to on_error
     finally:
         await limiter.close()  # gives nothing back (Redis is gone), raises nothing
+
+
+async def test_a_failed_report_keeps_its_units_off_the_lease(
+    redis_server: RedisServer, errors: list[BaseException], sync_redis: redis.Redis
+) -> None:
+    """A call fails (here: it timed out while redis-server was stopped) while a later one
+    is in flight: the later one's reply must not give the instance back the units the failed
+    one reported. Those units count as unreported (sent again next time), so what the
+    instance may still hand out plus what it must report never exceeds what Redis holds
+    for it: no unit is handed out twice."""
+    limiter = LeasedRedisLimiter(
+        redis_server.url,
+        prefix=PREFIX,
+        timeout=5.0,
+        breaker_seconds=0.3,
+        on_error=errors.append,
+        lease=32,
+    )
+    b = [bucket("t:billing:read", NEGLIGIBLE, 1000)]
+    try:
+        assert await _one(limiter, b)  # a lease
+        await _settle(limiter)
+        for _ in range(3):
+            assert limiter.decide_local(b) is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            limiter._timeout = 0.2  # this call times out; Redis still runs it later
+            first = asyncio.ensure_future(limiter._call(b, shadow=False, cost=0, release=False))
+            await asyncio.sleep(0)  # sent
+            limiter._timeout = 30.0
+            for _ in range(2):
+                assert limiter.decide_local(b) is not None
+            later = asyncio.ensure_future(limiter._call(b, shadow=False, cost=0, release=False))
+            await asyncio.sleep(0)  # sent, before the first one fails
+            with pytest.raises(LimiterUnavailable):
+                await first
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        await later
+        _check_books(limiter, sync_redis)
+    finally:
+        await limiter.close()
+    assert len(errors) == 1 and isinstance(errors[0], TimeoutError)
