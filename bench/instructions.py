@@ -52,6 +52,10 @@ ROWS: dict[str, tuple[str, dict[str, str]]] = {
     "cache-hit": ("cache", {}),
     "A": ("A", {}),
     "B": ("B", {}),
+    # B with the Redis rate limiter: leases on (the default), then lease = 0 (a round trip
+    # each); a redis-server is started for these (its own instructions are not counted)
+    "B-rl-redis": ("B/rl-redis", {}),
+    "B-rl-redis0": ("B/rl-redis0", {}),
     "C-miss": ("C", NO_CACHE),
     "C-hit": ("C", {}),
 }
@@ -108,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     specs = {g.name: g for g in GATEWAYS}
     try:
         upstream = bench.start("upstream", None, name="upstream")
+        redis_url = ""
+        if any(
+            specs[ROWS[row][0]].rate_limit != "memory" or specs[ROWS[row][0]].cache != "memory"
+            for row in args.rows
+            if ROWS[row][0] in specs
+        ):
+            redis = bench.start_redis(None)
+            redis_url = f"redis://{hb.HOST}:{redis.info['port']}/0"
         print(f"{'row':<14}{'instructions/request':>22}")
         for row in args.rows:
             name, headers = ROWS[row]
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     plugins=list(g.plugins),
                     rate_limit=g.rate_limit,
                     cache=g.cache,
-                    redis_url="",
+                    redis_url=redis_url,
                 )
             cmd = [
                 "valgrind",

@@ -19,7 +19,8 @@ counts only with the admin listener on, so it is on):
   ``metrics``, ``cache``) and ``audit+red`` (audit and redaction: redaction alone only
   redacts lines nobody writes): the per-plugin CPU table, each over ``bare``;
 * ``A`` = auth + audit + redaction; ``B`` = A + rate_limit (memory) + idempotency +
-  metrics; ``B/rl-redis``: B with the Redis rate limiter; ``C`` = B + cache (memory),
+  metrics; ``B/rl-redis``: B with the Redis rate limiter (leases on, the default),
+  ``B/rl-redis0`` with ``lease = 0`` (for information); ``C`` = B + cache (memory),
   measured on a miss that is stored (``Cache-Control: no-cache``) and on a hit;
   ``C/redis``: C with the Redis cache, on a hit.
 
@@ -90,6 +91,7 @@ GATEWAYS = (
     Gateway("A", A),
     Gateway("B", B),
     Gateway("B/rl-redis", B, rate_limit="redis"),
+    Gateway("B/rl-redis0", B, rate_limit="redis-lease0"),
     Gateway("C", C),
     Gateway("C/redis", C, cache="redis"),
 )
@@ -155,8 +157,10 @@ def _config(params: dict[str, Any]) -> Any:
         plugins["audit"] = {"path": params["audit_path"], "params": True}
     if "rate_limit" in keep:
         table: dict[str, Any] = {"default": {"read": OPEN, "write": OPEN}, "account": OPEN}
-        if params["rate_limit"] == "redis":
+        if params["rate_limit"] in ("redis", "redis-lease0"):
             table.update(backend="redis", redis_url=params["redis_url"], redis_timeout=0.5)
+        if params["rate_limit"] == "redis-lease0":  # every request asks Redis (exact)
+            table.update(lease=0)
         plugins["rate_limit"] = table
     if "cache" in keep:
         cache: dict[str, Any] = {"default_ttl": 3600}
@@ -376,6 +380,7 @@ def _run(args: argparse.Namespace, bench: StackBench, tmp: Path, started: float)
             (gateways["C"], "C miss", NO_CACHE, ()),
             (gateways["B"], "B", {}, ()),
             (gateways["B/rl-redis"], "B/rl-redis", {}, (redis,)),
+            (gateways["B/rl-redis0"], "B/rl-redis0", {}, (redis,)),
         ]
         if round_no % 2:
             latency.reverse()
@@ -499,6 +504,14 @@ def _summary(args: argparse.Namespace, runs: Runs) -> bool:
             f"  {'Redis rate limiter over memory, p50 (B vs B/rl-redis)':<52}"
             f"{delta:>+7.3f} ms (CPU {cpu:+.0f} us/request)"
             f"  <= {AIM_RL_REDIS_P50_MS} ms {_verdict(ok)}"
+        )
+    exact = runs.get("latency", "B/rl-redis0")
+    if mem and exact:  # for information: leases off, one Redis round trip a request
+        delta = _median([r.p50_ms - m.p50_ms for r, m in zip(exact, mem, strict=True)])
+        cpu = _median([r.cpu_us - m.cpu_us for r, m in zip(exact, mem, strict=True)])
+        print(
+            f"  {'  the same with lease = 0 (B vs B/rl-redis0)':<52}"
+            f"{delta:>+7.3f} ms (CPU {cpu:+.0f} us/request)  (information)"
         )
     down_base, down = runs.get("download", "baseline"), runs.get("download", "C")
     if down_base and down:
