@@ -41,7 +41,8 @@ With the Redis backend each instance reserves up to ``lease`` units of a shared 
 never let more through than the limit, across every instance together; the price is
 that ``RateLimit-Remaining`` is this instance's estimate, and another instance's reserved
 units can make a bucket refuse slightly early (by at most those units, for at most
-``lease_seconds``).
+``lease_seconds``, or until refilled when their instance vanished: a reservation Redis
+drops unreported is charged as used). No lease is taken on a bucket's first request.
 """
 
 from __future__ import annotations

@@ -22,17 +22,25 @@ so: a grant is at most the free room). A unit is out of the free room from its g
 the report that charges it to the TAT, after which the TAT refills it at the rate, like
 any request. So a unit handed out locally was taken from the room at its grant, never
 twice, and admissions over any span ``t``, summed over every instance, stay within
-``burst + rate * t``. This holds while each report reaches Redis before the reservation
-it spends expires there: an instance stops using a lease ``lease_seconds / 2`` after the
-call that granted it was sent, Redis keeps it ``lease_seconds`` after it ran, and the
-sweeper reports (and releases) expired leases every ``lease_seconds / 4``. (An instance
-cut off from Redis for longer than that may have handed out units Redis no longer holds
-for it; they are charged when it reaches Redis again.) A request asked of Redis does not
-spend a unit its own instance holds: those may have been handed out locally after the
-call was sent, and are reported by a later call.
+``burst + rate * t``. A reservation its holder did not report or give back in time (a
+crash, a shutdown with calls in flight, a Redis hiccup that opened the holder's circuit,
+a stalled event loop) is charged as used when Redis drops it, since some of it may have
+been handed out: the hash outlives its latest reservation by the time a full bucket takes
+to refill, so the script always sees an expired one. Its holder's late report charges
+those units again; that only ever lets fewer through. In the normal course an instance
+stops using a lease ``lease_seconds / 2`` after the call that granted it was sent, Redis
+keeps it ``lease_seconds`` after it ran, and the sweeper reports and gives back expired
+leases every ``lease_seconds / 4``, so nothing is charged twice. A request asked of
+Redis does not spend a unit its own instance holds: those may have been handed out
+locally after the call was sent, and are reported by a later call.
+
+No lease is taken on a bucket's first request on an instance: a bucket seen once (a
+one-off credential, a team that calls now and then) costs one script call, as without
+leases, and leaves nothing to give back.
 
 The price: another instance's reserved units make a bucket refuse slightly early
-(under-admission, bounded by the reservations, for at most ``lease_seconds``), and the
+(under-admission, bounded by the reservations, for at most ``lease_seconds``, or until
+refilled when a holder vanished), and the
 ``RateLimit-Remaining`` of a locally decided request is this instance's estimate.
 
 Several calls for one bucket may be in flight at once (pipelined on one connection).
@@ -103,8 +111,14 @@ for i = 1, n do
     local units, exp = string.match(fields[j + 1], '^(%d+):(%d+)$')
     units = tonumber(units)
     exp = tonumber(exp)
-    if units == nil or exp == nil or exp <= now then
+    if units == nil or exp == nil then
       redis.call('HDEL', KEYS[2 * i], fields[j])
+    elseif exp <= now then
+      -- its holder did not report or release it in time (a crash, a Redis hiccup that
+      -- opened its circuit, a stalled loop): some of it may have been handed out, so it
+      -- is charged as used; a late report charges those units again (only ever fewer pass)
+      redis.call('HDEL', KEYS[2 * i], fields[j])
+      tat = tat + units * b.interval
     elseif fields[j] == id then
       own = units
     else
@@ -148,7 +162,9 @@ for i = 1, n do
     local exp = now + lease_us
     redis.call('HSET', KEYS[2 * i], id, string.format('%.0f:%.0f', own, exp))
     if b.last > exp then exp = b.last end
-    redis.call('PEXPIRE', KEYS[2 * i], math.ceil((exp - now) / 1000) + 1)
+    -- kept until a charge at the latest expiry would have refilled (debt plus reservations
+    -- is at most burst intervals), so an expired reservation is seen and charged
+    redis.call('PEXPIRE', KEYS[2 * i], math.ceil((exp - now + b.burst * interval) / 1000) + 1)
   elseif b.had then
     redis.call('HDEL', KEYS[2 * i], id)
   end
@@ -175,14 +191,18 @@ class _Lease:
     reported: int = 0
     #: the time (limiter's clock) after which the lease is not used any more
     expires: float = 0.0
-    #: units the last reply granted (a sync starts when ``left`` falls to half of it)
-    grant: int = 0
+    #: units Redis held for this instance after the last reply (a sync starts when
+    #: ``left`` falls to half of it: a small grant must not delay the next one)
+    size: int = 0
     #: free units Redis reported with the last reply (for RateLimit-Remaining)
     free: int = 0
     #: Redis may hold units for this instance (its last reply said so)
     held: bool = False
     #: the (reported from, reported to) ranges of the calls in flight
     pending: list[tuple[int, int]] = field(default_factory=list)
+    #: a release is on its way (a reply to a call sent before it grants nothing usable:
+    #: the release, run after it, gives that grant back)
+    releasing: bool = False
     #: the bucket's limit (a release sends it: the script charges reports by its interval)
     limit: Limit | None = None
 
@@ -269,7 +289,7 @@ class LeasedRedisLimiter(RedisLimiter):
             lease = leases[key]
             lease.left -= 1
             lease.handed += 1
-            if lease.left * 2 <= lease.grant:
+            if lease.left * 2 <= lease.size:
                 low = True
             remaining = min(limit.burst, lease.free + lease.left)
             reset = (limit.burst - remaining) * limit.interval
@@ -332,7 +352,12 @@ class LeasedRedisLimiter(RedisLimiter):
         for bucket in buckets:
             key_bytes, res_bytes, limit_args = self._lease_frame(bucket)
             lease = self._leases.get(bucket[0])
+            bucket_want = want
             if lease is None:
+                # no lease on a bucket's first request here: a bucket seen once (a one-off
+                # credential, a team that calls now and then) costs one call, not a
+                # reservation to give back; one that follows soon after takes one
+                bucket_want = _ZERO
                 lease = self._leases[bucket[0]] = _Lease(limit=bucket[1])
                 if self._sweeper is None and not self._closed:  # it also forgets idle ones
                     self._sweeper = asyncio.get_running_loop().create_task(
@@ -344,7 +369,7 @@ class LeasedRedisLimiter(RedisLimiter):
             leases.append(lease)
             ranges.append(sent)
             keys += (key_bytes, res_bytes)
-            args += (limit_args, bulk(sent[1] - sent[0]), want)
+            args += (limit_args, bulk(sent[1] - sent[0]), bucket_want)
         head = b"*%d\r\n" % (8 + 6 * n)
         body = b"".join(
             (
@@ -377,7 +402,7 @@ class LeasedRedisLimiter(RedisLimiter):
         self._succeeded()
         verdicts: list[Verdict] = []
         for i, ((_, limit), lease, sent) in enumerate(zip(buckets, leases, ranges, strict=True)):
-            allowed, debt, wait, own, free, granted = values[6 * i : 6 * i + 6]
+            allowed, debt, wait, own, free, _granted = values[6 * i : 6 * i + 6]
             lease.pending.remove(sent)
             # units handed out after the earliest report Redis may not have applied yet:
             # a call still in flight, or one that failed (its report is sent again, so
@@ -386,8 +411,10 @@ class LeasedRedisLimiter(RedisLimiter):
             lease.left = max(0, own - (lease.handed - base))
             lease.held = own > 0
             lease.free = free
-            lease.grant = granted
+            lease.size = own
             lease.expires = sent_at + self._use_for if own > 0 else 0.0
+            if lease.releasing and not release:
+                lease.left, lease.expires = 0, 0.0
             if allowed:
                 remaining = min(limit.burst, free + lease.left)
                 reset = (limit.burst - remaining) * limit.interval
@@ -411,6 +438,10 @@ class LeasedRedisLimiter(RedisLimiter):
             if lease.expires > now or lease.pending:
                 continue  # in use, or a call in flight would race the release
             if (lease.held or lease.handed > lease.reported) and lease.limit is not None:
+                # marked now, not when the release is sent (a turn of the loop later): a
+                # request's call sent in between is answered first, and its grant must not
+                # be handed out, since the release then gives it back
+                lease.releasing = True
                 due.append((key, lease.limit))
             else:
                 del self._leases[key]
@@ -419,8 +450,14 @@ class LeasedRedisLimiter(RedisLimiter):
 
     async def _release(self, bucket: Bucket) -> None:
         # on failure on_error heard of it, and Redis drops the reservation by itself
-        with contextlib.suppress(LimiterUnavailable):
-            await self._call((bucket,), shadow=True, cost=0, release=True)
+        # (charging it as used)
+        try:
+            with contextlib.suppress(LimiterUnavailable):
+                await self._call((bucket,), shadow=True, cost=0, release=True)
+        finally:
+            lease = self._leases.get(bucket[0])
+            if lease is not None:
+                lease.releasing = False
 
     async def close(self) -> None:
         """Give every reservation back (best effort, within the timeout), then close."""

@@ -486,13 +486,14 @@ def test_killing_redis_while_a_lease_is_held_spends_it_then_applies_the_policy(
         lease_seconds=60.0,  # the lease stays valid however slow the machine is
     )
     url = stack.gateway_url
+    assert _get(url, "/v1/customers").status_code == 200  # from Redis, no lease yet
     assert _get(url, "/v1/customers").status_code == 200  # from Redis: a lease of 12
     redis_server.kill()
     statuses = [_get(url, "/v1/customers").status_code for _ in range(15)]
     # the 12 leased units pass (Redis holds them for this instance); then the policy
     assert statuses == [200] * 12 + ([200] * 3 if policy == "allow" else [429] * 3)
     after = "fallback_allow" if policy == "allow" else "unavailable_deny"
-    assert _decisions(stack, 16) == ["allow"] * 13 + [after] * 3
+    assert _decisions(stack, 17) == ["allow"] * 14 + [after] * 3
     plugin = _plugin(stack)
     assert plugin.counts["backend_errors"] >= 1  # the background sync failed, and said so
     assert len(stack.error_events("rate_limit_backend_unavailable", 2, timeout=0.3)) == 1
