@@ -272,10 +272,12 @@ _MAX_GROUPS = 256
 #: what separates an address's local part from its domain: ``@``, or ``%40`` (URL-encoded)
 _AT = re.compile(r"@|%40")
 #: an address's local part, read backwards from its ``@``: word characters (any script),
-#: ``.``, ``+`` (plus-addressing), ``-``, ``'`` and ``%`` (URL escapes); ``/``, ``:``,
-#: ``=``, ``&``, ``?``, quotes and white space end it, so a path, ``email:'...'`` or a
-#: query's ``name=`` before it stays as written
-_LOCAL_BACKWARDS = re.compile(r"[\w.+%'-]*")
+#: ``.``, ``+`` (plus-addressing), ``-``, ``'``, ``%`` (URL escapes) and the rest of RFC
+#: 5322's atext that is no separator in paths and queries (``! # $ * ^ { | } ~``); ``/``,
+#: ``:``, ``=``, ``&``, ``?``, double quotes and white space end it, so a path,
+#: ``email:'...'`` or a query's ``name=`` before it stays as written (and a local part
+#: holding one of those is masked from it on: ``first/[redacted]``)
+_LOCAL_BACKWARDS = re.compile(r"[\w.+%'!#$*^{|}~-]*")
 #: an address's domain: dot-separated labels of word characters (any script) and ``-``, at
 #: least two, the last (the top-level domain) starting with a letter, so ``1.2.3`` is not
 #: one; ``a@b.com.`` leaves the last dot out, ``a@b.com1`` takes the ``1`` in
