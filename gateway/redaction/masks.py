@@ -17,6 +17,7 @@ import hmac
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote
 
 from gateway.redaction.sensitive import (
     AUTH,
@@ -114,14 +115,19 @@ class Masks:
         return self.configured(s)
 
     def addresses(self, s: str) -> str:
-        """``s`` with every e-mail address in it masked (:func:`address_spans`)."""
+        """``s`` with every e-mail address in it masked (:func:`address_spans`); a keyed
+        hash is of the address percent-decoded, so ``jane%2Bx%40example.com`` in a path hashes
+        as ``jane+x@example.com`` in an ``email`` field does."""
         spans = address_spans(s)
         if not spans:
             return s
         pieces: list[str] = []
         done = 0
         for start, end in spans:
-            pieces += (s[done:start], self.marker(s[start:end].replace("%40", "@")))
+            address = s[start:end]
+            if "%" in address:  # as written unescaped: the hash an ``email`` field gets
+                address = unquote(address)
+            pieces += (s[done:start], self.marker(address))
             done = end
         pieces.append(s[done:])
         return "".join(pieces)

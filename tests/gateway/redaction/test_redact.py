@@ -1149,3 +1149,12 @@ def test_no_generated_address_survives_in_an_audit_line(
 
 
 _WARM_PROCESS = RedactingProcessor(Redactor())
+
+
+def test_an_escaped_address_in_free_text_hashes_as_the_email_field() -> None:
+    r = Redactor(hmac_key=b"k" * 32)
+    field = r.value({"email": "jane+x@example.com"})["email"]
+    assert field.startswith("[hmac:")
+    for text in ("/v1/customers/jane%2Bx%40example.com", "see jane+x@example.com now"):
+        line = r.value({"path": text})["path"]
+        assert field in line and "example.com" not in line
