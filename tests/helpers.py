@@ -81,10 +81,11 @@ def raw_request(url: str, data: bytes, timeout: float = 10.0) -> RawResponse:
 
 
 class LoopThread:
-    """An asyncio event loop running forever in a daemon thread."""
+    """An asyncio event loop running forever in a daemon thread (``loop``, when given:
+    a uvloop one, say, as the gateway runs on by default)."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop if loop is not None else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 

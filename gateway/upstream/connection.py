@@ -25,7 +25,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
 from gateway.upstream.origin import Origin
-from gateway.upstream.progress import WriteTimeoutError, unsent
+from gateway.upstream.progress import WriteTimeoutError, reset, unsent
 
 if TYPE_CHECKING:
     from gateway.upstream.client import UpstreamClient
@@ -409,11 +409,12 @@ class Connection(BaseProtocol):
             self.client._gone(self)
 
     def close_now(self) -> None:
-        """Close the connection; aborted when some of the request is still unsent (a
-        graceful close would wait for a peer that may never read it)."""
+        """Close the connection; reset when some of the request is still unsent, in the
+        transport's buffer or the socket's send queue (:func:`unsent`): a graceful close
+        would leave an orphaned socket sending it to a peer that may never read it."""
         transport = self.transport
         if transport is not None:
-            if transport.get_write_buffer_size():
-                transport.abort()
+            if unsent(transport):
+                reset(transport)
             else:
                 transport.close()

@@ -5,6 +5,10 @@ The upstream is a raw socket server in a thread with a small receive buffer: it 
 request's head and then either never reads the body (the kernel buffers on both sides
 fill and the gateway's writes stop), or reads it slowly but steadily. The client streams
 several MB, so the body cannot simply vanish into the kernel's buffers.
+
+Each test runs on uvloop (the gateway's default event loop) and on asyncio: uvloop's
+transports are not ``asyncio.WriteTransport`` subclasses, and what is unsent is read off
+them all the same.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -29,10 +34,42 @@ from multidict import CIMultiDict
 from gateway.keys import SESSION
 from gateway.proxy import failure_kind
 from gateway.upstream import Origin, UpstreamClient, WriteTimeoutError
-from tests.helpers import BILLING_KEY, Stack
+from gateway.upstream.progress import unsent
+from tests.helpers import BILLING_KEY, LoopThread, Stack
 
 MB = 1024 * 1024
 _ANSWER = b'{"id": "cus_1Nstalled0001", "object": "customer"}'
+T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def new_loop(request: pytest.FixtureRequest) -> LoopFactory:
+    """How to make the event loop a test's client runs on."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory: LoopFactory = uvloop.new_event_loop
+        return factory
+    return asyncio.new_event_loop
+
+
+def _run(new_loop: LoopFactory, main: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(main)
+
+
+def _was_reset(sock: socket.socket) -> bool:
+    """Read what is left on the upstream's side of a connection the client dropped: True
+    for a reset, False for the end of the stream after the rest of the body (a close, or
+    an abort that left the socket's send queue to the kernel, which keeps sending it to a
+    peer that may never read it)."""
+    sock.settimeout(15)
+    try:
+        while sock.recv(MB):
+            pass
+    except ConnectionResetError:
+        return True
+    return False
 
 
 @dataclass
@@ -46,6 +83,8 @@ class PacedUpstream:
     read_size: int = 65536
     pause: float = 0.01
     stalled: threading.Event = field(default_factory=threading.Event)
+    #: the connections of the stalled requests, for a test to read once the client is done
+    held: list[socket.socket] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _socks: list[socket.socket] = field(default_factory=list)
@@ -101,6 +140,7 @@ class PacedUpstream:
                 length = int(found.group(1)) if found else 0
                 if length:
                     if self.mode == "stall":
+                        self.held.append(sock)
                         self.stalled.set()
                         self._stop.wait()  # never reads again
                         return
@@ -143,11 +183,53 @@ def _headers(length: int) -> CIMultiDict[str]:
     return CIMultiDict({"Content-Length": str(length), "Content-Type": "application/json"})
 
 
+# ----------------------------------------------------------------- what is unsent
+
+
+def test_unsent_counts_the_transports_buffer_and_the_sockets_send_queue(
+    new_loop: LoopFactory,
+) -> None:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(15)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())
+        peer, _ = await asyncio.to_thread(listener.accept)
+        try:
+            assert unsent(transport) == 0
+            transport.write(b"a" * 4 * MB)  # more than the buffers of both sides hold
+            buffered = transport.get_write_buffer_size()
+            assert 0 < buffered < unsent(transport) <= 4 * MB  # the send queue counts too
+            before = unsent(transport)
+            got = 0
+            while got < MB:  # the peer reads: less is unsent
+                got += len(await asyncio.to_thread(peer.recv, MB))
+            async with asyncio.timeout(15):
+                while unsent(transport) >= before:
+                    await asyncio.sleep(0.01)
+            transport.abort()
+            await asyncio.sleep(0)
+            assert unsent(transport) == 0  # closed: nothing more of it will be sent
+        finally:
+            transport.abort()
+            peer.close()
+
+    try:
+        _run(new_loop, main())
+    finally:
+        listener.close()
+    assert unsent(None) == 0
+
+
 # ----------------------------------------------------------------- the client alone
 
 
-def test_a_stalled_upload_fails_after_the_limit_and_its_connection_is_closed(
-    paced: PacedUpstream,
+def test_a_stalled_upload_fails_after_the_limit_and_its_connection_is_reset(
+    paced: PacedUpstream, new_loop: LoopFactory
 ) -> None:
     limit = 0.5
     origin = Origin(paced.start())
@@ -174,15 +256,18 @@ def test_a_stalled_upload_fails_after_the_limit_and_its_connection_is_closed(
         assert len(client._open) == 1
         await client.close()
 
-    asyncio.run(main())
+    _run(new_loop, main())
+    # reset: the kernel does not go on sending the body's tail to the stalled upstream
+    assert len(paced.held) == 1 and _was_reset(paced.held[0])
 
 
 @pytest.mark.parametrize("size", [48 * 1024, 512 * 1024, 3 * MB])
 def test_a_body_whose_tail_is_never_read_times_out_whatever_its_size(
-    paced: PacedUpstream, size: int
+    paced: PacedUpstream, size: int, new_loop: LoopFactory
 ) -> None:
     # small bodies fit the buffers whole (then the read timer, which sees nothing taken,
-    # fires); larger ones stall in the drain: a timeout either way, and never pooled
+    # fires); larger ones stall in the drain: a timeout either way, never pooled, and
+    # reset even when all that is left is in the socket's send queue
     limit = 0.5
     origin = Origin(paced.start())
 
@@ -199,10 +284,13 @@ def test_a_body_whose_tail_is_never_read_times_out_whatever_its_size(
                 await asyncio.sleep(0.01)
         await client.close()
 
-    asyncio.run(main())
+    _run(new_loop, main())
+    assert len(paced.held) == 1 and _was_reset(paced.held[0])
 
 
-def test_without_a_read_timeout_the_drain_waits_as_before(paced: PacedUpstream) -> None:
+def test_without_a_read_timeout_the_drain_waits_as_before(
+    paced: PacedUpstream, new_loop: LoopFactory
+) -> None:
     # no limit configured in the client's call: the request waits (the proxy always
     # passes read_timeout, which must be > 0)
     origin = Origin(paced.start())
@@ -226,7 +314,7 @@ def test_without_a_read_timeout_the_drain_waits_as_before(paced: PacedUpstream) 
                 await asyncio.sleep(0.01)
         await client.close()
 
-    asyncio.run(main())
+    _run(new_loop, main())
 
 
 @settings(
@@ -235,7 +323,9 @@ def test_without_a_read_timeout_the_drain_waits_as_before(paced: PacedUpstream) 
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(read_size=st.sampled_from([16 * 1024, 32 * 1024, 64 * 1024]))
-def test_an_upstream_reading_slowly_but_steadily_is_not_cut_off(read_size: int) -> None:
+def test_an_upstream_reading_slowly_but_steadily_is_not_cut_off(
+    new_loop: LoopFactory, read_size: int
+) -> None:
     # about 1 MB/s in reads far apart from each other compared with the limit, for a body
     # that takes longer than the limit in all: the limit is on no progress, not on the total
     limit = 1.0
@@ -258,7 +348,7 @@ def test_an_upstream_reading_slowly_but_steadily_is_not_cut_off(read_size: int) 
         return took
 
     try:
-        took = asyncio.run(main())
+        took = _run(new_loop, main())
     finally:
         upstream.stop()
     assert took > limit  # the upload as a whole outlasted the limit
@@ -274,9 +364,30 @@ def _pooled(stack: Stack) -> int:
     return stack.loop.call(lambda: len(app[SESSION]._open))
 
 
+@pytest.fixture(params=["uvloop", "asyncio"])
+def any_stack(
+    request: pytest.FixtureRequest, loop_thread: LoopThread, tmp_path: Path
+) -> Iterator[Stack]:
+    """The ``stack`` fixture's fake Stripe hosts, with the gateway to run on uvloop or on
+    asyncio (the session's loop)."""
+    thread = loop_thread
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        thread = LoopThread(uvloop.new_event_loop())
+    stack = Stack(loop=thread, tmp=tmp_path)
+    try:
+        stack.start_upstreams()
+        yield stack
+    finally:
+        stack.close()
+        if thread is not loop_thread:
+            thread.stop()
+
+
 def test_the_gateway_answers_a_stalled_upload_with_its_upstream_timeout(
-    stack: Stack, paced: PacedUpstream
+    any_stack: Stack, paced: PacedUpstream
 ) -> None:
+    stack = any_stack
     limit = 1.0
     stack.start_gateway(upstream={"api": paced.start(), "read_timeout": limit})
     url = stack.gateway_url
@@ -314,6 +425,7 @@ def test_the_gateway_answers_a_stalled_upload_with_its_upstream_timeout(
     while _pooled(stack) > before:
         assert time.monotonic() < deadline, "the stalled upstream connection stayed open"
         time.sleep(0.01)
+    assert len(paced.held) == 1 and _was_reset(paced.held[0])
     lines = [
         line
         for line in stack.audit_lines(at_least=3, timeout=10)
