@@ -49,6 +49,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,40 +363,32 @@ def _run(args: argparse.Namespace, bench: StackBench, tmp: Path, started: float)
 
     runs = Runs()
     path = hb.CUSTOMER_PATH
+
+    def measure_all(sequence: Iterable[tuple[str, str, dict[str, str]]]) -> None:
+        """The 50-connection runs of ``sequence`` (label, gateway, headers), one by one."""
+        for label, name, headers in sequence:
+            others = (redis,) if "redis" in name else ()
+            runs.add(
+                bench.measure(
+                    gateways[name],
+                    "rps",
+                    path,
+                    args.conns,
+                    upstream,
+                    headers=headers,
+                    label=label,
+                    others=others,
+                )
+            )
+
     for round_no in range(args.rounds):
         print(f"round {round_no + 1}/{args.rounds}", flush=True)
         order = list(RPS_RUNS) if round_no % 2 == 0 else list(reversed(RPS_RUNS))
         first = bench.measure(baseline, "rps", path, args.conns, upstream)
-        for label, name, headers in order:
-            others = (redis,) if "redis" in name else ()
-            runs.add(
-                bench.measure(
-                    gateways[name],
-                    "rps",
-                    path,
-                    args.conns,
-                    upstream,
-                    headers=headers,
-                    label=label,
-                    others=others,
-                )
-            )
+        measure_all(order)
         last = bench.measure(baseline, "rps", path, args.conns, upstream)
         framed = [bench.measure(baseline, "rps", path, args.conns, upstream, label=AIM_BASE)]
-        for label, name, headers in (*AIM_RUNS, *reversed(AIM_RUNS)):
-            others = (redis,) if "redis" in name else ()
-            runs.add(
-                bench.measure(
-                    gateways[name],
-                    "rps",
-                    path,
-                    args.conns,
-                    upstream,
-                    headers=headers,
-                    label=label,
-                    others=others,
-                )
-            )
+        measure_all((*AIM_RUNS, *reversed(AIM_RUNS)))
         framed.append(bench.measure(baseline, "rps", path, args.conns, upstream, label=AIM_BASE))
         for r in framed:
             runs.add(r)

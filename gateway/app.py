@@ -25,10 +25,8 @@ from aiohttp.web_urldispatcher import (
 
 from gateway import __version__
 from gateway.config import GatewayConfig
-from gateway.context import new_request_id
-from gateway.errors import CLOSE, error_response
 from gateway.expect import continue_at_once, continue_later
-from gateway.headers import framing_problem
+from gateway.headers import framing_refusal
 from gateway.host import PluginHost
 from gateway.keys import (
     GENERATIONS,
@@ -53,16 +51,9 @@ _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    if "Transfer-Encoding" in request.headers:  # an HTTP/1.0 one is faulty framing
-        problem = framing_problem(request.version, request.headers)
-        if problem is not None:
-            return error_response(
-                400,
-                problem,
-                request_id=new_request_id(),
-                code="invalid_header",
-                headers=dict(CLOSE),
-            )
+    refusal = framing_refusal(request)  # an HTTP/1.0 request with Transfer-Encoding
+    if refusal is not None:
+        return refusal
     return web.Response(body=_HEALTH, content_type="application/json")
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aiohttp import HttpVersion, HttpVersion11
+from aiohttp import HttpVersion, HttpVersion11, web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.context import new_request_id
+from gateway.errors import CLOSE, error_response
 
 __all__ = [
     "HOP_BY_HOP",
     "SINGLE",
     "framing_problem",
+    "framing_refusal",
     "header_problem",
     "relay_headers",
     "strip_hop_by_hop",
@@ -92,6 +96,21 @@ def framing_problem(
     if "Content-Length" in headers:
         return "A request may not carry both Transfer-Encoding and Content-Length."
     return None
+
+
+def framing_refusal(request: web.Request) -> web.Response | None:
+    """The Stripe-shaped 400 for a request whose body framing is faulty
+    (:func:`framing_problem`), which closes the connection; None when it is sound. For the
+    listeners whose requests do not go through the proxy's checks (``/healthz``, the admin
+    listener)."""
+    if "Transfer-Encoding" not in request.headers:
+        return None
+    problem = framing_problem(request.version, request.headers)
+    if problem is None:
+        return None
+    return error_response(
+        400, problem, request_id=new_request_id(), code="invalid_header", headers=dict(CLOSE)
+    )
 
 
 def header_problem(

@@ -57,8 +57,8 @@ from aiohttp.web_urldispatcher import (
 
 from gateway import __version__
 from gateway.context import new_request_id
-from gateway.errors import CLOSE, ErrorType, error_response
-from gateway.headers import framing_problem
+from gateway.errors import ErrorType, error_response
+from gateway.headers import framing_refusal
 from gateway.keys import (
     ADMIN_URLS,
     GATEWAY_APP,
@@ -125,16 +125,9 @@ async def _errors_and_auth(
     """Stripe-shaped errors for everything, faulty framing refused (an HTTP/1.0 request with
     a Transfer-Encoding, RFC 9112 §6.1: answered, then the connection closed), and the
     token check for ``/admin/*``."""
-    if "Transfer-Encoding" in request.headers:
-        problem = framing_problem(request.version, request.headers)
-        if problem is not None:
-            return error_response(
-                400,
-                problem,
-                request_id=new_request_id(),
-                code="invalid_header",
-                headers=dict(CLOSE),
-            )
+    refusal = framing_refusal(request)
+    if refusal is not None:
+        return refusal
     if request.path.startswith("/admin/") and not _authorized(request):
         return admin_error(
             401,
