@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aiohttp import HttpVersion, HttpVersion11, web
+from aiohttp import HttpVersion, HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import new_request_id
@@ -93,7 +93,7 @@ def framing_problem(
     codings = headers.getall("Transfer-Encoding")
     if len(codings) != 1 or codings[0].strip().lower() != "chunked":
         return "The only Transfer-Encoding the gateway accepts is 'chunked', alone."
-    if "Content-Length" in headers:
+    if hdrs.CONTENT_LENGTH in headers:
         return "A request may not carry both Transfer-Encoding and Content-Length."
     return None
 
@@ -136,14 +136,14 @@ def header_problem(
             if name in seen and (name in SINGLE or name.startswith("stripe-")):
                 return f"The header {_title(name)} may be sent only once."
             seen.add(name)
-    if "Connection" in headers:
+    if hdrs.CONNECTION in headers:
         for name in _connection_tokens(headers):
             if (name in _READ_BY_GATEWAY or name.startswith("stripe-")) and name in headers:
                 return (
                     f"The Connection header names {_title(name)}, which this request "
                     "carries: the gateway does not drop end-to-end headers."
                 )
-    if "Transfer-Encoding" in headers:
+    if hdrs.TRANSFER_ENCODING in headers:
         problem = framing_problem(version, headers)
         if problem is not None:
             return problem
@@ -183,7 +183,7 @@ def strip_hop_by_hop(headers: CIMultiDict[str], *, drop: Iterable[str] = ()) -> 
     (Copying everything in C and then deleting a few names is cheaper than filtering name
     by name in Python.)
     """
-    if "Connection" in headers:
+    if hdrs.CONNECTION in headers:
         for token in _connection_tokens(headers):
             headers.popall(token, None)
     for name in headers.keys() & HOP_BY_HOP:  # (a set operation in C, case-insensitive)

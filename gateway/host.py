@@ -507,7 +507,7 @@ class PluginHost:
                     if not out:  # the first contribution: taken as is (a copy)
                         out = dict(got)
                         continue
-                    for name, value in dict(got).items():
+                    for name, value in got.items():
                         out.setdefault(name, value)
             except Exception as exc:
                 self._failed(impl, hook, self._fails_closed[hook], exc)

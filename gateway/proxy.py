@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -243,7 +243,7 @@ class Proxy:
                     answer = await answer
                 if answer is not None:
                     return await self._answer(ctx, answer, "refused")
-            if "Expect" in request.headers:  # 100-continue (_check): the key is good, now
+            if hdrs.EXPECT in request.headers:  # 100-continue (_check): the key is good, now
                 await send_continue(request)
             if "gateway_request" in hooks:
                 answer = host.first_now("gateway_request", ctx)
@@ -306,7 +306,7 @@ class Proxy:
             await self._rewrite_answer(ctx, response)
         if not response.prepared:
             response.headers.setdefault("X-Gateway-Request-Id", ctx.request_id)
-            if "Expect" in ctx.request.headers:
+            if hdrs.EXPECT in ctx.request.headers:
                 close_if_uninvited(ctx.request, response)
             if "gateway_response_headers" in self.host.implemented:
                 rest = self.host.each_now("gateway_response_headers", ctx, response.headers)
@@ -430,7 +430,7 @@ class Proxy:
                 should_retry=False,
             )
         headers = request.headers
-        if "Expect" in headers and any(
+        if hdrs.EXPECT in headers and any(
             value.strip().lower() != "100-continue" for value in headers.getall("Expect")
         ):
             raise StripeErrorResponse(
@@ -440,7 +440,7 @@ class Proxy:
                 should_retry=False,
             )
         if (
-            "Content-Encoding" in headers
+            hdrs.CONTENT_ENCODING in headers
             and request.body_exists
             and any(
                 token.strip().lower() not in ("", "identity")

@@ -90,7 +90,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr
 from pydantic import Field, PrivateAttr, field_validator
 
 from gateway.clients import api_version, sdk
@@ -117,6 +118,9 @@ _FORM = "application/x-www-form-urlencoded"
 #: the methods whose names may skip the log processors (``SafeValues``)
 _METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS")
 _FLAGS = (True, False, None)
+# header names as istr: multidict looks them up without case-folding them first
+_CLIENT_USER_AGENT = istr("X-Stripe-Client-User-Agent")
+_STRIPE_VERSION = istr("Stripe-Version")
 #: durations below this many milliseconds (31 years) are numbers no redactor changes
 _MAX_MS = 1e12
 #: byte counts below this (1 TB) are numbers no redactor changes
@@ -530,8 +534,8 @@ class AuditPlugin:
         upstream_seconds = ctx.upstream_seconds
         upstream_ms = milliseconds(upstream_seconds) if upstream_seconds is not None else None
         headers = request.headers
-        found = sdk(headers.get("X-Stripe-Client-User-Agent"), headers.get("User-Agent"))
-        sent = headers.get("Stripe-Version")
+        found = sdk(headers.get(_CLIENT_USER_AGENT), headers.get(hdrs.USER_AGENT))
+        sent = headers.get(_STRIPE_VERSION)
         try:
             version = self._versions[sent]
         except KeyError:
@@ -606,8 +610,12 @@ class AuditPlugin:
             contributed = self._host.fields_now("gateway_audit_fields", ctx)
             if head is None:
                 fields = {"timestamp": None, **ctx.audit, **contributed, **fields}
-            else:
+            elif ctx.audit:
                 fields = {**ctx.audit, **contributed, **fields}
+            else:  # (most lines) what the merge would give, without a third dict: the
+                # contributions are a dict of fields_now's own
+                contributed.update(fields)
+                fields = contributed
         elif ctx.audit:
             if head is None:
                 fields = {"timestamp": None, **ctx.audit, **fields}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, istr
 from pydantic import Field, PrivateAttr
 
@@ -538,7 +538,7 @@ class CachePlugin:
             return None
         headers = request.headers
         no_cache = False
-        control = headers.get("Cache-Control")
+        control = headers.get(hdrs.CACHE_CONTROL)
         if control:
             directives = {d.strip().lower() for d in control.split(",")}
             if "no-store" in directives:

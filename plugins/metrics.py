@@ -108,17 +108,17 @@ class _Tally:
     """Observations of one histogram child, sorted into its buckets as they come and
     added to it on :meth:`flush_into` (what ``observe`` would have done one at a time)."""
 
-    __slots__ = ("_bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "total")
 
     def __init__(self, histogram: Histogram) -> None:
         #: the histogram's upper bounds, +Inf last (an observation goes in the first
         #: bucket whose bound it does not exceed, as ``Histogram.observe`` does)
-        self._bounds: list[float] = list(histogram._upper_bounds)
-        self.counts = [0] * len(self._bounds)
+        self.bounds: list[float] = list(histogram._upper_bounds)
+        self.counts = [0] * len(self.bounds)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self._bounds, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
     def flush_into(self, child: Histogram) -> None:
@@ -192,7 +192,9 @@ class MetricsPlugin:
             tally = self._durations_pending.get(family)
             if tally is None:
                 tally = self._durations_pending[family] = _Tally(metrics.request_duration)
-            tally.observe(duration)
+            # _Tally.observe, inline (a call saved on every request)
+            tally.counts[bisect_left(tally.bounds, duration)] += 1
+            tally.total += duration
             if ctx.attempts:
                 self._count_upstream(metrics, ctx)
             return
