@@ -51,8 +51,9 @@ import hashlib
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -381,26 +382,19 @@ class RateLimitPlugin:
         self.memory = MemoryLimiter(share=s.fallback_share if s.backend == "redis" else 1.0)
         if s.backend == "redis" and self._on:
             assert s.url is not None
-            if s.lease > 0:
-                self.redis = LeasedRedisLimiter(
-                    s.url,
-                    prefix=s.key_prefix,
-                    timeout=s.redis_timeout,
-                    breaker_seconds=s.redis_breaker,
-                    on_error=self._backend_error,
-                    on_recover=self._backend_recovered,
-                    lease=s.lease,
-                    lease_seconds=s.lease_seconds,
-                )
-            else:
-                self.redis = RedisLimiter(
-                    s.url,
-                    prefix=s.key_prefix,
-                    timeout=s.redis_timeout,
-                    breaker_seconds=s.redis_breaker,
-                    on_error=self._backend_error,
-                    on_recover=self._backend_recovered,
-                )
+            limiter: Callable[..., RedisLimiter] = (
+                partial(LeasedRedisLimiter, lease=s.lease, lease_seconds=s.lease_seconds)
+                if s.lease > 0
+                else RedisLimiter  # a round trip for every request
+            )
+            self.redis = limiter(
+                s.url,
+                prefix=s.key_prefix,
+                timeout=s.redis_timeout,
+                breaker_seconds=s.redis_breaker,
+                on_error=self._backend_error,
+                on_recover=self._backend_recovered,
+            )
             self._breaker = metrics.redis_breaker("rate_limit")
 
     @hookimpl

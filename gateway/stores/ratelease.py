@@ -183,6 +183,8 @@ return out
 class _Lease:
     """This instance's part of one shared bucket."""
 
+    #: the bucket's limit (a release sends it: the script charges reports by its interval)
+    limit: Limit
     #: units that may still be handed out locally (until ``expires``)
     left: int = 0
     #: units handed out locally, ever (a counter calls record when they are sent)
@@ -196,15 +198,11 @@ class _Lease:
     size: int = 0
     #: free units Redis reported with the last reply (for RateLimit-Remaining)
     free: int = 0
-    #: Redis may hold units for this instance (its last reply said so)
-    held: bool = False
     #: the (reported from, reported to) ranges of the calls in flight
     pending: list[tuple[int, int]] = field(default_factory=list)
     #: a release is on its way (a reply to a call sent before it grants nothing usable:
     #: the release, run after it, gives that grant back)
     releasing: bool = False
-    #: the bucket's limit (a release sends it: the script charges reports by its interval)
-    limit: Limit | None = None
 
 
 class LeasedRedisLimiter(RedisLimiter):
@@ -358,7 +356,7 @@ class LeasedRedisLimiter(RedisLimiter):
                 # credential, a team that calls now and then) costs one call, not a
                 # reservation to give back; one that follows soon after takes one
                 bucket_want = _ZERO
-                lease = self._leases[bucket[0]] = _Lease(limit=bucket[1])
+                lease = self._leases[bucket[0]] = _Lease(bucket[1])
                 if self._sweeper is None and not self._closed:  # it also forgets idle ones
                     self._sweeper = asyncio.get_running_loop().create_task(
                         self._sweep_forever(), context=contextvars.Context()
@@ -409,7 +407,6 @@ class LeasedRedisLimiter(RedisLimiter):
             # ``reported`` went back): the units it carried may still count as held
             base = min([sent[1], lease.reported, *(start for start, _ in lease.pending)])
             lease.left = max(0, own - (lease.handed - base))
-            lease.held = own > 0
             lease.free = free
             lease.size = own
             lease.expires = sent_at + self._use_for if own > 0 else 0.0
@@ -437,7 +434,7 @@ class LeasedRedisLimiter(RedisLimiter):
         for key, lease in list(self._leases.items()):
             if lease.expires > now or lease.pending:
                 continue  # in use, or a call in flight would race the release
-            if (lease.held or lease.handed > lease.reported) and lease.limit is not None:
+            if lease.size or lease.handed > lease.reported:
                 # marked now, not when the release is sent (a turn of the loop later): a
                 # request's call sent in between is answered first, and its grant must not
                 # be handed out, since the release then gives it back
