@@ -720,15 +720,8 @@ class RedactingProcessor:
         self.on_failure: Callable[[], object] | None = None
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        redactor = self.redactor
         try:
-            # Redactor.event's fast path taken here (a frame saved on most lines); ``None``
-            # from it: the whole of event, which gives the same answer for such a line
-            out = None
-            if not redactor.patterns and "exc_info" not in event_dict:
-                out = redactor._short_fields(event_dict)
-            if out is None:
-                out = redactor.event(event_dict)
+            out = self.redactor.event(event_dict)
         except Exception:
             out = _all_placeholders(event_dict)
         if "redaction_error" in out and self.on_failure is not None:
