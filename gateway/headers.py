@@ -83,7 +83,7 @@ def framing_problem(
     The answer to such a request closes the connection: whatever follows it on the same
     connection cannot be told apart from its body.
     """
-    if "Transfer-Encoding" not in headers:
+    if hdrs.TRANSFER_ENCODING not in headers:
         return None
     if version < HttpVersion11:
         return (
@@ -103,8 +103,6 @@ def framing_refusal(request: web.Request) -> web.Response | None:
     (:func:`framing_problem`), which closes the connection; None when it is sound. For the
     listeners whose requests do not go through the proxy's checks (``/healthz``, the admin
     listener)."""
-    if "Transfer-Encoding" not in request.headers:
-        return None
     problem = framing_problem(request.version, request.headers)
     if problem is None:
         return None
@@ -143,10 +141,9 @@ def header_problem(
                     f"The Connection header names {_title(name)}, which this request "
                     "carries: the gateway does not drop end-to-end headers."
                 )
-    if hdrs.TRANSFER_ENCODING in headers:
-        problem = framing_problem(version, headers)
-        if problem is not None:
-            return problem
+    problem = framing_problem(version, headers)
+    if problem is not None:
+        return problem
     for key in _ASCII_VALUED:
         text = headers.get(key)
         if text is not None and not (text.isascii() and text.isprintable()):
