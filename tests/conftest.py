@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from tests.fake_stripe import FakeStripe
 from tests.helpers import LoopThread, Served, Stack, WebhookReceiver, start_app
+
+# No per-example deadline and no "too slow" health check, loaded or not: on a busy 2-core
+# machine one example may stall for a second, and Hypothesis would call the test's timings
+# unreliable (Flaky) though nothing in it is wrong. Tests bound their own waits.
+settings.register_profile(
+    "suite", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")

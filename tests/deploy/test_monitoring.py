@@ -293,11 +293,11 @@ def _every_plugin_on(stack: Stack, redis: RedisServer, receiver: WebhookReceiver
     team_secret.write_text(TEAM_SECRET)
     return {
         "audit": {"path": str(stack.audit_path)},
-        "cache": {"backend": "redis", "redis_url": redis.url, "redis_timeout": 1.0},
+        "cache": {"backend": "redis", "redis_url": redis.url, "redis_timeout": 5.0},
         "rate_limit": {
             "backend": "redis",
             "redis_url": redis.url,
-            "redis_timeout": 1.0,
+            "redis_timeout": 5.0,
             "teams": {"billing": {"read": {"rate": 0.01, "burst": 5}}},
         },
         "webhooks": {

@@ -259,7 +259,7 @@ def test_a_team_over_max_in_flight_gets_429_at_once_and_others_pass(
 def test_the_team_count_is_given_back_on_every_path(stack: Stack) -> None:
     data = stack.gateway_data()
     data["teams"][0]["max_in_flight"] = 1
-    stack.start_gateway(teams=data["teams"], server={"body_timeout": 0.3, "buffer_body_bytes": 0})
+    stack.start_gateway(teams=data["teams"], server={"body_timeout": 1.5, "buffer_body_bytes": 0})
     # a streamed body that stalls (408), one the client cuts off, an upstream that breaks
     with _open(stack, _post_head() + b"name=x") as sock:
         assert _answer(sock)[0] == 408

@@ -209,8 +209,9 @@ def _concurrent(stack: Stack, path: str, n: int) -> list[tuple[int, str, bytes]]
 
 
 def test_concurrent_identical_misses_make_one_upstream_request(stack: Stack) -> None:
-    stack.start_gateway()
-    results = _concurrent(stack, CUSTOMER + "?delay=0.5", 100)
+    stack.start_gateway(upstream={"read_timeout": 10.0})
+    # the upstream answers after 2 s: every connection arrives while the leader waits
+    results = _concurrent(stack, CUSTOMER + "?delay=2", 100)
     assert stack.upstreams["api"].count("GET", CUSTOMER) == 1
     assert all(status == 200 for status, _, _ in results)
     assert len({body for _, _, body in results}) == 1
@@ -219,14 +220,14 @@ def test_concurrent_identical_misses_make_one_upstream_request(stack: Stack) -> 
 
 
 def test_leader_failure_reaches_every_waiter_and_the_next_request_retries(stack: Stack) -> None:
-    stack.start_gateway()
+    stack.start_gateway(upstream={"read_timeout": 10.0})
     stack.upstreams["api"].fail_with = 500
-    results = _concurrent(stack, CUSTOMER + "?delay=0.5", 50)
+    results = _concurrent(stack, CUSTOMER + "?delay=2", 50)
     assert stack.upstreams["api"].count("GET", CUSTOMER) == 1
     assert {status for status, _, _ in results} == {500}
     assert len({body for _, _, body in results}) == 1
     stack.upstreams["api"].fail_with = None
-    assert _get(stack.gateway_url, CUSTOMER + "?delay=0.5").status_code == 200
+    assert _get(stack.gateway_url, CUSTOMER).status_code == 200
     assert stack.upstreams["api"].count("GET", CUSTOMER) == 2
 
 
@@ -265,10 +266,10 @@ def test_stale_is_off_by_default(stack: Stack) -> None:
 
 
 def test_entries_expire(stack: Stack) -> None:
-    stack.start_gateway(plugins={"cache": {"default_ttl": 0.2}})
+    stack.start_gateway(plugins={"cache": {"default_ttl": 1.5}})  # slack for the HIT
     assert _get(stack.gateway_url, CUSTOMER).headers["X-Cache"] == "MISS"
     assert _get(stack.gateway_url, CUSTOMER).headers["X-Cache"] == "HIT"
-    time.sleep(0.3)
+    time.sleep(1.6)
     assert _get(stack.gateway_url, CUSTOMER).headers["X-Cache"] == "MISS"
 
 
@@ -497,7 +498,7 @@ _PLUGINS: dict[str, Any] = {}
 def _redis_gateway(stack: Stack, redis: RedisServer, **extra: Any) -> str:
     # a generous timeout: on a loaded CI machine the default 50 ms (connect included) can
     # pass, and a timed-out lookup is a miss, which these tests would take for a bug
-    settings = {"backend": "redis", "redis_url": redis.url, "redis_timeout": 1.0, **extra}
+    settings = {"backend": "redis", "redis_url": redis.url, "redis_timeout": 5.0, **extra}
     url = stack.start_gateway(plugins={"cache": settings})
     assert stack.app is not None
     _PLUGINS[url] = stack.app[GENERATIONS].current.host.pm.get_plugin("cache")
@@ -543,7 +544,10 @@ def test_redis_outage_degrades_to_misses(stack: Stack, redis_server: RedisServer
     update = requests.post(url + CUSTOMER, auth=(BILLING_KEY, ""), data={"a": "b"}, timeout=5)
     assert update.status_code == 200
     # logged once per interval
-    assert len(stack.error_events("cache_backend_unavailable", 2, timeout=0.3)) == 1
+    assert stack.error_events("cache_backend_unavailable")  # written: waits for the first
+    assert (
+        len(stack.error_events("cache_backend_unavailable", 2, timeout=0.3)) == 1
+    )  # and only once
     assert stack.upstreams["api"].count("GET", CUSTOMER) == 6
 
 

@@ -135,9 +135,9 @@ def test_the_deadline_is_honoured(stack: Stack) -> None:
     assert response.status_code == 500
     attempts = int(response.headers["X-Gateway-Attempts"])
     # waits are 0.2-0.4 s (equal jitter of 0.4): retries start at >= 0.2, 0.4, 0.6, 0.8 s,
-    # and none at 1.0 s or later
-    assert 2 <= attempts <= 5
-    assert elapsed < 2.0
+    # and none at 1.0 s or later (a stalled machine may make fewer in time, never more)
+    assert 1 <= attempts <= 5
+    assert elapsed < 4.0  # without the deadline, 10 retries would wait 2 s or more
 
 
 class _Alternating(random.Random):

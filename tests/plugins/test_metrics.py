@@ -5,6 +5,7 @@ Every app has its own registry, so each test reads absolute values."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -137,22 +138,26 @@ def test_unknown_methods_count_as_other(stack: Stack) -> None:
 
 
 def test_requests_in_flight(stack: Stack) -> None:
-    admin = _start(stack)
+    admin = _start(stack, upstream={"read_timeout": 30.0})
+    held = stack.loop.call(asyncio.Event)
+    stack.upstreams["api"].hold = held  # the answer waits until the test has looked
     done = threading.Event()
 
     def slow() -> None:
-        _get(stack, "/v1/customers?delay=0.6")
+        _get(stack, "/v1/test_faults/hold")
         done.set()
 
     thread = threading.Thread(target=slow)
     thread.start()
     try:
-        deadline = time.monotonic() + 3
-        while Scrape(admin)["requests_in_flight"] != 1 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while (in_flight := Scrape(admin)["requests_in_flight"]) != 1:
+            assert time.monotonic() < deadline, f"requests_in_flight stayed {in_flight}"
             time.sleep(0.02)
-        assert Scrape(admin)["requests_in_flight"] == 1
+        assert not done.is_set()
     finally:
-        thread.join(5)
+        stack.loop.call(held.set)
+        thread.join(10)
     assert done.is_set()
     assert _eventually(admin, "requests_total", {}, 1)["requests_in_flight"] == 0
 
@@ -173,9 +178,10 @@ def test_nothing_is_counted_without_an_admin_listener(stack: Stack) -> None:
 
 def test_upstream_errors_are_counted_by_kind(stack: Stack) -> None:
     closed = free_port()
-    admin = _start(stack, upstream={"read_timeout": 0.3, "files": f"http://127.0.0.1:{closed}"})
+    # a read timeout long enough that only the stall meets it on a slow machine
+    admin = _start(stack, upstream={"read_timeout": 1.5, "files": f"http://127.0.0.1:{closed}"})
     assert _get(stack, "/v1/test_faults/reset_before").status_code == 502
-    assert _get(stack, "/v1/test_faults/stall?seconds=2").status_code == 504
+    assert _get(stack, "/v1/test_faults/stall?seconds=5").status_code == 504
     assert _get(stack, "/v1/files/file_1Nabcdefghij/contents").status_code == 502
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         _get(stack, "/v1/test_faults/reset_mid_body?length=1")
@@ -242,8 +248,12 @@ def test_cache_purge_evictions(stack: Stack) -> None:
 
 
 def test_coalesced_and_stale_answers(stack: Stack) -> None:
-    admin = _start(stack, plugins={"cache": {"default_ttl": 0.2, "stale_if_error": 60}})
-    path = f"/v1/customers/{CUSTOMER}?delay=0.3"
+    admin = _start(
+        stack,
+        plugins={"cache": {"default_ttl": 0.2, "stale_if_error": 60}},
+        upstream={"read_timeout": 10.0},
+    )
+    path = f"/v1/customers/{CUSTOMER}?delay=1.5"  # every thread arrives while the first waits
     results: list[str] = []
 
     def fetch() -> None:
@@ -312,7 +322,7 @@ def test_rate_limit_backend_fallbacks(stack: Stack, redis_server: RedisServer) -
             "rate_limit": {
                 "backend": "redis",
                 "redis_url": redis_server.url,
-                "redis_timeout": 1.0,
+                "redis_timeout": 5.0,
                 "default": {"read": {"rate": 100}},
                 "lease": 0,  # each request asks Redis (a lease would decide the next ones)
             },
@@ -404,7 +414,7 @@ def test_redis_breaker_gauges_open_on_a_failure_and_close_on_the_next_success(
 ) -> None:
     # a timeout with slack: the first calls (connect, script load) on a busy machine must
     # not time out; the hang below is a stopped process, not a timed pause, so nothing races
-    shared = {"backend": "redis", "redis_url": redis_server.url, "redis_timeout": 1.0}
+    shared = {"backend": "redis", "redis_url": redis_server.url, "redis_timeout": 2.0}
     admin = _start(
         stack,
         plugins={

@@ -92,11 +92,20 @@ def test_nothing_is_limited_without_settings(stack: Stack) -> None:
     assert set(_decisions(stack, 30)) == {None}
 
 
+def _about(seconds: list[str], want: list[int], slack: int = 10) -> bool:
+    """Whole seconds counted down from ``want`` by at most ``slack`` (time passes)."""
+    return len(seconds) == len(want) and all(
+        w - slack <= int(s) <= w for s, w in zip(seconds, want, strict=True)
+    )
+
+
 def test_team_over_its_read_limit_gets_rate_limit_error_and_others_go_on(stack: Stack) -> None:
     _start(stack, teams={"billing": {"read": {"rate": SLOW, "burst": 3}}})
     billing = _client(stack)
     seen = [_limits(billing.v1.customers.list().last_response) for _ in range(3)]
-    assert seen == [("3", "2", "100"), ("3", "1", "200"), ("3", "0", "300")]
+    assert [(limit, left) for limit, left, _ in seen] == [("3", "2"), ("3", "1"), ("3", "0")]
+    # the seconds to a full bucket shrink while the test runs (slack for a slow machine)
+    assert _about([reset for _, _, reset in seen], [100, 200, 300])
     with pytest.raises(stripe.RateLimitError) as refused:
         billing.v1.customers.list()
     error = refused.value
@@ -107,9 +116,9 @@ def test_team_over_its_read_limit_gets_rate_limit_error_and_others_go_on(stack: 
     assert "read limit of 0.01 requests per second (burst 3)" in str(error.user_message)
     assert error.json_body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     headers = error.headers or {}
-    assert headers["Retry-After"] == "100"
+    assert _about([headers["Retry-After"]], [100])
     assert (headers["RateLimit-Limit"], headers["RateLimit-Remaining"]) == ("3", "0")
-    assert headers["RateLimit-Reset"] == "300"
+    assert _about([headers["RateLimit-Reset"]], [300])
     assert stack.upstreams["api"].count("GET", "/v1/customers") == 3
     # another team (no limits of its own) is not affected
     direct = _client(stack, PASSTHROUGH_KEY)
@@ -253,7 +262,8 @@ def test_shadow_mode_counts_and_logs_but_refuses_nothing(stack: Stack, where: st
         assert _limits(response) == ("", "", "")  # not the client's business yet
     assert _decisions(stack, 5) == ["allow", "allow"] + ["shadow_deny"] * 3
     assert _plugin(stack).counts == Counter({"allow": 2, "shadow_deny": 3})
-    assert len(stack.error_events("rate_limit_shadow_deny", at_least=2, timeout=0.3)) == 1
+    assert stack.error_events("rate_limit_shadow_deny")  # written: waits for the first
+    assert len(stack.error_events("rate_limit_shadow_deny", 2, timeout=0.3)) == 1  # and only once
     if where == "team":  # the other teams are enforced
         _get(stack.gateway_url, "/v1/customers", PASSTHROUGH_KEY)
         _get(stack.gateway_url, "/v1/customers", PASSTHROUGH_KEY)
@@ -330,7 +340,7 @@ def test_without_auth_the_account_budget_still_holds(stack: Stack) -> None:
 def _redis(stack: Stack, server: RedisServer, **table: Any) -> str:
     # a generous timeout unless the test sets one: on a loaded CI machine the default can
     # pass, and the fallback limiter would then decide instead of Redis
-    table = {"redis_timeout": 1.0, **table}
+    table = {"redis_timeout": 5.0, **table}
     return _start(stack, backend="redis", redis_url=server.url, **table)
 
 
@@ -338,7 +348,7 @@ def test_two_instances_sharing_redis_let_through_the_configured_rate(
     stack: Stack, redis_server: RedisServer
 ) -> None:
     rate, burst, window = 40.0, 10, 5.0
-    table = {"default": {"read": {"rate": rate, "burst": burst}}, "redis_timeout": 1.0}
+    table = {"default": {"read": {"rate": rate, "burst": burst}}, "redis_timeout": 5.0}
     urls, plugins = [], []
     for _ in range(2):
         urls.append(_redis(stack, redis_server, **table))
@@ -364,7 +374,8 @@ def test_two_instances_sharing_redis_let_through_the_configured_rate(
     elapsed = max(times) - min(times)
     allowed = sum(counts[200] for counts in statuses.values())
     expected = burst + rate * elapsed
-    assert abs(allowed - expected) <= 0.1 * expected, (allowed, expected, statuses)
+    # never more than the bucket lets through; a stalled loop may ask too slowly to use it all
+    assert 0.7 * expected <= allowed <= 1.02 * expected + 2, (allowed, expected, statuses)
     for counts in statuses.values():  # both took part; nothing but 200 and 429
         assert counts[200] > 0 and counts[429] > 0 and set(counts) == {200, 429}
     assert [plugin.counts["backend_errors"] for plugin in plugins] == [0, 0]
@@ -419,7 +430,10 @@ def test_killing_redis_falls_back_to_this_instances_limits(
     plugin = _plugin(stack)
     assert plugin.counts["backend_errors"] >= 2
     # once per interval
-    assert len(stack.error_events("rate_limit_backend_unavailable", 2, timeout=0.3)) == 1
+    assert stack.error_events("rate_limit_backend_unavailable")  # written: waits for the first
+    assert (
+        len(stack.error_events("rate_limit_backend_unavailable", 2, timeout=0.3)) == 1
+    )  # and only once
 
 
 def test_killing_redis_with_the_deny_policy_refuses_with_a_reason(
@@ -500,7 +514,10 @@ def test_killing_redis_while_a_lease_is_held_spends_it_then_applies_the_policy(
     assert _decisions(stack, 17) == ["allow"] * 14 + [after] * 3
     plugin = _plugin(stack)
     assert plugin.counts["backend_errors"] >= 1  # the background sync failed, and said so
-    assert len(stack.error_events("rate_limit_backend_unavailable", 2, timeout=0.3)) == 1
+    assert stack.error_events("rate_limit_backend_unavailable")  # written: waits for the first
+    assert (
+        len(stack.error_events("rate_limit_backend_unavailable", 2, timeout=0.3)) == 1
+    )  # and only once
 
 
 # ------------------------------------------------------------------ without a server

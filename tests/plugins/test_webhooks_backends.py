@@ -274,7 +274,7 @@ def test_an_event_redis_cannot_store_is_not_acknowledged_and_is_not_lost(
         [_subscription(stack.tmp, team.url)],
         backend="redis",
         redis_url=redis_server.url,
-        redis_timeout=0.5,
+        redis_timeout=2.0,  # slack for the store after the hang
     )
     _start(stack, webhooks)
     body = _event()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -153,9 +152,11 @@ def test_sdk_sees_idempotent_replays_through_the_gateway(sandbox_stack: SandboxS
 def test_concurrent_use_of_one_key_is_409(loop_thread: LoopThread) -> None:
     registry = Registry()
     gate = threading.Event()
+    entered = threading.Event()
 
     @registry.route("POST", "/v1/slow_things", params=("n",))
     async def slow(call: Call) -> dict[str, Any]:
+        entered.set()
         while not gate.is_set():
             await asyncio.sleep(0.01)
         return {"id": "slow_1", "object": "slow_thing"}
@@ -171,7 +172,7 @@ def test_concurrent_use_of_one_key_is_409(loop_thread: LoopThread) -> None:
             )
         )
         first.start()
-        time.sleep(0.3)  # the first request now holds the key (its handler waits on the gate)
+        assert entered.wait(10)  # the first request holds the key (its handler waits on the gate)
         second = requests.post(url, data={"n": "1"}, headers=headers, timeout=10)
         assert second.status_code == 409
         assert second.json()["error"]["code"] == "idempotency_key_in_use"

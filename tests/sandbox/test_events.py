@@ -343,8 +343,10 @@ def test_every_state_change_emits_stripes_event(sandbox_stack: SandboxStack) -> 
     delivery = event("climate.order.delivered", delivered.id)  # on time, by itself
     assert delivery.data.object.status == "delivered"
     assert delivery.data.previous_attributes["status"] == "confirmed"
+    sandbox_stack.sandbox.settings.report_delay = 3600.0  # not delivered before the cancel
     canceled = client.v1.climate.orders.create({"product": product, "amount": 10_000})
     client.v1.climate.orders.cancel(canceled.id)
+    sandbox_stack.sandbox.settings.report_delay = 0.2
     cancel = event("climate.order.canceled", canceled.id)
     assert cancel.data.object.status == "canceled"
     assert cancel.data.previous_attributes["status"] == "confirmed"

@@ -130,11 +130,13 @@ def test_valid_expansions_on_create_update_action_and_list_routes(
     """The routes that create, change or act on an object expand like its retrieve does."""
     client = sandbox_stack.sdk()
     product = client.v1.climate.products.list().data[0].id
+    sandbox_stack.sandbox.settings.report_delay = 3600.0  # not delivered before the cancel
     order = client.v1.climate.orders.create(
         {"product": product, "amount": 10_000, "expand": ["product"]}
     )
     assert order.product.object == "climate.product" and order.product.id == product
     canceled = client.v1.climate.orders.cancel(order.id, {"expand": ["product"]})
+    sandbox_stack.sandbox.settings.report_delay = 0.3
     assert canceled.product.id == product
     assert client.v1.climate.orders.retrieve(order.id).product == product  # stored as an id
 

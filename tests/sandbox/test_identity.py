@@ -232,6 +232,7 @@ def test_submit_hook_moves_to_verified(sandbox_stack: SandboxStack) -> None:
     client = sandbox_stack.sdk()
     sessions = client.v1.identity.verification_sessions
     created = sessions.create({"type": "document", "client_reference_id": "user_7"})
+    sandbox_stack.sandbox.settings.report_delay = 3600.0  # processing until told, however slow
     submitted = submit(_account(sandbox_stack), created.id)
     assert submitted["status"] == "processing"
     processing = sessions.retrieve(created.id)
@@ -241,6 +242,7 @@ def test_submit_hook_moves_to_verified(sandbox_stack: SandboxStack) -> None:
             action(created.id)
         assert "`processing`" in info.value.user_message
     assert [s.id for s in sessions.list({"status": "processing"}).data] == [created.id]
+    sandbox_stack.sandbox.settings.report_delay = 0.0  # the checks are done now
     done = _wait(client, created.id, lambda s: s.status != "processing")
     assert done.status == "verified" and done.url is None
     report = client.v1.identity.verification_reports.retrieve(done.last_verification_report)

@@ -63,6 +63,7 @@ def test_report_types(sandbox_stack: SandboxStack) -> None:
 def test_run_goes_from_pending_to_succeeded_and_downloads(sandbox_stack: SandboxStack) -> None:
     client = sandbox_stack.sdk()
     interval = _interval(client)
+    sandbox_stack.sandbox.settings.report_delay = 3600.0  # pending until told, however slow
     run = client.v1.reporting.report_runs.create(
         {"report_type": ITEMIZED, "parameters": {**interval, "timezone": "Etc/UTC"}}
     )
@@ -72,6 +73,7 @@ def test_run_goes_from_pending_to_succeeded_and_downloads(sandbox_stack: Sandbox
     assert run.parameters.to_dict() == {**interval, "timezone": "Etc/UTC"}
     assert_stripe_fields(run)
     assert client.v1.reporting.report_runs.retrieve(run.id).status == "pending"
+    sandbox_stack.sandbox.settings.report_delay = 0.0  # done now
     done = _wait(client, run.id)
     assert done.status == "succeeded" and done.succeeded_at >= run.created
     assert_stripe_fields(done)

@@ -97,11 +97,11 @@ def test_readyz_checks_redis_and_answers_503_naming_it_when_it_is_gone(
     admin = _start(
         stack,
         plugins={
-            "cache": {"backend": "redis", "redis_url": redis_server.url, "redis_timeout": 1.0},
+            "cache": {"backend": "redis", "redis_url": redis_server.url, "redis_timeout": 5.0},
             "rate_limit": {
                 "backend": "redis",
                 "redis_url": redis_server.url,
-                "redis_timeout": 1.0,
+                "redis_timeout": 5.0,
                 "default": {"read": {"rate": 100}},
             },
         },

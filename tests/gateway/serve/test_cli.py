@@ -40,7 +40,7 @@ from tests.helpers import (
 BUILTINS = [name for name, _ in _DEFAULT_PLUGINS]
 BUILTIN_LIST = ", ".join(BUILTINS)
 
-DRAIN_TIMEOUT = 5.0
+DRAIN_TIMEOUT = 10.0
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -270,7 +270,7 @@ def test_sigterm_drains_in_flight_request_refuses_new_ones_and_exits_0(
             try:
                 result["response"] = http_get(
                     gw.host_port,
-                    "/v1/test_faults/slow?seconds=1.5",
+                    "/v1/test_faults/slow?seconds=3",
                     {"Authorization": f"Bearer {BILLING_KEY}"},
                 )
             except BaseException as exc:  # reported by the main thread
@@ -285,7 +285,7 @@ def test_sigterm_drains_in_flight_request_refuses_new_ones_and_exits_0(
 
             # the listener closes at once, while the slow request is still in flight
             refused = False
-            while not refused and time.monotonic() - signalled < 1.0:
+            while not refused and time.monotonic() - signalled < 2.5:
                 try:
                     probe = socket.create_connection(gw.host_port, timeout=1)
                 except ConnectionRefusedError:
@@ -293,7 +293,7 @@ def test_sigterm_drains_in_flight_request_refuses_new_ones_and_exits_0(
                 else:
                     probe.close()
                     time.sleep(0.02)
-            assert refused, "new connections were still accepted 1 s after SIGTERM"
+            assert refused, "new connections were still accepted 2.5 s after SIGTERM"
             assert client.is_alive(), "the slow request finished before the refusal was seen"
             assert gw.proc.poll() is None, "the gateway exited without draining"
         finally:

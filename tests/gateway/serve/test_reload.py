@@ -4,6 +4,7 @@ continuous load."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -185,21 +186,28 @@ def test_a_plugin_failing_to_start_keeps_the_running_generation(stack: Stack) ->
 def test_in_flight_requests_finish_on_the_old_generation_whose_plugins_stop_after_them(
     stack: Stack,
 ) -> None:
-    stack.start_gateway(plugins=_recorder("old"))
+    stack.start_gateway(plugins=_recorder("old"), upstream={"read_timeout": 30.0})
+    held = stack.loop.call(asyncio.Event)
+    stack.upstreams["api"].hold = held  # the slow request's answer waits for the test
     with ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(_get, stack, CUSTOMER + "?delay=0.6")
-        deadline = time.monotonic() + 5
-        while not stack.upstreams["api"].received and time.monotonic() < deadline:
-            time.sleep(0.01)
-        teams = [t for t in default_teams() if t["name"] != "billing"]
-        result = stack.reload(teams=teams, plugins=_recorder("new"))
-        assert result["reloaded"] is True
-        # the new generation started; the old one is still serving the slow request
-        assert Recorder.EVENTS == [("startup", "old"), ("startup", "new")]
-        assert _get(stack).status_code == 401  # billing is gone for new requests
+        slow = pool.submit(_get, stack, "/v1/test_faults/hold")
+        try:
+            deadline = time.monotonic() + 10
+            while not stack.upstreams["api"].received:
+                assert time.monotonic() < deadline, "the slow request never reached the upstream"
+                time.sleep(0.01)
+            teams = [t for t in default_teams() if t["name"] != "billing"]
+            result = stack.reload(teams=teams, plugins=_recorder("new"))
+            assert result["reloaded"] is True
+            # the new generation started; the old one is still serving the slow request
+            assert Recorder.EVENTS == [("startup", "old"), ("startup", "new")]
+            assert _get(stack).status_code == 401  # billing is gone for new requests
+            assert not slow.done()
+        finally:
+            stack.loop.call(held.set)
         response = slow.result(10)
     assert response.status_code == 200  # ... but the one in flight finished as billing
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10
     while ("shutdown", "old") not in Recorder.EVENTS and time.monotonic() < deadline:
         time.sleep(0.01)
     assert Recorder.EVENTS == [("startup", "old"), ("startup", "new"), ("shutdown", "old")]

@@ -119,7 +119,7 @@ async def test_one_instance_lets_exactly_the_burst_through(
     redis_server: RedisServer, errors: list[BaseException]
 ) -> None:
     burst = 50
-    limiter = _leased(redis_server, errors)
+    limiter = _leased(redis_server, errors, lease_seconds=60.0)  # no expiry however slow
     b = [bucket("t:billing:read", NEGLIGIBLE, burst)]
     try:
         allowed = 0
@@ -189,7 +189,9 @@ async def test_another_instances_reservation_counts_as_used(
 ) -> None:
     burst = 80
     b = [bucket("a:both", NEGLIGIBLE, burst, "account")]
-    one, two = _leased(redis_server, errors), _leased(redis_server, errors)
+    # one holds its lease however long the draining below takes on a busy machine
+    one = _leased(redis_server, errors, lease_seconds=60.0)
+    two = _leased(redis_server, errors)
     try:
         assert await _one(one, b) and await _one(one, b)  # the second takes a lease
         held = one.lease_of("a:both")
@@ -434,7 +436,7 @@ async def test_a_reservation_its_holder_could_not_report_is_charged_when_it_expi
     a = LeasedRedisLimiter(
         redis_server.url,
         prefix=PREFIX,
-        timeout=0.5,  # slack for the first calls on a busy machine; shorter than the lease
+        timeout=5.0,  # slack for the first calls on a busy machine; 0.5 s for the stall below
         breaker_seconds=60.0,  # open far longer than lease_seconds
         on_error=errors.append,
         lease=32,
@@ -446,6 +448,7 @@ async def test_a_reservation_its_holder_could_not_report_is_charged_when_it_expi
         allowed += await _one(a, b) + await _one(a, b)  # the second takes a lease
         held = a.lease_of("a:hiccup")
         assert held is not None and held[0] == 24  # an eighth of 198
+        a._timeout = 0.5  # shorter than the lease
         os.kill(redis_server.process.pid, signal.SIGSTOP)
         try:
             with pytest.raises(LimiterUnavailable):  # Redis runs it later; nobody listens

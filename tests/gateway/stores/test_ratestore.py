@@ -185,8 +185,9 @@ async def test_redis_rate_over_real_time(
             allowed += (await limiter.decide(b, shadow=False)).allowed
         elapsed = time.monotonic() - started
         # never more than the rate lets through; on a loaded machine the loop may ask too
-        # slowly to use all of it, so the lower bound is loose
-        assert 0.5 * (1 + 100 * elapsed) <= allowed <= 1 + 100 * elapsed + 2
+        # slowly to use all of it (burst 1: a stall loses the tokens), so the lower bound
+        # only says that it refills
+        assert 5 <= allowed <= 1 + 100 * elapsed + 2
     finally:
         await limiter.close()
 
