@@ -681,7 +681,7 @@ class Redactor:
             step: tuple[str | None, str | None, str] = ("credentials", parent, unparsed(raw))
         else:
             category, below, safe_key = self._path(parent, key)
-            step = (category, below, raw if safe_key == key else encode_component(safe_key))
+            step = (category, below, raw if safe_key == key else encode_as_sent(raw, key, safe_key))
         self._count_step()
         keys[raw] = step
         return step

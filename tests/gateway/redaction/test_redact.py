@@ -411,6 +411,9 @@ def test_an_address_in_text_hashes_as_the_email_field_does() -> None:
             f"query=metadata%5B%27k%27%5D%3A%27{TEST_KEY}%27+AND+email%3A%27a%40b.co%27",
             "query=metadata%5B%27k%27%5D%3A%27sk_test_…9876%27+AND+email%3A%27[redacted]%27",
         ),
+        # a field name with an address in it, as a name with nothing masked is written
+        ("metadata['jane@example.com']=1&x=%27a%27", "metadata['[redacted]']=1&x=%27a%27"),
+        ("metadata%5Bjane%40example.com%5D=1", "metadata%5B[redacted]%5D=1"),
     ],
 )
 def test_a_masked_query_value_is_written_as_it_was_sent(query: str, masked: str) -> None:
@@ -1319,3 +1322,22 @@ def test_a_value_written_as_sent_decodes_as_the_value_redacted(pieces: list[str]
     for secret in (TEST_KEY[:-4], "jane@example.com", "abcdefghijkl"):
         for text in (out, decode_component(out) or "", unquote_plus(unquote_plus(out))):
             assert secret not in text
+
+
+_HASHED = Redactor(hmac_key=b"k" * 32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    address=addresses(),
+    field=st.sampled_from(_SEARCH_FIELDS),
+    encoding=st.sampled_from(sorted(_ENCODINGS)),
+)
+def test_an_address_in_a_query_in_any_encoding_hashes_as_the_email_field(
+    address: str, field: str, encoding: str
+) -> None:
+    digest = _HASHED.value({"email": address})["email"]
+    sent = _ENCODINGS[encoding](f"{field}:'{address}' AND status:'active'")
+    out = _HASHED.text(f"/v1/customers/search?query={sent}")
+    assert digest in out, f"{address!r} ({encoding}): {out}"
+    assert _ENCODINGS[encoding](" AND status:'active'") in out
