@@ -1337,6 +1337,9 @@ def test_an_address_in_a_query_in_any_encoding_hashes_as_the_email_field(
     address: str, field: str, encoding: str
 ) -> None:
     digest = _HASHED.value({"email": address})["email"]
+    # a digest of 16 decimal digits may be a card number to the scan of the whole query
+    # (masked as one: ``[hmac:…3846]``); about one address in 20,000
+    assume(not digest[6:-1].isdigit())
     sent = _ENCODINGS[encoding](f"{field}:'{address}' AND status:'active'")
     out = _HASHED.text(f"/v1/customers/search?query={sent}")
     assert digest in out, f"{address!r} ({encoding}): {out}"
