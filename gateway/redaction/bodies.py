@@ -19,6 +19,7 @@ __all__ = [
     "Part",
     "Unparsed",
     "decode_component",
+    "encode_as_sent",
     "encode_component",
     "parse_multipart",
     "value_end",
@@ -65,6 +66,80 @@ def encode_component(text: str) -> str:
     if _AS_IS.fullmatch(text):
         return text.replace(" ", "+")
     return quote_plus(text, safe="[]:/,@*").replace("%E2%80%A6", "…")
+
+
+#: a run of escapes, a run of other characters, or a ``%`` that starts no escape
+_RUNS = re.compile(r"(?P<escapes>(?:%[0-9A-Fa-f]{2})+)|[^%]+|%")
+#: the masks the engine writes (:mod:`gateway.redaction.masks`); a key's or card's mask
+#: is its ``…`` and what follows it (its prefix is text kept as sent)
+_MASKS = re.compile(r"(\[redacted\]|\[hmac:[0-9a-f]{16}\]|\[unparsed \d+ bytes\]|…\w{0,4})")
+
+
+def encode_as_sent(raw: str, value: str, redacted: str) -> str:
+    """``redacted`` written back into a form the way ``raw`` was sent: ``value`` is
+    ``raw`` decoded (:func:`decode_component`), ``redacted`` is ``value`` with masks in
+    it. The text around the masks keeps its escapes as sent, so it reads as an unmasked
+    value does (``email:'[redacted]'`` for ``email:'jane@example.com'``, not
+    ``email:%27[redacted]%27``); the masks are written by :func:`encode_component`.
+
+    Decoded, what it gives is ``redacted`` again, as ``encode_component(redacted)``
+    decoded is: only the escapes differ, never what is shown (each run of kept text is
+    the part of ``raw`` that decodes to it; a mask never ends in ``%`` nor starts with a
+    hex digit, so no escape forms across a boundary). :func:`encode_component` writes the
+    whole of ``redacted`` when the runs between the masks are not found in ``value`` in
+    order (the redaction rewrote more than masks: JSON written anew, a nested form)."""
+    parts = _MASKS.split(redacted)
+    if len(parts) == 1:
+        return encode_component(redacted)
+    try:
+        decoded, starts = _decoded_at(raw)
+        if "%" in decoded and _PERCENT.search(decoded):  # decoded twice (%2540)
+            decoded, inner = _decoded_at(decoded)
+            starts = [starts[i] for i in inner]
+    except UnicodeDecodeError:
+        return encode_component(redacted)
+    if decoded != value:
+        return encode_component(redacted)
+    out: list[str] = []
+    done = 0  # how much of value is behind us
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(encode_component(part))
+            continue
+        if not part:
+            continue
+        if i == 0:
+            at = 0 if value.startswith(part) else -1
+        elif i == last:
+            at = len(value) - len(part) if value.endswith(part) else -1
+        else:
+            at = value.find(part, done)
+        if at < done:
+            return encode_component(redacted)
+        done = at + len(part)
+        out.append(raw[starts[at] : starts[done]])
+    return "".join(out)
+
+
+def _decoded_at(text: str) -> tuple[str, list[int]]:
+    """``text`` decoded once as :func:`_unquote` does, and where in ``text`` each decoded
+    character starts (and its end, last). Raises ``UnicodeDecodeError`` as it does."""
+    decoded: list[str] = []
+    starts: list[int] = []
+    for run in _RUNS.finditer(text):
+        at = run.start()
+        if run["escapes"] is None:
+            decoded.append(run[0].replace("+", " "))
+            starts.extend(range(at, run.end()))
+            continue
+        chars = bytes.fromhex(run[0].replace("%", "")).decode("utf-8")
+        decoded.append(chars)
+        for c in chars:
+            starts.append(at)
+            at += 3 * len(c.encode("utf-8"))
+    starts.append(len(text))
+    return "".join(decoded), starts
 
 
 # --------------------------------------------------------------------------- multipart

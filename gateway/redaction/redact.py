@@ -36,6 +36,7 @@ from gateway.redaction.bodies import (
     ASSIGNMENT,
     Unparsed,
     decode_component,
+    encode_as_sent,
     encode_component,
     parse_multipart,
     value_end,
@@ -661,8 +662,8 @@ class Redactor:
                     pieces[i] = f"{out_key}={unparsed(raw_value)}"
                     continue
                 redacted = self._text(value, below, depth + 1)
-                if redacted != value:
-                    pieces[i] = f"{out_key}={encode_component(redacted)}"
+                if redacted != value:  # written as sent but for the masks
+                    pieces[i] = f"{out_key}={encode_as_sent(raw_value, value, redacted)}"
                 elif out_key is not raw_key:
                     pieces[i] = f"{out_key}={raw_value}"
             elif out_key is not raw_key:
@@ -680,7 +681,7 @@ class Redactor:
             step: tuple[str | None, str | None, str] = ("credentials", parent, unparsed(raw))
         else:
             category, below, safe_key = self._path(parent, key)
-            step = (category, below, raw if safe_key == key else encode_component(safe_key))
+            step = (category, below, raw if safe_key == key else encode_as_sent(raw, key, safe_key))
         self._count_step()
         keys[raw] = step
         return step

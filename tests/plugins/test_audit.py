@@ -149,6 +149,19 @@ def test_query_parameters_only_redacted_and_never_the_authorization(gateway: Sta
     assert BILLING_KEY not in text and BILLING_UPSTREAM_KEY not in text
 
 
+def test_a_search_query_with_an_address_reads_as_one_without(gateway: Stack) -> None:
+    client = stripe.StripeClient(
+        BILLING_KEY, base_addresses={"api": gateway.gateway_url}, max_network_retries=0
+    )
+    client.v1.customers.search({"query": "email:'jenny+vip@example.com' AND status:'active'"})
+    client.v1.customers.search({"query": "metadata['ref']:'abc' AND status:'active'"})
+    masked, plain = gateway.audit_lines(2)
+    assert masked["params"] == {"query": "email:'[redacted]' AND status:'active'"}
+    assert plain["params"] == {"query": "metadata['ref']:'abc' AND status:'active'"}
+    text = gateway.audit_path.read_text()
+    assert "jenny" not in text and "example.com" not in text
+
+
 def test_audit_sink_failure_fails_closed(stack: Stack) -> None:
     stack.start_gateway(plugins={"audit": {"path": "/dev/full"}})
     first = requests.get(f"{stack.gateway_url}/v1/customers", auth=(BILLING_KEY, ""), timeout=5)

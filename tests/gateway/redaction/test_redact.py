@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import orjson
 import pytest
@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from gateway.redaction.bodies import decode_component, encode_as_sent, encode_component
 from gateway.redaction.params import LoggedParams, decode_form
 from gateway.redaction.redact import MARKER, RedactingProcessor, Redactor
-from gateway.redaction.sensitive import CATEGORIES
+from gateway.redaction.sensitive import CATEGORIES, may_hold_card
 
 R = Redactor()
 PROCESS = RedactingProcessor(R)
@@ -343,11 +344,11 @@ def test_sensitive_names_in_free_text_hide_their_values(text: str, secret: str) 
         ("jané.rosé@exämple.co.jp said hi", "[redacted] said hi"),
         (
             "/v1/customers/search?query=email:'jane@example.com'",
-            "/v1/customers/search?query=email:%27[redacted]%27",
+            "/v1/customers/search?query=email:'[redacted]'",
         ),
         (
             "/v1/customers/search?query=email%3A%27jane%40example.com%27&limit=3",
-            "/v1/customers/search?query=email:%27[redacted]%27&limit=3",
+            "/v1/customers/search?query=email%3A%27[redacted]%27&limit=3",
         ),
         ("/v1/customers?limit=3&q=jane+x@example.com", "/v1/customers?limit=3&q=[redacted]"),
         ("/v1/customers?q=jane@example.com&limit=3", "/v1/customers?q=[redacted]&limit=3"),
@@ -385,6 +386,75 @@ def test_an_address_in_text_hashes_as_the_email_field_does() -> None:
     field = r.value({"email": "jenny@example.com"})["email"]
     assert r.text("/v1/customers/jenny@example.com") == f"/v1/customers/{field}"
     assert r.text("/v1/customers/jenny%40example.com") == f"/v1/customers/{field}"
+
+
+@pytest.mark.parametrize(
+    ("query", "masked"),
+    [
+        # as typed: quotes and colons as they are, the address masked between them
+        ("query=email:'jane@example.com'", "query=email:'[redacted]'"),
+        ("query=metadata['ref']:'jane@example.com'", "query=metadata['ref']:'[redacted]'"),
+        (
+            "query=status:'active'+AND+metadata['ref']:'jane%40example.com'&limit=3",
+            "query=status:'active'+AND+metadata['ref']:'[redacted]'&limit=3",
+        ),
+        # as the SDKs send it: every escape kept, as in a value with nothing to mask
+        (
+            "query=metadata%5B%27ref%27%5D%3A%27jane%2Bx%40example.com%27+OR+status%3A%27open%27",
+            "query=metadata%5B%27ref%27%5D%3A%27[redacted]%27+OR+status%3A%27open%27",
+        ),
+        (
+            "query=email%253A%2527jane%2540example.com%2527",  # encoded twice
+            "query=email%253A%2527[redacted]%2527",
+        ),
+        (
+            f"query=metadata%5B%27k%27%5D%3A%27{TEST_KEY}%27+AND+email%3A%27a%40b.co%27",
+            "query=metadata%5B%27k%27%5D%3A%27sk_test_…9876%27+AND+email%3A%27[redacted]%27",
+        ),
+        # a field name with an address in it, as a name with nothing masked is written
+        ("metadata['jane@example.com']=1&x=%27a%27", "metadata['[redacted]']=1&x=%27a%27"),
+        ("metadata%5Bjane%40example.com%5D=1", "metadata%5B[redacted]%5D=1"),
+    ],
+)
+def test_a_masked_query_value_is_written_as_it_was_sent(query: str, masked: str) -> None:
+    """The text around a mask in a query value keeps the escapes it was sent with, as a
+    value with nothing masked does (``email:'[redacted]'``, not ``email:%27[redacted]%27``)."""
+    url = f"/v1/customers/search?{query}"
+    assert R.text(url) == f"/v1/customers/search?{masked}"
+    assert run({"event": "request", "path": url, "status": 200})["path"] == (
+        f"/v1/customers/search?{masked}"
+    )
+    # written as a value with nothing to mask is: as it came
+    assert R.text(f"/v1/x?{masked}") == f"/v1/x?{masked}"
+
+
+def test_a_masked_query_value_reads_as_the_audit_lines_params() -> None:
+    # the audit line's params are decoded: the same value, the same mask
+    query = "query=email%3A%27jane%40example.com%27+AND+status%3A%27active%27"
+    assert R.value(LoggedParams([query])) == {"query": "email:'[redacted]' AND status:'active'"}
+    assert decode_component(R.text(query).partition("=")[2]) == (
+        "email:'[redacted]' AND status:'active'"
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "query=email:'jenny@example.com'",
+        "query=email%3A%27jenny%40example.com%27",
+        "query=email%253A%2527jenny%2540example.com%2527",
+        "query=metadata['ref']:'jenny@example.com'+AND+status:'active'",
+        "query=metadata%5B%27ref%27%5D%3A%27jenny%40example.com%27",
+    ],
+)
+def test_a_masked_query_value_hashes_as_the_email_field(query: str) -> None:
+    r = Redactor(hmac_key=b"k" * 32)
+    field = r.value({"email": "jenny@example.com"})["email"]
+    assert field.startswith("[hmac:")
+    out = r.text(f"/v1/customers/search?{query}")
+    assert field in out and "jenny" not in out and "example.com" not in out
+    if "%25" not in query:  # the params are decoded once: %2540 stays %40 there
+        assert r.value(LoggedParams([query]))["query"].count(field) == 1
 
 
 def test_addresses_in_text_are_kept_with_personal_data_off() -> None:
@@ -1158,3 +1228,120 @@ def test_an_escaped_address_in_free_text_hashes_as_the_email_field() -> None:
     for text in ("/v1/customers/jane%2Bx%40example.com", "see jane+x@example.com now"):
         line = r.value({"path": text})["path"]
         assert field in line and "example.com" not in line
+
+
+_SEARCH_FIELDS = ["status", "currency", "metadata['ref']", "description", "email"]
+#: a query value written as typed (quotes, colons and brackets as they are), as the SDKs
+#: send it, with %20 for spaces, or encoded twice
+_ENCODINGS: dict[str, Callable[[str], str]] = {
+    "typed": lambda v: quote(v, safe=":'[]@/ ").replace(" ", "+"),
+    "sdk": quote_plus,
+    "percent": lambda v: quote(v, safe=""),
+    "twice": lambda v: quote_plus(quote_plus(v)),
+}
+
+
+@st.composite
+def search_queries(draw: st.DrawFn) -> tuple[str, list[str], list[str]]:
+    """A Stripe search query (``field:'value'`` clauses joined by ``AND`` / ``OR``) with
+    secrets in some values: the query, its clauses without a secret, and the substrings
+    of the secrets no line may hold."""
+    clauses: list[str] = []
+    plain: list[str] = []
+    forbidden: list[str] = []
+    for _ in range(draw(st.integers(1, 4))):
+        field = draw(st.sampled_from(_SEARCH_FIELDS))
+        if draw(st.booleans()):
+            written, parts = draw(secrets())
+            clauses.append(f"{field}:'{written}'")
+            forbidden += parts
+        elif field != "email":
+            clauses.append(f"{field}:'{draw(st.text('abcdefghijklmnopqrstuvwxyz', min_size=1))}'")
+            plain.append(clauses[-1])
+    assume(forbidden)
+    joins = [draw(st.sampled_from([" AND ", " OR "])) for _ in clauses[1:]]
+    query = clauses[0] + "".join(j + c for j, c in zip(joins, clauses[1:], strict=True))
+    return query, plain, forbidden
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(search=search_queries(), encoding=st.sampled_from(sorted(_ENCODINGS)))
+@example(("email:'jane@example.com'", [], ["jane@example.com"]), "typed")
+@example(("status:'active' AND email:'a+b@x.io'", ["status:'active'"], ["a+b@x.io"]), "sdk")
+def test_a_query_value_is_written_as_sent_and_no_secret_survives(
+    search: tuple[str, list[str], list[str]], encoding: str
+) -> None:
+    """A search query carrying addresses, keys, client secrets, credentials and card
+    numbers, in any encoding, in an audit-shaped line: no form of a secret is in the line
+    written, nor in its query value decoded once or twice; the clauses without a secret
+    are written as they were sent; and the value decodes to the query redacted."""
+    query, plain, forbidden = search
+    encode = _ENCODINGS[encoding]
+    sent = encode(query)
+    line = {"event": "request", "path": f"/v1/customers/search?query={sent}&limit=3"}
+    out = rendered(line)
+    path = run(line)["path"]
+    value = path.partition("?query=")[2].rpartition("&limit=3")[0]
+    for part in forbidden:
+        for form in forms_of(part) | {encode(part), quote_plus(quote_plus(part))}:
+            assert form not in out, f"{form!r} leaked ({encoding}): {out}"
+        for text in (unquote_plus(value), unquote_plus(unquote_plus(value))):
+            assert part not in text, f"{part!r} leaked ({encoding}) once decoded: {value}"
+    for clause in plain:
+        assert encode(clause) in value, f"{clause!r} not as sent ({encoding}): {value}"
+    assert decode_component(value) == R.text(query, "query")
+
+
+_RAW_PIECES = st.sampled_from(
+    [
+        "%40", "%2540", "%27", "%2527", "%3A", "%253A", "+", "%", "%2", "%25", "%2B", "%20",
+        "@", "jane", "example.com", "'", ":", "=", "é", "%C3%A9", "…", "%E2%80%A6",
+        "[redacted]", "sk_test_", TEST_KEY, "4242+4242+4242+4242", "_secret_abcdefghijklmnop",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_RAW_PIECES | st.text(max_size=3), max_size=14))
+def test_a_value_written_as_sent_decodes_as_the_value_redacted(pieces: list[str]) -> None:
+    """Whatever was sent, a form value written back with its masks as it was sent
+    (:func:`encode_as_sent`) decodes as the value redacted does, every character escaped
+    (only its escapes differ); and the query it is in holds no secret."""
+    raw = "".join(pieces).replace("&", "")
+    value = decode_component(raw)
+    assume(value is not None)
+    redacted = R.text(value, "query")
+    written = encode_as_sent(raw, value, redacted)
+    once = decode_component(written)
+    expected = decode_component(encode_component(redacted))
+    assert once is not None and expected is not None
+    if once != expected:  # sent encoded twice, and the text kept has no escape left in it
+        assert once.replace("+", " ") == expected.replace("+", " ")
+    out = R.text(f"/v1/x?query={raw}").partition("?query=")[2]
+    assert "&" not in out
+    for secret in (TEST_KEY[:-4], "jane@example.com", "abcdefghijkl"):
+        for text in (out, decode_component(out) or "", unquote_plus(unquote_plus(out))):
+            assert secret not in text
+
+
+_HASHED = Redactor(hmac_key=b"k" * 32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    address=addresses(),
+    field=st.sampled_from(_SEARCH_FIELDS),
+    encoding=st.sampled_from(sorted(_ENCODINGS)),
+)
+def test_an_address_in_a_query_in_any_encoding_hashes_as_the_email_field(
+    address: str, field: str, encoding: str
+) -> None:
+    digest = _HASHED.value({"email": address})["email"]
+    # digits that may be a card number are masked as one (fail closed): in the address
+    # (``0000000000000@0.AA``), or in a digest, to the scan of the whole query, which
+    # cannot tell a digest from a card number dressed as one (``[hmac:…5301a]``)
+    assume(not may_hold_card(address) and not may_hold_card(digest))
+    sent = _ENCODINGS[encoding](f"{field}:'{address}' AND status:'active'")
+    out = _HASHED.text(f"/v1/customers/search?query={sent}")
+    assert digest in out, f"{address!r} ({encoding}): {out}"
+    assert _ENCODINGS[encoding](" AND status:'active'") in out
