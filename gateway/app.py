@@ -26,7 +26,7 @@ from aiohttp.web_urldispatcher import (
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.expect import continue_at_once, continue_later
-from gateway.headers import framing_refusal
+from gateway.headers import listener_refusal
 from gateway.host import PluginHost
 from gateway.keys import (
     GENERATIONS,
@@ -51,7 +51,9 @@ _HEALTH = orjson.dumps({"status": "ok", "version": __version__})
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    refusal = framing_refusal(request)  # an HTTP/1.0 request with Transfer-Encoding
+    # it reads no header, but a SINGLE one twice or faulty framing (an HTTP/1.0 request
+    # with a Transfer-Encoding) is refused as on the gateway's other listeners
+    refusal = listener_refusal(request)
     if refusal is not None:
         return refusal
     return web.Response(body=_HEALTH, content_type="application/json")

@@ -19,8 +19,9 @@ __all__ = [
     "HOP_BY_HOP",
     "SINGLE",
     "framing_problem",
-    "framing_refusal",
     "header_problem",
+    "listener_problem",
+    "listener_refusal",
     "relay_headers",
     "strip_hop_by_hop",
 ]
@@ -98,19 +99,6 @@ def framing_problem(
     return None
 
 
-def framing_refusal(request: web.Request) -> web.Response | None:
-    """The Stripe-shaped 400 for a request whose body framing is faulty
-    (:func:`framing_problem`), which closes the connection; None when it is sound. For the
-    listeners whose requests do not go through the proxy's checks (``/healthz``, the admin
-    listener)."""
-    problem = framing_problem(request.version, request.headers)
-    if problem is None:
-        return None
-    return error_response(
-        400, problem, request_id=new_request_id(), code="invalid_header", headers=dict(CLOSE)
-    )
-
-
 def header_problem(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], version: HttpVersion = HttpVersion11
 ) -> str | None:
@@ -128,19 +116,13 @@ def header_problem(
       ``version``).
     """
     if len(headers) != (len(headers.keys()) if _KEYS_FOLD else _distinct(headers)):
-        seen: set[str] = set()  # a name repeats (len counts every value): which one?
-        for name, _ in headers.items():
-            name = name.lower()
-            if name in seen and (name in SINGLE or name.startswith("stripe-")):
-                return f"The header {_title(name)} may be sent only once."
-            seen.add(name)
+        problem = _repeated(headers, SINGLE)  # a name repeats (len counts every value)
+        if problem is not None:
+            return problem
     if hdrs.CONNECTION in headers:
-        for name in _connection_tokens(headers):
-            if (name in _READ_BY_GATEWAY or name.startswith("stripe-")) and name in headers:
-                return (
-                    f"The Connection header names {_title(name)}, which this request "
-                    "carries: the gateway does not drop end-to-end headers."
-                )
+        problem = _named_by_connection(headers, _READ_BY_GATEWAY)
+        if problem is not None:
+            return problem
     problem = framing_problem(version, headers)
     if problem is not None:
         return problem
@@ -148,6 +130,77 @@ def header_problem(
         text = headers.get(key)
         if text is not None and not (text.isascii() and text.isprintable()):
             return f"The header {_title(key)} must be printable ASCII."
+    return None
+
+
+def listener_problem(
+    version: HttpVersion,
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    reads: frozenset[str] = frozenset(),
+) -> str | None:
+    """Why a request to one of the gateway's own listeners is ambiguous, or None when it is
+    not: the listeners whose requests do not go through the proxy's checks
+    (:func:`header_problem`): the webhook ingress, ``/healthz``, the admin listener.
+    ``reads`` are the (lower-case) names of the headers the listener reads.
+
+    - a header of :data:`SINGLE`, a ``Stripe-*`` header or one of ``reads`` appears more
+      than once: which one the listener read (the ``Stripe-Signature`` it verified, the
+      ``Authorization`` token it checked) would be a guess;
+    - ``Connection`` names such a header that the request carries: a hop in front that
+      honours it would drop the header this listener reads;
+    - the body's framing is faulty (:func:`framing_problem`, for the request's HTTP
+      ``version``).
+    """
+    if len(headers) != (len(headers.keys()) if _KEYS_FOLD else _distinct(headers)):
+        problem = _repeated(headers, SINGLE | reads)
+        if problem is not None:
+            return problem
+    if hdrs.CONNECTION in headers:
+        problem = _named_by_connection(headers, SINGLE | reads)
+        if problem is not None:
+            return problem
+    return framing_problem(version, headers)
+
+
+def listener_refusal(
+    request: web.Request, reads: frozenset[str] = frozenset()
+) -> web.Response | None:
+    """The Stripe-shaped 400 (``invalid_request_error``, code ``invalid_header``, as the
+    proxy answers) for a request to one of the gateway's own listeners whose headers are
+    ambiguous (:func:`listener_problem`, with the names of the headers it ``reads``), which
+    closes the connection; None when they are not. The listener calls it before any work."""
+    problem = listener_problem(request.version, request.headers, reads)
+    if problem is None:
+        return None
+    return error_response(
+        400, problem, request_id=new_request_id(), code="invalid_header", headers=dict(CLOSE)
+    )
+
+
+def _repeated(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], single: frozenset[str]
+) -> str | None:
+    """The problem with the first name of ``single`` (or ``Stripe-*``) that repeats."""
+    seen: set[str] = set()
+    for name, _ in headers.items():
+        name = name.lower()
+        if name in seen and (name in single or name.startswith("stripe-")):
+            return f"The header {_title(name)} may be sent only once."
+        seen.add(name)
+    return None
+
+
+def _named_by_connection(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], read: frozenset[str]
+) -> str | None:
+    """The problem with the first header of ``read`` (or ``Stripe-*``) that ``Connection``
+    names and the request carries."""
+    for name in _connection_tokens(headers):
+        if (name in read or name.startswith("stripe-")) and name in headers:
+            return (
+                f"The Connection header names {_title(name)}, which this request "
+                "carries: the gateway does not drop end-to-end headers."
+            )
     return None
 
 

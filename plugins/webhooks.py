@@ -11,9 +11,12 @@ listener (``gateway_public_routes``): ``POST <path>``, no gateway key. The
 or more ``v1=`` HMAC-SHA256 signatures of ``"<t>.<raw body>"``; any ``v1`` matching any of
 the source's secrets (several while Stripe rolls a secret), compared in constant time; the
 timestamp no older than ``tolerance`` seconds; the body at most ``max_body_bytes``. A bad
-or missing signature, more than one ``Stripe-Signature`` header, a stale timestamp, an
-oversized body or a body that is not an event (``object`` ``"event"``, or
-``"v2.core.event"`` for thin events) gets 400 and nothing is stored or delivered. A
+or missing signature, a stale timestamp, an oversized body or a body that is not an event
+(``object`` ``"event"``, or ``"v2.core.event"`` for thin events) gets 400 and nothing is
+stored or delivered; so do ambiguous headers, before the body is read
+(:func:`~gateway.headers.listener_problem`: a ``Stripe-Signature``, ``Content-Type`` or
+``Content-Length`` header sent twice, ``Connection`` naming one; code ``invalid_header``,
+as the proxy answers, and the connection closed). A
 verified event is committed to the store with one pending delivery per matching
 subscription *before* the 2xx goes back, so an acknowledged event is never lost:
 ``backend = "sqlite"`` (:class:`~gateway.webhooks.store.SqliteStore`: WAL, fsync'd; the
@@ -85,6 +88,8 @@ from gateway import (
     PluginHost,
     StripeErrorResponse,
 )
+from gateway.errors import CLOSE
+from gateway.headers import listener_problem
 from gateway.hookspecs import hookimpl
 from gateway.keys import PUBLIC_AUDIT, REQUEST_ID
 from gateway.serve.admin import admin_error, form_value
@@ -104,6 +109,9 @@ __all__ = [
 
 _USER_AGENT = "stripe-gateway-webhooks/1"
 _JSON = "application/json"
+#: the request headers the ingress reads (with :data:`~gateway.headers.SINGLE`'s): each may
+#: be sent once, and ``Connection`` may not name one
+_READS = frozenset({"stripe-signature", "content-type", "content-length"})
 _OUTCOMES = ("delivered", "retry", "dead")
 
 
@@ -207,7 +215,7 @@ class WebhooksPlugin:
         )
         self._rejected = metrics.counter(
             "webhook_events_rejected",
-            "Webhook requests refused (no_signature, duplicate_signature, bad_signature, "
+            "Webhook requests refused (invalid_header, no_signature, bad_signature, "
             "stale, too_large, invalid_event, store_unavailable).",
             ("source", "reason"),
         )
@@ -346,6 +354,10 @@ class WebhooksPlugin:
             audit["webhook_rejected"] = exc.reason
             line.update(outcome="rejected", reason=exc.reason)
             self._rejected.labels(source.name, exc.reason).inc()
+            if exc.reason == "invalid_header":  # the proxy's answer: its code, and closed
+                raise StripeErrorResponse(
+                    400, exc.message, code="invalid_header", headers=dict(CLOSE)
+                ) from None
             raise StripeErrorResponse(400, exc.message, code=f"webhook_{exc.reason}") from None
         audit.update(webhook_event=event.id, webhook_type=event.type)
         line.update(
@@ -390,12 +402,12 @@ class WebhooksPlugin:
         )
 
     async def _verified(self, source: SourceSettings, request: web.Request) -> EventRecord:
-        if len(request.headers.getall("Stripe-Signature", ())) > 1:
-            # Stripe sends one. With several, which one counts would be a guess (only the
-            # first was checked), so none does: a valid one beside another is refused too
-            raise Rejected(
-                "duplicate_signature", "More than one Stripe-Signature header: send one."
-            )
+        problem = listener_problem(request.version, request.headers, _READS)
+        if problem is not None:
+            # Stripe sends each once. With two Stripe-Signature headers, which one counts
+            # would be a guess (only the first was checked), so none does: a valid one
+            # beside another is refused too, before the body is read
+            raise Rejected("invalid_header", problem)
         cap = source.max_body_bytes
         too_large = Rejected("too_large", f"The body is larger than {cap} bytes.")
         if request.content_length is not None and request.content_length > cap:

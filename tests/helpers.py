@@ -80,6 +80,21 @@ def raw_request(url: str, data: bytes, timeout: float = 10.0) -> RawResponse:
         return RawResponse(response.status, dict(response.getheaders()), body)
 
 
+def until_closed(url: str, data: bytes, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` and read until the server closes the connection (a kept-alive one
+    fails the read by timeout): the status, headers (lower-case names) and body."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(data)
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 class LoopThread:
     """An asyncio event loop running forever in a daemon thread (``loop``, when given:
     a uvloop one, say, as the gateway runs on by default)."""

@@ -58,7 +58,7 @@ from aiohttp.web_urldispatcher import (
 from gateway import __version__
 from gateway.context import new_request_id
 from gateway.errors import ErrorType, error_response
-from gateway.headers import framing_refusal
+from gateway.headers import listener_refusal
 from gateway.keys import (
     ADMIN_URLS,
     GATEWAY_APP,
@@ -122,10 +122,12 @@ def _short(digest: str) -> str:
 async def _errors_and_auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Stripe-shaped errors for everything, faulty framing refused (an HTTP/1.0 request with
-    a Transfer-Encoding, RFC 9112 §6.1: answered, then the connection closed), and the
-    token check for ``/admin/*``."""
-    refusal = framing_refusal(request)
+    """Stripe-shaped errors for everything, ambiguous headers refused before anything else
+    (:func:`~gateway.headers.listener_problem`: two ``Authorization`` headers, say, where
+    which token was checked would be a guess; ``Connection`` naming one it reads; faulty
+    framing, such as an HTTP/1.0 request with a Transfer-Encoding, RFC 9112 §6.1: answered,
+    then the connection closed), and the token check for ``/admin/*``."""
+    refusal = listener_refusal(request, _READS)
     if refusal is not None:
         return refusal
     if request.path.startswith("/admin/") and not _authorized(request):
@@ -224,6 +226,9 @@ async def _refresh_every_second(gateway: web.Application) -> None:
 
 #: set on an admin request one worker passes on to the others (who must not pass it on)
 FANOUT_HEADER = "X-Stripe-Gateway-Fanout"
+#: the headers the admin listener reads (with :data:`~gateway.headers.SINGLE`'s): each may be
+#: sent once, and ``Connection`` may not name one (the middleware's check)
+_READS = frozenset({"authorization", FANOUT_HEADER.lower()})
 
 
 def _run_dir() -> Path | None:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 from aiohttp import HttpVersion10, HttpVersion11
+from hypothesis import example, given
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.headers import framing_problem, header_problem, relay_headers
+from gateway.headers import (
+    SINGLE,
+    framing_problem,
+    header_problem,
+    listener_problem,
+    relay_headers,
+)
 
 
 @pytest.mark.parametrize("drop", [(), ("X-Drop",)])
@@ -103,3 +111,85 @@ def test_an_http10_request_framed_by_content_length_is_sound() -> None:
     assert header_problem(headers, HttpVersion10) is None
     chunked = CIMultiDictProxy(CIMultiDict({"Transfer-Encoding": "chunked"}))
     assert framing_problem(HttpVersion11, chunked) is None
+
+
+# ------------------------------------------------------------------ the gateway's own listeners
+
+#: what the webhook ingress reads (plugins/webhooks.py), the admin listener's token
+READS = frozenset({"stripe-signature", "authorization"})
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ([("Stripe-Signature", "t=1,v1=a"), ("stripe-signature", "t=1,v1=b")], "Stripe-Signature"),
+        ([("Authorization", "Bearer a"), ("Authorization", "Bearer a")], "Authorization"),
+        ([("Content-Type", "a/b"), ("Content-Type", "a/b")], "Content-Type"),
+        ([("Content-Length", "3"), ("Content-Length", "3")], "Content-Length"),
+        ([("X-Read", "1"), ("x-read", "1")], "X-Read"),  # one of the listener's reads
+        ([("Host", "a"), ("Host", "b")], "Host"),
+    ],
+)
+def test_a_listener_refuses_a_header_it_reads_sent_twice(
+    headers: list[tuple[str, str]], named: str
+) -> None:
+    problem = listener_problem(
+        HttpVersion11, CIMultiDictProxy(CIMultiDict(headers)), READS | {"x-read"}
+    )
+    assert problem == f"The header {named} may be sent only once."
+
+
+@pytest.mark.parametrize("named", ["Stripe-Signature", "Authorization", "Content-Type", "X-Read"])
+def test_a_listener_refuses_connection_naming_a_header_it_reads(named: str) -> None:
+    headers = CIMultiDict([("Connection", f"keep-alive, {named.lower()}"), (named, "v")])
+    problem = listener_problem(HttpVersion11, CIMultiDictProxy(headers), READS | {"x-read"})
+    assert problem is not None and f"names {named}" in problem
+    # named but absent, or an unread header named: nothing to disagree about
+    del headers[named]
+    assert listener_problem(HttpVersion11, CIMultiDictProxy(headers), READS) is None
+    headers["X-Other"] = "v"
+    headers["Connection"] = "X-Other"
+    assert listener_problem(HttpVersion11, CIMultiDictProxy(headers), READS) is None
+
+
+def test_a_listener_refuses_faulty_framing_and_passes_sound_headers() -> None:
+    chunked = CIMultiDictProxy(CIMultiDict({"Transfer-Encoding": "chunked"}))
+    assert listener_problem(HttpVersion11, chunked) is None
+    assert listener_problem(HttpVersion10, chunked) == framing_problem(HttpVersion10, chunked)
+    # repeated headers nobody reads are not ambiguous to the listener
+    fine = CIMultiDict([("Accept", "a"), ("accept", "b"), ("Authorization", "Bearer t")])
+    assert listener_problem(HttpVersion11, CIMultiDictProxy(fine), READS) is None
+
+
+_NAMES = st.sampled_from(
+    sorted(SINGLE | READS | {"stripe-account", "x-other", "accept", "user-agent"})
+).map(lambda name: name.upper() if len(name) % 2 else name.title())
+_VALUES = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+
+
+@given(
+    headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=8),
+    repeated=st.sampled_from(sorted(SINGLE | READS | {"stripe-account"})),
+    at=st.integers(min_value=0),
+)
+@example(headers=[], repeated="authorization", at=0)
+@example(headers=[("Stripe-Signature", "a")], repeated="stripe-signature", at=1)
+def test_a_request_repeating_a_header_a_listener_reads_is_always_refused(
+    headers: list[tuple[str, str]], repeated: str, at: int
+) -> None:
+    # whatever else it carries, and in whatever case the name is spelt
+    headers = [*headers, (repeated.title(), "1")]
+    headers.insert(at % (len(headers) + 1), (repeated.upper(), "2"))
+    problem = listener_problem(HttpVersion11, CIMultiDictProxy(CIMultiDict(headers)), READS)
+    assert problem is not None
+    # and the proxy's own check still refuses what it took once already
+    if repeated in SINGLE or repeated.startswith("stripe-"):
+        assert header_problem(CIMultiDictProxy(CIMultiDict(headers))) is not None
+
+
+@given(headers=st.lists(st.tuples(_NAMES, _VALUES), max_size=8, unique_by=lambda h: h[0].lower()))
+def test_a_request_naming_each_header_once_passes_a_listener(
+    headers: list[tuple[str, str]],
+) -> None:
+    # no Connection, no Transfer-Encoding among the names: nothing is ambiguous
+    assert listener_problem(HttpVersion11, CIMultiDictProxy(CIMultiDict(headers)), READS) is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,8 @@ import pytest
 import requests
 import stripe
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import parse_config
 from gateway.errors import ConfigError
@@ -32,6 +33,7 @@ from tests.helpers import (
     free_port,
     raw_request,
     start_app,
+    until_closed,
 )
 
 #: a deadline for anything these tests wait on (slack for a busy CI machine)
@@ -381,11 +383,13 @@ def test_more_than_one_stripe_signature_header_is_refused(
         + body,
     )
     assert response.status == 400, response.body
-    assert response.json()["error"]["code"] == "webhook_duplicate_signature"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_header")
+    assert error["message"] == "The header Stripe-Signature may be sent only once."
     assert response.headers["Request-Id"].startswith("gwreq_")
+    assert response.headers["Connection"].lower() == "close"
     assert (
-        _metric(stack, "webhook_events_rejected_total", source="main", reason="duplicate_signature")
-        == 1
+        _metric(stack, "webhook_events_rejected_total", source="main", reason="invalid_header") == 1
     )
     assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
     # the same event with one valid signature is accepted, and delivered once
@@ -393,19 +397,149 @@ def test_more_than_one_stripe_signature_header_is_refused(
     assert [received for received, _ in team.wait_for(1)] == [body]
 
 
-def _until_closed(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``data`` and read until the server closes the connection (a kept-alive one
-    fails the read by timeout): the status, headers (lower-case names) and body."""
-    host, _, port = url.removeprefix("http://").partition(":")
-    with socket.create_connection((host, int(port)), timeout=DEADLINE) as conn:
-        conn.sendall(data)
-        raw = b""
-        while chunk := conn.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
-    return int(status_line.split()[1]), headers, body
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (b"Stripe-Signature: t=1,v1=00\r\n", "Stripe-Signature"),
+        (b"Stripe-Account: acct_1Nabcdefghij\r\n" * 2, "Stripe-Account"),
+        (b"Connection: keep-alive, Stripe-Signature\r\n", "Stripe-Signature"),
+        (b"Connection: Content-Type\r\n", "Content-Type"),
+        (b"Connection: content-length\r\n", "Content-Length"),
+    ],
+)
+def test_ambiguous_headers_are_refused_before_the_event_is_stored(
+    stack: Stack, subscribers: Callable[..., Subscriber], extra: bytes, named: str
+) -> None:
+    # a Stripe-* header twice (a second signature, valid or not), or Connection naming a
+    # header the ingress reads (a hop in front that honours it would drop what the ingress
+    # verified): 400, closed, nothing stored
+    team = subscribers()
+    url = _start(stack, _plugin(stack.tmp, [_subscription(stack.tmp, team.url)]))
+    body = _event()
+    signature = signature_header(body, SOURCE_SECRET, int(time.time()))
+    request = (
+        f"POST {PATH} HTTP/1.1\r\nHost: gateway\r\nStripe-Signature: {signature}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    status, headers, answer = until_closed(url, request)  # closed though kept alive
+    assert status == 400, answer
+    assert headers["connection"].lower() == "close"
+    error = json.loads(answer)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_header")
+    assert named in error["message"]
+    assert (
+        _metric(stack, "webhook_events_rejected_total", source="main", reason="invalid_header") == 1
+    )
+    assert _metric(stack, "webhook_events_received_total", source="main") == 0
+    assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
+    assert _admin(stack, "GET", "/admin/webhooks/deliveries")["data"] == []
+    # the same event, its headers once each, is accepted and is the only one delivered
+    assert _post(url, body).status_code == 200
+    assert [received for received, _ in team.wait_for(1)] == [body]
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "Content-Type"])
+def test_a_second_content_header_is_refused_before_the_ingress(
+    stack: Stack, subscribers: Callable[..., Subscriber], name: str
+) -> None:
+    # aiohttp's (strict) request parser refuses these itself: 400 without a code, the
+    # connection closed; the ingress's own check is the second line. Nothing is stored
+    team = subscribers()
+    url = _start(stack, _plugin(stack.tmp, [_subscription(stack.tmp, team.url)]))
+    body = _event()
+    signature = signature_header(body, SOURCE_SECRET, int(time.time()))
+    value = str(len(body)) if name == "Content-Length" else "application/json"
+    status, _, answer = until_closed(
+        url,
+        f"POST {PATH} HTTP/1.1\r\nHost: gateway\r\nStripe-Signature: {signature}\r\n".encode()
+        + f"Content-Type: application/json\r\n{name}: {value}\r\n".encode()
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body,
+    )
+    assert status == 400, answer
+    assert _metric(stack, "webhook_events_received_total", source="main") == 0
+    assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
+
+
+#: headers the ingress may get once at most; aiohttp's parser refuses a second of the
+#: last two itself (400 without a code), before the ingress runs
+_READ_BY_INGRESS = ("Stripe-Signature", "Stripe-Account", "Authorization", "Content-Type", "Host")
+_REFUSED_BY_PARSER = ("Content-Type", "Host")
+
+
+@given(
+    others=st.lists(
+        st.tuples(
+            st.sampled_from(["Accept", "User-Agent", "X-Other", "Stripe-Version"]),
+            st.from_regex(r"[a-z0-9=,]{0,8}", fullmatch=True),
+        ),
+        max_size=4,
+        unique_by=lambda h: h[0],
+    ),
+    repeated=st.sampled_from(_READ_BY_INGRESS),
+    spelt=st.sampled_from([str.lower, str.upper, str.title]),
+    valid_second=st.booleans(),
+    order=st.permutations(range(3)),
+)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_header_the_ingress_reads_sent_twice_never_stores_an_event(
+    stack: Stack,
+    others: list[tuple[str, str]],
+    repeated: str,
+    spelt: Callable[[str], str],
+    valid_second: bool,
+    order: list[int],
+) -> None:
+    # whatever else the request carries and in whatever order, with both copies valid or
+    # not: refused before the body is read (by the ingress, with invalid_header, or by the
+    # parser), never stored
+    if stack.app is None:  # one gateway for every example
+        _start(stack, _plugin(stack.tmp, []))
+    url = stack.gateway_url
+    refused = _metric(
+        stack, "webhook_events_rejected_total", source="main", reason="invalid_header"
+    )
+    body = _event()
+    signature = signature_header(body, SOURCE_SECRET, int(time.time()))
+    values = {
+        "Stripe-Signature": signature,
+        "Content-Type": "application/json",
+        "Stripe-Account": "acct_1Nabcdefghij",
+        "Authorization": "Bearer sk_test_ingress",
+        "Host": "gateway",
+    }
+    second = values[repeated] if valid_second else "x"
+    lines = [
+        ("Host", "gateway"),
+        ("Stripe-Signature", signature),
+        ("Content-Type", "application/json"),
+    ]
+    lines = [lines[i] for i in order] + others
+    if repeated not in dict(lines):
+        lines.append((repeated, values[repeated]))
+    lines.insert(len(others) % (len(lines) + 1), (spelt(repeated), second))
+    request = (
+        f"POST {PATH} HTTP/1.1\r\n".encode()
+        + "".join(f"{name}: {value}\r\n" for name, value in lines).encode()
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    status, headers, answer = until_closed(url, request)
+    assert status == 400, answer
+    if repeated not in _REFUSED_BY_PARSER:
+        assert headers["connection"].lower() == "close"
+        assert json.loads(answer)["error"]["code"] == "invalid_header"
+        assert (
+            _metric(stack, "webhook_events_rejected_total", source="main", reason="invalid_header")
+            == refused + 1
+        )
+    assert _metric(stack, "webhook_events_received_total", source="main") == 0
+    assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
 
 
 def test_http10_with_transfer_encoding_is_refused_on_every_listener(
@@ -434,7 +568,7 @@ def test_http10_with_transfer_encoding_is_refused_on_every_listener(
         ),
     ]
     for where, data in attempts:
-        status, headers, answer = _until_closed(where, data)
+        status, headers, answer = until_closed(where, data)
         assert status == 400, answer
         assert headers["connection"].lower() == "close"
         assert headers["request-id"].startswith("gwreq_")
@@ -443,7 +577,7 @@ def test_http10_with_transfer_encoding_is_refused_on_every_listener(
         assert "HTTP/1.0" in error["message"]
     assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
     # HTTP/1.0 with a Content-Length is still accepted, and delivered
-    status, _, answer = _until_closed(
+    status, _, answer = until_closed(
         url, webhook + b"Content-Length: %d\r\n\r\n" % len(body) + body
     )
     assert status == 200, answer

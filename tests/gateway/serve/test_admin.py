@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import requests
 import stripe
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.keys import ADMIN_URLS
+from gateway.keys import ADMIN_URLS, GENERATIONS
 from gateway.serve.admin import masked_config
 from tests.conftest import RedisServer
 from tests.helpers import (
@@ -23,6 +25,7 @@ from tests.helpers import (
     default_teams,
     digest,
     free_port,
+    until_closed,
 )
 
 ADMIN_TOKEN = "adm_test_token_00000000000000001"
@@ -358,6 +361,119 @@ def test_a_non_utf8_token_is_refused_not_a_server_error(stack: Stack) -> None:
         )
         head = conn.recv(65536).split(b"\r\n", 1)[0]
     assert head.startswith(b"HTTP/1.1 401"), head
+
+
+# ------------------------------------------------------------------ ambiguous headers
+
+WRONG = "Authorization: Bearer adm_test_token_wrong0000000001\r\n"
+RIGHT = f"Authorization: Bearer {ADMIN_TOKEN}\r\n"
+
+
+def _generation(stack: Stack) -> int:
+    assert stack.app is not None
+    return stack.app[GENERATIONS].current.number
+
+
+def _assert_refused(answer: tuple[int, dict[str, str], bytes], named: str) -> None:
+    status, headers, body = answer
+    assert status == 400, body
+    assert headers["connection"].lower() == "close"
+    assert headers["request-id"].startswith("gwreq_")
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_header")
+    assert named in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        (RIGHT + RIGHT, "Authorization"),
+        (RIGHT + WRONG, "Authorization"),  # which token is checked would be a guess
+        (WRONG + RIGHT, "Authorization"),
+        (RIGHT + "Connection: keep-alive, Authorization\r\n", "Authorization"),
+        (RIGHT + "X-Stripe-Gateway-Fanout: 1\r\nX-Stripe-Gateway-Fanout: 1\r\n", "Fanout"),
+        (RIGHT + "Connection: X-Stripe-Gateway-Fanout\r\nX-Stripe-Gateway-Fanout: 1\r\n", "Fanout"),
+        (RIGHT + "Stripe-Account: acct_1\r\nStripe-Account: acct_2\r\n", "Stripe-Account"),
+    ],
+)
+def test_ambiguous_headers_are_refused_before_an_admin_action(
+    stack: Stack, headers: str, named: str
+) -> None:
+    admin = _start(stack)
+    assert stack.config is not None
+    stack._next_data = stack.gateway_data(admin=stack.config.admin.model_dump())
+    request = f"POST /admin/reload HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: 0\r\n\r\n"
+    _assert_refused(until_closed(admin, request.encode()), named)
+    assert _generation(stack) == 1  # not reloaded
+    # the same request with its headers once each is served
+    response = requests.post(admin + "/admin/reload", headers=AUTH, timeout=5)
+    assert response.status_code == 200, response.text
+    assert _generation(stack) == 2
+
+
+@pytest.mark.parametrize("listener", ["admin", "public"])
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        (RIGHT + RIGHT, "Authorization"),
+        ("Idempotency-Key: a\r\nIdempotency-Key: b\r\n", "Idempotency-Key"),
+        ("Stripe-Version: a\r\nstripe-version: a\r\n", "Stripe-Version"),
+        ("Connection: Stripe-Account\r\nStripe-Account: acct_1\r\n", "Stripe-Account"),
+    ],
+)
+def test_healthz_refuses_ambiguous_headers_on_either_listener(
+    stack: Stack, listener: str, headers: str, named: str
+) -> None:
+    admin = _start(stack)
+    url = admin if listener == "admin" else stack.gateway_url
+    request = f"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive\r\n{headers}\r\n"
+    if "Connection:" in headers:  # one Connection header, naming both
+        request = request.replace("Connection: keep-alive\r\n", "")
+    _assert_refused(until_closed(url, request.encode()), named)
+    assert requests.get(url + "/healthz", headers=AUTH, timeout=5).json()["status"] == "ok"
+
+
+@given(
+    others=st.lists(
+        st.sampled_from(
+            [
+                "Accept: */*\r\n",
+                "User-Agent: curl/8\r\n",
+                "Content-Type: application/x-www-form-urlencoded\r\n",
+                "Stripe-Version: 2024-06-20\r\n",
+                "Connection: keep-alive\r\n",
+            ]
+        ),
+        max_size=4,
+        unique=True,
+    ),
+    tokens=st.lists(
+        st.sampled_from([RIGHT, WRONG, RIGHT.lower(), RIGHT.upper()[:15] + RIGHT[15:]]),
+        min_size=2,
+        max_size=3,
+    ),
+    at=st.integers(min_value=0, max_value=8),
+)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_two_authorization_headers_never_reach_an_admin_action(
+    stack: Stack, others: list[str], tokens: list[str], at: int
+) -> None:
+    # with the right token in every copy or in one, in any case, among any other headers:
+    # refused before the token is checked, and nothing reloaded
+    if stack.app is None:  # one gateway for every example
+        _start(stack)
+        assert stack.config is not None
+        stack._next_data = stack.gateway_data(admin=stack.config.admin.model_dump())
+    lines = [*others]
+    for token in tokens:
+        lines.insert(at % (len(lines) + 1), token)
+    request = (
+        f"POST /admin/reload HTTP/1.1\r\nHost: admin\r\n{''.join(lines)}Content-Length: 0\r\n\r\n"
+    )
+    _assert_refused(until_closed(stack.admin_url, request.encode()), "Authorization")
+    assert _generation(stack) == 1
 
 
 def test_reuse_port_lets_worker_processes_share_the_admin_port(stack: Stack) -> None:
