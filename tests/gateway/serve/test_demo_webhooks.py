@@ -31,6 +31,15 @@ WAIT = 60.0
 VERIFIED = re.compile(r"webhook receiver: (\S+) +(\S+) (evt_\S+) \(signature verified\)")
 
 
+def recorded(event_id: str) -> re.Pattern[str]:
+    """The gateway's log line for a delivery of ``event_id`` that it recorded as delivered
+    (said after the receiver answered, just before its ``webhook_delivery`` audit line)."""
+    return re.compile(
+        rf'"event_id":"{re.escape(event_id)}".*"outcome":"delivered".*"event":'
+        '"webhook_delivery"'
+    )
+
+
 class RunningDemo:
     """``stripe-gateway demo`` with its standard error read, line by line, as it comes."""
 
@@ -111,6 +120,8 @@ def test_an_object_made_through_the_gateway_comes_back_verified_at_each_team(
     got = sorted(VERIFIED.fullmatch(line).groups() for line in seen)  # type: ignore[union-attr]
     assert got == sorted((team, event.type, event.id) for team, _ in SUBSCRIPTIONS)
 
+    # the gateway records each delivery once the receiver has answered
+    demo.wait_for(len(SUBSCRIPTIONS), recorded(event.id))
     # the demo registered the ingress in the sandbox, where the teams' calls land
     endpoints = full.v1.webhook_endpoints.list().data
     assert [w.url for w in endpoints] == [ingress]
@@ -167,8 +178,10 @@ def test_no_secret_or_stripe_key_is_printed_and_the_secret_files_go_when_it_stop
     full = stripe.StripeClient(
         "gw_demo_full_key", base_addresses={"api": gateway}, max_network_retries=0
     )
-    full.v1.identity.verification_sessions.create({"type": "document"})
-    demo.wait_for(2, "(signature verified)")
+    session = full.v1.identity.verification_sessions.create({"type": "document"})
+    (event,) = full.v1.events.list({"type": "identity.verification_session.created"}).data
+    assert event.data.object["id"] == session.id
+    demo.wait_for(len(SUBSCRIPTIONS), recorded(event.id))
     out, said = demo.stop()
     assert not folder.exists()
     for text in (out, said):
