@@ -4,6 +4,7 @@ ingress and reach the demo's receiver, re-signed per team and verified with the 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -200,7 +201,7 @@ def _deliver(team: str, body: bytes, header: str) -> tuple[int, list[str]]:
     async def post() -> int:
         async with TestClient(TestServer(receiver_app(TEAM_SECRETS, said.append))) as client:
             response = await client.post(
-                f"/{team}", data=body, headers={"Stripe-Signature": header}
+                f"/{team}", data=io.BytesIO(body), headers={"Stripe-Signature": header}
             )
             await response.read()
             return response.status
@@ -213,6 +214,23 @@ def test_the_receiver_says_a_delivery_signed_with_the_teams_secret_verified() ->
     status, said = _deliver("full", body, sign(body, TEAM_SECRETS["full"], int(time.time())))
     assert status == 200
     assert said == ["webhook receiver: full      file.created evt_1 (signature verified)"]
+
+
+def test_the_receiver_reads_a_whole_large_body_and_refuses_one_over_its_cap() -> None:
+    """A body that arrives in many chunks is verified whole; one over 1 MiB gets 413."""
+    pad = "x" * 600_000
+    body = json.dumps({"id": "evt_big", "object": "event", "type": "a.b", "pad": pad}).encode()
+    status, said = _deliver(
+        "readonly", body, sign(body, TEAM_SECRETS["readonly"], int(time.time()))
+    )
+    assert status == 200 and said == [
+        "webhook receiver: readonly  a.b evt_big (signature verified)"
+    ]
+    huge = body + b" " * (1024 * 1024)
+    status, said = _deliver(
+        "readonly", huge, sign(huge, TEAM_SECRETS["readonly"], int(time.time()))
+    )
+    assert status == 413 and said == []
 
 
 @settings(max_examples=40, deadline=None)
