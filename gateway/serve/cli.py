@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         help="admin listener port (default: the gateway port + 1; ephemeral if that is 0)",
     )
     demo.add_argument(
+        "--receiver-port",
+        type=int,
+        default=None,
+        help="the built-in demo's webhook receiver port (default: the gateway port + 2; "
+        "ephemeral if that is 0)",
+    )
+    demo.add_argument(
         "--config",
         "-c",
         metavar="FILE",
@@ -455,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             sandbox=options,
                             admin_port=args.admin_port,
                             config=args.config,
+                            receiver_port=args.receiver_port,
                         )
                     )
             except OSError as exc:

@@ -2,10 +2,14 @@
 the gateway, until SIGINT/SIGTERM.
 
 The demo shows every plugin: the gateway with sample rate limits, its admin listener
-(metrics, ``/readyz``, the admin endpoints, with a demo token) and the sandbox as Stripe;
-``demo --config FILE`` puts one's own config (its teams, plugins and ``[admin]``) in front of
-the sandbox instead. Every port is bound before anything starts, so a port in use stops the
-demo with the port, what it is for and the flag that changes it, and nothing else said.
+(metrics, ``/readyz``, the admin endpoints, with a demo token), the sandbox as Stripe, and
+the way back in (:mod:`gateway.serve.demo_webhooks`): a webhook endpoint registered in the
+sandbox posts its events to the gateway's ingress, and the ``webhooks`` plugin delivers them,
+re-signed per team, to a receiver the demo serves, which verifies each with the stripe SDK
+and says so; ``demo --config FILE`` puts one's own config (its teams, plugins and
+``[admin]``) in front of the sandbox instead. Every port is bound before anything starts, so
+a port in use stops the demo with the port, what it is for and the flag that changes it, and
+nothing else said.
 What the banner prints runs as printed: the curl line's URL is quoted, and the Python
 snippet names this interpreter (the venv ``scripts/demo.sh`` made, with the stripe SDK).
 """
@@ -20,6 +24,7 @@ import shlex
 import signal
 import socket
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,15 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.demokeys import DEMO_ADMIN_TOKEN, DEMO_KEYS, EXAMPLE_KEYS, digest
 from gateway.errors import ConfigError
 from gateway.keys import ADMIN_URLS
+from gateway.serve.demo_webhooks import (
+    INGRESS_PATH,
+    SUBSCRIPTIONS,
+    DemoWebhooks,
+    receiver_app,
+    register_ingress,
+    team_secrets,
+    webhooks_table,
+)
 from gateway.serve.server import GatewayRunner
 from sandbox.app import Sandbox, create_sandbox_app
 from sandbox.core import SandboxSettings
@@ -75,6 +89,9 @@ class DemoOptions:
     admin_port: int | None = None
     #: a config file of one's own, put in front of the sandbox (``demo --config``)
     config: str | None = None
+    #: the built-in demo's webhook receiver; None: the gateway port + 2, or an ephemeral port
+    #: when the gateway port is (0)
+    receiver_port: int | None = None
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -263,6 +280,8 @@ async def _demo_main(options: DemoOptions) -> None:
     else:
         document, environ = _file_document(options.config, options.environ)
     own_admin = _own_admin_port(document)
+    # the built-in demo's webhooks: its receiver verifies with the stripe SDK (the demo extra)
+    webhooks = options.config is None and importlib.util.find_spec("stripe") is not None
     # every port first, so that one in use stops the demo before anything starts
     held: list[socket.socket] = []
     try:
@@ -290,41 +309,93 @@ async def _demo_main(options: DemoOptions) -> None:
         held.append(admin_sock)
         sandbox_socks = _bind_sandbox(sandbox_options, "--sandbox-port")
         held.extend(sandbox_socks)
-        config = _demo_config(
-            options,
-            document,
-            environ,
-            port=gateway_sock.getsockname()[1],
-            sandbox_url=_url(sandbox_socks[0]),
-            admin_port=None if own_admin else admin_sock.getsockname()[1],
-        )
-        app = create_app(config)  # the plugins' settings are checked here
+        receiver_sock: socket.socket | None = None
+        if webhooks:
+            receiver_port = options.receiver_port
+            if receiver_port is None:
+                receiver_port = options.port + 2 if options.port else 0
+            receiver_sock = _bind(
+                options.host,
+                receiver_port,
+                "the demo's webhook receiver",
+                "choose another with --receiver-port PORT",
+            )
+            held.append(receiver_sock)
+
+        def configure(document: dict[str, Any], environ: dict[str, str]) -> GatewayConfig:
+            return _demo_config(
+                options,
+                document,
+                environ,
+                port=gateway_sock.getsockname()[1],
+                sandbox_url=_url(sandbox_socks[0]),
+                admin_port=None if own_admin else admin_sock.getsockname()[1],
+            )
+
+        # checked here, before anything starts; the built-in demo's config with webhooks is
+        # made once the sandbox runs: it needs the endpoint's secret, which the sandbox makes
+        config = None if webhooks else configure(document, environ)
+        app = None if config is None else create_app(config)  # the plugins' settings
     except BaseException:
         for sock in held:
             sock.close()
         raise
     runners: list[web.BaseRunner] = []
+    hooks: DemoWebhooks | None = None
+    #: the webhooks plugin's store and secret files, for this run only (mode 0700)
+    folder: tempfile.TemporaryDirectory[str] | None = None
     try:
         sandbox_runners, sandbox, sandbox_url, control_url = await _start_sandbox(
             sandbox_options, sandbox_socks
         )
         runners.extend(sandbox_runners)
+        url = _url(gateway_sock)
+        if receiver_sock is not None:
+            folder = tempfile.TemporaryDirectory(prefix="stripe-gateway-demo-")
+            hooks, document, secrets_ = await _demo_webhooks(
+                document, url, sandbox_url, _url(receiver_sock), folder.name
+            )
+            config = configure(document, environ)
+            app = create_app(config)
+            receiver = web.AppRunner(receiver_app(secrets_, _say), access_log=None)
+            await _serve_on(receiver, receiver_sock)
+            runners.append(receiver)
+        assert config is not None and app is not None
         gateway = GatewayRunner(app, access_log=None, shutdown_timeout=5)
         admin_sock.close()  # the admin listener binds the port itself, as it starts
         await _serve_on(gateway, gateway_sock)
         runners.append(gateway)
         log_started(app)
-        url = _url(gateway_sock)
         sandbox.settings.files_base = url  # file URLs lead through the gateway
         admin_urls = app[ADMIN_URLS]
-        _say(_banner(config, url, sandbox_url, control_url, admin_urls[0] if admin_urls else None))
+        admin_url = admin_urls[0] if admin_urls else None
+        _say(_banner(config, url, sandbox_url, control_url, admin_url, hooks))
         await _wait_for_signal()
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
         for sock in held:  # the ones no listener took over (closing twice is harmless)
             sock.close()
+        if folder is not None:  # after the gateway, which closed its store
+            folder.cleanup()
         _say("stripe-gateway demo: stopped.")
+
+
+async def _demo_webhooks(
+    document: dict[str, Any], url: str, sandbox_url: str, receiver_url: str, folder: str
+) -> tuple[DemoWebhooks, dict[str, Any], dict[str, str]]:
+    """Register the gateway's ingress as a webhook endpoint in the sandbox (in the account of
+    the demo's upstream key, where the teams' calls land); what was registered, the built-in
+    config with the ``webhooks`` plugin receiving from it and delivering to the receiver
+    (its secrets in files in ``folder``), and each team's secret, for the receiver."""
+    ingress_url = url + INGRESS_PATH
+    endpoint_id, ingress_secret = await register_ingress(
+        sandbox_url, DEMO_UPSTREAM_KEY, ingress_url
+    )
+    secrets_ = team_secrets()
+    table = webhooks_table(Path(folder), receiver_url, ingress_secret, secrets_)
+    document = {**document, "plugins": {**document["plugins"], "webhooks": table}}
+    return DemoWebhooks(endpoint_id, ingress_url, receiver_url), document, secrets_
 
 
 # --------------------------------------------------------------------------- the banner
@@ -349,10 +420,8 @@ def _snippets(url: str, curl_key: str, python_key: str, builtin: bool) -> str:
     base = f'base_addresses={{"api": "{url}", "files": "{url}"}}'
     if builtin:
         curl_url = f"{url}/v1/sigma/scheduled_query_runs?limit=2"
-        call = (
-            'hook = {"url": "https://example.com/hook", "enabled_events": ["*"]}\n'
-            "print(client.v1.webhook_endpoints.create(hook))"
-        )
+        # an object whose event comes back through the gateway's webhook ingress
+        call = 'print(client.v1.identity.verification_sessions.create({"type": "document"}))'
     else:
         # a route every team of config.example.toml may call
         curl_url = f"{url}/v1/sigma/scheduled_query_runs?limit=2"
@@ -371,8 +440,24 @@ client = stripe.StripeClient(
 PY"""
 
 
+def _webhooks_lines(hooks: DemoWebhooks) -> list[str]:
+    subscriptions = "; ".join(f"{team}: {', '.join(events)}" for team, events in SUBSCRIPTIONS)
+    return [
+        f"  webhooks: the sandbox's webhook endpoint {hooks.endpoint_id} posts every event to",
+        f"    the gateway's ingress {hooks.ingress_url}, which checks Stripe's signature,",
+        "    stores the event and delivers it re-signed with each team's own secret",
+        f"    ({subscriptions}) to the demo's receiver on {hooks.receiver_url},",
+        "    which verifies it with stripe.Webhook.construct_event and prints a line",
+    ]
+
+
 def _banner(
-    config: GatewayConfig, url: str, sandbox_url: str, control_url: str, admin_url: str | None
+    config: GatewayConfig,
+    url: str,
+    sandbox_url: str,
+    control_url: str,
+    admin_url: str | None,
+    hooks: DemoWebhooks | None = None,
 ) -> str:
     builtin = config.source == "<demo>"
     lines = [
@@ -400,15 +485,30 @@ def _banner(
             "  rate limits: readonly 1 read/s (burst 5); full 10 reads/s (burst 20), "
             "5 writes/s (burst 10)"
         )
+        if hooks is not None:
+            lines += _webhooks_lines(hooks)
+        else:
+            lines.append(
+                "  webhooks: not shown: the demo's receiver needs the stripe SDK "
+                f"({_python()} -m pip install stripe)"
+            )
     lines += ["", "Try it:", _snippets(url, curl_key, python_key, builtin)]
+    if hooks is not None:
+        lines += [
+            "",
+            "  The snippet creates an identity verification session: its event",
+            "  (identity.verification_session.created) comes back in through the gateway's",
+            '  ingress, and the receiver prints "webhook receiver: <team> <type> <event id>',
+            '  (signature verified)" for each team subscribed to it (here both).',
+        ]
     if admin_url is not None:
         lines += ["", f"  curl -s {admin_url}/readyz"]
         lines.append(f"  curl -s {admin_url}/metrics | grep stripe_gateway_requests_total")
         if builtin:
-            lines.append(
-                f"  curl -s -H {shlex.quote('Authorization: Bearer ' + DEMO_ADMIN_TOKEN)} "
-                f"{admin_url}/admin/teams"
-            )
+            bearer = shlex.quote("Authorization: Bearer " + DEMO_ADMIN_TOKEN)
+            lines.append(f"  curl -s -H {bearer} {admin_url}/admin/teams")
+            if hooks is not None:
+                lines.append(f"  curl -s -H {bearer} {admin_url}/admin/webhooks/deliveries")
     lines += ["", "Audit lines follow on standard output. Ctrl-C stops both.", ""]
     return "\n".join(lines)
 

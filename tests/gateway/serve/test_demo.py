@@ -88,7 +88,11 @@ def test_demo_serves_the_sdk_through_the_gateway_and_stops_cleanly(
     readonly = stripe.StripeClient(
         "gw_demo_readonly_key", base_addresses={"api": gateway}, max_network_retries=0
     )
-    assert [w.id for w in readonly.v1.webhook_endpoints.list().data] == [hook.id]
+    # beside it, the demo's own: the gateway's webhook ingress, registered in the sandbox
+    ingress = re.search(r"webhook endpoint (we_\w+)", banner)
+    assert ingress, banner
+    listed = readonly.v1.webhook_endpoints.list().data
+    assert sorted(w.id for w in listed) == sorted([hook.id, ingress[1]])
     with pytest.raises(stripe.PermissionError):
         readonly.v1.webhook_endpoints.create({"url": "https://x.example", "enabled_events": ["*"]})
     assert requests.get(f"{gateway}/healthz", timeout=5).status_code == 200
@@ -199,10 +203,11 @@ def test_the_printed_curl_line_and_python_snippet_run_as_printed(tmp_path: Path)
             assert json.loads(result.stdout)["object"] == "list"
             result = _shell(python)
             assert result.returncode == 0, result.stderr
-            assert '"object": "webhook_endpoint"' in result.stdout
+            assert '"object": "identity.verification_session"' in result.stdout
         finally:
             _stopped_cleanly(process)
-    audit = [json.loads(line) for line in (tmp_path / "audit.out").read_text().splitlines()]
+    lines = (tmp_path / "audit.out").read_text().splitlines()
+    audit = [a for a in map(json.loads, lines) if a["event"] == "request"]  # (not webhooks')
     assert [(a["team"], a["status"]) for a in audit] == [("readonly", 200), ("full", 200)]
     assert audit[1]["sdk"] == "python" and audit[1]["stripe_version"] == stripe.api_version
 
@@ -258,7 +263,8 @@ def test_a_second_demo_or_a_busy_port_names_the_port_and_the_flag_and_starts_not
         sandbox = re.search(r"sandbox on http://[\d.]+:(\d+)", banner)
         admin = re.search(r"admin endpoints\): http://[\d.]+:(\d+)", banner)
         control = re.search(r"fault control \([^)]*\): http://[\d.]+:(\d+)", banner)
-        assert gateway and sandbox and admin and control, banner
+        receiver = re.search(r"demo's receiver on http://[\d.]+:(\d+)", banner)
+        assert gateway and sandbox and admin and control and receiver, banner
         cases = [
             (("--port", gateway[1]), gateway[1], "the gateway", "--port"),
             (("--port", "0", "--admin-port", admin[1]), admin[1], "admin", "--admin-port"),
@@ -273,6 +279,12 @@ def test_a_second_demo_or_a_busy_port_names_the_port_and_the_flag_and_starts_not
                 control[1],
                 "fault control",
                 "--control-port",
+            ),
+            (
+                (*EPHEMERAL, "--receiver-port", receiver[1]),
+                receiver[1],
+                "webhook receiver",
+                "--receiver-port",
             ),
         ]
         for args, port, what, flag in cases:
