@@ -75,6 +75,10 @@ _RUNS = re.compile(r"(?P<escapes>(?:%[0-9A-Fa-f]{2})+)|[^%]+|%")
 _MASKS = re.compile(r"(\[redacted\]|\[hmac:[0-9a-f]{16}\]|\[unparsed \d+ bytes\]|…\w{0,4})")
 
 
+#: the longest raw value :func:`encode_as_sent` writes back as sent (a query string fits)
+AS_SENT_MAX = 8192
+
+
 def encode_as_sent(raw: str, value: str, redacted: str) -> str:
     """``redacted`` written back into a form the way ``raw`` was sent: ``value`` is
     ``raw`` decoded (:func:`decode_component`), ``redacted`` is ``value`` with masks in
@@ -87,18 +91,18 @@ def encode_as_sent(raw: str, value: str, redacted: str) -> str:
     the part of ``raw`` that decodes to it; a mask never ends in ``%`` nor starts with a
     hex digit, so no escape forms across a boundary). :func:`encode_component` writes the
     whole of ``redacted`` when the runs between the masks are not found in ``value`` in
-    order (the redaction rewrote more than masks: JSON written anew, a nested form)."""
+    order (the redaction rewrote more than masks: JSON written anew, a nested form), when
+    ``raw`` was encoded twice (its kept runs would decode once to another text than the
+    masks do), and when ``raw`` is longer than :data:`AS_SENT_MAX` (the position map costs
+    a Python step per character: a hostile megabyte must not cost a second)."""
     parts = _MASKS.split(redacted)
-    if len(parts) == 1:
+    if len(parts) == 1 or len(raw) > AS_SENT_MAX:
         return encode_component(redacted)
     try:
         decoded, starts = _decoded_at(raw)
-        if "%" in decoded and _PERCENT.search(decoded):  # decoded twice (%2540)
-            decoded, inner = _decoded_at(decoded)
-            starts = [starts[i] for i in inner]
     except UnicodeDecodeError:
         return encode_component(redacted)
-    if decoded != value:
+    if decoded != value:  # decoded twice (%2540), or not this raw's value
         return encode_component(redacted)
     out: list[str] = []
     done = 0  # how much of value is behind us
