@@ -105,6 +105,8 @@ class PortInUse(OSError):
 def _bind(host: str, port: int, what: str, fix: str) -> socket.socket:
     """A listening socket on ``host:port``, or :class:`PortInUse` saying what to change."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if not 0 <= port <= 65535:  # e.g. a default of --port + 2 past the last port
+        raise PortInUse(f"port {port} on {host} ({what}) is not a port (0-65535); {fix}")
     try:
         return socket.create_server((host, port), family=family, backlog=1024)
     except OSError as exc:
@@ -357,7 +359,10 @@ async def _demo_main(options: DemoOptions) -> None:
             )
             config = configure(document, environ)
             app = create_app(config)
-            receiver = web.AppRunner(receiver_app(secrets_, _say), access_log=None)
+            # a client holding a request open must not hold up Ctrl-C
+            receiver = web.AppRunner(
+                receiver_app(secrets_, _say), access_log=None, shutdown_timeout=2
+            )
             await _serve_on(receiver, receiver_sock)
             runners.append(receiver)
         assert config is not None and app is not None

@@ -78,9 +78,12 @@ async def register_ingress(sandbox_url: str, api_key: str, ingress_url: str) -> 
             timeout=aiohttp.ClientTimeout(total=30),
         ) as response,
     ):
-        body = await response.json()
         if response.status != 200:
-            raise RuntimeError(f"the sandbox refused the demo's webhook endpoint: {body}")
+            text = (await response.text())[:500]
+            raise RuntimeError(
+                f"the sandbox refused the demo's webhook endpoint ({response.status}): {text}"
+            )
+        body = await response.json()
     return str(body["id"]), str(body["secret"])
 
 

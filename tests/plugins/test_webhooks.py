@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -439,6 +440,30 @@ def test_ambiguous_headers_are_refused_before_the_event_is_stored(
     # the same event, its headers once each, is accepted and is the only one delivered
     assert _post(url, body).status_code == 200
     assert [received for received, _ in team.wait_for(1)] == [body]
+
+
+def test_ambiguous_headers_are_refused_before_the_body_is_read(
+    stack: Stack, subscribers: Callable[..., Subscriber]
+) -> None:
+    # the body is announced but never sent in full: the refusal must not wait for it
+    team = subscribers()
+    url = _start(stack, _plugin(stack.tmp, [_subscription(stack.tmp, team.url)]))
+    body = _event()
+    signature = signature_header(body, SOURCE_SECRET, int(time.time()))
+    host, _, port = url.removeprefix("http://").partition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(
+            f"POST {PATH} HTTP/1.1\r\nHost: gateway\r\nStripe-Signature: {signature}\r\n".encode()
+            + b"Stripe-Signature: t=1,v1=00\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % (len(body) + 1000)
+            + body[:10]
+        )
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+            head += chunk  # a wait for the rest of the body would end in the 30 s timeout
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"invalid_header" in head or b"Content-Length" in head
+    assert _admin(stack, "GET", "/admin/webhooks/events")["data"] == []
 
 
 @pytest.mark.parametrize("name", ["Content-Length", "Content-Type"])

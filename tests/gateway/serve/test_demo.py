@@ -298,6 +298,16 @@ def test_a_second_demo_or_a_busy_port_names_the_port_and_the_flag_and_starts_not
         _stopped_cleanly(process)
 
 
+def test_a_default_port_past_the_last_one_names_the_flag_not_a_traceback() -> None:
+    """``--port 65534``: the receiver's default (the port + 2) is no port at all."""
+    free = str(free_port())
+    result = _busy("--port", "65534", "--admin-port", free, "--sandbox-port", "0")
+    assert result.returncode == 1, result
+    (line,) = result.stderr.splitlines()
+    assert "port 65536 " in line and "not a port" in line and "--receiver-port PORT" in line
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 def test_demo_config_runs_ones_own_config_in_front_of_the_sandbox(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "STRIPE_SECRET_KEY"}
     with (tmp_path / "audit.out").open("w") as out:
