@@ -293,6 +293,19 @@ class Stack:
                 return lines
             time.sleep(0.02)
 
+    def audit_lines_for(
+        self, path: str, at_least: int = 1, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The audit lines of requests to ``path`` (with its query, as logged), waiting up
+        to ``timeout`` for ``at_least`` of them: other requests' lines already written say
+        nothing of whether this one's is (it is written just after its response ends)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.audit_lines(0, 0) if line.get("path") == path]
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
     def close(self) -> None:
         for runner in reversed(self._runners):
             self.loop.run(runner.cleanup())

@@ -115,9 +115,9 @@ def test_a_report_runs_result_downloads_through_the_gateway(
     assert len(body) == run.result.size >= box.settings.large_result_bytes
     assert body.startswith(b"category,")
     # through the gateway: audited, sent to the configured files upstream
-    lines = stack.audit_lines(at_least=1, timeout=10)
-    download = [line for line in lines if line["path"] == f"/v1/files/{file_id}/contents"]
+    download = stack.audit_lines_for(f"/v1/files/{file_id}/contents")
     assert len(download) == 1
+    lines = stack.audit_lines()
     assert download[0]["team"] == "billing" and download[0]["status"] == 200
     assert download[0]["upstream"] == "files" and download[0]["bytes_out"] == len(body)
     assert "file_urls_rewritten" not in download[0]  # streamed, never read whole
