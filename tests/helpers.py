@@ -260,7 +260,7 @@ class Stack:
         return self.tmp / "errors.jsonl"
 
     def error_events(
-        self, event: str, at_least: int = 1, timeout: float = 3.0
+        self, event: str, at_least: int = 1, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
         """The gateway error log's records named ``event``, waiting up to ``timeout`` for
         ``at_least`` of them (the log is written once per event-loop iteration, so often
@@ -277,11 +277,14 @@ class Stack:
                 return records
             time.sleep(0.02)
 
-    def audit_lines(self, at_least: int = 1, timeout: float = 3.0) -> list[dict[str, Any]]:
+    def audit_lines(self, at_least: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The audit file's lines, waiting up to ``timeout`` for ``at_least`` of them.
 
         A request's line is written just after its response ends, so a client can finish
-        reading before the line exists.
+        reading before the line exists: pass the number of lines the test relies on (every
+        request so far that writes one), or use :meth:`audit_lines_for`; lines of earlier
+        requests say nothing of whether the latest one's is there. The wait returns as soon
+        as they are (the long default only matters on a loaded machine).
         """
         deadline = time.monotonic() + timeout
         while True:

@@ -101,7 +101,10 @@ class GatewayConfigFile:
         os.replace(tmp, self.path)
         return self.path
 
-    def audit_lines(self, at_least: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    def audit_lines(self, at_least: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The audit file's lines, waiting up to ``timeout`` for ``at_least`` of them (a
+        request's line is written just after its response ends: pass the number of lines
+        the test relies on, not fewer)."""
         deadline = time.monotonic() + timeout
         while True:
             lines = []
