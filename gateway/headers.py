@@ -115,15 +115,7 @@ def header_problem(
     - the body's framing is faulty (:func:`framing_problem`, for the request's HTTP
       ``version``).
     """
-    if len(headers) != (len(headers.keys()) if _KEYS_FOLD else _distinct(headers)):
-        problem = _repeated(headers, SINGLE)  # a name repeats (len counts every value)
-        if problem is not None:
-            return problem
-    if hdrs.CONNECTION in headers:
-        problem = _named_by_connection(headers, _READ_BY_GATEWAY)
-        if problem is not None:
-            return problem
-    problem = framing_problem(version, headers)
+    problem = _ambiguous(version, headers, SINGLE, _READ_BY_GATEWAY)
     if problem is not None:
         return problem
     for key in _ASCII_VALUED:
@@ -151,12 +143,24 @@ def listener_problem(
     - the body's framing is faulty (:func:`framing_problem`, for the request's HTTP
       ``version``).
     """
+    read = SINGLE | reads
+    return _ambiguous(version, headers, read, read)
+
+
+def _ambiguous(
+    version: HttpVersion,
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    single: frozenset[str],
+    read: frozenset[str],
+) -> str | None:
+    """A name of ``single`` (or ``Stripe-*``) that repeats, a header of ``read`` (or
+    ``Stripe-*``) that ``Connection`` names, or faulty framing; None for none of these."""
     if len(headers) != (len(headers.keys()) if _KEYS_FOLD else _distinct(headers)):
-        problem = _repeated(headers, SINGLE | reads)
+        problem = _repeated(headers, single)  # a name repeats (len counts every value)
         if problem is not None:
             return problem
     if hdrs.CONNECTION in headers:
-        problem = _named_by_connection(headers, SINGLE | reads)
+        problem = _named_by_connection(headers, read)
         if problem is not None:
             return problem
     return framing_problem(version, headers)
